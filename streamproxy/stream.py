@@ -1,0 +1,170 @@
+"""Fan-out of one camera's encoded stream to its viewers (MediaMTX's "path": one publisher, many readers).
+
+One encode per camera is shared by every viewer, RTSP and WebRTC alike. Each viewer has its own
+bounded buffer: a viewer that does not keep up drops frames until the next keyframe (and counts
+them) instead of slowing the camera or the other viewers. Everything here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from .types import EncodedPacket
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["rtsp", "webrtc"]
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """What a viewer needs before the first packet (SDP for RTSP and WebRTC)."""
+
+    width: int
+    height: int
+    fps: float
+    sps: bytes  # H.264 sequence parameter set, without start code
+    pps: bytes  # picture parameter set, without start code
+
+    @property
+    def profile_level_id(self) -> str:
+        return self.sps[1:4].hex() if len(self.sps) >= 4 else "42e01f"
+
+
+class Subscription:
+    """One viewer's view of a stream: a bounded queue that starts and restarts at keyframes."""
+
+    def __init__(self, hub: StreamHub, protocol: Protocol, maxsize: int) -> None:
+        self.hub = hub
+        self.protocol = protocol
+        self._maxsize = maxsize
+        self._queue: deque[EncodedPacket] = deque()
+        self._wakeup = asyncio.Event()
+        self._need_keyframe = True  # a decoder can only start at a keyframe
+        self.closed = False
+        self.dropped = 0  # frames this viewer lost because it was too slow
+        self.sent = 0
+
+    def _offer(self, pkt: EncodedPacket) -> None:
+        if self._need_keyframe:
+            if not pkt.keyframe:
+                return
+            self._need_keyframe = False
+        if len(self._queue) >= self._maxsize:
+            # Too slow: throw away what is queued and wait for the next keyframe, so the viewer
+            # resumes with a clean picture instead of a smeared one.
+            self.dropped += len(self._queue) + 1
+            self.hub.dropped_slow_viewer += len(self._queue) + 1
+            self._queue.clear()
+            self._need_keyframe = True
+            self.hub.request_keyframe()
+            log.debug("%s: %s viewer too slow, dropped until next keyframe", self.hub.name, self.protocol)
+            return
+        self._queue.append(pkt)
+        self._wakeup.set()
+
+    async def get(self) -> EncodedPacket:
+        """The next packet; raises EOFError once the subscription or the hub is closed."""
+        while not self._queue:
+            if self.closed:
+                raise EOFError(self.hub.name)
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        self.sent += 1
+        return self._queue.popleft()
+
+    def get_nowait(self) -> EncodedPacket | None:
+        if not self._queue:
+            return None
+        self.sent += 1
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        self._wakeup.set()
+        self.hub._remove(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamHub:
+    """The anonymized, encoded stream of one camera. The pipeline publishes; viewers subscribe."""
+
+    def __init__(self, name: str, buffer_packets: int = 50) -> None:
+        self.name = name
+        self.buffer_packets = buffer_packets
+        self.codec: CodecInfo | None = None
+        self._subs: list[Subscription] = []
+        self._keyframe_requested = False
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.dropped_slow_viewer = 0
+        self._codec_waiters: list[asyncio.Future[CodecInfo]] = []
+        self.on_viewers_changed: Callable[[StreamHub], None] | None = None
+
+    # --- publisher side (the pipeline) ---
+    def set_codec(self, codec: CodecInfo) -> None:
+        self.codec = codec
+        for fut in self._codec_waiters:
+            if not fut.done():
+                fut.set_result(codec)
+        self._codec_waiters.clear()
+
+    def publish(self, pkt: EncodedPacket) -> None:
+        """Hand a packet to every viewer. Never blocks: slow viewers drop, not the camera."""
+        self.packets_out += 1
+        for sub in list(self._subs):
+            before = len(sub._queue)
+            sub._offer(pkt)
+            if len(sub._queue) > before:
+                self.bytes_out += len(pkt.data)
+
+    def request_keyframe(self) -> None:
+        self._keyframe_requested = True
+
+    def take_keyframe_request(self) -> bool:
+        """The encoder asks once per frame; a request is served once."""
+        req = self._keyframe_requested
+        self._keyframe_requested = False
+        return req
+
+    def close(self) -> None:
+        for sub in list(self._subs):
+            sub.close()
+
+    # --- viewer side ---
+    async def wait_codec(self, timeout: float) -> CodecInfo:
+        if self.codec is not None:
+            return self.codec
+        fut: asyncio.Future[CodecInfo] = asyncio.get_running_loop().create_future()
+        self._codec_waiters.append(fut)
+        return await asyncio.wait_for(fut, timeout)
+
+    def subscribe(self, protocol: Protocol) -> Subscription:
+        sub = Subscription(self, protocol, self.buffer_packets)
+        self._subs.append(sub)
+        self.request_keyframe()  # a new viewer should not wait a whole GOP for its first picture
+        if self.on_viewers_changed:
+            self.on_viewers_changed(self)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+            if self.on_viewers_changed:
+                self.on_viewers_changed(self)
+
+    def viewers(self, protocol: Protocol | None = None) -> int:
+        return sum(1 for s in self._subs if protocol is None or s.protocol == protocol)
