@@ -122,10 +122,10 @@ class FailClosedConfig(_Strict):
 class EngineConfig(_Strict):
     """Everything the anonymization engine needs, for one stream or one file."""
 
-    detector: DetectorConfig = Field(default_factory=DetectorConfig)  # type: ignore[arg-type]
-    tracker: TrackerConfig = Field(default_factory=TrackerConfig)  # type: ignore[arg-type]
-    obfuscation: ObfuscationConfig = Field(default_factory=ObfuscationConfig)  # type: ignore[arg-type]
-    fail_closed: FailClosedConfig = Field(default_factory=FailClosedConfig)  # type: ignore[arg-type]
+    detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
+    tracker: TrackerConfig = Field(default_factory=lambda: TrackerConfig())
+    obfuscation: ObfuscationConfig = Field(default_factory=lambda: ObfuscationConfig())
+    fail_closed: FailClosedConfig = Field(default_factory=lambda: FailClosedConfig())
     detect_every: int = Field(
         1,
         ge=1,
@@ -218,15 +218,15 @@ class LoggingConfig(_Strict):
 
 class AppConfig(_Strict):
     cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras to proxy.")
-    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
-    ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[arg-type]
-    engine: EngineConfig = Field(default_factory=EngineConfig)  # type: ignore[arg-type]
-    encoder: EncoderConfig = Field(default_factory=EncoderConfig)  # type: ignore[arg-type]
-    slate: SlateConfig = Field(default_factory=SlateConfig)  # type: ignore[arg-type]
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig())
+    encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig())
+    slate: SlateConfig = Field(default_factory=lambda: SlateConfig())
     latency_budget_ms: float = Field(
         150.0, ge=20, le=5000, description="Max proxy-added latency (decoder out -> packets out)."
     )
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:
