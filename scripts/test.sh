@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test: install, then ruff + mypy on the package + the whole pytest suite (slow end-to-end
+# tests included; locally `.venv/bin/pytest -m "not slow"` skips them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+.venv/bin/ruff check streamproxy tests bench
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest -q -ra "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

