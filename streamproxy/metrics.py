@@ -1,0 +1,386 @@
+"""Prometheus metrics, updated where the event happens.
+
+Every family is named `streamproxy_*` and labelled by `camera` = the camera's *name* from the
+config (the path on the proxy). Never a URL: camera URLs carry credentials, and labels end up in
+Prometheus, Grafana and screenshots. `CameraMetrics` refuses anything that does not look like a
+config camera name, so a URL cannot slip into a label by mistake.
+
+The pipeline makes one `CameraMetrics` per camera; its attributes are the label-bound children
+(`.labels(camera=...)` looked up once), so the per-frame cost is one lock + one add:
+
+    m = CameraMetrics("lobby")
+    m.frame_in()                      # decoder produced a frame
+    m.detector_seconds.observe(dt)    # one detector run
+    m.drop("latency_budget")          # a frame that will never leave
+    m.frame_out(added_latency_s)      # a frame handed to the encoder/viewers
+    ...
+    remove_camera("lobby")            # camera removed from the config
+
+The HTTP layer serves `render_latest()` on /metrics. The default registry is used, so the
+process_* / python_* collectors of prometheus_client come along.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Final, Literal, get_args
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder
+
+from streamproxy import __version__
+
+log = logging.getLogger(__name__)
+
+try:
+    # `*_created` series double the number of series and no dashboard uses them.
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
+except ImportError:  # pragma: no cover - prometheus_client < 0.18
+    pass
+
+DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "queue_full"]
+FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
+Protocol = Literal["rtsp", "webrtc"]
+CameraState = Literal["connecting", "live", "offline", "stopped"]
+
+DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
+FAIL_CLOSED_REASONS: Final[tuple[FailClosedReason, ...]] = get_args(FailClosedReason)
+PROTOCOLS: Final[tuple[Protocol, ...]] = get_args(Protocol)
+CAMERA_STATES: Final[tuple[CameraState, ...]] = get_args(CameraState)
+
+# Same rule as CameraConfig.name: a label value can then never be a URL or carry a password.
+_CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Proxy-added latency (decoder out -> packet out). The budget is typically 50-200 ms, so the
+# buckets are dense there and coarse at both ends; histogram_quantile interpolates linearly
+# inside a bucket, so a p99 near the budget stays within ~10 ms of the truth.
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.005, 0.010, 0.015, 0.020, 0.030, 0.040, 0.050, 0.060, 0.070, 0.080, 0.090, 0.100,
+    0.120, 0.150, 0.175, 0.200, 0.250, 0.300, 0.400, 0.500, 0.750, 1.0,
+)  # fmt: skip
+# One detector run: ~4 ms (YuNet 640x360) to ~200 ms (CenterFace 1280x720) on CPU.
+DETECTOR_BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.010, 0.015, 0.020, 0.030, 0.040, 0.050,
+    0.075, 0.100, 0.150, 0.200, 0.300, 0.500,
+)  # fmt: skip
+
+FRAMES_IN = Counter(
+    "streamproxy_frames_in",
+    "Frames decoded from the camera (before anonymization).",
+    ["camera"],
+)
+FRAMES_OUT = Counter(
+    "streamproxy_frames_out",
+    "Anonymized frames handed to the encoder and viewers. frames_in - frames_out - drops = in flight.",
+    ["camera"],
+)
+FRAMES_DROPPED = Counter(
+    "streamproxy_frames_dropped",
+    "Frames that never left, by reason: latency_budget (too late to be useful), fail_closed "
+    "(detection failed and fail_closed.action=drop), slow_viewer (a viewer's buffer overflowed; "
+    "counted per viewer), encoder (encode error), queue_full (a stage queue was full).",
+    ["camera", "reason"],
+)
+ADDED_LATENCY = Histogram(
+    "streamproxy_added_latency_seconds",
+    "Latency the proxy adds to a frame: from leaving the decoder to its packet leaving the encoder.",
+    ["camera"],
+    buckets=LATENCY_BUCKETS,
+)
+DETECTOR_SECONDS = Histogram(
+    "streamproxy_detector_seconds",
+    "Wall time of one face detector run (all tiles of one frame).",
+    ["camera"],
+    buckets=DETECTOR_BUCKETS,
+)
+DETECTOR_CADENCE = Gauge(
+    "streamproxy_detector_cadence",
+    "The detector runs on every N-th frame (the tracker predicts in between); raised by the "
+    "latency controller when detection cannot keep up. 1 = every frame.",
+    ["camera"],
+)
+DETECTOR_INPUT_WIDTH = Gauge(
+    "streamproxy_detector_input_width",
+    "Width in pixels the frame is resized to for detection; lower = faster, fewer small faces found.",
+    ["camera"],
+)
+FACES_DETECTED = Counter(
+    "streamproxy_faces_detected",
+    "Face detections (summed over detector runs, before tracking).",
+    ["camera"],
+)
+FACES_MASKED = Gauge(
+    "streamproxy_faces_masked",
+    "Masks drawn on the last output frame (tracked faces incl. coasting ones; privacy zones excluded).",
+    ["camera"],
+)
+TRACKS_ACTIVE = Gauge(
+    "streamproxy_tracks_active",
+    "Face tracks alive in the tracker (seen recently, incl. coasting ones).",
+    ["camera"],
+)
+FAIL_CLOSED_FRAMES = Counter(
+    "streamproxy_fail_closed_frames",
+    "Frames that were fully obfuscated or dropped because detection could not vouch for them, "
+    "by cause: detector_error, detector_timeout, model_missing. Should be 0; alert on any.",
+    ["camera", "reason"],
+)
+RECONNECTS = Counter(
+    "streamproxy_reconnects",
+    "Reconnects to the camera after a failure or stall.",
+    ["camera"],
+)
+CAMERA_UP = Gauge(
+    "streamproxy_camera_up",
+    "1 while frames are arriving from the camera (state=live), else 0 (viewers see the offline slate).",
+    ["camera"],
+)
+CAMERA_STATE = Gauge(
+    "streamproxy_camera_state",
+    "Camera ingest state; the series of the current state is 1, the others 0. States: connecting "
+    "(opening or reconnecting), live (frames flowing), offline (unreachable, backing off), stopped.",
+    ["camera", "state"],
+)
+VIEWERS = Gauge(
+    "streamproxy_viewers",
+    "Viewers currently attached, by protocol (rtsp, webrtc).",
+    ["camera", "protocol"],
+)
+BYTES_OUT = Counter(
+    "streamproxy_bytes_out",
+    "Media payload bytes sent to viewers, by protocol (multiply the rate by 8 for bit/s).",
+    ["camera", "protocol"],
+)
+INPUT_FPS = Gauge(
+    "streamproxy_input_fps",
+    "Frames per second arriving from the camera (measured over ~1 s windows).",
+    ["camera"],
+)
+OUTPUT_FPS = Gauge(
+    "streamproxy_output_fps",
+    "Anonymized frames per second leaving the proxy (measured over ~1 s windows).",
+    ["camera"],
+)
+BUILD_INFO = Info("streamproxy_build", "streamproxy build information.")
+BUILD_INFO.info({"version": __version__})
+
+# Every family as it appears in the exposition (`# TYPE` lines) and in PromQL. Histograms appear
+# here by their base name; their series are <name>_bucket, <name>_sum and <name>_count.
+METRIC_NAMES: Final[list[str]] = [
+    "streamproxy_frames_in_total",
+    "streamproxy_frames_out_total",
+    "streamproxy_frames_dropped_total",
+    "streamproxy_added_latency_seconds",
+    "streamproxy_detector_seconds",
+    "streamproxy_detector_cadence",
+    "streamproxy_detector_input_width",
+    "streamproxy_faces_detected_total",
+    "streamproxy_faces_masked",
+    "streamproxy_tracks_active",
+    "streamproxy_fail_closed_frames_total",
+    "streamproxy_reconnects_total",
+    "streamproxy_camera_up",
+    "streamproxy_camera_state",
+    "streamproxy_viewers",
+    "streamproxy_bytes_out_total",
+    "streamproxy_input_fps",
+    "streamproxy_output_fps",
+    "streamproxy_build_info",
+]
+
+_PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
+    FRAMES_IN,
+    FRAMES_OUT,
+    ADDED_LATENCY,
+    DETECTOR_SECONDS,
+    DETECTOR_CADENCE,
+    DETECTOR_INPUT_WIDTH,
+    FACES_DETECTED,
+    FACES_MASKED,
+    TRACKS_ACTIVE,
+    RECONNECTS,
+    CAMERA_UP,
+    INPUT_FPS,
+    OUTPUT_FPS,
+)
+# Families with a second label, and every value that second label can take.
+_PER_CAMERA_AND: Final[tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]] = (
+    (FRAMES_DROPPED, DROP_REASONS),
+    (FAIL_CLOSED_FRAMES, FAIL_CLOSED_REASONS),
+    (CAMERA_STATE, CAMERA_STATES),
+    (VIEWERS, PROTOCOLS),
+    (BYTES_OUT, PROTOCOLS),
+)
+
+
+def check_camera_label(name: str) -> str:
+    """Return `name` if it may be a label value; raise ValueError (without echoing it) otherwise."""
+    if not _CAMERA_NAME.match(name):
+        # Do not put the value in the message: it may be a URL with a password in it.
+        raise ValueError("camera label must be the camera name ([A-Za-z0-9_.-]{1,64}), never a URL")
+    return name
+
+
+class RateMeter:
+    """Events per second over windows of at least `window_s`, published to a gauge.
+
+    Cheap enough to call per frame: one lock, one add, and a gauge write once per window.
+    A gap longer than a window (camera stalled) reads as the average over the gap, and the
+    gauge is set to 0 by `reset()` when the camera goes away.
+    """
+
+    def __init__(self, gauge: Gauge, window_s: float = 1.0) -> None:
+        self._gauge = gauge
+        self._window = window_s
+        self._lock = threading.Lock()
+        self._count = 0
+        self._start: float | None = None
+
+    def tick(self, now: float | None = None, n: int = 1) -> None:
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            if self._start is None:
+                self._start = t
+                self._count = n
+                return
+            self._count += n
+            elapsed = t - self._start
+            if elapsed >= self._window:
+                # The first event of a window opened it, so count-1 intervals span `elapsed`.
+                self._gauge.set((self._count - 1) / elapsed)
+                self._start = t
+                self._count = 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._start = None
+            self._count = 0
+            self._gauge.set(0)
+
+
+class CameraMetrics:
+    """All metrics of one camera, bound to its label once (no label lookups per frame).
+
+    Creating it makes every series of the camera exist (counters at 0), so that rate() and
+    dashboards work from the first scrape. Safe to use from any thread.
+    """
+
+    def __init__(self, camera: str) -> None:
+        self.camera = check_camera_label(camera)
+        self.frames_in = FRAMES_IN.labels(camera=camera)
+        self.frames_out = FRAMES_OUT.labels(camera=camera)
+        self.added_latency = ADDED_LATENCY.labels(camera=camera)
+        self.detector_seconds = DETECTOR_SECONDS.labels(camera=camera)
+        self.detector_cadence = DETECTOR_CADENCE.labels(camera=camera)
+        self.detector_input_width = DETECTOR_INPUT_WIDTH.labels(camera=camera)
+        self.faces_detected = FACES_DETECTED.labels(camera=camera)
+        self.faces_masked = FACES_MASKED.labels(camera=camera)
+        self.tracks_active = TRACKS_ACTIVE.labels(camera=camera)
+        self.reconnects = RECONNECTS.labels(camera=camera)
+        self.camera_up = CAMERA_UP.labels(camera=camera)
+        self.input_fps = INPUT_FPS.labels(camera=camera)
+        self.output_fps = OUTPUT_FPS.labels(camera=camera)
+        self.dropped: dict[DropReason, Counter] = {
+            r: FRAMES_DROPPED.labels(camera=camera, reason=r) for r in DROP_REASONS
+        }
+        self.fail_closed: dict[FailClosedReason, Counter] = {
+            r: FAIL_CLOSED_FRAMES.labels(camera=camera, reason=r) for r in FAIL_CLOSED_REASONS
+        }
+        self.viewers: dict[Protocol, Gauge] = {p: VIEWERS.labels(camera=camera, protocol=p) for p in PROTOCOLS}
+        self.bytes_out: dict[Protocol, Counter] = {
+            p: BYTES_OUT.labels(camera=camera, protocol=p) for p in PROTOCOLS
+        }
+        self._state: dict[CameraState, Gauge] = {
+            s: CAMERA_STATE.labels(camera=camera, state=s) for s in CAMERA_STATES
+        }
+        self._in_rate = RateMeter(self.input_fps)
+        self._out_rate = RateMeter(self.output_fps)
+        self.state: CameraState = "connecting"
+        self.set_state("connecting")
+
+    # -- per frame -----------------------------------------------------------------------------
+    def frame_in(self, now: float | None = None) -> None:
+        """A frame left the decoder. `now`: time.monotonic(), if the caller has it already."""
+        self.frames_in.inc()
+        self._in_rate.tick(now)
+
+    def frame_out(self, added_latency_s: float, now: float | None = None) -> None:
+        """An anonymized frame left the proxy, `added_latency_s` after leaving the decoder."""
+        self.frames_out.inc()
+        self.added_latency.observe(added_latency_s)
+        self._out_rate.tick(now)
+
+    def drop(self, reason: DropReason, n: int = 1) -> None:
+        """`n` frames will never leave, for `reason`."""
+        self.dropped[reason].inc(n)
+
+    def fail_closed_frame(self, reason: FailClosedReason) -> None:
+        """A frame was fully obfuscated or dropped because detection failed for `reason`.
+
+        If fail_closed.action is "drop", also call `drop("fail_closed")`: the two counters
+        answer different questions (why detection failed / why frames went missing).
+        """
+        self.fail_closed[reason].inc()
+
+    def detection(self, seconds: float, faces: int) -> None:
+        """One detector run took `seconds` and found `faces` faces."""
+        self.detector_seconds.observe(seconds)
+        if faces:
+            self.faces_detected.inc(faces)
+
+    # -- per state change --------------------------------------------------------------------
+    def set_state(self, state: CameraState) -> None:
+        """Ingest state changed; camera_up follows (1 only when live)."""
+        if state not in self._state:
+            raise ValueError(f"{self.camera}: unknown camera state {state!r}")
+        self.state = state
+        for s, g in self._state.items():
+            g.set(1 if s == state else 0)
+        self.camera_up.set(1 if state == "live" else 0)
+        if state != "live":
+            self._in_rate.reset()
+            self._out_rate.reset()
+
+    def reconnect(self) -> None:
+        self.reconnects.inc()
+
+    def viewer_joined(self, protocol: Protocol) -> None:
+        self.viewers[protocol].inc()
+
+    def viewer_left(self, protocol: Protocol) -> None:
+        self.viewers[protocol].dec()
+
+    def sent(self, protocol: Protocol, nbytes: int) -> None:
+        self.bytes_out[protocol].inc(nbytes)
+
+
+def remove_camera(camera: str) -> None:
+    """Delete every series of `camera` (it left the config), so it stops being exported."""
+    check_camera_label(camera)
+    for metric in _PER_CAMERA:
+        try:
+            metric.remove(camera)
+        except KeyError:
+            pass
+    for metric, values in _PER_CAMERA_AND:
+        for value in values:
+            try:
+                metric.remove(camera, value)
+            except KeyError:
+                pass
+
+
+def render_latest(accept: str = "") -> tuple[bytes, str]:
+    """The /metrics response: (body, Content-Type).
+
+    Pass the request's Accept header to negotiate like prometheus_client's own handler
+    (OpenMetrics for a Prometheus that asks for it); without one: the classic text format 0.0.4,
+    which every scraper understands.
+    """
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
