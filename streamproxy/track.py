@@ -1,0 +1,261 @@
+"""Face tracker: associates detections over time, smooths them, and says what to mask on every frame.
+
+The detector may run only every k-th frame, and it misses faces now and then (profile, motion blur,
+occlusion). The tracker turns its sparse, jittery boxes into one mask per face per frame:
+
+- association: IoU of each track's predicted box with each detection, with a centre-distance
+  fallback for fast faces whose boxes no longer overlap; greedy on a sorted cost list;
+- motion: an alpha-beta filter (constant velocity, px/s) per track centre, so the mask follows a
+  walking face between detector runs instead of trailing behind it;
+- coasting: a face the detector stops seeing stays masked for `coast_seconds` after it was last
+  seen, its mask covering both where it was and where it is predicted to be, growing with time;
+- privacy before aesthetics: the smoothed mask is widened to contain the raw detection whenever
+  smoothing lags, masks grow with speed, and with `min_hits=1` a face is masked on first sight.
+
+Only ids, boxes and velocities are kept: nothing about a face's appearance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from .config import TrackerConfig
+from .types import Box, Detection, Track
+
+log = logging.getLogger(__name__)
+
+# Prediction uncertainty: per second since the face was last seen, each side of the mask moves out
+# by this many face sizes (on top of covering the path from the last seen to the predicted box).
+# Velocity-known tracks need a margin for turns and stops; a track seen once has no velocity yet, and
+# a walker crossing the view moves several face widths a second, so it gets a much wider margin.
+UNCERTAINTY_FACES_PER_S = 1.0
+UNKNOWN_VELOCITY_FACES_PER_S = 4.0
+# The time-based margin stops growing here (faces per side): a long coast must not mask half the frame.
+MAX_UNCERTAINTY_FACES = 2.0
+# Speeds above this many face widths per second are treated as this (a bad match must not
+# produce a frame-sized mask; growth is a margin for motion, not a fix for a wrong velocity).
+MAX_SPEED_FACES_PER_S = 8.0
+# Snap instead of smoothing when the detection's centre is further than this many face widths from
+# the prediction: smoothing would trail the face over several frames.
+SNAP_FACES = 0.5
+
+
+@dataclass(slots=True)
+class _State:
+    """Mutable per-track state. Centre and velocity are at time `t`."""
+
+    track_id: int
+    cx: float
+    cy: float
+    w: float
+    h: float
+    vx: float
+    vy: float
+    t: float  # time of cx, cy
+    t_seen: float  # last time a detection matched
+    seen_box: Box  # smoothed box when last seen (start of the coasting path)
+    last_det: Box | None  # raw detection of the current frame (None on frames without a match)
+    hits: int
+    misses: int
+
+    def box_at(self, t: float) -> Box:
+        dt = max(0.0, t - self.t)
+        return Box.from_center(self.cx + self.vx * dt, self.cy + self.vy * dt, self.w, self.h)
+
+
+def _union(a: Box, b: Box) -> Box:
+    return Box(min(a.x1, b.x1), min(a.y1, b.y1), max(a.x2, b.x2), max(a.y2, b.y2))
+
+
+class Tracker:
+    """Per-camera tracker. Not thread-safe: one camera's frames are fed in order from one thread."""
+
+    def __init__(self, cfg: TrackerConfig, mask_scale: float, name: str = "") -> None:
+        self.cfg = cfg
+        self.mask_scale = mask_scale
+        self.name = name  # camera name, for logs
+        self._tracks: list[_State] = []
+        self._next_id = 1
+        self._last_t: float | None = None
+        self._size: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """Forget every track (resolution change, stream restart). Ids keep increasing."""
+        self._tracks.clear()
+        self._last_t = None
+        self._size = None
+
+    @property
+    def track_count(self) -> int:
+        """All live tracks, including tentative ones (below min_hits) that are not masked yet."""
+        return len(self._tracks)
+
+    def update(
+        self, detections: list[Detection] | None, t: float, frame_w: int, frame_h: int
+    ) -> list[Track]:
+        """Advance to frame time `t` (seconds) and return the tracks to mask on this frame.
+
+        `detections=None`: the detector did not run on this frame (predict only).
+        `detections=[]`: it ran and saw nothing (every track misses).
+        """
+        if self._size is not None and self._size != (frame_w, frame_h):
+            log.info("%s: frame size %dx%d -> %dx%d, tracker reset", self.name, *self._size, frame_w, frame_h)
+            self.reset()
+        self._size = (frame_w, frame_h)
+        if self._last_t is not None and t < self._last_t:
+            # A clock going backwards (pts wrap, stream restart): rebase every track on the new
+            # clock rather than predicting with a negative dt; keep them (fail closed).
+            shift = t - self._last_t
+            for s in self._tracks:
+                s.t += shift
+                s.t_seen += shift
+        self._last_t = t
+
+        for s in self._tracks:
+            s.last_det = None
+        if detections is not None:
+            self._associate(detections, t)
+            # A track the detector has missed is deleted once it has coasted long enough. Tracks the
+            # detector has not yet had a chance to re-check (frames with detections=None) are kept.
+            self._tracks = [s for s in self._tracks if s.misses == 0 or t - s.t_seen <= self.cfg.coast_seconds]
+
+        out: list[Track] = []
+        for s in self._tracks:
+            if s.hits < self.cfg.min_hits:
+                continue
+            tr = self._to_track(s, t, frame_w, frame_h)
+            if tr.mask.area > 0:
+                out.append(tr)
+        return out
+
+    # --- association -------------------------------------------------------------------------
+
+    def _associate(self, detections: list[Detection], t: float) -> None:
+        preds = [s.box_at(t) for s in self._tracks]
+        # Candidate pairs: IoU matches first (best IoU first), then centre-distance matches
+        # (closest first). Greedy on this order is what SORT-like trackers do without scipy.
+        cands: list[tuple[int, float, int, int]] = []
+        for ti, p in enumerate(preds):
+            for di, d in enumerate(detections):
+                iou = p.iou(d.box)
+                if iou > 0 and iou >= self.cfg.iou_match:
+                    cands.append((0, -iou, ti, di))
+                    continue
+                scale = max(p.width, d.box.width, 1.0)
+                dist = math.hypot(p.cx - d.box.cx, p.cy - d.box.cy) / scale
+                if dist < self.cfg.center_match and self._similar_size(p, d.box):
+                    cands.append((1, dist, ti, di))
+        cands.sort()
+        used_t: set[int] = set()
+        used_d: set[int] = set()
+        for _, _, ti, di in cands:
+            if ti in used_t or di in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(di)
+            self._correct(self._tracks[ti], detections[di].box, t)
+        for ti, s in enumerate(self._tracks):
+            if ti not in used_t:
+                s.misses += 1
+        for di, d in enumerate(detections):
+            if di not in used_d:
+                self._spawn(d.box, t)
+
+    @staticmethod
+    def _similar_size(a: Box, b: Box) -> bool:
+        # The distance fallback is for the same face moving fast, not for a small face next to a big one.
+        wa, wb = max(a.width, 1.0), max(b.width, 1.0)
+        return max(wa, wb) / min(wa, wb) < 2.0
+
+    def _spawn(self, box: Box, t: float) -> None:
+        s = _State(
+            track_id=self._next_id,
+            cx=box.cx,
+            cy=box.cy,
+            w=box.width,
+            h=box.height,
+            vx=0.0,
+            vy=0.0,
+            t=t,
+            t_seen=t,
+            seen_box=box,
+            last_det=box,
+            hits=1,
+            misses=0,
+        )
+        self._next_id += 1
+        self._tracks.append(s)
+
+    def _correct(self, s: _State, z: Box, t: float) -> None:
+        """Alpha-beta update of a matched track with detection `z` at time `t`."""
+        dt = t - s.t
+        alpha = 1.0 - self.cfg.smoothing
+        if s.hits == 1 and dt > 1e-6:
+            # Two-point initialisation: the first velocity is the measured one, so a walking
+            # face does not start with a prediction that trails it.
+            s.vx = (z.cx - s.cx) / dt
+            s.vy = (z.cy - s.cy) / dt
+            s.cx, s.cy = z.cx, z.cy
+        else:
+            px = s.cx + s.vx * max(dt, 0.0)
+            py = s.cy + s.vy * max(dt, 0.0)
+            rx, ry = z.cx - px, z.cy - py
+            if math.hypot(rx, ry) > SNAP_FACES * max(z.width, 1.0):
+                # The face turned or jumped: trust the detection, restart the velocity from what was seen.
+                if dt > 1e-6:
+                    s.vx = (z.cx - s.cx) / dt
+                    s.vy = (z.cy - s.cy) / dt
+                s.cx, s.cy = z.cx, z.cy
+            else:
+                # Benedict-Bordner: beta from alpha gives a well-damped constant-velocity filter.
+                beta = alpha * alpha / (2.0 - alpha)
+                s.cx = px + alpha * rx
+                s.cy = py + alpha * ry
+                if dt > 1e-6:
+                    s.vx += beta * rx / dt
+                    s.vy += beta * ry / dt
+        s.w += alpha * (z.width - s.w)
+        s.h += alpha * (z.height - s.h)
+        s.t = t
+        s.t_seen = t
+        s.seen_box = Box.from_center(s.cx, s.cy, s.w, s.h)
+        s.last_det = z
+        s.hits += 1
+        s.misses = 0
+
+    # --- masks -------------------------------------------------------------------------------
+
+    def _to_track(self, s: _State, t: float, frame_w: int, frame_h: int) -> Track:
+        box = s.box_at(t)
+        mask = box.scaled(self.mask_scale)
+        if s.last_det is not None:
+            # Smoothing may lag the face: the mask always contains the raw detection itself.
+            mask = _union(mask, s.last_det)
+        since = max(0.0, t - s.t_seen)
+        grow_side = 0.0  # face sizes added on each side
+        if since > 0:
+            # Between detector runs and while coasting the face may have stopped or kept going:
+            # cover the whole path from where it was seen to where it is predicted, and grow
+            # with time for what the prediction cannot know (turns, stops, or no velocity yet).
+            mask = _union(mask, s.seen_box.scaled(self.mask_scale))
+            rate = UNKNOWN_VELOCITY_FACES_PER_S if s.hits < 2 else UNCERTAINTY_FACES_PER_S
+            grow_side += min(rate * since, MAX_UNCERTAINTY_FACES)
+        speed = math.hypot(s.vx, s.vy) / max(s.w, 1.0)
+        # speed_grow is the total growth (both sides) per face width per second of speed.
+        grow_side += self.cfg.speed_grow * min(speed, MAX_SPEED_FACES_PER_S) / 2
+        if grow_side > 0:
+            gx = grow_side * s.w
+            gy = grow_side * s.h
+            mask = Box(mask.x1 - gx, mask.y1 - gy, mask.x2 + gx, mask.y2 + gy)
+        return Track(
+            track_id=s.track_id,
+            box=box,
+            mask=mask.clipped(frame_w, frame_h),
+            vx=s.vx,
+            vy=s.vy,
+            hits=s.hits,
+            misses=s.misses,
+            coasting=s.misses > 0,
+        )
