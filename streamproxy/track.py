@@ -92,9 +92,7 @@ class Tracker:
         """All live tracks, including tentative ones (below min_hits) that are not masked yet."""
         return len(self._tracks)
 
-    def update(
-        self, detections: list[Detection] | None, t: float, frame_w: int, frame_h: int
-    ) -> list[Track]:
+    def update(self, detections: list[Detection] | None, t: float, frame_w: int, frame_h: int) -> list[Track]:
         """Advance to frame time `t` (seconds) and return the tracks to mask on this frame.
 
         `detections=None`: the detector did not run on this frame (predict only).
@@ -119,7 +117,9 @@ class Tracker:
             self._associate(detections, t)
             # A track the detector has missed is deleted once it has coasted long enough. Tracks the
             # detector has not yet had a chance to re-check (frames with detections=None) are kept.
-            self._tracks = [s for s in self._tracks if s.misses == 0 or t - s.t_seen <= self.cfg.coast_seconds]
+            self._tracks = [
+                s for s in self._tracks if s.misses == 0 or t - s.t_seen <= self.cfg.coast_seconds
+            ]
 
         out: list[Track] = []
         for s in self._tracks:
