@@ -355,6 +355,11 @@ class CameraMetrics:
     def viewer_left(self, protocol: Protocol) -> None:
         self.viewers[protocol].dec()
 
+    def set_viewers(self, rtsp: int, webrtc: int) -> None:
+        """Absolute viewer counts, from the fan-out hub when its viewer set changes."""
+        self.viewers["rtsp"].set(rtsp)
+        self.viewers["webrtc"].set(webrtc)
+
     def sent(self, protocol: Protocol, nbytes: int) -> None:
         self.bytes_out[protocol].inc(nbytes)
 

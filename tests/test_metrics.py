@@ -128,6 +128,10 @@ def test_state_up_viewers_bytes_and_reconnects() -> None:
     m.viewer_left("rtsp")
     m.sent("webrtc", 1500)
     assert _value("streamproxy_viewers", camera="state-cam", protocol="rtsp") == 1
+    m.set_viewers(rtsp=3, webrtc=1)
+    assert _value("streamproxy_viewers", camera="state-cam", protocol="rtsp") == 3
+    m.set_viewers(rtsp=1, webrtc=1)
+    assert _value("streamproxy_viewers", camera="state-cam", protocol="rtsp") == 1
     assert _value("streamproxy_viewers", camera="state-cam", protocol="webrtc") == 1
     assert _value("streamproxy_bytes_out_total", camera="state-cam", protocol="webrtc") == 1500
 
