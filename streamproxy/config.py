@@ -59,6 +59,11 @@ class DetectorConfig(_Strict):
     )
     model_dir: Path = Field(default_factory=default_model_dir, description="Where `models fetch` stores models.")
 
+    @field_validator("model_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
 
 class TrackerConfig(_Strict):
     iou_match: float = Field(0.2, ge=0.0, le=1.0, description="Minimum IoU to match a detection to a track.")

@@ -1,0 +1,81 @@
+"""`streamproxy demo`: a simulated camera with real faces plus the proxy, for a first look.
+
+The camera is GStreamer's RTSP server (the same simulator the tests use) looping a clip built from a
+photo that a package ships (scikit-image's astronaut), or a video file the user passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+
+from .app import App
+from .config import parse_config
+
+log = logging.getLogger(__name__)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .camsim import SimCamera, free_port
+
+    if shutil.which("/usr/bin/python3") is None:
+        print("streamproxy demo: Debian's python3 with GStreamer is needed: run scripts/setup.sh", file=sys.stderr)
+        return 1
+    cam_port = free_port()
+    try:
+        camera = SimCamera(port=cam_port, path="camera", clip=args.source)
+        camera.start()
+    except Exception as err:
+        print(f"streamproxy demo: the simulated camera did not start: {err}", file=sys.stderr)
+        return 1
+    try:
+        cfg = parse_config(
+            {
+                "cameras": [{"name": "demo", "url": camera.url}],
+                "server": {
+                    "host": args.host,
+                    "rtsp_port": args.rtsp_port,
+                    "http_port": args.http_port,
+                    "ice_hosts": ["127.0.0.1"] if args.host in ("127.0.0.1", "localhost") else [],
+                },
+                "ingest": {"transport": "tcp"},
+            }
+        )
+        app = App(cfg)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+
+        async def main() -> None:
+            serve = asyncio.create_task(app.serve())
+            while not app.ready and not serve.done():
+                await asyncio.sleep(0.05)
+            if app.ready:
+                rtsp_port = app.rtsp.port if app.rtsp else args.rtsp_port
+                http_port = app.web.port if app.web else args.http_port
+                print(
+                    "\n  streamproxy demo is running: a simulated camera with real faces, anonymized live.\n"
+                    f"    RTSP (VLC, ffplay, a VMS):  rtsp://{host}:{rtsp_port}/demo\n"
+                    f"        ffplay -rtsp_transport tcp rtsp://{host}:{rtsp_port}/demo\n"
+                    f"    Browser (WebRTC):          http://{host}:{http_port}/\n"
+                    f"    Metrics:                   http://{host}:{http_port}/metrics\n"
+                    f"    The raw camera (for comparison, NOT anonymized): {camera.url}\n"
+                    "  Ctrl+C stops.\n",
+                    flush=True,
+                )
+            if args.seconds:
+                try:
+                    await asyncio.wait_for(asyncio.shield(serve), args.seconds)
+                except TimeoutError:
+                    app.request_stop()
+            await serve
+
+        try:
+            asyncio.run(main())
+        except OSError as err:
+            print(f"streamproxy demo: cannot start: {err}", file=sys.stderr)
+            return 1
+    finally:
+        camera.stop()
+    return 0
