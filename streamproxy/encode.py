@@ -1,0 +1,260 @@
+"""One H.264 encoder per camera: anonymized frames in, Annex B access units out.
+
+The output is shared by every viewer (RTSP and WebRTC), so it is made for joining at any time:
+parameter sets repeat before every keyframe (`repeat-headers=1`), there are no B-frames (so
+decode order is presentation order and nothing waits for a future frame), and a keyframe can be
+forced when a viewer joins instead of making it wait up to a GOP.
+
+`encode()` is meant to be called from a worker thread: PyAV releases the GIL while libx264 works.
+One encoder is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+
+import av
+import av.video.frame
+import numpy as np
+
+from .config import EncoderConfig
+from .stream import CodecInfo
+from .types import EncodedPacket
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATE = 90_000  # RTP's clock for video; the encoder's time base, so pts need no rescaling
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B byte stream, without their start codes."""
+    nals: list[bytes] = []
+    n = len(data)
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i < n:
+        start = i + 3
+        j = data.find(b"\x00\x00\x01", start)
+        if j < 0:
+            end = n
+        else:
+            # A 4-byte start code's leading zero belongs to the start code, not to this NAL.
+            end = j - 1 if j > start and data[j - 1] == 0 else j
+        if end > start:
+            nals.append(data[start:end])
+        i = j
+    return nals
+
+
+def parameter_sets(data: bytes) -> tuple[bytes, bytes] | None:
+    """(sps, pps) found in an Annex B buffer, or None when either is missing."""
+    sps = pps = None
+    for nal in split_annexb(data):
+        kind = nal[0] & 0x1F
+        if kind == 7 and sps is None:
+            sps = nal
+        elif kind == 8 and pps is None:
+            pps = nal
+    if sps is None or pps is None:
+        return None
+    return sps, pps
+
+
+def _even_crop(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """Copy the top-left width x height of a yuv420p frame (drops the odd last row/column).
+
+    Cropping one line is invisible; scaling by one pixel would resample the whole picture.
+    """
+    out = av.VideoFrame(width, height, "yuv420p")
+    for i, (src_plane, dst_plane) in enumerate(zip(frame.planes, out.planes, strict=True)):
+        pw, ph = (width, height) if i == 0 else (width // 2, height // 2)
+        src = np.frombuffer(memoryview(src_plane), np.uint8).reshape(src_plane.height, src_plane.line_size)
+        dst = np.frombuffer(memoryview(dst_plane), np.uint8).reshape(dst_plane.height, dst_plane.line_size)
+        dst[:ph, :pw] = src[:ph, :pw]
+    return out
+
+
+class H264Encoder:
+    """libx264, low latency, Annex B with in-band parameter sets; see the module docstring."""
+
+    def __init__(self, cfg: EncoderConfig, width: int, height: int, fps: float, name: str = "") -> None:
+        if width < 2 or height < 2:
+            raise ValueError(f"frame size {width}x{height} too small to encode")
+        self.name = name
+        self.cfg = cfg
+        self.src_width = width
+        self.src_height = height
+        # H.264 4:2:0 needs even sides: odd frames are cropped by one row/column.
+        self.width = width - (width % 2)
+        self.height = height - (height % 2)
+        self.fps = fps if fps and fps > 0 else 25.0
+        self.gop = max(1, round(cfg.gop_seconds * self.fps))
+        self.frames_in = 0
+        self.packets_out = 0
+        self.keyframes_forced = 0
+        self._last_pts = -1
+        self._t0: float | None = None
+        self._pending: dict[int, float] = {}  # pts -> decoded_at, for frames still inside the encoder
+        self._codec_info: CodecInfo | None = None
+        self._closed = False
+
+        ctx = av.CodecContext.create(cfg.codec, "w")
+        assert isinstance(ctx, av.VideoCodecContext)
+        ctx.width = self.width
+        ctx.height = self.height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = Fraction(1, CLOCK_RATE)
+        ctx.framerate = Fraction(self.fps).limit_denominator(1001)
+        ctx.bit_rate = cfg.bitrate_kbps * 1000
+        ctx.gop_size = self.gop
+        ctx.max_b_frames = 0
+        ctx.thread_count = cfg.threads
+        kbps = cfg.bitrate_kbps
+        ctx.options = {
+            "preset": cfg.preset,
+            "tune": "zerolatency",
+            # forced-idr: a forced keyframe must be an IDR so that a joining decoder can start there.
+            "forced-idr": "1",
+            "x264-params": ":".join(
+                [
+                    "repeat-headers=1",  # SPS/PPS before every keyframe: viewers join mid-stream
+                    "annexb=1",
+                    "bframes=0",
+                    f"keyint={self.gop}",
+                    # A one-second VBV keeps keyframe bursts within what a viewer buffer absorbs.
+                    f"vbv-maxrate={kbps}",
+                    f"vbv-bufsize={kbps}",
+                ]
+            ),
+        }
+        ctx.open()
+        self._ctx: av.VideoCodecContext | None = ctx
+        self._try_extradata()
+        log.info(
+            "%s: H.264 encoder %dx%d @ %.2f fps, %d kbit/s, GOP %d, preset %s, threads %d",
+            name or "-", self.width, self.height, self.fps, kbps, self.gop, cfg.preset, cfg.threads,
+        )
+
+    @property
+    def codec_info(self) -> CodecInfo | None:
+        """Parameter sets for the SDP; None until the first keyframe has been encoded."""
+        return self._codec_info
+
+    def _try_extradata(self) -> None:
+        extradata = self._ctx.extradata if self._ctx is not None else None
+        if extradata:
+            self._set_codec_info(bytes(extradata))
+
+    def _set_codec_info(self, data: bytes) -> None:
+        ps = parameter_sets(data)
+        if ps is None:
+            return
+        sps, pps = ps
+        self._codec_info = CodecInfo(self.width, self.height, self.fps, sps, pps)
+
+    def _next_pts(self, decoded_at: float) -> int:
+        # Wall-clock (decoder-out) time on a 90 kHz clock: camera timestamps jump on reconnect and
+        # a slate has none, while viewers need a clock that only moves forward.
+        if self._t0 is None:
+            self._t0 = decoded_at
+        pts = round((decoded_at - self._t0) * CLOCK_RATE)
+        if pts <= self._last_pts:
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        return pts
+
+    def _prepare(self, frame: av.VideoFrame) -> av.VideoFrame:
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        if frame.width == self.width and frame.height == self.height:
+            return frame
+        if frame.width == self.width + (self.src_width % 2) and frame.height == self.height + (
+            self.src_height % 2
+        ):
+            return _even_crop(frame, self.width, self.height)
+        # The camera changed resolution without the pipeline making a new encoder: scale, never fail.
+        return frame.reformat(width=self.width, height=self.height, format="yuv420p")
+
+    def encode(
+        self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False
+    ) -> list[EncodedPacket]:
+        """Encode one frame; returns the access units that came out (normally exactly one)."""
+        if self._ctx is None:
+            raise RuntimeError("encoder is closed")
+        src = frame
+        frame = self._prepare(frame)
+        pts = self._next_pts(decoded_at)
+        saved = (src.pts, src.pict_type, src.time_base)
+        frame.pts = pts
+        frame.time_base = self._ctx.time_base
+        if force_keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+            self.keyframes_forced += 1
+        else:
+            frame.pict_type = av.video.frame.PictureType.NONE
+        self._pending[pts] = decoded_at
+        self.frames_in += 1
+        try:
+            packets = self._ctx.encode(frame)
+        finally:
+            if frame is src:
+                # The caller's frame may be shown elsewhere (e.g. a preview): leave it as it came.
+                src.pts, src.pict_type = saved[0], saved[1]
+                if saved[2] is not None:
+                    src.time_base = saved[2]
+        return self._wrap(packets)
+
+    def _wrap(self, packets: list[av.Packet]) -> list[EncodedPacket]:
+        out: list[EncodedPacket] = []
+        now = time.monotonic()
+        for p in packets:
+            data = bytes(p)
+            if not data:
+                continue
+            pts = p.pts if p.pts is not None else self._last_pts
+            decoded_at = self._pending.pop(pts, now)
+            key = bool(p.is_keyframe)
+            if key and self._codec_info is None:
+                self._set_codec_info(data)
+            self.packets_out += 1
+            out.append(
+                EncodedPacket(
+                    data=data,
+                    pts90k=pts,
+                    keyframe=key,
+                    decoded_at=decoded_at,
+                    encoded_at=now,
+                    extra={"encode_ms": (now - decoded_at) * 1000.0},
+                )
+            )
+        if len(self._pending) > 64:  # frames the encoder swallowed (should not happen without lookahead)
+            for k in sorted(self._pending)[:-64]:
+                del self._pending[k]
+        return out
+
+    def flush(self) -> list[EncodedPacket]:
+        """Drain frames still inside the encoder (there are none with zerolatency, normally)."""
+        if self._ctx is None:
+            return []
+        try:
+            return self._wrap(self._ctx.encode(None))
+        except av.error.EOFError:
+            return []
+
+    def close(self) -> None:
+        """Release the encoder. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        except av.error.FFmpegError as err:
+            log.debug("%s: encoder flush at close failed: %s", self.name or "-", err)
+        self._ctx = None
+
+    def __enter__(self) -> H264Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,241 @@
+"""RTSP 1.0 message parsing and formatting (RFC 2326): requests in, responses out.
+
+Pure functions and small values, no I/O: the server feeds bytes it has framed, and tests can
+exercise every corner without a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is not a real client
+MAX_BODY_BYTES = 64 * 1024
+
+# Methods this server implements, in the order OPTIONS lists them.
+SUPPORTED_METHODS = (
+    "OPTIONS",
+    "DESCRIBE",
+    "SETUP",
+    "PLAY",
+    "PAUSE",
+    "TEARDOWN",
+    "GET_PARAMETER",
+    "SET_PARAMETER",
+)
+# Methods RTSP defines that a read-only server refuses with 405 (anything else is 501).
+KNOWN_METHODS = (*SUPPORTED_METHODS, "ANNOUNCE", "RECORD", "REDIRECT")
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    454: "Session Not Found",
+    455: "Method Not Valid in This State",
+    459: "Aggregate Operation Not Allowed",
+    461: "Unsupported Transport",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "RTSP Version Not Supported",
+}
+
+
+class RtspError(Exception):
+    """A request that ends in an error response; `headers` are added to that response."""
+
+    def __init__(self, status: int, detail: str = "", headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(f"{status} {REASONS.get(status, '')}: {detail}".rstrip(": "))
+        self.status = status
+        self.detail = detail
+        self.headers = headers or []
+
+
+@dataclass(slots=True)
+class RtspRequest:
+    method: str
+    uri: str
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names; repeats joined with ", "
+    body: bytes = b""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def cseq(self) -> str | None:
+        return self.headers.get("cseq")
+
+    @property
+    def content_length(self) -> int:
+        raw = self.headers.get("content-length", "0").strip() or "0"
+        try:
+            n = int(raw)
+        except ValueError:
+            raise RtspError(400, "bad Content-Length") from None
+        if n < 0 or n > MAX_BODY_BYTES:
+            raise RtspError(400, "Content-Length out of range")
+        return n
+
+    @property
+    def session_id(self) -> str | None:
+        raw = self.headers.get("session")
+        if raw is None:
+            return None
+        return raw.split(";", 1)[0].strip() or None
+
+
+def parse_request_head(head: bytes) -> RtspRequest:
+    """Parse the request line and headers (everything up to and including the blank line)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)  # tolerate stray CRLFs between requests
+    if not lines:
+        raise RtspError(400, "empty request")
+    parts = lines[0].split()
+    if len(parts) != 3:
+        raise RtspError(400, "malformed request line")
+    method, uri, version = parts
+    if not method.isascii() or not method.replace("_", "").isalpha() or not method.isupper():
+        raise RtspError(400, "malformed method")
+    if not version.startswith("RTSP/"):
+        raise RtspError(400, "not an RTSP request")
+    headers: dict[str, str] = {}
+    last: str | None = None
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t" and last is not None:  # obsolete line folding
+            headers[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise RtspError(400, "malformed header line")
+        key = name.strip().lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        last = key
+    req = RtspRequest(method, uri, version, headers)
+    if version != "RTSP/1.0":
+        raise RtspError(505, version)
+    return req
+
+
+def format_response(
+    status: int,
+    cseq: str | None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    reason: str | None = None,
+) -> bytes:
+    lines = [f"RTSP/1.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
+    if cseq is not None:
+        lines.append(f"CSeq: {cseq}")
+    for name, value in headers or []:
+        lines.append(f"{name}: {value}")
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPath:
+    """What a request URI names: a camera, and maybe a track below it."""
+
+    name: str
+    track: str  # "" for the aggregate (the camera), "trackID=0" etc. for the track
+
+
+def parse_path(uri: str) -> StreamPath | None:
+    """The camera name of `rtsp://host:port/<name>[/][trackID=0][?query]`; None for `*` or no name."""
+    if uri == "*":
+        return None
+    parts = urlsplit(uri)
+    path = parts.path if parts.scheme else uri.split("?", 1)[0]
+    segments = [unquote(s) for s in path.split("/") if s]
+    if not segments:
+        return None
+    return StreamPath(segments[0], "/".join(segments[1:]))
+
+
+def base_url(uri: str, name: str) -> str:
+    """The Content-Base for a camera: scheme and host as the client wrote them, no credentials."""
+    parts = urlsplit(uri)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme or 'rtsp'}://{netloc}/{name}/"
+
+
+def safe_uri(uri: str) -> str:
+    """A request URI fit for logs: credentials a client put in the URL are removed."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSpec:
+    """One alternative of a Transport header that this server can serve."""
+
+    tcp: bool
+    interleaved: tuple[int, int] | None = None  # TCP: RTP and RTCP channel ids
+    client_port: tuple[int, int] | None = None  # UDP: where the client receives RTP and RTCP
+
+
+def _port_pair(value: str) -> tuple[int, int]:
+    a, _, b = value.partition("-")
+    first = int(a)
+    second = int(b) if b else first + 1
+    if not (0 <= first <= 65535 and 0 <= second <= 65535):
+        raise ValueError(value)
+    return first, second
+
+
+def parse_transport(header: str) -> TransportSpec:
+    """The first alternative of a Transport header that is unicast RTP over TCP or UDP.
+
+    Raises RtspError(461) when none is; 400 when the header is malformed.
+    """
+    for alt in header.split(","):
+        params = [p.strip() for p in alt.split(";") if p.strip()]
+        if not params:
+            continue
+        proto = params[0].upper()
+        if proto not in ("RTP/AVP", "RTP/AVP/UDP", "RTP/AVP/TCP"):
+            continue
+        opts: dict[str, str] = {}
+        for p in params[1:]:
+            k, _, v = p.partition("=")
+            opts[k.strip().lower()] = v.strip()
+        if "multicast" in opts:
+            continue
+        mode = opts.get("mode", "play").strip('"').lower()
+        if mode != "play":
+            continue
+        try:
+            if proto == "RTP/AVP/TCP":
+                ch = _port_pair(opts["interleaved"]) if "interleaved" in opts else None
+                if ch is not None and not (ch[0] < 256 and ch[1] < 256):
+                    raise ValueError(opts["interleaved"])
+                return TransportSpec(tcp=True, interleaved=ch)
+            if "client_port" not in opts:
+                continue
+            ports = _port_pair(opts["client_port"])
+            if ports[0] == 0:
+                continue
+            return TransportSpec(tcp=False, client_port=ports)
+        except ValueError:
+            raise RtspError(400, "malformed Transport header") from None
+    raise RtspError(461, "no supported transport (unicast RTP/AVP over UDP or TCP)")
