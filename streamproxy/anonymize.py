@@ -132,7 +132,7 @@ def _tmp_path(dst: Path) -> Path:
 
 
 def image_detector_width(cfg: EngineConfig, width: int, input_width: int | None) -> int:
-    """Detector width for a still: explicit setting, else the image's own width (x upscale for small images).
+    """Detector size (longer side) for a still: explicit setting, else the image's own size, small ones upscaled.
 
     Stills have no time budget, so they are searched at (at least) native resolution, where small faces
     survive; images narrower than 1280 px are upscaled towards it because WIDER-style crowds are
@@ -149,15 +149,16 @@ def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         return FileResult(job.src, None, False, error="not a readable image")
+    work: np.ndarray
     if img.dtype != np.uint8:
         # 16-bit PNG/TIFF: work at 8 bit, write back at the source depth.
         depth = img.dtype
-        work = (img / (257 if depth == np.uint16 else 1)).astype(np.uint8)
+        work = np.asarray(img / (257 if depth == np.uint16 else 1)).astype(np.uint8)
     else:
         depth = None
         work = img
     if anonymizer.detector is not None:
-        anonymizer.detector.input_width = image_detector_width(anonymizer.cfg, work.shape[1], input_width)
+        anonymizer.detector.input_width = image_detector_width(anonymizer.cfg, max(work.shape[:2]), input_width)
     out, faces, failed = anonymizer.process_image(work)
     if out is None:
         return FileResult(job.src, None, False, faces=faces, frames=1, fail_closed_frames=1,
@@ -234,10 +235,15 @@ def anonymize_video(
             rate = vin.average_rate or vin.guessed_rate or Fraction(25)
             ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
             with av.open(str(tmp), "w", format=fmt) as out:
-                vout = out.add_stream(encoder, rate=rate)
+                vout: av.VideoStream = out.add_stream(encoder, rate=rate)  # type: ignore[assignment]
                 vout.width = vin.codec_context.width
                 vout.height = vin.codec_context.height
-                vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
+                if encoder == "mjpeg":
+                    vout.pix_fmt = "yuvj420p"
+                elif encoder == "rawvideo":
+                    vout.pix_fmt = "yuv420p"
+                else:
+                    vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
                 # Keep the input's timestamps: same frame count and timing, VFR included.
                 time_base = vin.time_base or Fraction(1, 90000)
                 vout.time_base = time_base
@@ -265,6 +271,7 @@ def anonymize_video(
                             out.mux(packet)
                         continue
                     for frame in packet.decode():
+                        assert isinstance(frame, av.VideoFrame)
                         pts = frame.pts
                         if pts is None or (last_pts is not None and pts <= last_pts):
                             pts = (last_pts + step) if last_pts is not None else 0

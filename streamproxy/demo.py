@@ -49,8 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             serve = asyncio.create_task(app.serve())
-            while not app.ready and not serve.done():
-                await asyncio.sleep(0.05)
+            ready = asyncio.create_task(app.ready_event.wait())
+            await asyncio.wait([serve, ready], return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
             if app.ready:
                 rtsp_port = app.rtsp.port if app.rtsp else args.rtsp_port
                 http_port = app.web.port if app.web else args.http_port

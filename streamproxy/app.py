@@ -1,0 +1,146 @@
+"""The live service's lifecycle (uvicorn's shape): signals → startup → serve → graceful shutdown.
+
+Owns one StreamHub and one CameraPipeline per camera, the RTSP server, and the HTTP server
+(web page, API, WHEP, metrics). A second Ctrl+C forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .config import AppConfig, CameraConfig
+from .pipeline import CameraPipeline
+from .rtsp import RtspServer
+from .stream import StreamHub
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(name: str, count: int) -> int:
+    """Stable shard of a camera: the same name always lands on the same replica (no state, no leader)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % count
+
+
+def cameras_for_shard(cfg: AppConfig, index: int, count: int) -> list[CameraConfig]:
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in 0..{count - 1}")
+    return [c for c in cfg.cameras if c.enabled and shard_of(c.name, count) == index]
+
+
+class App:
+    def __init__(self, cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> None:
+        self.cfg = cfg
+        self.cameras = cameras_for_shard(cfg, shard_index, shard_count)
+        self.hubs: dict[str, StreamHub] = {}
+        self.pipelines: dict[str, CameraPipeline] = {}
+        self.rtsp: RtspServer | None = None
+        self.web: Any = None
+        self.ready = False
+        self.ready_event = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        metrics_mod: Any
+        try:
+            from . import metrics as metrics_mod
+        except ImportError:  # pragma: no cover - metrics are optional until issue 4 lands
+            metrics_mod = None
+        for cam in self.cameras:
+            hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets)
+            m = metrics_mod.CameraMetrics(cam.name) if metrics_mod is not None else None
+            if m is not None:
+                hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
+            self.hubs[cam.name] = hub
+            # Detector sessions are built here (model load): off the loop.
+            self.pipelines[cam.name] = await loop.run_in_executor(None, CameraPipeline, cam, self.cfg, hub, loop, m)
+        self.rtsp = RtspServer(self.hubs, self.cfg.server)
+        await self.rtsp.start()
+        from .web import WebServer
+
+        self.web = WebServer(self)
+        await self.web.start()
+        for p in self.pipelines.values():
+            p.start()
+        self.ready = True
+        self.ready_event.set()
+        log.info(
+            "serving %d camera(s): rtsp://%s:%d/<camera>, http://%s:%d/",
+            len(self.pipelines),
+            self.cfg.server.host,
+            self.rtsp.port,
+            self.cfg.server.host,
+            self.web.port,
+        )
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.web is not None:
+            await self.web.stop()
+        if self.rtsp is not None:
+            await self.rtsp.stop()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()))
+        for hub in self.hubs.values():
+            hub.close()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        presses = 0
+
+        def on_signal() -> None:
+            nonlocal presses
+            presses += 1
+            if presses > 1:
+                log.warning("second signal: exiting now")
+                raise SystemExit(1)
+            log.info("shutting down (Ctrl+C again to force)")
+            self._stopping.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+
+
+@asynccontextmanager
+async def running_app(cfg: AppConfig) -> AsyncIterator[App]:
+    """Start the whole service inside a test or benchmark; always stops it."""
+    app = App(cfg)
+    try:
+        await app.start()
+        yield app
+    finally:
+        await app.stop()
+
+
+def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
+    app = App(cfg, shard_index, shard_count)
+    if not app.cameras:
+        log.warning("no camera is assigned to shard %d of %d", shard_index, shard_count)
+    try:
+        asyncio.run(app.serve())
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+    return 0

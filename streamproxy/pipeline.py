@@ -1,0 +1,383 @@
+"""One camera's live pipeline: source → engine (detect, track, obfuscate) → encoder → stream hub.
+
+    ingest thread (source.py)      decodes the camera, hands each DecodedFrame to `_on_frame`
+      └─ a one-slot mailbox        only the newest frame waits: an old frame is worth nothing live
+    worker thread (this file)      latency check → Anonymizer.process_frame → H264Encoder.encode
+      └─ loop.call_soon_threadsafe hub.publish(packet) on the event loop → RTSP / WebRTC viewers
+
+The latency budget bounds proxy-added latency: from a frame leaving the decoder to its packets
+being handed to viewers. The controller stays inside it by running the detector less often, then
+at lower resolution, and finally by dropping frames — never by letting a frame skip the engine.
+While the camera is down the worker publishes a slate ("camera offline") so viewers stay connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import av
+import cv2
+import numpy as np
+
+from .config import AppConfig, CameraConfig
+from .encode import H264Encoder
+from .engine import Anonymizer
+from .source import CameraSource
+from .stream import StreamHub
+from .types import AnonymizedFrame, DecodedFrame, EncodedPacket
+
+if TYPE_CHECKING:
+    from .metrics import CameraMetrics
+
+log = logging.getLogger(__name__)
+
+# Ingest states -> the camera_state metric's states.
+_METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
+
+# The controller's steps. Cadence first (the tracker predicts in between, faces stay masked), then
+# resolution (small faces are the first to go), then dropping frames.
+MAX_DETECT_EVERY = 6
+MIN_INPUT_WIDTH = 480
+
+
+@dataclass
+class LatencyController:
+    """Adapts detector cadence and resolution to keep proxy-added latency inside the budget."""
+
+    budget_ms: float
+    detect_every: int
+    input_width: int
+    max_input_width: int
+    base_detect_every: int
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _last_change: float = 0.0
+
+    def observe(self, latency_ms: float, now: float) -> bool:
+        """Record one frame's processing latency; returns True when the settings changed."""
+        self._recent.append(latency_ms)
+        if len(self._recent) < 10 or now - self._last_change < 1.0:
+            return False
+        ordered = sorted(self._recent)
+        p90 = ordered[int(len(ordered) * 0.9) - 1]
+        changed = False
+        if p90 > 0.7 * self.budget_ms:
+            if self.detect_every < MAX_DETECT_EVERY:
+                self.detect_every += 1
+                changed = True
+            elif self.input_width > MIN_INPUT_WIDTH:
+                self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
+                changed = True
+        elif p90 < 0.35 * self.budget_ms:
+            if self.input_width < self.max_input_width:
+                self.input_width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
+                changed = True
+            elif self.detect_every > self.base_detect_every:
+                self.detect_every -= 1
+                changed = True
+        if changed:
+            self._last_change = now
+            self._recent.clear()
+        return changed
+
+
+class LatencyStats:
+    """Proxy-added latency of the last frames, for the API and logs (metrics get every sample)."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._samples.append(ms)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_slate(width: int, height: int, name: str) -> av.VideoFrame:
+    """A still 'camera offline' picture: our own pixels, so it needs no anonymization."""
+    img = np.full((height, width, 3), 40, np.uint8)
+    scale = max(0.5, width / 1280)
+    for i, (text, s) in enumerate(((name, 1.6), ("camera offline - reconnecting", 1.0))):
+        size, _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, s * scale, 2)
+        org = ((width - size[0]) // 2, height // 2 + int((i * 60 - 10) * scale))
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, s * scale, (230, 230, 230), 2, cv2.LINE_AA)
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+
+
+class CameraPipeline:
+    """Runs one camera: ingest, anonymize, encode, publish. `start`/`stop` are idempotent."""
+
+    def __init__(
+        self,
+        cam: CameraConfig,
+        cfg: AppConfig,
+        hub: StreamHub,
+        loop: asyncio.AbstractEventLoop,
+        metrics: CameraMetrics | None = None,
+    ) -> None:
+        self.cam = cam
+        self.name = cam.name
+        self.cfg = cfg
+        self.hub = hub
+        self.loop = loop
+        self.metrics = metrics
+        engine_cfg = cfg.engine_for(cam)
+        self.engine = Anonymizer(engine_cfg, name=cam.name)
+        self.budget_ms = cfg.budget_for(cam)
+        self.controller = LatencyController(
+            budget_ms=self.budget_ms,
+            detect_every=engine_cfg.detect_every,
+            input_width=engine_cfg.detector.input_width,
+            max_input_width=engine_cfg.detector.input_width,
+            base_detect_every=engine_cfg.detect_every,
+        )
+        self.latency = LatencyStats()
+        self.source = CameraSource(
+            cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=self._on_frame, on_state=self._on_state
+        )
+        self._mailbox: queue.Queue[DecodedFrame] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._encoder: H264Encoder | None = None
+        self._encoder_size: tuple[int, int] | None = None
+        self._fps = 25.0
+        self._last_live = 0.0
+        self.state = "connecting"
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped: dict[str, int] = {"latency_budget": 0, "fail_closed": 0, "queue_full": 0, "encoder": 0}
+        self.fail_closed_frames = 0
+        self.faces_now = 0
+        self.tracks_now = 0
+        self._fps_in = _Rate()
+        self._fps_out = _Rate()
+        self._started = False
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._worker = threading.Thread(target=self._work, name=f"pipeline-{self.name}", daemon=True)
+        self._worker.start()
+        self.source.start()
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self.source.stop()
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+        if self._encoder is not None:
+            self._encoder.close()
+        self.state = "stopped"
+
+    # --- ingest thread ---
+    def _on_frame(self, df: DecodedFrame) -> None:
+        self.frames_in += 1
+        self._fps_in.tick(df.decoded_at)
+        if self.metrics:
+            self.metrics.frame_in(df.decoded_at)
+        try:
+            self._mailbox.put_nowait(df)
+        except queue.Full:
+            # The worker is still busy with an older frame: the older one goes, the newest stays.
+            try:
+                self._mailbox.get_nowait()
+                self._count_drop("queue_full")
+            except queue.Empty:
+                pass
+            try:
+                self._mailbox.put_nowait(df)
+            except queue.Full:
+                self._count_drop("queue_full")
+
+    def _on_state(self, name: str, state: str) -> None:
+        prev, self.state = self.state, state
+        if prev != state:
+            log.info("%s: camera %s -> %s", self.name, prev, state)
+        if self.metrics:
+            self.metrics.set_state(_METRIC_STATE.get(state, "offline"))  # type: ignore[arg-type]
+            if state == "reconnecting" and prev == "live":
+                self.metrics.reconnect()
+
+    # --- worker thread ---
+    def _count_drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if self.metrics:
+            self.metrics.drop(reason)  # type: ignore[arg-type]
+
+    def _work(self) -> None:
+        slate_period = 1.0 / self.cfg.slate.fps
+        next_slate = 0.0
+        while not self._stop.is_set():
+            try:
+                df = self._mailbox.get(timeout=min(0.1, slate_period))
+            except queue.Empty:
+                now = time.monotonic()
+                # No frames for a while (camera down, stalled, or never seen): keep viewers attached.
+                if now - self._last_live > max(1.0, 3 / self._fps) and now >= next_slate:
+                    next_slate = now + slate_period
+                    self._publish_slate(now)
+                continue
+            try:
+                self._process(df)
+            except Exception:
+                # Nothing may crash the camera's worker; the frame is lost (never sent raw).
+                log.exception("%s: frame processing failed; frame dropped", self.name)
+                self._count_drop("encoder")
+
+    def _process(self, df: DecodedFrame) -> None:
+        self._last_live = time.monotonic()
+        frame = df.frame
+        if df.pts_seconds is not None and self._fps_in.rate > 0:
+            self._fps = self._fps_in.rate
+        # A frame that is already too old to make the budget is dropped, not rushed out unmasked.
+        waited_ms = (time.monotonic() - df.decoded_at) * 1000
+        if waited_ms > self.budget_ms:
+            self._count_drop("latency_budget")
+            return
+        self.engine.detect_every = self.controller.detect_every
+        if self.engine.detector is not None:
+            self.engine.detector.input_width = self.controller.input_width
+        t = df.pts_seconds if df.pts_seconds is not None else df.decoded_at
+        res: AnonymizedFrame = self.engine.process_frame(frame, t, decoded_at=df.decoded_at)
+        self.faces_now = res.faces if res.detector_ran else self.faces_now
+        self.tracks_now = res.tracks
+        if self.metrics:
+            m = self.metrics
+            if res.detector_ran:
+                m.detection(res.detector_ms / 1000, res.faces)
+                m.faces_masked.set(res.tracks)
+            m.tracks_active.set(res.tracks)
+            m.detector_cadence.set(self.controller.detect_every)
+            m.detector_input_width.set(self.controller.input_width)
+            if res.fail_closed:
+                m.fail_closed_frame(res.fail_reason)  # type: ignore[arg-type]
+        if res.fail_closed:
+            self.fail_closed_frames += 1
+        if res.frame is None:
+            self._count_drop("fail_closed")
+            return
+        elapsed_ms = (time.monotonic() - df.decoded_at) * 1000
+        if elapsed_ms > self.budget_ms:
+            # Detection was too slow for this frame: it is anonymized but late; late frames are dropped.
+            self._count_drop("latency_budget")
+            self._adapt(elapsed_ms)
+            return
+        self._encode_publish(res.frame, df.decoded_at)
+        self._adapt((time.monotonic() - df.decoded_at) * 1000)
+
+    def _adapt(self, ms: float) -> None:
+        if self.controller.observe(ms, time.monotonic()):
+            log.info(
+                "%s: latency controller: detect every %d frame(s) at width %d",
+                self.name,
+                self.controller.detect_every,
+                self.controller.input_width,
+            )
+
+    def _ensure_encoder(self, width: int, height: int) -> H264Encoder:
+        if self._encoder is None or self._encoder_size != (width, height):
+            if self._encoder is not None:
+                log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
+                self._encoder.close()
+            self._encoder = H264Encoder(self.cfg.encoder, width, height, self._fps)
+            self._encoder_size = (width, height)
+        return self._encoder
+
+    def _encode_publish(self, frame: av.VideoFrame, decoded_at: float) -> None:
+        enc = self._ensure_encoder(frame.width, frame.height)
+        had_codec = enc.codec_info is not None
+        packets = enc.encode(frame, decoded_at, force_keyframe=self.hub.take_keyframe_request())
+        if not had_codec and enc.codec_info is not None:
+            self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
+        for pkt in packets:
+            self.loop.call_soon_threadsafe(self._publish, pkt)
+
+    def _publish(self, pkt: EncodedPacket) -> None:
+        """On the event loop: hand the packet to viewers; this is where proxy-added latency ends."""
+        self.hub.publish(pkt)
+        now = time.monotonic()
+        self.frames_out += 1
+        self._fps_out.tick(now)
+        if pkt.decoded_at > 0:
+            ms = (now - pkt.decoded_at) * 1000
+            self.latency.add(ms)
+            if self.metrics:
+                self.metrics.frame_out(ms / 1000, now)
+
+    def _publish_slate(self, now: float) -> None:
+        w, h = self._encoder_size or (self.cfg.slate.width, self.cfg.slate.height)
+        slate = make_slate(w, h, self.name)
+        enc = self._ensure_encoder(w, h)
+        had_codec = enc.codec_info is not None
+        # Every slate frame is a keyframe: a viewer joining during an outage sees it at once.
+        packets = enc.encode(slate, now, force_keyframe=True)
+        if not had_codec and enc.codec_info is not None:
+            self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
+        for pkt in packets:
+            self.loop.call_soon_threadsafe(self.hub.publish, pkt)
+
+    # --- state for the API ---
+    def snapshot(self) -> dict[str, Any]:
+        p50 = self.latency.percentile(0.5)
+        p99 = self.latency.percentile(0.99)
+        return {
+            "name": self.name,
+            "state": self.state,
+            "fps_in": round(self._fps_in.rate, 2),
+            "fps_out": round(self._fps_out.rate, 2),
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": dict(self.dropped),
+            "fail_closed_frames": self.fail_closed_frames,
+            "faces": self.faces_now,
+            "tracks": self.tracks_now,
+            "latency_ms": {"p50": _r(p50), "p99": _r(p99), "budget": self.budget_ms},
+            "detector": {
+                "model": self.engine.cfg.detector.model,
+                "detect_every": self.controller.detect_every,
+                "input_width": self.controller.input_width,
+                "error": self.engine.detector_error or None,
+            },
+            "resolution": list(self._encoder_size) if self._encoder_size else None,
+            "viewers": {"rtsp": self.hub.viewers("rtsp"), "webrtc": self.hub.viewers("webrtc")},
+            "reconnects": getattr(self.source, "reconnects", 0),
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+class _Rate:
+    """Frames per second over the last ~2 s."""
+
+    def __init__(self) -> None:
+        self._ticks: deque[float] = deque(maxlen=120)
+
+    def tick(self, t: float) -> None:
+        self._ticks.append(t)
+
+    @property
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self._ticks and now - self._ticks[0] > 2.0:
+            self._ticks.popleft()
+        if len(self._ticks) < 2:
+            return 0.0
+        span = self._ticks[-1] - self._ticks[0]
+        return (len(self._ticks) - 1) / span if span > 0 else 0.0

@@ -1,0 +1,64 @@
+"""Real faces for tests, from a photo a package ships (scikit-image's astronaut), and judging helpers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from streamproxy.types import Box
+
+# The astronaut's face in skimage.data.astronaut() (512x512), generous around the face.
+ASTRONAUT_FACE = (160, 30, 290, 200)  # x1, y1, x2, y2
+# The face itself inside that crop (what both detectors report on the photo, rounded): the ground truth.
+FACE_IN_CROP = (18, 33, 108, 146)
+
+
+@lru_cache(maxsize=1)
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def face_crop() -> np.ndarray:
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    return astronaut_bgr()[y1:y2, x1:x2].copy()
+
+
+def background(width: int, height: int, seed: int = 1) -> np.ndarray:
+    """A textured background that is not a face (smooth gradient + mild noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)), np.full_like(xx, 120)], axis=2)
+    noise = rng.integers(-12, 12, size=(height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def paste_face(img: np.ndarray, x: int, y: int, face_width: int) -> Box:
+    """Paste the astronaut's head with its left-top at (x, y), scaled to face_width.
+
+    Returns the ground-truth face box (the face inside the pasted crop), clipped to the image.
+    """
+    import cv2
+
+    crop = face_crop()
+    h = round(crop.shape[0] * face_width / crop.shape[1])
+    face = cv2.resize(crop, (face_width, h), interpolation=cv2.INTER_AREA)
+    H, W = img.shape[:2]
+    x2, y2 = min(W, x + face_width), min(H, y + h)
+    img[y:y2, x:x2] = face[: y2 - y, : x2 - x]
+    k = face_width / crop.shape[1]
+    fx1, fy1, fx2, fy2 = FACE_IN_CROP
+    return Box(x + fx1 * k, y + fy1 * k, min(W, x + fx2 * k), min(H, y + fy2 * k))
+
+
+def changed_fraction(before: np.ndarray, after: np.ndarray, box: Box, tol: int = 2) -> float:
+    """Fraction of the box's pixels that the anonymizer changed."""
+    x1, y1, x2, y2 = (int(v) for v in (box.x1, box.y1, box.x2, box.y2))
+    a = before[y1:y2, x1:x2].astype(np.int16)
+    b = after[y1:y2, x1:x2].astype(np.int16)
+    diff = np.abs(a - b)
+    if diff.ndim == 3:
+        diff = diff.max(axis=2)
+    return float((diff > tol).mean()) if diff.size else 0.0

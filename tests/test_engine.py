@@ -1,0 +1,165 @@
+"""The engine on real faces: masks them, keeps masking through detector misses, and fails closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from facekit import background, changed_fraction, paste_face
+
+from streamproxy.config import DetectorConfig, EngineConfig
+from streamproxy.detect import create_detector
+from streamproxy.engine import Anonymizer
+from streamproxy.types import Detection
+
+
+class ScriptedDetector:
+    """Wraps the real detector; misses (returns []) or raises on chosen calls."""
+
+    def __init__(self, real: object | None, miss: set[int] = frozenset(), fail: set[int] | None = None) -> None:  # type: ignore[assignment]
+        self.real = real
+        self.miss = miss
+        self.fail = fail
+        self.calls = 0
+        self.input_width = 640
+        self.last_ms = 0.0
+
+    def _run(self, fn: str, arg: object) -> list[Detection]:
+        i = self.calls
+        self.calls += 1
+        if self.fail is None or i in self.fail:
+            raise RuntimeError("detector broken on purpose")
+        if i in self.miss:
+            return []
+        return getattr(self.real, fn)(arg)  # type: ignore[no-any-return]
+
+    def detect_frame(self, frame: av.VideoFrame) -> list[Detection]:
+        return self._run("detect_frame", frame)
+
+    def detect_bgr(self, img: np.ndarray) -> list[Detection]:
+        return self._run("detect_bgr", img)
+
+
+@pytest.fixture(scope="module")
+def detector(model_dir: Path) -> object:
+    return create_detector(DetectorConfig(model_dir=model_dir, input_width=640))
+
+
+def _frame(img: np.ndarray) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+
+
+def _bgr(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="bgr24")
+
+
+def test_masks_a_real_face_in_a_video_frame(detector: object) -> None:
+    img = background(640, 360)
+    box = paste_face(img, 250, 80, 120)
+    frame = _frame(img)
+    assert detector.detect_frame(frame), "the test photo must show a detectable face"  # type: ignore[attr-defined]
+    eng = Anonymizer(EngineConfig(), detector=detector)  # type: ignore[arg-type]
+    res = eng.process_frame(frame, 0.0)
+    assert res.frame is not None and not res.fail_closed and res.faces == 1
+    out = _bgr(res.frame)
+    assert changed_fraction(_bgr(frame), out, box) > 0.8
+    assert detector.detect_bgr(out) == []  # type: ignore[attr-defined]
+    # The decoder's frame is never modified in place.
+    assert np.array_equal(frame.to_ndarray(), _frame(img).to_ndarray())
+
+
+def test_moving_face_stays_masked_through_detector_misses(detector: object) -> None:
+    """A face crossing the frame; the detector misses it on 15 frames (0.6 s < 1 s coast)."""
+    fps = 25
+    missed = set(range(10, 25))
+    scripted = ScriptedDetector(detector, miss=missed, fail=set())
+    eng = Anonymizer(EngineConfig(), detector=scripted)  # type: ignore[arg-type]
+    for i in range(40):
+        img = background(640, 360)
+        box = paste_face(img, 60 + i * 8, 100 + i, 110)
+        frame = _frame(img)
+        res = eng.process_frame(frame, i / fps)
+        assert res.frame is not None and not res.fail_closed
+        out = _bgr(res.frame)
+        frac = changed_fraction(_bgr(frame), out, box)
+        assert frac > 0.8, f"frame {i} (missed={i in missed}): only {frac:.2f} of the face masked"
+        assert detector.detect_bgr(out) == [], f"a face is detectable in output frame {i}"  # type: ignore[attr-defined]
+
+
+def test_mask_expires_after_coast_time(detector: object) -> None:
+    cfg = EngineConfig.model_validate({"tracker": {"coast_seconds": 0.2}})
+    scripted = ScriptedDetector(detector, miss=set(range(1, 100)), fail=set())
+    eng = Anonymizer(cfg, detector=scripted)  # type: ignore[arg-type]
+    img = background(640, 360)
+    paste_face(img, 250, 80, 120)
+    assert eng.process_frame(_frame(img), 0.0).tracks == 1
+    assert eng.process_frame(_frame(img), 0.1).tracks == 1  # coasting
+    assert eng.process_frame(_frame(img), 1.0).tracks == 0  # coast time over
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_fail_closed_when_the_detector_raises(detector: object, every: int) -> None:
+    cfg = EngineConfig(detect_every=every)
+    eng = Anonymizer(cfg, detector=ScriptedDetector(detector, fail=None))  # type: ignore[arg-type]
+    img = background(640, 360)
+    box = paste_face(img, 250, 80, 120)
+    for i in range(6):
+        frame = _frame(img)
+        res = eng.process_frame(frame, i / 25)
+        assert res.fail_closed and res.fail_reason == "detector_error"
+        assert res.frame is not None
+        out = _bgr(res.frame)
+        assert changed_fraction(_bgr(frame), out, box) > 0.9
+        assert detector.detect_bgr(out) == []  # type: ignore[attr-defined]
+    assert eng.stats.fail_closed_frames == 6
+
+
+def test_fail_closed_drop_action(detector: object) -> None:
+    cfg = EngineConfig.model_validate({"fail_closed": {"action": "drop"}})
+    eng = Anonymizer(cfg, detector=ScriptedDetector(detector, fail=None))  # type: ignore[arg-type]
+    img = background(320, 240)
+    paste_face(img, 100, 50, 80)
+    res = eng.process_frame(_frame(img), 0.0)
+    assert res.frame is None and res.fail_closed
+    out, _faces, failed = eng.process_image(img)
+    assert out is None and failed
+    assert eng.stats.dropped_frames == 2
+
+
+def test_recovers_after_detector_failure(detector: object) -> None:
+    scripted = ScriptedDetector(detector, fail={0, 1})
+    eng = Anonymizer(EngineConfig(detect_every=5), detector=scripted)  # type: ignore[arg-type]
+    img = background(640, 360)
+    paste_face(img, 250, 80, 120)
+    results = [eng.process_frame(_frame(img), i / 25) for i in range(4)]
+    # Failing runs are retried on every frame (not only every 5th), so the first good run ends fail-closed mode.
+    assert [r.fail_closed for r in results] == [True, True, False, False]
+    assert results[2].detector_ran and results[2].tracks == 1
+
+
+def test_missing_model_fails_closed(tmp_path: Path) -> None:
+    cfg = EngineConfig(detector=DetectorConfig(model_dir=tmp_path))
+    eng = Anonymizer(cfg)
+    assert eng.detector is None and "streamproxy models fetch" in eng.detector_error
+    img = background(320, 240)
+    box = paste_face(img, 100, 50, 80)
+    frame = _frame(img)
+    res = eng.process_frame(frame, 0.0)
+    assert res.fail_closed and res.fail_reason == "model_missing" and res.frame is not None
+    assert changed_fraction(_bgr(frame), _bgr(res.frame), box) > 0.9
+
+
+def test_still_image_keeps_alpha_and_grey(detector: object) -> None:
+    eng = Anonymizer(EngineConfig(), detector=detector)  # type: ignore[arg-type]
+    img = background(400, 300)
+    box = paste_face(img, 120, 60, 130)
+    bgra = np.dstack([img, np.full(img.shape[:2], 200, np.uint8)])
+    out, faces, failed = eng.process_image(bgra)
+    assert out is not None and faces == 1 and not failed
+    assert out.shape == bgra.shape and (out[:, :, 3] == 200).all()
+    assert changed_fraction(img, out[:, :, :3], box) > 0.8
+    grey = img.mean(axis=2).astype(np.uint8)
+    out2, _, _ = eng.process_image(grey)
+    assert out2 is not None and out2.shape == grey.shape
