@@ -1,0 +1,295 @@
+#!/usr/bin/python3
+"""A simulated IP camera: GStreamer's gst-rtsp-server serving a raw I420 clip in a loop.
+
+Runs under Debian's /usr/bin/python3 (the interpreter that has the `gi` GStreamer bindings), so it
+imports nothing from streamproxy and needs no numpy. streamproxy/camsim.py starts it.
+
+    appsrc (I420, live, timestamped on push) ! x264enc zerolatency ! rtph264pay name=pay0
+
+Each frame is stamped with its wall-clock time (ms) as a barcode in the top-left corner just before
+it is pushed, so that a viewer can measure glass-to-glass latency (camsim.read_stamp decodes it).
+The media is shared: every client sees the same encode, as with a real camera.
+
+Prints "READY <url>" on stdout once the server listens; exits cleanly on SIGTERM/SIGINT, and on
+EOF of stdin with --exit-on-stdin-eof (so that it never outlives the process that started it).
+"""
+
+import argparse
+import mmap
+import os
+import signal
+import sys
+import threading
+import time
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+
+# --- the barcode: keep in sync with streamproxy/camsim.py -----------------------------------------
+STAMP_ROWS = 2
+STAMP_COLS = 28
+STAMP_BITS = STAMP_ROWS * STAMP_COLS
+STAMP_BLACK = 16
+STAMP_WHITE = 235
+
+
+def stamp_block(width):
+    b = min(16, width // STAMP_COLS)
+    b -= b % 2
+    if b < 4:
+        raise ValueError(f"frame width {width} is too narrow for the stamp")
+    return b
+
+
+def crc8(data):
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def stamp_bits(ms):
+    ms &= (1 << 48) - 1
+    value = (ms << 8) | crc8(ms.to_bytes(6, "big"))
+    return [(value >> (STAMP_BITS - 1 - i)) & 1 for i in range(STAMP_BITS)]
+
+
+def write_stamp(frame, width, height, ms):
+    """Draw the barcode into an I420 frame (bytearray) in place; chroma under it set neutral."""
+    b = stamp_block(width)
+    bits = stamp_bits(ms)
+    white, black = bytes([STAMP_WHITE]) * b, bytes([STAMP_BLACK]) * b
+    for r in range(STAMP_ROWS):
+        line = b"".join(white if bits[r * STAMP_COLS + c] else black for c in range(STAMP_COLS))
+        for y in range(r * b, (r + 1) * b):
+            off = y * width
+            frame[off : off + len(line)] = line
+    cw = width // 2
+    grey = bytes([128]) * (STAMP_COLS * b // 2)
+    for plane_off in (width * height, width * height + cw * (height // 2)):
+        for y in range(STAMP_ROWS * b // 2):
+            off = plane_off + y * cw
+            frame[off : off + len(grey)] = grey
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def log(msg):
+    print(f"gst_camera: {msg}", file=sys.stderr, flush=True)
+
+
+class ClipFeeder:
+    """Pushes the clip into one media's appsrc at the clip frame rate, in a thread, until stopped.
+
+    A thread with a monotonic schedule (not a GLib timeout) keeps the pace even when the main loop
+    is busy serving RTSP requests.
+    """
+
+    def __init__(self, appsrc, clip, width, height, fps):
+        self.appsrc = appsrc
+        self.clip = clip
+        self.width, self.height, self.fps = width, height, fps
+        self.frame_size = width * height * 3 // 2
+        self.n_frames = len(clip) // self.frame_size
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="feeder", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stopped.set()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(2.0)
+
+    def run(self):
+        period = 1.0 / self.fps
+        next_t = time.monotonic()
+        i = 0
+        while not self.stopped.is_set():
+            off = (i % self.n_frames) * self.frame_size
+            frame = bytearray(self.clip[off : off + self.frame_size])
+            write_stamp(frame, self.width, self.height, int(time.time() * 1000))
+            buf = Gst.Buffer.new_wrapped(bytes(frame))
+            buf.duration = int(Gst.SECOND / self.fps)
+            ret = self.appsrc.emit("push-buffer", buf)
+            if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
+                break
+            if ret != Gst.FlowReturn.OK:
+                log(f"push-buffer: {ret.value_nick}")
+                break
+            i += 1
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -5 * period:
+                next_t = time.monotonic()  # far behind (machine stalled): skip ahead, don't burst
+            elif delay > 0:
+                self.stopped.wait(delay)
+
+
+def launch_line(args):
+    caps = f"video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1"
+    # Live source, timestamped with the pipeline clock on push; a 2-frame leaky queue inside appsrc
+    # drops old frames (like a real sensor) instead of building latency while nobody consumes.
+    src = (
+        "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream "
+        f'caps="{caps}"'
+    )
+    gop = max(1, args.fps * 2)
+    if args.codec == "h265":
+        enc = (
+            f"x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={args.bitrate} "
+            "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
+        )
+    else:
+        enc = (
+            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={args.bitrate} "
+            "threads=2 ! rtph264pay name=pay0 pt=96 config-interval=1"
+        )
+    return f"( {src} ! queue max-size-buffers=2 leaky=downstream ! {enc} )"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip", required=True, help="raw I420 frames, width x height each")
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--port", type=int, default=8554)
+    p.add_argument("--path", default="cam")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--codec", choices=["h264", "h265"], default="h264")
+    p.add_argument("--bitrate", type=int, default=3000, help="kbit/s")
+    p.add_argument("--user")
+    p.add_argument("--password")
+    p.add_argument("--exit-on-stdin-eof", action="store_true")
+    args = p.parse_args()
+
+    Gst.init(None)
+    needed = (
+        ["appsrc", "rtph265pay", "x265enc"] if args.codec == "h265" else ["appsrc", "rtph264pay", "x264enc"]
+    )
+    missing = [e for e in needed if Gst.ElementFactory.find(e) is None]
+    if missing:
+        log(
+            f"missing GStreamer elements: {', '.join(missing)} (x264enc: gstreamer1.0-plugins-ugly; x265enc: "
+            "gstreamer1.0-plugins-bad; rtph26xpay: gstreamer1.0-plugins-good)"
+        )
+        return 2
+
+    frame_size = args.width * args.height * 3 // 2
+    with open(args.clip, "rb") as f:
+        clip = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(clip) < frame_size or len(clip) % frame_size:
+        log(f"clip size {len(clip)} is not a whole number of {args.width}x{args.height} I420 frames")
+        return 2
+
+    loop = GLib.MainLoop()
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.bind)
+    server.set_service(str(args.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch_line(args))
+    factory.set_shared(True)  # one encode for every client, like a camera
+    factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
+
+    feeders = set()
+    lock = threading.Lock()
+
+    def on_media_configure(_factory, media):
+        appsrc = media.get_element().get_by_name("src")
+        feeder = ClipFeeder(appsrc, clip, args.width, args.height, args.fps)
+
+        def on_unprepared(_media):
+            feeder.stop()
+            with lock:
+                feeders.discard(feeder)
+
+        media.connect("unprepared", on_unprepared)
+        with lock:
+            feeders.add(feeder)
+        feeder.start()
+
+    factory.connect("media-configure", on_media_configure)
+
+    if args.user is not None:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        server.set_auth(auth)
+        perms = GstRtspServer.RTSPPermissions()
+        perms.add_permission_for_role("viewer", "media.factory.access", True)
+        perms.add_permission_for_role("viewer", "media.factory.construct", True)
+        factory.set_permissions(perms)
+
+    mount = "/" + args.path.strip("/")
+    server.get_mount_points().add_factory(mount, factory)
+
+    # A camera restarted on the same port may find it briefly unavailable: retry for a while.
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            source_id = server.attach(None)
+        except GLib.Error as err:
+            source_id = 0
+            last_err = err.message
+        else:
+            last_err = "attach failed"
+        if source_id:
+            break
+        if time.monotonic() > deadline:
+            log(f"cannot listen on {args.bind}:{args.port}: {last_err}")
+            return 1
+        time.sleep(0.2)
+
+    def shutdown(*_a):
+        loop.quit()
+        return GLib.SOURCE_REMOVE
+
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, shutdown)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, shutdown)
+    if args.exit_on_stdin_eof:
+
+        def on_stdin(_fd, _cond):
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                log("stdin closed: exiting")
+                loop.quit()
+                return GLib.SOURCE_REMOVE
+            return GLib.SOURCE_CONTINUE
+
+        GLib.io_add_watch(0, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, on_stdin)
+
+    # Sessions of clients that vanished (killed, no TEARDOWN) are reaped by the session pool.
+    def cleanup():
+        server.get_session_pool().cleanup()
+        return GLib.SOURCE_CONTINUE
+
+    GLib.timeout_add_seconds(2, cleanup)
+
+    url = f"rtsp://{args.bind}:{server.get_bound_port()}{mount}"
+    print(f"READY {url}", flush=True)
+    try:
+        loop.run()
+    finally:
+        with lock:
+            active = list(feeders)
+        for feeder in active:
+            feeder.stop()
+        GLib.source_remove(source_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Camera ingest: pull one RTSP camera with PyAV, decode it, hand each frame on; reconnect forever.
+
+One thread per camera does demux and decode (PyAV releases the GIL while FFmpeg works), so the
+event loop never waits on a camera. `on_frame` and `on_state` are called **from that thread**: the
+pipeline hops onto its loop itself (`loop.call_soon_threadsafe`) and must return quickly, because
+the camera's next packet is not read until it returns.
+
+Supervision (like MediaMTX's static sources and go2rtc's producers): a session is open → decode →
+error or stall → wait → open again. The wait starts at `ingest.backoff_initial_s` and doubles up to
+`ingest.backoff_max_s`; it is reset once a session has delivered frames for STABLE_S. A camera
+that is down at start is retried the same way. A stall (no packet for `ingest.read_timeout_s`) is
+FFmpeg's interrupt callback firing, through PyAV's `timeout=(open_s, read_s)`.
+
+Stopping must not wait out a blocking read: PyAV offers no way to interrupt one from another thread,
+so this module gives each ingest thread an "abort" flag that PyAV's own interrupt callback sees
+(see `_AbortableClock`); `stop()` returns within a fraction of a second even when the camera is
+frozen mid-stream.
+
+Low-delay open (FACTS.md): probesize=32, analyzeduration=0, flags=low_delay, and NOT
+fflags=nobuffer (it discards the keyframe read while probing and the first picture stalls ~1 s).
+Decoding uses slice threading only: frame threading adds a frame of delay per thread.
+
+Audio is never set up (`allowed_media_types=video`: the camera does not even send it), let alone
+decoded: speech is personal data too.
+
+Transport "auto": TCP first (no loss, passes NAT and firewalls, and it is what FFmpeg falls back to
+anyway); when an attempt fails, the next one tries the other transport, and whichever transport
+last delivered frames is kept. FFmpeg's own default (UDP first, TCP after a 10 s UDP timeout) is
+too slow to be useful as a fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import av
+import av.container.core as _av_core
+
+from .config import IngestConfig, Transport, redact_url
+from .types import DecodedFrame
+
+log = logging.getLogger(__name__)
+
+State = Literal["connecting", "live", "reconnecting", "stopped"]
+OnFrame = Callable[[DecodedFrame], None]
+OnState = Callable[[str, str], None]  # (camera name, new state)
+
+STABLE_S = 5.0  # a session that delivered frames this long resets the backoff
+DECODE_THREADS = 2  # slice threads: no added delay, and cameras encode several slices per frame
+
+
+# --- interrupting a blocking PyAV read from another thread --------------------------------------
+_tls = threading.local()
+
+
+class _Watch:
+    """Per ingest thread: when FFmpeg must give up (stop requested, or no packet by `deadline`)."""
+
+    __slots__ = ("abort", "deadline", "offset", "tripped")
+
+    def __init__(self, abort: threading.Event) -> None:
+        self.abort = abort
+        self.deadline = math.inf
+        self.offset = 0.0  # how far this thread's clock has been pushed ahead (only ever grows)
+        self.tripped = False  # the deadline passed: the session is stalled
+
+
+class _AbortableClock:
+    """Stands in for the `time` module inside `av.container.core`, whose interrupt callback calls
+    `time.monotonic()` while FFmpeg blocks (every ~100 ms) and gives up once `start + timeout` has
+    passed. On an ingest thread that must give up, this clock jumps ahead by a large step, so the
+    very next check interrupts the read. Every other thread sees the real clock, unchanged; an
+    ingest thread's clock only ever moves forwards (PyAV checks that).
+
+    The stall deadline is ours, not PyAV's read timeout, because FFmpeg's RTSP demuxer answers the
+    first interrupt with the packet it was still assembling: PyAV's timeout alone detects a stall
+    only after two read timeouts.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def monotonic() -> float:
+        now = time.monotonic()
+        watch: _Watch | None = getattr(_tls, "watch", None)
+        if watch is None:
+            return now
+        if now > watch.deadline:
+            watch.tripped = True
+            watch.offset += 1e6
+        elif watch.abort.is_set():
+            watch.offset += 1e6
+        return now + watch.offset
+
+
+def _install_abort_hook() -> bool:
+    if isinstance(getattr(_av_core, "time", None), _AbortableClock):
+        return True
+    if getattr(_av_core, "time", None) is not time:
+        # A PyAV whose internals differ: stop() then waits for the read timeout instead.
+        log.warning("PyAV internals changed: stop() waits up to read_timeout_s for a blocked read")
+        return False
+    _av_core.time = _AbortableClock()  # type: ignore[attr-defined]
+    return True
+
+
+_ABORT_HOOK = _install_abort_hook()
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Stalled(Exception):
+    pass
+
+
+def _secret_strings(url: str) -> list[str]:
+    """Spellings of the URL's credentials that could appear in an FFmpeg error message.
+
+    The whole user:password part in any case; the password alone only when it is long enough not
+    to garble ordinary words (a 2-letter password is no secret anyway). The user name alone is not
+    treated as secret.
+    """
+    parts = urlsplit(url)
+    out: set[str] = set()
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        out |= {userinfo, unquote(userinfo)}
+    if parts.password:
+        out |= {p for p in (parts.password, unquote(parts.password)) if len(p) >= 4}
+    return sorted(out, key=len, reverse=True)
+
+
+class CameraSource:
+    """One camera's ingest thread. `start()`/`stop()` are idempotent; counters are read any time.
+
+    State: "connecting" (first attempt) → "live" (frames flowing) → "reconnecting" (lost, waiting
+    or retrying) → "live" ...; "stopped" after `stop()`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        transport: Transport,
+        ingest: IngestConfig,
+        on_frame: OnFrame,
+        on_state: OnState | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.transport: Transport = transport
+        self.ingest = ingest
+        self.on_frame = on_frame
+        self.on_state = on_state
+        self._state: State = "stopped"
+        self._state_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._secrets = _secret_strings(url)
+        self._auto_next: Literal["tcp", "udp"] = "tcp"
+        # Counters (written by the ingest thread only).
+        self.frames_in = 0
+        self.reconnects = 0  # connection attempts after the first one
+        self.decode_errors = 0
+        self.last_error: str | None = None
+        self.resolution: tuple[int, int] | None = None
+        self.connected_transport: str | None = None
+        self.live_since: float | None = None  # time.monotonic() of the current session's first frame
+        self.last_frame_at: float | None = None
+        self._index = 0
+        self.frames_in_session = 0
+        self.opened = False
+
+    # --- public ---------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop = threading.Event()
+        self._set_state("connecting")
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name=f"ingest-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the ingest thread (interrupting a blocked open or read)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("%s: ingest thread did not stop within %.1f s", self.name, timeout)
+        self._thread = None
+        self._set_state("stopped")
+
+    # --- internals --------------------------------------------------------------------------------
+    def _set_state(self, state: State) -> None:
+        with self._state_lock:
+            if state == self._state:
+                return
+            self._state = state
+        log.info("%s: %s", self.name, state)
+        if self.on_state is not None:
+            try:
+                self.on_state(self.name, state)
+            except Exception:
+                log.exception("%s: on_state callback failed", self.name)
+
+    def _redact(self, text: str) -> str:
+        text = text.replace(self.url, self.safe_url)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _pick_transport(self) -> Literal["tcp", "udp"]:
+        if self.transport == "auto":
+            return self._auto_next
+        return self.transport
+
+    def _run(self, stop: threading.Event) -> None:
+        watch = _tls.watch = _Watch(stop)  # lets stop() and the stall deadline interrupt FFmpeg
+        delay = self.ingest.backoff_initial_s
+        first = True
+        try:
+            while not stop.is_set():
+                if not first:
+                    self.reconnects += 1
+                first = False
+                transport = self._pick_transport()
+                started = time.monotonic()
+                try:
+                    self._session(transport, watch)
+                    reason = "stream ended"
+                except _Stopped:
+                    break
+                except Exception as err:  # every failure of a session leads to a retry
+                    if stop.is_set():
+                        break
+                    reason = self._describe(err, watch, time.monotonic() - started)
+                finally:
+                    watch.deadline = math.inf
+                if stop.is_set():
+                    break
+                self.last_error = reason
+                if self.transport == "auto" and self.live_since is None:
+                    self._auto_next = "udp" if transport == "tcp" else "tcp"
+                if self.live_since is not None and time.monotonic() - self.live_since >= STABLE_S:
+                    delay = self.ingest.backoff_initial_s
+                self.live_since = None
+                self._set_state("reconnecting")
+                # A little jitter: cameras behind one NVR that failed together don't retry in lockstep.
+                wait = delay * random.uniform(0.9, 1.1)
+                log.warning("%s: %s; retrying in %.1f s", self.name, reason, wait)
+                if stop.wait(wait):
+                    break
+                delay = min(delay * 2, self.ingest.backoff_max_s)
+        except Exception:
+            log.exception("%s: ingest thread crashed", self.name)
+        finally:
+            _tls.watch = None
+            log.debug("%s: ingest thread exits", self.name)
+
+    def _describe(self, err: Exception, watch: _Watch, elapsed: float) -> str:
+        if isinstance(err, _Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
+            msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
+        elif isinstance(err, av.error.ExitError):
+            if self.opened:
+                msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
+            else:
+                msg = f"no answer within {elapsed:.1f} s (open timeout {self.ingest.open_timeout_s:g} s)"
+        else:
+            msg = f"{type(err).__name__}: {err}"
+        return self._redact(msg)
+
+    def _session(self, transport: Literal["tcp", "udp"], watch: _Watch) -> None:
+        """One connection: open, decode until the stream ends or fails. Raises on failure."""
+        stop = watch.abort
+        self.frames_in_session = 0
+        self.opened = False
+        watch.deadline = math.inf  # opening is bounded by PyAV's open timeout
+        watch.tripped = False
+        options = {
+            "rtsp_transport": transport,
+            "allowed_media_types": "video",
+            "probesize": "32",
+            "analyzeduration": "0",
+            "flags": "low_delay",
+        }
+        log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
+        timeout = (self.ingest.open_timeout_s, self.ingest.read_timeout_s)
+        with av.open(self.url, options=options, timeout=timeout) as container:
+            if stop.is_set():
+                raise _Stopped
+            if not container.streams.video:
+                raise RuntimeError("camera offers no video stream")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            ctx.thread_type = "SLICE"
+            ctx.thread_count = DECODE_THREADS
+            ctx.flags |= av.codec.context.Flags.low_delay
+            self.connected_transport = transport
+            self.opened = True
+            read_timeout = self.ingest.read_timeout_s
+            watch.deadline = time.monotonic() + read_timeout
+            for packet in container.demux(stream):
+                if stop.is_set():
+                    raise _Stopped
+                stalled = watch.tripped  # this packet is what FFmpeg had left when interrupted
+                watch.deadline = time.monotonic() + read_timeout
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as err:
+                    # A lost RTP packet damages one frame; the decoder recovers at the next keyframe.
+                    self.decode_errors += 1
+                    log.debug("%s: decode error: %s", self.name, err)
+                    continue
+                for frame in frames:
+                    self._deliver(frame, transport)
+                if stalled:
+                    raise _Stalled
+                if packet.size == 0:
+                    break  # the flush packet: the stream ended
+
+    def _deliver(self, frame: av.VideoFrame, transport: str) -> None:
+        now = time.monotonic()
+        size = (frame.width, frame.height)
+        if size != self.resolution:
+            if self.resolution is not None:
+                log.warning("%s: resolution changed %dx%d -> %dx%d", self.name, *self.resolution, *size)
+            else:
+                log.info("%s: %dx%d over %s", self.name, *size, transport)
+            self.resolution = size
+        pts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        decoded = DecodedFrame(frame=frame, decoded_at=now, index=self._index, pts_seconds=pts)
+        self._index += 1
+        self.frames_in += 1
+        self.frames_in_session += 1
+        self.last_frame_at = now
+        if self.live_since is None:
+            self.live_since = now
+            if self.transport == "auto":
+                self._auto_next = "tcp" if transport == "tcp" else "udp"
+            self._set_state("live")
+        try:
+            self.on_frame(decoded)
+        except Exception:
+            log.exception("%s: on_frame callback failed", self.name)
