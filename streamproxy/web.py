@@ -1,0 +1,251 @@
+"""HTTP: the live view page, the JSON API, health/readiness, Prometheus metrics and WHEP.
+
+Routes
+  GET  /                               the page (static/index.html)
+  GET  /static/{file}                  page assets (package data streamproxy/web/*)
+  GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials)
+  GET  /healthz                        200 "ok" while the process serves HTTP
+  GET  /readyz                         200 when config, models and listeners are up; 503 with reasons
+  GET  /metrics                        Prometheus exposition
+  POST /{camera}/whep                  WHEP: SDP offer in, 201 + SDP answer + Location out
+  DELETE /{camera}/whep/{session}      WHEP: end the session
+  OPTIONS /{camera}/whep[/{session}]   CORS preflight
+
+Auth: when `server.users` is set, HTTP Basic (the RTSP users) guards the page, its assets, the API
+and WHEP. /healthz, /readyz and /metrics stay open: orchestrators and Prometheus probe them without
+credentials, and they carry no picture and no camera URL (only camera names and counters).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .webrtc import WebRtcGateway, WhepError
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_SDP_BYTES = 64 * 1024
+STATIC_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+    "Access-Control-Expose-Headers": "Location",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _load_static() -> dict[str, bytes]:
+    """The page assets, read once from package data (works from a wheel, no network needed)."""
+    out: dict[str, bytes] = {}
+    root = resources.files("streamproxy") / "web"
+    if not root.is_dir():
+        log.warning("web assets missing from the package: the page is unavailable")
+        return out
+    for entry in root.iterdir():
+        if entry.is_file() and "." + entry.name.rsplit(".", 1)[-1] in STATIC_TYPES:
+            out[entry.name] = entry.read_bytes()
+    return out
+
+
+class WebServer:
+    """aiohttp server of the live proxy; `start`/`stop` are idempotent."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.cfg = app.cfg.server
+        self.webrtc = WebRtcGateway(self.cfg)
+        self.port: int = 0
+        self._runner: web.AppRunner | None = None
+        self._static = _load_static()
+        self._users = {u.username: u.password for u in self.cfg.users}
+        self.web_app = self._build()
+
+    # --- lifecycle ---
+    def _build(self) -> web.Application:
+        wa = web.Application(middlewares=[self._auth_middleware], client_max_size=MAX_SDP_BYTES)
+        wa.router.add_get("/", self._index)
+        wa.router.add_get("/static/{name}", self._static_file)
+        wa.router.add_get("/api/cameras", self._cameras)
+        wa.router.add_get("/healthz", self._healthz)
+        wa.router.add_get("/readyz", self._readyz)
+        wa.router.add_get("/metrics", self._metrics)
+        wa.router.add_post("/{camera}/whep", self._whep_post)
+        wa.router.add_route("OPTIONS", "/{camera}/whep", self._whep_options)
+        wa.router.add_delete("/{camera}/whep/{session}", self._whep_delete)
+        wa.router.add_route("OPTIONS", "/{camera}/whep/{session}", self._whep_options)
+        return wa
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.host, self.cfg.http_port if self.cfg.http_port else 0)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.http_port
+        log.info("http: listening on %s:%d", self.cfg.host, self.port)
+
+    async def stop(self) -> None:
+        await self.webrtc.close_all()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # --- auth ---
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        expected = self._users.get(user)
+        # Compare even for unknown users so that timing does not reveal which names exist.
+        ok = hmac.compare_digest(password.encode(), (expected or "\0").encode())
+        return ok and expected is not None
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (
+            self._users
+            and request.path not in OPEN_PATHS
+            and request.method != "OPTIONS"  # preflights carry no credentials by design
+            and not self._authorized(request)
+        ):
+            return web.Response(
+                status=401,
+                text="authentication required\n",
+                headers={"WWW-Authenticate": f'Basic realm="{self.cfg.realm}", charset="UTF-8"', **CORS_HEADERS},
+            )
+        return await handler(request)
+
+    # --- page and API ---
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return self._asset("index.html")
+
+    async def _static_file(self, request: web.Request) -> web.StreamResponse:
+        return self._asset(request.match_info["name"])
+
+    def _asset(self, name: str) -> web.StreamResponse:
+        body = self._static.get(name)
+        if body is None:
+            raise web.HTTPNotFound(text="not found\n")
+        ctype = STATIC_TYPES["." + name.rsplit(".", 1)[-1]]
+        return web.Response(
+            body=body,
+            content_type=ctype,
+            charset="utf-8" if ctype.startswith("text/") else None,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _cameras(self, request: web.Request) -> web.StreamResponse:
+        out: list[dict[str, Any]] = []
+        for name, pipeline in self.app.pipelines.items():
+            try:
+                snap = dict(pipeline.snapshot())
+            except Exception:
+                log.exception("%s: snapshot failed", name)
+                snap = {"name": name, "state": "unknown"}
+            # Snapshots carry no URL; drop any key that could, in case that ever changes.
+            for key in ("url", "source_url"):
+                snap.pop(key, None)
+            snap["whep"] = f"/{name}/whep"
+            out.append(snap)
+        return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        if self.app.ready:
+            return web.Response(text="ready\n")
+        reasons = []
+        if not self.app.pipelines:
+            reasons.append("no camera pipeline yet (models loading?)")
+        if self.app.rtsp is None or not getattr(self.app.rtsp, "port", None):
+            reasons.append("RTSP listener not up")
+        if self._runner is None:
+            reasons.append("HTTP listener not up")
+        reasons.append("startup not finished" if not reasons else "")
+        return web.Response(status=503, text="not ready: " + "; ".join(r for r in reasons if r) + "\n")
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            from . import metrics
+        except ImportError:
+            raise web.HTTPNotFound(text="metrics not available\n") from None
+        body, ctype = metrics.render_latest(request.headers.get("Accept", ""))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    # --- WHEP ---
+    async def _whep_options(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=204, headers={**CORS_HEADERS, "Accept-Post": "application/sdp"})
+
+    async def _whep_post(self, request: web.Request) -> web.StreamResponse:
+        camera = request.match_info["camera"]
+        hub = self.app.hubs.get(camera)
+        if hub is None:
+            raise web.HTTPNotFound(text=f"no camera {camera!r}\n", headers=CORS_HEADERS)
+        if request.content_type != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n", headers=CORS_HEADERS)
+        try:
+            offer = await request.text()
+        except (UnicodeDecodeError, web.HTTPRequestEntityTooLarge):
+            raise web.HTTPBadRequest(text="unreadable SDP offer\n", headers=CORS_HEADERS) from None
+        try:
+            sid, answer = await self.webrtc.create_session(hub, offer)
+        except WhepError as err:
+            log.info("%s: WHEP offer refused: %s", camera, err.message)
+            return web.Response(status=err.status, text=err.message + "\n", headers=CORS_HEADERS)
+        return web.Response(
+            status=201,
+            body=answer.encode(),
+            headers={
+                "Content-Type": "application/sdp",
+                "Location": f"/{camera}/whep/{sid}",
+                **CORS_HEADERS,
+            },
+        )
+
+    async def _whep_delete(self, request: web.Request) -> web.StreamResponse:
+        camera = request.match_info["camera"]
+        sid = request.match_info["session"]
+        if camera not in self.app.hubs or self.webrtc.get(camera, sid) is None:
+            raise web.HTTPNotFound(text="no such session\n", headers=CORS_HEADERS)
+        await self.webrtc.close_session(sid)
+        return web.Response(status=200, text="closed\n", headers=CORS_HEADERS)

@@ -1,0 +1,232 @@
+// streamproxy live view: camera grid from /api/cameras, playback over WHEP (standard WebRTC APIs only).
+"use strict";
+
+(function () {
+  const POLL_MS = 1500;
+  const ICE_GATHER_TIMEOUT_MS = 3000;
+  const $ = (id) => document.getElementById(id);
+
+  // Read by tests and benchmarks (headless browser): the current playback and its decode stats.
+  const stats = {
+    camera: null, state: "idle", error: null, framesDecoded: 0, framesDropped: 0, framesReceived: 0,
+    bytesReceived: 0, width: 0, height: 0, codec: null, playStartedAt: null, firstFrameMs: null,
+  };
+  window.streamproxyStats = stats;
+
+  let session = null; // {camera, pc, location, statsTimer}
+  let cameras = [];
+
+  function uiState(pipelineState) {
+    if (pipelineState === "live") return "live";
+    if (pipelineState === "connecting" || pipelineState === "reconnecting") return "reconnecting";
+    return "offline";
+  }
+
+  function fmt(v, digits) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "–";
+    return typeof v === "number" ? v.toFixed(digits) : String(v);
+  }
+
+  function setStatus(text, isError) {
+    const el = $("status");
+    el.textContent = text;
+    el.classList.toggle("error", !!isError);
+  }
+
+  function cardFor(cam) {
+    const lat = cam.latency_ms || {};
+    const viewers = cam.viewers || {};
+    const st = uiState(cam.state);
+    const card = document.createElement("button");
+    card.type = "button";
+    card.className = "card" + (session && session.camera === cam.name ? " playing" : "");
+    card.dataset.camera = cam.name;
+    card.title = "Play " + cam.name;
+    const h = document.createElement("h3");
+    const name = document.createElement("span");
+    name.textContent = cam.name;
+    const badge = document.createElement("span");
+    badge.className = "badge " + st;
+    badge.textContent = st;
+    h.append(name, badge);
+    const dl = document.createElement("dl");
+    const rows = [
+      ["fps in / out", fmt(cam.fps_in, 1) + " / " + fmt(cam.fps_out, 1)],
+      ["viewers", "rtsp " + (viewers.rtsp ?? 0) + " · webrtc " + (viewers.webrtc ?? 0)],
+      ["faces masked", fmt(cam.tracks ?? cam.faces, 0)],
+      ["added latency", "p50 " + fmt(lat.p50, 0) + " ms · p99 " + fmt(lat.p99, 0) + " ms"],
+    ];
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.textContent = v;
+      dl.append(dt, dd);
+    }
+    card.append(h, dl);
+    card.addEventListener("click", () => play(cam.name));
+    return card;
+  }
+
+  function render() {
+    const grid = $("grid");
+    grid.replaceChildren(...cameras.map(cardFor));
+    $("empty").hidden = cameras.length > 0;
+  }
+
+  async function poll() {
+    try {
+      const r = await fetch("/api/cameras", { cache: "no-store" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      cameras = await r.json();
+      render();
+      setStatus("updated " + new Date().toLocaleTimeString(), false);
+    } catch (e) {
+      setStatus("cannot reach the proxy: " + e.message, true);
+    } finally {
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  function waitIceGathering(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+      const check = () => { if (pc.iceGatheringState === "complete") done(); };
+      pc.addEventListener("icegatheringstatechange", check);
+      // Non-trickle WHEP: send what was gathered if gathering does not finish in time.
+      setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    });
+  }
+
+  function showMessage(text) {
+    $("player-msg").textContent = text || "";
+  }
+
+  function setPlayerState(state) {
+    stats.state = state;
+    const b = $("player-state");
+    b.textContent = state;
+    b.className = "badge " + (state === "playing" ? "live" : state === "failed" ? "offline" : "reconnecting");
+  }
+
+  async function pollStats() {
+    if (!session) return;
+    try {
+      const report = await session.pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp" && (s.kind === "video" || s.mediaType === "video")) {
+          stats.framesDecoded = s.framesDecoded || 0;
+          stats.framesDropped = s.framesDropped || 0;
+          stats.framesReceived = s.framesReceived || 0;
+          stats.bytesReceived = s.bytesReceived || 0;
+          stats.width = s.frameWidth || 0;
+          stats.height = s.frameHeight || 0;
+          if (s.codecId && report.get(s.codecId)) stats.codec = report.get(s.codecId).mimeType;
+        }
+      });
+      if (stats.framesDecoded > 0 && stats.firstFrameMs === null && stats.playStartedAt !== null) {
+        stats.firstFrameMs = performance.now() - stats.playStartedAt;
+      }
+      $("player-stats").textContent =
+        (stats.codec || "") + " " + stats.width + "×" + stats.height + " · decoded " + stats.framesDecoded +
+        " · dropped " + stats.framesDropped + " · " + Math.round(stats.bytesReceived / 1024) + " KiB";
+    } catch (e) {
+      /* the connection is closing */
+    }
+  }
+
+  async function stop() {
+    const s = session;
+    session = null;
+    $("player").hidden = true;
+    $("video").srcObject = null;
+    stats.camera = null;
+    setPlayerState("idle");
+    render();
+    if (!s) return;
+    clearInterval(s.statsTimer);
+    s.pc.close();
+    if (s.location) {
+      try { await fetch(s.location, { method: "DELETE", keepalive: true }); } catch (e) { /* server gone: nothing to end */ }
+    }
+  }
+
+  async function play(camera) {
+    await stop();
+    Object.assign(stats, {
+      camera, error: null, framesDecoded: 0, framesDropped: 0, framesReceived: 0, bytesReceived: 0,
+      width: 0, height: 0, codec: null, playStartedAt: performance.now(), firstFrameMs: null,
+    });
+    $("player").hidden = false;
+    $("player-title").textContent = camera;
+    showMessage("");
+    setPlayerState("connecting");
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const s = { camera, pc, location: null, statsTimer: null };
+    session = s;
+    render();
+    const video = $("video");
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addEventListener("track", (ev) => {
+      video.srcObject = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+      video.play().catch(() => { /* autoplay of muted video is allowed; ignore the race */ });
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (session !== s) return;
+      const st = pc.connectionState;
+      if (st === "connected") setPlayerState("playing");
+      else if (st === "failed") fail("the WebRTC connection failed (network or firewall between you and the proxy?)");
+      else if (st === "disconnected") setPlayerState("reconnecting");
+    });
+    try {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      await waitIceGathering(pc);
+      const r = await fetch("/" + encodeURIComponent(camera) + "/whep", {
+        method: "POST",
+        headers: { "Content-Type": "application/sdp" },
+        body: pc.localDescription.sdp,
+      });
+      if (r.status !== 201) {
+        const text = (await r.text()).trim();
+        throw new Error("the proxy refused playback (HTTP " + r.status + (text ? ": " + text : "") + ")");
+      }
+      const loc = r.headers.get("Location");
+      s.location = loc ? new URL(loc, location.href).href : null;
+      const answer = await r.text();
+      if (session !== s) { // stopped while waiting
+        pc.close();
+        if (s.location) fetch(s.location, { method: "DELETE" }).catch(() => {});
+        return;
+      }
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      s.statsTimer = setInterval(pollStats, 500);
+    } catch (e) {
+      if (session === s) fail(e.message || String(e));
+    }
+  }
+
+  function fail(message) {
+    stats.error = message;
+    setPlayerState("failed");
+    showMessage("Playback failed: " + message);
+  }
+
+  // Draws the picture being shown into a canvas: what a viewer sees, as a PNG data URL.
+  function grabFrame() {
+    const video = $("video");
+    if (!video.videoWidth) return null;
+    const c = document.createElement("canvas");
+    c.width = video.videoWidth;
+    c.height = video.videoHeight;
+    c.getContext("2d").drawImage(video, 0, 0);
+    return c.toDataURL("image/png");
+  }
+
+  window.streamproxy = { play, stop, grabFrame };
+  $("stop").addEventListener("click", stop);
+  // Leaving the page ends the session at once instead of waiting for the ICE consent timeout.
+  window.addEventListener("pagehide", () => { stop(); });
+  poll();
+})();

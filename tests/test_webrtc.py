@@ -1,0 +1,303 @@
+"""WHEP/WebRTC on loopback: a real aiortc viewer against the real HTTP server and a real H.264 stream.
+
+The stream is the project's H264Encoder fed with synthetic frames (no camera, no faces): these tests
+are about transport, negotiation and session lifecycle, not anonymization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streamproxy.config import AppConfig, EncoderConfig, parse_config
+from streamproxy.encode import H264Encoder
+from streamproxy.stream import StreamHub
+from streamproxy.web import WebServer
+from streamproxy.webrtc import ice_host_override, ice_servers
+
+WIDTH, HEIGHT, FPS = 320, 240, 25
+
+
+def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
+    return parse_config(
+        {
+            "cameras": [{"name": n, "url": f"rtsp://127.0.0.1:1/{n}"} for n in cameras],
+            "server": {
+                "host": "127.0.0.1",
+                "ice_hosts": ["127.0.0.1"],
+                "users": users or [],
+            },
+        }
+    )
+
+
+class FakePipeline:
+    """Stands in for CameraPipeline: only what the web server reads."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+        self.name = hub.name
+        self.state = "live"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "fps_in": 25.0,
+            "fps_out": 25.0,
+            "faces": 0,
+            "tracks": 0,
+            "latency_ms": {"p50": 10.0, "p99": 20.0, "budget": 150.0},
+            "viewers": {"rtsp": self.hub.viewers("rtsp"), "webrtc": self.hub.viewers("webrtc")},
+        }
+
+
+class FakeApp:
+    """The parts of streamproxy.app.App that WebServer uses."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self.hubs = {c.name: StreamHub(c.name, cfg.server.viewer_buffer_packets) for c in cfg.cameras}
+        self.pipelines: dict[str, Any] = {n: FakePipeline(h) for n, h in self.hubs.items()}
+        self.ready = True
+        self.rtsp: Any = None
+
+
+def synthetic_frame(i: int) -> av.VideoFrame:
+    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None] * 200 + 20
+    x = np.zeros((1, WIDTH), np.float32)
+    img = np.repeat((y + x).astype(np.uint8)[:, :, None], 3, axis=2)
+    col = (i * 8) % (WIDTH - 40)
+    img[100:140, col : col + 40] = (0, 0, 255)  # a moving red block: every frame differs
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+
+
+async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS) -> None:
+    """A live camera's encode loop in miniature: honours the hub's keyframe requests."""
+    enc = H264Encoder(EncoderConfig(bitrate_kbps=500), WIDTH, HEIGHT, fps, name=hub.name)
+    frames = [synthetic_frame(i) for i in range(50)]
+    i = 0
+    t0 = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            packets = await asyncio.to_thread(
+                enc.encode, frames[i % len(frames)], now, hub.take_keyframe_request()
+            )
+            if hub.codec is None and enc.codec_info is not None:
+                hub.set_codec(enc.codec_info)
+            for p in packets:
+                hub.publish(p)
+            i += 1
+            delay = t0 + i / fps - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+    finally:
+        enc.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[FakeApp, WebServer, str]]:
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
+    app = FakeApp(cfg)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(feed_hub(h, stop)) for h in app.hubs.values()] if feed else []
+    server = WebServer(app)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield app, server, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+class WhepClient:
+    """A WHEP viewer built on aiortc (recvonly, non-trickle)."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.frames: list[av.VideoFrame] = []
+        self.location: str | None = None
+        self._track_ready = asyncio.Event()
+        self._track: Any = None
+
+        @self.pc.on("track")
+        def on_track(track: Any) -> None:
+            self._track = track
+            self._track_ready.set()
+
+    async def offer(self) -> str:
+        with ice_host_override(["127.0.0.1"]):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert self.pc.localDescription is not None
+        return self.pc.localDescription.sdp
+
+    async def connect(self, session: aiohttp.ClientSession, url: str, **kw: Any) -> aiohttp.ClientResponse:
+        sdp = await self.offer()
+        resp = await session.post(url, data=sdp, headers={"Content-Type": "application/sdp"}, **kw)
+        if resp.status == 201:
+            self.location = resp.headers["Location"]
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
+        return resp
+
+    async def receive(self, count: int, timeout: float) -> list[av.VideoFrame]:
+        deadline = time.monotonic() + timeout
+        await asyncio.wait_for(self._track_ready.wait(), timeout)
+        while len(self.frames) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                frame = await asyncio.wait_for(self._track.recv(), left)
+            except (TimeoutError, MediaStreamError):
+                break
+            self.frames.append(frame)
+        return self.frames
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def wait_for(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(cond())
+
+
+# --- tests ---------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+async def test_whep_plays_h264_and_delete_ends_session() -> None:
+    async with serving(make_cfg()) as (app, server, base), aiohttp.ClientSession() as http:
+        hub = app.hubs["cam1"]
+        client = WhepClient()
+        try:
+            resp = await client.connect(http, f"{base}/cam1/whep")
+            assert resp.status == 201, await resp.text()
+            assert resp.headers["Content-Type"].startswith("application/sdp")
+            assert client.location is not None and client.location.startswith("/cam1/whep/")
+            answer = client.pc.remoteDescription.sdp
+            # H.264 only: never VP8 (which the passthrough track cannot produce).
+            assert "H264/90000" in answer and "VP8" not in answer
+            assert "packetization-mode=1" in answer
+            # Only the configured host address is offered, and no server-reflexive (no STUN).
+            cands = [ln for ln in answer.splitlines() if ln.startswith("a=candidate")]
+            assert cands and all(" 127.0.0.1 " in c and "typ host" in c for c in cands), cands
+
+            frames = await client.receive(20, timeout=20)
+            assert len(frames) >= 20, f"decoded {len(frames)} frames"
+            assert (frames[-1].width, frames[-1].height) == (WIDTH, HEIGHT)
+            assert hub.viewers("webrtc") == 1
+            assert server.webrtc.count("cam1") == 1
+
+            r = await http.delete(f"{base}{client.location}")
+            assert r.status == 200
+            assert hub.viewers("webrtc") == 0
+            assert server.webrtc.count() == 0
+            r = await http.delete(f"{base}{client.location}")
+            assert r.status == 404
+        finally:
+            await client.close()
+
+
+@pytest.mark.timeout(60)
+async def test_viewer_closing_its_peer_connection_ends_the_session() -> None:
+    async with serving(make_cfg()) as (app, server, base), aiohttp.ClientSession() as http:
+        client = WhepClient()
+        resp = await client.connect(http, f"{base}/cam1/whep")
+        assert resp.status == 201
+        frames = await client.receive(5, timeout=20)
+        assert len(frames) >= 5
+        await client.close()  # sends DTLS close_notify: aiortc's server side sees "closed"
+        assert await wait_for(lambda: server.webrtc.count() == 0, 10), "session not reaped"
+        assert app.hubs["cam1"].viewers("webrtc") == 0
+
+
+@pytest.mark.timeout(60)
+async def test_two_viewers_share_one_encode() -> None:
+    async with serving(make_cfg()) as (app, _server, base), aiohttp.ClientSession() as http:
+        clients = [WhepClient(), WhepClient()]
+        try:
+            for c in clients:
+                assert (await c.connect(http, f"{base}/cam1/whep")).status == 201
+            results = await asyncio.gather(*(c.receive(10, timeout=20) for c in clients))
+            assert all(len(r) >= 10 for r in results)
+            assert app.hubs["cam1"].viewers("webrtc") == 2
+        finally:
+            for c in clients:
+                await c.close()
+
+
+@pytest.mark.timeout(30)
+async def test_whep_errors() -> None:
+    async with serving(make_cfg(), feed=False) as (_app, server, base), aiohttp.ClientSession() as http:
+        sdp_headers = {"Content-Type": "application/sdp"}
+        client = WhepClient()
+        try:
+            offer = await client.offer()
+            r = await http.post(f"{base}/nope/whep", data=offer, headers=sdp_headers)
+            assert r.status == 404
+            r = await http.post(f"{base}/cam1/whep", data="hello", headers=sdp_headers)
+            assert r.status == 400
+            r = await http.post(f"{base}/cam1/whep", data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=sdp_headers)
+            assert r.status == 400
+            r = await http.post(f"{base}/cam1/whep", data=offer, headers={"Content-Type": "text/plain"})
+            assert r.status == 415
+            r = await http.delete(f"{base}/cam1/whep/unknown")
+            assert r.status == 404
+            r = await http.options(f"{base}/cam1/whep")
+            assert r.status == 204 and "POST" in r.headers["Access-Control-Allow-Methods"]
+            assert server.webrtc.count() == 0
+        finally:
+            await client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_whep_requires_auth_when_users_are_configured() -> None:
+    cfg = make_cfg(users=[{"username": "alice", "password": "s3cret"}])
+    async with serving(cfg) as (_app, server, base), aiohttp.ClientSession() as http:
+        client = WhepClient()
+        try:
+            r = await client.connect(http, f"{base}/cam1/whep")
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith("Basic ")
+            r = await client.connect(http, f"{base}/cam1/whep", auth=aiohttp.BasicAuth("alice", "wrong"))
+            assert r.status == 401
+            assert server.webrtc.count() == 0
+            r = await client.connect(http, f"{base}/cam1/whep", auth=aiohttp.BasicAuth("alice", "s3cret"))
+            assert r.status == 201
+            frames = await client.receive(3, timeout=20)
+            assert len(frames) >= 3
+            assert client.location is not None
+            r = await http.delete(f"{base}{client.location}")
+            assert r.status == 401
+            r = await http.delete(f"{base}{client.location}", auth=aiohttp.BasicAuth("alice", "s3cret"))
+            assert r.status == 200
+        finally:
+            await client.close()
+
+
+def test_ice_servers_from_config() -> None:
+    cfg = make_cfg().server
+    assert ice_servers(cfg) == []  # nothing is contacted by default (no Google STUN)
+    cfg = cfg.model_copy(
+        update={"stun_servers": ["stun:stun.example:3478"], "turn_servers": ["turn:bob:p%40ss@turn.example:3478"]}
+    )
+    servers = ice_servers(cfg)
+    assert servers[0].urls == "stun:stun.example:3478"
+    assert servers[1].urls == "turn:turn.example:3478"
+    assert (servers[1].username, servers[1].credential) == ("bob", "p@ss")
