@@ -199,8 +199,9 @@ class WebServer:
             reasons.append("RTSP listener not up")
         if self._runner is None:
             reasons.append("HTTP listener not up")
-        reasons.append("startup not finished" if not reasons else "")
-        return web.Response(status=503, text="not ready: " + "; ".join(r for r in reasons if r) + "\n")
+        if not reasons:
+            reasons.append("starting or stopping")
+        return web.Response(status=503, text="not ready: " + "; ".join(reasons) + "\n")
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         try:
