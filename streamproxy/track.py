@@ -220,7 +220,8 @@ class Tracker:
         s.h += alpha * (z.height - s.h)
         s.t = t
         s.t_seen = t
-        s.seen_box = Box.from_center(s.cx, s.cy, s.w, s.h)
+        # Where the face was, for the coasting path: the raw detection too, in case smoothing lagged.
+        s.seen_box = _union(Box.from_center(s.cx, s.cy, s.w, s.h), z)
         s.last_det = z
         s.hits += 1
         s.misses = 0
