@@ -1,0 +1,538 @@
+"""The RTSP server against real clients on loopback: ffprobe, ffmpeg, GStreamer, PyAV and raw sockets.
+
+A synthetic camera (moving gradient -> H264Encoder -> StreamHub at ~25 fps) feeds the server on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from streamproxy.config import EncoderConfig, ServerConfig, User
+from streamproxy.encode import H264Encoder
+from streamproxy.rtsp import RtspServer
+from streamproxy.rtsp.session import TcpOutput
+from streamproxy.stream import StreamHub
+
+pytestmark = pytest.mark.timeout(90)
+
+W, H, FPS = 320, 240, 25.0
+USER, PASSWORD = "viewer", "pa:ss w0rd"
+
+
+def _frame(i: int, w: int, h: int, noise: bool) -> av.VideoFrame:
+    y = (np.add.outer(np.arange(h), np.arange(w)) + i * 4).astype(np.uint8)
+    if noise:  # incompressible: a high bitrate that fills socket buffers quickly
+        y = np.random.default_rng(i).integers(0, 255, (h, w), dtype=np.uint8)
+    uv = np.full((h // 2, w), 128, np.uint8)
+    return av.VideoFrame.from_ndarray(np.vstack([y, uv]), format="yuv420p")
+
+
+class Camera:
+    """Publishes a synthetic stream into a hub, honouring keyframe requests."""
+
+    def __init__(self, hub: StreamHub, w: int = W, h: int = H, kbps: int = 800, noise: bool = False) -> None:
+        self.hub, self.w, self.h, self.noise = hub, w, h, noise
+        self.enc = H264Encoder(EncoderConfig(bitrate_kbps=kbps, gop_seconds=4.0), w, h, FPS, name=hub.name)
+        self.frames = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while True:
+            frame = _frame(self.frames, self.w, self.h, self.noise)
+            force = self.hub.take_keyframe_request()
+            pkts = await asyncio.to_thread(self.enc.encode, frame, time.monotonic(), force)
+            if self.hub.codec is None and self.enc.codec_info is not None:
+                self.hub.set_codec(self.enc.codec_info)
+            for p in pkts:
+                self.hub.publish(p)
+            self.frames += 1
+            await asyncio.sleep(max(0.0, t0 + self.frames / FPS - loop.time()))
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.enc.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    users: list[User] | None = None,
+    publish: bool = True,
+    buffer_packets: int = 50,
+    kbps: int = 800,
+    noise: bool = False,
+    **server_kw: Any,
+) -> AsyncIterator[tuple[RtspServer, StreamHub, str]]:
+    hub = StreamHub("cam1", buffer_packets=buffer_packets)
+    port_min = random.randrange(20000, 60000, 2)
+    cfg = ServerConfig(
+        host="127.0.0.1", rtsp_port=1024, users=users or [], rtp_port_min=port_min, rtp_port_max=port_min + 400
+    )
+    cfg = cfg.model_copy(update={"rtsp_port": 0})  # port 0: the OS picks; the model's bound is for users
+    server = RtspServer({"cam1": hub}, cfg, **server_kw)
+    cam = Camera(hub, kbps=kbps, noise=noise)
+    await server.start()
+    if publish:
+        cam.start()
+    try:
+        yield server, hub, f"rtsp://127.0.0.1:{server.port}/cam1"
+    finally:
+        await server.stop()
+        await cam.stop()
+
+
+async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run a client without blocking the event loop that serves it."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def with_creds(url: str, user: str, password: str) -> str:
+    from urllib.parse import quote
+
+    return url.replace("rtsp://", f"rtsp://{quote(user, safe='')}:{quote(password, safe='')}@")
+
+
+need_ffmpeg = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffmpeg not installed")
+need_gst = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer not installed")
+
+
+class RawRtsp:
+    """A minimal RTSP client on a raw socket: exact control over what is sent and read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.cseq = 0
+        self.binary: list[tuple[int, bytes]] = []  # interleaved frames seen while waiting for responses
+
+    @classmethod
+    async def connect(cls, port: int, rcvbuf: int | None = None, limit: int = 2**16) -> RawRtsp:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5)
+        r, w = await asyncio.open_connection(sock=sock, limit=limit)
+        return cls(r, w)
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(
+        self, method: str, uri: str, headers: dict[str, str] | None = None, cseq: bool = True
+    ) -> tuple[int, dict[str, list[str]], bytes]:
+        self.cseq += 1
+        lines = [f"{method} {uri} RTSP/1.0"]
+        if cseq:
+            lines.append(f"CSeq: {self.cseq}")
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        await self.send_raw(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.response()
+
+    async def response(self, timeout: float = 10.0) -> tuple[int, dict[str, list[str]], bytes]:
+        async def read() -> tuple[int, dict[str, list[str]], bytes]:
+            while True:
+                first = await self.reader.readexactly(1)
+                if first == b"$":
+                    hdr = await self.reader.readexactly(3)
+                    self.binary.append((hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big"))))
+                    continue
+                head = (first + await self.reader.readuntil(b"\r\n\r\n")).decode()
+                lines = head.split("\r\n")
+                status = int(lines[0].split()[1])
+                hdrs: dict[str, list[str]] = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        hdrs.setdefault(k.strip().lower(), []).append(v.strip())
+                n = int(hdrs.get("content-length", ["0"])[0])
+                body = await self.reader.readexactly(n) if n else b""
+                return status, hdrs, body
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def read_interleaved(self, count: int, timeout: float = 10.0) -> list[tuple[int, bytes]]:
+        async def read() -> None:
+            while len(self.binary) < count:
+                first = await self.reader.readexactly(1)
+                assert first == b"$", first
+                hdr = await self.reader.readexactly(3)
+                self.binary.append((hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big"))))
+
+        await asyncio.wait_for(read(), timeout)
+        return self.binary
+
+    async def play_tcp(self, url: str, headers: dict[str, str] | None = None) -> str:
+        h = headers or {}
+        status, _, _ = await self.request("DESCRIBE", url, h)
+        assert status == 200
+        status, hdrs, _ = await self.request(
+            "SETUP", url + "/trackID=0", {**h, "Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
+        )
+        assert status == 200, status
+        session = hdrs["session"][0].split(";")[0]
+        status, _, _ = await self.request("PLAY", url, {**h, "Session": session})
+        assert status == 200
+        return session
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+def pyav_read(url: str, frames: int, transport: str = "tcp", low_delay: bool = True) -> dict[str, float]:
+    """Open with PyAV, decode `frames` frames; times from just before open."""
+    opts = {"rtsp_transport": transport}
+    if low_delay:
+        opts.update({"probesize": "32", "analyzeduration": "0", "flags": "low_delay"})
+    t0 = time.monotonic()
+    first = 0.0
+    n = 0
+    with av.open(url, options=opts, timeout=(5.0, 5.0)) as c:
+        stream = c.streams.video[0]
+        for f in c.decode(stream):
+            if n == 0:
+                first = time.monotonic() - t0
+                w, h = f.width, f.height
+            n += 1
+            if n >= frames:
+                break
+    total = time.monotonic() - t0
+    return {"first_frame_s": first, "total_s": total, "frames": n, "width": w, "height": h}
+
+
+# --- third-party clients ---
+
+
+@pytest.mark.slow
+@need_ffmpeg
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_ffprobe_reports_h264_size(transport: str) -> None:
+    async with serve() as (_, _, url):
+        rc, out, err = await run(
+            "ffprobe", "-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0",
+            "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0", url, timeout=20,
+        )
+    assert rc == 0, err
+    assert out.strip() == f"h264,{W},{H}"
+
+
+@pytest.mark.slow
+@need_ffmpeg
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_ffmpeg_decodes_frames(transport: str) -> None:
+    async with serve() as (server, hub, url):
+        rc, out, err = await run(
+            "ffmpeg", "-v", "error", "-rtsp_transport", transport, "-i", url, "-frames:v", "25", "-f", "framecrc", "-",
+            timeout=30,
+        )
+        assert hub.viewers() == 0 or server.viewers() <= 1
+    assert rc == 0, err
+    assert len([ln for ln in out.splitlines() if ln and not ln.startswith("#")]) == 25
+
+
+@pytest.mark.slow
+@need_gst
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_gstreamer_decodes_frames(transport: str) -> None:
+    async with serve() as (_, _, url):
+        _rc, out, err = await run(
+            "gst-launch-1.0", "rtspsrc", f"location={url}", f"protocols={transport}", "latency=0", "!",
+            "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!", "fakesink", "num-buffers=25",
+            timeout=30,
+        )
+    # EOS after 25 decoded buffers is the proof; gst-launch may still report a race of its own
+    # PAUSE vs TEARDOWN at shutdown, so the exit code alone is not used.
+    assert 'Got EOS from element "pipeline0"' in out, out + err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_pyav_decodes_at_full_rate_and_first_frame_is_fast(transport: str) -> None:
+    async with serve() as (_, _, url):
+        res = await asyncio.to_thread(pyav_read, url, 50, transport)
+    assert res["frames"] == 50 and (res["width"], res["height"]) == (W, H)
+    print(f"\nPyAV over {transport}: first frame {res['first_frame_s'] * 1000:.0f} ms after open, "
+          f"50 frames in {res['total_s']:.2f} s")
+    assert res["first_frame_s"] < 1.5  # a keyframe is forced when a viewer joins: no GOP wait (GOP is 4 s)
+    assert res["total_s"] < 50 / FPS + 2.5
+
+
+@pytest.mark.slow
+@need_ffmpeg
+async def test_unknown_path_is_404() -> None:
+    async with serve() as (server, _, url):
+        rc, _, err = await run("ffprobe", "-v", "error", url.replace("cam1", "nope"), timeout=15)
+        assert rc != 0 and "404" in err
+        raw = await RawRtsp.connect(server.port)
+        status, _, _ = await raw.request("DESCRIBE", url.replace("cam1", "nope"))
+        assert status == 404
+        status, _, _ = await raw.request(
+            "SETUP", url.replace("cam1", "nope") + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
+        )
+        assert status == 404
+        raw.close()
+
+
+# --- authentication ---
+
+
+def _digest_header(uri: str, method: str, challenge: str, user: str, password: str) -> str:
+    params = dict(p.strip().split("=", 1) for p in challenge[len("Digest "):].split(","))
+    realm, nonce = params["realm"].strip('"'), params["nonce"].strip('"')
+
+    def md5(s: str) -> str:
+        return hashlib.md5(s.encode()).hexdigest()
+
+    resp = md5(f"{md5(f'{user}:{realm}:{password}')}:{nonce}:{md5(f'{method}:{uri}')}")
+    return f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{resp}"'
+
+
+@pytest.mark.slow
+@need_ffmpeg
+async def test_auth_required_and_checked() -> None:
+    users = [User(username=USER, password=PASSWORD)]
+    async with serve(users=users) as (server, hub, url):
+        raw = await RawRtsp.connect(server.port)
+        status, hdrs, _ = await raw.request("OPTIONS", url)
+        assert status == 200  # reveals nothing, clients probe with it
+        status, hdrs, _ = await raw.request("DESCRIBE", url)
+        assert status == 401
+        schemes = sorted(v.split()[0] for v in hdrs["www-authenticate"])
+        assert schemes == ["Basic", "Digest"]
+        digest_challenge = next(v for v in hdrs["www-authenticate"] if v.startswith("Digest"))
+        bad_basic = "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode()
+        assert (await raw.request("DESCRIBE", url, {"Authorization": bad_basic}))[0] == 401
+        bad_digest = _digest_header(url, "DESCRIBE", digest_challenge, USER, "wrong")
+        assert (await raw.request("DESCRIBE", url, {"Authorization": bad_digest}))[0] == 401
+        # Not a frame without credentials: SETUP and PLAY are refused too.
+        status, _, _ = await raw.request(
+            "SETUP", url + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
+        )
+        assert status == 401
+        assert (await raw.request("PLAY", url, {"Session": "whatever"}))[0] == 401
+        await asyncio.sleep(0.5)
+        assert (await raw.request("OPTIONS", url))[0] == 200
+        assert raw.binary == [] and hub.viewers() == 0
+        # Right credentials, Basic and Digest.
+        good_basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        assert (await raw.request("DESCRIBE", url, {"Authorization": good_basic}))[0] == 200
+        good_digest = _digest_header(url, "DESCRIBE", digest_challenge, USER, PASSWORD)
+        assert (await raw.request("DESCRIBE", url, {"Authorization": good_digest}))[0] == 200
+        raw.close()
+        assert server.auth_failures >= 2
+
+        # Real clients: wrong credentials fail, right ones decode (ffmpeg answers the Digest challenge).
+        rc, _, err = await run("ffprobe", "-v", "error", "-rtsp_transport", "tcp", with_creds(url, USER, "nope"),
+                               timeout=15)
+        assert rc != 0 and "401" in err
+        rc, _, err = await run("ffprobe", "-v", "error", "-rtsp_transport", "tcp", url, timeout=15)
+        assert rc != 0 and "401" in err
+        rc, out, err = await run(
+            "ffmpeg", "-v", "error", "-rtsp_transport", "tcp", "-i", with_creds(url, USER, PASSWORD),
+            "-frames:v", "25", "-f", "framecrc", "-", timeout=30,
+        )
+        assert rc == 0, err
+        assert len([ln for ln in out.splitlines() if ln and not ln.startswith("#")]) == 25
+
+
+@pytest.mark.slow
+@need_gst
+async def test_gstreamer_with_credentials() -> None:
+    async with serve(users=[User(username=USER, password="secret")]) as (_, _, url):
+        _rc, out, err = await run(
+            "gst-launch-1.0", "rtspsrc", f"location={url}", f"user-id={USER}", "user-pw=secret", "protocols=tcp",
+            "latency=0", "!", "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!", "fakesink", "num-buffers=10",
+            timeout=30,
+        )
+    assert 'Got EOS from element "pipeline0"' in out, out + err
+
+
+# --- protocol details on a raw socket ---
+
+
+async def test_raw_protocol_errors_and_keepalive() -> None:
+    async with serve() as (server, _, url):
+        raw = await RawRtsp.connect(server.port)
+        status, hdrs, _ = await raw.request("OPTIONS", "*", {"CSeq": "77"}, cseq=False)
+        assert status == 200 and hdrs["cseq"] == ["77"]
+        assert "DESCRIBE" in hdrs["public"][0] and "GET_PARAMETER" in hdrs["public"][0]
+        status, hdrs, body = await raw.request("DESCRIBE", url + "/?foo=bar", {"Accept": "application/sdp"})
+        assert status == 200 and hdrs["content-base"] == [url + "/"] and b"sprop-parameter-sets=" in body
+        assert hdrs["cseq"] == [str(raw.cseq)]
+        assert (await raw.request("GET_PARAMETER", url))[0] == 200
+        assert (await raw.request("GET_PARAMETER", url, {"Session": "deadbeef"}))[0] == 454
+        assert (await raw.request("PLAY", url))[0] == 454
+        assert (await raw.request("PLAY", url, {"Session": "deadbeef"}))[0] == 454
+        assert (await raw.request("TEARDOWN", url, {"Session": "deadbeef"}))[0] == 454
+        assert (await raw.request("ANNOUNCE", url))[0] == 405
+        assert (await raw.request("RECORD", url))[0] == 405
+        assert (await raw.request("BREW", url))[0] == 501
+        status, _, _ = await raw.request("SETUP", url + "/trackID=0", {"Transport": "RTP/SAVP;multicast"})
+        assert status == 461
+        assert (await raw.request("SETUP", url + "/trackID=0"))[0] == 400
+        assert (await raw.request("SETUP", url + "/trackID=9", {"Transport": "RTP/AVP/TCP;unicast"}))[0] == 404
+        await raw.send_raw(b"NONSENSE\r\nCSeq: 5\r\n\r\n")
+        status, hdrs, _ = await raw.response()
+        assert status == 400 and hdrs["cseq"] == ["5"]
+
+        # A session over TCP: RTP arrives interleaved; client RTCP mixed with requests is skipped.
+        session = await raw.play_tcp(url)
+        frames = await raw.read_interleaved(30)
+        rtp = [p for ch, p in frames if ch == 0]
+        assert rtp and all(p[0] == 0x80 and (p[1] & 0x7F) == 96 for p in rtp)
+        assert any(p[1] & 0x80 for p in rtp)  # marker bit ends an access unit
+        ssrcs = {struct.unpack("!I", p[8:12])[0] for p in rtp}
+        assert len(ssrcs) == 1
+        rr = struct.pack("!BBHI", 0x80, 201, 1, 1234)  # an empty receiver report
+        await raw.send_raw(b"$\x01" + len(rr).to_bytes(2, "big") + rr)
+        status, hdrs, _ = await raw.request("GET_PARAMETER", url, {"Session": session})
+        assert status == 200 and hdrs["session"][0].startswith(session + ";timeout=")
+        assert (await raw.request("SET_PARAMETER", url, {"Session": session}))[0] == 200
+        assert (await raw.request("PAUSE", url, {"Session": session}))[0] == 200
+        status, hdrs, _ = await raw.request("PLAY", url, {"Session": session})
+        assert status == 200 and "rtptime=" in hdrs["rtp-info"][0]
+        assert (await raw.request("TEARDOWN", url, {"Session": session}))[0] == 200
+        assert (await raw.request("GET_PARAMETER", url, {"Session": session}))[0] == 454
+        assert server.sessions == {}
+        raw.close()
+
+
+async def test_rtcp_sender_reports_over_tcp() -> None:
+    async with serve() as (server, _, url):
+        raw = await RawRtsp.connect(server.port)
+        await raw.play_tcp(url)
+        frames = await raw.read_interleaved(40)
+        srs = [p for ch, p in frames if ch == 1]
+        assert srs and srs[0][1] == 200  # SR first in the compound packet
+        rtp_ssrc = next(struct.unpack("!I", p[8:12])[0] for ch, p in frames if ch == 0)
+        assert struct.unpack("!I", srs[0][4:8])[0] == rtp_ssrc
+        ntp_sec = struct.unpack("!I", srs[0][8:12])[0]
+        assert abs(ntp_sec - 2_208_988_800 - time.time()) < 5
+        raw.close()
+
+
+async def test_describe_503_when_camera_never_seen() -> None:
+    async with serve(publish=False, describe_wait_s=0.2) as (server, _, url):
+        raw = await RawRtsp.connect(server.port)
+        assert (await raw.request("DESCRIBE", url))[0] == 503
+        raw.close()
+
+
+# --- robustness ---
+
+
+@pytest.mark.slow
+async def test_stalled_viewer_does_not_stall_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TcpOutput, "HIGH_WATER", 16 * 1024)
+    async with serve(buffer_packets=8, kbps=3000, noise=True, write_timeout_s=4.0, tcp_sndbuf=16384) as (server, hub, url):
+        stalled = await RawRtsp.connect(server.port, rcvbuf=4096, limit=4096)
+        await stalled.play_tcp(url)  # ...and never reads again
+        await asyncio.sleep(1.0)
+        res = await asyncio.to_thread(pyav_read, url, 75, "tcp")
+        assert res["frames"] == 75
+        # The healthy viewer keeps the camera's rate (3 s of video) although the other one is stuck.
+        assert res["total_s"] - res["first_frame_s"] < 74 / FPS + 1.5, res
+        assert hub.dropped_slow_viewer > 0
+        # The stuck one is cut off after the write timeout; its session is gone.
+        for _ in range(100):
+            if not server.sessions:
+                break
+            await asyncio.sleep(0.1)
+        assert not server.sessions
+        stalled.close()
+
+
+@pytest.mark.slow
+async def test_stop_with_viewers_is_clean_and_fast() -> None:
+    async with serve() as (server, hub, url):
+        before = {t for t in asyncio.all_tasks() if not t.done()}
+        viewers = [await RawRtsp.connect(server.port) for _ in range(3)]
+        for v in viewers:
+            await v.play_tcp(url)
+        udp = await RawRtsp.connect(server.port)
+        await udp.request("DESCRIBE", url)
+        port = random.randrange(40000, 60000, 2)
+        status, _, _ = await udp.request("SETUP", url + "/trackID=0",
+                                         {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"})
+        assert status == 200
+        await viewers[0].read_interleaved(5)
+        assert hub.viewers() == 3
+        t0 = time.monotonic()
+        await server.stop()
+        took = time.monotonic() - t0
+        await server.stop()  # idempotent
+        assert took < 1.0, took
+        assert hub.viewers() == 0 and server.sessions == {}
+        await asyncio.sleep(0.05)
+        leftover = {t for t in asyncio.all_tasks() if not t.done()} - before
+        assert not leftover, leftover
+        for v in (*viewers, udp):
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError, TimeoutError)):
+                await v.read_interleaved(10_000, timeout=3)
+            v.close()
+
+
+@pytest.mark.slow
+async def test_udp_session_times_out_without_keepalive() -> None:
+    async with serve() as (server, hub, url):
+        server.cfg = server.cfg.model_copy(update={"session_timeout_s": 5.0})
+        raw = await RawRtsp.connect(server.port)
+        await raw.request("DESCRIBE", url)
+        port = random.randrange(40000, 60000, 2)
+        status, hdrs, _ = await raw.request("SETUP", url + "/trackID=0",
+                                            {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"})
+        assert status == 200 and "server_port=" in hdrs["transport"][0]
+        session = hdrs["session"][0].split(";")[0]
+        assert (await raw.request("PLAY", url, {"Session": session}))[0] == 200
+        assert hub.viewers() == 1
+        for _ in range(100):
+            if not server.sessions:
+                break
+            await asyncio.sleep(0.1)
+        assert not server.sessions and hub.viewers() == 0
+        raw.close()
+
+
+async def test_server_start_stop_idempotent() -> None:
+    hub = StreamHub("cam1")
+    cfg = ServerConfig(host="127.0.0.1", rtp_port_min=40000 + os.getpid() % 1000 * 2, rtp_port_max=49000)
+    server = RtspServer(lambda name: hub if name == "cam1" else None, cfg.model_copy(update={"rtsp_port": 0}))
+    await server.start()
+    port = server.port
+    await server.start()
+    assert server.port == port != 0
+    await server.stop()
+    await server.stop()
+    await server.start()  # restartable
+    await server.stop()
