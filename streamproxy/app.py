@@ -57,6 +57,7 @@ class App:
             m = metrics_mod.CameraMetrics(cam.name) if metrics_mod is not None else None
             if m is not None:
                 hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
+                hub.on_sent = m.sent
             self.hubs[cam.name] = hub
             # Detector sessions are built here (model load): off the loop.
             self.pipelines[cam.name] = await loop.run_in_executor(None, CameraPipeline, cam, self.cfg, hub, loop, m)

@@ -75,14 +75,19 @@ class Subscription:
                 raise EOFError(self.hub.name)
             self._wakeup.clear()
             await self._wakeup.wait()
+        return self._take()
+
+    def _take(self) -> EncodedPacket:
+        pkt = self._queue.popleft()
         self.sent += 1
-        return self._queue.popleft()
+        if self.hub.on_sent is not None:
+            self.hub.on_sent(self.protocol, len(pkt.data))
+        return pkt
 
     def get_nowait(self) -> EncodedPacket | None:
         if not self._queue:
             return None
-        self.sent += 1
-        return self._queue.popleft()
+        return self._take()
 
     def close(self) -> None:
         if self.closed:
@@ -113,6 +118,7 @@ class StreamHub:
         self.dropped_slow_viewer = 0
         self._codec_waiters: list[asyncio.Future[CodecInfo]] = []
         self.on_viewers_changed: Callable[[StreamHub], None] | None = None
+        self.on_sent: Callable[[Protocol, int], None] | None = None  # bytes handed to one viewer
 
     # --- publisher side (the pipeline) ---
     def set_codec(self, codec: CodecInfo) -> None:
