@@ -224,7 +224,19 @@
     return c.toDataURL("image/png");
   }
 
-  window.streamproxy = { play, stop, grabFrame };
+  // A region of the shown picture and the wall-clock time it was drawn (glass-to-glass benchmarks).
+  function grabRegion(x, y, w, h) {
+    const video = $("video");
+    if (!video.videoWidth) return null;
+    const c = document.createElement("canvas");
+    c.width = w;
+    c.height = h;
+    c.getContext("2d").drawImage(video, x, y, w, h, 0, 0, w, h);
+    const t = Date.now();
+    return { t, url: c.toDataURL("image/png"), videoWidth: video.videoWidth, videoHeight: video.videoHeight };
+  }
+
+  window.streamproxy = { play, stop, grabFrame, grabRegion };
   $("stop").addEventListener("click", stop);
   // Leaving the page ends the session at once instead of waiting for the ICE consent timeout.
   window.addEventListener("pagehide", () => { stop(); });
