@@ -195,8 +195,11 @@ def _placements(
         if x_lo > x_hi or y_lo > y_hi:
             raise ValueError(f"{width}x{height} is too small for {faces} faces")
         # Integer frequencies: the path closes at the end of the clip (seamless loop).
-        cx = (x_lo + x_hi) / 2 + 0.95 * (x_hi - x_lo) / 2 * math.sin(phase * (1 + k % 2) + 1.3 * k)
-        cy = (y_lo + y_hi) / 2 + 0.95 * (y_hi - y_lo) / 2 * math.sin(phase * (2 - k % 2) + 0.7 + k)
+        # Amplitudes capped so that faces move at walking pace (~1 % of the frame per frame at 4 s).
+        ax = min(0.95 * (x_hi - x_lo) / 2, 0.2 * width)
+        ay = min(0.95 * (y_hi - y_lo) / 2, 0.15 * height)
+        cx = (x_lo + x_hi) / 2 + ax * math.sin(phase + 1.3 * k)
+        cy = (y_lo + y_hi) / 2 + ay * math.sin(phase * (1 + k % 2) + 0.7 + k)
         out.append(_Placement(round(cx - w / 2), round(cy - h / 2), w, h))
     return out
 
@@ -358,7 +361,7 @@ def clip_cache_path(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"streamproxy-camsim-{os.getuid()}"
-    return base / f"clip-v1-{width}x{height}-{fps:g}fps-{seconds:g}s-{faces}f.i420"
+    return base / f"clip-v2-{width}x{height}-{fps:g}fps-{seconds:g}s-{faces}f.i420"
 
 
 def cached_clip(width: int, height: int, fps: float, seconds: float, faces: int) -> Path:

@@ -282,11 +282,13 @@ class CameraSource:
     def _describe(self, err: Exception, watch: _Watch, elapsed: float) -> str:
         if isinstance(err, _Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
-        elif isinstance(err, av.error.ExitError):
-            if self.opened:
-                msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
-            else:
-                msg = f"no answer within {elapsed:.1f} s (open timeout {self.ingest.open_timeout_s:g} s)"
+        elif isinstance(err, av.error.ExitError) and self.opened:
+            msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
+        elif not self.opened and (
+            isinstance(err, av.error.ExitError) or elapsed >= 0.9 * self.ingest.open_timeout_s
+        ):
+            # FFmpeg's RTSP handshake reports its interrupted read as "invalid data": say what it was.
+            msg = f"no answer within {elapsed:.1f} s (open timeout {self.ingest.open_timeout_s:g} s)"
         else:
             msg = f"{type(err).__name__}: {err}"
         return self._redact(msg)

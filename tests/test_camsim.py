@@ -1,0 +1,289 @@
+"""The simulated camera: clip, ground truth, wall-clock barcode, and the real RTSP server serving it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from streamproxy import camsim
+from streamproxy.camsim import SimCamera
+
+LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
+
+
+def _i420_y(clip: Path, index: int, width: int, height: int) -> np.ndarray:
+    size = camsim.frame_bytes(width, height)
+    data = np.fromfile(clip, np.uint8, count=size, offset=index * size)
+    return data[: width * height].reshape(height, width)
+
+
+# --- barcode --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [1920, 1280, 640, 320, 112])
+def test_stamp_round_trip(width: int) -> None:
+    y = np.full((max(64, width // 2), width), 100, np.uint8)
+    ms = int(time.time() * 1000)
+    camsim.write_stamp(y, ms)
+    assert camsim.read_stamp(y) == ms
+    bw, bh = camsim.stamp_area(width)
+    assert bw <= width and np.all(y[bh:] == 100) and np.all(y[:, bw:] == 100)
+
+
+def test_stamp_survives_noise_and_rejects_garbage() -> None:
+    rng = np.random.default_rng(1)
+    y = np.full((360, 640), 128, np.uint8)
+    ms = 1_795_000_000_123
+    camsim.write_stamp(y, ms)
+    noisy = np.clip(y.astype(np.int16) + rng.normal(0, 25, y.shape), 0, 255).astype(np.uint8)
+    assert camsim.read_stamp(noisy) == ms
+    assert camsim.read_stamp(np.full((360, 640), 128, np.uint8)) is None  # unstamped (grey)
+    # Random black/white blocks: the contrast test passes, the CRC must reject (almost) all of them.
+    false = 0
+    b = camsim.stamp_block(640)
+    for _ in range(300):
+        bits = rng.integers(0, 2, (camsim.STAMP_ROWS, camsim.STAMP_COLS))
+        blocks = np.where(bits == 1, camsim.STAMP_WHITE, camsim.STAMP_BLACK).astype(np.uint8)
+        y2 = np.full((360, 640), 128, np.uint8)
+        y2[: camsim.STAMP_ROWS * b, : camsim.STAMP_COLS * b] = np.kron(blocks, np.ones((b, b), np.uint8))
+        false += camsim.read_stamp(y2) is not None
+    assert false <= 5
+    # Blurred (as an obfuscated corner would be): no stamp rather than a wrong one.
+    import cv2
+
+    blurred = cv2.GaussianBlur(y, (0, 0), 12)
+    assert camsim.read_stamp(blurred) in (None, ms)
+
+
+def test_sim_writer_matches_reader(_sim_gst_available: None, tmp_path: Path) -> None:
+    """The server's pure-Python stamp writer and camsim's numpy one draw the same bytes."""
+    width, height, ms = 640, 360, 1_795_676_224_833
+    out = tmp_path / "frame.i420"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import gst_camera as g;"
+        "f = bytearray([77]) * (640 * 360 * 3 // 2); g.write_stamp(f, 640, 360, int(sys.argv[3]));"
+        "open(sys.argv[2], 'wb').write(f)"
+    )
+    subprocess.run(
+        [camsim.SYSTEM_PYTHON, "-c", code, str(camsim.SIM_SCRIPT.parent), str(out), str(ms)],
+        check=True,
+        timeout=30,
+    )
+    theirs = np.fromfile(out, np.uint8)
+    mine = np.full(width * height * 3 // 2, 77, np.uint8)
+    y = mine[: width * height].reshape(height, width)
+    u = mine[width * height : width * height * 5 // 4].reshape(height // 2, width // 2)
+    v = mine[width * height * 5 // 4 :].reshape(height // 2, width // 2)
+    camsim.write_stamp(y, ms, (u, v))
+    assert np.array_equal(theirs, mine)
+    assert camsim.read_stamp(y) == ms
+
+
+# --- clip and ground truth ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("faces", [1, 2, 3])
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (640, 360), (640, 480)])
+def test_face_boxes_stay_visible_apart_and_loop(faces: int, width: int, height: int) -> None:
+    fps, seconds = 25, 4
+    n = fps * seconds
+    _, stamp_h = camsim.stamp_area(width)
+    prev = None
+    for i in range(n + 1):
+        boxes = camsim.face_boxes(i, width, height, fps, seconds, faces)
+        assert len(boxes) == faces
+        for b in boxes:
+            assert 0 <= b.x1 < b.x2 <= width and stamp_h < b.y1 < b.y2 <= height
+            assert b.height >= 0.05 * height
+        for a_i, a in enumerate(boxes):
+            for b in boxes[a_i + 1 :]:
+                assert a.intersection(b) == 0
+        if prev is not None:  # smooth: a face moves a few percent of the frame per frame at most
+            for a, b in zip(prev, boxes, strict=True):
+                assert abs(a.cx - b.cx) < 0.03 * width and abs(a.cy - b.cy) < 0.03 * height
+        prev = boxes
+    assert camsim.face_boxes(n, width, height, fps, seconds, faces) == camsim.face_boxes(
+        0, width, height, fps, seconds, faces
+    )
+    with pytest.raises(ValueError):
+        camsim.face_boxes(0, width, height, fps, seconds, 4)
+
+
+def test_build_clip_pastes_faces_where_ground_truth_says(tmp_path: Path) -> None:
+    width, height, fps, seconds = 640, 360, 10, 1
+    clip = camsim.build_clip(tmp_path / "c.i420", width, height, fps, seconds, faces=2)
+    assert clip.stat().st_size == camsim.frame_bytes(width, height) * fps * seconds
+    for i in (0, 5):
+        y = _i420_y(clip, i, width, height)
+        for box in camsim.face_boxes(i, width, height, fps, seconds, 2):
+            x1, y1, x2, y2 = box.int_bounds()
+            face = y[y1:y2, x1:x2].astype(np.float32)
+            # A face has structure (eyes, mouth): far more luma variance than the smooth background.
+            assert face.std() > 25
+        bw, bh = camsim.stamp_area(width)
+        assert np.all(np.abs(y[:bh, :bw].astype(int) - 128) < 8)  # left blank for the server's stamp
+    assert not any(tmp_path.glob(".*tmp"))
+
+
+def test_build_clip_from_a_users_video(tmp_path: Path) -> None:
+    src = tmp_path / "in.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(8):
+            img = np.full((240, 320, 3), 20 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    clip = camsim.build_clip(tmp_path / "u.i420", 160, 120, fps=10, seconds=0.5, source=src)
+    assert clip.stat().st_size == camsim.frame_bytes(160, 120) * 5
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+def _ffprobe(url: str, transport: str) -> dict[str, Any]:
+    r = subprocess.run(
+        ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-print_format", "json",
+         "-show_entries", "stream=codec_name,width,height,codec_type", url],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    streams: list[dict[str, Any]] = json.loads(r.stdout)["streams"]
+    assert len(streams) == 1
+    return streams[0]
+
+
+def _read_frames(url: str, transport: str, n: int, timeout: float = 20.0) -> list[av.VideoFrame]:
+    frames: list[av.VideoFrame] = []
+    deadline = time.monotonic() + timeout
+    with av.open(url, options={"rtsp_transport": transport, **LOW_DELAY}, timeout=(5, 5)) as c:
+        for frame in c.decode(video=0):
+            frames.append(frame)
+            if len(frames) >= n or time.monotonic() > deadline:
+                break
+    return frames
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_ffprobe_and_pyav_read_the_camera(sim_camera: SimCamera, transport: str) -> None:
+    info = _ffprobe(sim_camera.url, transport)
+    assert (info["codec_name"], info["width"], info["height"]) == ("h264", 640, 360)
+    frames = _read_frames(sim_camera.url, transport, 10)
+    assert len(frames) == 10 and frames[0].width == 640
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_stamp_survives_h264_and_measures_latency(sim_camera_factory: Callable[..., SimCamera]) -> None:
+    cam = sim_camera_factory(width=1280, height=720)
+    frames = _read_frames(cam.url, "tcp", 50)
+    now_ms = time.time() * 1000
+    stamps = [camsim.read_stamp(f.to_ndarray(format="yuv420p")[: f.height]) for f in frames]
+    assert all(s is not None for s in stamps), stamps
+    valid = [s for s in stamps if s is not None]
+    assert all(abs(now_ms - s) < 5000 for s in valid)
+    # The clock moves forward at the frame rate (ignore the backlog decoded at the start).
+    assert valid == sorted(valid)
+    steps = np.diff(valid[-20:])
+    assert 20 <= float(np.median(steps)) <= 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_shared_media_serves_two_clients_at_once(sim_camera: SimCamera) -> None:
+    with (
+        av.open(sim_camera.url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as a,
+        av.open(sim_camera.url, options={"rtsp_transport": "udp", **LOW_DELAY}, timeout=(5, 5)) as b,
+    ):
+        # Both sessions stay open while the other one reads: one media, two clients.
+        got = []
+        for c in (a, b, a, b):
+            n = 0
+            for _ in c.decode(video=0):
+                n += 1
+                if n >= 5:
+                    break
+            got.append(n)
+        assert got == [5, 5, 5, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_basic_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
+    cam = sim_camera_factory(user="admin", password="s3cret!")
+    assert _ffprobe(cam.url, "tcp")["codec_name"] == "h264"
+    r = subprocess.run(
+        ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", cam.url_without_auth],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert r.returncode != 0 and "401" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:
+    cam = sim_camera_factory(codec="h265")
+    assert _ffprobe(cam.url, "tcp")["codec_name"] == "hevc"
+    frames = _read_frames(cam.url, "tcp", 5)
+    assert len(frames) == 5 and camsim.read_stamp(frames[-1].to_ndarray(format="yuv420p")[:360]) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill_and_restart_on_the_same_port(sim_camera: SimCamera) -> None:
+    port = sim_camera.port
+    assert len(_read_frames(sim_camera.url, "tcp", 3)) == 3
+    sim_camera.kill()
+    assert not sim_camera.running
+    with pytest.raises(av.error.ConnectionRefusedError):
+        _read_frames(sim_camera.url, "tcp", 1)
+    sim_camera.start()
+    assert sim_camera.port == port
+    assert len(_read_frames(sim_camera.url, "tcp", 3)) == 3
+    sim_camera.stop()
+    assert not sim_camera.running
+    sim_camera.stop()  # idempotent
+
+
+def test_start_fails_with_a_clear_error_for_a_bad_clip(_sim_gst_available: None, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.i420"
+    bad.write_bytes(b"\0" * 1000)
+    cam = SimCamera(width=640, height=360, clip=bad, start_timeout_s=15)
+    with pytest.raises(camsim.SimCameraError, match="whole number"):
+        cam.start()
+    assert not cam.running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_detector_finds_the_clip_faces_and_not_the_barcode(model_dir: Path) -> None:
+    detect = pytest.importorskip("streamproxy.detect")
+    from streamproxy.config import DetectorConfig
+
+    det = detect.create_detector(DetectorConfig(model="yunet", model_dir=model_dir, threads=1))
+    width, height = 1280, 720
+    bw, bh = camsim.stamp_area(width)
+    for i in (0, 33, 66):
+        bgr = camsim.render_frame(i, width, height, 25, 4, 3)
+        i420 = camsim.bgr_to_i420(bgr)
+        camsim.write_stamp(i420[:height], int(time.time() * 1000))
+        import cv2
+
+        found = det.detect_bgr(cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
+        truth = camsim.face_boxes(i, width, height, 25, 4, 3)
+        for t in truth:
+            assert max((d.box.iou(t) for d in found), default=0) > 0.5, (i, t, found)
+        assert len(found) == len(truth)
+        assert all(d.box.y1 > bh or d.box.x1 > bw for d in found)
