@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages streamproxy needs, idempotently: when every package is already
+# installed it changes nothing and touches no network (no `apt-get update`).
+#
+#   scripts/install-system-deps.sh           install what is missing
+#   scripts/install-system-deps.sh --check   only report; exit 1 when something is missing
+#
+# Runs as root (CI) or through sudo. What each package is for:
+#   ffmpeg                          ffprobe/ffmpeg: real RTSP clients in tests and the demo
+#   python3-gi, python3-gst-1.0,    the simulated camera: GStreamer's RTSP server, run by
+#   gir1.2-gst-rtsp-server-1.0      Debian's /usr/bin/python3 (streamproxy/sim/gst_camera.py)
+#   gstreamer1.0-plugins-base       appsrc, videoconvert
+#   gstreamer1.0-plugins-good       rtph264pay/rtph265pay, rtspsrc (GStreamer as a viewer)
+#   gstreamer1.0-plugins-ugly       x264enc (the camera's H.264 encoder)
+#   gstreamer1.0-plugins-bad        x265enc (the camera's optional H.265), h264parse for GStreamer viewers
+#   gstreamer1.0-rtsp               the gst-rtsp-server library
+#   gstreamer1.0-libav              avdec_h264 (GStreamer as a decoding viewer)
+#   gstreamer1.0-tools              gst-launch-1.0, gst-inspect-1.0
+#   chromium, chromium-driver       the WebRTC viewer in browser tests
+#   prometheus                      promtool: checks the /metrics exposition
+#   fonts-dejavu-core               text on the "camera offline" slate
+set -euo pipefail
+
+PACKAGES=(
+  ffmpeg
+  python3-gi
+  python3-gst-1.0
+  gir1.2-gst-rtsp-server-1.0
+  gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-ugly
+  gstreamer1.0-plugins-bad
+  gstreamer1.0-rtsp
+  gstreamer1.0-libav
+  gstreamer1.0-tools
+  chromium
+  chromium-driver
+  prometheus
+  fonts-dejavu-core
+)
+
+check_only=0
+case "${1:-}" in
+  --check) check_only=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+  if [ "$status" != "installed" ]; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-system-deps: all ${#PACKAGES[@]} Debian packages present"
+  exit 0
+fi
+echo "install-system-deps: missing: ${missing[*]}"
+if [ "$check_only" = 1 ]; then
+  exit 1
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  as_root=(env)
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo env)
+else
+  echo "install-system-deps: not root and no sudo: install these as root: ${missing[*]}" >&2
+  exit 1
+fi
+
+# Wait for a dpkg lock held by another apt (another job, unattended-upgrades) instead of failing.
+apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+"${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update -q
+"${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -q \
+  --no-install-recommends "${missing[@]}"
+
+# Verify: a package name that does not exist or failed to configure must fail the script.
+still=()
+for pkg in "${missing[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+  [ "$status" = "installed" ] || still+=("$pkg")
+done
+if [ "${#still[@]}" -ne 0 ]; then
+  echo "install-system-deps: still missing after install: ${still[*]}" >&2
+  exit 1
+fi
+echo "install-system-deps: installed ${missing[*]}"
