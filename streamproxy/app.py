@@ -58,6 +58,7 @@ class App:
             if m is not None:
                 hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
                 hub.on_sent = m.sent
+                hub.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
             self.hubs[cam.name] = hub
             # Detector sessions are built here (model load): off the loop.
             self.pipelines[cam.name] = await loop.run_in_executor(None, CameraPipeline, cam, self.cfg, hub, loop, m)

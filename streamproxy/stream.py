@@ -58,8 +58,11 @@ class Subscription:
         if len(self._queue) >= self._maxsize:
             # Too slow: throw away what is queued and wait for the next keyframe, so the viewer
             # resumes with a clean picture instead of a smeared one.
-            self.dropped += len(self._queue) + 1
-            self.hub.dropped_slow_viewer += len(self._queue) + 1
+            lost = len(self._queue) + 1
+            self.dropped += lost
+            self.hub.dropped_slow_viewer += lost
+            if self.hub.on_slow_viewer_drop is not None:
+                self.hub.on_slow_viewer_drop(lost)
             self._queue.clear()
             self._need_keyframe = True
             self.hub.request_keyframe()
@@ -119,6 +122,7 @@ class StreamHub:
         self._codec_waiters: list[asyncio.Future[CodecInfo]] = []
         self.on_viewers_changed: Callable[[StreamHub], None] | None = None
         self.on_sent: Callable[[Protocol, int], None] | None = None  # bytes handed to one viewer
+        self.on_slow_viewer_drop: Callable[[int], None] | None = None  # frames one slow viewer lost
 
     # --- publisher side (the pipeline) ---
     def set_codec(self, codec: CodecInfo) -> None:
