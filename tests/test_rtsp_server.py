@@ -488,6 +488,8 @@ async def test_stop_with_viewers_is_clean_and_fast() -> None:
         assert status == 200
         await viewers[0].read_interleaved(5)
         assert hub.viewers() == 3
+        stats = server.stats()
+        assert stats["viewers_tcp"] == 3 and stats["sessions"] == 4 and stats["connections"] == 4
         t0 = time.monotonic()
         await server.stop()
         took = time.monotonic() - t0

@@ -211,6 +211,18 @@ class RtspServer:
     def viewers(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state == "playing")
 
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics and the API."""
+        playing = [s for s in self.sessions.values() if s.state == "playing"]
+        return {
+            "connections": len(self._conns),
+            "sessions": len(self.sessions),
+            "viewers_tcp": sum(1 for s in playing if s.tcp),
+            "viewers_udp": sum(1 for s in playing if not s.tcp),
+            "requests": self.requests,
+            "auth_failures": self.auth_failures,
+        }
+
     async def _reap_loop(self) -> None:
         period = max(0.5, min(5.0, self.cfg.session_timeout_s / 4))
         while True:
@@ -319,7 +331,7 @@ class RtspServer:
             self._touch_session(req)
             return 200, [("Public", ", ".join(SUPPORTED_METHODS))], b"", None
         path = parse_path(req.uri)
-        self._authenticate(req, path.name if path else "-")
+        self._authenticate(req, path.name if path else "-", conn.peer)
         if method == "DESCRIBE":
             return await self._describe(req)
         if method == "SETUP":
@@ -338,7 +350,7 @@ class RtspServer:
         await self._end_session(sess, "teardown")
         return 200, [("Session", sess.id)], b"", None
 
-    def _authenticate(self, req: RtspRequest, name: str) -> None:
+    def _authenticate(self, req: RtspRequest, name: str, peer: str) -> None:
         if not self.auth.enabled:
             return
         user, stale = self.auth.check(req.method, req.uri, req.header("authorization"))
@@ -346,7 +358,8 @@ class RtspServer:
             return
         if req.header("authorization") and not stale:
             self.auth_failures += 1
-            log.warning("%s: RTSP %s from %s: authentication failed", name, req.method, "-")
+            # Who and what, never the credentials themselves.
+            log.warning("%s: RTSP %s from %s: authentication failed", name, req.method, peer)
         raise RtspError(401, "authentication required", self.auth.challenge(stale=stale))
 
     def _hub(self, req: RtspRequest) -> StreamHub:
