@@ -428,6 +428,7 @@ class SimCamera:
         seconds: float = 4,
         bitrate_kbps: int = 3000,
         start_timeout_s: float = 20.0,
+        switch_to: tuple[int, int, float] | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.path = path.strip("/")
@@ -438,9 +439,13 @@ class SimCamera:
         self.faces, self.seconds = faces, seconds
         self.bitrate_kbps = bitrate_kbps
         self.start_timeout_s = start_timeout_s
+        # (width, height, after_s): the stream changes resolution mid-session after_s seconds after
+        # its first client started it (the synthetic clip at the new size).
+        self.switch_to = switch_to
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_tail: deque[str] = deque(maxlen=40)
         self._readers: list[threading.Thread] = []
+        self.returncode: int | None = None  # exit status of the last server process (0 = clean)
 
     @property
     def url(self) -> str:
@@ -488,6 +493,10 @@ class SimCamera:
         ]  # fmt: skip
         if self.user is not None:
             cmd += ["--user", self.user, "--password", self.password or ""]
+        if self.switch_to is not None:
+            w2, h2, after = self.switch_to
+            clip2 = cached_clip(w2, h2, self.fps, self.seconds, self.faces)
+            cmd += ["--switch-clip", str(clip2), "--switch-size", f"{w2}x{h2}", "--switch-after", str(after)]
         return cmd
 
     def start(self) -> SimCamera:
@@ -586,6 +595,7 @@ class SimCamera:
         for t in self._readers:
             t.join(1.0)
         self._readers = []
+        self.returncode = proc.returncode
         self._proc = None
 
     def __enter__(self) -> SimCamera:

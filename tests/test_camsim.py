@@ -287,3 +287,26 @@ def test_detector_finds_the_clip_faces_and_not_the_barcode(model_dir: Path) -> N
             assert max((d.box.iou(t) for d in found), default=0) > 0.5, (i, t, found)
         assert len(found) == len(truth)
         assert all(d.box.y1 > bh or d.box.x1 > bw for d in found)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_sigterm_exits_cleanly_while_a_client_watches(sim_camera: SimCamera) -> None:
+    with av.open(sim_camera.url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as c:
+        for n, _ in enumerate(c.decode(video=0)):
+            if n >= 3:
+                break
+        t0 = time.monotonic()
+        sim_camera.stop()
+        assert time.monotonic() - t0 < 3.0
+    assert sim_camera.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_server_exits_when_its_parent_goes_away(sim_camera: SimCamera) -> None:
+    """stdin EOF (the parent died) ends the server: no orphaned cameras after a crashed test run."""
+    proc = sim_camera._proc
+    assert proc is not None and proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(10) == 0

@@ -308,6 +308,26 @@ def test_resolution_change_across_a_camera_restart(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_resolution_change_mid_stream(
+    sim_camera_factory: Callable[..., SimCamera], make_source: Callable[..., tuple[CameraSource, Recorder]]
+) -> None:
+    """The camera switches 640x360 -> 320x240 inside one RTSP session (new SPS in-band)."""
+    cam = sim_camera_factory(width=640, height=360, switch_to=(320, 240, 1.0))
+    src, rec = make_source(cam.url)
+    src.start()
+    wait_for(lambda: src.resolution == (640, 360), 15)
+    wait_for(lambda: src.resolution == (320, 240), 10)
+    n = src.frames_in
+    wait_for(lambda: src.frames_in >= n + 10, 10)
+    with rec.lock:
+        assert {f.frame.width for f in rec.frames[-10:]} == {320}
+        stamp = camsim.read_stamp(rec.frames[-1].frame.to_ndarray(format="yuv420p")[:240])
+    assert stamp is not None
+    assert src.state == "live" and src.reconnects == 0  # handled inside the session, no reconnect
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_wrong_password_is_retried_and_redacted(
     sim_camera_factory: Callable[..., SimCamera], make_source: Callable[..., tuple[CameraSource, Recorder]]

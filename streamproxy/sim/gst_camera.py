@@ -92,14 +92,21 @@ class ClipFeeder:
     is busy serving RTSP requests.
     """
 
-    def __init__(self, appsrc, clip, width, height, fps):
+    def __init__(self, appsrc, clip, width, height, fps, switch=None):
         self.appsrc = appsrc
-        self.clip = clip
-        self.width, self.height, self.fps = width, height, fps
-        self.frame_size = width * height * 3 // 2
-        self.n_frames = len(clip) // self.frame_size
+        self.fps = fps
+        self._use(clip, width, height)
+        # (clip, width, height, after_s): change resolution mid-stream, as a camera whose settings
+        # are changed by its admin does (new SPS in-band, same RTSP session).
+        self.switch = switch
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, name="feeder", daemon=True)
+
+    def _use(self, clip, width, height):
+        self.clip = clip
+        self.width, self.height = width, height
+        self.frame_size = width * height * 3 // 2
+        self.n_frames = len(clip) // self.frame_size
 
     def start(self):
         self.thread.start()
@@ -111,9 +118,16 @@ class ClipFeeder:
 
     def run(self):
         period = 1.0 / self.fps
-        next_t = time.monotonic()
+        started = next_t = time.monotonic()
         i = 0
         while not self.stopped.is_set():
+            if self.switch is not None and time.monotonic() - started >= self.switch[3]:
+                clip, width, height, _ = self.switch
+                self.switch = None
+                caps = f"video/x-raw,format=I420,width={width},height={height},framerate={self.fps}/1"
+                self.appsrc.set_property("caps", Gst.Caps.from_string(caps))
+                self._use(clip, width, height)
+                log(f"resolution switched to {width}x{height}")
             off = (i % self.n_frames) * self.frame_size
             frame = bytearray(self.clip[off : off + self.frame_size])
             write_stamp(frame, self.width, self.height, int(time.time() * 1000))
@@ -170,6 +184,9 @@ def main():
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--exit-on-stdin-eof", action="store_true")
+    p.add_argument("--switch-clip", help="a second I420 clip to switch to mid-stream")
+    p.add_argument("--switch-size", help="its WIDTHxHEIGHT")
+    p.add_argument("--switch-after", type=float, default=2.0, help="seconds after the stream starts")
     args = p.parse_args()
 
     Gst.init(None)
@@ -191,6 +208,16 @@ def main():
         log(f"clip size {len(clip)} is not a whole number of {args.width}x{args.height} I420 frames")
         return 2
 
+    switch = None
+    if args.switch_clip:
+        w2, h2 = (int(v) for v in args.switch_size.split("x"))
+        with open(args.switch_clip, "rb") as f:
+            clip2 = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if len(clip2) < w2 * h2 * 3 // 2 or len(clip2) % (w2 * h2 * 3 // 2):
+            log(f"switch clip size {len(clip2)} is not a whole number of {w2}x{h2} I420 frames")
+            return 2
+        switch = (clip2, w2, h2, args.switch_after)
+
     loop = GLib.MainLoop()
     server = GstRtspServer.RTSPServer()
     server.set_address(args.bind)
@@ -205,7 +232,7 @@ def main():
 
     def on_media_configure(_factory, media):
         appsrc = media.get_element().get_by_name("src")
-        feeder = ClipFeeder(appsrc, clip, args.width, args.height, args.fps)
+        feeder = ClipFeeder(appsrc, clip, args.width, args.height, args.fps, switch)
 
         def on_unprepared(_media):
             feeder.stop()
