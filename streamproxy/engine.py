@@ -51,7 +51,7 @@ class Anonymizer:
         self.name = name or "-"
         self.detect_every = cfg.detect_every
         self.stats = EngineStats()
-        self._tracker = Tracker(cfg.tracker, cfg.obfuscation.mask_scale)
+        self._tracker = Tracker(cfg.tracker, cfg.obfuscation.box_factor)
         self._frame_size: tuple[int, int] | None = None
         # The last detector run failed: every frame is failed closed until one succeeds, since the
         # tracker's masks are no longer backed by fresh detections.

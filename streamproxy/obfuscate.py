@@ -166,7 +166,7 @@ def _coarsen(roi: np.ndarray, cell: float, smooth: bool) -> np.ndarray:
 def _cell_px(mask: Box, cfg: ObfuscationConfig) -> float:
     """Sample spacing (frame px) for a mask: a fraction of the face it was grown from."""
     # max(w, h): a mask clipped at the frame edge must not get a finer (weaker) blur.
-    face = max(mask.width, mask.height) / cfg.mask_scale
+    face = max(mask.width, mask.height) / cfg.box_factor
     if cfg.style == "pixelate":
         n = float(cfg.pixel_blocks)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class Subscription:
                 self.hub.on_slow_viewer_drop(lost)
             self._queue.clear()
             self._need_keyframe = True
-            self.hub.request_keyframe()
+            self.hub.request_keyframe(slow_viewer=True)
             log.debug("%s: %s viewer too slow, dropped until next keyframe", self.hub.name, self.protocol)
             return
         self._queue.append(pkt)
@@ -116,6 +117,7 @@ class StreamHub:
         self.codec: CodecInfo | None = None
         self._subs: list[Subscription] = []
         self._keyframe_requested = False
+        self._last_slow_request = 0.0
         self.packets_out = 0
         self.bytes_out = 0
         self.dropped_slow_viewer = 0
@@ -141,7 +143,14 @@ class StreamHub:
             if len(sub._queue) > before:
                 self.bytes_out += len(pkt.data)
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, slow_viewer: bool = False) -> None:
+        """Ask the encoder for a keyframe. A stuck viewer overflows again and again: its requests
+        are limited to one a second so it cannot turn every viewer's stream into keyframes."""
+        if slow_viewer:
+            now = time.monotonic()
+            if now - self._last_slow_request < 1.0:
+                return
+            self._last_slow_request = now
         self._keyframe_requested = True
 
     def take_keyframe_request(self) -> bool:
