@@ -217,6 +217,8 @@ class CameraSource:
         with self._state_lock:
             if state == self._state:
                 return
+            if state != "stopped" and self._stop.is_set():
+                return  # a late transition from a thread being stopped must not undo "stopped"
             self._state = state
         log.info("%s: %s", self.name, state)
         if self.on_state is not None:
