@@ -6,6 +6,7 @@
 #   scripts/install-system-deps.sh --check   only report; exit 1 when something is missing
 #
 # Runs as root (CI) or through sudo. What each package is for:
+#   python3-venv                    the project's virtualenv (.venv)
 #   ffmpeg                          ffprobe/ffmpeg: real RTSP clients in tests and the demo
 #   python3-gi, python3-gst-1.0,    the simulated camera: GStreamer's RTSP server, run by
 #   gir1.2-gst-rtsp-server-1.0      Debian's /usr/bin/python3 (streamproxy/sim/gst_camera.py)
@@ -22,6 +23,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  python3-venv
   ffmpeg
   python3-gi
   python3-gst-1.0
@@ -87,5 +89,10 @@ done
 if [ "${#still[@]}" -ne 0 ]; then
   echo "install-system-deps: still missing after install: ${still[*]}" >&2
   exit 1
+fi
+# The prometheus package is here for promtool and for tests that start their own server on
+# loopback; its packaged service (port 9090) is not wanted where systemd would start it.
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && command -v systemctl >/dev/null 2>&1; then
+  "${as_root[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 echo "install-system-deps: installed ${missing[*]}"
