@@ -167,7 +167,17 @@
     session = s;
     render();
     const video = $("video");
-    pc.addTransceiver("video", { direction: "recvonly" });
+    const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
+    // Live view: ask for the smallest playout buffer the browser allows (standard in Chromium;
+    // an unsupported property is simply ignored).
+    try {
+      if ("jitterBufferTarget" in transceiver.receiver) transceiver.receiver.jitterBufferTarget = 0;
+      else if ("playoutDelayHint" in transceiver.receiver) transceiver.receiver.playoutDelayHint = 0;
+    } catch (e) { /* not supported: keep the browser's default */ }
+    // The first picture the viewer can see: the moment "time to first frame" ends.
+    video.addEventListener("loadeddata", () => {
+      if (session === s && stats.firstFrameMs === null) stats.firstFrameMs = performance.now() - stats.playStartedAt;
+    }, { once: true });
     pc.addEventListener("track", (ev) => {
       video.srcObject = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
       video.play().catch(() => { /* autoplay of muted video is allowed; ignore the race */ });
