@@ -113,8 +113,9 @@ class ObfuscationConfig(_Strict):
         0.5,
         ge=0.2,
         le=2.0,
-        description="Blur radius as a fraction of the face size. Scaled to the face so that no detail "
-        "finer than ~2 px per face survives to be sharpened back.",
+        description="Blur radius as a fraction of the face size: the face is averaged down to "
+        "1/blur_strength samples across (0.5 -> 2, at most 6) and smoothly scaled back up, so no "
+        "detail survives to be sharpened back.",
     )
     pixel_blocks: int = Field(
         8, ge=3, le=32, description="Pixelate: blocks across a face (fewer = coarser)."
