@@ -195,8 +195,10 @@ class User(_Strict):
 
 class ServerConfig(_Strict):
     host: str = Field("0.0.0.0", description="Address the RTSP and HTTP servers listen on.")
-    rtsp_port: int = Field(8554, ge=1, le=65535, description="RTSP port.")
-    http_port: int = Field(8080, ge=1, le=65535, description="HTTP port (web page, API, WHEP, metrics).")
+    rtsp_port: int = Field(8554, ge=0, le=65535, description="RTSP port (0: any free port, for tests).")
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="HTTP port (web page, API, WHEP, metrics; 0: any free port)."
+    )
     users: list[User] = Field(
         default_factory=list, description="If set, RTSP and WebRTC viewers must authenticate (Digest or Basic)."
     )
