@@ -12,10 +12,10 @@ speed relative to deface's default run. Every output's decoded frame count is ch
 `ffprobe -count_frames` against the input's.
 
 Baselines (in-process PyAV, no process start, no detection): decode + libx264 ultrafast encode (the
-ceiling the FACTS table measures), and decode + libx264 veryfast crf 20 (the encoder settings our bulk
+ceiling the FACTS table measures), and decode + libx264 superfast crf 21 (the encoder settings our bulk
 mode uses), so the detection+obfuscation share of our time is visible.
 
-Encoders differ by tool default: ours libx264 veryfast crf 20; deface (imageio-ffmpeg) libx264 preset
+Encoders differ by tool default: ours libx264 superfast crf 21; deface (imageio-ffmpeg) libx264 preset
 medium crf 25 (quality 5).
 
 Run:  .venv/bin/python bench/bulk_speed.py            (bench/setup_deface.sh first)
@@ -152,7 +152,7 @@ def main() -> int:
 
         baselines: list[tuple[str, dict[str, object]]] = [
             ("bare: PyAV decode+x264 ultrafast", {"preset": "ultrafast", "tune": "zerolatency"}),
-            ("bare: PyAV decode+x264 veryfast crf20", {"preset": "veryfast", "crf": "20"}),
+            ("bare: PyAV decode+x264 superfast crf21", {"preset": "superfast", "crf": "21"}),
         ]
         for name, opts in baselines:
             dst = work / f"bare{len(rows)}.mp4"
