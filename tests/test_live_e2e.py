@@ -570,7 +570,7 @@ def test_fail_closed_end_to_end(sim_camera_factory: Any, host_factory: Any, judg
     host.wait_live()
     assert host.app is not None
     broken = _BrokenDetector()
-    host.app.pipelines["cam"].engine.detector = broken  # type: ignore[assignment]
+    host.app.pipelines["cam"].engine.detector = broken
     swapped = time.monotonic()
     v = Viewer(host.url(), keep_images=True, max_frames=60, max_s=30)
     v.start()
