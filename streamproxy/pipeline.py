@@ -57,7 +57,12 @@ class LatencyController:
     max_input_width: int
     base_detect_every: int
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _last_change: float = 0.0
+
+    def dropped(self, now: float) -> None:
+        """A frame was overwritten in the mailbox: the worker is slower than the camera."""
+        self._drops.append(now)
 
     def observe(self, latency_ms: float, now: float) -> bool:
         """Record one frame's processing latency; returns True when the settings changed."""
@@ -66,15 +71,18 @@ class LatencyController:
             return False
         ordered = sorted(self._recent)
         p90 = ordered[int(len(ordered) * 0.9) - 1]
+        # Throughput matters as much as latency: a worker slower than the frame rate keeps each
+        # frame's latency low but loses frames in the mailbox, which latency alone never shows.
+        recent_drops = sum(1 for t in self._drops if now - t < 2.0)
         changed = False
-        if p90 > 0.7 * self.budget_ms:
+        if p90 > 0.7 * self.budget_ms or recent_drops >= 3:
             if self.detect_every < MAX_DETECT_EVERY:
                 self.detect_every += 1
                 changed = True
             elif self.input_width > MIN_INPUT_WIDTH:
                 self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
                 changed = True
-        elif p90 < 0.35 * self.budget_ms:
+        elif p90 < 0.35 * self.budget_ms and recent_drops == 0:
             if self.input_width < self.max_input_width:
                 self.input_width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
                 changed = True
@@ -197,6 +205,7 @@ class CameraPipeline:
             try:
                 self._mailbox.get_nowait()
                 self._count_drop("queue_full")
+                self.controller.dropped(time.monotonic())
             except queue.Empty:
                 pass
             try:
