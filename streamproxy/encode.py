@@ -94,6 +94,10 @@ class H264Encoder:
         self.packets_out = 0
         self.keyframes_forced = 0
         self._last_pts = -1
+        self._last_actual = -1
+        self._interval = CLOCK_RATE / self.fps  # recent frame interval, 90 kHz ticks
+        self._announced: int | None = None
+        self._next_of: dict[int, int] = {}  # pts -> the next frame's announced pts
         self._t0: float | None = None
         self._pending: dict[int, float] = {}  # pts -> decoded_at, for frames still inside the encoder
         self._codec_info: CodecInfo | None = None
@@ -156,12 +160,28 @@ class H264Encoder:
     def _next_pts(self, decoded_at: float) -> int:
         # Wall-clock (decoder-out) time on a 90 kHz clock: camera timestamps jump on reconnect and
         # a slate has none, while viewers need a clock that only moves forward.
+        #
+        # Each frame also announces the next frame's timestamp (its own time + the recent frame
+        # interval), and the next frame takes the announced value unless it is far off. The RTSP
+        # server sends an access unit delimiter with that timestamp right after each frame: FFmpeg
+        # based viewers (ffplay, VLC's ffmpeg path, PyAV) then know the frame is complete at once,
+        # instead of one frame interval later when the next frame's first slice arrives.
         if self._t0 is None:
             self._t0 = decoded_at
-        pts = round((decoded_at - self._t0) * CLOCK_RATE)
+        actual = round((decoded_at - self._t0) * CLOCK_RATE)
+        if self._last_actual >= 0:
+            gap = actual - self._last_actual
+            if 0 < gap < 2 * CLOCK_RATE:
+                self._interval = 0.8 * self._interval + 0.2 * gap
+        pts = actual
+        if self._announced is not None and abs(actual - self._announced) < 0.5 * self._interval:
+            pts = self._announced
         if pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
+        self._last_actual = actual
+        self._announced = max(pts + 1, actual + round(self._interval))
+        self._next_of[pts] = self._announced
         return pts
 
     def _prepare(self, frame: av.VideoFrame) -> av.VideoFrame:
@@ -222,6 +242,7 @@ class H264Encoder:
                 EncodedPacket(
                     data=data,
                     pts90k=pts,
+                    next_pts90k=self._next_of.pop(pts, None),
                     keyframe=key,
                     decoded_at=decoded_at,
                     encoded_at=now,
@@ -231,6 +252,9 @@ class H264Encoder:
         if len(self._pending) > 64:  # frames the encoder swallowed (should not happen without lookahead)
             for k in sorted(self._pending)[:-64]:
                 del self._pending[k]
+        if len(self._next_of) > 64:
+            for k in sorted(self._next_of)[:-64]:
+                del self._next_of[k]
         return out
 
     def flush(self) -> list[EncodedPacket]:

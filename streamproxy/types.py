@@ -166,4 +166,5 @@ class EncodedPacket:
     keyframe: bool
     decoded_at: float  # time.monotonic() the source frame left the decoder
     encoded_at: float  # time.monotonic() the packet left the encoder
+    next_pts90k: int | None = None  # the next frame's timestamp, announced ahead (see encode.py)
     extra: dict[str, float] = field(default_factory=dict)

@@ -23,6 +23,11 @@ _TCP_RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length, then the R
 _SR = struct.Struct("!BBHIIIIII")
 
 Payloads = tuple[tuple[bytes, bool], ...]  # (payload, marker) per RTP packet of one access unit
+# An access unit delimiter (NAL type 9, any slice types) opening the next access unit. Sent right
+# after a frame's last packet with the next frame's announced timestamp: RFC 6184-conformant (it is
+# the first NAL of the next access unit, sent early), and it lets FFmpeg's H.264 parser, which
+# otherwise waits for the next frame's first slice, hand the frame to the decoder one frame earlier.
+AUD_PAYLOAD = b"\x09\xf0"
 
 
 def packetize_h264(data: bytes, max_payload: int = MAX_PAYLOAD) -> Payloads:
@@ -103,12 +108,18 @@ class RtpStream:
         self.octets += sum(len(p) for p, _ in payloads)
         return ts
 
+    def _with_aud(self, pkt: EncodedPacket, ts: int, payloads: Payloads) -> list[tuple[bytes, bool, int]]:
+        out = [(payload, marker, ts) for payload, marker in payloads]
+        if pkt.next_pts90k is not None:
+            out.append((AUD_PAYLOAD, False, self.rtp_ts(pkt.next_pts90k)))
+        return out
+
     def packets_udp(self, pkt: EncodedPacket, payloads: Payloads) -> list[bytes]:
         ts = self._account(pkt, payloads)
         out = []
         seq = self.seq
-        for payload, marker in payloads:
-            out.append(_RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc) + payload)
+        for payload, marker, t in self._with_aud(pkt, ts, payloads):
+            out.append(_RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, t, self.ssrc) + payload)
             seq = (seq + 1) & 0xFFFF
         self.seq = seq
         return out
@@ -118,10 +129,10 @@ class RtpStream:
         ts = self._account(pkt, payloads)
         parts: list[bytes | memoryview] = []
         seq = self.seq
-        for payload, marker in payloads:
+        for payload, marker, t in self._with_aud(pkt, ts, payloads):
             parts.append(
                 _TCP_RTP_HEADER.pack(
-                    b"$", channel, 12 + len(payload), 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc
+                    b"$", channel, 12 + len(payload), 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, t, self.ssrc
                 )
             )
             parts.append(payload)
