@@ -158,7 +158,9 @@ class CameraPipeline:
         self._worker: threading.Thread | None = None
         self._encoder: H264Encoder | None = None
         self._encoder_size: tuple[int, int] | None = None
-        self._fps = 25.0
+        self._fps = 25.0  # until the camera's timestamps tell (encoder GOP, slate timing)
+        self._last_pts_s: float | None = None
+        self._pts_gaps: deque[float] = deque(maxlen=25)
         self._last_live = 0.0
         self.state = "connecting"
         self.frames_in = 0
@@ -231,6 +233,9 @@ class CameraPipeline:
     def _work(self) -> None:
         slate_period = 1.0 / self.cfg.slate.fps
         next_slate = 0.0
+        # The slate starts one second after start-up if the camera has not delivered by then, not
+        # at once: an encoder for a slate size that the camera's first frame would replace is waste.
+        self._last_live = time.monotonic()
         while not self._stop.is_set():
             try:
                 df = self._mailbox.get(timeout=min(0.1, slate_period))
@@ -251,8 +256,7 @@ class CameraPipeline:
     def _process(self, df: DecodedFrame) -> None:
         self._last_live = time.monotonic()
         frame = df.frame
-        if df.pts_seconds is not None and self._fps_in.rate > 0:
-            self._fps = self._fps_in.rate
+        self._track_fps(df)
         # A frame that is already too old to make the budget is dropped, not rushed out unmasked.
         waited_ms = (time.monotonic() - df.decoded_at) * 1000
         if waited_ms > self.budget_ms:
@@ -288,6 +292,18 @@ class CameraPipeline:
             return
         self._encode_publish(res.frame, df.decoded_at)
         self._adapt((time.monotonic() - df.decoded_at) * 1000)
+
+    def _track_fps(self, df: DecodedFrame) -> None:
+        """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
+        if df.pts_seconds is None:
+            return
+        if self._last_pts_s is not None:
+            gap = df.pts_seconds - self._last_pts_s
+            if 1 / 120 < gap < 2.0:
+                self._pts_gaps.append(gap)
+                if len(self._pts_gaps) >= 5:
+                    self._fps = 1.0 / sorted(self._pts_gaps)[len(self._pts_gaps) // 2]
+        self._last_pts_s = df.pts_seconds
 
     def _adapt(self, ms: float) -> None:
         if self.controller.observe(ms, time.monotonic()):
