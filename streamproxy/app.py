@@ -61,7 +61,9 @@ class App:
                 hub.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
             self.hubs[cam.name] = hub
             # Detector sessions are built here (model load): off the loop.
-            self.pipelines[cam.name] = await loop.run_in_executor(None, CameraPipeline, cam, self.cfg, hub, loop, m)
+            self.pipelines[cam.name] = await loop.run_in_executor(
+                None, CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras)
+            )
         self.rtsp = RtspServer(self.hubs, self.cfg.server)
         await self.rtsp.start()
         from .web import WebServer

@@ -60,7 +60,13 @@ class DetectorConfig(_Strict):
     )
     tile_overlap: float = Field(0.15, ge=0.0, le=0.5, description="Overlap between tiles, fraction of a tile.")
     nms_iou: float = Field(0.4, ge=0.05, le=0.95, description="IoU above which overlapping boxes merge.")
-    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads per detector.")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="onnxruntime intra-op threads per detector; 0 = auto (live: the cores shared "
+        "between the cameras, at most 2; bulk mode: 2).",
+    )
     spinning: bool = Field(
         False,
         description="onnxruntime thread spinning. Off by default: with several sessions on a small "

@@ -14,6 +14,7 @@ The latency controller may change `input_width` between calls.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -156,7 +157,7 @@ def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> by
 
 def _session_options(cfg: DetectorConfig) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.threads
+    so.intra_op_num_threads = cfg.threads or min(2, os.cpu_count() or 1)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

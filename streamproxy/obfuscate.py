@@ -153,14 +153,20 @@ def _coarsen(roi: np.ndarray, cell: float, smooth: bool) -> np.ndarray:
     h, w = roi.shape
     nx = max(1, round(w / cell))
     ny = max(1, round(h / cell))
-    src = roi if roi.flags.c_contiguous else np.ascontiguousarray(roi)
+    # Each sample averages a sparse grid of about 16 x 16 pixels of its cell rather than all of
+    # them: as unidentifiable, at a fraction of the cost for the big masks of near or coasting faces.
+    step = max(1, int(cell) // 16)
+    src = np.ascontiguousarray(roi[::step, ::step]) if step > 1 or not roi.flags.c_contiguous else roi
     small = cv2.resize(src, (nx, ny), interpolation=cv2.INTER_AREA)
     if not smooth:
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-    up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    k = max(3, int(cell) | 1)
-    # A box filter over the bilinear result hides the sampling grid; it adds no detail back.
-    return cv2.blur(up, (k, k), borderType=cv2.BORDER_REPLICATE)
+    # A bilinear surface through so few samples still shows creases (and a detector still sees a
+    # face-like blob in them); a box filter as wide as a cell smooths them away. Done at a quarter
+    # of the size and enlarged: the result is as smooth, at half the cost (measured).
+    sw, sh = max(2, w // 4), max(2, h // 4)
+    k = max(3, (int(cell) // 4) | 1)
+    soft = cv2.blur(cv2.resize(small, (sw, sh), interpolation=cv2.INTER_LINEAR), (k, k), borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _cell_px(mask: Box, cfg: ObfuscationConfig) -> float:

@@ -1,7 +1,7 @@
 """One camera's live pipeline: source → engine (detect, track, obfuscate) → encoder → stream hub.
 
     ingest thread (source.py)      decodes the camera, hands each DecodedFrame to `_on_frame`
-      └─ a one-slot mailbox        only the newest frame waits: an old frame is worth nothing live
+      └─ a small mailbox           full: the oldest frame goes (an old frame is worth nothing live)
     worker thread (this file)      latency check → Anonymizer.process_frame → H264Encoder.encode
       └─ loop.call_soon_threadsafe hub.publish(packet) on the event loop → RTSP / WebRTC viewers
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -44,6 +45,10 @@ _METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "of
 # The controller's steps. Cadence first (the tracker predicts in between, faces stay masked), then
 # resolution (small faces are the first to go), then dropping frames.
 MAX_DETECT_EVERY = 6
+# Frames that may wait for the worker. Two absorb one slow frame (a detector run that a busy CPU
+# stretched) without losing the next; deeper only makes an overloaded camera spend its time on
+# frames that are already too old (measured: 3 halved the frame rate at 6 cameras).
+MAILBOX_FRAMES = 2
 MIN_INPUT_WIDTH = 480
 
 
@@ -73,7 +78,7 @@ class LatencyController:
         p90 = ordered[int(len(ordered) * 0.9) - 1]
         # Throughput matters as much as latency: a worker slower than the frame rate keeps each
         # frame's latency low but loses frames in the mailbox, which latency alone never shows.
-        recent_drops = sum(1 for t in self._drops if now - t < 2.0)
+        recent_drops = sum(1 for t in tuple(self._drops) if now - t < 2.0)  # appended by the ingest thread
         changed = False
         if p90 > 0.7 * self.budget_ms or recent_drops >= 3:
             if self.detect_every < MAX_DETECT_EVERY:
@@ -132,6 +137,7 @@ class CameraPipeline:
         hub: StreamHub,
         loop: asyncio.AbstractEventLoop,
         metrics: CameraMetrics | None = None,
+        cameras: int = 1,
     ) -> None:
         self.cam = cam
         self.name = cam.name
@@ -140,6 +146,12 @@ class CameraPipeline:
         self.loop = loop
         self.metrics = metrics
         engine_cfg = cfg.engine_for(cam)
+        if engine_cfg.detector.threads == 0:
+            # Auto: share the cores between the cameras; oversubscribed onnxruntime pools are slower.
+            share = max(1, min(2, (os.cpu_count() or 1) // max(1, cameras)))
+            engine_cfg = engine_cfg.model_copy(
+                update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
+            )
         self.engine = Anonymizer(engine_cfg, name=cam.name)
         self.budget_ms = cfg.budget_for(cam)
         self.controller = LatencyController(
@@ -153,11 +165,13 @@ class CameraPipeline:
         self.source = CameraSource(
             cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=self._on_frame, on_state=self._on_state
         )
-        self._mailbox: queue.Queue[DecodedFrame] = queue.Queue(maxsize=1)
+        self._mailbox: queue.Queue[DecodedFrame] = queue.Queue(maxsize=MAILBOX_FRAMES)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._encoder: H264Encoder | None = None
         self._encoder_size: tuple[int, int] | None = None
+        self._work_ms = 10.0  # recent engine + encode time per frame
+        self._encode_ms = 5.0  # recent encode time, reserved when deciding whether a frame is late
         self._fps = 25.0  # until the camera's timestamps tell (encoder GOP, slate timing)
         self._last_pts_s: float | None = None
         self._pts_gaps: deque[float] = deque(maxlen=25)
@@ -203,7 +217,7 @@ class CameraPipeline:
         try:
             self._mailbox.put_nowait(df)
         except queue.Full:
-            # The worker is still busy with an older frame: the older one goes, the newest stays.
+            # The worker is behind by a whole mailbox: the oldest frame goes, the newest stays.
             try:
                 self._mailbox.get_nowait()
                 self._count_drop("queue_full")
@@ -257,9 +271,12 @@ class CameraPipeline:
         self._last_live = time.monotonic()
         frame = df.frame
         self._track_fps(df)
-        # A frame that is already too old to make the budget is dropped, not rushed out unmasked.
-        waited_ms = (time.monotonic() - df.decoded_at) * 1000
-        if waited_ms > self.budget_ms:
+        # A frame that is already too old to make the budget is dropped, not rushed out unmasked;
+        # and dropped before any work is spent on it when the usual work would make it late: under
+        # overload, work on frames that end up dropped anyway is what starves the others.
+        started = time.monotonic()
+        waited_ms = (started - df.decoded_at) * 1000
+        if waited_ms + self._work_ms > self.budget_ms:
             self._count_drop("latency_budget")
             return
         self.engine.detect_every = self.controller.detect_every
@@ -285,13 +302,16 @@ class CameraPipeline:
             self._count_drop("fail_closed")
             return
         elapsed_ms = (time.monotonic() - df.decoded_at) * 1000
-        if elapsed_ms > self.budget_ms:
-            # Detection was too slow for this frame: it is anonymized but late; late frames are dropped.
+        if elapsed_ms + self._encode_ms > self.budget_ms:
+            # Detection was too slow for this frame: it is anonymized but would leave late (encoding
+            # still to come); late frames are dropped.
             self._count_drop("latency_budget")
             self._adapt(elapsed_ms)
             return
         self._encode_publish(res.frame, df.decoded_at)
-        self._adapt((time.monotonic() - df.decoded_at) * 1000)
+        done = time.monotonic()
+        self._work_ms = 0.9 * self._work_ms + 0.1 * (done - started) * 1000
+        self._adapt((done - df.decoded_at) * 1000)
 
     def _track_fps(self, df: DecodedFrame) -> None:
         """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
@@ -326,7 +346,9 @@ class CameraPipeline:
     def _encode_publish(self, frame: av.VideoFrame, decoded_at: float) -> None:
         enc = self._ensure_encoder(frame.width, frame.height)
         had_codec = enc.codec_info is not None
+        t0 = time.monotonic()
         packets = enc.encode(frame, decoded_at, force_keyframe=self.hub.take_keyframe_request())
+        self._encode_ms = 0.9 * self._encode_ms + 0.1 * (time.monotonic() - t0) * 1000
         if not had_codec and enc.codec_info is not None:
             self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
         for pkt in packets:
