@@ -205,7 +205,9 @@ async def browser_phase(base: str, seconds: float, plays: int, width: int) -> di
         misses = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            r = await browser.evaluate(f"window.streamproxy.grabRegion(0, 0, {sw}, {sh})")
+            # Sampled as each picture is presented (requestVideoFrameCallback), not at a random
+            # moment while it is up (which adds half a frame interval on average).
+            r = await browser.evaluate(f"window.streamproxy.grabRegionOnFrame(0, 0, {sw}, {sh})")
             if r:
                 ms = stamp_from_png_strip(r["url"].split(",", 1)[1], int(r["videoWidth"]))
                 if ms is None:
@@ -218,6 +220,9 @@ async def browser_phase(base: str, seconds: float, plays: int, width: int) -> di
         out["stamp_unreadable"] = misses
         out["frames_decoded"] = stats.get("framesDecoded")
         out["frames_dropped_by_browser"] = stats.get("framesDropped")
+        out["browser_jitter_buffer_ms"] = stats.get("jitterBufferMs")
+        out["browser_decode_ms"] = stats.get("decodeMs")
+        out["browser_processing_ms"] = stats.get("processingMs")
         await browser.evaluate("window.streamproxy.stop(), true")
     return out
 

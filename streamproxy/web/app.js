@@ -120,6 +120,11 @@
           stats.framesDropped = s.framesDropped || 0;
           stats.framesReceived = s.framesReceived || 0;
           stats.bytesReceived = s.bytesReceived || 0;
+          // Where a browser's own delay goes (ms per frame): jitter buffer, decode, total processing.
+          const n = s.jitterBufferEmittedCount || 0;
+          stats.jitterBufferMs = n ? (1000 * s.jitterBufferDelay) / n : null;
+          stats.decodeMs = s.framesDecoded ? (1000 * (s.totalDecodeTime || 0)) / s.framesDecoded : null;
+          stats.processingMs = s.framesDecoded ? (1000 * (s.totalProcessingDelay || 0)) / s.framesDecoded : null;
           stats.width = s.frameWidth || 0;
           stats.height = s.frameHeight || 0;
           if (s.codecId && report.get(s.codecId)) stats.codec = report.get(s.codecId).mimeType;
@@ -246,7 +251,17 @@
     return { t, url: c.toDataURL("image/png"), videoWidth: video.videoWidth, videoHeight: video.videoHeight };
   }
 
-  window.streamproxy = { play, stop, grabFrame, grabRegion };
+  // The same, taken when the next frame is presented (requestVideoFrameCallback): the time is
+  // when the picture reached the screen, not a random moment while it was up.
+  function grabRegionOnFrame(x, y, w, h) {
+    const video = $("video");
+    if (!video.videoWidth || !video.requestVideoFrameCallback) return Promise.resolve(grabRegion(x, y, w, h));
+    return new Promise((resolve) => {
+      video.requestVideoFrameCallback(() => resolve(grabRegion(x, y, w, h)));
+    });
+  }
+
+  window.streamproxy = { play, stop, grabFrame, grabRegion, grabRegionOnFrame };
   $("stop").addEventListener("click", stop);
   // Leaving the page ends the session at once instead of waiting for the ICE consent timeout.
   window.addEventListener("pagehide", () => { stop(); });
