@@ -71,6 +71,10 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     total = sum(1 if j.kind == "image" else max(1, count_frames(j.src)) for j in jobs)
     bar = tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True, smoothing=0.1)
+
+    def tick() -> None:
+        bar.update(1)
+
     try:
         results = iter_results(
             jobs,
@@ -78,7 +82,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
             keep_audio=not args.no_audio,
             input_width=args.input_width,
             upscale=args.upscale,
-            on_frame=lambda: bar.update(1),
+            on_frame=tick,
             on_file=lambda j: bar.set_description_str(j.src.name[-30:]),
         )
         for res in results:
