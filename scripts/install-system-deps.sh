@@ -18,6 +18,7 @@
 #   gstreamer1.0-libav              avdec_h264 (GStreamer as a decoding viewer)
 #   gstreamer1.0-tools              gst-launch-1.0, gst-inspect-1.0
 #   chromium, chromium-driver       the WebRTC viewer in browser tests
+#   firefox-esr                     the second WebRTC viewer in browser tests (tests/test_firefox.py)
 #   prometheus                      promtool: checks the /metrics exposition
 #   fonts-dejavu-core               text on the "camera offline" slate
 set -euo pipefail
@@ -37,6 +38,7 @@ PACKAGES=(
   gstreamer1.0-tools
   chromium
   chromium-driver
+  firefox-esr
   prometheus
   fonts-dejavu-core
 )
