@@ -196,6 +196,13 @@
     });
     try {
       const offer = await pc.createOffer();
+      // The proxy sends its one shared H.264 encode (no per-viewer re-encode): say so plainly when
+      // this browser cannot take H.264 (e.g. Firefox without its OpenH264 plugin on a closed network).
+      if (!/H264/i.test(offer.sdp || "")) {
+        fail("this browser offers no H.264 for WebRTC. Use Chromium/Chrome/Edge, or in Firefox enable the " +
+          "OpenH264 plugin (about:addons > Plugins); the RTSP stream plays in VLC/ffplay.");
+        return;
+      }
       await pc.setLocalDescription(offer);
       await waitIceGathering(pc);
       const r = await fetch("/" + encodeURIComponent(camera) + "/whep", {
