@@ -14,6 +14,7 @@ While the camera is down the worker publishes a slate ("camera offline") so view
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -116,8 +117,11 @@ class LatencyStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@functools.lru_cache(maxsize=8)
 def make_slate(width: int, height: int, name: str) -> av.VideoFrame:
-    """A still 'camera offline' picture: our own pixels, so it needs no anonymization."""
+    """A still 'camera offline' picture: our own pixels, so it needs no anonymization.
+
+    Drawn once per size and reused (the encoder leaves the caller's frame as it came)."""
     img = np.full((height, width, 3), 40, np.uint8)
     scale = max(0.5, width / 1280)
     for i, (text, s) in enumerate(((name, 1.6), ("camera offline - reconnecting", 1.0))):
