@@ -376,12 +376,15 @@ def test_ffmpeg_decodes_over_udp(shared: tuple[SimCamera, _AppHost]) -> None:
 def test_gstreamer_rtspsrc(shared: tuple[SimCamera, _AppHost]) -> None:
     _, host = shared
     r = subprocess.run(
-        ["gst-launch-1.0", "-q", "rtspsrc", f"location={host.url()}", f"user-id={USER}", f"user-pw={PASSWORD}",
+        ["gst-launch-1.0", "rtspsrc", f"location={host.url()}", f"user-id={USER}", f"user-pw={PASSWORD}",
          "protocols=tcp", "latency=0", "!", "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!",
          "fakesink", "num-buffers=20"],
         capture_output=True, text=True, timeout=40, check=False,
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    # EOS after 20 decoded buffers is the proof. At shutdown rtspsrc sends PAUSE and TEARDOWN from two
+    # threads and, rarely (seen once in CI, 0 of 24 tries by hand), one of them finds the connection
+    # the other already closed, and gst-launch exits 1 after all frames arrived: not the server's doing.
+    assert 'Got EOS from element "pipeline0"' in r.stdout, r.stdout + r.stderr
 
 
 def test_auth_required(shared: tuple[SimCamera, _AppHost]) -> None:
