@@ -9,6 +9,7 @@ A bad file gets a one-line error and the batch goes on.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
+from PIL import Image
 
 from .config import EngineConfig
 from .detect import FaceDetector, create_detector
@@ -149,12 +151,44 @@ def image_detector_width(cfg: EngineConfig, longer_side: int, input_width: int |
 IMAGE_UPSCALE = 2.0
 
 
+def exif_orientation(data: np.ndarray) -> int:
+    """EXIF orientation tag (1-8) of an encoded image; 1 when absent or unreadable."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            value = im.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation: the stored pixels turned into the picture as displayed."""
+    if orientation == 5:
+        img = np.swapaxes(img, 0, 1)
+    elif orientation == 7:
+        img = np.swapaxes(img[::-1, ::-1], 0, 1)
+    elif orientation in (6, 8):
+        img = np.rot90(img, -1 if orientation == 6 else 1)
+    elif orientation == 2:
+        img = img[:, ::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    elif orientation == 4:
+        img = img[::-1]
+    return np.ascontiguousarray(img)
+
+
 def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -> FileResult:
     t0 = time.perf_counter()
     data = np.fromfile(job.src, dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         return FileResult(job.src, None, False, error="not a readable image")
+    # The picture as people see it: EXIF orientation applied. A photo stored sideways would
+    # otherwise be searched sideways, where the detector misses faces. The output is written
+    # upright and without EXIF (cv2 does not copy it), which also drops GPS position and camera
+    # serial numbers: metadata that identifies people too.
+    img = upright(img, exif_orientation(data))
     work: np.ndarray
     if img.dtype != np.uint8:
         # 16-bit PNG/TIFF: work at 8 bit, write back at the source depth.

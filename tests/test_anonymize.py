@@ -185,3 +185,29 @@ def test_layout_is_cp_r(tmp_path: Path) -> None:
     assert not errors
     assert sorted(str(j.dst.relative_to(tmp_path / "o")) for j in jobs) == ["c.png", "d/a.jpg", "d/x/b.png"]
     assert all(isinstance(j, Job) for j in jobs)
+
+
+def test_exif_rotated_photo_is_searched_upright(tmp_path: Path, detector: object) -> None:
+    """A phone photo stored sideways with an EXIF orientation: the face is found as people see it."""
+    import io
+
+    from PIL import Image
+
+    upright_img = background(480, 360)
+    box = paste_face(upright_img, 170, 60, 140)
+    stored = np.ascontiguousarray(np.rot90(upright_img, 1))  # orientation 6 = "rotate 90 CW to display"
+    im = Image.fromarray(stored[:, :, ::-1])
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    src = tmp_path / "phone.jpg"
+    src.write_bytes(buf.getvalue())
+    r = run_cli("anonymize", src, "-o", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    out = cv2.imread(str(tmp_path / "out" / "phone.jpg"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == upright_img.shape  # written upright (EXIF, with its GPS and serials, is not copied)
+    assert changed_fraction(upright_img, out, box, tol=12) > 0.8
+    assert detector.detect_bgr(out) == []  # type: ignore[attr-defined]
+    with Image.open(tmp_path / "out" / "phone.jpg") as o:
+        assert o.getexif().get(0x0112) is None
