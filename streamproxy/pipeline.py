@@ -343,7 +343,7 @@ class CameraPipeline:
             if self._encoder is not None:
                 log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
                 self._encoder.close()
-            self._encoder = H264Encoder(self.cfg.encoder, width, height, self._fps)
+            self._encoder = H264Encoder(self.cfg.encoder, width, height, self._fps, name=self.name)
             self._encoder_size = (width, height)
         return self._encoder
 
