@@ -11,6 +11,8 @@ import asyncio
 import logging
 import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from .app import App
 from .config import parse_config
@@ -19,16 +21,23 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .camsim import SimCamera, free_port
+    from .camsim import SimCamera, build_clip, free_port
 
     if shutil.which("/usr/bin/python3") is None:
         print("streamproxy demo: Debian's python3 with GStreamer is needed: run scripts/setup.sh", file=sys.stderr)
         return 1
     cam_port = free_port()
+    tmpdir = tempfile.mkdtemp(prefix="streamproxy-demo-")
     try:
-        camera = SimCamera(port=cam_port, path="camera", clip=args.source)
+        clip = None
+        if args.source is not None:
+            # The camera simulator loops raw frames: decode (up to) 10 s of the user's video once.
+            print(f"preparing {args.source} as a looping camera ...", file=sys.stderr, flush=True)
+            clip = build_clip(Path(tmpdir) / "source.i420", 1280, 720, 25, 10, source=args.source)
+        camera = SimCamera(port=cam_port, path="camera", clip=clip)
         camera.start()
     except Exception as err:
+        shutil.rmtree(tmpdir, ignore_errors=True)
         print(f"streamproxy demo: the simulated camera did not start: {err}", file=sys.stderr)
         return 1
     try:
@@ -79,4 +88,5 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
     finally:
         camera.stop()
+        shutil.rmtree(tmpdir, ignore_errors=True)
     return 0
