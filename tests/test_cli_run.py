@@ -77,3 +77,45 @@ engine:
     assert "shutting down" in out
     # Credentials never reach the logs (the sim's URL has none; the redaction itself is unit-tested).
     assert _get(f"http://127.0.0.1:{http}/healthz") == 0  # listeners are closed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_video", [False, True])
+def test_demo_serves_anonymized_video(
+    tmp_path: Path, model_dir: Path, _sim_gst_available: None, own_video: bool
+) -> None:
+    """The README's main command: a simulated camera + the proxy; also with the user's own video."""
+    args = ["--seconds", "25"]
+    if own_video:
+        from test_anonymize import make_video
+
+        src = tmp_path / "mine.mp4"
+        make_video(src, frames=25, audio=False)
+        args += ["--source", str(src)]
+    rtsp, http = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamproxy.cli", "demo", "--rtsp-port", str(rtsp), "--http-port", str(http), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _get(f"http://127.0.0.1:{http}/readyz") != 200:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "demo not ready within 60 s"
+            time.sleep(0.2)
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name,width",
+             "-of", "csv=p=0", f"rtsp://127.0.0.1:{rtsp}/demo"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert probe.stdout.strip() == "h264,1280", probe.stderr
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, out
+    assert f"rtsp://127.0.0.1:{rtsp}/demo" in out and f"http://127.0.0.1:{http}/" in out
