@@ -30,7 +30,6 @@ cores: treat numbers as orders of magnitude and re-run before relying on one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streamproxy.app import App, running_app
+from streamproxy.app import AppThread
 from streamproxy.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
 from streamproxy.encode import H264Encoder
@@ -96,50 +95,6 @@ class CpuWindow:
 
 
 # --- the app on its own loop (the bench itself uses blocking clients) ----------------------------------
-
-
-class AppHost:
-    def __init__(self, cfg: AppConfig) -> None:
-        self.cfg = cfg
-        self.app: App | None = None
-        self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._main()), name="app-host", daemon=True
-        )
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with running_app(self.cfg) as app:
-                self.app = app
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as err:
-            self.error = err
-        finally:
-            self._ready.set()
-
-    def start(self, timeout: float = 60) -> App:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("app did not start")
-        if self.error is not None:
-            raise self.error
-        assert self.app is not None
-        return self.app
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-
-    def url(self, name: str) -> str:
-        assert self.app is not None and self.app.rtsp is not None
-        return f"rtsp://127.0.0.1:{self.app.rtsp.port}/{name}"
 
 
 def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
@@ -195,7 +150,7 @@ def first_frame_s(url: str) -> float | None:
     return None
 
 
-def camera_back_s(host: AppHost, sim: SimCamera, name: str) -> float | None:
+def camera_back_s(host: AppThread, sim: SimCamera, name: str) -> float | None:
     """Kill and restart a camera under a connected viewer; seconds from 'listening' to a live frame."""
     seen: list[tuple[float, bool]] = []
     halt = threading.Event()
@@ -203,7 +158,7 @@ def camera_back_s(host: AppHost, sim: SimCamera, name: str) -> float | None:
     def view() -> None:
         try:
             with av.open(
-                host.url(name), options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)
+                host.rtsp_url(name), options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)
             ) as c:
                 for f in c.decode(video=0):
                     stamp = read_stamp(f.to_ndarray(format="gray"))
@@ -280,7 +235,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult, restart: bool) -> None:
-    host = AppHost(make_config(sims, args))
+    host = AppThread(make_config(sims, args))
     app = host.start()
     try:
         pipes = list(app.pipelines.values())
@@ -328,7 +283,7 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
 
             src.on_frame = on_frame
             added_before = len(samples)
-            res.g2g_proxy, err = stamped_latencies(host.url("cam0"), args.g2g_seconds)
+            res.g2g_proxy, err = stamped_latencies(host.rtsp_url("cam0"), args.g2g_seconds)
             src.on_frame = orig_on_frame
             res.g2g_added = samples[added_before:]
             if err:
@@ -337,7 +292,7 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
             if err:
                 res.notes.append(f"g2g direct viewer: {err}")
             for _ in range(args.ttff_tries):
-                ttff = first_frame_s(host.url("cam0"))
+                ttff = first_frame_s(host.rtsp_url("cam0"))
                 if ttff is not None:
                     res.ttff_proxy.append(ttff)
                 ttff = first_frame_s(sims[0].url)

@@ -23,6 +23,26 @@ def _get(url: str) -> int:
         return 0
 
 
+def _wait_ready(proc: subprocess.Popen[str], http: int, timeout: float = 60) -> None:
+    """Until /readyz answers 200; fails with the process output if it died first."""
+    deadline = time.monotonic() + timeout
+    while _get(f"http://127.0.0.1:{http}/readyz") != 200:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, f"not ready within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def _probe(url: str, entries: str) -> str:
+    """What ffprobe says about the stream (over TCP), as `a,b`."""
+    r = subprocess.run(
+        ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_entries", f"stream={entries}",
+         "-of", "csv=p=0", url],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_serves_and_shuts_down_gracefully_on_signal(
@@ -52,17 +72,8 @@ engine:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while _get(f"http://127.0.0.1:{http}/readyz") != 200:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "not ready within 60 s"
-            time.sleep(0.2)
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name",
-             "-of", "csv=p=0", f"rtsp://127.0.0.1:{rtsp}/lobby"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert probe.stdout.strip() == "h264", probe.stderr
+        _wait_ready(proc, http)
+        assert _probe(f"rtsp://127.0.0.1:{rtsp}/lobby", "codec_name") == "h264"
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=20)
@@ -100,17 +111,8 @@ def test_demo_serves_anonymized_video(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while _get(f"http://127.0.0.1:{http}/readyz") != 200:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "demo not ready within 60 s"
-            time.sleep(0.2)
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name,width",
-             "-of", "csv=p=0", f"rtsp://127.0.0.1:{rtsp}/demo"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert probe.stdout.strip() == "h264,1280", probe.stderr
+        _wait_ready(proc, http)
+        assert _probe(f"rtsp://127.0.0.1:{rtsp}/demo", "codec_name,width") == "h264,1280"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:

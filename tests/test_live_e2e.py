@@ -11,7 +11,6 @@ clients directly, the way a viewer on another machine would. Every wait is bound
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import logging
@@ -30,7 +29,7 @@ import av
 import numpy as np
 import pytest
 
-from streamproxy.app import App, running_app
+from streamproxy.app import AppThread
 from streamproxy.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy.config import AppConfig, DetectorConfig, parse_config
 from streamproxy.detect import OnnxFaceDetector, create_detector
@@ -68,54 +67,11 @@ def make_config(url: str, model_dir: Path, users: list[dict[str, str]] | None = 
     )
 
 
-class _AppHost:
-    """`async with running_app(cfg)` on a private event loop in a thread."""
-
-    def __init__(self, cfg: AppConfig) -> None:
-        self.cfg = cfg
-        self.app: App | None = None
-        self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._main()), name="app-host", daemon=True
-        )
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with running_app(self.cfg) as app:
-                self.app = app
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as err:  # reported to the test thread
-            self.error = err
-        finally:
-            self._ready.set()
-
-    def start(self, timeout: float = 60) -> App:
-        self._thread.start()
-        assert self._ready.wait(timeout), "app did not start"
-        if self.error is not None:
-            raise self.error
-        assert self.app is not None
-        return self.app
-
-    def stop(self, timeout: float = 30) -> float:
-        """Stops the app (running_app's exit: app.stop()); returns how long it took."""
-        t0 = time.monotonic()
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "app did not stop"
-        return time.monotonic() - t0
+class _AppHost(AppThread):
+    """The service on its own loop in a thread, plus what these tests ask of it."""
 
     def url(self, path: str = "cam", user: str | None = None, password: str | None = None) -> str:
-        assert self.app is not None and self.app.rtsp is not None
-        auth = f"{user}:{password}@" if user is not None else ""
-        return f"rtsp://{auth}127.0.0.1:{self.app.rtsp.port}/{path}"
+        return self.rtsp_url(path, user, password)
 
     def snapshot(self) -> dict[str, Any]:
         assert self.app is not None
