@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -291,10 +291,14 @@ def source_frame_bgr(url: str) -> np.ndarray:
     raise AssertionError(f"camera gave no frame: {last}")
 
 
-@needs_chromium
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-async def test_browser_sees_no_face_end_to_end(model_dir: Path) -> None:
+async def check_no_face_end_to_end(
+    model_dir: Path,
+    open_browser: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
+    play_in: Callable[..., Awaitable[dict[str, Any]]],
+    who: str,
+    check_stats: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """A real camera with faces -> the whole service -> a browser: no face in what the browser shows."""
     from streamproxy.camsim import SimCamera, read_stamp, system_gst_available
     from streamproxy.config import DetectorConfig
     from streamproxy.detect import create_detector
@@ -311,9 +315,11 @@ async def test_browser_sees_no_face_end_to_end(model_dir: Path) -> None:
         assert any(f.score >= 0.8 for f in src_faces), (
             f"the camera's own frame must show a face (test is meaningless otherwise): {src_faces}"
         )
-        async with live_service(cam.url) as (app, base), Chromium() as browser:
-            stats = await play(browser, base, "door", frames=50, timeout=60)
+        async with live_service(cam.url) as (app, base), open_browser() as browser:
+            stats = await play_in(browser, base, "door", frames=50, timeout=60)
             assert stats["framesDecoded"] >= 50, stats
+            if check_stats is not None:
+                check_stats(stats)
             assert (stats["width"], stats["height"]) == (1280, 720)
             assert app.hubs["door"].viewers("webrtc") == 1
             grabbed: list[int] = []
@@ -327,13 +333,20 @@ async def test_browser_sees_no_face_end_to_end(model_dir: Path) -> None:
                 stamp = read_stamp(y)
                 assert stamp is not None and abs(time.time() * 1000 - stamp) < 5000, stamp
                 diff = np.abs(img.astype(np.int16) - src.astype(np.int16)).mean(axis=2)
-                assert float(np.median(diff)) < 12, "the browser's picture is not the camera's scene"
+                assert float(np.median(diff)) < 12, f"{who}'s picture is not the camera's scene"
                 faces = await asyncio.to_thread(detector.detect_bgr, img)
                 weak.extend(round(f.score, 2) for f in faces)
                 grabbed.append(sum(1 for f in faces if f.score >= FACE_SCORE))
                 await asyncio.sleep(0.3)
             snap = app.pipelines["door"].snapshot()
             assert snap["state"] == "live", snap
-            assert grabbed == [0] * len(grabbed), f"faces visible in the browser: {grabbed} (scores {weak})"
+            assert grabbed == [0] * len(grabbed), f"faces visible in {who}: {grabbed} (scores {weak})"
     finally:
         await asyncio.to_thread(cam.stop)
+
+
+@needs_chromium
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_browser_sees_no_face_end_to_end(model_dir: Path) -> None:
+    await check_no_face_end_to_end(model_dir, Chromium, play, "the browser")
