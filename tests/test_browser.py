@@ -226,11 +226,12 @@ FACE_SCORE = 0.4
 PLAYING = "window.streamproxyStats && window.streamproxyStats.framesDecoded"
 
 
-async def play(browser: Chromium, base: str, camera: str, frames: int, timeout: float) -> dict[str, Any]:
+async def play(browser: Any, base: str, camera: str, frames: int, timeout: float) -> dict[str, Any]:
+    """Open the page and click a camera's card, as a person would (any browser driver here)."""
     await browser.goto(f"{base}/", "window.streamproxy")
     # The grid fills from the API, as for a person: click the camera's card.
     assert await browser.wait_js(f"!!document.querySelector('[data-camera=\"{camera}\"]')", 10)
-    await browser.evaluate(f"document.querySelector('[data-camera=\"{camera}\"]').click(), true")
+    await browser.evaluate(f"(document.querySelector('[data-camera=\"{camera}\"]').click(), true)")
     await browser.wait_js(f"{PLAYING} >= {frames} || !!window.streamproxyStats.error", timeout)
     stats: dict[str, Any] = await browser.evaluate("window.streamproxyStats")
     assert not stats["error"], f"playback failed: {stats['error']}"

@@ -268,24 +268,11 @@ class Firefox:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-PLAYING = "window.streamproxyStats && window.streamproxyStats.framesDecoded"
-
-
-async def play(browser: Firefox, base: str, camera: str, frames: int, timeout: float) -> dict[str, Any]:
-    await browser.goto(f"{base}/", "window.streamproxy")
-    # The grid fills from the API, as for a person: click the camera's card.
-    assert await browser.wait_js(f"!!document.querySelector('[data-camera=\"{camera}\"]')", 10)
-    await browser.evaluate(f"(document.querySelector('[data-camera=\"{camera}\"]').click(), true)")
-    await browser.wait_js(f"{PLAYING} >= {frames} || !!window.streamproxyStats.error", timeout)
-    stats: dict[str, Any] = await browser.evaluate("window.streamproxyStats")
-    assert not stats["error"], f"playback failed: {stats['error']}"
-    return stats
-
-
 @needs_firefox
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_firefox_plays_synthetic_stream() -> None:
+    from test_browser import play
     from test_webrtc import HEIGHT, WIDTH, make_cfg, serving, wait_for
 
     async with serving(make_cfg()) as (app, server, base), Firefox() as browser:
@@ -304,7 +291,7 @@ async def test_firefox_plays_synthetic_stream() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_firefox_sees_no_face_end_to_end(model_dir: Path) -> None:
-    from test_browser import check_no_face_end_to_end
+    from test_browser import check_no_face_end_to_end, play
 
     def h264(stats: dict[str, Any]) -> None:
         assert "H264" in (stats["codec"] or ""), stats
