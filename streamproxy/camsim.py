@@ -56,6 +56,7 @@ SIM_SCRIPT = Path(__file__).with_name("sim") / "gst_camera.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 Codec = Literal["h264", "h265"]
+AuthMethod = Literal["basic", "digest"]
 
 # --- the wall-clock barcode -------------------------------------------------------------------
 # Keep in sync with sim/gst_camera.py (tests check both writers give identical bytes).
@@ -430,12 +431,16 @@ class SimCamera:
         bitrate_kbps: int = 3000,
         start_timeout_s: float = 20.0,
         switch_to: tuple[int, int, float] | None = None,
+        auth: AuthMethod = "basic",
     ) -> None:
         self.port = port if port is not None else free_port()
         self.path = path.strip("/")
         self.width, self.height, self.fps = width, height, fps
         self.codec: Codec = codec
         self.user, self.password = user, password
+        if auth not in ("basic", "digest"):
+            raise ValueError(f"auth must be 'basic' or 'digest', got {auth!r}")
+        self.auth: AuthMethod = auth  # how the server challenges clients (only with a user)
         self.clip = Path(clip) if clip is not None else None
         self.faces, self.seconds = faces, seconds
         self.bitrate_kbps = bitrate_kbps
@@ -493,7 +498,7 @@ class SimCamera:
             "--exit-on-stdin-eof",
         ]  # fmt: skip
         if self.user is not None:
-            cmd += ["--user", self.user, "--password", self.password or ""]
+            cmd += ["--user", self.user, "--password", self.password or "", "--auth", self.auth]
         if self.switch_to is not None:
             w2, h2, after = self.switch_to
             clip2 = cached_clip(w2, h2, self.fps, self.seconds, self.faces)
@@ -620,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", choices=["h264", "h265"], default="h264")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--auth", choices=["basic", "digest"], default="basic", help="with --user")
     p.add_argument("--source", help="use frames from this video file instead of the synthetic clip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -632,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     cam = SimCamera(
         args.port, args.path, args.width, args.height, args.fps, args.codec, args.user, args.password, clip,
-        faces=args.faces,
+        faces=args.faces, auth=args.auth,
     )  # fmt: skip
     try:
         with cam:

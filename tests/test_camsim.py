@@ -231,6 +231,57 @@ def test_basic_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
     assert r.returncode != 0 and "401" in r.stderr
 
 
+def _describe_challenge(port: int, path: str) -> str:
+    """The WWW-Authenticate header the server answers an unauthenticated DESCRIBE with."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"DESCRIBE rtsp://127.0.0.1:{port}/{path} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head = data.decode(errors="replace")
+    assert head.startswith("RTSP/1.0 401"), head
+    return "\n".join(
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")
+        if line.lower().startswith("www-authenticate:")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_digest_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
+    cam = sim_camera_factory(user="admin", password="s3cret!", auth="digest")
+    challenge = _describe_challenge(cam.port, cam.path)
+    assert challenge.startswith("Digest ") and "nonce=" in challenge and "Basic" not in challenge
+    assert _ffprobe(cam.url, "tcp")["codec_name"] == "h264"
+    frames = _read_frames(cam.url, "tcp", 5)
+    assert len(frames) == 5 and frames[0].width == 640
+    wrong = cam.url.replace("s3cret%21", "wrong")
+    assert wrong != cam.url
+    for url in (wrong, cam.url_without_auth):
+        r = subprocess.run(
+            ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", url],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert r.returncode != 0 and "401" in r.stderr, r.stderr
+    with pytest.raises(av.error.HTTPUnauthorizedError):
+        _read_frames(wrong, "tcp", 1)
+
+
+def test_basic_is_the_default_and_auth_is_checked() -> None:
+    cmd = SimCamera(user="u", password="p", clip="/nonexistent.i420").command()
+    assert cmd[cmd.index("--auth") + 1] == "basic"
+    cmd = SimCamera(user="u", password="p", clip="/nonexistent.i420", auth="digest").command()
+    assert cmd[cmd.index("--auth") + 1] == "digest"
+    with pytest.raises(ValueError, match="auth"):
+        SimCamera(auth="ntlm")  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:

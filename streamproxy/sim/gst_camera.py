@@ -183,6 +183,7 @@ def main():
     p.add_argument("--bitrate", type=int, default=3000, help="kbit/s")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--auth", choices=["basic", "digest"], default="basic", help="with --user")
     p.add_argument("--exit-on-stdin-eof", action="store_true")
     p.add_argument("--switch-clip", help="a second I420 clip to switch to mid-stream")
     p.add_argument("--switch-size", help="its WIDTHxHEIGHT")
@@ -250,7 +251,14 @@ def main():
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", "viewer")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        if args.auth == "digest":
+            # Digest only: a client that would send Basic is challenged for Digest (as cameras
+            # configured for "digest authentication" do), so a client's digest path is exercised.
+            auth.add_digest(args.user, args.password or "", token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        else:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
         server.set_auth(auth)
         perms = GstRtspServer.RTSPPermissions()
         perms.add_permission_for_role("viewer", "media.factory.access", True)
