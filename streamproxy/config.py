@@ -184,10 +184,25 @@ class CameraConfig(_Strict):
     tracker: TrackerConfig | None = Field(None, description="Per-camera tracker override.")
     detect_every: int | None = Field(None, ge=1, le=30, description="Per-camera detector cadence override.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
+    publish_url: str | None = Field(
+        None,
+        description="Also push this camera's anonymized stream to an external RTSP server "
+        "(ANNOUNCE/RECORD, e.g. MediaMTX) for fan-out at scale; credentials allowed, never logged.",
+    )
 
     @field_validator("url")
     @classmethod
     def _url_is_rtsp(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+            raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
+        return v
+
+    @field_validator("publish_url")
+    @classmethod
+    def _publish_url_is_rtsp(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         parts = urlsplit(v)
         if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
             raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
