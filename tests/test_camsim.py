@@ -282,6 +282,80 @@ def test_basic_is_the_default_and_auth_is_checked() -> None:
         SimCamera(auth="ntlm")  # type: ignore[arg-type]
 
 
+# --- replay mode ----------------------------------------------------------------------------------
+
+
+def test_encode_clip_gives_one_access_unit_per_frame_and_loops_from_a_keyframe(tmp_path: Path) -> None:
+    width, height, fps, seconds = 640, 360, 5, 4  # GOP 2 s = 10 frames; 20 frames
+    raw = camsim.build_clip(tmp_path / "c.i420", width, height, fps, seconds)
+    path = camsim.encode_clip(raw, camsim.replay_cache_path(raw, fps, 800), width, height, fps, 800)
+    assert path.parent == raw.parent and path.name.startswith(raw.name)
+    aus = camsim.read_access_units(path)
+    assert len(aus) == fps * seconds
+    assert [i for i, (_, key) in enumerate(aus) if key] == [0, 10]
+    assert all(data.startswith(b"\0\0\0\1") or data.startswith(b"\0\0\1") for data, _ in aus)
+    # Played twice in a row (the server's loop), every access unit decodes to a picture.
+    ctx = av.CodecContext.create("h264", "r")
+    frames = []
+    for data, _ in aus * 2:
+        frames += ctx.decode(av.Packet(data))
+    frames += ctx.decode(None)
+    assert len(frames) == 2 * fps * seconds
+    # Same picture both times round, and close to the raw clip (faces are there, not mush).
+    y0 = frames[3].to_ndarray(format="gray").astype(np.float32)
+    y1 = frames[23].to_ndarray(format="gray").astype(np.float32)
+    raw3 = _i420_y(raw, 3, width, height).astype(np.float32)
+    assert np.array_equal(y0, y1)
+    assert 10 * np.log10(255**2 / float(np.mean((y0 - raw3) ** 2))) > 28
+    # Cached: a second SimCamera reuses the file (no re-encode) while the clip is unchanged.
+    mtime = path.stat().st_mtime_ns
+    assert camsim.cached_replay(raw, width, height, fps, 800) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_replay_mode_rejects_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match=r"H\.264 only"):
+        SimCamera(codec="h265", mode="replay")
+    with pytest.raises(ValueError, match="switch"):
+        SimCamera(mode="replay", switch_to=(320, 240, 1.0))
+    with pytest.raises(ValueError, match="mode"):
+        SimCamera(mode="vod")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_replay_camera_serves_the_clip_at_the_frame_rate(
+    sim_camera_factory: Callable[..., SimCamera],
+) -> None:
+    cam = sim_camera_factory(mode="replay")
+    assert cam.mode == "replay" and "--replay" in cam.command()
+    clip = cam._clip_path()
+    raw = [_i420_y(clip, i, 640, 360).astype(np.float32) for i in range(25 * 4)]
+    frames: list[av.VideoFrame] = []
+    t_first = t_last = 0.0
+    deadline = time.monotonic() + 20
+    with av.open(cam.url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as c:
+        for frame in c.decode(video=0):
+            if not frames:
+                t_first = time.monotonic()
+            frames.append(frame)
+            t_last = time.monotonic()
+            if t_last - t_first >= 3.0 or t_last > deadline:
+                break
+    assert frames and frames[0].key_frame  # a new client starts at a keyframe
+    fps = (len(frames) - 1) / (t_last - t_first)
+    assert 20 <= fps <= 30, fps
+    for f in frames[::15]:
+        y = f.to_ndarray(format="gray").astype(np.float32)
+        assert camsim.read_stamp(y.astype(np.uint8)) is None  # replay frames carry no barcode
+        # Which clip frame is this? The closest raw one; it must be close, and show its faces.
+        errs = [float(np.mean((y - r) ** 2)) for r in raw]
+        index = int(np.argmin(errs))
+        assert 10 * np.log10(255**2 / errs[index]) > 28
+        for box in cam.face_boxes(index):
+            x1, y1, x2, y2 = box.int_bounds()
+            assert y[y1:y2, x1:x2].std() > 25
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:

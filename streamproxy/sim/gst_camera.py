@@ -10,6 +10,14 @@ Each frame is stamped with its wall-clock time (ms) as a barcode in the top-left
 it is pushed, so that a viewer can measure glass-to-glass latency (camsim.read_stamp decodes it).
 The media is shared: every client sees the same encode, as with a real camera.
 
+With --replay FILE (H.264 only) nothing is encoded here: the clip was encoded once up front
+(camsim.encode_clip) and its access units are pushed at the frame rate, in a loop, with live
+timestamps -- a camera that encodes on its own hardware, costing this machine almost no CPU:
+
+    appsrc (video/x-h264, byte-stream, au) ! h264parse ! rtph264pay config-interval=1 name=pay0
+
+Replayed frames carry no wall-clock barcode (stamping needs a re-encode).
+
 Prints "READY <url>" on stdout once the server listens; exits cleanly on SIGTERM/SIGINT, and on
 EOF of stdin with --exit-on-stdin-eof (so that it never outlives the process that started it).
 """
@@ -148,6 +156,107 @@ class ClipFeeder:
                 self.stopped.wait(delay)
 
 
+# --- replay: pre-encoded access units --------------------------------------------------------------
+# The file camsim.encode_clip writes: MAGIC, then per access unit (in decode order = display order,
+# there are no B-frames) a 4-byte big-endian length, a flags byte (1 = keyframe) and the Annex-B bytes.
+REPLAY_MAGIC = b"STREAMPROXY-AU1\n"
+
+
+def read_access_units(path):
+    """[(bytes, is_keyframe)] of a replay file; raises ValueError when it is not one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(REPLAY_MAGIC):
+        raise ValueError(f"{path}: not a replay file (bad magic)")
+    aus = []
+    off = len(REPLAY_MAGIC)
+    while off < len(data):
+        if off + 5 > len(data):
+            raise ValueError(f"{path}: truncated at byte {off}")
+        n = int.from_bytes(data[off : off + 4], "big")
+        key = data[off + 4] & 1 == 1
+        off += 5
+        if n == 0 or off + n > len(data):
+            raise ValueError(f"{path}: bad access unit length {n} at byte {off - 5}")
+        aus.append((data[off : off + n], key))
+        off += n
+    if not aus or not aus[0][1]:
+        raise ValueError(f"{path}: must start with a keyframe")
+    return aus
+
+
+class ReplayFeeder(ClipFeeder):
+    """Pushes pre-encoded H.264 access units at the frame rate, looping (the clip starts with an IDR).
+
+    No encoder runs here, so a replay camera costs a small fraction of a live one. Dropping an access
+    unit would break every frame up to the next keyframe, so appsrc does not leak: when nothing
+    consumes (the shared media is paused between a client's DESCRIBE and PLAY), the feeder stops
+    pushing and, once the queue drains, resumes from the keyframe at or before the current position
+    so that the stream continues decodably.
+    """
+
+    STALLED_LEVEL = 3  # buffers waiting inside appsrc: nobody consumes
+
+    def __init__(self, appsrc, access_units, fps):
+        self.appsrc = appsrc
+        self.fps = fps
+        self.aus = access_units
+        self.keyframes = [i for i, (_, key) in enumerate(access_units) if key]
+        self.switch = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="replay-feeder", daemon=True)
+
+    def _keyframe_at_or_before(self, i):
+        return max(k for k in self.keyframes if k <= i)
+
+    def run(self):
+        period = 1.0 / self.fps
+        next_t = time.monotonic()
+        i = 0
+        stalled = False
+        while not self.stopped.is_set():
+            pos = i % len(self.aus)
+            if self.appsrc.get_property("current-level-buffers") >= self.STALLED_LEVEL:
+                stalled = True
+            else:
+                if stalled:
+                    stalled = False
+                    pos = self._keyframe_at_or_before(pos)
+                    i = pos
+                data, key = self.aus[pos]
+                buf = Gst.Buffer.new_wrapped(data)
+                buf.duration = int(Gst.SECOND / self.fps)
+                if not key:
+                    buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+                ret = self.appsrc.emit("push-buffer", buf)
+                if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
+                    break
+                if ret != Gst.FlowReturn.OK:
+                    log(f"push-buffer: {ret.value_nick}")
+                    break
+            i += 1
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -5 * period:
+                next_t = time.monotonic()
+            elif delay > 0:
+                self.stopped.wait(delay)
+
+
+def replay_launch_line(args):
+    caps = (
+        "video/x-h264,stream-format=byte-stream,alignment=au,"
+        f"width={args.width},height={args.height},framerate={args.fps}/1"
+    )
+    # No leaky queue here: a dropped access unit would corrupt the frames that reference it
+    # (ReplayFeeder paces itself instead). h264parse + config-interval=1 put SPS/PPS before every
+    # IDR in-band, so a client that joins late decodes from the next keyframe.
+    return (
+        f'( appsrc name=src is-live=true format=time do-timestamp=true caps="{caps}" '
+        "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
+
+
 def launch_line(args):
     caps = f"video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1"
     # Live source, timestamped with the pipeline clock on push; a 2-frame leaky queue inside appsrc
@@ -172,7 +281,10 @@ def launch_line(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clip", required=True, help="raw I420 frames, width x height each")
+    p.add_argument("--clip", help="raw I420 frames, width x height each")
+    p.add_argument(
+        "--replay", help="pre-encoded H.264 access units (camsim.encode_clip) to loop instead of encoding"
+    )
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--fps", type=int, default=25)
@@ -190,10 +302,18 @@ def main():
     p.add_argument("--switch-after", type=float, default=2.0, help="seconds after the stream starts")
     args = p.parse_args()
 
+    if (args.clip is None) == (args.replay is None):
+        p.error("exactly one of --clip and --replay is required")
+    if args.replay and (args.codec != "h264" or args.switch_clip):
+        p.error("--replay serves H.264 only and cannot switch clips")
+
     Gst.init(None)
-    needed = (
-        ["appsrc", "rtph265pay", "x265enc"] if args.codec == "h265" else ["appsrc", "rtph264pay", "x264enc"]
-    )
+    if args.replay:
+        needed = ["appsrc", "h264parse", "rtph264pay"]
+    elif args.codec == "h265":
+        needed = ["appsrc", "rtph265pay", "x265enc"]
+    else:
+        needed = ["appsrc", "rtph264pay", "x264enc"]
     missing = [e for e in needed if Gst.ElementFactory.find(e) is None]
     if missing:
         log(
@@ -202,12 +322,20 @@ def main():
         )
         return 2
 
-    frame_size = args.width * args.height * 3 // 2
-    with open(args.clip, "rb") as f:
-        clip = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if len(clip) < frame_size or len(clip) % frame_size:
-        log(f"clip size {len(clip)} is not a whole number of {args.width}x{args.height} I420 frames")
-        return 2
+    clip = access_units = None
+    if args.replay:
+        try:
+            access_units = read_access_units(args.replay)
+        except (OSError, ValueError) as err:
+            log(f"replay: {err}")
+            return 2
+    else:
+        frame_size = args.width * args.height * 3 // 2
+        with open(args.clip, "rb") as f:
+            clip = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if len(clip) < frame_size or len(clip) % frame_size:
+            log(f"clip size {len(clip)} is not a whole number of {args.width}x{args.height} I420 frames")
+            return 2
 
     switch = None
     if args.switch_clip:
@@ -224,7 +352,7 @@ def main():
     server.set_address(args.bind)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args))
+    factory.set_launch(replay_launch_line(args) if access_units else launch_line(args))
     factory.set_shared(True)  # one encode for every client, like a camera
     factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
 
@@ -233,7 +361,10 @@ def main():
 
     def on_media_configure(_factory, media):
         appsrc = media.get_element().get_by_name("src")
-        feeder = ClipFeeder(appsrc, clip, args.width, args.height, args.fps, switch)
+        if access_units:
+            feeder = ReplayFeeder(appsrc, access_units, args.fps)
+        else:
+            feeder = ClipFeeder(appsrc, clip, args.width, args.height, args.fps, switch)
 
         def on_unprepared(_media):
             feeder.stop()
