@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import AppConfig, CameraConfig
 from .pipeline import CameraPipeline
+from .publish import Publisher
 from .rtsp import RtspServer
 from .stream import StreamHub
 
@@ -41,6 +42,7 @@ class App:
         self.cameras = cameras_for_shard(cfg, shard_index, shard_count)
         self.hubs: dict[str, StreamHub] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
+        self.publishers: dict[str, Publisher] = {}  # cameras with a publish_url
         self.rtsp: RtspServer | None = None
         self.web: Any = None
         self.ready = False
@@ -66,6 +68,14 @@ class App:
             self.pipelines[cam.name] = await loop.run_in_executor(
                 None, CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras)
             )
+            if cam.publish_url is not None:
+                self.publishers[cam.name] = Publisher(
+                    hub,
+                    cam.publish_url,
+                    backoff_initial_s=self.cfg.ingest.backoff_initial_s,
+                    backoff_max_s=self.cfg.ingest.backoff_max_s,
+                    metrics=m,
+                )
         self.rtsp = RtspServer(self.hubs, self.cfg.server)
         await self.rtsp.start()
         from .web import WebServer
@@ -74,6 +84,8 @@ class App:
         await self.web.start()
         for p in self.pipelines.values():
             p.start()
+        for pub in self.publishers.values():
+            pub.start()
         self.ready = True
         self.ready_event.set()
         log.info(
@@ -87,6 +99,8 @@ class App:
 
     async def stop(self) -> None:
         self.ready = False
+        # Publishers first, while the stream still flows: their servers get a TEARDOWN (bounded).
+        await asyncio.gather(*(pub.stop(timeout=5.0) for pub in self.publishers.values()))
         if self.web is not None:
             await self.web.stop()
         if self.rtsp is not None:

@@ -45,12 +45,14 @@ except ImportError:  # pragma: no cover - prometheus_client < 0.18
 
 DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "queue_full"]
 FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
-Protocol = Literal["rtsp", "webrtc"]
+Protocol = Literal["rtsp", "webrtc"]  # viewers
+OutProtocol = Literal["rtsp", "webrtc", "publish"]  # where bytes go: viewers, or the publish_url server
 CameraState = Literal["connecting", "live", "offline", "stopped"]
 
 DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
 FAIL_CLOSED_REASONS: Final[tuple[FailClosedReason, ...]] = get_args(FailClosedReason)
 PROTOCOLS: Final[tuple[Protocol, ...]] = get_args(Protocol)
+OUT_PROTOCOLS: Final[tuple[OutProtocol, ...]] = get_args(OutProtocol)
 CAMERA_STATES: Final[tuple[CameraState, ...]] = get_args(CameraState)
 
 # Same rule as CameraConfig.name: a label value can then never be a URL or carry a password.
@@ -153,7 +155,8 @@ VIEWERS = Gauge(
 )
 BYTES_OUT = Counter(
     "streamproxy_bytes_out",
-    "Media payload bytes sent to viewers, by protocol (multiply the rate by 8 for bit/s).",
+    "Media payload bytes sent to viewers, by protocol (rtsp, webrtc; publish: to the camera's publish_url "
+    "server). Multiply the rate by 8 for bit/s.",
     ["camera", "protocol"],
 )
 INPUT_FPS = Gauge(
@@ -164,6 +167,17 @@ INPUT_FPS = Gauge(
 OUTPUT_FPS = Gauge(
     "streamproxy_output_fps",
     "Anonymized frames per second leaving the proxy (measured over ~1 s windows).",
+    ["camera"],
+)
+PUBLISH_UP = Gauge(
+    "streamproxy_publish_up",
+    "1 while the anonymized stream is being pushed to the camera's publish_url server, else 0 "
+    "(also 0 when the camera has no publish_url).",
+    ["camera"],
+)
+PUBLISH_PACKETS = Counter(
+    "streamproxy_publish_packets",
+    "H.264 access units pushed to the camera's publish_url server.",
     ["camera"],
 )
 BUILD_INFO = Info("streamproxy_build", "streamproxy build information.")
@@ -190,6 +204,8 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_bytes_out_total",
     "streamproxy_input_fps",
     "streamproxy_output_fps",
+    "streamproxy_publish_up",
+    "streamproxy_publish_packets_total",
     "streamproxy_build_info",
 ]
 
@@ -207,6 +223,8 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     CAMERA_UP,
     INPUT_FPS,
     OUTPUT_FPS,
+    PUBLISH_UP,
+    PUBLISH_PACKETS,
 )
 # Families with a second label, and every value that second label can take.
 _PER_CAMERA_AND: Final[tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]] = (
@@ -214,7 +232,7 @@ _PER_CAMERA_AND: Final[tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]] = (
     (FAIL_CLOSED_FRAMES, FAIL_CLOSED_REASONS),
     (CAMERA_STATE, CAMERA_STATES),
     (VIEWERS, PROTOCOLS),
-    (BYTES_OUT, PROTOCOLS),
+    (BYTES_OUT, OUT_PROTOCOLS),
 )
 
 
@@ -292,9 +310,11 @@ class CameraMetrics:
             r: FAIL_CLOSED_FRAMES.labels(camera=camera, reason=r) for r in FAIL_CLOSED_REASONS
         }
         self.viewers: dict[Protocol, Gauge] = {p: VIEWERS.labels(camera=camera, protocol=p) for p in PROTOCOLS}
-        self.bytes_out: dict[Protocol, Counter] = {
-            p: BYTES_OUT.labels(camera=camera, protocol=p) for p in PROTOCOLS
+        self.bytes_out: dict[OutProtocol, Counter] = {
+            p: BYTES_OUT.labels(camera=camera, protocol=p) for p in OUT_PROTOCOLS
         }
+        self.publish_up = PUBLISH_UP.labels(camera=camera)
+        self.publish_packets = PUBLISH_PACKETS.labels(camera=camera)
         self._state: dict[CameraState, Gauge] = {
             s: CAMERA_STATE.labels(camera=camera, state=s) for s in CAMERA_STATES
         }
@@ -360,8 +380,16 @@ class CameraMetrics:
         self.viewers["rtsp"].set(rtsp)
         self.viewers["webrtc"].set(webrtc)
 
-    def sent(self, protocol: Protocol, nbytes: int) -> None:
+    def sent(self, protocol: OutProtocol, nbytes: int) -> None:
         self.bytes_out[protocol].inc(nbytes)
+
+    # -- publish_url (publish.py) --------------------------------------------------------------
+    def set_publish_up(self, up: bool) -> None:
+        self.publish_up.set(1 if up else 0)
+
+    def published(self) -> None:
+        """One access unit reached the publish_url server (its bytes: bytes_out{protocol="publish"})."""
+        self.publish_packets.inc()
 
 
 def remove_camera(camera: str) -> None:

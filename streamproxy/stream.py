@@ -19,7 +19,7 @@ from .types import EncodedPacket
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["rtsp", "webrtc"]
+Protocol = Literal["rtsp", "webrtc", "publish"]  # publish: push to an external server (publish.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,328 @@
+"""Push one camera's anonymized stream to an external RTSP server (ANNOUNCE/RECORD), e.g. MediaMTX.
+
+For fan-out at scale: the proxy anonymizes and encodes once, a media server built for thousands of
+readers serves them. `cameras[].publish_url` turns it on per camera.
+
+The publisher is one more reader of the camera's StreamHub, with the same bounded buffer as a
+viewer: an external server that is slow, stalled or gone costs the publisher frames (it drops to
+the next keyframe), never the camera or the other viewers. Only what the hub carries is pushed,
+and the hub carries only encoder output, i.e. anonymized frames: fail closed holds by construction.
+
+    hub ─ Subscription("publish") ─(event loop)─> worker thread: PyAV rtsp muxer ─TCP─> server
+
+PyAV blocks (connect, ANNOUNCE/SETUP/RECORD, socket writes), so every PyAV call runs in the
+publisher's own daemon thread; the event loop only awaits it. Socket I/O has a timeout, so a
+stalled server turns into an error, then a reconnect with capped exponential backoff (the
+ingest.backoff_* settings). A change of the codec parameters (the camera changed resolution)
+restarts the RTSP session, since the SDP announced them. The URL may carry credentials: only
+`redact_url` forms of it reach logs, errors and snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import av
+
+from .config import redact_url
+from .stream import CodecInfo, StreamHub, Subscription
+from .types import EncodedPacket
+
+if TYPE_CHECKING:
+    from .metrics import CameraMetrics
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATE = 90_000  # EncodedPacket.pts90k
+STABLE_S = 5.0  # a session that published this long resets the backoff
+START_CODE = b"\x00\x00\x00\x01"
+T = TypeVar("T")
+
+
+def _has_sps(data: bytes) -> bool:
+    """Whether an Annex B access unit carries a sequence parameter set (NAL type 7)."""
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0 and i + 3 < len(data):
+        if data[i + 3] & 0x1F == 7:
+            return True
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return False
+
+
+class _Worker:
+    """One daemon thread that runs blocking calls in order; results come back as awaitables.
+
+    A daemon thread (not an executor) so that a call stuck in a socket write can never hold up
+    the interpreter's exit; socket timeouts end such calls anyway.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, fut = job
+            loop = fut.get_loop()
+            try:
+                result = fn()
+            except BaseException as err:  # handed to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, fut, None, err)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, result, None)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, fut))
+        # shield: cancelling the caller must not orphan a result the thread will still deliver.
+        return await asyncio.shield(fut)
+
+    def close(self, timeout: float) -> bool:
+        """Let queued calls finish, then end the thread; False if it is still busy after `timeout`."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def _settle(fut: asyncio.Future[Any], result: object, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(result)
+
+
+class _Session:
+    """One RTSP RECORD session (worker thread only): PyAV rtsp muxer with one H.264 stream."""
+
+    def __init__(self, url: str, codec: CodecInfo, io_timeout_s: float) -> None:
+        self.codec = codec
+        self._base: int | None = None  # pts90k of the first packet: the session's time zero
+        self._last = -1
+        self._interval = max(1, round(CLOCK_RATE / codec.fps)) if codec.fps > 0 else 3600
+        self.started = False
+        self.container: Any = av.open(
+            url,
+            mode="w",
+            format="rtsp",
+            options={
+                "rtsp_transport": "tcp",
+                # Socket I/O timeout (µs): a stalled server turns into an error, not a stuck thread.
+                "timeout": str(int(io_timeout_s * 1_000_000)),
+            },
+        )
+        # Dimensions must be given here (the SDP needs them); set later they do not reach codecpar.
+        self.stream = self.container.add_mux_stream(
+            "h264", rate=Fraction(codec.fps).limit_denominator(1001), width=codec.width, height=codec.height
+        )
+        self.stream.time_base = Fraction(1, CLOCK_RATE)
+
+    def send(self, pkt: EncodedPacket) -> None:
+        data = pkt.data
+        if not self.started and not _has_sps(data):
+            # The SDP's sprop-parameter-sets come from the first packet (PyAV extracts them):
+            # make sure they are the hub's, even if the encoder ever stops repeating them in-band.
+            data = START_CODE + self.codec.sps + START_CODE + self.codec.pps + data
+        if self._base is None:
+            self._base = pkt.pts90k
+        ts = pkt.pts90k - self._base
+        if ts <= self._last:
+            # A new encoder behind the hub restarts its clock: keep the session's clock moving.
+            self._base = pkt.pts90k - (self._last + self._interval)
+            ts = self._last + self._interval
+        self._last = ts
+        out = av.Packet(data)
+        out.stream = self.stream
+        out.time_base = Fraction(1, CLOCK_RATE)
+        out.pts = out.dts = ts
+        out.is_keyframe = pkt.keyframe
+        self.container.mux(out)  # the first one writes the header: connect, ANNOUNCE, SETUP, RECORD
+        self.started = True
+
+    def close(self) -> None:
+        try:
+            self.container.close()  # TEARDOWN when the session is up
+        except Exception as err:  # a dead server cannot be told goodbye
+            log.debug("closing publish session: %s", type(err).__name__)
+
+
+class Publisher:
+    """Pushes one hub's packets to `url` until stopped; reconnects with capped exponential backoff."""
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        url: str,
+        *,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        io_timeout_s: float = 5.0,
+        metrics: CameraMetrics | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+            raise ValueError(f"{hub.name}: publish URL must be rtsp:// or rtsps:// with a host")
+        self.hub = hub
+        self.name = hub.name
+        self._url = url
+        self.url = redact_url(url)  # the only form that may be shown
+        self._secrets = [s for s in (url, parts.password, unquote(parts.password or "")) if s]
+        self._host = parts.hostname
+        self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.io_timeout_s = io_timeout_s
+        self.metrics = metrics
+        self.up = False
+        self.sessions = 0  # sessions that reached RECORD
+        self.attempts = 0
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.last_error = ""
+        self._task: asyncio.Task[None] | None = None
+        self._worker: _Worker | None = None
+        self._stopping = asyncio.Event()
+
+    # --- lifecycle (event loop) ---
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        self._worker = _Worker(f"publish-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"publish-{self.name}")
+        log.info("%s: publishing to %s", self.name, self.url)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop publishing: TEARDOWN if connected. Bounded by `timeout` even if the server hangs."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await asyncio.wait_for(task, timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:  # already logged by _run
+                pass
+        worker, self._worker = self._worker, None
+        if worker is not None and not await asyncio.to_thread(worker.close, timeout):
+            log.warning("%s: publisher thread still busy after %.0f s; abandoned", self.name, timeout)
+        self._set_up(False)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "up": self.up,
+            "sessions": self.sessions,
+            "attempts": self.attempts,
+            "packets_sent": self.packets_sent,
+            "bytes_sent": self.bytes_sent,
+            "last_error": self.last_error,
+        }
+
+    # --- the loop ---
+    async def _run(self) -> None:
+        delay = self.backoff_initial_s
+        while not self._stopping.is_set():
+            codec = self.hub.codec
+            if codec is None:
+                try:
+                    codec = await self.hub.wait_codec(timeout=1.0)
+                except TimeoutError:
+                    continue
+            self.attempts += 1
+            started = time.monotonic()
+            try:
+                ended_by_codec = await self._session(codec)
+            except asyncio.CancelledError:
+                raise
+            except EOFError:
+                return  # the hub closed: the app is stopping
+            except Exception as err:  # any failure of the external server: retry
+                self.last_error = self._describe(err)
+                if time.monotonic() - started >= STABLE_S:
+                    delay = self.backoff_initial_s
+                log.warning(
+                    "%s: publishing to %s failed (%s); retrying in %.1f s",
+                    self.name,
+                    self.url,
+                    self.last_error,
+                    delay,
+                )
+                self._set_up(False)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            self._set_up(False)
+            if ended_by_codec:
+                log.info("%s: stream parameters changed: new publish session", self.name)
+                delay = self.backoff_initial_s
+
+    async def _session(self, codec: CodecInfo) -> bool:
+        """Publish until the codec changes (returns True) or something fails (raises)."""
+        assert self._worker is not None
+        worker = self._worker
+        # Cheap reachability check before subscribing: a subscription forces a keyframe on every
+        # viewer, and one that idles through a long connect would overflow; neither while down.
+        await worker.call(self._probe)
+        session = await worker.call(lambda: _Session(self._url, codec, self.io_timeout_s))
+        sub: Subscription | None = None
+        try:
+            sub = self.hub.subscribe("publish")
+            while True:
+                pkt = await sub.get()
+                current = self.hub.codec
+                if current is not None and current != codec:
+                    return True
+                await worker.call(lambda pkt=pkt: session.send(pkt))  # type: ignore[misc]
+                self.packets_sent += 1
+                self.bytes_sent += len(pkt.data)
+                if not self.up:
+                    self.sessions += 1
+                    self.last_error = ""
+                    self._set_up(True)
+                    log.info("%s: publishing to %s (%dx%d)", self.name, self.url, codec.width, codec.height)
+                if self.metrics is not None:
+                    self.metrics.published()
+        finally:
+            if sub is not None:
+                sub.close()
+            # Closing sends TEARDOWN over a live connection: bounded by the socket timeout.
+            try:
+                await worker.call(session.close)
+            except Exception:  # _Session.close never raises; belt and braces
+                pass
+
+    def _probe(self) -> None:
+        with socket.create_connection((self._host, self._port), timeout=self.io_timeout_s):
+            pass
+
+    def _set_up(self, up: bool) -> None:
+        self.up = up
+        if self.metrics is not None:
+            self.metrics.set_publish_up(up)
+
+    def _describe(self, err: BaseException) -> str:
+        """An error message that cannot carry the URL's credentials (FFmpeg errors name the URL)."""
+        msg = f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+        for secret in self._secrets:
+            msg = msg.replace(secret, "***")
+        return msg

@@ -1,0 +1,344 @@
+"""publish_url: the anonymized stream pushed to a real RTSP server that accepts RECORD.
+
+The server is GStreamer's gst-rtsp-server in RECORD mode (`streamproxy/sim/gst_record.py`, run by
+Debian's /usr/bin/python3), which depayloads and decodes what it receives with avdec_h264 and
+reports each decoded frame: a FRAME line is proof of decodable H.264 on the far side. Everything
+binds 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from streamproxy.camsim import SYSTEM_PYTHON, free_port, system_gst_available
+from streamproxy.config import ConfigError, EncoderConfig, parse_config
+from streamproxy.encode import H264Encoder
+from streamproxy.publish import Publisher, _has_sps
+from streamproxy.stream import StreamHub
+
+log = logging.getLogger(__name__)
+
+RECORD_SCRIPT = Path(__file__).resolve().parent.parent / "streamproxy" / "sim" / "gst_record.py"
+W, H = 320, 240
+USER, PASSWORD = "pub", "pa55-w0rd"
+
+
+# --- the recording server -------------------------------------------------------------------------
+
+
+class RecordServer:
+    """gst_record.py in a child process; counts the frames it decoded from what was published."""
+
+    def __init__(self, port: int | None = None, path: str = "pub", dump: Path | None = None,
+                 user: str | None = None, password: str | None = None) -> None:  # fmt: skip
+        self.port = port if port is not None else free_port()
+        self.path = path
+        self.dump = dump
+        self.user, self.password = user, password
+        self.frames = 0
+        self.sizes: set[str] = set()
+        self.dumped: tuple[Path, int, int] | None = None
+        self.lines: deque[str] = deque(maxlen=50)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._cond = threading.Condition()
+
+    def url(self, user: str | None = None, password: str | None = None) -> str:
+        auth = f"{user}:{password}@" if user is not None else ""
+        return f"rtsp://{auth}127.0.0.1:{self.port}/{self.path}"
+
+    def start(self, timeout: float = 20.0) -> RecordServer:
+        cmd = [SYSTEM_PYTHON, str(RECORD_SCRIPT), "--port", str(self.port), "--path", self.path,
+               "--bind", "127.0.0.1", "--exit-on-stdin-eof"]  # fmt: skip
+        if self.dump is not None:
+            cmd += ["--dump", str(self.dump), "--dump-at", "15"]
+        if self.user is not None:
+            cmd += ["--user", self.user, "--password", self.password or ""]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,  # never written: EOF when this process dies, and the server exits
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "GST_DEBUG": "1"},
+        )
+        self._proc = proc
+        assert proc.stdout is not None and proc.stderr is not None
+        fd = proc.stdout.fileno()
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and b"\n" not in buf:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+            elif proc.poll() is not None:
+                break
+        if not buf.startswith(b"READY "):
+            err = proc.stderr.read1(65536) if proc.poll() is not None else b""  # type: ignore[attr-defined]
+            self.stop()
+            raise RuntimeError(f"record server did not start: {buf!r} {err!r}")
+        rest = buf.split(b"\n", 1)[1]
+        for line in rest.decode().splitlines():
+            self._line(line)
+        self._threads = [
+            threading.Thread(target=self._read, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr,), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _read(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self._line(raw.decode(errors="replace").rstrip())
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        parts = line.split()
+        with self._cond:
+            if parts[:1] == ["FRAME"] and len(parts) == 3:
+                self.frames = max(self.frames, int(parts[1]))
+                self.sizes.add(parts[2])
+            elif parts[:1] == ["DUMP"] and len(parts) == 3:
+                w, h = (int(v) for v in parts[2].split("x"))
+                self.dumped = (Path(parts[1]), w, h)
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(pred, timeout)
+
+    def wait_frames(self, n: int, timeout: float) -> bool:
+        return self.wait(lambda: self.frames >= n, timeout)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        for t in self._threads:
+            t.join(2)
+
+
+@pytest.fixture(scope="session")
+def _gst() -> None:
+    why = system_gst_available()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def record_server_factory(_gst: None) -> Iterator[Callable[..., RecordServer]]:
+    servers: list[RecordServer] = []
+
+    def make(start: bool = True, **kw: Any) -> RecordServer:
+        s = RecordServer(**kw)
+        servers.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+# --- a synthetic camera: encoder -> hub, on the test's loop -------------------------------------------
+
+
+class Feeder:
+    """Encodes a moving test pattern at `fps` into a hub, as the pipeline does (codec, then packets)."""
+
+    def __init__(self, hub: StreamHub, width: int = W, height: int = H, fps: int = 25) -> None:
+        self.hub = hub
+        self.fps = fps
+        self.size = (width, height)
+        self.frames = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def resize(self, width: int, height: int) -> None:
+        self.size = (width, height)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        enc: H264Encoder | None = None
+        t0 = time.monotonic()
+        while True:
+            w, h = self.size
+            if enc is None or (enc.width, enc.height) != (w, h):
+                enc = H264Encoder(EncoderConfig(bitrate_kbps=500), w, h, self.fps, name="feeder")
+            img = np.full((h * 3 // 2, w), 128, np.uint8)
+            x = (self.frames * 4) % (w - 40)
+            img[40:80, x : x + 40] = 235  # a moving white square: real motion, real P-frames
+            frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
+            packets = enc.encode(frame, time.monotonic(), force_keyframe=self.hub.take_keyframe_request())
+            if enc.codec_info is not None and self.hub.codec != enc.codec_info:
+                self.hub.set_codec(enc.codec_info)
+            for p in packets:
+                self.hub.publish(p)
+            self.frames += 1
+            await asyncio.sleep(max(0.0, t0 + self.frames / self.fps - time.monotonic()))
+
+
+async def _until(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(step)
+    return pred()
+
+
+async def _wait_frames(server: RecordServer, n: int, timeout: float) -> bool:
+    return await asyncio.to_thread(server.wait_frames, n, timeout)
+
+
+# --- unit-level -------------------------------------------------------------------------------------
+
+
+def test_config_publish_url_validated() -> None:
+    base = {"name": "a", "url": "rtsp://cam/x"}
+    cfg = parse_config({"cameras": [{**base, "publish_url": "rtsps://u:p@mtx.example:8322/a"}]})
+    assert cfg.cameras[0].publish_url == "rtsps://u:p@mtx.example:8322/a"
+    assert parse_config({"cameras": [base]}).cameras[0].publish_url is None
+    for bad in ("http://mtx/a", "rtsp:///nohost", "mtx:8554/a"):
+        with pytest.raises(ConfigError, match=r"cameras\[0\]\.publish_url"):
+            parse_config({"cameras": [{**base, "publish_url": bad}]})
+
+
+def test_has_sps() -> None:
+    assert _has_sps(b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce")
+    assert not _has_sps(b"\x00\x00\x00\x01\x41\x9a")
+    assert not _has_sps(b"")
+
+
+async def test_unreachable_server_backs_off_without_touching_the_hub(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens: attempts back off exponentially (capped), no subscription is held, the URL's
+    password never reaches the logs."""
+    hub = StreamHub("cam", 8)
+    feeder = Feeder(hub)
+    feeder.start()
+    port = free_port()  # nothing listens there
+    pub = Publisher(hub, f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{port}/pub", backoff_initial_s=0.05,
+                    backoff_max_s=0.2, io_timeout_s=1.0)  # fmt: skip
+    caplog.set_level(logging.DEBUG, logger="streamproxy")
+    try:
+        pub.start()
+        assert await _until(lambda: pub.attempts >= 5, 10)
+        assert not pub.up and pub.sessions == 0
+        assert "Connection refused" in pub.last_error or "ConnectionRefused" in pub.last_error
+        assert hub.viewers() == 0  # never subscribed while the server is down
+    finally:
+        await pub.stop(timeout=5)
+        await feeder.stop()
+    assert PASSWORD not in caplog.text and PASSWORD not in str(pub.snapshot())
+    assert "***@127.0.0.1" in caplog.text
+
+
+# --- against the real RECORD server -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_publishes_decodable_h264_and_restarts_on_resize(
+    record_server_factory: Callable[..., RecordServer], tmp_path: Path
+) -> None:
+    server = record_server_factory(dump=tmp_path / "frame.i420", user=USER, password=PASSWORD)
+    hub = StreamHub("cam", 50)
+    feeder = Feeder(hub)
+    feeder.start()
+    pub = Publisher(hub, server.url(USER, PASSWORD), backoff_initial_s=0.1, backoff_max_s=0.5)
+    try:
+        pub.start()
+        assert await _wait_frames(server, 25, 20), list(server.lines)
+        assert pub.up and pub.sessions == 1
+        assert server.sizes == {f"{W}x{H}"}
+        assert server.dumped is not None
+        path, w, h = server.dumped
+        y = np.frombuffer(path.read_bytes(), np.uint8)[: w * h].reshape(h, w)
+        # The decoded picture is the pattern (grey field, white square), not decoder garbage.
+        assert abs(float(np.median(y)) - 128) < 6
+        assert (y > 200).sum() > 0.5 * 40 * 40
+
+        # Resolution change: a new RTSP session with the new parameters.
+        before = server.frames
+        feeder.resize(352, 288)
+        assert await asyncio.to_thread(server.wait, lambda: "352x288" in server.sizes, 20), list(server.lines)
+        assert await _wait_frames(server, before + 40, 20)
+        assert pub.sessions == 2 and pub.up
+    finally:
+        await pub.stop(timeout=10)
+        await feeder.stop()
+    assert not pub.up
+    assert hub.viewers() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_server_down_at_start_then_up_then_gone_then_back(
+    record_server_factory: Callable[..., RecordServer],
+) -> None:
+    server = record_server_factory(start=False)
+    hub = StreamHub("cam", 50)
+    feeder = Feeder(hub)
+    feeder.start()
+    pub = Publisher(hub, server.url(), backoff_initial_s=0.1, backoff_max_s=0.8, io_timeout_s=2.0)
+    try:
+        pub.start()
+        assert await _until(lambda: pub.attempts >= 2, 10)
+        assert not pub.up and hub.viewers() == 0
+
+        t_up = time.monotonic()
+        await asyncio.to_thread(server.start)
+        assert await _wait_frames(server, 25, 20), list(server.lines)
+        log.info("published frames %.1f s after the server came up", time.monotonic() - t_up)
+        assert pub.up
+
+        # The server goes away mid-stream: the publisher notices, and resumes once it is back.
+        await asyncio.to_thread(server.stop)
+        assert await _until(lambda: not pub.up, 15), pub.snapshot()
+        assert feeder.frames > 0
+        attempts = pub.attempts
+        server2 = record_server_factory(port=server.port)
+        assert await _until(lambda: pub.attempts > attempts, 10)
+        assert await _wait_frames(server2, 25, 20), list(server2.lines)
+        assert pub.up and pub.sessions >= 2
+    finally:
+        await pub.stop(timeout=10)
+        await feeder.stop()
