@@ -245,6 +245,11 @@ class IngestConfig(_Strict):
     backoff_initial_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
     backoff_max_s: float = Field(10.0, ge=0.1, le=600, description="Reconnect delay cap (doubles up to it).")
     keep_audio: bool = Field(False, description="Audio is dropped: speech is personal data too.")
+    demuxer: Literal["builtin", "pyav"] = Field(
+        "builtin",
+        description="rtsp:// cameras: our RTSP client hands each frame to PyAV's decoder on its last packet; "
+        "pyav: FFmpeg's RTSP demuxer (one frame interval later). rtsps:// always uses pyav.",
+    )
 
 
 class EncoderConfig(_Strict):

@@ -37,13 +37,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from fractions import Fraction
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 import av
 import av.container.core as _av_core
 
 from .config import IngestConfig, Transport, redact_url
+from .rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
 from .types import DecodedFrame
 
 log = logging.getLogger(__name__)
@@ -291,12 +293,58 @@ class CameraSource:
         ):
             # FFmpeg's RTSP handshake reports its interrupted read as "invalid data": say what it was.
             msg = f"no answer within {elapsed:.1f} s (open timeout {self.ingest.open_timeout_s:g} s)"
+        elif isinstance(err, ClientError):
+            msg = str(err)
         else:
             msg = f"{type(err).__name__}: {err}"
         return self._redact(msg)
 
     def _session(self, transport: Literal["tcp", "udp"], watch: _Watch) -> None:
         """One connection: open, decode until the stream ends or fails. Raises on failure."""
+        if self.ingest.demuxer == "builtin" and urlsplit(self.url).scheme == "rtsp":
+            self._session_builtin(transport, watch.abort)
+        else:
+            self._session_pyav(transport, watch)
+
+    def _session_builtin(self, transport: Literal["tcp", "udp"], stop: threading.Event) -> None:
+        """Our RTSP client receives, PyAV decodes: each frame is decoded on its last RTP packet."""
+        self.frames_in_session = 0
+        self.opened = False
+        log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
+        try:
+            with RtspClient(self.url, transport, self.ingest.open_timeout_s, stop) as client:
+                track = client.open()
+                decoder = "hevc" if track.codec == "h265" else "h264"  # FFmpeg's decoder names
+                ctx = cast(av.VideoCodecContext, av.CodecContext.create(decoder, "r"))
+                ctx.thread_type = "SLICE"
+                ctx.thread_count = DECODE_THREADS
+                ctx.flags |= av.codec.context.Flags.low_delay
+                self.connected_transport = transport
+                self.opened = True
+                time_base = Fraction(1, track.clock_rate)
+                started = False
+                for au in client.access_units(self.ingest.read_timeout_s):
+                    if not started:
+                        if not au.keyframe:
+                            continue  # joined mid-GOP: the decoder can only start at a keyframe
+                        started = True
+                    packet = av.Packet(au.data)
+                    packet.pts = packet.dts = au.timestamp
+                    packet.time_base = time_base
+                    try:
+                        frames = ctx.decode(packet)
+                    except av.error.InvalidDataError as err:
+                        self.decode_errors += 1
+                        log.debug("%s: decode error: %s", self.name, err)
+                        continue
+                    for frame in frames:
+                        self._deliver(frame, transport)
+        except ClientStopped:
+            raise _Stopped from None
+        except ClientStalled:
+            raise _Stalled from None
+
+    def _session_pyav(self, transport: Literal["tcp", "udp"], watch: _Watch) -> None:
         stop = watch.abort
         self.frames_in_session = 0
         self.opened = False

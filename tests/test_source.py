@@ -212,6 +212,46 @@ def test_frames_flow(
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("codec", "demuxer", "transport"),
+    [("h265", "builtin", "tcp"), ("h265", "builtin", "udp"), ("h265", "pyav", "tcp"), ("h264", "pyav", "udp")],
+)
+def test_every_codec_through_both_demuxers(
+    sim_camera_factory: Callable[..., SimCamera],
+    make_source: Callable[..., tuple[CameraSource, Recorder]],
+    codec: str,
+    demuxer: str,
+    transport: str,
+) -> None:
+    cam = sim_camera_factory(codec=codec)
+    src, rec = make_source(cam.url, transport, FAST.model_copy(update={"demuxer": demuxer}))
+    src.start()
+    wait_for(lambda: src.frames_in >= 25, 15)
+    assert src.resolution == (640, 360) and src.decode_errors == 0
+    with rec.lock:
+        last = rec.frames[-1]
+    stamp = camsim.read_stamp(last.frame.to_ndarray(format="yuv420p")[:360])
+    assert stamp is not None and 0 <= time.time() * 1000 - stamp < 3000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_digest_protected_camera(
+    sim_camera_factory: Callable[..., SimCamera], make_source: Callable[..., tuple[CameraSource, Recorder]]
+) -> None:
+    cam = sim_camera_factory(user="admin", password="pa ss:w@rd", auth="digest")
+    src, _ = make_source(cam.url, "udp")
+    src.start()
+    wait_for(lambda: src.frames_in >= 10, 15)
+    bad, _ = make_source(f"rtsp://admin:nope-nope@127.0.0.1:{cam.port}/{cam.path}")
+    bad.start()
+    wait_for(lambda: bad.last_error is not None, 10)
+    assert "401" in (bad.last_error or "") and "nope-nope" not in (bad.last_error or "")
+    assert bad.frames_in == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_camera_down_at_start_then_comes_up(
     sim_camera_factory: Callable[..., SimCamera], make_source: Callable[..., tuple[CameraSource, Recorder]]
 ) -> None:

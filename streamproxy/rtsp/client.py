@@ -1,0 +1,603 @@
+"""Camera side of RTSP: pull one camera's video over RTP (TCP interleaved or UDP), frame by frame.
+
+Why our own client rather than PyAV's RTSP demuxer (PyAV still decodes every frame): FFmpeg's demuxer
+passes H.264/H.265 through its parser, which closes an access unit only when the next one starts,
+so every frame reaches the decoder one frame interval late (40 ms at 25 fps: measured, 40 of the
+~64 ms from camera to our decoder). Here an access unit goes to the decoder the moment the packet
+with the RTP marker bit arrives (depay.py). `ingest.demuxer: pyav` keeps FFmpeg's path available.
+
+What a camera needs from a client, and this one does (RFC 2326, as Hikvision/Dahua/Axis/ONVIF
+cameras, gst-rtsp-server and MediaMTX expect it): OPTIONS, DESCRIBE (SDP with the video track's
+codec, control URL and sprop parameter sets), SETUP of the first H.264/H.265 video track over TCP
+interleaved or UDP unicast, PLAY, keepalive within the session timeout (GET_PARAMETER when the
+camera lists it, else OPTIONS), TEARDOWN; Digest (MD5, with or without qop=auth) and Basic auth.
+Audio and other tracks are never set up. Blocking sockets on the ingest thread: every wait is
+sliced into short timeouts so that `stop` is seen within ~0.2 s, and bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+from .auth import parse_auth_params
+from .depay import AccessUnit, Codec, Depacketizer, parse_rtp
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "streamproxy"
+TICK_S = 0.2  # longest a blocking call waits before looking at the stop flag again
+MAX_MESSAGE_BYTES = 64 * 1024  # an RTSP head + body larger than this is not a camera
+RECV_BYTES = 256 * 1024
+
+
+class ClientError(Exception):
+    """The camera refused or broke the session; the message says what, without credentials."""
+
+
+class ClientStopped(Exception):
+    """`stop` was set while waiting."""
+
+
+class ClientStalled(ClientError):
+    """Connected, but no video packet for the read timeout."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)  # names lower-case, in order
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+
+@dataclass(frozen=True, slots=True)
+class VideoTrack:
+    """The SDP's first H.264/H.265 video track."""
+
+    codec: Codec
+    payload_type: int
+    clock_rate: int
+    control_url: str
+    parameter_sets: tuple[bytes, ...]  # from sprop-parameter-sets / sprop-vps,sps,pps
+
+
+def parse_sdp(sdp: str, base: str) -> VideoTrack:
+    """The first video track this client can decode; ClientError naming what the camera offers otherwise."""
+    session_control: str | None = None
+    media: list[dict[str, object]] = []
+    current: dict[str, object] | None = None
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            parts = line[2:].split()
+            current = {"kind": parts[0] if parts else "", "pts": parts[3:], "rtpmap": {}, "fmtp": {}, "control": None}
+            media.append(current)
+        elif line.startswith("a=control:"):
+            value = line[len("a=control:") :].strip()
+            if current is None:
+                session_control = value
+            else:
+                current["control"] = value
+        elif current is not None and line.startswith("a=rtpmap:"):
+            pt, _, enc = line[len("a=rtpmap:") :].partition(" ")
+            current["rtpmap"][pt.strip()] = enc.strip()  # type: ignore[index]
+        elif current is not None and line.startswith("a=fmtp:"):
+            pt, _, fmtp_text = line[len("a=fmtp:") :].partition(" ")
+            current["fmtp"][pt.strip()] = fmtp_text.strip()  # type: ignore[index]
+    if session_control and session_control != "*":
+        base = _join(base, session_control)
+    offered: list[str] = []
+    for m in media:
+        if m["kind"] != "video":
+            continue
+        rtpmap: dict[str, str] = m["rtpmap"]  # type: ignore[assignment]
+        fmtp: dict[str, str] = m["fmtp"]  # type: ignore[assignment]
+        for pt in m["pts"]:  # type: ignore[attr-defined]
+            enc = rtpmap.get(pt, "")
+            name, _, rate = enc.partition("/")
+            name = name.upper()
+            offered.append(name or f"payload type {pt}")
+            if name not in ("H264", "H265"):
+                continue
+            codec: Codec = "h264" if name == "H264" else "h265"
+            params = _fmtp_params(fmtp.get(pt, ""))
+            control = m["control"]
+            url = base if control in (None, "*") else _join(base, str(control))
+            return VideoTrack(
+                codec=codec,
+                payload_type=int(pt),
+                clock_rate=int(rate.split("/")[0]) if rate else 90000,
+                control_url=url,
+                parameter_sets=_parameter_sets(codec, params),
+            )
+    what = ", ".join(offered) if offered else "no video track"
+    raise ClientError(f"camera offers no H.264/H.265 video (SDP has: {what})")
+
+
+def _join(base: str, control: str) -> str:
+    if "://" in control:
+        return control
+    return urljoin(base if base.endswith("/") else base + "/", control)
+
+
+def _fmtp_params(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(";"):
+        k, sep, v = item.strip().partition("=")
+        if sep:
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return b""
+
+
+def _parameter_sets(codec: Codec, params: dict[str, str]) -> tuple[bytes, ...]:
+    if codec == "h264":
+        return tuple(b for b in (_b64(s) for s in params.get("sprop-parameter-sets", "").split(",") if s) if b)
+    out: list[bytes] = []
+    for key in ("sprop-vps", "sprop-sps", "sprop-pps"):
+        out += [b for b in (_b64(s) for s in params.get(key, "").split(",") if s) if b]
+    return tuple(out)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class _Auth:
+    """Answers a camera's 401 challenge (Digest preferred over Basic), then signs every request."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.scheme: Literal["digest", "basic"] | None = None
+        self.params: dict[str, str] = {}
+        self.nc = 0
+
+    def challenge(self, values: list[str]) -> bool:
+        """Take the WWW-Authenticate headers of a 401; False when none is usable."""
+        digest = next((v for v in values if v.lower().startswith("digest")), None)
+        if digest is not None:
+            self.scheme, self.params, self.nc = "digest", parse_auth_params(digest[6:]), 0
+            return "nonce" in self.params
+        if any(v.lower().startswith("basic") for v in values):
+            self.scheme = "basic"
+            return True
+        return False
+
+    def header(self, method: str, uri: str) -> str | None:
+        if self.scheme == "basic":
+            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            return f"Basic {token}"
+        if self.scheme != "digest":
+            return None
+        p = self.params
+        realm, nonce = p.get("realm", ""), p["nonce"]
+        ha1 = _md5(f"{self.user}:{realm}:{self.password}")
+        ha2 = _md5(f"{method}:{uri}")
+        fields = [f'username="{self.user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
+        qops = [q.strip() for q in p.get("qop", "").split(",") if q.strip()]
+        if "auth" in qops:
+            self.nc += 1
+            nc, cnonce = f"{self.nc:08x}", os.urandom(8).hex()
+            response = _md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+            fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
+        else:
+            response = _md5(f"{ha1}:{nonce}:{ha2}")
+        fields.append(f'response="{response}"')
+        if "opaque" in p:
+            fields.append(f'opaque="{p["opaque"]}"')
+        if "algorithm" in p:
+            fields.append(f"algorithm={p['algorithm']}")
+        return "Digest " + ", ".join(fields)
+
+
+class RtspClient:
+    """One RTSP session with a camera. Use as a context manager: `open()`, then `access_units()`."""
+
+    def __init__(
+        self,
+        url: str,
+        transport: Literal["tcp", "udp"],
+        open_timeout_s: float,
+        stop: threading.Event,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "rtsp" or not parts.hostname:
+            raise ClientError("the built-in client reads rtsp:// URLs only")
+        self.host = parts.hostname
+        self.port = parts.port or 554
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port:
+            netloc += f":{parts.port}"
+        # Requests never carry the credentials in the URL: they go in the Authorization header.
+        self.url = urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))
+        self._auth = _Auth(unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+        self.transport = transport
+        self.open_timeout_s = open_timeout_s
+        self.stop = stop
+        self._sock: socket.socket | None = None
+        self._udp: tuple[socket.socket, socket.socket] | None = None
+        self._buf = bytearray()
+        self._cseq = 0
+        self._session: str | None = None
+        self._session_timeout_s = 60.0
+        self._keepalive_method = "OPTIONS"
+        self._interleaved = (0, 1)
+        self.track: VideoTrack | None = None
+        self.depay: Depacketizer | None = None
+        self._playing = False
+        self._early: list[tuple[int, bytes]] = []  # interleaved packets read while awaiting an answer
+        self._sources: set[str] = set()  # addresses RTP over UDP may come from (the camera's)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def __enter__(self) -> RtspClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        sock = self._sock
+        if sock is not None and self._session is not None and not self.stop.is_set():
+            # Polite TEARDOWN, so the camera frees the session now rather than at its timeout.
+            try:
+                sock.settimeout(0.5)
+                sock.sendall(self._format("TEARDOWN", self.url, []))
+            except OSError:
+                pass
+        for s in (sock, *(self._udp or ())):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self._sock, self._udp, self._session = None, None, None
+
+    def open(self) -> VideoTrack:
+        """Connect, DESCRIBE, SETUP the video track, PLAY. Raises ClientError / ClientStopped."""
+        deadline = time.monotonic() + self.open_timeout_s
+        self._connect(deadline)
+        options = self._request("OPTIONS", self.url, [], deadline, allow_fail=True)
+        public = (options.header("public") or "").upper() if options is not None else ""
+        if "GET_PARAMETER" in public:
+            self._keepalive_method = "GET_PARAMETER"
+        resp = self._request("DESCRIBE", self.url, [("Accept", "application/sdp")], deadline)
+        assert resp is not None
+        base = resp.header("content-base") or resp.header("content-location") or self.url
+        track = parse_sdp(resp.body.decode("utf-8", "replace"), base)
+        self.track = track
+        self.depay = Depacketizer(track.codec, list(track.parameter_sets))
+        resp = self._request("SETUP", track.control_url, [("Transport", self._transport_header())], deadline)
+        assert resp is not None
+        self._take_session(resp)
+        self._take_transport(resp.header("transport") or "")
+        self._request("PLAY", self.url, [("Range", "npt=0.000-")], deadline)
+        self._playing = True
+        return track
+
+    def access_units(self, read_timeout_s: float) -> AccessUnitIterator:
+        return AccessUnitIterator(self, read_timeout_s)
+
+    # --- RTSP messages ----------------------------------------------------------------------------
+    def _connect(self, deadline: float) -> None:
+        last: OSError | None = None
+        for family, kind, proto, _name, addr in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+            self._check_stop()
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(max(0.05, min(deadline - time.monotonic(), 3.0)))
+            try:
+                sock.connect(addr)
+            except OSError as err:
+                sock.close()
+                last = err
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(TICK_S)
+            self._sock = sock
+            self._sources.add(sock.getpeername()[0])
+            return
+        reason = last.strerror if last is not None and last.strerror else str(last or "no address")
+        raise ClientError(f"cannot connect to {self.host}:{self.port}: {reason}")
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise ClientStopped
+
+    def _format(self, method: str, uri: str, headers: list[tuple[str, str]]) -> bytes:
+        self._cseq += 1
+        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self._cseq}", f"User-Agent: {USER_AGENT}"]
+        if self._session is not None:
+            lines.append(f"Session: {self._session}")
+        if self._auth is not None:
+            auth = self._auth.header(method, uri)
+            if auth is not None:
+                lines.append(f"Authorization: {auth}")
+        lines += [f"{k}: {v}" for k, v in headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+    def _request(
+        self, method: str, uri: str, headers: list[tuple[str, str]], deadline: float, allow_fail: bool = False
+    ) -> Response | None:
+        for attempt in range(3):
+            assert self._sock is not None
+            try:
+                self._sock.sendall(self._format(method, uri, headers))
+            except OSError as err:
+                raise ClientError(f"{method}: connection lost ({err.strerror or err})") from None
+            resp = self._read_response(self._cseq, deadline, method)
+            if resp.status == 401 and self._auth is not None and attempt < 2:
+                stale = self._auth.scheme is not None and "stale=true" in " ".join(resp.all("www-authenticate")).lower()
+                if (self._auth.scheme is None or stale) and self._auth.challenge(resp.all("www-authenticate")):
+                    continue  # answer the challenge (or a renewed nonce) once
+            if 200 <= resp.status < 300:
+                return resp
+            if allow_fail and resp.status != 401:
+                return None
+            hint = ""
+            if resp.status == 401:
+                hint = " (check the camera's user and password)" if self._auth else " (the URL needs user:password@)"
+            elif resp.status == 404:
+                hint = " (check the camera's path)"
+            raise ClientError(f"{method} answered {resp.status} {resp.reason}{hint}")
+        raise ClientError(f"{method}: authentication failed")
+
+    def _read_response(self, cseq: int, deadline: float, method: str) -> Response:
+        while True:
+            msg = self._read_message(deadline, method)
+            if isinstance(msg, Response):
+                got = msg.header("cseq")
+                if got is None or got.strip() == str(cseq):
+                    return msg
+                continue  # the answer to an earlier keepalive
+            # RTP that arrives before PLAY's answer (TCP interleaved) is the first frame: keep it.
+            self._early.append(msg)
+
+    def _fill(self, deadline: float, what: str) -> None:
+        """Read more bytes from the RTSP connection into the buffer; raise at the deadline or on stop."""
+        assert self._sock is not None
+        while True:
+            self._check_stop()
+            if time.monotonic() > deadline:
+                raise ClientStalled(f"no answer to {what} within the timeout") if self._playing else ClientError(
+                    f"no answer to {what} within {self.open_timeout_s:g} s"
+                )
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except TimeoutError:
+                continue
+            except OSError as err:
+                raise ClientError(f"connection lost ({err.strerror or err})") from None
+            if not data:
+                raise ClientError("the camera closed the connection")
+            self._buf += data
+            return
+
+    def _read_message(self, deadline: float, what: str) -> Response | tuple[int, bytes]:
+        """The next RTSP response or interleaved packet (channel, bytes) from the TCP connection."""
+        while True:
+            buf = self._buf
+            if buf[:1] == b"$":
+                if len(buf) >= 4:
+                    size = int.from_bytes(buf[2:4], "big")
+                    if len(buf) >= 4 + size:
+                        channel = buf[1]
+                        data = bytes(buf[4 : 4 + size])
+                        del buf[: 4 + size]
+                        return channel, data
+            elif buf:
+                if not buf.startswith(b"RTSP/") and not buf[:1].isalpha():
+                    # Not a message start: skip to one (a camera's stray bytes must not wedge us).
+                    idx = min((i for i in (buf.find(b"$"), buf.find(b"RTSP/")) if i > 0), default=len(buf))
+                    del buf[:idx]
+                    continue
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    head = bytes(buf[:end]).decode("utf-8", "replace")
+                    resp = _parse_head(head)
+                    length = int(resp.header("content-length") or "0")
+                    if length > MAX_MESSAGE_BYTES:
+                        raise ClientError("camera sent an oversized RTSP message")
+                    if len(buf) >= end + 4 + length:
+                        resp.body = bytes(buf[end + 4 : end + 4 + length])
+                        del buf[: end + 4 + length]
+                        if resp.status >= 0:
+                            return resp
+                        continue  # a request from the camera (e.g. ANNOUNCE): not needed, ignored
+                elif len(buf) > MAX_MESSAGE_BYTES:
+                    raise ClientError("camera sent an oversized RTSP message")
+            self._fill(deadline, what)
+
+    def _transport_header(self) -> str:
+        if self.transport == "tcp":
+            return "RTP/AVP/TCP;unicast;interleaved=0-1"
+        rtp, rtcp = self._bind_udp_pair()
+        self._udp = (rtp, rtcp)
+        return f"RTP/AVP;unicast;client_port={rtp.getsockname()[1]}-{rtcp.getsockname()[1]}"
+
+    def _bind_udp_pair(self) -> tuple[socket.socket, socket.socket]:
+        """An even/odd UDP port pair on the address our RTSP connection uses (loopback in tests)."""
+        assert self._sock is not None
+        local = self._sock.getsockname()[0]
+        family = self._sock.family
+        for _ in range(50):
+            rtp = socket.socket(family, socket.SOCK_DGRAM)
+            rtp.bind((local, 0))
+            port = rtp.getsockname()[1]
+            if port % 2 or port >= 65535:
+                rtp.close()
+                continue
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind((local, port + 1))
+            except OSError:
+                rtp.close()
+                rtcp.close()
+                continue
+            for s in (rtp, rtcp):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
+                s.setblocking(False)
+            return rtp, rtcp
+        raise ClientError("no free UDP port pair for RTP")
+
+    def _take_session(self, resp: Response) -> None:
+        raw = resp.header("session")
+        if not raw:
+            raise ClientError("SETUP answer has no Session header")
+        sid, *params = [p.strip() for p in raw.split(";")]
+        self._session = sid
+        for p in params:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "timeout":
+                try:
+                    self._session_timeout_s = max(5.0, float(v))
+                except ValueError:
+                    pass
+
+    def _take_transport(self, header: str) -> None:
+        for p in header.split(";"):
+            k, _, v = p.strip().partition("=")
+            if k.lower() == "source" and v:
+                self._sources.add(v.strip())
+            if k.lower() == "interleaved" and self.transport == "tcp":
+                a, _, b = v.partition("-")
+                try:
+                    self._interleaved = (int(a), int(b) if b else int(a) + 1)
+                except ValueError:
+                    pass
+
+    def _send_keepalive(self) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(self._format(self._keepalive_method, self.url, []))
+        except OSError as err:
+            raise ClientError(f"connection lost ({err.strerror or err})") from None
+
+
+def _parse_head(head: str) -> Response:
+    lines = head.split("\r\n")
+    first = lines[0].split(" ", 2)
+    if first[0].startswith("RTSP/") and len(first) >= 2 and first[1].isdigit():
+        resp = Response(status=int(first[1]), reason=first[2] if len(first) > 2 else "")
+    else:
+        resp = Response(status=-1, reason="request")  # a request from the server
+    for line in lines[1:]:
+        k, sep, v = line.partition(":")
+        if sep:
+            resp.headers.append((k.strip().lower(), v.strip()))
+    return resp
+
+
+class AccessUnitIterator:
+    """Yields the camera's access units as they complete; keepalives are sent along the way.
+
+    Raises ClientStalled when no video packet came for `read_timeout_s`, ClientStopped on stop,
+    ClientError when the camera ends the session.
+    """
+
+    def __init__(self, client: RtspClient, read_timeout_s: float) -> None:
+        assert client.track is not None and client.depay is not None
+        self.c = client
+        self.track = client.track
+        self.depay = client.depay
+        self.read_timeout_s = read_timeout_s
+        self._ready: list[AccessUnit] = []
+        self._last_video = time.monotonic()
+        self._next_keepalive = time.monotonic() + client._session_timeout_s / 2
+
+    def __iter__(self) -> AccessUnitIterator:
+        return self
+
+    def __next__(self) -> AccessUnit:
+        c = self.c
+        while not self._ready:
+            c._check_stop()
+            now = time.monotonic()
+            if now - self._last_video > self.read_timeout_s:
+                raise ClientStalled(f"no video for {self.read_timeout_s:g} s")
+            if now >= self._next_keepalive:
+                c._send_keepalive()
+                self._next_keepalive = now + c._session_timeout_s / 2
+            if c._early:
+                channel, data = c._early.pop(0)
+                self._on_tcp_packet(channel, data)
+            elif c._udp is None:
+                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive) + 0.01
+                try:
+                    msg = c._read_message(deadline, "PLAY")
+                except ClientStalled:
+                    continue  # the loop above decides between stall and keepalive
+                if not isinstance(msg, Response):
+                    self._on_tcp_packet(*msg)
+            else:
+                self._poll_udp()
+        return self._ready.pop(0)
+
+    def _on_tcp_packet(self, channel: int, data: bytes) -> None:
+        if channel == self.c._interleaved[0]:
+            self._on_rtp(data)
+
+    def _on_rtp(self, data: bytes) -> None:
+        pkt = parse_rtp(data)
+        if pkt is None or pkt.payload_type != self.track.payload_type:
+            return
+        self._last_video = time.monotonic()
+        self._ready += self.depay.push(pkt)
+
+    def _poll_udp(self) -> None:
+        c = self.c
+        assert c._udp is not None and c._sock is not None
+        rtp, rtcp = c._udp
+        readable, _, _ = select.select([rtp, rtcp, c._sock], [], [], TICK_S)
+        if rtp in readable:
+            for _ in range(256):  # drain what has arrived, bounded
+                try:
+                    data, addr = rtp.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if addr[0] in c._sources:  # only the camera's own packets
+                    self._on_rtp(data)
+        if rtcp in readable:
+            try:
+                rtcp.recvfrom(65536)  # sender reports: not needed (timestamps come from RTP)
+            except OSError:
+                pass
+        if c._sock in readable:
+            c._fill(time.monotonic() + TICK_S, "keepalive")
+            while True:  # consume whole keepalive answers; leave a partial one in the buffer
+                end = c._buf.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                resp = _parse_head(bytes(c._buf[:end]).decode("utf-8", "replace"))
+                length = int(resp.header("content-length") or "0")
+                if len(c._buf) < end + 4 + length:
+                    break
+                del c._buf[: end + 4 + length]
