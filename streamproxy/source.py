@@ -1,4 +1,11 @@
-"""Camera ingest: pull one RTSP camera with PyAV, decode it, hand each frame on; reconnect forever.
+"""Camera ingest: pull one RTSP camera, decode it with PyAV, hand each frame on; reconnect forever.
+
+Two ways to receive (`ingest.demuxer`), one decoder (PyAV's, slice-threaded, low-delay):
+* "builtin" (default for rtsp://): our RTSP client (rtsp/client.py) hands PyAV's decoder each access
+  unit as soon as its last RTP packet (marker bit) is in: one frame interval (40 ms at 25 fps)
+  sooner than
+* "pyav": FFmpeg's RTSP demuxer, whose H.264/H.265 parser completes a frame only when the next one
+  begins. Kept for rtsps:// (TLS) cameras and as a fallback for a camera our client cannot follow.
 
 One thread per camera does demux and decode (PyAV releases the GIL while FFmpeg works), so the
 event loop never waits on a camera. `on_frame` and `on_state` are called **from that thread**: the
@@ -9,19 +16,19 @@ Supervision (like MediaMTX's static sources and go2rtc's producers): a session i
 error or stall → wait → open again. The wait starts at `ingest.backoff_initial_s` and doubles up to
 `ingest.backoff_max_s`; it is reset once a session has delivered frames for STABLE_S. A camera
 that is down at start is retried the same way. A stall (no packet for `ingest.read_timeout_s`) is
-FFmpeg's interrupt callback firing, through PyAV's `timeout=(open_s, read_s)`.
+our client's read deadline, or (pyav) FFmpeg's interrupt callback through PyAV's `timeout`.
 
 Stopping must not wait out a blocking read: PyAV offers no way to interrupt one from another thread,
 so this module gives each ingest thread an "abort" flag that PyAV's own interrupt callback sees
 (see `_AbortableClock`); `stop()` returns within a fraction of a second even when the camera is
 frozen mid-stream.
 
-Low-delay open (FACTS.md): probesize=32, analyzeduration=0, flags=low_delay, and NOT
+Low-delay open for the pyav demuxer (FACTS.md): probesize=32, analyzeduration=0, flags=low_delay, and NOT
 fflags=nobuffer (it discards the keyframe read while probing and the first picture stalls ~1 s).
 Decoding uses slice threading only: frame threading adds a frame of delay per thread.
 
-Audio is never set up (`allowed_media_types=video`: the camera does not even send it), let alone
-decoded: speech is personal data too.
+Audio is never set up (our client SETUPs the video track only; pyav: `allowed_media_types=video`):
+the camera does not even send it, let alone is it decoded. Speech is personal data too.
 
 Transport "auto": TCP first (no loss, passes NAT and firewalls, and it is what FFmpeg falls back to
 anyway); when an attempt fails, the next one tries the other transport, and whichever transport
