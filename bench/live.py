@@ -20,11 +20,20 @@ A script, not a test: it prints a table. For each N (default 1, 2, 4, 6) of simu
 5. (first N only) camera back → video: camera 0 is killed and restarted while a viewer stays
    connected; time from the camera listening again to the first live frame at the viewer.
 
+Simulator mode (`--sims`, default replay): in steps 1 and 4 every camera is a "replay" simulator,
+which loops a clip encoded once up front and only packetizes it (~1.5 % of one core per 720p25 camera),
+like a real camera that encodes on its own hardware. "live" simulators encode every frame with x264
+(~14 % of one core each), which on a 2-core machine takes CPU from the proxy under test. Replayed
+frames carry no wall-clock barcode, so for steps 2, 3 and 5 camera 0 is restarted, on the same port
+and path, as a live stamped simulator: the proxy reconnects to it as to a restarted camera (same
+config, same process, the other N-1 cameras keep running); camera 0 goes back to replay before step 4.
+With `--sims live` every camera is live throughout (the earlier set-up).
+
 Viewers in steps 2-3 run in this process and add their decode CPU; the CPU numbers come from step 1,
 which has no viewers. Everything is bounded in time. The machine this was written on has 2 shared
 cores: treat numbers as orders of magnitude and re-run before relying on one.
 
-    .venv/bin/python bench/live.py --cameras 1,2,4 --seconds 15
+    .venv/bin/python bench/live.py --cameras 1,2,4 --seconds 15 [--sims live|replay]
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ import av
 import numpy as np
 
 from streamproxy.app import AppThread
-from streamproxy.camsim import SimCamera, free_port, read_stamp, system_gst_available
+from streamproxy.camsim import SimCamera, SimMode, free_port, read_stamp, system_gst_available
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
 from streamproxy.encode import H264Encoder
 
@@ -224,6 +233,7 @@ class StepResult:
     ceil_cpu: float = 0.0
     ceil_cpu_sims: float = 0.0
     camera_back: float | None = None
+    sims: str = "live"  # simulator mode of the throughput steps (1 and 4)
     notes: list[str] = field(default_factory=list)
 
 
@@ -232,6 +242,45 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def set_sim_mode(sim: SimCamera, mode: SimMode) -> None:
+    """Restart a simulator in another mode on the same port and path (no-op if it is in that mode)."""
+    if sim.mode == mode and sim.running:
+        return
+    sim.stop()
+    sim.mode = mode
+    sim.start()
+
+
+def swap_to_live(host: AppThread, sims: list[SimCamera], res: StepResult) -> None:
+    """Camera 0 becomes a live, stamped simulator; wait until the proxy shows its stamped frames."""
+    set_sim_mode(sims[0], "live")
+    back = time.monotonic()
+    stamped: list[float] = []
+    src = host.app.pipelines["cam0"].source if host.app is not None else None
+    if src is None:
+        res.notes.append("swap to live: no pipeline cam0")
+        return
+    orig_on_frame = src.on_frame
+
+    def on_frame(df: Any) -> None:
+        if len(stamped) < 25:
+            plane = df.frame.planes[0]
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+            if read_stamp(np.ascontiguousarray(rows[:64, : df.frame.width])) is not None:
+                stamped.append(time.monotonic())
+        orig_on_frame(df)
+
+    src.on_frame = on_frame
+    try:
+        if not _wait(lambda: len(stamped) >= 25, 20):
+            res.notes.append(f"camera 0 live again: only {len(stamped)} stamped frames in 20 s")
+        else:
+            log.info("cam0: live stamped frames %.2f s after the swap", stamped[0] - back)
+    finally:
+        src.on_frame = orig_on_frame
+    time.sleep(1.0)  # the controller reacts to the reconnect at most once a second
 
 
 def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult, restart: bool) -> None:
@@ -265,6 +314,8 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
             res.detect_every.append(p.controller.detect_every)
             res.input_width.append(p.controller.input_width)
         res.lat_p50, res.lat_p99, res.lat_n = pct(lat, 0.5), pct(lat, 0.99), len(lat)
+        if sims[0].mode != "live" and (not args.no_g2g or restart):
+            swap_to_live(host, sims, res)  # the next steps read the wall-clock barcode
 
         if not args.no_g2g:
             # Where the glass-to-glass time goes: capture -> the proxy's decoder (ingest), measured
@@ -366,6 +417,13 @@ def print_table(results: list[StepResult], args: argparse.Namespace) -> None:
     print(
         "CPU columns are % of ONE core (100 % = one core busy); 'sims' = the camera simulators' own processes."
     )
+    if args.sims == "replay":
+        print(
+            "sims: REPLAY (pre-encoded clip, packetized only) for proxy and ceiling throughput; camera 0 "
+            "restarted as a LIVE stamped sim for glass-to-glass, first frame and camera-back."
+        )
+    else:
+        print("sims: LIVE (x264 encode per frame, stamped) for every step.")
     hdr = (
         f"{'N':>2} | {'fps/cam min/mean':>16} | {'added ms p50/p99':>16} | {'dropped':>22} | {'det every/width':>15} | "
         f"{'proxy CPU':>9} | {'sims CPU':>8} || {'ceiling fps min/mean':>20} | {'ceil CPU':>8}"
@@ -425,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-g2g", action="store_true", help="skip glass-to-glass and first-frame measurements")
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-transcode ceiling")
     p.add_argument("--no-restart", action="store_true", help="skip the camera restart measurement")
+    p.add_argument(
+        "--sims",
+        choices=["live", "replay"],
+        default="replay",
+        help="camera simulators for the throughput and ceiling steps: replay (pre-encoded, cheap) or live "
+        "(x264 per frame); glass-to-glass, first frame and restart always use a live stamped camera 0",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -439,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.cameras.split(",") if x.strip()]
     results: list[StepResult] = []
     for k, n in enumerate(counts):
-        res = StepResult(n)
+        res = StepResult(n, sims=args.sims)
         sims = [
-            SimCamera(width=args.width, height=args.height, fps=args.fps, path=f"cam{i}") for i in range(n)
+            SimCamera(width=args.width, height=args.height, fps=args.fps, path=f"cam{i}", mode=args.sims)
+            for i in range(n)
         ]
         try:
             for s in sims:
@@ -450,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy_step(sims, args, res, restart=k == 0 and not args.no_restart)
             if not args.no_ceiling:
                 print(f"N={n}: ceiling ...", file=sys.stderr, flush=True)
+                set_sim_mode(sims[0], args.sims)  # camera 0 was live for glass-to-glass
                 ceiling_step(sims, args, res)
         finally:
             for s in sims:
