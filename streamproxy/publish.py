@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -108,11 +109,36 @@ def _settle(fut: asyncio.Future[Any], result: object, err: BaseException | None)
         fut.set_result(result)
 
 
-class _Session:
-    """One RTSP RECORD session (worker thread only): PyAV rtsp muxer with one H.264 stream."""
+def _socket_fds() -> dict[int, str]:
+    """This process's socket descriptors: fd -> 'socket:[inode]' (Linux /proc; empty elsewhere)."""
+    out: dict[int, str] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            out[int(name)] = link
+    return out
 
-    def __init__(self, url: str, codec: CodecInfo, io_timeout_s: float) -> None:
+
+class _Session:
+    """One RTSP RECORD session: PyAV rtsp muxer with one H.264 stream.
+
+    Built and used in the worker thread only, except `abort()`. FFmpeg's rtsp muxer has no socket
+    timeout (its `timeout` option is for reading) and PyAV gives output containers no interrupt
+    callback, so a server that stops reading would block a write forever: `abort()` shuts down the
+    session's TCP socket from outside, which makes the blocked call fail at once.
+    """
+
+    def __init__(self, url: str, codec: CodecInfo, peer: tuple[set[str], int]) -> None:
         self.codec = codec
+        self._peer = peer  # (addresses, port) of the server: which new sockets are this session's
+        self._before = _socket_fds()
         self._base: int | None = None  # pts90k of the first packet: the session's time zero
         self._last = -1
         self._interval = max(1, round(CLOCK_RATE / codec.fps)) if codec.fps > 0 else 3600
@@ -121,11 +147,7 @@ class _Session:
             url,
             mode="w",
             format="rtsp",
-            options={
-                "rtsp_transport": "tcp",
-                # Socket I/O timeout (µs): a stalled server turns into an error, not a stuck thread.
-                "timeout": str(int(io_timeout_s * 1_000_000)),
-            },
+            options={"rtsp_transport": "tcp"},
         )
         # Dimensions must be given here (the SDP needs them); set later they do not reach codecpar.
         self.stream = self.container.add_mux_stream(
@@ -154,6 +176,30 @@ class _Session:
         out.is_keyframe = pkt.keyframe
         self.container.mux(out)  # the first one writes the header: connect, ANNOUNCE, SETUP, RECORD
         self.started = True
+
+    def abort(self) -> int:
+        """Shut down the session's connection (any thread); returns how many sockets it shut."""
+        addrs, port = self._peer
+        shut = 0
+        for fd, link in _socket_fds().items():
+            if self._before.get(fd) == link:
+                continue  # existed before this session: not ours
+            try:
+                # A dup, so that closing our socket object leaves FFmpeg's descriptor alone;
+                # shutdown() acts on the connection itself, which is what wakes the blocked call.
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                peer = sock.getpeername()
+                if sock.type == socket.SOCK_STREAM and peer[1] == port and peer[0] in addrs:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    shut += 1
+            except OSError:
+                pass
+            finally:
+                sock.close()
+        return shut
 
     def close(self) -> None:
         try:
@@ -196,6 +242,7 @@ class Publisher:
         self.bytes_sent = 0
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
+        self._current: _Session | None = None
         self._worker: _Worker | None = None
         self._stopping = asyncio.Event()
 
@@ -213,12 +260,12 @@ class Publisher:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await asyncio.wait_for(task, timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-            except Exception:  # already logged by _run
-                pass
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done and self._current is not None:
+                self._current.abort()  # a stalled server: do not wait for its TEARDOWN reply
+                await asyncio.wait({task}, timeout=timeout)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: already logged by _run
         worker, self._worker = self._worker, None
         if worker is not None and not await asyncio.to_thread(worker.close, timeout):
             log.warning("%s: publisher thread still busy after %.0f s; abandoned", self.name, timeout)
@@ -282,8 +329,9 @@ class Publisher:
         worker = self._worker
         # Cheap reachability check before subscribing: a subscription forces a keyframe on every
         # viewer, and one that idles through a long connect would overflow; neither while down.
-        await worker.call(self._probe)
-        session = await worker.call(lambda: _Session(self._url, codec, self.io_timeout_s))
+        peer = await worker.call(self._probe)
+        session = await worker.call(lambda: _Session(self._url, codec, peer))
+        self._current = session
         sub: Subscription | None = None
         try:
             sub = self.hub.subscribe("publish")
@@ -292,7 +340,7 @@ class Publisher:
                 current = self.hub.codec
                 if current is not None and current != codec:
                     return True
-                await worker.call(lambda pkt=pkt: session.send(pkt))  # type: ignore[misc]
+                await self._bounded(worker.call(lambda pkt=pkt: session.send(pkt)), session)  # type: ignore[misc]
                 self.packets_sent += 1
                 self.bytes_sent += len(pkt.data)
                 if not self.up:
@@ -305,15 +353,38 @@ class Publisher:
         finally:
             if sub is not None:
                 sub.close()
-            # Closing sends TEARDOWN over a live connection: bounded by the socket timeout.
+            # Closing sends TEARDOWN and reads the reply: bounded like every other call.
             try:
-                await worker.call(session.close)
-            except Exception:  # _Session.close never raises; belt and braces
+                await self._bounded(worker.call(session.close), session)
+            except Exception:
                 pass
+            self._current = None
 
-    def _probe(self) -> None:
-        with socket.create_connection((self._host, self._port), timeout=self.io_timeout_s):
-            pass
+    async def _bounded(self, call: Awaitable[T], session: _Session) -> T:
+        """Await a session call; if it takes longer than io_timeout_s the server has stalled (or
+        its socket buffers are full): shut the connection so that the worker thread comes back."""
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=self.io_timeout_s)
+        if not done:
+            n = session.abort()
+            log.debug(
+                "%s: publish write stalled for %.1f s: shut %d socket(s)", self.name, self.io_timeout_s, n
+            )
+            try:
+                await asyncio.wait_for(task, self.io_timeout_s)
+            except Exception:
+                pass
+            raise TimeoutError(f"no progress for {self.io_timeout_s:.1f} s")
+        return task.result()
+
+    def _probe(self) -> tuple[set[str], int]:
+        """Reachability check (worker thread); returns the server's addresses and port."""
+        with socket.create_connection((self._host, self._port), timeout=self.io_timeout_s) as s:
+            addrs = {str(s.getpeername()[0])}
+        addrs |= {
+            str(info[4][0]) for info in socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        }
+        return addrs, self._port
 
     def _set_up(self, up: bool) -> None:
         self.up = up

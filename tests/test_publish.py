@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import select
 import signal
 import subprocess
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 import pytest
 
+from streamproxy.app import AppThread
 from streamproxy.camsim import SYSTEM_PYTHON, free_port, system_gst_available
-from streamproxy.config import ConfigError, EncoderConfig, parse_config
+from streamproxy.config import ConfigError, DetectorConfig, EncoderConfig, parse_config
 from streamproxy.encode import H264Encoder
 from streamproxy.publish import Publisher, _has_sps
 from streamproxy.stream import StreamHub
@@ -128,11 +131,21 @@ class RecordServer:
     def wait_frames(self, n: int, timeout: float) -> bool:
         return self.wait(lambda: self.frames >= n, timeout)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is read: a stalled server."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused server could not act on SIGTERM
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(5)
@@ -173,8 +186,14 @@ def record_server_factory(_gst: None) -> Iterator[Callable[..., RecordServer]]:
 class Feeder:
     """Encodes a moving test pattern at `fps` into a hub, as the pipeline does (codec, then packets)."""
 
-    def __init__(self, hub: StreamHub, width: int = W, height: int = H, fps: int = 25) -> None:
+    def __init__(
+        self, hub: StreamHub, width: int = W, height: int = H, fps: int = 25, noise_kbps: int = 0
+    ) -> None:
         self.hub = hub
+        # noise_kbps > 0: a noisy picture encoded at that rate (a real camera's bitrate), so that
+        # socket buffers toward a stalled server fill in seconds rather than minutes.
+        self.noise_kbps = noise_kbps
+        self._rng = np.random.default_rng(1)
         self.fps = fps
         self.size = (width, height)
         self.frames = 0
@@ -200,8 +219,12 @@ class Feeder:
         while True:
             w, h = self.size
             if enc is None or (enc.width, enc.height) != (w, h):
-                enc = H264Encoder(EncoderConfig(bitrate_kbps=500), w, h, self.fps, name="feeder")
-            img = np.full((h * 3 // 2, w), 128, np.uint8)
+                kbps = self.noise_kbps or 500
+                enc = H264Encoder(EncoderConfig(bitrate_kbps=kbps), w, h, self.fps, name="feeder")
+            if self.noise_kbps:
+                img = self._rng.integers(64, 192, (h * 3 // 2, w), np.uint8)
+            else:
+                img = np.full((h * 3 // 2, w), 128, np.uint8)
             x = (self.frames * 4) % (w - 40)
             img[40:80, x : x + 40] = 235  # a moving white square: real motion, real P-frames
             frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
@@ -342,3 +365,147 @@ async def test_server_down_at_start_then_up_then_gone_then_back(
     finally:
         await pub.stop(timeout=10)
         await feeder.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_stalled_server_costs_only_the_publisher(
+    record_server_factory: Callable[..., RecordServer],
+) -> None:
+    """The server stops reading mid-stream: the camera keeps its pace and another viewer of the hub
+    loses nothing; the publisher drops to keyframes, times out, and reconnects once it is back."""
+    server = record_server_factory()
+    hub = StreamHub("cam", 50)
+    feeder = Feeder(hub, 640, 360, noise_kbps=4000)
+    feeder.start()
+    pub = Publisher(hub, server.url(), backoff_initial_s=0.1, backoff_max_s=0.5, io_timeout_s=2.0)
+    viewer = hub.subscribe("rtsp")
+    got = 0
+
+    async def watch() -> None:
+        nonlocal got
+        while True:
+            await viewer.get()
+            got += 1
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        pub.start()
+        assert await _wait_frames(server, 25, 20), list(server.lines)
+        frames0, t0, dropped0 = feeder.frames, time.monotonic(), viewer.dropped
+        server.pause()
+        # Detected once the socket buffers are full (a few MB here) and a write times out.
+        assert await _until(lambda: not pub.up, 45), pub.snapshot()
+        stall_s = time.monotonic() - t0
+        fps = (feeder.frames - frames0) / stall_s
+        assert fps > 22, f"the camera slowed to {fps:.1f} fps while the publish server stalled"
+        assert viewer.dropped == dropped0, "another viewer lost frames to the stalled publish server"
+        log.info(
+            "stall detected after %.1f s (%s); camera at %.1f fps meanwhile", stall_s, pub.last_error, fps
+        )
+        server.resume()
+        before = server.frames
+        assert await _until(lambda: pub.up, 20), pub.snapshot()
+        assert await _wait_frames(server, before + 25, 20), list(server.lines)
+        assert pub.sessions >= 2
+    finally:
+        watcher.cancel()
+        viewer.close()
+        await pub.stop(timeout=10)
+        await feeder.stop()
+    assert got > 0
+
+
+# --- through the whole service --------------------------------------------------------------------------
+
+
+def _app_config(camera_url: str, publish_url: str, model_dir: Path) -> Any:
+    base = random.randrange(20000, 60000, 2)  # the RTSP server scans the range for a free UDP pair
+    return parse_config(
+        {
+            "cameras": [{"name": "cam", "url": camera_url, "publish_url": publish_url}],
+            "server": {
+                "host": "127.0.0.1",
+                "rtsp_port": free_port(),
+                "http_port": free_port(),
+                "rtp_port_min": base,
+                "rtp_port_max": base + 60,
+            },
+            "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
+            "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
+            "slate": {"width": 640, "height": 360},
+        }
+    )
+
+
+def _decode_frames(url: str, n: int, max_s: float) -> int:
+    """Frames a PyAV viewer decodes from `url` within `max_s` (stops at `n`)."""
+    got = 0
+    deadline = time.monotonic() + max_s
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(10, 5)) as c:
+        for frame in c.decode(video=0):
+            assert frame.width == 640
+            got += 1
+            if got >= n or time.monotonic() > deadline:
+                break
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_app_publishes_only_anonymized_frames_and_survives_an_absent_server(
+    sim_camera_factory: Callable[..., Any],
+    record_server_factory: Callable[..., RecordServer],
+    model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Camera with faces -> the whole service -> publish_url. The target is down at start: the
+    service's own RTSP output is unaffected and the publisher retries; once the server comes up it
+    receives decodable H.264 in which a face detector finds no face."""
+    from streamproxy.detect import create_detector
+    from streamproxy.metrics import render_latest
+
+    caplog.set_level(logging.INFO, logger="streamproxy")
+    sim = sim_camera_factory(width=640, height=360)
+    rec = record_server_factory(start=False, dump=tmp_path / "published.i420", user=USER, password=PASSWORD)
+    host = AppThread(_app_config(sim.url, rec.url(USER, PASSWORD), model_dir))
+    app = host.start()
+    pub = app.publishers["cam"]
+    hub = app.hubs["cam"]
+    try:
+        # 1. Publish target unreachable: viewers of the proxy itself are served all the same.
+        assert _decode_frames(host.rtsp_url("cam"), 25, 30) == 25
+        deadline = time.monotonic() + 10
+        while pub.attempts < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.attempts >= 2 and not pub.up and pub.sessions == 0
+        assert hub.viewers("publish") == 0
+
+        # 2. The server comes up: the publisher finds it within its backoff (capped at 1 s here).
+        t_up = time.monotonic()
+        rec.start()
+        assert rec.wait_frames(1, 20), list(rec.lines)
+        first_s = time.monotonic() - t_up
+        assert rec.wait_frames(50, 30), list(rec.lines)
+        log.info("first published frame decoded %.2f s after the server came up", first_s)
+        assert pub.up and pub.sessions == 1 and rec.sizes == {"640x360"}
+
+        # 3. What was published is anonymized: the face detector finds no face in a received frame.
+        assert rec.dumped is not None
+        path, w, h = rec.dumped
+        bgr = cv2.cvtColor(
+            np.frombuffer(path.read_bytes(), np.uint8).reshape(h * 3 // 2, w), cv2.COLOR_YUV2BGR_I420
+        )
+        assert float(bgr.std()) > 10  # a picture, not a blank
+        judge = create_detector(DetectorConfig(input_width=640, threshold=0.3, model_dir=model_dir))
+        scores = sorted((d.score for d in judge.detect_bgr(bgr)), reverse=True)
+        assert not [s for s in scores if s >= 0.7], f"faces visible in the published stream: {scores}"
+        body = render_latest()[0].decode()
+        assert 'streamproxy_publish_up{camera="cam"} 1.0' in body
+    finally:
+        stop_s = host.stop()
+    log.info("app stopped in %.2f s while publishing", stop_s)
+    assert stop_s < 15
+    assert not pub.up
+    assert PASSWORD not in caplog.text
