@@ -51,11 +51,24 @@ MAX_DETECT_EVERY = 6
 # frames that are already too old (measured: 3 halved the frame rate at 6 cameras).
 MAILBOX_FRAMES = 2
 MIN_INPUT_WIDTH = 480
+BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again for this long
 
 
 @dataclass
 class LatencyController:
-    """Adapts detector cadence and resolution to keep proxy-added latency inside the budget."""
+    """Adapts detector cadence and resolution to keep the camera inside its budget and frame rate.
+
+    Two limits, checked once a second at most:
+    * latency: p90 of proxy-added latency above 70 % of the budget;
+    * throughput: the worker busy (mean engine + encode time per frame) above 85 % of the camera's
+      frame interval, or a frame lost in the mailbox. On a shared CPU a busy worker is one bad
+      second away from dropping frames, which latency alone never shows.
+    Either one costs a step: the detector runs less often (the tracker predicts in between), then on a
+    smaller picture. A step back up needs a clear margin on both (p90 < 35 % of the budget, busy < 50 %
+    of the interval, no lost frame for 10 s), and a setting that overloaded the camera is not tried
+    again for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time
+    it steps up into the setting it just left.
+    """
 
     budget_ms: float
     detect_every: int
@@ -65,40 +78,54 @@ class LatencyController:
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _last_change: float = 0.0
+    _bad_until: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def dropped(self, now: float) -> None:
         """A frame was overwritten in the mailbox: the worker is slower than the camera."""
         self._drops.append(now)
 
-    def observe(self, latency_ms: float, now: float) -> bool:
-        """Record one frame's processing latency; returns True when the settings changed."""
+    def observe(self, latency_ms: float, now: float, work_ms: float = 0.0, interval_ms: float = 40.0) -> bool:
+        """Record one frame's added latency (and the worker's mean work per frame); True when settings changed."""
         self._recent.append(latency_ms)
         if len(self._recent) < 10 or now - self._last_change < 1.0:
             return False
         ordered = sorted(self._recent)
         p90 = ordered[int(len(ordered) * 0.9) - 1]
-        # Throughput matters as much as latency: a worker slower than the frame rate keeps each
-        # frame's latency low but loses frames in the mailbox, which latency alone never shows.
-        recent_drops = sum(1 for t in tuple(self._drops) if now - t < 2.0)  # appended by the ingest thread
+        drops = tuple(self._drops)  # appended by the ingest thread
+        # Only losses under the current setting count against it (one loss, one step).
+        dropped_recently = any(now - t < 2.0 and t >= self._last_change for t in drops)
+        overloaded = work_ms > 0.85 * interval_ms or dropped_recently
         changed = False
-        if p90 > 0.7 * self.budget_ms or recent_drops >= 3:
+        if p90 > 0.7 * self.budget_ms or overloaded:
+            if overloaded:
+                self._bad_until[self.setting] = now + BAD_SETTING_S
             if self.detect_every < MAX_DETECT_EVERY:
                 self.detect_every += 1
                 changed = True
             elif self.input_width > MIN_INPUT_WIDTH:
                 self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
                 changed = True
-        elif p90 < 0.35 * self.budget_ms and recent_drops == 0:
+        elif (
+            p90 < 0.35 * self.budget_ms
+            and work_ms < 0.5 * interval_ms
+            and not any(now - t < 10.0 for t in drops)
+        ):
+            step: tuple[int, int] | None = None
             if self.input_width < self.max_input_width:
-                self.input_width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
-                changed = True
+                step = (self.detect_every, min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32))
             elif self.detect_every > self.base_detect_every:
-                self.detect_every -= 1
+                step = (self.detect_every - 1, self.input_width)
+            if step is not None and self._bad_until.get(step, 0.0) <= now:
+                self.detect_every, self.input_width = step
                 changed = True
         if changed:
             self._last_change = now
             self._recent.clear()
         return changed
+
+    @property
+    def setting(self) -> tuple[int, int]:
+        return (self.detect_every, self.input_width)
 
 
 class LatencyStats:
@@ -330,7 +357,7 @@ class CameraPipeline:
         self._last_pts_s = df.pts_seconds
 
     def _adapt(self, ms: float) -> None:
-        if self.controller.observe(ms, time.monotonic()):
+        if self.controller.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps):
             log.info(
                 "%s: latency controller: detect every %d frame(s) at width %d",
                 self.name,
