@@ -56,7 +56,7 @@ class App:
             from . import metrics as metrics_mod
         except ImportError:  # pragma: no cover - metrics are optional until issue 4 lands
             metrics_mod = None
-        for cam in self.cameras:
+        for position, cam in enumerate(self.cameras):
             hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets)
             m = metrics_mod.CameraMetrics(cam.name) if metrics_mod is not None else None
             if m is not None:
@@ -66,7 +66,7 @@ class App:
             self.hubs[cam.name] = hub
             # Detector sessions are built here (model load): off the loop.
             self.pipelines[cam.name] = await loop.run_in_executor(
-                None, CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras)
+                None, CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position
             )
             if cam.publish_url is not None:
                 self.publishers[cam.name] = Publisher(

@@ -50,6 +50,10 @@ class Anonymizer:
         self.cfg = cfg
         self.name = name or "-"
         self.detect_every = cfg.detect_every
+        # Which frames of each cadence cycle get the detector, as a fraction of the cycle: cameras of
+        # one process are spread over the cycle so their detector runs do not all land on the same
+        # moment (they compete for the same cores and each would take several frame intervals).
+        self.detect_phase = 0.0
         self.stats = EngineStats()
         self._tracker = Tracker(cfg.tracker, cfg.obfuscation.box_factor)
         self._frame_size: tuple[int, int] | None = None
@@ -122,7 +126,8 @@ class Anonymizer:
         """
         index = self.stats.frames
         self.stats.frames += 1
-        run = force_detect or index % max(1, self.detect_every) == 0
+        every = max(1, self.detect_every)
+        run = force_detect or (index + int(self.detect_phase * every)) % every == 0
         dets, ms, reason = self._detect(run, frame, None)
         planes, buf = planes_from_yuv420(frame)
         fill_zones(planes, self.cfg.privacy_zones)

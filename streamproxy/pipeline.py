@@ -169,6 +169,7 @@ class CameraPipeline:
         loop: asyncio.AbstractEventLoop,
         metrics: CameraMetrics | None = None,
         cameras: int = 1,
+        position: int = 0,
     ) -> None:
         self.cam = cam
         self.name = cam.name
@@ -184,6 +185,7 @@ class CameraPipeline:
                 update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
             )
         self.engine = Anonymizer(engine_cfg, name=cam.name)
+        self.engine.detect_phase = (position % max(1, cameras)) / max(1, cameras)
         self.budget_ms = cfg.budget_for(cam)
         self.controller = LatencyController(
             budget_ms=self.budget_ms,

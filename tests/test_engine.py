@@ -163,3 +163,14 @@ def test_still_image_keeps_alpha_and_grey(detector: object) -> None:
     grey = img.mean(axis=2).astype(np.uint8)
     out2, _, _ = eng.process_image(grey)
     assert out2 is not None and out2.shape == grey.shape
+
+
+def test_detect_phase_spreads_cameras_over_the_cadence_cycle(detector: object) -> None:
+    """Cameras in one process run their detector on different frames (pipeline sets the phase)."""
+    img = background(320, 240)
+    ran: dict[float, list[int]] = {}
+    for phase in (0.0, 0.5):
+        eng = Anonymizer(EngineConfig(detect_every=4), detector=ScriptedDetector(detector, fail=set()))  # type: ignore[arg-type]
+        eng.detect_phase = phase
+        ran[phase] = [i for i in range(8) if eng.process_frame(_frame(img), i / 25).detector_ran]
+    assert ran[0.0] == [0, 4] and ran[0.5] == [2, 6]
