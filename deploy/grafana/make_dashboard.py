@@ -225,6 +225,17 @@ def build() -> dict[str, Any]:
             kind="state-timeline",
             min_zero=False,
         ),
+        _panel(
+            "Publishing to an external RTSP server",
+            [
+                (f"streamproxy_publish_up{{{CAM}}}", "{{camera}} up"),
+                (f"rate(streamproxy_publish_packets_total{{{CAM}}}[{RI}])", "{{camera}} frames/s"),
+            ],
+            "none",
+            (0, 40, 24, 6),
+            "Cameras with publish_url: 1 while a RECORD session to the external server is up, and the "
+            "frames pushed per second (0 for cameras that do not publish).",
+        ),
     ]
     for i, p in enumerate(panels, start=1):
         p["id"] = i
