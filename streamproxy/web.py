@@ -183,6 +183,10 @@ class WebServer:
             for key in ("url", "source_url"):
                 snap.pop(key, None)
             snap["whep"] = f"/{name}/whep"
+            publisher = self.app.publishers.get(name)
+            if publisher is not None:
+                # State of the push to an external server; its URL stays out, like the camera's.
+                snap["publish"] = {k: v for k, v in publisher.snapshot().items() if k != "url"}
             out.append(snap)
         return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
 

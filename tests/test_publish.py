@@ -9,6 +9,7 @@ binds 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -503,6 +505,12 @@ def test_app_publishes_only_anonymized_frames_and_survives_an_absent_server(
         assert not [s for s in scores if s >= 0.7], f"faces visible in the published stream: {scores}"
         body = render_latest()[0].decode()
         assert 'streamproxy_publish_up{camera="cam"} 1.0' in body
+        # The API shows the push's state, never its URL or password.
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.web.port}/api/cameras", timeout=5) as resp:
+            api = resp.read().decode()
+        cam = next(c for c in json.loads(api) if c["name"] == "cam")
+        assert cam["publish"]["up"] is True and cam["publish"]["sessions"] == 1
+        assert "url" not in cam["publish"] and PASSWORD not in api
     finally:
         stop_s = host.stop()
     log.info("app stopped in %.2f s while publishing", stop_s)
