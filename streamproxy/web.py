@@ -183,7 +183,7 @@ class WebServer:
             for key in ("url", "source_url"):
                 snap.pop(key, None)
             snap["whep"] = f"/{name}/whep"
-            publisher = self.app.publishers.get(name)
+            publisher = getattr(self.app, "publishers", {}).get(name)  # test stand-ins may have none
             if publisher is not None:
                 # State of the push to an external server; its URL stays out, like the camera's.
                 snap["publish"] = {k: v for k, v in publisher.snapshot().items() if k != "url"}
