@@ -24,8 +24,6 @@ EOF of stdin with --exit-on-stdin-eof (so that it never outlives the process tha
 
 import argparse
 import mmap
-import os
-import signal
 import sys
 import threading
 import time
@@ -36,6 +34,7 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gst_server import attach, install_lifetime, set_auth  # noqa: E402 (same folder: the script's)
 
 # --- the barcode: keep in sync with streamproxy/camsim.py -----------------------------------------
 STAMP_ROWS = 2
@@ -379,70 +378,15 @@ def main():
     factory.connect("media-configure", on_media_configure)
 
     if args.user is not None:
-        auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken()
-        token.set_string("media.factory.role", "viewer")
-        if args.auth == "digest":
-            # Digest only: a client that would send Basic is challenged for Digest (as cameras
-            # configured for "digest authentication" do), so a client's digest path is exercised.
-            auth.add_digest(args.user, args.password or "", token)
-            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
-        else:
-            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
-            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
-        server.set_auth(auth)
-        perms = GstRtspServer.RTSPPermissions()
-        perms.add_permission_for_role("viewer", "media.factory.access", True)
-        perms.add_permission_for_role("viewer", "media.factory.construct", True)
-        factory.set_permissions(perms)
+        set_auth(server, factory, args.user, args.password, "viewer", args.auth)
 
     mount = "/" + args.path.strip("/")
     server.get_mount_points().add_factory(mount, factory)
 
-    # A camera restarted on the same port may find it briefly unavailable: retry for a while.
-    deadline = time.monotonic() + 10.0
-    while True:
-        try:
-            source_id = server.attach(None)
-        except GLib.Error as err:
-            source_id = 0
-            last_err = err.message
-        else:
-            last_err = "attach failed"
-        if source_id:
-            break
-        if time.monotonic() > deadline:
-            log(f"cannot listen on {args.bind}:{args.port}: {last_err}")
-            return 1
-        time.sleep(0.2)
-
-    def shutdown(*_a):
-        loop.quit()
-        return GLib.SOURCE_REMOVE
-
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, shutdown)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, shutdown)
-    if args.exit_on_stdin_eof:
-
-        def on_stdin(_fd, _cond):
-            try:
-                data = os.read(0, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                log("stdin closed: exiting")
-                loop.quit()
-                return GLib.SOURCE_REMOVE
-            return GLib.SOURCE_CONTINUE
-
-        GLib.io_add_watch(0, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, on_stdin)
-
-    # Sessions of clients that vanished (killed, no TEARDOWN) are reaped by the session pool.
-    def cleanup():
-        server.get_session_pool().cleanup()
-        return GLib.SOURCE_CONTINUE
-
-    GLib.timeout_add_seconds(2, cleanup)
+    source_id = attach(server, args.bind, args.port, log)
+    if not source_id:
+        return 1
+    install_lifetime(server, loop, log, args.exit_on_stdin_eof)
 
     url = f"rtsp://{args.bind}:{server.get_bound_port()}{mount}"
     print(f"READY {url}", flush=True)

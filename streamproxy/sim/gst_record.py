@@ -20,10 +20,8 @@ published is decodable video. Exits cleanly on SIGTERM/SIGINT, and on EOF of std
 
 import argparse
 import os
-import signal
 import sys
 import threading
-import time
 
 import gi
 
@@ -31,6 +29,7 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gst_server import attach, install_lifetime, set_auth  # noqa: E402 (same folder: the script's)
 
 LAUNCH = (
     "( rtph264depay name=depay0 ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 "
@@ -131,63 +130,15 @@ def main():
     factory.connect("media-configure", on_media_configure)
 
     if args.user is not None:
-        auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken()
-        token.set_string("media.factory.role", "publisher")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
-        server.set_auth(auth)
-        perms = GstRtspServer.RTSPPermissions()
-        perms.add_permission_for_role("publisher", "media.factory.access", True)
-        perms.add_permission_for_role("publisher", "media.factory.construct", True)
-        factory.set_permissions(perms)
+        set_auth(server, factory, args.user, args.password, "publisher", "basic")
 
     mount = "/" + args.path.strip("/")
     server.get_mount_points().add_factory(mount, factory)
 
-    # A server restarted on the same port may find it briefly unavailable: retry for a while.
-    deadline = time.monotonic() + 10.0
-    while True:
-        try:
-            source_id = server.attach(None)
-        except GLib.Error as err:
-            source_id = 0
-            last_err = err.message
-        else:
-            last_err = "attach failed"
-        if source_id:
-            break
-        if time.monotonic() > deadline:
-            log(f"cannot listen on {args.bind}:{args.port}: {last_err}")
-            return 1
-        time.sleep(0.2)
-
-    def shutdown(*_a):
-        loop.quit()
-        return GLib.SOURCE_REMOVE
-
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, shutdown)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, shutdown)
-    if args.exit_on_stdin_eof:
-
-        def on_stdin(_fd, _cond):
-            try:
-                data = os.read(0, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                log("stdin closed: exiting")
-                loop.quit()
-                return GLib.SOURCE_REMOVE
-            return GLib.SOURCE_CONTINUE
-
-        GLib.io_add_watch(0, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP, on_stdin)
-
-    # Sessions of publishers that vanished (killed, no TEARDOWN) are reaped by the session pool.
-    def cleanup():
-        server.get_session_pool().cleanup()
-        return GLib.SOURCE_CONTINUE
-
-    GLib.timeout_add_seconds(2, cleanup)
+    source_id = attach(server, args.bind, args.port, log)
+    if not source_id:
+        return 1
+    install_lifetime(server, loop, log, args.exit_on_stdin_eof)
 
     emit(f"READY rtsp://{args.bind}:{server.get_bound_port()}{mount}")
     try:
