@@ -338,14 +338,7 @@ class CameraSource:
                     packet = av.Packet(au.data)
                     packet.pts = packet.dts = au.timestamp
                     packet.time_base = time_base
-                    try:
-                        frames = ctx.decode(packet)
-                    except av.error.InvalidDataError as err:
-                        self.decode_errors += 1
-                        log.debug("%s: decode error: %s", self.name, err)
-                        continue
-                    for frame in frames:
-                        self._deliver(frame, transport)
+                    self._decode(ctx.decode, packet, transport)
         except ClientStopped:
             raise _Stopped from None
         except ClientStalled:
@@ -385,19 +378,24 @@ class CameraSource:
                     raise _Stopped
                 stalled = watch.tripped  # this packet is what FFmpeg had left when interrupted
                 watch.deadline = time.monotonic() + read_timeout
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError as err:
-                    # A lost RTP packet damages one frame; the decoder recovers at the next keyframe.
-                    self.decode_errors += 1
-                    log.debug("%s: decode error: %s", self.name, err)
-                    continue
-                for frame in frames:
-                    self._deliver(frame, transport)
+                self._decode(stream.codec_context.decode, packet, transport)
                 if stalled:
                     raise _Stalled
                 if packet.size == 0:
                     break  # the flush packet: the stream ended
+
+    def _decode(
+        self, decode: Callable[[av.Packet], list[av.VideoFrame]], packet: av.Packet, transport: str
+    ) -> None:
+        try:
+            frames = decode(packet)
+        except av.error.InvalidDataError as err:
+            # A damaged frame (lost packets); the decoder recovers by the next keyframe.
+            self.decode_errors += 1
+            log.debug("%s: decode error: %s", self.name, err)
+            return
+        for frame in frames:
+            self._deliver(frame, transport)
 
     def _deliver(self, frame: av.VideoFrame, transport: str) -> None:
         now = time.monotonic()
