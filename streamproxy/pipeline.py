@@ -64,7 +64,10 @@ class LatencyController:
       frame interval, or a frame lost in the mailbox. On a shared CPU a busy worker is one bad
       second away from dropping frames, which latency alone never shows.
     Either one costs a step: the detector runs less often (the tracker predicts in between), then on a
-    smaller picture. A step back up needs a clear margin on both (p90 < 35 % of the budget, busy < 50 %
+    smaller picture. A third limit is the longest frames: the 2-frame mailbox absorbs a frame that
+    takes up to two frame intervals, so when p95 of the per-frame work passes 1.75 intervals (detector
+    runs of several cameras colliding on the cores) the picture shrinks first, since running the
+    detector less often does not make one run shorter. A step back up needs a clear margin on both (p90 < 35 % of the budget, busy < 50 %
     of the interval, no lost frame for 10 s), and a setting that overloaded the camera is not tried
     again for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time
     it steps up into the setting it just left.
@@ -76,6 +79,7 @@ class LatencyController:
     max_input_width: int
     base_detect_every: int
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _work: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _last_change: float = 0.0
     _bad_until: dict[tuple[int, int], float] = field(default_factory=dict)
@@ -84,22 +88,40 @@ class LatencyController:
         """A frame was overwritten in the mailbox: the worker is slower than the camera."""
         self._drops.append(now)
 
-    def observe(self, latency_ms: float, now: float, work_ms: float = 0.0, interval_ms: float = 40.0) -> bool:
-        """Record one frame's added latency (and the worker's mean work per frame); True when settings changed."""
+    def observe(
+        self,
+        latency_ms: float,
+        now: float,
+        work_ms: float = 0.0,
+        interval_ms: float = 40.0,
+        frame_work_ms: float = 0.0,
+    ) -> bool:
+        """Record one frame: its added latency, the worker's mean work per frame and this frame's own
+        work. True when the settings changed."""
         self._recent.append(latency_ms)
+        self._work.append(frame_work_ms)
         if len(self._recent) < 10 or now - self._last_change < 1.0:
             return False
         ordered = sorted(self._recent)
         p90 = ordered[int(len(ordered) * 0.9) - 1]
+        works = sorted(self._work)
+        p95_work = works[int(len(works) * 0.95) - 1]
+        spiky = p95_work > 1.75 * interval_ms
         drops = tuple(self._drops)  # appended by the ingest thread
         # Only losses under the current setting count against it (one loss, one step).
         dropped_recently = any(now - t < 2.0 and t >= self._last_change for t in drops)
-        overloaded = work_ms > 0.85 * interval_ms or dropped_recently
+        busy = work_ms > 0.85 * interval_ms
+        overloaded = busy or dropped_recently
         changed = False
-        if p90 > 0.7 * self.budget_ms or overloaded:
-            if overloaded:
+        if p90 > 0.7 * self.budget_ms or overloaded or spiky:
+            if overloaded or spiky:
                 self._bad_until[self.setting] = now + BAD_SETTING_S
-            if self.detect_every < MAX_DETECT_EVERY:
+            # Long frames on a worker that is not busy on average: shorten the detector run. A worker
+            # busy on average (the CPU is simply short) needs fewer detector runs first.
+            if spiky and not busy and self.input_width > MIN_INPUT_WIDTH:
+                self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
+                changed = True
+            elif self.detect_every < MAX_DETECT_EVERY:
                 self.detect_every += 1
                 changed = True
             elif self.input_width > MIN_INPUT_WIDTH:
@@ -108,6 +130,7 @@ class LatencyController:
         elif (
             p90 < 0.35 * self.budget_ms
             and work_ms < 0.5 * interval_ms
+            and p95_work < interval_ms
             and not any(now - t < 10.0 for t in drops)
         ):
             step: tuple[int, int] | None = None
@@ -121,6 +144,7 @@ class LatencyController:
         if changed:
             self._last_change = now
             self._recent.clear()
+            self._work.clear()
         return changed
 
     @property
@@ -339,12 +363,12 @@ class CameraPipeline:
             # Detection was too slow for this frame: it is anonymized but would leave late (encoding
             # still to come); late frames are dropped.
             self._count_drop("latency_budget")
-            self._adapt(elapsed_ms)
+            self._adapt(elapsed_ms, elapsed_ms)
             return
         self._encode_publish(res.frame, df.decoded_at)
         done = time.monotonic()
         self._work_ms = 0.9 * self._work_ms + 0.1 * (done - started) * 1000
-        self._adapt((done - df.decoded_at) * 1000)
+        self._adapt((done - df.decoded_at) * 1000, (done - started) * 1000)
 
     def _track_fps(self, df: DecodedFrame) -> None:
         """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
@@ -358,8 +382,8 @@ class CameraPipeline:
                     self._fps = 1.0 / sorted(self._pts_gaps)[len(self._pts_gaps) // 2]
         self._last_pts_s = df.pts_seconds
 
-    def _adapt(self, ms: float) -> None:
-        if self.controller.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps):
+    def _adapt(self, ms: float, frame_work_ms: float) -> None:
+        if self.controller.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps, frame_work_ms):
             log.info(
                 "%s: latency controller: detect every %d frame(s) at width %d",
                 self.name,

@@ -71,3 +71,14 @@ def test_resolution_recovers_before_cadence() -> None:
     assert seen[-1] == (1, 1280)
     first_full = seen.index((3, 1280))  # width all the way back first ...
     assert all(every == 3 for every, _ in seen[: first_full + 1])  # ... before any cadence step
+
+
+def test_long_frames_shrink_the_picture_first() -> None:
+    """Detector runs that take over 1.75 frame intervals would overflow the 2-frame mailbox: running
+    the detector less often does not shorten one run, a smaller picture does."""
+    c = controller(detect_every=3)
+    t = 0.0
+    for i in range(40):
+        t += 0.04
+        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=90 if i % 3 == 0 else 8)
+    assert c.input_width < 1280 and c.detect_every == 3
