@@ -365,24 +365,31 @@ def ceiling_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResul
 
     def run(i: int, url: str) -> None:
         enc: H264Encoder | None = None
-        try:
-            with av.open(url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)) as c:
-                stream = c.streams.video[0]
-                stream.codec_context.thread_type = "SLICE"  # as the proxy's ingest decodes
-                stream.codec_context.thread_count = 2
-                for f in c.decode(stream):
-                    if enc is None:
-                        enc = H264Encoder(enc_cfg, f.width, f.height, 25.0)
-                    enc.encode(f, time.monotonic())
-                    if counting.is_set():
-                        counts[i] += 1
-                    if stop.is_set():
-                        break
-        except Exception as err:
-            errors.append(f"{type(err).__name__}: {err}")
-        finally:
-            if enc is not None:
-                enc.close()
+        # A camera that was just restarted (camera 0, back from the live glass-to-glass sim) may
+        # refuse or stall the first open: retry while still warming up, at most 3 times.
+        for attempt in range(3):
+            try:
+                with av.open(url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)) as c:
+                    stream = c.streams.video[0]
+                    stream.codec_context.thread_type = "SLICE"  # as the proxy's ingest decodes
+                    stream.codec_context.thread_count = 2
+                    for f in c.decode(stream):
+                        if enc is None:
+                            enc = H264Encoder(enc_cfg, f.width, f.height, 25.0)
+                        enc.encode(f, time.monotonic())
+                        if counting.is_set():
+                            counts[i] += 1
+                        if stop.is_set():
+                            break
+                return
+            except Exception as err:
+                if counting.is_set() or stop.is_set() or attempt == 2:
+                    errors.append(f"{type(err).__name__}: {err}")
+                    return
+            finally:
+                if enc is not None:
+                    enc.close()
+                    enc = None
 
     threads = [threading.Thread(target=run, args=(i, s.url), daemon=True) for i, s in enumerate(sims)]
     for t in threads:
