@@ -126,18 +126,28 @@ def _socket_fds() -> dict[int, str]:
     return out
 
 
+# Sessions connect one at a time (process-wide): the sockets that appear while a session connects
+# are then that session's alone, even when several cameras publish to the same server.
+_CONNECT_LOCK = threading.Lock()
+CONNECT_LOCK_WAIT_S = 10.0  # past this, connect anyway (abort() then falls back to "new sockets")
+
+
 class _Session:
     """One RTSP RECORD session: PyAV rtsp muxer with one H.264 stream.
 
     Built and used in the worker thread only, except `abort()`. FFmpeg's rtsp muxer has no socket
     timeout (its `timeout` option is for reading) and PyAV gives output containers no interrupt
     callback, so a server that stops reading would block a write forever: `abort()` shuts down the
-    session's TCP socket from outside, which makes the blocked call fail at once.
+    session's TCP socket from outside, which makes the blocked call fail at once. Which socket is
+    the session's: the one to the server that appeared while it connected (under _CONNECT_LOCK; the
+    rtsp muxer connects on the first packet).
     """
 
     def __init__(self, url: str, codec: CodecInfo, peer: tuple[set[str], int]) -> None:
         self.codec = codec
         self._peer = peer  # (addresses, port) of the server: which new sockets are this session's
+        self._locked = False
+        self._ours: dict[int, str] | None = None  # the session's sockets, once connected
         self._before = _socket_fds()
         self._base: int | None = None  # pts90k of the first packet: the session's time zero
         self._last = -1
@@ -174,27 +184,61 @@ class _Session:
         out.time_base = Fraction(1, CLOCK_RATE)
         out.pts = out.dts = ts
         out.is_keyframe = pkt.keyframe
-        self.container.mux(out)  # the first one writes the header: connect, ANNOUNCE, SETUP, RECORD
+        if self.started:
+            self.container.mux(out)
+            return
+        self._locked = _CONNECT_LOCK.acquire(timeout=CONNECT_LOCK_WAIT_S)
+        try:
+            self._before = _socket_fds()
+            self.container.mux(out)  # the first one writes the header: connect, ANNOUNCE, SETUP, RECORD
+            self._ours = self._new_server_sockets()
+        finally:
+            self._release()
         self.started = True
 
-    def abort(self) -> int:
-        """Shut down the session's connection (any thread); returns how many sockets it shut."""
+    def _release(self) -> None:
+        if self._locked:
+            self._locked = False
+            _CONNECT_LOCK.release()
+
+    def _new_server_sockets(self) -> dict[int, str]:
+        """Sockets that appeared since the session began and are connected to the server."""
         addrs, port = self._peer
-        shut = 0
+        out: dict[int, str] = {}
         for fd, link in _socket_fds().items():
             if self._before.get(fd) == link:
                 continue  # existed before this session: not ours
             try:
-                # A dup, so that closing our socket object leaves FFmpeg's descriptor alone;
-                # shutdown() acts on the connection itself, which is what wakes the blocked call.
+                # A dup, so that closing our socket object leaves FFmpeg's descriptor alone.
                 sock = socket.socket(fileno=os.dup(fd))
             except OSError:
                 continue
             try:
                 peer = sock.getpeername()
                 if sock.type == socket.SOCK_STREAM and peer[1] == port and peer[0] in addrs:
-                    sock.shutdown(socket.SHUT_RDWR)
-                    shut += 1
+                    out[fd] = link
+            except OSError:
+                pass
+            finally:
+                sock.close()
+        return out
+
+    def abort(self) -> int:
+        """Shut down the session's connection (any thread); returns how many sockets it shut."""
+        ours = self._ours if self._ours is not None else self._new_server_sockets()
+        current = _socket_fds()
+        shut = 0
+        for fd, link in ours.items():
+            if current.get(fd) != link:
+                continue  # closed meanwhile (the descriptor may now be someone else's)
+            try:
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                # shutdown() acts on the connection itself, which is what wakes the blocked call.
+                sock.shutdown(socket.SHUT_RDWR)
+                shut += 1
             except OSError:
                 pass
             finally:
@@ -202,6 +246,7 @@ class _Session:
         return shut
 
     def close(self) -> None:
+        self._release()
         try:
             self.container.close()  # TEARDOWN when the session is up
         except Exception as err:  # a dead server cannot be told goodbye

@@ -336,6 +336,44 @@ async def test_publishes_decodable_h264_and_restarts_on_resize(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+async def test_aborting_one_session_spares_another_camera_on_the_same_server(
+    record_server_factory: Callable[..., RecordServer],
+) -> None:
+    """Several cameras usually publish to one media server: the stall watchdog's abort() must shut
+    only its own session's connection (sessions connect one at a time, so each knows its socket)."""
+    server = record_server_factory()
+    hubs = [StreamHub(f"cam{i}", 50) for i in range(2)]
+    feeders = [Feeder(h) for h in hubs]
+    for f in feeders:
+        f.start()
+    pubs = [Publisher(h, server.url(), backoff_initial_s=0.1, backoff_max_s=0.5) for h in hubs]
+    try:
+        for p in pubs:
+            p.start()
+        for _ in range(400):  # <= 20 s
+            if all(p.up for p in pubs):
+                break
+            await asyncio.sleep(0.05)
+        assert all(p.up for p in pubs) and [p.sessions for p in pubs] == [1, 1]
+        session = pubs[0]._current
+        assert session is not None
+        assert session.abort() == 1  # exactly one connection: its own
+        for _ in range(400):  # <= 20 s
+            if pubs[0].sessions >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pubs[0].sessions == 2  # the aborted one reconnected ...
+        await asyncio.sleep(1.0)
+        assert pubs[1].sessions == 1 and pubs[1].up  # ... and the other never noticed
+    finally:
+        for p in pubs:
+            await p.stop(timeout=10)
+        for f in feeders:
+            await f.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 async def test_server_down_at_start_then_up_then_gone_then_back(
     record_server_factory: Callable[..., RecordServer],
 ) -> None:
