@@ -93,6 +93,7 @@ def test_sequence_and_timestamp_wrap_around() -> None:
     out += d.push(rtp(P_SLICE, 0, 1800, marker=True))  # both counters wrapped
     assert [au.timestamp for au in out] == [0xFFFFFFFF - 1799, 0xFFFFFFFF - 1799 + 3600]
     assert d.lost_packets == 0
+    assert d.highest_seq == 0x10000 and d.received == 2  # extended, for RTCP receiver reports
 
 
 def test_a_restarted_sender_new_ssrc_is_followed() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import struct
 import threading
 import time
 from fractions import Fraction
@@ -52,6 +53,7 @@ class ScriptedCamera:
         self.sps = next(n for n in nals if n[0] & 0x1F == 7)
         self.pps = next(n for n in nals if n[0] & 0x1F == 8)
         self.methods: list[tuple[float, str]] = []
+        self.interleaved: list[tuple[int, bytes]] = []  # (channel, data) the client sent
         self.auth_failures = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -112,7 +114,11 @@ class ScriptedCamera:
             if not data:
                 return
             buf += data
-            while b"\r\n\r\n" in buf:
+            while buf[:1] == b"$" and len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[2:4], "big"):
+                size = int.from_bytes(buf[2:4], "big")
+                self.interleaved.append((buf[1], buf[4 : 4 + size]))  # RTCP from the client
+                buf = buf[4 + size :]
+            while buf[:1] != b"$" and b"\r\n\r\n" in buf:
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 req = parse_request_head(head + b"\r\n\r\n")
                 self.methods.append((time.monotonic(), req.method))
@@ -226,3 +232,24 @@ def test_silence_after_the_frame_is_a_stall_and_the_session_is_reopened() -> Non
             assert _wait(lambda: len(got) >= 2, 4.0)  # reconnected and got the frame again
         finally:
             src.stop()
+
+
+def test_receiver_reports_over_the_rtcp_channel() -> None:
+    """RTCP RR + SDES every few seconds (first after ~1 s), as FFmpeg and GStreamer clients send them:
+    some cameras end a session whose receiver stays silent."""
+    got: list[DecodedFrame] = []
+    with ScriptedCamera() as cam:
+        src = _source(cam.url, got, read_timeout_s=8)
+        src.start()
+        try:
+            assert _wait(lambda: cam.interleaved, 4.0)
+        finally:
+            src.stop()
+    channel, data = cam.interleaved[0]
+    assert channel == 1  # the RTCP channel of interleaved=0-1
+    assert data[0] == 0x81 and data[1] == 201  # RR with one report block
+    source_ssrc, lost_word, highest = struct.unpack("!III", data[8:20])
+    sent = len(packetize_h264(cam.frame, max_payload=500))
+    assert source_ssrc == 0xCAFE and lost_word == 0 and highest == sent - 1
+    sdes = data[32:]
+    assert sdes[1] == 202 and b"streamproxy" in sdes and len(data) % 4 == 0

@@ -21,8 +21,10 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "streamproxy"
 TICK_S = 0.2  # longest a blocking call waits before looking at the stop flag again
+RR_INTERVAL_S = 5.0  # RTCP receiver reports (RFC 3550's minimum interval): some cameras expect them
 MAX_MESSAGE_BYTES = 64 * 1024  # an RTSP head + body larger than this is not a camera
 RECV_BYTES = 256 * 1024
 
@@ -253,6 +256,7 @@ class RtspClient:
         self._playing = False
         self._early: list[tuple[int, bytes]] = []  # interleaved packets read while awaiting an answer
         self._sources: set[str] = set()  # addresses RTP over UDP may come from (the camera's)
+        self._server_rtcp_port: int | None = None  # UDP: where the camera receives RTCP
 
     # --- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> RtspClient:
@@ -485,6 +489,12 @@ class RtspClient:
             k, _, v = p.strip().partition("=")
             if k.lower() == "source" and v:
                 self._sources.add(v.strip())
+            if k.lower() == "server_port" and self.transport == "udp":
+                a, _, b = v.partition("-")
+                try:
+                    self._server_rtcp_port = int(b) if b else int(a) + 1
+                except ValueError:
+                    pass
             if k.lower() == "interleaved" and self.transport == "tcp":
                 a, _, b = v.partition("-")
                 try:
@@ -530,6 +540,9 @@ class AccessUnitIterator:
         self._ready: list[AccessUnit] = []
         self._last_video = time.monotonic()
         self._next_keepalive = time.monotonic() + client._session_timeout_s / 2
+        self._next_report = time.monotonic() + 1.0
+        self._report_ssrc = random.getrandbits(32)
+        self._reported = (0, 0)  # (highest_seq, received) at the last report: for "fraction lost"
 
     def __iter__(self) -> AccessUnitIterator:
         return self
@@ -544,11 +557,14 @@ class AccessUnitIterator:
             if now >= self._next_keepalive:
                 c._send_keepalive()
                 self._next_keepalive = now + c._session_timeout_s / 2
+            if now >= self._next_report:
+                self._send_report()
+                self._next_report = now + RR_INTERVAL_S
             if c._early:
                 channel, data = c._early.pop(0)
                 self._on_tcp_packet(channel, data)
             elif c._udp is None:
-                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive) + 0.01
+                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive, self._next_report) + 0.01
                 try:
                     msg = c._read_message(deadline, "PLAY")
                 except ClientStalled:
@@ -558,6 +574,50 @@ class AccessUnitIterator:
             else:
                 self._poll_udp()
         return self._ready.pop(0)
+
+    def receiver_report(self) -> bytes | None:
+        """RTCP RR + SDES CNAME (a compound packet, RFC 3550 §6.1) about the camera's video stream."""
+        d = self.depay
+        if d.ssrc is None:
+            return None
+        highest, received = d.highest_seq, d.received
+        expected = highest - self._reported[0]
+        lost = expected - (received - self._reported[1])
+        fraction = min(255, (lost << 8) // expected) if expected > 0 and lost > 0 else 0
+        self._reported = (highest, received)
+        report = struct.pack(
+            "!BBHIIIIIII",
+            0x81,  # V=2, one report block
+            201,  # RR
+            7,  # length in 32-bit words minus one
+            self._report_ssrc,
+            d.ssrc,
+            (fraction << 24) | min(d.lost_packets, 0x7FFFFF),
+            highest & 0xFFFFFFFF,
+            0,  # interarrival jitter: not estimated
+            0,  # LSR / DLSR: sender reports are not tracked
+            0,
+        )
+        cname = USER_AGENT.encode()
+        chunk = struct.pack("!I", self._report_ssrc) + bytes([1, len(cname)]) + cname + b"\x00"
+        chunk += b"\x00" * (-len(chunk) % 4)
+        sdes = struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk
+        return report + sdes
+
+    def _send_report(self) -> None:
+        c = self.c
+        packet = self.receiver_report()
+        if packet is None or c._sock is None:
+            return
+        try:
+            if c._udp is None:
+                c._sock.sendall(b"$" + bytes([c._interleaved[1]]) + struct.pack("!H", len(packet)) + packet)
+            elif c._server_rtcp_port is not None:
+                c._udp[1].sendto(packet, (c._sock.getpeername()[0], c._server_rtcp_port))
+        except OSError as err:
+            if c._udp is None:
+                raise ClientError(f"connection lost ({err.strerror or err})") from None
+            log.debug("RTCP receiver report not sent: %s", err)  # UDP: the next one may pass
 
     def _on_tcp_packet(self, channel: int, data: bytes) -> None:
         if channel == self.c._interleaved[0]:

@@ -98,6 +98,8 @@ class Depacketizer:
         self._last_ts32: int | None = None
         self._ts_ext = 0  # unwrapped timestamp of `_last_ts32`
         self.lost_packets = 0
+        self.received = 0  # packets accepted (for RTCP receiver reports)
+        self._cycles = 0  # sequence number wrap-arounds x 65536
         self.dropped_units = 0  # access units dropped because a packet of theirs was lost
         self.unsupported_packets = 0
 
@@ -110,6 +112,7 @@ class Depacketizer:
                 self.dropped_units += 1
             self._nals, self._fu, self._damaged, self._ts = [], None, False, None
             self._last_seq = None
+            self._cycles = 0
         self._ssrc = pkt.ssrc
         if self._last_seq is not None:
             gap = (pkt.seq - self._last_seq) & 0xFFFF
@@ -119,7 +122,10 @@ class Depacketizer:
                 self.lost_packets += gap - 1 if gap < 0x8000 else 1
                 self._damaged = True
                 self._fu = None
+            if pkt.seq < self._last_seq:
+                self._cycles += 0x10000
         self._last_seq = pkt.seq
+        self.received += 1
         if self._ts is not None and pkt.timestamp != self._ts:
             # A new timestamp: the previous unit ended without a marker (or its marker packet was lost).
             self._finish(out)
@@ -132,6 +138,16 @@ class Depacketizer:
         if pkt.marker:
             self._finish(out)
         return out
+
+    @property
+    def ssrc(self) -> int | None:
+        """The sender's SSRC, once a packet came."""
+        return self._ssrc
+
+    @property
+    def highest_seq(self) -> int:
+        """Extended highest sequence number received (RFC 3550 §6.4.1: wrap-arounds x 65536 + seq)."""
+        return self._cycles + (self._last_seq or 0)
 
     # --- internals ----------------------------------------------------------------------------------
     def _unwrap(self, ts32: int) -> int:
