@@ -92,6 +92,28 @@ def log(msg):
     print(f"gst_camera: {msg}", file=sys.stderr, flush=True)
 
 
+
+def push(appsrc, buf):
+    """Hand one buffer to the pipeline; False when the stream is over (flushing, EOS or an error)."""
+    ret = appsrc.emit("push-buffer", buf)
+    if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
+        return False
+    if ret != Gst.FlowReturn.OK:
+        log(f"push-buffer: {ret.value_nick}")
+        return False
+    return True
+
+
+def pace(next_t, period, stopped):
+    """Wait for the next frame's slot; returns the slot after it."""
+    next_t += period
+    delay = next_t - time.monotonic()
+    if delay < -5 * period:
+        return time.monotonic()  # far behind (machine stalled): skip ahead, don't burst
+    if delay > 0:
+        stopped.wait(delay)
+    return next_t
+
 class ClipFeeder:
     """Pushes the clip into one media's appsrc at the clip frame rate, in a thread, until stopped.
 
@@ -140,19 +162,10 @@ class ClipFeeder:
             write_stamp(frame, self.width, self.height, int(time.time() * 1000))
             buf = Gst.Buffer.new_wrapped(bytes(frame))
             buf.duration = int(Gst.SECOND / self.fps)
-            ret = self.appsrc.emit("push-buffer", buf)
-            if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
-                break
-            if ret != Gst.FlowReturn.OK:
-                log(f"push-buffer: {ret.value_nick}")
+            if not push(self.appsrc, buf):
                 break
             i += 1
-            next_t += period
-            delay = next_t - time.monotonic()
-            if delay < -5 * period:
-                next_t = time.monotonic()  # far behind (machine stalled): skip ahead, don't burst
-            elif delay > 0:
-                self.stopped.wait(delay)
+            next_t = pace(next_t, period, self.stopped)
 
 
 # --- replay: pre-encoded access units --------------------------------------------------------------
@@ -227,19 +240,10 @@ class ReplayFeeder(ClipFeeder):
                 buf.duration = int(Gst.SECOND / self.fps)
                 if not key:
                     buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
-                ret = self.appsrc.emit("push-buffer", buf)
-                if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
-                    break
-                if ret != Gst.FlowReturn.OK:
-                    log(f"push-buffer: {ret.value_nick}")
+                if not push(self.appsrc, buf):
                     break
             i += 1
-            next_t += period
-            delay = next_t - time.monotonic()
-            if delay < -5 * period:
-                next_t = time.monotonic()
-            elif delay > 0:
-                self.stopped.wait(delay)
+            next_t = pace(next_t, period, self.stopped)
 
 
 def replay_launch_line(args):
