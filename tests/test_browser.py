@@ -59,10 +59,17 @@ class CdpError(RuntimeError):
     pass
 
 
-class Chromium:
-    """Headless Chromium with one page, controlled over CDP. Use `async with Chromium() as b`."""
+class BrowserDriver:
+    """What the Chromium (CDP) and Firefox (BiDi) drivers share: polling, frame grabs, shutdown.
 
-    def __init__(self, binary: str = CHROMIUM, start_timeout_s: float = 30.0) -> None:
+    A subclass provides `evaluate`, `_close_browser` (its protocol's "close the browser" command)
+    and sets `_exit_wait_s`; `_transient` lists evaluate errors that polling rides over.
+    """
+
+    _transient: tuple[type[Exception], ...] = ()
+    _exit_wait_s = 5.0
+
+    def __init__(self, binary: str, start_timeout_s: float) -> None:
         self.binary = binary
         self.start_timeout_s = start_timeout_s
         self._dir = ""
@@ -72,6 +79,60 @@ class Chromium:
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+
+    async def evaluate(self, expression: str, timeout: float = 30.0) -> Any:
+        raise NotImplementedError
+
+    async def _close_browser(self) -> None:
+        raise NotImplementedError
+
+    async def wait_js(self, expression: str, timeout: float, interval: float = 0.2) -> Any:
+        """Poll a JS expression until it is truthy; returns its last value (bounded by `timeout`)."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(*self._transient):
+                value = await self.evaluate(expression)
+                if value:
+                    return value
+            await asyncio.sleep(interval)
+        return value
+
+    async def grab_frame_bgr(self) -> np.ndarray | None:
+        """The picture the page's video element shows, through a canvas (PNG), as BGR."""
+        url = await self.evaluate("window.streamproxy.grabFrame()")
+        if not url:
+            return None
+        png = base64.b64decode(url.split(",", 1)[1])
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        return img
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._close_browser()
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._http is not None:
+            await self._http.close()
+        if self._proc is not None:
+            try:
+                await asyncio.to_thread(self._proc.wait, self._exit_wait_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                await asyncio.to_thread(self._proc.wait, 5)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class Chromium(BrowserDriver):
+    """Headless Chromium with one page, controlled over CDP. Use `async with Chromium() as b`."""
+
+    def __init__(self, binary: str = CHROMIUM, start_timeout_s: float = 30.0) -> None:
+        super().__init__(binary, start_timeout_s)
         self.console: list[str] = []
 
     async def __aenter__(self) -> Chromium:
@@ -178,45 +239,8 @@ class Chromium:
             await asyncio.sleep(0.1)
         raise CdpError(f"page {url} did not become ready")
 
-    async def wait_js(self, expression: str, timeout: float, interval: float = 0.2) -> Any:
-        """Poll a JS expression until it is truthy; returns its last value (bounded by `timeout`)."""
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            await asyncio.sleep(interval)
-        return value
-
-    async def grab_frame_bgr(self) -> np.ndarray | None:
-        """The picture the page's video element shows, through a canvas (PNG), as BGR."""
-        url = await self.evaluate("window.streamproxy.grabFrame()")
-        if not url:
-            return None
-        png = base64.b64decode(url.split(",", 1)[1])
-        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-        return img
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self.send("Browser.close", timeout=3)
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._http is not None:
-            await self._http.close()
-        if self._proc is not None:
-            try:
-                await asyncio.to_thread(self._proc.wait, 5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                await asyncio.to_thread(self._proc.wait, 5)
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+    async def _close_browser(self) -> None:
+        await self.send("Browser.close", timeout=3)
 
 
 # A "detectable face" is a detection at the detector's default threshold (recall-oriented, 0.4).

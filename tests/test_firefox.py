@@ -21,7 +21,6 @@ The page and the proxy are unchanged: this is the browser's own decoder, not a s
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -34,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import cv2
-import numpy as np
 import pytest
+from test_browser import BrowserDriver
 
 FIREFOX = os.environ.get("STREAMPROXY_FIREFOX", shutil.which("firefox-esr") or "/usr/bin/firefox-esr")
 
@@ -100,19 +98,14 @@ class BidiError(RuntimeError):
     pass
 
 
-class Firefox:
+class Firefox(BrowserDriver):
     """Headless Firefox with one tab, controlled over WebDriver BiDi. Use `async with Firefox() as b`."""
 
+    _transient = (BidiError,)  # evaluating while the page navigates
+    _exit_wait_s = 10.0
+
     def __init__(self, binary: str = FIREFOX, start_timeout_s: float = 40.0) -> None:
-        self.binary = binary
-        self.start_timeout_s = start_timeout_s
-        self._dir = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._next_id = 0
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        super().__init__(binary, start_timeout_s)
         self._context = ""
         self.version = ""
 
@@ -226,46 +219,8 @@ class Firefox:
         if not await self.wait_js(f"!!({ready_expression})", timeout):
             raise BidiError(f"page {url} did not become ready")
 
-    async def wait_js(self, expression: str, timeout: float, interval: float = 0.2) -> Any:
-        """Poll a JS expression until it is truthy; returns its last value (bounded by `timeout`)."""
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            with contextlib.suppress(BidiError):
-                value = await self.evaluate(expression)
-                if value:
-                    return value
-            await asyncio.sleep(interval)
-        return value
-
-    async def grab_frame_bgr(self) -> np.ndarray | None:
-        """The picture the page's video element shows, through a canvas (PNG), as BGR."""
-        url = await self.evaluate("window.streamproxy.grabFrame()")
-        if not url:
-            return None
-        png = base64.b64decode(url.split(",", 1)[1])
-        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-        return img
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self.send("browser.close", {}, timeout=5)
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._http is not None:
-            await self._http.close()
-        if self._proc is not None:
-            try:
-                await asyncio.to_thread(self._proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                await asyncio.to_thread(self._proc.wait, 5)
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+    async def _close_browser(self) -> None:
+        await self.send("browser.close", {}, timeout=5)
 
 
 @needs_firefox
