@@ -80,11 +80,46 @@ class BrowserDriver:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
+    _error: type[Exception] = RuntimeError  # what a protocol failure raises
+    _protocol = "connection"
+
     async def evaluate(self, expression: str, timeout: float = 30.0) -> Any:
         raise NotImplementedError
 
     async def _close_browser(self) -> None:
         raise NotImplementedError
+
+    def _on_event(self, data: dict[str, Any]) -> None:
+        """A message that answers no command (an event)."""
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return (Path(self._dir) / "stderr.log").read_text(errors="replace")[-n:]
+        return ""
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for msg in self._ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            fut = self._pending.pop(data.get("id", -1), None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+            else:
+                self._on_event(data)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(self._error(f"{self._protocol} closed"))
+
+    async def _exchange(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one command and wait for the message that answers it."""
+        assert self._ws is not None
+        self._next_id += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = fut
+        await self._ws.send_str(json.dumps({"id": self._next_id, "method": method, "params": params}))
+        return await asyncio.wait_for(fut, timeout)
 
     async def wait_js(self, expression: str, timeout: float, interval: float = 0.2) -> Any:
         """Poll a JS expression until it is truthy; returns its last value (bounded by `timeout`)."""
@@ -130,6 +165,9 @@ class BrowserDriver:
 
 class Chromium(BrowserDriver):
     """Headless Chromium with one page, controlled over CDP. Use `async with Chromium() as b`."""
+
+    _error = CdpError
+    _protocol = "DevTools connection"
 
     def __init__(self, binary: str = CHROMIUM, start_timeout_s: float = 30.0) -> None:
         super().__init__(binary, start_timeout_s)
@@ -185,34 +223,13 @@ class Chromium(BrowserDriver):
             await asyncio.sleep(0.1)
         raise CdpError(f"Chromium did not open its DevTools port: {self.stderr_tail()}")
 
-    def stderr_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return (Path(self._dir) / "stderr.log").read_text(errors="replace")[-2000:]
-        return ""
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            data = json.loads(msg.data)
-            fut = self._pending.pop(data.get("id", -1), None)
-            if fut is not None and not fut.done():
-                fut.set_result(data)
-            elif data.get("method") == "Runtime.consoleAPICalled":
-                args = data["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(CdpError("DevTools connection closed"))
+    def _on_event(self, data: dict[str, Any]) -> None:
+        if data.get("method") == "Runtime.consoleAPICalled":
+            args = data["params"].get("args", [])
+            self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
 
     async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        assert self._ws is not None
-        self._next_id += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = fut
-        await self._ws.send_str(json.dumps({"id": self._next_id, "method": method, "params": params or {}}))
-        data = await asyncio.wait_for(fut, timeout)
+        data = await self._exchange(method, params or {}, timeout)
         if "error" in data:
             raise CdpError(f"{method}: {data['error']}")
         result: dict[str, Any] = data.get("result", {})

@@ -21,7 +21,6 @@ The page and the proxy are unchanged: this is the browser's own decoder, not a s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -101,6 +100,8 @@ class BidiError(RuntimeError):
 class Firefox(BrowserDriver):
     """Headless Firefox with one tab, controlled over WebDriver BiDi. Use `async with Firefox() as b`."""
 
+    _error = BidiError
+    _protocol = "WebDriver BiDi connection"
     _transient = (BidiError,)  # evaluating while the page navigates
     _exit_wait_s = 10.0
 
@@ -163,31 +164,8 @@ class Firefox(BrowserDriver):
             await asyncio.sleep(0.1)
         raise BidiError(f"Firefox did not open its WebDriver BiDi port: {self.stderr_tail()}")
 
-    def stderr_tail(self, n: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return (Path(self._dir) / "stderr.log").read_text(errors="replace")[-n:]
-        return ""
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            data = json.loads(msg.data)
-            fut = self._pending.pop(data.get("id", -1), None)
-            if fut is not None and not fut.done():
-                fut.set_result(data)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(BidiError("WebDriver BiDi connection closed"))
-
     async def send(self, method: str, params: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        assert self._ws is not None
-        self._next_id += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = fut
-        await self._ws.send_str(json.dumps({"id": self._next_id, "method": method, "params": params}))
-        data = await asyncio.wait_for(fut, timeout)
+        data = await self._exchange(method, params, timeout)
         if data.get("type") == "error":
             raise BidiError(f"{method}: {data.get('error')}: {data.get('message')}")
         result: dict[str, Any] = data.get("result", {})
