@@ -536,6 +536,27 @@ def system_gst_available() -> str | None:
     return None
 
 
+def read_ready(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bool, bytes]:
+    """Read a server child's stdout until it prints a whole "READY <url>" line (True), exits or
+    times out (False). Returns what was read, which may go on past that line."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            if b"READY " in buf and b"\n" in buf[buf.index(b"READY ") :]:
+                return True, buf
+        elif proc.poll() is not None:
+            break
+    return False, buf
+
+
 class SimCameraError(RuntimeError):
     pass
 
@@ -671,22 +692,7 @@ class SimCamera:
         assert proc.stdout is not None and proc.stderr is not None
         err_reader = threading.Thread(target=self._drain, args=(proc.stderr, "stderr"), daemon=True)
         err_reader.start()
-        deadline = time.monotonic() + self.start_timeout_s
-        buf = b""
-        fd = proc.stdout.fileno()
-        ready = False
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.1)
-            if r:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-                if b"READY " in buf and b"\n" in buf[buf.index(b"READY ") :]:
-                    ready = True
-                    break
-            elif proc.poll() is not None:
-                break
+        ready, buf = read_ready(proc, self.start_timeout_s)
         if not ready:
             self.kill()
             tail = "\n".join(self._log_tail) or buf.decode(errors="replace")

@@ -46,11 +46,14 @@ LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
 # --- the app on its own loop ----------------------------------------------------------------------
 
 
-def make_config(url: str, model_dir: Path, users: list[dict[str, str]] | None = None) -> AppConfig:
+def make_config(
+    url: str, model_dir: Path, users: list[dict[str, str]] | None = None, **camera: Any
+) -> AppConfig:
+    """One camera "cam" (640x360 sims) on loopback; `camera` adds keys to its section."""
     base = random.randrange(20000, 60000, 2)  # the server scans the range for a free UDP pair
     return parse_config(
         {
-            "cameras": [{"name": "cam", "url": url}],
+            "cameras": [{"name": "cam", "url": url, **camera}],
             "server": {
                 "host": "127.0.0.1",
                 "rtsp_port": free_port(),

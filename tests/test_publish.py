@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import random
-import select
 import signal
 import subprocess
 import threading
@@ -28,9 +26,10 @@ import av
 import cv2
 import numpy as np
 import pytest
+from test_live_e2e import make_config
 
 from streamproxy.app import AppThread
-from streamproxy.camsim import SYSTEM_PYTHON, free_port, system_gst_available
+from streamproxy.camsim import SYSTEM_PYTHON, free_port, read_ready, system_gst_available
 from streamproxy.config import ConfigError, DetectorConfig, EncoderConfig, parse_config
 from streamproxy.encode import H264Encoder
 from streamproxy.publish import Publisher, _has_sps
@@ -83,23 +82,12 @@ class RecordServer:
         )
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
-        fd = proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and b"\n" not in buf:
-            r, _, _ = select.select([fd], [], [], 0.1)
-            if r:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-            elif proc.poll() is not None:
-                break
-        if not buf.startswith(b"READY "):
+        ready, buf = read_ready(proc, timeout)
+        if not ready:
             err = proc.stderr.read1(65536) if proc.poll() is not None else b""  # type: ignore[attr-defined]
             self.stop()
             raise RuntimeError(f"record server did not start: {buf!r} {err!r}")
-        rest = buf.split(b"\n", 1)[1]
+        rest = buf[buf.index(b"READY ") :].split(b"\n", 1)[1]
         for line in rest.decode().splitlines():
             self._line(line)
         self._threads = [
@@ -459,25 +447,6 @@ async def test_stalled_server_costs_only_the_publisher(
 # --- through the whole service --------------------------------------------------------------------------
 
 
-def _app_config(camera_url: str, publish_url: str, model_dir: Path) -> Any:
-    base = random.randrange(20000, 60000, 2)  # the RTSP server scans the range for a free UDP pair
-    return parse_config(
-        {
-            "cameras": [{"name": "cam", "url": camera_url, "publish_url": publish_url}],
-            "server": {
-                "host": "127.0.0.1",
-                "rtsp_port": free_port(),
-                "http_port": free_port(),
-                "rtp_port_min": base,
-                "rtp_port_max": base + 60,
-            },
-            "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
-            "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
-            "slate": {"width": 640, "height": 360},
-        }
-    )
-
-
 def _decode_frames(url: str, n: int, max_s: float) -> int:
     """Frames a PyAV viewer decodes from `url` within `max_s` (stops at `n`)."""
     got = 0
@@ -509,7 +478,7 @@ def test_app_publishes_only_anonymized_frames_and_survives_an_absent_server(
     caplog.set_level(logging.INFO, logger="streamproxy")
     sim = sim_camera_factory(width=640, height=360)
     rec = record_server_factory(start=False, dump=tmp_path / "published.i420", user=USER, password=PASSWORD)
-    host = AppThread(_app_config(sim.url, rec.url(USER, PASSWORD), model_dir))
+    host = AppThread(make_config(sim.url, model_dir, publish_url=rec.url(USER, PASSWORD)))
     app = host.start()
     pub = app.publishers["cam"]
     hub = app.hubs["cam"]
