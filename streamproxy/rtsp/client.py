@@ -406,37 +406,47 @@ class RtspClient:
     def _read_message(self, deadline: float, what: str) -> Response | tuple[int, bytes]:
         """The next RTSP response or interleaved packet (channel, bytes) from the TCP connection."""
         while True:
-            buf = self._buf
-            if buf[:1] == b"$":
-                if len(buf) >= 4:
-                    size = int.from_bytes(buf[2:4], "big")
-                    if len(buf) >= 4 + size:
-                        channel = buf[1]
-                        data = bytes(buf[4 : 4 + size])
-                        del buf[: 4 + size]
-                        return channel, data
-            elif buf:
-                if not buf.startswith(b"RTSP/") and not buf[:1].isalpha():
-                    # Not a message start: skip to one (a camera's stray bytes must not wedge us).
-                    idx = min((i for i in (buf.find(b"$"), buf.find(b"RTSP/")) if i > 0), default=len(buf))
-                    del buf[:idx]
-                    continue
-                end = buf.find(b"\r\n\r\n")
-                if end >= 0:
-                    head = bytes(buf[:end]).decode("utf-8", "replace")
-                    resp = _parse_head(head)
-                    length = int(resp.header("content-length") or "0")
-                    if length > MAX_MESSAGE_BYTES:
-                        raise ClientError("camera sent an oversized RTSP message")
-                    if len(buf) >= end + 4 + length:
-                        resp.body = bytes(buf[end + 4 : end + 4 + length])
-                        del buf[: end + 4 + length]
-                        if resp.status >= 0:
-                            return resp
-                        continue  # a request from the camera (e.g. ANNOUNCE): not needed, ignored
-                elif len(buf) > MAX_MESSAGE_BYTES:
-                    raise ClientError("camera sent an oversized RTSP message")
+            msg = self._take_message()
+            if msg is not None:
+                return msg
             self._fill(deadline, what)
+
+    def _take_message(self) -> Response | tuple[int, bytes] | None:
+        """A whole message from the front of the buffer, or None until more bytes have come."""
+        buf = self._buf
+        while buf:
+            if buf[:1] == b"$":
+                if len(buf) < 4:
+                    return None
+                size = int.from_bytes(buf[2:4], "big")
+                if len(buf) < 4 + size:
+                    return None
+                channel = buf[1]
+                data = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                return channel, data
+            if not buf.startswith(b"RTSP/") and not buf[:1].isalpha():
+                # Not a message start: skip to one (a camera's stray bytes must not wedge us).
+                idx = min((i for i in (buf.find(b"$"), buf.find(b"RTSP/")) if i > 0), default=len(buf))
+                del buf[:idx]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_MESSAGE_BYTES:
+                    raise ClientError("camera sent an oversized RTSP message")
+                return None
+            resp = _parse_head(bytes(buf[:end]).decode("utf-8", "replace"))
+            length = int(resp.header("content-length") or "0")
+            if length > MAX_MESSAGE_BYTES:
+                raise ClientError("camera sent an oversized RTSP message")
+            if len(buf) < end + 4 + length:
+                return None
+            resp.body = bytes(buf[end + 4 : end + 4 + length])
+            del buf[: end + 4 + length]
+            if resp.status >= 0:
+                return resp
+            # A request from the camera (e.g. ANNOUNCE): not needed, ignored.
+        return None
 
     def _transport_header(self) -> str:
         if self.transport == "tcp":
@@ -652,12 +662,5 @@ class AccessUnitIterator:
                 pass
         if c._sock in readable:
             c._fill(time.monotonic() + TICK_S, "keepalive")
-            while True:  # consume whole keepalive answers; leave a partial one in the buffer
-                end = c._buf.find(b"\r\n\r\n")
-                if end < 0:
-                    break
-                resp = _parse_head(bytes(c._buf[:end]).decode("utf-8", "replace"))
-                length = int(resp.header("content-length") or "0")
-                if len(c._buf) < end + 4 + length:
-                    break
-                del c._buf[: end + 4 + length]
+            while c._take_message() is not None:
+                pass  # keepalive answers: nothing to do with them
