@@ -48,7 +48,7 @@ _METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "of
 MAX_DETECT_EVERY = 6
 # Frames that may wait for the worker. Two absorb one slow frame (a detector run that a busy CPU
 # stretched) without losing the next; deeper only makes an overloaded camera spend its time on
-# frames that are already too old (measured: 3 halved the frame rate at 6 cameras).
+# frames that are already too old (measured with 3: 4 cameras lost none, but 6 fell to 21 fps).
 MAILBOX_FRAMES = 2
 MIN_INPUT_WIDTH = 480
 BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again for this long
@@ -58,19 +58,20 @@ BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again 
 class LatencyController:
     """Adapts detector cadence and resolution to keep the camera inside its budget and frame rate.
 
-    Two limits, checked once a second at most:
+    Three limits, checked once a second at most:
     * latency: p90 of proxy-added latency above 70 % of the budget;
     * throughput: the worker busy (mean engine + encode time per frame) above 85 % of the camera's
       frame interval, or a frame lost in the mailbox. On a shared CPU a busy worker is one bad
-      second away from dropping frames, which latency alone never shows.
-    Either one costs a step: the detector runs less often (the tracker predicts in between), then on a
-    smaller picture. A third limit is the longest frames: the 2-frame mailbox absorbs a frame that
-    takes up to two frame intervals, so when p95 of the per-frame work passes 1.75 intervals (detector
-    runs of several cameras colliding on the cores) the picture shrinks first, since running the
-    detector less often does not make one run shorter. A step back up needs a clear margin on both (p90 < 35 % of the budget, busy < 50 %
-    of the interval, no lost frame for 10 s), and a setting that overloaded the camera is not tried
-    again for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time
-    it steps up into the setting it just left.
+      second away from dropping frames, which latency alone never shows;
+    * long frames: p95 of the per-frame work above 1.75 frame intervals (the 2-frame mailbox
+      absorbs up to two), i.e. detector runs of several cameras colliding on the cores.
+    Each costs a step: the detector runs less often (the tracker predicts in between), then on a
+    smaller picture; for long frames on a worker not busy on average the picture shrinks first,
+    since running the detector less often does not make one run shorter. A step back up needs a
+    clear margin on all three (p90 < 35 % of the budget, busy < 50 % and p95 work < 100 % of the
+    interval, no lost frame for 10 s), and a setting that overloaded the camera is not tried again
+    for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time it
+    steps up into the setting it just left.
     """
 
     budget_ms: float
