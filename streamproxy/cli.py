@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, DetectorConfig, EngineConfig, default_model_dir, load_config
+from .config import AppConfig, ConfigError, DetectorConfig, EngineConfig, default_model_dir, load_config
 
 log = logging.getLogger("streamproxy")
 
@@ -136,7 +136,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"invalid config: {err}", file=sys.stderr)
         return 1
     print(f"{args.config}: ok, {len(cfg.cameras)} camera(s): {', '.join(c.name for c in cfg.cameras)}")
+    _warn_capacity(cfg)
     return 0
+
+
+def _warn_capacity(cfg: AppConfig) -> None:
+    """Warn when the cameras cannot all be carried at their privacy floor on this machine."""
+    import os
+
+    from .controller import USABLE_CPU_SHARE, camera_load
+
+    cams = [c for c in cfg.cameras if c.enabled]
+    loads = []
+    for cam in cams:
+        eng = cfg.engine_for(cam)
+        loads.append(
+            camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, eng.detector.input_width, cfg.budget_for(cam))
+        )
+    cores = os.cpu_count() or 1
+    need = sum(lo.core_share for lo in loads)
+    usable = cores * USABLE_CPU_SHARE
+    detail = ", ".join(f"{lo.name}: detector >= {lo.floor_width} px, every <= {lo.max_detect_every}" for lo in loads)
+    print(f"privacy floor (assuming 1280x720 at 25 fps per camera): {detail}")
+    print(f"estimated CPU at full frame rate: {need:.1f} of {cores} cores")
+    if need > usable:
+        fps = 25.0 * usable / need
+        print(
+            f"warning: the {len(loads)} camera(s) cannot all run at full frame rate at their privacy floor on "
+            f"{cores} cores (about {need:.1f} needed): expect about {fps:.0f} of 25 fps per camera, the rest "
+            "shed and counted as frames_dropped_total{reason=\"overload\"}. Use fewer cameras, a larger "
+            "privacy.min_face_px where faces are larger, or more cores.",
+            file=sys.stderr,
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -168,6 +168,32 @@ class EngineConfig(_Strict):
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
 
 
+class PrivacyConfig(_Strict):
+    """What a live camera must protect, whatever the load: the floor the latency controller never crosses.
+
+    From it follow the detector's smallest input width and the largest gap between detector runs
+    (see `privacy_floor` below and the README's "Privacy floor"). Under overload the proxy sheds
+    whole frames (counted as `overload`) instead of going below it.
+    """
+
+    min_face_px: float = Field(
+        13.0,
+        ge=4.0,
+        le=400.0,
+        description="Smallest face (width in the camera's pixels) that must be masked. Sets the "
+        "detector's smallest input width: frame width x 13 / min_face_px (YuNet finds faces from "
+        "about 13 px of its input; measured), rounded up to 32.",
+    )
+    max_unmasked_frames: int = Field(
+        0,
+        ge=0,
+        le=30,
+        description="Frames a newly visible face may stay unmasked before the detector has looked. 0: "
+        "every frame waits (inside the latency budget) for a detector run on itself or a later frame, "
+        "and a face first found there is masked back along its path in the frames that waited.",
+    )
+
+
 Transport = Literal["tcp", "udp", "auto"]
 
 
@@ -183,6 +209,7 @@ class CameraConfig(_Strict):
     obfuscation: ObfuscationConfig | None = Field(None, description="Per-camera obfuscation override.")
     tracker: TrackerConfig | None = Field(None, description="Per-camera tracker override.")
     detect_every: int | None = Field(None, ge=1, le=30, description="Per-camera detector cadence override.")
+    privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor override.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
     publish_url: str | None = Field(
         None,
@@ -275,6 +302,7 @@ class AppConfig(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig())
+    privacy: PrivacyConfig = Field(default_factory=lambda: PrivacyConfig())
     encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig())
     slate: SlateConfig = Field(default_factory=lambda: SlateConfig())
     latency_budget_ms: float = Field(
@@ -306,6 +334,9 @@ class AppConfig(_Strict):
             upd["detect_every"] = cam.detect_every
         upd["privacy_zones"] = [*self.engine.privacy_zones, *cam.privacy_zones]
         return self.engine.model_copy(update=upd)
+
+    def privacy_for(self, cam: CameraConfig) -> PrivacyConfig:
+        return cam.privacy if cam.privacy is not None else self.privacy
 
     def budget_for(self, cam: CameraConfig) -> float:
         return cam.latency_budget_ms if cam.latency_budget_ms is not None else self.latency_budget_ms

@@ -3,9 +3,22 @@
 Used by every output: bulk files (anonymize.py), live RTSP/WebRTC (pipeline.py). One Anonymizer per
 stream; it is not thread-safe and is driven from one worker thread at a time.
 
-Fail closed: the only way a frame leaves `process_frame` with faces unmasked is a face the detector
-and the tracker both missed. Any failure of the detector (exception, missing model) makes the engine
-obfuscate the whole frame, or drop it, and count it — until the detector succeeds again.
+Fail closed: the only way a frame leaves `process_frame` or `push` with faces unmasked is a face the
+detector and the tracker both missed. Any failure of the detector (exception, missing model) makes
+the engine obfuscate the whole frame, or drop it, and count it — until the detector succeeds again.
+
+Two ways in, one per kind of caller:
+* `process_frame`: one frame in, one out; the detector runs on every `detect_every`-th frame and the
+  tracker predicts in between (bulk mode, where time is no object, runs it on every frame);
+* `push` / `flush` (live): look-ahead. A frame the detector does not run on waits for the next run,
+  on a later frame; a face first found there is masked back along its path in the frames that
+  waited, and a face seen at both runs is masked where it was between them (interpolated). So a
+  face is masked from the first frame in which it is visible even though the detector runs only on
+  every k-th frame: the price is latency (k-1 frame intervals at most, inside the budget), not
+  privacy. Why look-ahead and not a change map (detector on regions that changed since the last
+  run): a change map finds new regions only on a still camera. The shared street clip is filmed from
+  a moving bus, where every pixel changes every frame, and a PTZ camera or a camera in the wind is
+  no better: the map would call for the whole frame all the time.
 """
 
 from __future__ import annotations
@@ -28,9 +41,39 @@ from .obfuscate import (
     planes_from_yuv420,
 )
 from .track import Tracker
-from .types import AnonymizedFrame, Detection, Plane, Planes, Track
+from .types import AnonymizedFrame, Box, Detection, Plane, Planes, Track
 
 log = logging.getLogger(__name__)
+
+# Look-ahead masks for the frames that waited for a detector run (see the module docstring).
+# A face first found at the run: where it was before is unknown, so its mask grows backwards in time
+# by up to this many face widths per second on each side (the tracker's largest believable speed:
+# a walker crossing the view), at most BACKFILL_MAX_FACES.
+BACKFILL_FACES_PER_S = 8.0
+BACKFILL_MAX_FACES = 2.0
+# A face seen at both runs: its mask is interpolated between the two, plus this margin per side
+# (face widths) for a path that was not straight.
+INTERP_MARGIN_FACES = 0.15
+
+
+@dataclass(slots=True)
+class _Held:
+    """A frame waiting for the next detector run, with the tracker's prediction for it."""
+
+    frame: av.VideoFrame
+    t: float
+    decoded_at: float
+    masks: list[Box]
+
+
+def _grown(box: Box, side: float) -> Box:
+    return Box(box.x1 - side, box.y1 - side, box.x2 + side, box.y2 + side)
+
+
+def _lerp(a: Box, b: Box, f: float) -> Box:
+    return Box(
+        a.x1 + (b.x1 - a.x1) * f, a.y1 + (b.y1 - a.y1) * f, a.x2 + (b.x2 - a.x2) * f, a.y2 + (b.y2 - a.y2) * f
+    )
 
 
 @dataclass
@@ -64,6 +107,13 @@ class Anonymizer:
         self.detector: FaceDetector | None = detector
         self.detector_error: str = ""
         self.active_tracks = 0
+        # Look-ahead (push/flush): frames waiting for the next detector run, frames since the last
+        # run (None before the first), and the masks of the last run by track id (interpolation).
+        self.max_unmasked_frames = 0
+        self._held: list[_Held] = []
+        self._since_run: int | None = None
+        self._run_masks: dict[int, Box] = {}
+        self._run_t: float | None = None
         if self.detector is None:
             try:
                 self.detector = create_detector(cfg.detector)
@@ -146,6 +196,118 @@ class Anonymizer:
             detector_ms=ms,
             fail_closed=False,
         )
+
+    # --- live: look-ahead -------------------------------------------------------------------
+
+    def configure(self, detect_every: int, input_width: int | None = None) -> None:
+        """The latency controller's settings: detector cadence and input width (the floor is the
+        controller's business; the engine does what it is told)."""
+        self.detect_every = max(1, detect_every)
+        if input_width is not None and self.detector is not None:
+            self.detector.input_width = input_width
+
+    @property
+    def held(self) -> int:
+        """Frames waiting for the next detector run."""
+        return len(self._held)
+
+    @property
+    def oldest_held_at(self) -> float | None:
+        """`decoded_at` of the oldest waiting frame (its deadline is the caller's business)."""
+        return self._held[0].decoded_at if self._held else None
+
+    def push(self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[AnonymizedFrame]:
+        """Live path: take one frame; return the frames that may leave now, in order (often none).
+
+        A frame the detector does not run on waits for the next run (or leaves on the tracker's
+        prediction alone when it is within `max_unmasked_frames` of the last run). The detector runs
+        when the cadence says so, and on every frame while it is failing or missing.
+        """
+        out: list[AnonymizedFrame] = []
+        if self._held and (self._held[0].frame.width, self._held[0].frame.height) != (frame.width, frame.height):
+            out += self.flush()  # a new size resets the tracker: finish the old size's frames first
+        self.stats.frames += 1
+        every = max(1, self.detect_every)
+        if self._since_run is None:
+            # Cameras of one process are spread over the cadence cycle (detect_phase): the first
+            # run of this one comes this many frames late.
+            self._since_run = every - 1 - int(self.detect_phase * every) % every
+        due = self._since_run + 1 >= every
+        if due or self.detector is None or self._detector_failing:
+            return out + self._run_on(frame, t, decoded_at)
+        self._since_run += 1
+        masks = [tr.mask for tr in self._masks(None, t, frame.width, frame.height)]
+        if self._since_run <= self.max_unmasked_frames:
+            out.append(self._finish(frame, decoded_at, masks))
+        else:
+            self._held.append(_Held(frame, t, decoded_at, masks))
+        return out
+
+    def flush(self) -> list[AnonymizedFrame]:
+        """Run the detector now, on the newest waiting frame, and release every waiting frame.
+
+        For a deadline (the oldest would leave late), a camera that stopped sending, or shutdown."""
+        if not self._held:
+            return []
+        last = self._held.pop()
+        return self._run_on(last.frame, last.t, last.decoded_at)
+
+    def _run_on(self, frame: av.VideoFrame, t: float, decoded_at: float) -> list[AnonymizedFrame]:
+        """Detector on `frame`; then it and every frame waiting before it leave, masked."""
+        self._since_run = 0
+        held, self._held = self._held, []
+        dets, ms, reason = self._detect(True, frame, None)
+        if reason:
+            out = [self._fail_frame(h.frame, h.decoded_at, 0.0, reason) for h in held]
+            return [*out, self._fail_frame(frame, decoded_at, ms, reason)]
+        tracks = self._masks(dets, t, frame.width, frame.height)
+        out = [self._finish(h.frame, h.decoded_at, h.masks + self._backfill(h.t, tracks, t)) for h in held]
+        self._remember_run(tracks, t)
+        out.append(
+            self._finish(frame, decoded_at, [tr.mask for tr in tracks], faces=len(dets or []), ran=True, ms=ms)
+        )
+        return out
+
+    def _backfill(self, t_frame: float, tracks: list[Track], t_run: float) -> list[Box]:
+        """Masks for a frame that waited, from the detections of the run after it."""
+        boxes: list[Box] = []
+        span = t_run - self._run_t if self._run_t is not None else 0.0
+        for tr in tracks:
+            size = max(tr.box.width, tr.box.height, 1.0)
+            before = self._run_masks.get(tr.track_id)
+            if before is not None and span > 1e-6 and self._run_t is not None:
+                f = min(1.0, max(0.0, (t_frame - self._run_t) / span))
+                boxes.append(_grown(_lerp(before, tr.mask, f), INTERP_MARGIN_FACES * size))
+            else:
+                back = max(0.0, t_run - t_frame)
+                boxes.append(_grown(tr.mask, min(BACKFILL_FACES_PER_S * back, BACKFILL_MAX_FACES) * size))
+        return boxes
+
+    def _remember_run(self, tracks: list[Track], t: float) -> None:
+        self._run_masks = {tr.track_id: tr.mask for tr in tracks}
+        self._run_t = t
+
+    def _finish(
+        self,
+        frame: av.VideoFrame,
+        decoded_at: float,
+        masks: list[Box],
+        faces: int = 0,
+        ran: bool = False,
+        ms: float = 0.0,
+    ) -> AnonymizedFrame:
+        planes, buf = planes_from_yuv420(frame)
+        fill_zones(planes, self.cfg.privacy_zones)
+        w, h = frame.width, frame.height
+        obfuscate(planes, [m.clipped(w, h) for m in masks], self.cfg.obfuscation)
+        return AnonymizedFrame(frame_from_planes(buf, frame), decoded_at, faces, len(masks), ran, ms, False)
+
+    def _fail_frame(self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: str) -> AnonymizedFrame:
+        planes, buf = planes_from_yuv420(frame)
+        fill_zones(planes, self.cfg.privacy_zones)
+        drop = self._fail_closed(planes, reason)
+        out = None if drop else frame_from_planes(buf, frame)
+        return AnonymizedFrame(out, decoded_at, 0, 0, True, ms, True, reason)
 
     def process_image(self, img: np.ndarray) -> tuple[np.ndarray | None, int, bool]:
         """Anonymize a still image (BGR, BGRA or grey, uint8) in place of a copy.

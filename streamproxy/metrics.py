@@ -43,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - prometheus_client < 0.18
     pass
 
-DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "queue_full"]
+DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "queue_full", "overload"]
 FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
 Protocol = Literal["rtsp", "webrtc"]  # viewers
 OutProtocol = Literal["rtsp", "webrtc", "publish"]  # where bytes go: viewers, or the publish_url server
@@ -85,7 +85,8 @@ FRAMES_DROPPED = Counter(
     "streamproxy_frames_dropped",
     "Frames that never left, by reason: latency_budget (too late to be useful), fail_closed "
     "(detection failed and fail_closed.action=drop), slow_viewer (a viewer's buffer overflowed; "
-    "counted per viewer), encoder (encode error), queue_full (a stage queue was full).",
+    "counted per viewer), encoder (encode error), queue_full (a stage queue was full), overload "
+    "(shed on purpose: the camera cannot be carried at its privacy floor).",
     ["camera", "reason"],
 )
 ADDED_LATENCY = Histogram(
@@ -109,6 +110,17 @@ DETECTOR_CADENCE = Gauge(
 DETECTOR_INPUT_WIDTH = Gauge(
     "streamproxy_detector_input_width",
     "Width in pixels the frame is resized to for detection; lower = faster, fewer small faces found.",
+    ["camera"],
+)
+DETECTOR_MIN_INPUT_WIDTH = Gauge(
+    "streamproxy_detector_min_input_width",
+    "The privacy floor: the detector's input width never goes below this (from privacy.min_face_px).",
+    ["camera"],
+)
+OVERLOADED = Gauge(
+    "streamproxy_overloaded",
+    "1 while the camera cannot be carried at its privacy floor and frames are shed "
+    "(frames_dropped_total{reason=\"overload\"}); the output frame rate is then below the camera's.",
     ["camera"],
 )
 FACES_DETECTED = Counter(
@@ -193,6 +205,8 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_detector_seconds",
     "streamproxy_detector_cadence",
     "streamproxy_detector_input_width",
+    "streamproxy_detector_min_input_width",
+    "streamproxy_overloaded",
     "streamproxy_faces_detected_total",
     "streamproxy_faces_masked",
     "streamproxy_tracks_active",
@@ -216,6 +230,8 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     DETECTOR_SECONDS,
     DETECTOR_CADENCE,
     DETECTOR_INPUT_WIDTH,
+    DETECTOR_MIN_INPUT_WIDTH,
+    OVERLOADED,
     FACES_DETECTED,
     FACES_MASKED,
     TRACKS_ACTIVE,
@@ -296,6 +312,8 @@ class CameraMetrics:
         self.detector_seconds = DETECTOR_SECONDS.labels(camera=camera)
         self.detector_cadence = DETECTOR_CADENCE.labels(camera=camera)
         self.detector_input_width = DETECTOR_INPUT_WIDTH.labels(camera=camera)
+        self.floor_width = DETECTOR_MIN_INPUT_WIDTH.labels(camera=camera)
+        self.overloaded = OVERLOADED.labels(camera=camera)
         self.faces_detected = FACES_DETECTED.labels(camera=camera)
         self.faces_masked = FACES_MASKED.labels(camera=camera)
         self.tracks_active = TRACKS_ACTIVE.labels(camera=camera)

@@ -6,8 +6,11 @@
       └─ loop.call_soon_threadsafe hub.publish(packet) on the event loop → RTSP / WebRTC viewers
 
 The latency budget bounds proxy-added latency: from a frame leaving the decoder to its packets
-being handed to viewers. The controller stays inside it by running the detector less often, then
-at lower resolution, and finally by dropping frames — never by letting a frame skip the engine.
+being handed to viewers. Frames the detector does not run on wait in the engine (look-ahead) for the
+next run, which comes by the cadence or, at the latest, when the oldest waiting frame would
+otherwise leave late. The controller (controller.py) stays inside the budget by running the
+detector less often, then at lower resolution, down to the privacy floor and never below it, and
+finally by shedding whole frames — never by letting a frame skip the engine.
 While the camera is down the worker publishes a slate ("camera offline") so viewers stay connected.
 """
 
@@ -21,7 +24,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -29,6 +32,7 @@ import cv2
 import numpy as np
 
 from .config import AppConfig, CameraConfig
+from .controller import FrameShedder, LatencyController, PrivacyFloor, hold_frames_allowed, privacy_floor
 from .encode import H264Encoder
 from .engine import Anonymizer
 from .source import CameraSource
@@ -43,114 +47,10 @@ log = logging.getLogger(__name__)
 # Ingest states -> the camera_state metric's states.
 _METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
 
-# The controller's steps. Cadence first (the tracker predicts in between, faces stay masked), then
-# resolution (small faces are the first to go), then dropping frames.
-MAX_DETECT_EVERY = 6
 # Frames that may wait for the worker. Two absorb one slow frame (a detector run that a busy CPU
 # stretched) without losing the next; deeper only makes an overloaded camera spend its time on
 # frames that are already too old (measured with 3: 4 cameras lost none, but 6 fell to 21 fps).
 MAILBOX_FRAMES = 2
-MIN_INPUT_WIDTH = 480
-BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again for this long
-
-
-@dataclass
-class LatencyController:
-    """Adapts detector cadence and resolution to keep the camera inside its budget and frame rate.
-
-    Three limits, checked once a second at most:
-    * latency: p90 of proxy-added latency above 70 % of the budget;
-    * throughput: the worker busy (mean engine + encode time per frame) above 85 % of the camera's
-      frame interval, or a frame lost in the mailbox. On a shared CPU a busy worker is one bad
-      second away from dropping frames, which latency alone never shows;
-    * long frames: p95 of the per-frame work above 1.75 frame intervals (the 2-frame mailbox
-      absorbs up to two), i.e. detector runs of several cameras colliding on the cores.
-    Each costs a step: the detector runs less often (the tracker predicts in between), then on a
-    smaller picture; for long frames on a worker not busy on average the picture shrinks first,
-    since running the detector less often does not make one run shorter. A step back up needs a
-    clear margin on all three (p90 < 35 % of the budget, busy < 50 % and p95 work < 100 % of the
-    interval, no lost frame for 10 s), and a setting that overloaded the camera is not tried again
-    for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time it
-    steps up into the setting it just left.
-    """
-
-    budget_ms: float
-    detect_every: int
-    input_width: int
-    max_input_width: int
-    base_detect_every: int
-    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    _work: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    _last_change: float = 0.0
-    _bad_until: dict[tuple[int, int], float] = field(default_factory=dict)
-
-    def dropped(self, now: float) -> None:
-        """A frame was overwritten in the mailbox: the worker is slower than the camera."""
-        self._drops.append(now)
-
-    def observe(
-        self,
-        latency_ms: float,
-        now: float,
-        work_ms: float = 0.0,
-        interval_ms: float = 40.0,
-        frame_work_ms: float = 0.0,
-    ) -> bool:
-        """Record one frame: its added latency, the worker's mean work per frame and this frame's own
-        work. True when the settings changed."""
-        self._recent.append(latency_ms)
-        self._work.append(frame_work_ms)
-        if len(self._recent) < 10 or now - self._last_change < 1.0:
-            return False
-        ordered = sorted(self._recent)
-        p90 = ordered[int(len(ordered) * 0.9) - 1]
-        works = sorted(self._work)
-        p95_work = works[int(len(works) * 0.95) - 1]
-        spiky = p95_work > 1.75 * interval_ms
-        drops = tuple(self._drops)  # appended by the ingest thread
-        # Only losses under the current setting count against it (one loss, one step).
-        dropped_recently = any(now - t < 2.0 and t >= self._last_change for t in drops)
-        busy = work_ms > 0.85 * interval_ms
-        overloaded = busy or dropped_recently
-        changed = False
-        if p90 > 0.7 * self.budget_ms or overloaded or spiky:
-            if overloaded or spiky:
-                self._bad_until[self.setting] = now + BAD_SETTING_S
-            # Long frames on a worker that is not busy on average: shorten the detector run. A worker
-            # busy on average (the CPU is simply short) needs fewer detector runs first.
-            if spiky and not busy and self.input_width > MIN_INPUT_WIDTH:
-                self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
-                changed = True
-            elif self.detect_every < MAX_DETECT_EVERY:
-                self.detect_every += 1
-                changed = True
-            elif self.input_width > MIN_INPUT_WIDTH:
-                self.input_width = max(MIN_INPUT_WIDTH, int(self.input_width * 0.75) // 32 * 32)
-                changed = True
-        elif (
-            p90 < 0.35 * self.budget_ms
-            and work_ms < 0.5 * interval_ms
-            and p95_work < interval_ms
-            and not any(now - t < 10.0 for t in drops)
-        ):
-            step: tuple[int, int] | None = None
-            if self.input_width < self.max_input_width:
-                step = (self.detect_every, min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32))
-            elif self.detect_every > self.base_detect_every:
-                step = (self.detect_every - 1, self.input_width)
-            if step is not None and self._bad_until.get(step, 0.0) <= now:
-                self.detect_every, self.input_width = step
-                changed = True
-        if changed:
-            self._last_change = now
-            self._recent.clear()
-            self._work.clear()
-        return changed
-
-    @property
-    def setting(self) -> tuple[int, int]:
-        return (self.detect_every, self.input_width)
 
 
 class LatencyStats:
@@ -219,6 +119,13 @@ class CameraPipeline:
             max_input_width=engine_cfg.detector.input_width,
             base_detect_every=engine_cfg.detect_every,
         )
+        self.privacy = cfg.privacy_for(cam)
+        self.engine.max_unmasked_frames = self.privacy.max_unmasked_frames
+        self.floor: PrivacyFloor | None = None  # known once the camera's frame size is
+        self._floor_side = 0
+        self._shedder = FrameShedder()
+        self._run_ms = 25.0  # recent detector run time, planned for when frames wait for the next run
+        self._hold_checked = 0.0
         self.latency = LatencyStats()
         self.source = CameraSource(
             cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=self._on_frame, on_state=self._on_state
@@ -237,7 +144,13 @@ class CameraPipeline:
         self.state = "connecting"
         self.frames_in = 0
         self.frames_out = 0
-        self.dropped: dict[str, int] = {"latency_budget": 0, "fail_closed": 0, "queue_full": 0, "encoder": 0}
+        self.dropped: dict[str, int] = {
+            "latency_budget": 0,
+            "fail_closed": 0,
+            "queue_full": 0,
+            "encoder": 0,
+            "overload": 0,
+        }
         self.fail_closed_frames = 0
         self.faces_now = 0
         self.tracks_now = 0
@@ -270,8 +183,15 @@ class CameraPipeline:
     def _on_frame(self, df: DecodedFrame) -> None:
         self.frames_in += 1
         self._fps_in.tick(df.decoded_at)
+        # The camera's rate from every frame it sent, before any is shed (shedding must not make
+        # the camera look slower, or the controller would plan with a longer frame interval).
+        self._track_fps(df)
         if self.metrics:
             self.metrics.frame_in(df.decoded_at)
+        if not self._shedder.keep(self.controller.keep_ratio):
+            # Overload at the privacy floor: whole frames are shed, evenly, before any work.
+            self._count_drop("overload")
+            return
         try:
             self._mailbox.put_nowait(df)
         except queue.Full:
@@ -309,40 +229,95 @@ class CameraPipeline:
         # at once: an encoder for a slate size that the camera's first frame would replace is waste.
         self._last_live = time.monotonic()
         while not self._stop.is_set():
+            timeout = min(0.1, slate_period)
+            deadline = self._hold_deadline()
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
             try:
-                df = self._mailbox.get(timeout=min(0.1, slate_period))
+                df = self._mailbox.get(timeout=timeout)
             except queue.Empty:
                 now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    # The next frame is late (or the camera stopped): the detector runs now, on the
+                    # newest waiting frame, so that the oldest still leaves inside the budget.
+                    self._guarded(self._flush_held, now)
+                    continue
                 # No frames for a while (camera down, stalled, or never seen): keep viewers attached.
                 if now - self._last_live > max(1.0, 3 / self._fps) and now >= next_slate:
                     next_slate = now + slate_period
                     self._publish_slate(now)
                 continue
-            try:
-                self._process(df)
-            except Exception:
-                # Nothing may crash the camera's worker; the frame is lost (never sent raw).
-                log.exception("%s: frame processing failed; frame dropped", self.name)
-                self._count_drop("encoder")
+            self._guarded(self._process, df)
+        # Shutdown: frames still waiting are not sent (viewers are leaving); nothing leaves raw.
+
+    def _guarded(self, step: Callable[[Any], None], arg: Any) -> None:
+        try:
+            step(arg)
+        except Exception:
+            # Nothing may crash the camera's worker; the frame is lost (never sent raw).
+            log.exception("%s: frame processing failed; frame dropped", self.name)
+            self._count_drop("encoder")
+
+    def _flush_held(self, now: float) -> None:
+        self._release(self.engine.flush(), now)
+
+    def _hold_deadline(self) -> float | None:
+        """When the oldest waiting frame must go to the detector to leave inside the budget."""
+        oldest = self.engine.oldest_held_at
+        if oldest is None:
+            return None
+        reserve_ms = self._run_ms + self._encode_ms * (self.engine.held + 1) + 0.1 * self.budget_ms
+        return oldest + max(0.0, self.budget_ms - reserve_ms) / 1000
 
     def _process(self, df: DecodedFrame) -> None:
         self._last_live = time.monotonic()
         frame = df.frame
-        self._track_fps(df)
+        self._check_floor(frame.width, frame.height)
         # A frame that is already too old to make the budget is dropped, not rushed out unmasked;
-        # and dropped before any work is spent on it when the usual work would make it late: under
-        # overload, work on frames that end up dropped anyway is what starves the others.
+        # and dropped before any work is spent on it when a detector run and an encode would make it
+        # late: under overload, work on frames that end up dropped anyway is what starves the others.
         started = time.monotonic()
         waited_ms = (started - df.decoded_at) * 1000
-        if waited_ms + self._work_ms > self.budget_ms:
+        if waited_ms + self._run_ms + self._encode_ms > self.budget_ms:
             self._count_drop("latency_budget")
+            self.controller.dropped(started)
+            # The estimate is only refreshed by runs: let it decay, so that one slow run (or a
+            # detector slower than the budget) cannot make every later frame look hopeless forever.
+            self._run_ms *= 0.9
             return
-        self.engine.detect_every = self.controller.detect_every
-        if self.engine.detector is not None:
-            self.engine.detector.input_width = self.controller.input_width
+        self.engine.configure(self.controller.detect_every, self.controller.input_width)
         t = df.pts_seconds if df.pts_seconds is not None else df.decoded_at
-        res: AnonymizedFrame = self.engine.process_frame(frame, t, decoded_at=df.decoded_at)
-        self.faces_now = res.faces if res.detector_ran else self.faces_now
+        self._release(self.engine.push(frame, t, decoded_at=df.decoded_at), started)
+
+    def _release(self, results: list[AnonymizedFrame], started: float) -> None:
+        """Count, encode and publish the frames the engine let out (in order), then adapt."""
+        oldest_ms = 0.0
+        for res in results:
+            self._account(res)
+            if res.frame is None:
+                self._count_drop("fail_closed")
+                continue
+            elapsed_ms = (time.monotonic() - res.decoded_at) * 1000
+            if elapsed_ms + self._encode_ms > self.budget_ms:
+                # Detection was too slow for this frame: it is anonymized but would leave late
+                # (encoding still to come); late frames are dropped.
+                self._count_drop("latency_budget")
+                oldest_ms = max(oldest_ms, elapsed_ms)
+                continue
+            self._encode_publish(res.frame, res.decoded_at)
+            oldest_ms = max(oldest_ms, (time.monotonic() - res.decoded_at) * 1000)
+        done = time.monotonic()
+        work_ms = (done - started) * 1000
+        # Mean work per input frame: a push that only queued the frame costs a tracker prediction,
+        # the one that ran the detector costs the run and the encodes of every frame that waited.
+        self._work_ms = 0.9 * self._work_ms + 0.1 * work_ms
+        if results:
+            self._adapt(oldest_ms, work_ms)
+
+    def _account(self, res: AnonymizedFrame) -> None:
+        if res.detector_ran and not res.fail_closed:
+            self._run_ms = 0.8 * self._run_ms + 0.2 * res.detector_ms
+            self.faces_now = res.faces
         self.tracks_now = res.tracks
         if self.metrics:
             m = self.metrics
@@ -356,20 +331,35 @@ class CameraPipeline:
                 m.fail_closed_frame(res.fail_reason)  # type: ignore[arg-type]
         if res.fail_closed:
             self.fail_closed_frames += 1
-        if res.frame is None:
-            self._count_drop("fail_closed")
+
+    def _check_floor(self, width: int, height: int) -> None:
+        """The privacy floor for this frame size; the frames waiting for a run within the budget."""
+        side = max(width, height)
+        now = time.monotonic()
+        if side == self._floor_side and now - self._hold_checked < 1.0:
             return
-        elapsed_ms = (time.monotonic() - df.decoded_at) * 1000
-        if elapsed_ms + self._encode_ms > self.budget_ms:
-            # Detection was too slow for this frame: it is anonymized but would leave late (encoding
-            # still to come); late frames are dropped.
-            self._count_drop("latency_budget")
-            self._adapt(elapsed_ms, elapsed_ms)
-            return
-        self._encode_publish(res.frame, df.decoded_at)
-        done = time.monotonic()
-        self._work_ms = 0.9 * self._work_ms + 0.1 * (done - started) * 1000
-        self._adapt((done - df.decoded_at) * 1000, (done - started) * 1000)
+        self._hold_checked = now
+        floor = privacy_floor(self.privacy, self.engine.cfg.detector.model, side)
+        hold = hold_frames_allowed(self.budget_ms, 1000.0 / self._fps, self._run_ms, self._encode_ms)
+        max_every = floor.max_detect_every(hold)
+        if side != self._floor_side:
+            self._floor_side = side
+            self.floor = floor
+            configured = self.engine.cfg.detector.input_width
+            if configured < floor.min_input_width:
+                log.warning(
+                    "%s: detector.input_width %d is below the privacy floor for %dx%d frames "
+                    "(faces >= %g px need >= %d); using %d",
+                    self.name, configured, width, height, floor.min_face_px, floor.min_input_width,
+                    floor.min_input_width,
+                )  # fmt: skip
+            log.info(
+                "%s: privacy floor: detector input >= %d px (faces >= %g px), detector gap <= %d frame(s)",
+                self.name, floor.min_input_width, floor.min_face_px, max_every,
+            )  # fmt: skip
+        self.controller.set_floor(floor.min_input_width, max_every)
+        if self.metrics:
+            self.metrics.floor_width.set(floor.min_input_width)
 
     def _track_fps(self, df: DecodedFrame) -> None:
         """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
@@ -384,13 +374,24 @@ class CameraPipeline:
         self._last_pts_s = df.pts_seconds
 
     def _adapt(self, ms: float, frame_work_ms: float) -> None:
-        if self.controller.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps, frame_work_ms):
+        c = self.controller
+        was_overloaded = c.overloaded
+        if not c.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps, frame_work_ms):
+            return
+        if c.overloaded:
+            log.warning(
+                "%s: overloaded at the privacy floor: shedding frames, keeping %.0f%% (about %.1f of %.1f fps); "
+                "detect every %d frame(s) at width %d",
+                self.name, c.keep_ratio * 100, c.keep_ratio * self._fps, self._fps, c.detect_every, c.input_width,
+            )  # fmt: skip
+        else:
+            if was_overloaded:
+                log.warning("%s: no longer overloaded: every frame kept", self.name)
             log.info(
-                "%s: latency controller: detect every %d frame(s) at width %d",
-                self.name,
-                self.controller.detect_every,
-                self.controller.input_width,
+                "%s: latency controller: detect every %d frame(s) at width %d", self.name, c.detect_every, c.input_width
             )
+        if self.metrics:
+            self.metrics.overloaded.set(1 if c.overloaded else 0)
 
     def _ensure_encoder(self, width: int, height: int) -> H264Encoder:
         if self._encoder is None or self._encoder_size != (width, height):
@@ -440,11 +441,14 @@ class CameraPipeline:
     def snapshot(self) -> dict[str, Any]:
         p50 = self.latency.percentile(0.5)
         p99 = self.latency.percentile(0.99)
+        c = self.controller
+        floor = self.floor
         return {
             "name": self.name,
             "state": self.state,
             "fps_in": round(self._fps_in.rate, 2),
             "fps_out": round(self._fps_out.rate, 2),
+            "fps_camera": round(self._fps, 2),
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "dropped": dict(self.dropped),
@@ -452,11 +456,25 @@ class CameraPipeline:
             "faces": self.faces_now,
             "tracks": self.tracks_now,
             "latency_ms": {"p50": _r(p50), "p99": _r(p99), "budget": self.budget_ms},
+            # Overloaded: the camera cannot be carried at the privacy floor, so frames are shed.
+            "overloaded": c.overloaded,
+            "keep_ratio": c.keep_ratio,
             "detector": {
                 "model": self.engine.cfg.detector.model,
-                "detect_every": self.controller.detect_every,
-                "input_width": self.controller.input_width,
+                "detect_every": c.detect_every,
+                "input_width": c.input_width,
+                "max_detect_every": c.max_detect_every,
+                "min_input_width": c.min_input_width,
+                "keep_ratio": c.keep_ratio,
                 "error": self.engine.detector_error or None,
+            },
+            "privacy_floor": None
+            if floor is None
+            else {
+                "min_face_px": floor.min_face_px,
+                "min_input_width": floor.min_input_width,
+                "max_unmasked_frames": floor.max_unmasked_frames,
+                "max_detect_every": c.max_detect_every,
             },
             "resolution": list(self._encoder_size) if self._encoder_size else None,
             "viewers": {"rtsp": self.hub.viewers("rtsp"), "webrtc": self.hub.viewers("webrtc")},

@@ -1,30 +1,102 @@
-"""The latency controller's decisions (pure logic, simulated clock)."""
+"""The privacy floor's arithmetic and the latency controller's decisions (pure logic, simulated clock)."""
 
 from __future__ import annotations
 
-from streamproxy.pipeline import BAD_SETTING_S, MAX_DETECT_EVERY, MIN_INPUT_WIDTH, LatencyController
+import pytest
+
+from streamproxy.config import PrivacyConfig
+from streamproxy.controller import (
+    BAD_SETTING_S,
+    MAX_DETECT_EVERY,
+    MIN_KEEP,
+    FrameShedder,
+    LatencyController,
+    hold_frames_allowed,
+    privacy_floor,
+)
+
+FLOOR = 1280
 
 
-def controller(detect_every: int = 1, width: int = 1280) -> LatencyController:
+def controller(detect_every: int = 1, width: int = 1280, floor: int = 640, max_every: int = 3) -> LatencyController:
     return LatencyController(
-        budget_ms=150, detect_every=detect_every, input_width=width, max_input_width=width, base_detect_every=1
+        budget_ms=150,
+        detect_every=detect_every,
+        input_width=width,
+        max_input_width=width,
+        base_detect_every=1,
+        min_input_width=floor,
+        max_detect_every=max_every,
     )
 
 
 def run(c: LatencyController, t0: float, seconds: float, latency_ms: float, work_ms: float) -> float:
-    """Feed 25 fps of observations; returns the time reached."""
+    """Feed 25 fps of observations; returns the time reached. Checks the floor on every frame."""
     t = t0
     for _ in range(int(seconds * 25)):
         t += 0.04
         c.observe(latency_ms, t, work_ms, 40.0)
+        assert c.input_width >= c.min_input_width and c.detect_every <= c.max_detect_every
     return t
 
 
-def test_latency_over_budget_steps_cadence_then_resolution_down_to_the_floor() -> None:
-    c = controller()
-    run(c, 0.0, 30, latency_ms=140, work_ms=10)
-    assert c.detect_every == MAX_DETECT_EVERY
-    assert c.input_width == MIN_INPUT_WIDTH
+# --- the floor ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("min_face", "model", "side", "width"),
+    [
+        (13, "yunet", 1280, 1280),  # the default: a 720p camera's detector at native width
+        (13, "yunet", 1920, 1920),  # 1080p needs the full 1920
+        (26, "yunet", 1280, 640),  # faces twice as large: half the picture
+        (20, "yunet", 1280, 832),  # 1280 * 13 / 20 = 832
+        (16, "centerface", 1280, 1280),
+        (6.5, "yunet", 1280, 2560),  # smaller than YuNet sees at native: the picture is magnified
+        (4, "yunet", 3840, 3840),  # capped at the detector's largest side
+    ],
+)
+def test_floor_width_follows_from_the_smallest_face(min_face: float, model: str, side: int, width: int) -> None:
+    floor = privacy_floor(PrivacyConfig(min_face_px=min_face), model, side)
+    assert floor.min_input_width == width
+    assert floor.min_input_width % 32 == 0
+
+
+def test_detector_gap_is_the_frames_that_can_wait_plus_the_allowed_unmasked_ones() -> None:
+    # 150 ms budget at 25 fps, a 25 ms detector run, 5 ms encodes: planned 80 % of 150 = 120 ms;
+    # one frame waiting: 40 + 25 + 2 * 5 = 75; two: 80 + 25 + 15 = 120; three: 165 > 120.
+    assert hold_frames_allowed(150, 40, 25, 5) == 2
+    assert hold_frames_allowed(60, 40, 25, 5) == 0  # a tight budget: no waiting, the detector on every frame
+    assert hold_frames_allowed(1000, 40, 25, 5) == MAX_DETECT_EVERY - 1
+    strict = privacy_floor(PrivacyConfig(), "yunet", 1280)
+    assert strict.max_detect_every(2) == 3
+    assert strict.max_detect_every(0) == 1
+    lax = privacy_floor(PrivacyConfig(max_unmasked_frames=2), "yunet", 1280)
+    assert lax.max_detect_every(2) == 5
+    assert lax.max_detect_every(5) == MAX_DETECT_EVERY
+
+
+def test_a_configured_width_below_the_floor_is_raised() -> None:
+    c = controller(width=640, floor=FLOOR)
+    assert c.input_width == FLOOR and c.max_input_width == FLOOR
+
+
+# --- the controller --------------------------------------------------------------------------
+
+
+def test_overload_steps_cadence_then_resolution_to_the_floor_then_sheds_frames() -> None:
+    c = controller(width=1280, floor=960, max_every=3)
+    seen = []
+    t = 0.0
+    for _ in range(60 * 25):
+        t += 0.04
+        if c.observe(60, t, 45, 40.0):  # busy on every frame, whatever the setting
+            seen.append(c.setting)
+    assert seen[0] == (2, 1280, 1.0) and seen[1] == (3, 1280, 1.0), "cadence first"
+    assert (3, 960, 1.0) in seen, "then the picture, down to the floor"
+    assert all(w >= 960 and every <= 3 for every, w, _ in seen), "never below the floor"
+    assert c.keep_ratio == MIN_KEEP and c.overloaded, "then frames are shed"
+    first_shed = next(i for i, s in enumerate(seen) if s[2] < 1.0)
+    assert seen[first_shed - 1][:2] == (3, 960), "shedding starts only at the floor"
 
 
 def test_a_busy_worker_backs_off_before_any_frame_is_late() -> None:
@@ -42,6 +114,13 @@ def test_a_lost_frame_backs_off() -> None:
     assert c.detect_every == 2
 
 
+def test_late_frames_on_an_idle_worker_run_the_detector_more_often() -> None:
+    """Frames waited too long for the next run (look-ahead): waiting less, not shedding, helps."""
+    c = controller(detect_every=3)
+    run(c, 0.0, 1.5, latency_ms=130, work_ms=15)
+    assert c.detect_every == 2 and not c.overloaded
+
+
 def test_steps_back_up_when_there_is_room_but_not_into_a_setting_that_overloaded() -> None:
     c = controller()
     t = run(c, 0.0, 1.5, latency_ms=30, work_ms=36)  # overloaded at every frame
@@ -56,21 +135,23 @@ def test_steps_back_up_when_there_is_room_but_not_into_a_setting_that_overloaded
 def test_a_comfortable_camera_is_left_alone() -> None:
     c = controller()
     run(c, 0.0, 20, latency_ms=30, work_ms=25)  # between the thresholds
-    assert (c.detect_every, c.input_width) == (1, 1280)
+    assert c.setting == (1, 1280, 1.0)
 
 
-def test_resolution_recovers_before_cadence() -> None:
-    c = controller()
-    c.detect_every, c.input_width = 3, 704
+def test_recovery_restores_the_frame_rate_first_then_the_picture_then_the_cadence() -> None:
+    c = controller(floor=704)
+    c.detect_every, c.input_width, c.keep_ratio = 3, 704, 0.4
     seen = []
     t = 0.0
-    for _ in range(20 * 25):
+    for _ in range(40 * 25):
         t += 0.04
         if c.observe(10, t, 5, 40.0):
             seen.append(c.setting)
-    assert seen[-1] == (1, 1280)
-    first_full = seen.index((3, 1280))  # width all the way back first ...
-    assert all(every == 3 for every, _ in seen[: first_full + 1])  # ... before any cadence step
+    assert seen[-1] == (1, 1280, 1.0)
+    full_rate = seen.index((3, 704, 1.0))
+    assert all(s[:2] == (3, 704) for s in seen[:full_rate]), "frame rate back before anything else"
+    full_width = seen.index((3, 1280, 1.0))
+    assert all(s[0] == 3 for s in seen[: full_width + 1]), "then the picture, before any cadence step"
 
 
 def test_long_frames_shrink_the_picture_first() -> None:
@@ -82,3 +163,26 @@ def test_long_frames_shrink_the_picture_first() -> None:
         t += 0.04
         c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=90 if i % 3 == 0 else 8)
     assert c.input_width < 1280 and c.detect_every == 3
+
+
+def test_long_frames_at_the_floor_do_not_shrink_below_it() -> None:
+    c = controller(detect_every=3, floor=FLOOR)
+    t = 0.0
+    for i in range(400):
+        t += 0.04
+        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=90 if i % 3 == 0 else 8)
+        assert c.input_width == FLOOR
+    assert c.overloaded, "the CPU it needs is not there: frames are shed instead"
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.8, 0.5, 0.2])
+def test_shedding_keeps_the_ratio_evenly(ratio: float) -> None:
+    s = FrameShedder()
+    kept = [s.keep(ratio) for _ in range(100)]
+    assert abs(sum(kept) - 100 * ratio) <= 1
+    # Evenly spread: never more than ceil(1/ratio) frames in a row shed.
+    gap, worst = 0, 0
+    for k in kept:
+        gap = 0 if k else gap + 1
+        worst = max(worst, gap)
+    assert worst <= round(1 / ratio)

@@ -49,6 +49,14 @@
     badge.className = "badge " + st;
     badge.textContent = st;
     h.append(name, badge);
+    if (cam.overloaded) {
+      // The camera cannot be carried at its privacy floor: frames are shed, never the protection.
+      const over = document.createElement("span");
+      over.className = "badge overloaded";
+      over.textContent = "overloaded: " + fmt(cam.fps_out, 0) + " of " + fmt(cam.fps_camera, 0) + " fps";
+      over.title = "Not enough CPU to anonymize every frame at the privacy floor: frames are shed (dropped, counted).";
+      h.append(over);
+    }
     const dl = document.createElement("dl");
     const rows = [
       ["fps in / out", fmt(cam.fps_in, 1) + " / " + fmt(cam.fps_out, 1)],

@@ -1,0 +1,278 @@
+"""The privacy floor and the latency controller of one live camera.
+
+The controller trades CPU for latency and frame rate, but only above a floor that follows from what
+the camera must protect (`privacy` in the config):
+
+* the smallest face to mask sets the detector's smallest input width: YuNet finds faces from about
+  DETECTOR_MIN_FACE_PX of its own input (measured on the shared clips with exact face boxes, bulk mode,
+  one setting changed: at 1280 px 0.4 % of face-frames leaked, at 960 px, where a 13-px face shrinks
+  to 10 px, 5.0 %, and at 480 px 31 %), so a camera whose smallest face is F px wide needs
+  `frame width x DETECTOR_MIN_FACE_PX / F`;
+* how long a newly visible face may stay unmasked sets the largest gap between detector runs: frames
+  wait (look-ahead, engine.py) for a detector run on themselves or a later frame, so the gap may grow
+  by as many frames as can wait inside the latency budget, plus `max_unmasked_frames`.
+
+Below that floor a face leaks, so the controller never goes there: when the CPU cannot carry the
+camera at the floor it sheds whole frames (counted as `overload`), and the output frame rate falls,
+visibly, instead of the protection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import PrivacyConfig
+
+# Smallest face, in detector-input pixels, the model still finds reliably (see the module docstring;
+# CenterFace's anchors start larger, and it was measured to lose small faces earlier than YuNet).
+DETECTOR_MIN_FACE_PX = {"yunet": 13.0, "centerface": 16.0}
+MAX_DETECTOR_SIDE = 3840
+# A hard cap on the cadence, whatever the budget would allow: the tracker's predictions between runs
+# are only as good as a constant-velocity guess.
+MAX_DETECT_EVERY = 6
+# The share of the budget that look-ahead may plan to use (waiting + detector run + encodes); the
+# rest absorbs jitter, so frames are not dropped as late for a few milliseconds.
+HOLD_BUDGET_SHARE = 0.8
+# Shedding: the kept share of frames moves in these steps, never below MIN_KEEP (a camera at 1/5 of
+# its frame rate is shown as overloaded; below that the operator has to act, not the controller).
+SHED_STEP = 0.8
+MIN_KEEP = 0.2
+BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again for this long
+
+
+def align32_up(value: float) -> int:
+    return math.ceil(value / 32.0) * 32
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyFloor:
+    """What the controller may never go below, for one camera at one frame size."""
+
+    min_face_px: float
+    min_input_width: int  # detector input, longer side, in pixels
+    max_unmasked_frames: int
+
+    def max_detect_every(self, hold_frames: int) -> int:
+        """Largest detector cadence when `hold_frames` frames can wait for the next run."""
+        return max(1, min(MAX_DETECT_EVERY, 1 + hold_frames + self.max_unmasked_frames))
+
+
+def privacy_floor(privacy: PrivacyConfig, model: str, frame_long_side: int) -> PrivacyFloor:
+    """The floor for a frame whose longer side is `frame_long_side` pixels.
+
+    A 1280x720 camera with the default 13-px smallest face needs the detector at 1280 (native); a
+    1920x1080 camera at 1920; min_face_px 26 halves both."""
+    need = frame_long_side * DETECTOR_MIN_FACE_PX.get(model, 13.0) / privacy.min_face_px
+    width = min(MAX_DETECTOR_SIDE, align32_up(need))
+    return PrivacyFloor(privacy.min_face_px, width, privacy.max_unmasked_frames)
+
+
+def hold_frames_allowed(budget_ms: float, interval_ms: float, run_ms: float, encode_ms: float) -> int:
+    """Frames that can wait for the next detector run and still leave inside the budget.
+
+    The first frame of a group waits `hold` intervals, then the detector runs and every frame of the
+    group is obfuscated and encoded (about `encode_ms` each)."""
+    hold = 0
+    while hold < MAX_DETECT_EVERY - 1:
+        nxt = hold + 1
+        planned = nxt * interval_ms + run_ms + (nxt + 1) * encode_ms
+        if planned > HOLD_BUDGET_SHARE * budget_ms:
+            break
+        hold = nxt
+    return hold
+
+
+@dataclass
+class LatencyController:
+    """Adapts detector cadence, detector resolution and (last) the frame rate, never below the floor.
+
+    Three limits, checked once a second at most:
+    * latency: p90 of proxy-added latency above 80 % of the budget (look-ahead plans to 80 %): the
+      detector runs more often, so that frames wait less for it;
+    * throughput: the worker busy (mean work per frame) above 85 % of the camera's frame interval,
+      or a frame lost in the mailbox. On a shared CPU a busy worker is one bad second away from
+      dropping frames, which latency alone never shows;
+    * long frames: p95 of the per-frame work above 1.75 frame intervals (the 2-frame mailbox
+      absorbs up to two), i.e. detector runs of several cameras colliding on the cores.
+    The other two cost a step: the detector runs less often, while the gap stays within what the floor and
+    the budget allow (frames wait for the next run, so no face goes unmasked); then on a smaller
+    picture, down to the floor's width (for long frames on a worker not busy on average the picture
+    shrinks first, since running the detector less often does not make one run shorter); then whole
+    frames are shed. A step back up needs a clear margin (busy < 50 %
+    and p95 work < 100 % of the interval, no lost frame for 10 s) and restores the frame rate
+    first, then the picture, then the cadence; a setting that overloaded the camera is not tried
+    again for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time
+    it steps up into the setting it just left.
+    """
+
+    budget_ms: float
+    detect_every: int
+    input_width: int
+    max_input_width: int
+    base_detect_every: int
+    min_input_width: int = 160
+    max_detect_every: int = MAX_DETECT_EVERY
+    keep_ratio: float = 1.0
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _work: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    _last_change: float = 0.0
+    _bad_until: dict[tuple[int, int, float], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.set_floor(self.min_input_width, self.max_detect_every)
+
+    def set_floor(self, min_input_width: int, max_detect_every: int) -> None:
+        """Apply the floor (frame size known, budget measured). Settings below it are raised at once."""
+        self.min_input_width = min_input_width
+        self.max_input_width = max(self.max_input_width, min_input_width)
+        self.input_width = max(self.input_width, min_input_width)
+        self.max_detect_every = max(1, max_detect_every)
+        self.base_detect_every = min(self.base_detect_every, self.max_detect_every)
+        self.detect_every = min(self.detect_every, self.max_detect_every)
+
+    @property
+    def overloaded(self) -> bool:
+        """True while frames are being shed: the camera cannot be carried at the floor."""
+        return self.keep_ratio < 1.0
+
+    def dropped(self, now: float) -> None:
+        """A frame was overwritten in the mailbox: the worker is slower than the camera."""
+        self._drops.append(now)
+
+    def observe(
+        self,
+        latency_ms: float,
+        now: float,
+        work_ms: float = 0.0,
+        interval_ms: float = 40.0,
+        frame_work_ms: float = 0.0,
+    ) -> bool:
+        """Record one frame: its added latency, the worker's mean work per frame and this frame's own
+        work. True when the settings changed."""
+        self._recent.append(latency_ms)
+        self._work.append(frame_work_ms)
+        if len(self._recent) < 10 or now - self._last_change < 1.0:
+            return False
+        ordered = sorted(self._recent)
+        p90 = ordered[int(len(ordered) * 0.9) - 1]
+        works = sorted(self._work)
+        p95_work = works[int(len(works) * 0.95) - 1]
+        spiky = p95_work > 1.75 * interval_ms
+        drops = tuple(self._drops)  # appended by the ingest thread
+        # Only losses under the current setting count against it (one loss, one step).
+        dropped_recently = any(now - t < 2.0 and t >= self._last_change for t in drops)
+        busy = work_ms > 0.85 * interval_ms
+        late = p90 > HOLD_BUDGET_SHARE * self.budget_ms
+        changed = False
+        if busy or dropped_recently or spiky:
+            self._bad_until[self.setting] = now + BAD_SETTING_S
+            changed = self._back_off(shrink_first=spiky and not busy)
+        elif late:
+            # Late but not short of CPU: frames wait too long for the next detector run (a slower
+            # run than planned). Run it more often; shedding would not shorten the wait.
+            self._bad_until[self.setting] = now + BAD_SETTING_S
+            if self.detect_every > 1:
+                self.detect_every -= 1
+                changed = True
+        elif (
+            # No latency condition: with look-ahead the wait for the next run is latency by design,
+            # and every step up costs CPU, not waiting.
+            work_ms < 0.5 * interval_ms
+            and p95_work < interval_ms
+            and not any(now - t < 10.0 for t in drops)
+        ):
+            step: tuple[int, int, float] | None = None
+            if self.keep_ratio < 1.0:
+                keep = 1.0 if self.keep_ratio / SHED_STEP > 0.99 else self.keep_ratio / SHED_STEP
+                step = (self.detect_every, self.input_width, round(keep, 3))
+            elif self.input_width < self.max_input_width:
+                width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
+                step = (self.detect_every, width, 1.0)
+            elif self.detect_every > self.base_detect_every:
+                step = (self.detect_every - 1, self.input_width, 1.0)
+            if step is not None and self._bad_until.get(step, 0.0) <= now:
+                self.detect_every, self.input_width, self.keep_ratio = step
+                changed = True
+        if changed:
+            self._last_change = now
+            self._recent.clear()
+            self._work.clear()
+        return changed
+
+    def _back_off(self, shrink_first: bool) -> bool:
+        if shrink_first and self.input_width > self.min_input_width:
+            self.input_width = max(self.min_input_width, int(self.input_width * 0.75) // 32 * 32)
+        elif self.detect_every < self.max_detect_every:
+            self.detect_every += 1
+        elif self.input_width > self.min_input_width:
+            self.input_width = max(self.min_input_width, int(self.input_width * 0.75) // 32 * 32)
+        elif self.keep_ratio > MIN_KEEP:
+            # At the floor and still short of CPU: shed whole frames, never the protection.
+            self.keep_ratio = round(max(MIN_KEEP, self.keep_ratio * SHED_STEP), 3)
+        else:
+            return False
+        return True
+
+    @property
+    def setting(self) -> tuple[int, int, float]:
+        return (self.detect_every, self.input_width, self.keep_ratio)
+
+
+class FrameShedder:
+    """Keeps `keep_ratio` of the frames, evenly spread (a credit counter, like a token bucket)."""
+
+    def __init__(self) -> None:
+        self._credit = 0.0
+
+    def keep(self, keep_ratio: float) -> bool:
+        if keep_ratio >= 1.0:
+            self._credit = 0.0
+            return True
+        self._credit += keep_ratio
+        if self._credit >= 1.0 - 1e-9:
+            self._credit -= 1.0
+            return True
+        return False
+
+
+# --- capacity estimate (check-config) --------------------------------------------------------
+# CPU per frame, in core-milliseconds per megapixel, measured on a 2-core machine (bench/live_leak.py,
+# 720p25): decode + copy + obfuscate + encode of one frame, and one YuNet run of its input picture.
+FRAME_CORE_MS_PER_MPIX = 9.0
+DETECT_CORE_MS_PER_MPIX = {"yunet": 32.0, "centerface": 250.0}
+# The share of the machine the cameras may plan to use (the event loop, viewers and the OS need the rest).
+USABLE_CPU_SHARE = 0.85
+
+
+@dataclass(frozen=True, slots=True)
+class CameraLoad:
+    name: str
+    floor_width: int
+    max_detect_every: int
+    core_share: float  # cores this camera needs at its floor, at full frame rate
+
+
+def camera_load(
+    name: str,
+    privacy: PrivacyConfig,
+    model: str,
+    input_width: int,
+    budget_ms: float,
+    width: int = 1280,
+    height: int = 720,
+    fps: float = 25.0,
+) -> CameraLoad:
+    """What one camera costs at its privacy floor (an estimate from measured per-pixel costs)."""
+    floor = privacy_floor(privacy, model, max(width, height))
+    det_w = max(floor.min_input_width, input_width)
+    det_mpix = det_w * (det_w * min(width, height) / max(width, height)) / 1e6
+    run_core_ms = det_mpix * DETECT_CORE_MS_PER_MPIX.get(model, 32.0)
+    frame_core_ms = width * height / 1e6 * FRAME_CORE_MS_PER_MPIX
+    # The detector uses up to 2 threads: its wall time is about half its CPU time when they are free.
+    hold = hold_frames_allowed(budget_ms, 1000.0 / fps, run_core_ms / 2, frame_core_ms / 2)
+    every = floor.max_detect_every(hold)
+    share = fps * (frame_core_ms + run_core_ms / every) / 1000.0
+    return CameraLoad(name, floor.min_input_width, every, share)
