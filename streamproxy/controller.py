@@ -34,7 +34,7 @@ MAX_DETECTOR_SIDE = 3840
 MAX_DETECT_EVERY = 6
 # The share of the budget that look-ahead may plan to use (waiting + detector run + encodes); the
 # rest absorbs jitter, so frames are not dropped as late for a few milliseconds.
-HOLD_BUDGET_SHARE = 0.8
+HOLD_BUDGET_SHARE = 0.85
 # Shedding: the kept share of frames moves in these steps, never below MIN_KEEP (a camera at 1/5 of
 # its frame rate is shown as overloaded; below that the operator has to act, not the controller).
 SHED_STEP = 0.8
@@ -89,7 +89,7 @@ class LatencyController:
     """Adapts detector cadence, detector resolution and (last) the frame rate, never below the floor.
 
     Three limits, checked once a second at most:
-    * latency: p90 of proxy-added latency above 80 % of the budget (look-ahead plans to 80 %): the
+    * latency: p90 of proxy-added latency above 85 % of the budget (look-ahead plans to 85 %): the
       detector runs more often, so that frames wait less for it;
     * throughput: the worker busy (mean work per frame) above 85 % of the camera's frame interval,
       or a frame lost in the mailbox. On a shared CPU a busy worker is one bad second away from

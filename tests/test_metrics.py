@@ -94,7 +94,7 @@ def test_frame_counters_latency_and_drops() -> None:
     assert _value("streamproxy_added_latency_seconds_sum", camera="count-cam") == pytest.approx(0.237)
     assert _value("streamproxy_added_latency_seconds_bucket", camera="count-cam", le="0.05") == 2
     drops = {r: _value("streamproxy_frames_dropped_total", camera="count-cam", reason=r) for r in metrics.DROP_REASONS}
-    assert drops == {"latency_budget": 1, "fail_closed": 0, "slow_viewer": 3, "encoder": 0, "queue_full": 0}
+    assert drops == {"latency_budget": 1, "fail_closed": 0, "slow_viewer": 3, "encoder": 0, "queue_full": 0, "overload": 0}
     assert _value("streamproxy_fail_closed_frames_total", camera="count-cam", reason="detector_timeout") == 1
     assert _value("streamproxy_fail_closed_frames_total", camera="count-cam", reason="model_missing") == 0
     assert _value("streamproxy_detector_seconds_count", camera="count-cam") == 2

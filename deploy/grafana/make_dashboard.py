@@ -133,19 +133,23 @@ def build() -> dict[str, Any]:
             [
                 (f"streamproxy_detector_cadence{{{CAM}}}", "{{camera}} every N frames"),
                 (f"streamproxy_detector_input_width{{{CAM}}}", "{{camera}} input width"),
+                (f"streamproxy_detector_min_input_width{{{CAM}}}", "{{camera}} privacy floor width"),
+                (f"streamproxy_overloaded{{{CAM}}}", "{{camera}} overloaded (shedding frames)"),
             ],
             "none",
             (8, 16, 8, 8),
-            "What the latency controller chose: run the detector every N frames, at this width. "
-            "Higher N / lower width = less CPU, less recall of small faces.",
+            "What the latency controller chose: run the detector every N frames (frames wait for the "
+            "next run, so no face goes unmasked), at this width, never below the privacy floor's "
+            "width. Overloaded = 1: the camera cannot be carried at its floor and whole frames are shed.",
             overrides=[
                 {
-                    "matcher": {"id": "byFrameRefID", "options": "B"},
+                    "matcher": {"id": "byFrameRefID", "options": ref},
                     "properties": [
                         {"id": "custom.axisPlacement", "value": "right"},
                         {"id": "unit", "value": "px"},
                     ],
                 }
+                for ref in ("B", "C")
             ],
         ),
         _panel(
