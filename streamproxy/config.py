@@ -7,8 +7,9 @@ Every field has a default, a description and bounds, so that `config/streamproxy
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -21,6 +22,21 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_S = TypeVar("_S", bound=_Strict)
+
+
+def merge_override(base: _S, override: _S | None) -> _S:
+    """`base` with the keys the override set (a camera's section over the global one), key by key.
+
+    An override section is validated as a whole section (same types, bounds and unknown-key errors),
+    and pydantic remembers which keys it was given (`model_fields_set`): only those replace the
+    global values; every key the camera did not write keeps the global one.
+    """
+    if override is None:
+        return base
+    return base.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
 
 
 def default_model_dir() -> Path:
@@ -205,11 +221,14 @@ class CameraConfig(_Strict):
     transport: Transport | None = Field(None, description="RTSP transport to the camera; default: server's.")
     enabled: bool = Field(True, description="Set false to keep a camera in the file but not run it.")
     latency_budget_ms: float | None = Field(None, ge=20, le=5000, description="Override of the global budget.")
-    detector: DetectorConfig | None = Field(None, description="Per-camera detector override (whole section).")
-    obfuscation: ObfuscationConfig | None = Field(None, description="Per-camera obfuscation override.")
-    tracker: TrackerConfig | None = Field(None, description="Per-camera tracker override.")
+    # Section overrides merge key by key into the global section (see `merge_override`).
+    detector: DetectorConfig | None = Field(
+        None, description="Per-camera engine.detector keys (the others keep the global values)."
+    )
+    obfuscation: ObfuscationConfig | None = Field(None, description="Per-camera engine.obfuscation keys.")
+    tracker: TrackerConfig | None = Field(None, description="Per-camera engine.tracker keys.")
     detect_every: int | None = Field(None, ge=1, le=30, description="Per-camera detector cadence override.")
-    privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor override.")
+    privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor keys.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
     publish_url: str | None = Field(
         None,
@@ -271,12 +290,24 @@ class IngestConfig(_Strict):
     read_timeout_s: float = Field(3.0, ge=0.5, le=60, description="No data this long = camera stalled.")
     backoff_initial_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
     backoff_max_s: float = Field(10.0, ge=0.1, le=600, description="Reconnect delay cap (doubles up to it).")
-    keep_audio: bool = Field(False, description="Audio is dropped: speech is personal data too.")
     demuxer: Literal["builtin", "pyav"] = Field(
         "builtin",
         description="rtsp:// cameras: our RTSP client hands each frame to PyAV's decoder on its last packet; "
         "pyav: FFmpeg's RTSP demuxer (one frame interval later). rtsps:// always uses pyav.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_audio_key(cls, data: Any) -> Any:
+        # `keep_audio` was documented but never read: the live proxy never forwards audio. Configs
+        # copied from the old example (`keep_audio: false`) still load; asking for audio is an error.
+        if isinstance(data, dict) and "keep_audio" in data:
+            if data["keep_audio"] is not False:
+                raise ValueError(
+                    "keep_audio: audio is never forwarded (speech is personal data); remove this key"
+                )
+            data = {k: v for k, v in data.items() if k != "keep_audio"}
+        return data
 
 
 class EncoderConfig(_Strict):
@@ -322,21 +353,20 @@ class AppConfig(_Strict):
         return self
 
     def engine_for(self, cam: CameraConfig) -> EngineConfig:
-        """The engine settings of one camera: global ones with the camera's overrides."""
-        upd: dict[str, Any] = {}
-        if cam.detector is not None:
-            upd["detector"] = cam.detector
-        if cam.obfuscation is not None:
-            upd["obfuscation"] = cam.obfuscation
-        if cam.tracker is not None:
-            upd["tracker"] = cam.tracker
+        """The engine settings of one camera: the global ones with the keys the camera overrides."""
+        eng = self.engine
+        upd: dict[str, Any] = {
+            "detector": merge_override(eng.detector, cam.detector),
+            "obfuscation": merge_override(eng.obfuscation, cam.obfuscation),
+            "tracker": merge_override(eng.tracker, cam.tracker),
+        }
         if cam.detect_every is not None:
             upd["detect_every"] = cam.detect_every
         upd["privacy_zones"] = [*self.engine.privacy_zones, *cam.privacy_zones]
         return self.engine.model_copy(update=upd)
 
     def privacy_for(self, cam: CameraConfig) -> PrivacyConfig:
-        return cam.privacy if cam.privacy is not None else self.privacy
+        return merge_override(self.privacy, cam.privacy)
 
     def budget_for(self, cam: CameraConfig) -> float:
         return cam.latency_budget_ms if cam.latency_budget_ms is not None else self.latency_budget_ms
@@ -355,16 +385,26 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+# A validator that checks a key below its own level names it first: "cameras[1].name: duplicate ...".
+_SUBKEY_MSG = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = _key_path(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config/streamproxy.example.yaml)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{key}: {msg}")
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            sub = _SUBKEY_MSG.match(msg)
+            if sub:
+                lines.append(f"{_key_path(loc) + '.' if loc else ''}{sub.group(1)}: {sub.group(2)}")
+                continue
+        lines.append(f"{_key_path(loc)}: {msg}")
     return "\n".join(lines)
 
 

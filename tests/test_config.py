@@ -102,6 +102,64 @@ def test_per_camera_overrides() -> None:
     assert cfg.budget_for(a) == 80 and cfg.budget_for(b) == 150
 
 
+def test_camera_sections_override_key_by_key() -> None:
+    """A camera that sets one key of a section keeps every other key of the global section."""
+    cfg = parse_config(
+        {
+            "cameras": [
+                {"name": "a", "url": "rtsp://x/1", "detector": {"threshold": 0.5}, "obfuscation": {"style": "solid"},
+                 "tracker": {"coast_seconds": 2.5}, "privacy": {"max_unmasked_frames": 2}},
+                {"name": "b", "url": "rtsp://x/2"},
+            ],
+            "engine": {
+                "detector": {"model": "centerface", "input_width": 960, "tiles": 2, "model_dir": "/models"},
+                "obfuscation": {"shape": "box", "pixel_blocks": 12},
+                "tracker": {"smoothing": 0.2, "min_hits": 2},
+            },
+            "privacy": {"min_face_px": 26},
+        }
+    )  # fmt: skip
+    a, b = cfg.cameras
+    ea, eb = cfg.engine_for(a), cfg.engine_for(b)
+    assert (ea.detector.threshold, eb.detector.threshold) == (0.5, 0.4)
+    assert ea.detector.model_dump(exclude={"threshold"}) == eb.detector.model_dump(exclude={"threshold"})
+    assert (ea.detector.model, ea.detector.input_width, ea.detector.tiles) == ("centerface", 960, 2)
+    assert ea.detector.model_dir == Path("/models")
+    assert (ea.obfuscation.style, ea.obfuscation.shape, ea.obfuscation.pixel_blocks) == ("solid", "box", 12)
+    assert eb.obfuscation.style == "blur"
+    assert (ea.tracker.coast_seconds, ea.tracker.smoothing, ea.tracker.min_hits) == (2.5, 0.2, 2)
+    assert eb.tracker.coast_seconds == 1.0
+    pa, pb = cfg.privacy_for(a), cfg.privacy_for(b)
+    assert (pa.min_face_px, pa.max_unmasked_frames) == (26, 2)
+    assert (pb.min_face_px, pb.max_unmasked_frames) == (26, 0)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"detector": {"treshold": 0.5}}, "cameras[0].detector.treshold: unknown key"),
+        ({"obfuscation": {"colour": "red"}}, "cameras[0].obfuscation.colour: unknown key"),
+        ({"tracker": {"coast": 1}}, "cameras[0].tracker.coast: unknown key"),
+        ({"privacy": {"min_face": 20}}, "cameras[0].privacy.min_face: unknown key"),
+        ({"detector": {"threshold": 2.0}}, "cameras[0].detector.threshold: Input should be less than"),
+        ({"privacy": {"min_face_px": None}}, "cameras[0].privacy.min_face_px:"),
+    ],
+)
+def test_camera_override_errors_name_the_key(override: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cameras": [{"name": "a", "url": "rtsp://x/1", **override}]})
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_keep_audio_is_gone() -> None:
+    """Audio is never forwarded: asking for it is an error naming the key; the old `false` still loads."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "ingest": {"keep_audio": True}})
+    assert str(err.value) == "ingest.keep_audio: audio is never forwarded (speech is personal data); remove this key"
+    cfg = parse_config({**MINIMAL, "ingest": {"keep_audio": False, "read_timeout_s": 2}})
+    assert cfg.ingest.read_timeout_s == 2 and not hasattr(cfg.ingest, "keep_audio")
+
+
 def test_redact_url() -> None:
     assert redact_url("rtsp://user:secret@10.0.0.1:554/s") == "rtsp://***@10.0.0.1:554/s"
     assert redact_url("rtsp://cam/s") == "rtsp://cam/s"
