@@ -464,6 +464,7 @@ def print_table(results: list[StepResult], args: argparse.Namespace) -> None:
         tf = f"{_f(pct(r.ttff_proxy, 0.5), '{:.2f}')}/{_f(pct(r.ttff_direct, 0.5), '{:.2f}')}"
         split = f"{_f(pct(r.g2g_ingest, 0.5))} + {_f(pct(r.g2g_added, 0.5))}"
         print(f"{r.n:>2} | {gp:>20} | {gd:>21} | {tf:>24} | {_f(r.camera_back, '{:.2f}'):>22} | {split:>32}")
+    print_leak(results, args)
     for r in results:
         for note in r.notes:
             print(f"note (N={r.n}): {note}")
@@ -471,6 +472,50 @@ def print_table(results: list[StepResult], args: argparse.Namespace) -> None:
         "targets: 4 cameras at full rate with added p99 <= 150 ms; glass-to-glass median <= 100 ms; "
         "first frame <= 0.5 s; camera back -> video <= 3 s"
     )
+
+
+def leak_at_load(path: Path | None) -> dict[int, tuple[float | None, float | None, float | None]]:
+    """{N: (leak %, leak % of faces >= 20 px, viewer fps)} for dev_street from bench/live_leak.py --json."""
+    if path is None or not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    runs = data.get("clips", {}).get("dev_street", {}).get("runs", [])
+    out: dict[int, tuple[float | None, float | None, float | None]] = {}
+    for r in runs:
+        if r.get("kind") != "proxy":
+            continue
+        sc = r.get("score") or {}
+        leak, ge20 = sc.get("leak"), sc.get("leak_ge20")
+        out[int(r["n"])] = (
+            None if leak is None else 100 * leak,
+            None if ge20 is None else 100 * ge20,
+            r.get("fps_out_cam0"),
+        )
+    return out
+
+
+def print_leak(results: list[StepResult], args: argparse.Namespace) -> None:
+    """"Cameras at full frame rate" is only quoted with the leak measured at that load."""
+    leaks = leak_at_load(args.leak_json)
+    print()
+    if not leaks:
+        print(
+            "leak at this load: NOT MEASURED - run bench/live_leak.py --json FILE and pass --leak-json FILE: "
+            "a frame rate without the leak measured at that load says nothing about privacy."
+        )
+        return
+    print(f"leak at this load (dev_street, frame-exact, from {args.leak_json}):")
+    for r in results:
+        got = leaks.get(r.n)
+        fps = f"{min(r.fps):.1f}" if r.fps else "-"
+        if got is None:
+            print(f"  N={r.n}: {fps} fps/cam min here; leak not measured at N={r.n}")
+            continue
+        leak, ge20, lfps = got
+        print(
+            f"  N={r.n}: {fps} fps/cam min here; leak {_f(leak, '{:.2f}')} % of face-frames "
+            f"({_f(ge20, '{:.2f}')} % for faces >= 20 px) at {_f(lfps, '{:.1f}')} fps out in the leak run"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         "(x264 per frame); glass-to-glass, first frame and restart always use a live stamped camera 0",
     )
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--leak-json",
+        type=Path,
+        help="results of bench/live_leak.py --json: the leak measured at each N is printed beside the frame rate",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(

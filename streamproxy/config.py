@@ -193,12 +193,12 @@ class PrivacyConfig(_Strict):
     """
 
     min_face_px: float = Field(
-        13.0,
+        18.0,
         ge=4.0,
         le=400.0,
         description="Smallest face (width in the camera's pixels) that must be masked. Sets the "
-        "detector's smallest input width: frame width x 13 / min_face_px (YuNet finds faces from "
-        "about 13 px of its input; measured), rounded up to 32.",
+        "detector's smallest input width: frame width x 18 / min_face_px (YuNet masks faces reliably "
+        "from about 18 px of its input; measured), rounded up to 32.",
     )
     max_unmasked_frames: int = Field(
         0,

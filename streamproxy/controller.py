@@ -3,11 +3,11 @@
 The controller trades CPU for latency and frame rate, but only above a floor that follows from what
 the camera must protect (`privacy` in the config):
 
-* the smallest face to mask sets the detector's smallest input width: YuNet finds faces from about
-  DETECTOR_MIN_FACE_PX of its own input (measured on the shared clips with exact face boxes, bulk mode,
-  one setting changed: at 1280 px 0.4 % of face-frames leaked, at 960 px, where a 13-px face shrinks
-  to 10 px, 5.0 %, and at 480 px 31 %), so a camera whose smallest face is F px wide needs
-  `frame width x DETECTOR_MIN_FACE_PX / F`;
+* the smallest face to mask sets the detector's smallest input width: YuNet masks faces reliably
+  from about DETECTOR_MIN_FACE_PX of its own input (measured on the shared clips with exact face
+  boxes, bulk mode, detector widths 640-1280: faces of >= 18 detector px leaked 1.0 % of face-frames
+  at every width, faces of 13-15 px 18 %, and below that the leak depends on the face, not the
+  width), so a camera whose smallest face is F px wide needs `frame width x 18 / F`;
 * how long a newly visible face may stay unmasked sets the largest gap between detector runs: frames
   wait (look-ahead, engine.py) for a detector run on themselves or a later frame, so the gap may grow
   by as many frames as can wait inside the latency budget, plus `max_unmasked_frames`.
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from .config import PrivacyConfig
 
-# Smallest face, in detector-input pixels, the model still finds reliably (see the module docstring;
-# CenterFace's anchors start larger, and it was measured to lose small faces earlier than YuNet).
-DETECTOR_MIN_FACE_PX = {"yunet": 13.0, "centerface": 16.0}
+# Smallest face, in detector-input pixels, the model masks reliably (see the module docstring).
+# CenterFace was not measured this way; its recall of small faces is lower than YuNet's on the WIDER
+# sample (bench/recall.py), so it is given YuNet's number, not a smaller one.
+DETECTOR_MIN_FACE_PX = {"yunet": 18.0, "centerface": 18.0}
 MAX_DETECTOR_SIDE = 3840
 # A hard cap on the cadence, whatever the budget would allow: the tracker's predictions between runs
 # are only as good as a constant-velocity guess.
@@ -62,9 +63,9 @@ class PrivacyFloor:
 def privacy_floor(privacy: PrivacyConfig, model: str, frame_long_side: int) -> PrivacyFloor:
     """The floor for a frame whose longer side is `frame_long_side` pixels.
 
-    A 1280x720 camera with the default 13-px smallest face needs the detector at 1280 (native); a
-    1920x1080 camera at 1920; min_face_px 26 halves both."""
-    need = frame_long_side * DETECTOR_MIN_FACE_PX.get(model, 13.0) / privacy.min_face_px
+    A 1280x720 camera with the default 18-px smallest face needs the detector at 1280 (native); a
+    1920x1080 camera at 1920; min_face_px 36 halves both."""
+    need = frame_long_side * DETECTOR_MIN_FACE_PX.get(model, 18.0) / privacy.min_face_px
     width = min(MAX_DETECTOR_SIDE, align32_up(need))
     return PrivacyFloor(privacy.min_face_px, width, privacy.max_unmasked_frames)
 

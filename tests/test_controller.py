@@ -46,12 +46,13 @@ def run(c: LatencyController, t0: float, seconds: float, latency_ms: float, work
 @pytest.mark.parametrize(
     ("min_face", "model", "side", "width"),
     [
-        (13, "yunet", 1280, 1280),  # the default: a 720p camera's detector at native width
-        (13, "yunet", 1920, 1920),  # 1080p needs the full 1920
-        (26, "yunet", 1280, 640),  # faces twice as large: half the picture
-        (20, "yunet", 1280, 832),  # 1280 * 13 / 20 = 832
-        (16, "centerface", 1280, 1280),
-        (6.5, "yunet", 1280, 2560),  # smaller than YuNet sees at native: the picture is magnified
+        (18, "yunet", 1280, 1280),  # the default: a 720p camera's detector at native width
+        (18, "yunet", 1920, 1920),  # 1080p needs the full 1920
+        (36, "yunet", 1280, 640),  # faces twice as large: half the picture
+        (24, "yunet", 1280, 960),  # 1280 * 18 / 24 = 960
+        (25, "yunet", 1280, 928),  # 921.6, rounded up to 32
+        (18, "centerface", 1280, 1280),
+        (9, "yunet", 1280, 2560),  # smaller than YuNet sees at native: the picture is magnified
         (4, "yunet", 3840, 3840),  # capped at the detector's largest side
     ],
 )

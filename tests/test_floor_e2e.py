@@ -152,7 +152,7 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
         pipe = app.pipelines["cam"]
         assert pipe.engine.detector is not None
         # 90 ms a run: more than two frame intervals; the floor (640 px for these 640-px frames and
-        # the default 13-px smallest face) does not allow a smaller picture to make it cheaper.
+        # the default 18-px smallest face) does not allow a smaller picture to make it cheaper.
         pipe.engine.detector = SlowDetector(pipe.engine.detector, 0.09)  # type: ignore[arg-type,assignment]
         received: dict[int, np.ndarray] = {}
         settings: list[dict[str, Any]] = []
