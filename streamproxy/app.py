@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -77,11 +78,11 @@ class App:
                     metrics=m,
                 )
         self.rtsp = RtspServer(self.hubs, self.cfg.server)
-        await self.rtsp.start()
+        await _listen("RTSP", self.cfg.server.host, self.cfg.server.rtsp_port, self.rtsp.start())
         from .web import WebServer
 
         self.web = WebServer(self)
-        await self.web.start()
+        await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
         for p in self.pipelines.values():
             p.start()
         for pub in self.publishers.values():
@@ -98,6 +99,7 @@ class App:
         )
 
     async def stop(self) -> None:
+        """Stop whatever is running; also after a start that failed half-way."""
         self.ready = False
         # Publishers first, while the stream still flows: their servers get a TEARDOWN (bounded).
         await asyncio.gather(*(pub.stop(timeout=5.0) for pub in self.publishers.values()))
@@ -131,8 +133,8 @@ class App:
                 loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):
                 pass
-        await self.start()
         try:
+            await self.start()  # inside: a start that fails half-way stops what it started
             await self._stopping.wait()
         finally:
             await self.stop()
@@ -202,6 +204,21 @@ class AppThread:
         assert self.app is not None and self.app.rtsp is not None
         auth = f"{user}:{password}@" if user is not None else ""
         return f"rtsp://{auth}127.0.0.1:{self.app.rtsp.port}/{path}"
+
+
+class ListenError(OSError):
+    """A server of the service cannot listen (a port in use, an address not on this host)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # names the server and the port already; no "[Errno 98]"
+
+
+async def _listen(what: str, host: str, port: int, start: Coroutine[Any, Any, None]) -> None:
+    try:
+        await start
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ListenError(err.errno, f"{what} server cannot listen on {host}:{port}: {reason}") from err
 
 
 def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
