@@ -194,7 +194,12 @@ def test_frames_flow(
     names = rec.state_names()
     assert src.state == "live" and names[0] == "connecting" and names[-1] == "live"
     assert src.resolution == (640, 360)
-    assert src.connected_transport == transport or transport == "auto"
+    if transport != "auto":
+        assert src.connected_transport == transport
+    elif "reconnecting" not in names:
+        assert src.connected_transport == "tcp"  # auto tries TCP first, and it worked
+    else:  # a failed attempt before the first frame switches auto to the other transport
+        assert src.connected_transport in ("tcp", "udp")
     with rec.lock:
         frames = list(rec.frames)
     idx = [f.index for f in frames]
@@ -260,9 +265,15 @@ def test_camera_down_at_start_then_comes_up(
     src.start()
     wait_for(lambda: src.reconnects >= 2, 10)
     assert src.state == "reconnecting" and src.frames_in == 0
-    cam.start()
+    cam.start()  # returns once the camera listens
+    attempts = src.reconnects
+    # What this waits for: the rest of one backoff wait (at most backoff_max_s x 1.1, here 0.88 s), a
+    # connect and the camera's first picture: 0.4-0.8 s on an idle 2-core machine, 3.5 s seen while the
+    # whole suite ran. The order of events is the assertion; 10 s (~3x the worst seen) is only a bound.
     took = wait_for(lambda: src.state == "live", 10)
-    assert took < FAST.backoff_max_s * 1.1 + 2.0
+    print(f"\nlive {took:.2f} s after the camera came up")
+    # The first attempt after the camera is back goes live (one in flight as it came up may fail).
+    assert src.reconnects <= attempts + 1, (attempts, src.reconnects)
     assert rec.state_names()[:2] == ["connecting", "reconnecting"] and rec.state_names()[-1] == "live"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
 from test_webrtc import make_cfg, serving
@@ -72,8 +74,13 @@ async def test_auth_guards_page_api_and_whep_but_not_probes() -> None:
 async def test_stop_is_idempotent_and_frees_the_port() -> None:
     async with serving(make_cfg(), feed=False) as (_app, server, base):
         port = server.port
-    await server.stop()
+        assert port > 0 and base.endswith(f":{port}")
+    await server.stop()  # a second stop: no error
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=2))
-    assert port > 0
+    # Freed: another server can listen on the port now (the bind fails while anything still listens there).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's own listener does
+        s.bind(("127.0.0.1", port))
+        s.listen()
