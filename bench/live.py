@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=int, default=25)
-    p.add_argument("--budget-ms", type=float, default=150.0)
+    p.add_argument("--budget-ms", type=float, default=200.0)
     p.add_argument("--input-width", type=int, default=0, help="detector input width (0 = config default)")
     p.add_argument("--g2g-seconds", type=float, default=6.0)
     p.add_argument("--ttff-tries", type=int, default=5)

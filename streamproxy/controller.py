@@ -40,7 +40,16 @@ HOLD_BUDGET_SHARE = 0.85
 # its frame rate is shown as overloaded; below that the operator has to act, not the controller).
 SHED_STEP = 0.8
 MIN_KEEP = 0.2
-BAD_SETTING_S = 30.0  # a setting that overloaded the camera is not tried again for this long
+# The worker (or the encoder) busy above this share of the time it has per frame: overloaded. A
+# step up in frame rate is taken only when the load it projects stays below KEEP_UP_BELOW.
+BUSY_HIGH = 0.95
+KEEP_UP_BELOW = 0.85
+# Latency alone lowers the cadence only on a worker this idle (see observe).
+LATE_STEP_BELOW = 0.5
+BAD_SETTING_S = 30.0
+# One push (a detector run and the release of its look-ahead group) longer than this many frame
+# intervals overflows the worker's mailbox (pipeline.MAILBOX_FRAMES = 3, less a margin).
+LONG_PUSH_FRAMES = 2.75  # a setting that overloaded the camera is not tried again for this long
 
 
 def align32_up(value: float) -> int:
@@ -73,12 +82,13 @@ def privacy_floor(privacy: PrivacyConfig, model: str, frame_long_side: int) -> P
 def hold_frames_allowed(budget_ms: float, interval_ms: float, run_ms: float, encode_ms: float) -> int:
     """Frames that can wait for the next detector run and still leave inside the budget.
 
-    The first frame of a group waits `hold` intervals, then the detector runs and every frame of the
-    group is obfuscated and encoded (about `encode_ms` each)."""
+    The first frame of a group waits `hold` intervals, then the detector runs, then it is encoded
+    first (about `encode_ms`; the encoder has its own thread); the frame the detector ran on is
+    encoded last, after the whole group."""
     hold = 0
     while hold < MAX_DETECT_EVERY - 1:
         nxt = hold + 1
-        planned = nxt * interval_ms + run_ms + (nxt + 1) * encode_ms
+        planned = max(nxt * interval_ms + run_ms + encode_ms, run_ms + (nxt + 1) * encode_ms)
         if planned > HOLD_BUDGET_SHARE * budget_ms:
             break
         hold = nxt
@@ -91,19 +101,19 @@ class LatencyController:
 
     Three limits, checked once a second at most:
     * latency: p90 of proxy-added latency above 85 % of the budget (look-ahead plans to 85 %): the
-      detector runs more often, so that frames wait less for it;
-    * throughput: the worker busy (mean work per frame) above 85 % of the camera's frame interval,
-      or a frame lost in the mailbox. On a shared CPU a busy worker is one bad second away from
+      detector runs more often, so that frames wait less for it, when the CPU for that is there;
+    * throughput: the worker or the encoder busy (mean work per frame) above 95 % of the time it
+      has per frame (the camera's frame interval, longer while frames are shed), or a frame lost. On a shared CPU a busy worker is one bad second away from
       dropping frames, which latency alone never shows;
-    * long frames: p95 of the per-frame work above 1.75 frame intervals (the 2-frame mailbox
-      absorbs up to two), i.e. detector runs of several cameras colliding on the cores.
+    * long frames: p95 of the per-frame work above LONG_PUSH_FRAMES frame intervals (what the
+      worker's 3-frame mailbox absorbs), i.e. detector runs of several cameras colliding on the cores.
     The other two cost a step: the detector runs less often, while the gap stays within what the floor and
     the budget allow (frames wait for the next run, so no face goes unmasked); then on a smaller
     picture, down to the floor's width (for long frames on a worker not busy on average the picture
     shrinks first, since running the detector less often does not make one run shorter); then whole
-    frames are shed. A step back up needs a clear margin (busy < 50 %
-    and p95 work < 100 % of the interval, no lost frame for 10 s) and restores the frame rate
-    first, then the picture, then the cadence; a setting that overloaded the camera is not tried
+    frames are shed. A step back up needs a clear margin (p95 work < 100 % of the
+    interval, no lost frame for 10 s) and restores the frame rate first (when the projected load
+    stays below 85 %), then the picture (busy < 50 %), then the cadence (busy < 45 %); a setting that overloaded the camera is not tried
     again for BAD_SETTING_S: without that memory the controller oscillates, losing frames each time
     it steps up into the setting it just left.
     """
@@ -120,6 +130,7 @@ class LatencyController:
     _work: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _drops: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _last_change: float = 0.0
+    last_reason: str = ""  # what the last decision saw (logs, debugging)
     _bad_until: dict[tuple[int, int, float], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -151,7 +162,8 @@ class LatencyController:
         interval_ms: float = 40.0,
         frame_work_ms: float = 0.0,
     ) -> bool:
-        """Record one frame: its added latency, the worker's mean work per frame and this frame's own
+        """Record one frame: its added latency, the busier thread's mean work per frame, the time it
+        has per frame (the camera's interval, longer while frames are shed) and this frame's own
         work. True when the settings changed."""
         self._recent.append(latency_ms)
         self._work.append(frame_work_ms)
@@ -161,49 +173,62 @@ class LatencyController:
         p90 = ordered[int(len(ordered) * 0.9) - 1]
         works = sorted(self._work)
         p95_work = works[int(len(works) * 0.95) - 1]
-        spiky = p95_work > 1.75 * interval_ms
+        spiky = p95_work > LONG_PUSH_FRAMES * interval_ms
         drops = tuple(self._drops)  # appended by the ingest thread
         # Only losses under the current setting count against it (one loss, one step).
         dropped_recently = any(now - t < 2.0 and t >= self._last_change for t in drops)
-        busy = work_ms > 0.85 * interval_ms
+        util = work_ms / max(interval_ms, 1e-3)
         late = p90 > HOLD_BUDGET_SHARE * self.budget_ms
+        self.last_reason = (
+            f"busy={work_ms:.0f}/{interval_ms:.0f}ms p95work={p95_work:.0f} p90lat={p90:.0f} "
+            f"dropped={dropped_recently} spiky={spiky}"
+        )
         changed = False
-        if busy or dropped_recently or spiky:
+        if util > BUSY_HIGH or dropped_recently or spiky:
             self._bad_until[self.setting] = now + BAD_SETTING_S
-            changed = self._back_off(shrink_first=spiky and not busy)
-        elif late:
-            # Late but not short of CPU: frames wait too long for the next detector run (a slower
-            # run than planned). Run it more often; shedding would not shorten the wait.
+            changed = self._back_off(shrink_first=spiky and util < BUSY_HIGH, util=util)
+        elif late and self.detect_every > 1 and util < LATE_STEP_BELOW and self.keep_ratio >= 1.0:
+            # Late on an idle worker (and no frame shed: shedding says the CPU is short, even where
+            # one camera's worker looks idle while others take the cores): frames wait too long for the next detector run (a slower run
+            # than planned). Run it more often. On a busy worker that would cost CPU it does not
+            # have (measured: it then flip-flops between the two cadences, losing frames at each
+            # step); frames that would leave late are dropped as late instead, and counted.
             self._bad_until[self.setting] = now + BAD_SETTING_S
-            if self.detect_every > 1:
-                self.detect_every -= 1
-                changed = True
-        elif (
+            self.detect_every -= 1
+            changed = True
+        elif p95_work < interval_ms and not any(now - t < 10.0 for t in drops):
             # No latency condition: with look-ahead the wait for the next run is latency by design,
             # and every step up costs CPU, not waiting.
-            work_ms < 0.5 * interval_ms
-            and p95_work < interval_ms
-            and not any(now - t < 10.0 for t in drops)
-        ):
-            step: tuple[int, int, float] | None = None
-            if self.keep_ratio < 1.0:
-                keep = 1.0 if self.keep_ratio / SHED_STEP > 0.99 else self.keep_ratio / SHED_STEP
-                step = (self.detect_every, self.input_width, round(keep, 3))
-            elif self.input_width < self.max_input_width:
-                width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
-                step = (self.detect_every, width, 1.0)
-            elif self.detect_every > self.base_detect_every:
-                step = (self.detect_every - 1, self.input_width, 1.0)
-            if step is not None and self._bad_until.get(step, 0.0) <= now:
-                self.detect_every, self.input_width, self.keep_ratio = step
-                changed = True
+            changed = self._step_up(now, util)
         if changed:
             self._last_change = now
             self._recent.clear()
             self._work.clear()
         return changed
 
-    def _back_off(self, shrink_first: bool) -> bool:
+    def _step_up(self, now: float, util: float) -> bool:
+        if self.keep_ratio < 1.0:
+            # More frames: the work grows with them. Step only when the projected load stays
+            # clearly below the back-off line (hysteresis), and not more often than every 5 s.
+            keep = min(1.0, self.keep_ratio / SHED_STEP)
+            if keep > 0.99:
+                keep = 1.0
+            if util * keep / self.keep_ratio < KEEP_UP_BELOW and now - self._last_change >= 5.0:
+                self.keep_ratio = round(keep, 3)
+                return True
+            return False
+        step: tuple[int, int, float] | None = None
+        if self.input_width < self.max_input_width and util < 0.5:
+            width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
+            step = (self.detect_every, width, 1.0)
+        elif self.input_width >= self.max_input_width and self.detect_every > self.base_detect_every and util < 0.45:
+            step = (self.detect_every - 1, self.input_width, 1.0)
+        if step is not None and self._bad_until.get(step, 0.0) <= now:
+            self.detect_every, self.input_width, self.keep_ratio = step
+            return True
+        return False
+
+    def _back_off(self, shrink_first: bool, util: float = 1.0) -> bool:
         if shrink_first and self.input_width > self.min_input_width:
             self.input_width = max(self.min_input_width, int(self.input_width * 0.75) // 32 * 32)
         elif self.detect_every < self.max_detect_every:
@@ -211,8 +236,10 @@ class LatencyController:
         elif self.input_width > self.min_input_width:
             self.input_width = max(self.min_input_width, int(self.input_width * 0.75) // 32 * 32)
         elif self.keep_ratio > MIN_KEEP:
-            # At the floor and still short of CPU: shed whole frames, never the protection.
-            self.keep_ratio = round(max(MIN_KEEP, self.keep_ratio * SHED_STEP), 3)
+            # At the floor and still short of CPU: shed whole frames, never the protection. Aim at
+            # the share of frames the measured load says fits (at most one step a second).
+            target = self.keep_ratio * KEEP_UP_BELOW / util if util > BUSY_HIGH else self.keep_ratio * SHED_STEP
+            self.keep_ratio = round(max(MIN_KEEP, min(self.keep_ratio * 0.95, target)), 3)
         else:
             return False
         return True

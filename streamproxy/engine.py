@@ -63,11 +63,15 @@ class _Held:
     frame: av.VideoFrame
     t: float
     decoded_at: float
-    masks: list[Box]
+    masks: dict[int, Box]  # track id -> predicted mask
 
 
 def _grown(box: Box, side: float) -> Box:
     return Box(box.x1 - side, box.y1 - side, box.x2 + side, box.y2 + side)
+
+
+def _union(a: Box, b: Box) -> Box:
+    return Box(min(a.x1, b.x1), min(a.y1, b.y1), max(a.x2, b.x2), max(a.y2, b.y2))
 
 
 def _lerp(a: Box, b: Box, f: float) -> Box:
@@ -236,9 +240,9 @@ class Anonymizer:
         if due or self.detector is None or self._detector_failing:
             return out + self._run_on(frame, t, decoded_at)
         self._since_run += 1
-        masks = [tr.mask for tr in self._masks(None, t, frame.width, frame.height)]
+        masks = {tr.track_id: tr.mask for tr in self._masks(None, t, frame.width, frame.height)}
         if self._since_run <= self.max_unmasked_frames:
-            out.append(self._finish(frame, decoded_at, masks))
+            out.append(self._finish(frame, decoded_at, list(masks.values())))
         else:
             self._held.append(_Held(frame, t, decoded_at, masks))
         return out
@@ -261,27 +265,31 @@ class Anonymizer:
             out = [self._fail_frame(h.frame, h.decoded_at, 0.0, reason) for h in held]
             return [*out, self._fail_frame(frame, decoded_at, ms, reason)]
         tracks = self._masks(dets, t, frame.width, frame.height)
-        out = [self._finish(h.frame, h.decoded_at, h.masks + self._backfill(h.t, tracks, t)) for h in held]
+        out = [self._finish(h.frame, h.decoded_at, self._backfill(h, tracks, t)) for h in held]
         self._remember_run(tracks, t)
         out.append(
             self._finish(frame, decoded_at, [tr.mask for tr in tracks], faces=len(dets or []), ran=True, ms=ms)
         )
         return out
 
-    def _backfill(self, t_frame: float, tracks: list[Track], t_run: float) -> list[Box]:
-        """Masks for a frame that waited, from the detections of the run after it."""
-        boxes: list[Box] = []
+    def _backfill(self, held: _Held, tracks: list[Track], t_run: float) -> list[Box]:
+        """Masks for a frame that waited: the tracker's prediction for it, each track's mask
+        widened to what the run after it showed (one box per track: overlapping masks would be
+        obfuscated twice)."""
+        boxes = dict(held.masks)
         span = t_run - self._run_t if self._run_t is not None else 0.0
         for tr in tracks:
             size = max(tr.box.width, tr.box.height, 1.0)
             before = self._run_masks.get(tr.track_id)
             if before is not None and span > 1e-6 and self._run_t is not None:
-                f = min(1.0, max(0.0, (t_frame - self._run_t) / span))
-                boxes.append(_grown(_lerp(before, tr.mask, f), INTERP_MARGIN_FACES * size))
+                f = min(1.0, max(0.0, (held.t - self._run_t) / span))
+                box = _grown(_lerp(before, tr.mask, f), INTERP_MARGIN_FACES * size)
             else:
-                back = max(0.0, t_run - t_frame)
-                boxes.append(_grown(tr.mask, min(BACKFILL_FACES_PER_S * back, BACKFILL_MAX_FACES) * size))
-        return boxes
+                back = max(0.0, t_run - held.t)
+                box = _grown(tr.mask, min(BACKFILL_FACES_PER_S * back, BACKFILL_MAX_FACES) * size)
+            predicted = boxes.get(tr.track_id)
+            boxes[tr.track_id] = box if predicted is None else _union(predicted, box)
+        return list(boxes.values())
 
     def _remember_run(self, tracks: list[Track], t: float) -> None:
         self._run_masks = {tr.track_id: tr.mask for tr in tracks}

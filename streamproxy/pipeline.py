@@ -2,8 +2,14 @@
 
     ingest thread (source.py)      decodes the camera, hands each DecodedFrame to `_on_frame`
       └─ a small mailbox           full: the oldest frame goes (an old frame is worth nothing live)
-    worker thread (this file)      latency check → Anonymizer.process_frame → H264Encoder.encode
+    worker thread (this file)      latency check → Anonymizer.push (detect, track, obfuscate)
+      └─ the encode queue          anonymized frames only, in order
+    encoder thread (this file)     latency check → H264Encoder.encode
       └─ loop.call_soon_threadsafe hub.publish(packet) on the event loop → RTSP / WebRTC viewers
+
+The encoder has its own thread so that encoding one group of frames overlaps the next detector run
+(on 2 cores a 720p frame costs ~9 ms to encode and a 1280-px YuNet run ~35 ms: in one thread they
+add up to more than a frame interval every time the detector runs).
 
 The latency budget bounds proxy-added latency: from a frame leaving the decoder to its packets
 being handed to viewers. Frames the detector does not run on wait in the engine (look-ahead) for the
@@ -25,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -47,10 +54,22 @@ log = logging.getLogger(__name__)
 # Ingest states -> the camera_state metric's states.
 _METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
 
-# Frames that may wait for the worker. Two absorb one slow frame (a detector run that a busy CPU
-# stretched) without losing the next; deeper only makes an overloaded camera spend its time on
-# frames that are already too old (measured with 3: 4 cameras lost none, but 6 fell to 21 fps).
-MAILBOX_FRAMES = 2
+# Frames that may wait for the worker while it runs the detector and releases a look-ahead group
+# (a run push takes the run plus a few obfuscations: 45-90 ms for a 1280-px YuNet on 2 busy cores).
+# Overload is handled by shedding, before the mailbox, so depth here only absorbs one long push.
+MAILBOX_FRAMES = 3
+# Anonymized frames waiting for the encoder: a whole look-ahead group and then some. Full means the
+# encoder is slower than the camera; the newest frame is dropped (counted) rather than queued.
+ENCODE_QUEUE_FRAMES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class _ToEncode:
+    """An anonymized frame (or our own slate) on its way to the encoder thread."""
+
+    frame: av.VideoFrame
+    decoded_at: float
+    slate: bool = False
 
 
 class LatencyStats:
@@ -124,7 +143,10 @@ class CameraPipeline:
         self.floor: PrivacyFloor | None = None  # known once the camera's frame size is
         self._floor_side = 0
         self._shedder = FrameShedder()
-        self._run_ms = 25.0  # recent detector run time, planned for when frames wait for the next run
+        self._run_ms = 25.0  # recent detector run time (EMA), reserved when frames wait for the next run
+        # The last runs, for the cadence plan: a median, so that one run stretched by a busy CPU does
+        # not cut the frames that may wait (a lower cadence costs CPU the camera then lacks even more).
+        self._runs: deque[float] = deque(maxlen=25)
         self._hold_checked = 0.0
         self.latency = LatencyStats()
         self.source = CameraSource(
@@ -135,8 +157,13 @@ class CameraPipeline:
         self._worker: threading.Thread | None = None
         self._encoder: H264Encoder | None = None
         self._encoder_size: tuple[int, int] | None = None
-        self._work_ms = 10.0  # recent engine + encode time per frame
-        self._encode_ms = 5.0  # recent encode time, reserved when deciding whether a frame is late
+        self._work_ms = 10.0  # recent worker (engine) time per input frame
+        self._encode_ms = 5.0  # recent encode time per frame, reserved when deciding whether a frame is late
+        self._encode_queue: queue.Queue[_ToEncode | None] = queue.Queue(maxsize=ENCODE_QUEUE_FRAMES)
+        # How busy each thread is: its busy spells over the last BUSY_WINDOW_S (end time, seconds).
+        self._busy_worker = _BusyMeter()
+        self._busy_encoder = _BusyMeter()
+        self._encode_thread: threading.Thread | None = None
         self._fps = 25.0  # until the camera's timestamps tell (encoder GOP, slate timing)
         self._last_pts_s: float | None = None
         self._pts_gaps: deque[float] = deque(maxlen=25)
@@ -164,6 +191,8 @@ class CameraPipeline:
             return
         self._started = True
         self._worker = threading.Thread(target=self._work, name=f"pipeline-{self.name}", daemon=True)
+        self._encode_thread = threading.Thread(target=self._encode_loop, name=f"encode-{self.name}", daemon=True)
+        self._encode_thread.start()
         self._worker.start()
         self.source.start()
 
@@ -175,6 +204,9 @@ class CameraPipeline:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
+        if self._encode_thread is not None:
+            self._put_encode(None, block=True)
+            self._encode_thread.join(timeout=5)
         if self._encoder is not None:
             self._encoder.close()
         self.state = "stopped"
@@ -266,7 +298,8 @@ class CameraPipeline:
         oldest = self.engine.oldest_held_at
         if oldest is None:
             return None
-        reserve_ms = self._run_ms + self._encode_ms * (self.engine.held + 1) + 0.1 * self.budget_ms
+        # The oldest frame is encoded first, as soon as the run is done (the encoder has its own thread).
+        reserve_ms = self._run_ms + self._encode_ms + 0.1 * self.budget_ms
         return oldest + max(0.0, self.budget_ms - reserve_ms) / 1000
 
     def _process(self, df: DecodedFrame) -> None:
@@ -298,25 +331,29 @@ class CameraPipeline:
                 self._count_drop("fail_closed")
                 continue
             elapsed_ms = (time.monotonic() - res.decoded_at) * 1000
+            oldest_ms = max(oldest_ms, elapsed_ms + self._encode_ms)
             if elapsed_ms + self._encode_ms > self.budget_ms:
                 # Detection was too slow for this frame: it is anonymized but would leave late
                 # (encoding still to come); late frames are dropped.
                 self._count_drop("latency_budget")
-                oldest_ms = max(oldest_ms, elapsed_ms)
                 continue
-            self._encode_publish(res.frame, res.decoded_at)
-            oldest_ms = max(oldest_ms, (time.monotonic() - res.decoded_at) * 1000)
+            if not self._put_encode(_ToEncode(res.frame, res.decoded_at)):
+                self._count_drop("queue_full")
+                self.controller.dropped(time.monotonic())
         done = time.monotonic()
         work_ms = (done - started) * 1000
+        self._busy_worker.add(done, done - started)
         # Mean work per input frame: a push that only queued the frame costs a tracker prediction,
         # the one that ran the detector costs the run and the encodes of every frame that waited.
         self._work_ms = 0.9 * self._work_ms + 0.1 * work_ms
         if results:
-            self._adapt(oldest_ms, work_ms)
+            # The busier of the two threads sets the pace (its share of the wall clock).
+            self._adapt(oldest_ms, work_ms, max(self._busy_worker.share(done), self._busy_encoder.share(done)))
 
     def _account(self, res: AnonymizedFrame) -> None:
         if res.detector_ran and not res.fail_closed:
             self._run_ms = 0.8 * self._run_ms + 0.2 * res.detector_ms
+            self._runs.append(res.detector_ms)
             self.faces_now = res.faces
         self.tracks_now = res.tracks
         if self.metrics:
@@ -340,7 +377,9 @@ class CameraPipeline:
             return
         self._hold_checked = now
         floor = privacy_floor(self.privacy, self.engine.cfg.detector.model, side)
-        hold = hold_frames_allowed(self.budget_ms, 1000.0 / self._fps, self._run_ms, self._encode_ms)
+        runs = sorted(self._runs)
+        typical_run = runs[len(runs) // 2] if runs else self._run_ms
+        hold = hold_frames_allowed(self.budget_ms, 1000.0 / self._fps, typical_run, self._encode_ms)
         max_every = floor.max_detect_every(hold)
         if side != self._floor_side:
             self._floor_side = side
@@ -373,10 +412,13 @@ class CameraPipeline:
                     self._fps = 1.0 / sorted(self._pts_gaps)[len(self._pts_gaps) // 2]
         self._last_pts_s = df.pts_seconds
 
-    def _adapt(self, ms: float, frame_work_ms: float) -> None:
+    def _adapt(self, ms: float, frame_work_ms: float, busy_share: float) -> None:
         c = self.controller
         was_overloaded = c.overloaded
-        if not c.observe(ms, time.monotonic(), self._work_ms, 1000.0 / self._fps, frame_work_ms):
+        # While frames are shed, frames come 1/keep_ratio camera intervals apart: that is the time
+        # one push may take before the next one waits (busy_share is already of the wall clock).
+        interval_ms = 1000.0 / self._fps / max(c.keep_ratio, 0.05)
+        if not c.observe(ms, time.monotonic(), busy_share * interval_ms, interval_ms, frame_work_ms):
             return
         if c.overloaded:
             log.warning(
@@ -392,6 +434,36 @@ class CameraPipeline:
             )
         if self.metrics:
             self.metrics.overloaded.set(1 if c.overloaded else 0)
+
+    # --- encoder thread ---
+    def _put_encode(self, item: _ToEncode | None, block: bool = False) -> bool:
+        try:
+            self._encode_queue.put(item, block=block, timeout=2 if block else None)
+        except queue.Full:
+            return False
+        return True
+
+    def _encode_loop(self) -> None:
+        while True:
+            item = self._encode_queue.get()
+            if item is None:
+                return
+            try:
+                if item.slate:
+                    self._encode_slate(item.frame, item.decoded_at)
+                    continue
+                elapsed_ms = (time.monotonic() - item.decoded_at) * 1000
+                if elapsed_ms + self._encode_ms > self.budget_ms:
+                    self._count_drop("latency_budget")  # waited too long for the encoder
+                    continue
+                t0 = time.monotonic()
+                self._encode_publish(item.frame, item.decoded_at)
+                done = time.monotonic()
+                self._busy_encoder.add(done, done - t0)
+            except Exception:
+                # Nothing may crash the camera's encoder; the frame is lost (never sent raw).
+                log.exception("%s: encoding failed; frame dropped", self.name)
+                self._count_drop("encoder")
 
     def _ensure_encoder(self, width: int, height: int) -> H264Encoder:
         if self._encoder is None or self._encoder_size != (width, height):
@@ -426,9 +498,12 @@ class CameraPipeline:
                 self.metrics.frame_out(ms / 1000, now)
 
     def _publish_slate(self, now: float) -> None:
+        """From the worker: our own picture, no anonymization needed, through the encoder thread."""
         w, h = self._encoder_size or (self.cfg.slate.width, self.cfg.slate.height)
-        slate = make_slate(w, h, self.name)
-        enc = self._ensure_encoder(w, h)
+        self._put_encode(_ToEncode(make_slate(w, h, self.name), now, slate=True))
+
+    def _encode_slate(self, slate: av.VideoFrame, now: float) -> None:
+        enc = self._ensure_encoder(slate.width, slate.height)
         had_codec = enc.codec_info is not None
         # Every slate frame is a keyframe: a viewer joining during an outage sees it at once.
         packets = enc.encode(slate, now, force_keyframe=True)
@@ -484,6 +559,24 @@ class CameraPipeline:
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+BUSY_WINDOW_S = 2.0
+
+
+class _BusyMeter:
+    """The share of the last BUSY_WINDOW_S one thread spent working (0..1)."""
+
+    def __init__(self) -> None:
+        self._spells: deque[tuple[float, float]] = deque(maxlen=1000)
+
+    def add(self, end: float, seconds: float) -> None:
+        self._spells.append((end, seconds))
+
+    def share(self, now: float) -> float:
+        since = now - BUSY_WINDOW_S
+        spells = tuple(self._spells)  # the other thread appends
+        return min(1.0, sum(d for end, d in spells if end > since) / BUSY_WINDOW_S)
 
 
 class _Rate:

@@ -46,7 +46,7 @@ def test_example_documents_every_key() -> None:
 
 def test_minimal_config_from_the_issue() -> None:
     cfg = parse_config(MINIMAL)
-    assert cfg.server.rtsp_port == 8554 and cfg.latency_budget_ms == 150
+    assert cfg.server.rtsp_port == 8554 and cfg.latency_budget_ms == 200
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_per_camera_overrides() -> None:
     assert cfg.engine_for(a).detect_every == 3 and cfg.engine_for(b).detect_every == 2
     assert cfg.engine_for(a).obfuscation.style == "solid" and cfg.engine_for(b).obfuscation.style == "blur"
     assert cfg.transport_for(a) == "udp" and cfg.transport_for(b) == "tcp"
-    assert cfg.budget_for(a) == 80 and cfg.budget_for(b) == 150
+    assert cfg.budget_for(a) == 80 and cfg.budget_for(b) == 200
 
 
 def test_camera_sections_override_key_by_key() -> None:
