@@ -267,10 +267,11 @@ class FrameShedder:
 
 
 # --- capacity estimate (check-config) --------------------------------------------------------
-# CPU per frame, in core-milliseconds per megapixel, measured on a 2-core machine (bench/live_leak.py,
-# 720p25): decode + copy + obfuscate + encode of one frame, and one YuNet run of its input picture.
-FRAME_CORE_MS_PER_MPIX = 9.0
-DETECT_CORE_MS_PER_MPIX = {"yunet": 32.0, "centerface": 250.0}
+# CPU per frame, in core-milliseconds per megapixel, measured on this project's 2-core machine
+# (2026-12-01, dev_street 720p): decode ~4 + copy and obfuscate ~4 + libx264 encode ~9 ms per frame,
+# and one YuNet run at 1280x736 ~50 core-ms on one thread (68 on two); CenterFace ~5x YuNet.
+FRAME_CORE_MS_PER_MPIX = 18.0
+DETECT_CORE_MS_PER_MPIX = {"yunet": 60.0, "centerface": 300.0}
 # The share of the machine the cameras may plan to use (the event loop, viewers and the OS need the rest).
 USABLE_CPU_SHARE = 0.85
 
@@ -295,7 +296,8 @@ def camera_load(
 ) -> CameraLoad:
     """What one camera costs at its privacy floor (an estimate from measured per-pixel costs)."""
     floor = privacy_floor(privacy, model, max(width, height))
-    det_w = max(floor.min_input_width, input_width)
+    # Under load the controller may go down to the floor's width (never below): the cheapest it may run.
+    det_w = min(floor.min_input_width, max(input_width, floor.min_input_width))
     det_mpix = det_w * (det_w * min(width, height) / max(width, height)) / 1e6
     run_core_ms = det_mpix * DETECT_CORE_MS_PER_MPIX.get(model, 32.0)
     frame_core_ms = width * height / 1e6 * FRAME_CORE_MS_PER_MPIX

@@ -190,3 +190,32 @@ def test_shedding_keeps_the_ratio_evenly(ratio: float) -> None:
         gap = 0 if k else gap + 1
         worst = max(worst, gap)
     assert worst <= round(1 / ratio)
+
+
+# --- check-config's capacity estimate -----------------------------------------------------------
+
+
+def test_check_config_warns_when_the_cameras_cannot_fit_at_their_floor(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from streamproxy.cli import _warn_capacity
+    from streamproxy.config import parse_config
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def cfg(n: int, **privacy: float) -> object:
+        cams = [{"name": f"c{i}", "url": f"rtsp://127.0.0.1/{i}"} for i in range(n)]
+        return parse_config({"cameras": cams, "privacy": privacy})
+
+    _warn_capacity(cfg(1))  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert "detector >= 1280 px" in out.out and "warning" not in out.err
+    _warn_capacity(cfg(3))  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert "cannot all run at full frame rate" in out.err and "overload" in out.err
+    # Larger smallest faces make a cheaper floor: the same three cameras fit.
+    _warn_capacity(cfg(3, min_face_px=72))  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert "detector >= 320 px" in out.out and "warning" not in out.err
