@@ -122,9 +122,17 @@ class CameraPipeline:
         self.loop = loop
         self.metrics = metrics
         engine_cfg = cfg.engine_for(cam)
+        privacy = cfg.privacy_for(cam)
+        if engine_cfg.detector.threshold > privacy.max_threshold:
+            # The floor's threshold: a detector that looks every k-th frame must find more per look.
+            engine_cfg = engine_cfg.model_copy(
+                update={"detector": engine_cfg.detector.model_copy(update={"threshold": privacy.max_threshold})}
+            )
         if engine_cfg.detector.threads == 0:
-            # Auto: share the cores between the cameras; oversubscribed onnxruntime pools are slower.
-            share = max(1, min(2, (os.cpu_count() or 1) // max(1, cameras)))
+            # Auto: share the cores between the cameras, one core kept for decoding and encoding;
+            # oversubscribed onnxruntime pools are slower, and a second thread costs CPU (1280-px
+            # YuNet: 50 core-ms a run on one thread, 68 on two) that a 2-core machine lacks.
+            share = max(1, min(2, ((os.cpu_count() or 1) - 1) // max(1, cameras)))
             engine_cfg = engine_cfg.model_copy(
                 update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
             )
@@ -138,7 +146,7 @@ class CameraPipeline:
             max_input_width=engine_cfg.detector.input_width,
             base_detect_every=engine_cfg.detect_every,
         )
-        self.privacy = cfg.privacy_for(cam)
+        self.privacy = privacy
         self.engine.max_unmasked_frames = self.privacy.max_unmasked_frames
         self.floor: PrivacyFloor | None = None  # known once the camera's frame size is
         self._floor_side = 0
