@@ -3,7 +3,7 @@
 A script, not a test: it prints a table. For each N (default 1, 2, 4, 6) of simulated cameras
 (gst-rtsp-server child processes, `camsim.SimCamera`, 720p25 with real faces and a wall-clock barcode):
 
-1. proxy: the whole service (`app.running_app`: ingest, detector, tracker, obfuscation, libx264,
+1. proxy: the whole service (`streamproxy_sim.harness.running_app`: ingest, detector, tracker, obfuscation, libx264,
    RTSP server) runs for `--seconds`, after a warm-up in which the latency controller settles.
    Reported per N: output fps per camera (min/mean, from the pipelines' published frames), proxy-added
    latency p50/p99 (every sample of the window: decoder out → packets handed to viewers), dropped
@@ -55,10 +55,10 @@ from typing import Any
 import av
 import numpy as np
 
-from streamproxy.app import AppThread
-from streamproxy.camsim import SimCamera, SimMode, free_port, read_stamp, system_gst_available
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
-from streamproxy.encode import H264Encoder
+from streamproxy.live.encode import H264Encoder
+from streamproxy_sim.camsim import SimCamera, SimMode, free_port, read_stamp, system_gst_available
+from streamproxy_sim.harness import AppThread
 
 log = logging.getLogger("bench.live")
 

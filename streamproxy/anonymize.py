@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .config import EngineConfig
-from .detect import FaceDetector, create_detector
-from .engine import Anonymizer
+from streamproxy.config import EngineConfig
+from streamproxy.engine.anonymizer import Anonymizer
+from streamproxy.engine.detect import FaceDetector, create_detector
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,14 @@ import hashlib
 import logging
 import os
 import signal
-import threading
-import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from typing import Any
 
-from .config import AppConfig, CameraConfig
-from .pipeline import CameraPipeline
-from .publish import Publisher
-from .rtsp import RtspServer
-from .stream import StreamHub
+from streamproxy.config import AppConfig, CameraConfig
+from streamproxy.hub import StreamHub
+from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.serve.publish import Publisher
+from streamproxy.serve.rtsp_server import RtspServer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ class App:
         loop = asyncio.get_running_loop()
         metrics_mod: Any
         try:
-            from . import metrics as metrics_mod
+            from streamproxy import metrics as metrics_mod
         except ImportError:  # pragma: no cover - metrics are optional until issue 4 lands
             metrics_mod = None
         for position, cam in enumerate(self.cameras):
@@ -79,7 +76,7 @@ class App:
                 )
         self.rtsp = RtspServer(self.hubs, self.cfg.server)
         await _listen("RTSP", self.cfg.server.host, self.cfg.server.rtsp_port, self.rtsp.start())
-        from .web import WebServer
+        from streamproxy.serve.http import WebServer
 
         self.web = WebServer(self)
         await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
@@ -143,67 +140,6 @@ class App:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
-
-
-@asynccontextmanager
-async def running_app(cfg: AppConfig) -> AsyncIterator[App]:
-    """Start the whole service inside a test or benchmark; always stops it."""
-    app = App(cfg)
-    try:
-        await app.start()
-        yield app
-    finally:
-        await app.stop()
-
-
-class AppThread:
-    """The whole service on a private event loop in a thread, for callers that block (tests, benchmarks)."""
-
-    def __init__(self, cfg: AppConfig) -> None:
-        self.cfg = cfg
-        self.app: App | None = None
-        self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="app-thread", daemon=True)
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with running_app(self.cfg) as app:
-                self.app = app
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as err:  # handed to the caller's thread by start()
-            self.error = err
-        finally:
-            self._ready.set()
-
-    def start(self, timeout: float = 60) -> App:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("app did not start")
-        if self.error is not None:
-            raise self.error
-        assert self.app is not None
-        return self.app
-
-    def stop(self, timeout: float = 30) -> float:
-        """Stop the service (a graceful App.stop()); returns how long it took."""
-        t0 = time.monotonic()
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError("app did not stop")
-        return time.monotonic() - t0
-
-    def rtsp_url(self, path: str, user: str | None = None, password: str | None = None) -> str:
-        assert self.app is not None and self.app.rtsp is not None
-        auth = f"{user}:{password}@" if user is not None else ""
-        return f"rtsp://{auth}127.0.0.1:{self.app.rtsp.port}/{path}"
 
 
 class ListenError(OSError):

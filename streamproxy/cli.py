@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import AppConfig, ConfigError, DetectorConfig, EngineConfig, default_model_dir, load_config
+from streamproxy import __version__
+from streamproxy.config import (
+    AppConfig,
+    ConfigError,
+    DetectorConfig,
+    EngineConfig,
+    default_model_dir,
+    load_config,
+)
 
 log = logging.getLogger("streamproxy")
 
@@ -49,8 +56,8 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
 def cmd_anonymize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .anonymize import BulkSummary, collect_jobs, count_frames, iter_results
-    from .models import ModelError
+    from streamproxy.anonymize import BulkSummary, collect_jobs, count_frames, iter_results
+    from streamproxy.engine.models import ModelError
 
     try:
         cfg = _engine_from_args(args)
@@ -103,7 +110,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import MODELS, ModelError, fetch_models, model_path
+    from streamproxy.engine.models import MODELS, ModelError, fetch_models, model_path
 
     model_dir = args.model_dir or default_model_dir()
     if args.action == "fetch":
@@ -144,7 +151,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
     """Warn when the cameras cannot all be carried at their privacy floor on this machine."""
     import os
 
-    from .controller import USABLE_CPU_SHARE, camera_load
+    from streamproxy.live.controller import USABLE_CPU_SHARE, camera_load
 
     cams = [c for c in cfg.cameras if c.enabled]
     loads = []
@@ -171,7 +178,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import run_app
+    from streamproxy.app import run_app
 
     try:
         cfg = load_config(args.config)
@@ -183,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from streamproxy.demo import run_demo
 
     _setup_logging(args.log_level or "INFO")
     return run_demo(args)

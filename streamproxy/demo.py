@@ -14,14 +14,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .app import App
-from .config import parse_config
+from streamproxy.app import App
+from streamproxy.config import parse_config
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .camsim import SimCamera, build_clip, free_port
+    try:
+        # The simulated camera is a test and demo tool, not part of the product (ARCHITECTURE.md).
+        import skimage  # noqa: F401  (the face photo of the demo clip)
+
+        from streamproxy_sim.camsim import SimCamera, build_clip, free_port
+    except ImportError as err:
+        print(
+            f"streamproxy demo: the simulated camera needs the demo extra ({err.name} is missing): "
+            "pip install 'streamproxy[demo]' (scripts/demo.sh does)",
+            file=sys.stderr,
+        )
+        return 1
 
     if shutil.which("/usr/bin/python3") is None:
         print("streamproxy demo: Debian's python3 with GStreamer is needed: run scripts/setup.sh", file=sys.stderr)

@@ -9,7 +9,7 @@ import pytest as _pytest_models
 @_pytest_models.fixture(scope="session")
 def model_dir() -> _ModelsPath:
     from streamproxy.config import default_model_dir
-    from streamproxy.models import fetch_models
+    from streamproxy.engine.models import fetch_models
 
     d = default_model_dir()
     fetch_models(d)
@@ -32,7 +32,7 @@ import pytest as _pytest_sim  # noqa: E402
 
 @_pytest_sim.fixture(scope="session")
 def _sim_gst_available() -> None:
-    from streamproxy.camsim import system_gst_available
+    from streamproxy_sim.camsim import system_gst_available
 
     why = system_gst_available()
     if why:
@@ -41,7 +41,7 @@ def _sim_gst_available() -> None:
 
 @_pytest_sim.fixture
 def sim_camera_factory(_sim_gst_available: None) -> _SimIterator[_SimCallable[..., _SimAny]]:
-    from streamproxy.camsim import SimCamera
+    from streamproxy_sim.camsim import SimCamera
 
     cams: list[SimCamera] = []
 

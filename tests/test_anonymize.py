@@ -15,7 +15,7 @@ from facekit import background, changed_fraction, paste_face
 
 from streamproxy.anonymize import Job, collect_jobs, iter_results
 from streamproxy.config import DetectorConfig, EngineConfig
-from streamproxy.detect import create_detector
+from streamproxy.engine.detect import create_detector
 
 CLI = [sys.executable, "-m", "streamproxy.cli"]
 

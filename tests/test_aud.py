@@ -9,7 +9,7 @@ import av
 import numpy as np
 
 from streamproxy.config import EncoderConfig
-from streamproxy.encode import H264Encoder
+from streamproxy.live.encode import H264Encoder
 from streamproxy.rtsp.rtp import AUD_PAYLOAD, RtpStream, packetize_h264
 
 

@@ -301,8 +301,8 @@ async def test_page_plays_synthetic_stream() -> None:
 
 @contextlib.asynccontextmanager
 async def live_service(camera_url: str) -> AsyncIterator[tuple[Any, str]]:
-    from streamproxy.app import running_app
     from streamproxy.config import parse_config
+    from streamproxy_sim.harness import running_app
 
     cfg = parse_config(
         {
@@ -341,9 +341,9 @@ async def check_no_face_end_to_end(
     check_stats: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """A real camera with faces -> the whole service -> a browser: no face in what the browser shows."""
-    from streamproxy.camsim import SimCamera, read_stamp, system_gst_available
     from streamproxy.config import DetectorConfig
-    from streamproxy.detect import create_detector
+    from streamproxy.engine.detect import create_detector
+    from streamproxy_sim.camsim import SimCamera, read_stamp, system_gst_available
 
     missing = system_gst_available()
     if missing:

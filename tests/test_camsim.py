@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streamproxy import camsim
-from streamproxy.camsim import SimCamera
+from streamproxy_sim.camsim import SimCamera
 
 LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
 
@@ -394,7 +394,7 @@ def test_start_fails_with_a_clear_error_for_a_bad_clip(_sim_gst_available: None,
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_detector_finds_the_clip_faces_and_not_the_barcode(model_dir: Path) -> None:
-    detect = pytest.importorskip("streamproxy.detect")
+    detect = pytest.importorskip("streamproxy.engine.detect")
     from streamproxy.config import DetectorConfig
 
     det = detect.create_detector(DetectorConfig(model="yunet", model_dir=model_dir, threads=1))

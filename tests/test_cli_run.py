@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.camsim import free_port
+from streamproxy_sim.camsim import free_port
 
 
 def _get(url: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamproxy.config import PrivacyConfig
-from streamproxy.controller import (
+from streamproxy.live.controller import (
     BAD_SETTING_S,
     MAX_DETECT_EVERY,
     MIN_KEEP,

@@ -7,8 +7,9 @@ import struct
 
 import pytest
 
+from streamproxy.h264 import START_CODE
 from streamproxy.rtsp.client import ClientError, _Auth, parse_sdp
-from streamproxy.rtsp.depay import START_CODE, Depacketizer, RtpPacket, parse_rtp
+from streamproxy.rtsp.depay import Depacketizer, RtpPacket, parse_rtp
 from streamproxy.rtsp.rtp import packetize_h264
 
 SPS = b"\x67\x42\xc0\x1f\xaa"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamproxy.config import DetectorConfig
-from streamproxy.detect import (
+from streamproxy.engine.detect import (
     CenterFaceDetector,
     FaceDetector,
     OnnxFaceDetector,
@@ -22,7 +22,7 @@ from streamproxy.detect import (
     round_to_align,
     tile_rects,
 )
-from streamproxy.models import ModelError
+from streamproxy.engine.models import ModelError
 from streamproxy.types import Box, Detection
 
 skimage_data = pytest.importorskip("skimage.data")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamproxy.config import EncoderConfig
-from streamproxy.encode import H264Encoder, parameter_sets, split_annexb
+from streamproxy.h264 import parameter_sets, split_annexb
+from streamproxy.live.encode import H264Encoder
 
 
 def _frame(i: int, w: int, h: int) -> av.VideoFrame:

@@ -10,8 +10,8 @@ import pytest
 from facekit import background, changed_fraction, paste_face
 
 from streamproxy.config import DetectorConfig, EngineConfig
-from streamproxy.detect import create_detector
-from streamproxy.engine import Anonymizer
+from streamproxy.engine.anonymizer import Anonymizer
+from streamproxy.engine.detect import create_detector
 from streamproxy.types import Detection
 
 

@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 from facekit import background, paste_face
 
-from streamproxy.app import AppThread
-from streamproxy.camsim import (
+from streamproxy.config import DetectorConfig, parse_config
+from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy.types import Box, Detection
+from streamproxy_sim.camsim import (
     SimCamera,
     bgr_to_i420,
     free_port,
@@ -33,9 +35,7 @@ from streamproxy.camsim import (
     system_gst_available,
     write_stamp,
 )
-from streamproxy.config import DetectorConfig, parse_config
-from streamproxy.detect import OnnxFaceDetector, create_detector
-from streamproxy.types import Box, Detection
+from streamproxy_sim.harness import AppThread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -1,7 +1,7 @@
 """The whole live proxy end to end, against real third-party peers on loopback.
 
 A real camera (gst-rtsp-server serving real faces, `camsim.SimCamera`) → the whole service
-(`app.running_app`: ingest, detector, tracker, obfuscation, encoder, RTSP server) → real clients:
+(`streamproxy_sim.harness.running_app`: ingest, detector, tracker, obfuscation, encoder, RTSP server) → real clients:
 PyAV, ffprobe, ffmpeg, GStreamer's rtspsrc and raw sockets. What a viewer decodes is judged with the
 real face detector: the camera shows faces, the proxy must not.
 
@@ -29,10 +29,10 @@ import av
 import numpy as np
 import pytest
 
-from streamproxy.app import AppThread
-from streamproxy.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy.config import AppConfig, DetectorConfig, parse_config
-from streamproxy.detect import OnnxFaceDetector, create_detector
+from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy_sim.camsim import SimCamera, free_port, read_stamp, system_gst_available
+from streamproxy_sim.harness import AppThread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -12,7 +12,7 @@ import pytest
 from facekit import background, changed_fraction, paste_face
 
 from streamproxy.config import EngineConfig
-from streamproxy.engine import Anonymizer
+from streamproxy.engine.anonymizer import Anonymizer
 from streamproxy.types import AnonymizedFrame, Box, Detection
 
 W, H, FPS = 640, 360, 25

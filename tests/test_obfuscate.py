@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamproxy.config import ObfuscationConfig, PrivacyZone
-from streamproxy.obfuscate import (
+from streamproxy.engine.obfuscate import (
     fill_zones,
     frame_from_planes,
     obfuscate,
@@ -297,8 +297,8 @@ def detector_and_photo() -> tuple[object, np.ndarray]:
     skimage_data = pytest.importorskip("skimage.data")
     try:
         from streamproxy.config import DetectorConfig, default_model_dir
-        from streamproxy.detect import create_detector
-        from streamproxy.models import ModelError
+        from streamproxy.engine.detect import create_detector
+        from streamproxy.engine.models import ModelError
     except ImportError as e:
         pytest.skip(f"detector unavailable: {e}")
     try:

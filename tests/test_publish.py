@@ -1,6 +1,6 @@
 """publish_url: the anonymized stream pushed to a real RTSP server that accepts RECORD.
 
-The server is GStreamer's gst-rtsp-server in RECORD mode (`streamproxy/sim/gst_record.py`, run by
+The server is GStreamer's gst-rtsp-server in RECORD mode (`streamproxy_sim/gst/gst_record.py`, run by
 Debian's /usr/bin/python3), which depayloads and decodes what it receives with avdec_h264 and
 reports each decoded frame: a FRAME line is proof of decodable H.264 on the far side. Everything
 binds 127.0.0.1; every wait is bounded.
@@ -28,16 +28,17 @@ import numpy as np
 import pytest
 from test_live_e2e import make_config
 
-from streamproxy.app import AppThread
-from streamproxy.camsim import SYSTEM_PYTHON, free_port, read_ready, system_gst_available
 from streamproxy.config import ConfigError, DetectorConfig, EncoderConfig, parse_config
-from streamproxy.encode import H264Encoder
-from streamproxy.publish import Publisher, _has_sps
-from streamproxy.stream import StreamHub
+from streamproxy.h264 import has_sps
+from streamproxy.hub import StreamHub
+from streamproxy.live.encode import H264Encoder
+from streamproxy.serve.publish import Publisher
+from streamproxy_sim.camsim import SYSTEM_PYTHON, free_port, read_ready, system_gst_available
+from streamproxy_sim.harness import AppThread
 
 log = logging.getLogger(__name__)
 
-RECORD_SCRIPT = Path(__file__).resolve().parent.parent / "streamproxy" / "sim" / "gst_record.py"
+RECORD_SCRIPT = Path(__file__).resolve().parent.parent / "streamproxy_sim" / "gst" / "gst_record.py"
 W, H = 320, 240
 USER, PASSWORD = "pub", "pa55-w0rd"
 
@@ -253,10 +254,10 @@ def test_config_publish_url_validated() -> None:
             parse_config({"cameras": [{**base, "publish_url": bad}]})
 
 
-def test_has_sps() -> None:
-    assert _has_sps(b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce")
-    assert not _has_sps(b"\x00\x00\x00\x01\x41\x9a")
-    assert not _has_sps(b"")
+def testhas_sps() -> None:
+    assert has_sps(b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce")
+    assert not has_sps(b"\x00\x00\x00\x01\x41\x9a")
+    assert not has_sps(b"")
 
 
 async def test_unreachable_server_backs_off_without_touching_the_hub(
@@ -472,7 +473,7 @@ def test_app_publishes_only_anonymized_frames_and_survives_an_absent_server(
     """Camera with faces -> the whole service -> publish_url. The target is down at start: the
     service's own RTSP output is unaffected and the publisher retries; once the server comes up it
     receives decodable H.264 in which a face detector finds no face."""
-    from streamproxy.detect import create_detector
+    from streamproxy.engine.detect import create_detector
     from streamproxy.metrics import render_latest
 
     caplog.set_level(logging.INFO, logger="streamproxy")

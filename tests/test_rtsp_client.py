@@ -20,11 +20,11 @@ import av
 import numpy as np
 
 from streamproxy.config import IngestConfig
-from streamproxy.encode import split_annexb
+from streamproxy.h264 import split_annexb
+from streamproxy.live.source import CameraSource
 from streamproxy.rtsp.auth import parse_auth_params
 from streamproxy.rtsp.protocol import parse_request_head
 from streamproxy.rtsp.rtp import packetize_h264
-from streamproxy.source import CameraSource
 from streamproxy.types import DecodedFrame
 
 

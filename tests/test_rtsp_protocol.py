@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from streamproxy.config import User
+from streamproxy.hub import CodecInfo
 from streamproxy.rtsp.auth import Authenticator, parse_auth_params
 from streamproxy.rtsp.protocol import (
     RtspError,
@@ -20,8 +21,7 @@ from streamproxy.rtsp.protocol import (
     safe_uri,
 )
 from streamproxy.rtsp.rtp import RtpStream, packetize_h264
-from streamproxy.rtsp.server import build_sdp
-from streamproxy.stream import CodecInfo
+from streamproxy.serve.rtsp_server import build_sdp
 from streamproxy.types import EncodedPacket
 
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from streamproxy.config import EncoderConfig, ServerConfig, User
-from streamproxy.encode import H264Encoder
-from streamproxy.rtsp import RtspServer
-from streamproxy.rtsp.session import TcpOutput
-from streamproxy.stream import StreamHub
+from streamproxy.hub import StreamHub
+from streamproxy.live.encode import H264Encoder
+from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp_session import TcpOutput
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from streamproxy import camsim
-from streamproxy.camsim import SimCamera
 from streamproxy.config import IngestConfig
-from streamproxy.source import CameraSource, _secret_strings
+from streamproxy.live.source import CameraSource, _secret_strings
 from streamproxy.types import DecodedFrame
+from streamproxy_sim.camsim import SimCamera
 
 FAST = IngestConfig(
     open_timeout_s=3.0, read_timeout_s=1.5, backoff_initial_s=0.2, backoff_max_s=1.0

@@ -6,7 +6,7 @@ import random
 import statistics
 
 from streamproxy.config import TrackerConfig
-from streamproxy.track import Tracker
+from streamproxy.engine.track import Tracker
 from streamproxy.types import Box, Detection, Track
 
 FPS = 25.0

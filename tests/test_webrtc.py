@@ -20,10 +20,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
-from streamproxy.encode import H264Encoder
-from streamproxy.stream import StreamHub
-from streamproxy.web import WebServer
-from streamproxy.webrtc import ice_host_override, ice_servers
+from streamproxy.hub import StreamHub
+from streamproxy.live.encode import H264Encoder
+from streamproxy.serve.http import WebServer
+from streamproxy.serve.webrtc import gather_hosts, ice_servers
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 
@@ -70,6 +70,8 @@ class FakeApp:
         self.hubs = {c.name: StreamHub(c.name, cfg.server.viewer_buffer_packets) for c in cfg.cameras}
         self.pipelines: dict[str, Any] = {n: FakePipeline(h) for n, h in self.hubs.items()}
         self.ready = True
+        self.publishers: dict[str, Any] = {}
+        self.rtsp = None
         self.rtsp: Any = None
 
 
@@ -139,7 +141,7 @@ class WhepClient:
             self._track_ready.set()
 
     async def offer(self) -> str:
-        with ice_host_override(["127.0.0.1"]):
+        with gather_hosts(["127.0.0.1"]):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         assert self.pc.localDescription is not None
         return self.pc.localDescription.sdp

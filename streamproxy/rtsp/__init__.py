@@ -1,5 +1,3 @@
-"""Embedded RTSP server: each camera's anonymized stream at rtsp://HOST:PORT/<name>."""
-
-from .server import RtspServer, build_sdp
-
-__all__ = ["RtspServer", "build_sdp"]
+"""The RTSP/RTP/SDP protocol library: request parsing, auth, SDP, RTP packetizing and depacketizing,
+our RTSP client. It knows neither the stages nor the hub (ARCHITECTURE.md); the server that serves
+the hub is serve/rtsp_server.py."""

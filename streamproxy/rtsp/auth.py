@@ -15,8 +15,8 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from ..config import User
-from .protocol import parse_path
+from streamproxy.config import User
+from streamproxy.rtsp.protocol import parse_path
 
 log = logging.getLogger(__name__)
 

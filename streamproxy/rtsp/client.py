@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from .auth import parse_auth_params
-from .depay import AccessUnit, Codec, Depacketizer, parse_rtp
+from streamproxy.rtsp.auth import parse_auth_params
+from streamproxy.rtsp.depay import AccessUnit, Codec, Depacketizer, parse_rtp
 
 log = logging.getLogger(__name__)
 

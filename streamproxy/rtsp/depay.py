@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+
+from streamproxy.h264 import START_CODE, Codec, is_keyframe_nal, is_parameter_set, nal_type
 
 log = logging.getLogger(__name__)
 
-Codec = Literal["h264", "h265"]
-START_CODE = b"\x00\x00\x00\x01"
+
 MAX_REORDER = 64  # a packet at most this far behind the newest is late (dropped); further is a restart
 
 
@@ -67,18 +67,6 @@ class AccessUnit:
     data: bytes
     timestamp: int  # RTP timestamp, unwrapped (keeps growing past 2^32)
     keyframe: bool  # holds an IDR (H.264) / IRAP (H.265) picture: the decoder can start here
-
-
-def nal_type(codec: Codec, nal: bytes) -> int:
-    return (nal[0] >> 1) & 0x3F if codec == "h265" else nal[0] & 0x1F
-
-
-def is_keyframe_nal(codec: Codec, t: int) -> bool:
-    return 16 <= t <= 21 if codec == "h265" else t == 5
-
-
-def is_parameter_set(codec: Codec, t: int) -> bool:
-    return t in (32, 33, 34) if codec == "h265" else t in (7, 8)
 
 
 class Depacketizer:

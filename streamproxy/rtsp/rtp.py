@@ -11,8 +11,8 @@ import struct
 import time
 from collections import OrderedDict
 
-from ..encode import split_annexb
-from ..types import EncodedPacket
+from streamproxy.h264 import split_annexb
+from streamproxy.types import EncodedPacket
 
 PAYLOAD_TYPE = 96
 MAX_PAYLOAD = 1400  # RTP payload bytes: 1412-byte packets fit a 1500-byte Ethernet MTU with UDP/IP

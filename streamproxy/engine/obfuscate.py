@@ -22,8 +22,8 @@ import av
 import cv2
 import numpy as np
 
-from .config import ObfuscationConfig, PrivacyZone
-from .types import Box, Plane, Planes
+from streamproxy.config import ObfuscationConfig, PrivacyZone
+from streamproxy.types import Box, Plane, Planes
 
 log = logging.getLogger(__name__)
 

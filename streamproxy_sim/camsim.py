@@ -4,7 +4,7 @@ Two halves, two interpreters:
 
 * this module (the project's venv) builds the clip, knows where the faces are in every frame
   (ground truth for tests), decodes the wall-clock barcode, and starts/stops the server process;
-* `sim/gst_camera.py` runs under Debian's `/usr/bin/python3` (the only interpreter that can import
+* `gst/gst_camera.py` runs under Debian's `/usr/bin/python3` (the only interpreter that can import
   GStreamer's `gi` bindings here) and serves the clip as H.264/H.265 over RTSP, stamping every frame
   with its wall-clock time just before it enters the encoder.
 
@@ -63,11 +63,11 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from .types import Box
+from streamproxy.types import Box
 
 log = logging.getLogger(__name__)
 
-SIM_SCRIPT = Path(__file__).with_name("sim") / "gst_camera.py"
+SIM_SCRIPT = Path(__file__).with_name("gst") / "gst_camera.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 Codec = Literal["h264", "h265"]
@@ -75,7 +75,7 @@ AuthMethod = Literal["basic", "digest"]
 SimMode = Literal["live", "replay"]
 
 # --- the wall-clock barcode -------------------------------------------------------------------
-# Keep in sync with sim/gst_camera.py (tests check both writers give identical bytes).
+# Keep in sync with gst/gst_camera.py (tests check both writers give identical bytes).
 STAMP_ROWS = 2
 STAMP_COLS = 28
 STAMP_BITS = STAMP_ROWS * STAMP_COLS  # 48 bits of milliseconds + 8 bits of CRC
@@ -392,7 +392,7 @@ def cached_clip(width: int, height: int, fps: float, seconds: float, faces: int)
 
 
 # --- replay: the clip encoded once ---------------------------------------------------------------
-# Keep in sync with sim/gst_camera.py (read_access_units): MAGIC, then per access unit a 4-byte
+# Keep in sync with gst/gst_camera.py (read_access_units): MAGIC, then per access unit a 4-byte
 # big-endian length, a flags byte (1 = keyframe) and the Annex-B bytes (SPS/PPS before each IDR).
 REPLAY_MAGIC = b"STREAMPROXY-AU1\n"
 
@@ -772,7 +772,7 @@ class SimCamera:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m streamproxy.camsim`: run a simulated camera until Ctrl+C."""
+    """`python -m streamproxy_sim.camsim`: run a simulated camera until Ctrl+C."""
     p = argparse.ArgumentParser(description="Serve a simulated RTSP camera (faces + wall-clock barcode).")
     p.add_argument("--port", type=int, default=8554)
     p.add_argument("--path", default="cam")

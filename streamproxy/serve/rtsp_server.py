@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..config import ServerConfig
-from ..stream import CodecInfo, StreamHub
-from .auth import Authenticator
-from .protocol import (
+from streamproxy.config import ServerConfig
+from streamproxy.hub import CodecInfo, StreamHub
+from streamproxy.rtsp.auth import Authenticator
+from streamproxy.rtsp.protocol import (
     KNOWN_METHODS,
     MAX_HEAD_BYTES,
     SUPPORTED_METHODS,
@@ -33,8 +33,8 @@ from .protocol import (
     parse_transport,
     safe_uri,
 )
-from .rtp import PayloadCache
-from .session import RtspSession, TcpOutput, UdpOutput
+from streamproxy.rtsp.rtp import PayloadCache
+from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from streamproxy.config import DetectorConfig
-from streamproxy.models import model_path
+from streamproxy.engine.models import model_path
 from streamproxy.types import Box, Detection
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from .config import PrivacyConfig
+from streamproxy.config import PrivacyConfig
 
 # Smallest face, in detector-input pixels, the model masks reliably (see the module docstring).
 # CenterFace was not measured this way; its recall of small faces is lower than YuNet's on the WIDER

@@ -19,47 +19,12 @@ import av
 import av.video.frame
 import numpy as np
 
-from .config import EncoderConfig
-from .stream import CodecInfo
-from .types import EncodedPacket
+from streamproxy.config import EncoderConfig
+from streamproxy.h264 import CLOCK_RATE, parameter_sets
+from streamproxy.hub import CodecInfo
+from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
-
-CLOCK_RATE = 90_000  # RTP's clock for video; the encoder's time base, so pts need no rescaling
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex B byte stream, without their start codes."""
-    nals: list[bytes] = []
-    n = len(data)
-    i = data.find(b"\x00\x00\x01")
-    while 0 <= i < n:
-        start = i + 3
-        j = data.find(b"\x00\x00\x01", start)
-        if j < 0:
-            end = n
-        else:
-            # A 4-byte start code's leading zero belongs to the start code, not to this NAL.
-            end = j - 1 if j > start and data[j - 1] == 0 else j
-        if end > start:
-            nals.append(data[start:end])
-        i = j
-    return nals
-
-
-def parameter_sets(data: bytes) -> tuple[bytes, bytes] | None:
-    """(sps, pps) found in an Annex B buffer, or None when either is missing."""
-    sps = pps = None
-    for nal in split_annexb(data):
-        kind = nal[0] & 0x1F
-        if kind == 7 and sps is None:
-            sps = nal
-        elif kind == 8 and pps is None:
-            pps = nal
-    if sps is None or pps is None:
-        return None
-    return sps, pps
-
 
 def _even_crop(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     """Copy the top-left width x height of a yuv420p frame (drops the odd last row/column).

@@ -13,8 +13,8 @@ import logging
 import secrets
 import time
 
-from ..stream import StreamHub, Subscription
-from .rtp import PayloadCache, RtpStream
+from streamproxy.hub import StreamHub, Subscription
+from streamproxy.rtsp.rtp import PayloadCache, RtpStream
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 """A simulated IP camera: GStreamer's gst-rtsp-server serving a raw I420 clip in a loop.
 
 Runs under Debian's /usr/bin/python3 (the interpreter that has the `gi` GStreamer bindings), so it
-imports nothing from streamproxy and needs no numpy. streamproxy/camsim.py starts it.
+imports nothing from streamproxy and needs no numpy. streamproxy_sim/camsim.py starts it.
 
     appsrc (I420, live, timestamped on push) ! x264enc zerolatency ! rtph264pay name=pay0
 
@@ -36,7 +36,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 from gst_server import attach, install_lifetime, set_auth  # noqa: E402 (same folder: the script's)
 
-# --- the barcode: keep in sync with streamproxy/camsim.py -----------------------------------------
+# --- the barcode: keep in sync with streamproxy_sim/camsim.py -----------------------------------------
 STAMP_ROWS = 2
 STAMP_COLS = 28
 STAMP_BITS = STAMP_ROWS * STAMP_COLS

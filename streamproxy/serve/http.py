@@ -2,7 +2,7 @@
 
 Routes
   GET  /                               the page (static/index.html)
-  GET  /static/{file}                  page assets (package data streamproxy/web/*)
+  GET  /static/{file}                  page assets (package data streamproxy/serve/web/*)
   GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials)
   GET  /healthz                        200 "ok" while the process serves HTTP
   GET  /readyz                         200 when config, models and listeners are up; 503 with reasons
@@ -25,14 +25,28 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from .webrtc import WebRtcGateway, WhepError
+from streamproxy.config import AppConfig
+from streamproxy.hub import StreamHub
+from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.serve.publish import Publisher
+from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.webrtc import WebRtcGateway, WhepError
 
-if TYPE_CHECKING:
-    from .app import App
+
+class Service(Protocol):
+    """What the HTTP side reads of the running service (`app.App` is one). A protocol, not the App
+    class: the HTTP room may not import the room that composes it (ARCHITECTURE.md)."""
+
+    cfg: AppConfig
+    pipelines: dict[str, CameraPipeline]
+    publishers: dict[str, Publisher]
+    hubs: dict[str, StreamHub]
+    rtsp: RtspServer | None
+    ready: bool
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +73,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _load_static() -> dict[str, bytes]:
     """The page assets, read once from package data (works from a wheel, no network needed)."""
     out: dict[str, bytes] = {}
-    root = resources.files("streamproxy") / "web"
+    root = resources.files("streamproxy.serve") / "web"
     if not root.is_dir():
         log.warning("web assets missing from the package: the page is unavailable")
         return out
@@ -72,7 +86,7 @@ def _load_static() -> dict[str, bytes]:
 class WebServer:
     """aiohttp server of the live proxy; `start`/`stop` are idempotent."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Service) -> None:
         self.app = app
         self.cfg = app.cfg.server
         self.webrtc = WebRtcGateway(self.cfg)
@@ -183,7 +197,7 @@ class WebServer:
             for key in ("url", "source_url"):
                 snap.pop(key, None)
             snap["whep"] = f"/{name}/whep"
-            publisher = getattr(self.app, "publishers", {}).get(name)  # test stand-ins may have none
+            publisher = self.app.publishers.get(name)
             if publisher is not None:
                 # State of the push to an external server; its URL stays out, like the camera's.
                 snap["publish"] = {k: v for k, v in publisher.snapshot().items() if k != "url"}
@@ -209,7 +223,7 @@ class WebServer:
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         try:
-            from . import metrics
+            from streamproxy import metrics
         except ImportError:
             raise web.HTTPNotFound(text="metrics not available\n") from None
         body, ctype = metrics.render_latest(request.headers.get("Accept", ""))

@@ -21,8 +21,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from .config import TrackerConfig
-from .types import Box, Detection, Track
+from streamproxy.config import TrackerConfig
+from streamproxy.types import Box, Detection, Track
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .config import EngineConfig
-from .detect import FaceDetector, create_detector
-from .obfuscate import (
+from streamproxy.config import EngineConfig
+from streamproxy.engine.detect import FaceDetector, create_detector
+from streamproxy.engine.obfuscate import (
     fill_zones,
     frame_from_planes,
     obfuscate,
@@ -40,8 +40,8 @@ from .obfuscate import (
     planes_from_bgr,
     planes_from_yuv420,
 )
-from .track import Tracker
-from .types import AnonymizedFrame, Box, Detection, Plane, Planes, Track
+from streamproxy.engine.track import Tracker
+from streamproxy.types import AnonymizedFrame, Box, Detection, Plane, Planes, Track
 
 log = logging.getLogger(__name__)
 

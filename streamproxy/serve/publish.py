@@ -34,29 +34,18 @@ from urllib.parse import unquote, urlsplit
 
 import av
 
-from .config import redact_url
-from .stream import CodecInfo, StreamHub, Subscription
-from .types import EncodedPacket
+from streamproxy.config import redact_url
+from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
+from streamproxy.hub import CodecInfo, StreamHub, Subscription
+from streamproxy.types import EncodedPacket
 
 if TYPE_CHECKING:
-    from .metrics import CameraMetrics
+    from streamproxy.metrics import CameraMetrics
 
 log = logging.getLogger(__name__)
 
-CLOCK_RATE = 90_000  # EncodedPacket.pts90k
 STABLE_S = 5.0  # a session that published this long resets the backoff
-START_CODE = b"\x00\x00\x00\x01"
 T = TypeVar("T")
-
-
-def _has_sps(data: bytes) -> bool:
-    """Whether an Annex B access unit carries a sequence parameter set (NAL type 7)."""
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0 and i + 3 < len(data):
-        if data[i + 3] & 0x1F == 7:
-            return True
-        i = data.find(b"\x00\x00\x01", i + 3)
-    return False
 
 
 class _Worker:
@@ -167,7 +156,7 @@ class _Session:
 
     def send(self, pkt: EncodedPacket) -> None:
         data = pkt.data
-        if not self.started and not _has_sps(data):
+        if not self.started and not has_sps(data):
             # The SDP's sprop-parameter-sets come from the first packet (PyAV extracts them):
             # make sure they are the hub's, even if the encoder ever stops repeating them in-band.
             data = START_CODE + self.codec.sps + START_CODE + self.codec.pps + data

@@ -44,8 +44,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .config import ServerConfig
-from .stream import StreamHub, Subscription
+from streamproxy.config import ServerConfig
+from streamproxy.hub import StreamHub, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,8 @@ class WebRtcGateway:
             ):
                 raise WhepError(400, "the offer has no H.264 (packetization-mode=1) for video")
             answer = await pc.createAnswer()
-            token = _ice_hosts.set(self._ice_hosts)
-            try:
+            with gather_hosts(self._ice_hosts):
                 await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete
-            finally:
-                _ice_hosts.reset(token)
         except BaseException:
             await self.close_session(sid)
             raise
@@ -302,13 +299,13 @@ class WebRtcGateway:
 
 
 @contextlib.contextmanager
-def ice_host_override(hosts: list[str] | tuple[str, ...]) -> Iterator[None]:
-    """Make aioice gather exactly `hosts` for peer connections set up inside this block.
-
-    For loopback clients in tests and benchmarks (aioice skips 127.0.0.1 on its own).
-    """
-    _install_host_address_hook()
-    token = _ice_hosts.set(tuple(hosts))
+def gather_hosts(hosts: list[str] | tuple[str, ...] | None) -> Iterator[None]:
+    """Make aioice gather exactly `hosts` (None: its own choice) for peer connections set up inside
+    this block: how `server.ice_hosts` works, and how a loopback client offers 127.0.0.1 (aioice
+    skips it on its own)."""
+    if hosts is not None:
+        _install_host_address_hook()
+    token = _ice_hosts.set(tuple(hosts) if hosts is not None else None)
     try:
         yield
     finally:

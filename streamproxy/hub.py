@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .types import EncodedPacket
+from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from urllib.parse import unquote, urlsplit
 import av
 import av.container.core as _av_core
 
-from .config import IngestConfig, Transport, redact_url
-from .rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
-from .types import DecodedFrame
+from streamproxy.config import IngestConfig, Transport, redact_url
+from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
+from streamproxy.types import DecodedFrame
 
 log = logging.getLogger(__name__)
 
