@@ -80,8 +80,8 @@ class DetectorConfig(_Strict):
         0,
         ge=0,
         le=64,
-        description="onnxruntime intra-op threads per detector; 0 = auto (live: the cores but one "
-        "shared between the cameras, 1 to 2; bulk mode: 2).",
+        description="onnxruntime intra-op threads per detector; 0 = auto (live: the cores shared "
+        "between the cameras, at most 2; bulk mode: 2).",
     )
     spinning: bool = Field(
         False,
