@@ -66,6 +66,53 @@ class _Held:
     masks: dict[int, Box]  # track id -> predicted mask
 
 
+@dataclass(frozen=True, slots=True)
+class PendingFrame:
+    """A live frame whose masks are decided, to be rendered by the thread that sends it on.
+
+    `render()` copies the decoded frame and obfuscates it: the masks and privacy zones, or the whole
+    frame when failing closed (or nothing at all: dropped). It is the only way to the pixels, so a
+    pending frame cannot leave un-anonymized; rendering in the encoder's thread takes that work off
+    the thread that runs the detector (engine state is not touched: the masks are fixed here).
+    """
+
+    _frame: av.VideoFrame
+    decoded_at: float
+    masks: tuple[Box, ...]
+    faces: int  # detections on this frame (0 where the detector did not run)
+    detector_ran: bool
+    detector_ms: float
+    _cfg: EngineConfig
+    fail_reason: str = ""  # set: failed closed (whole frame obfuscated, or dropped)
+    _drop: bool = False
+
+    @property
+    def fail_closed(self) -> bool:
+        return bool(self.fail_reason)
+
+    def render(self) -> AnonymizedFrame:
+        frame = self._frame
+        if self.fail_closed and self._drop:
+            return AnonymizedFrame(None, self.decoded_at, 0, 0, True, self.detector_ms, True, self.fail_reason)
+        planes, buf = planes_from_yuv420(frame)
+        fill_zones(planes, self._cfg.privacy_zones)
+        if self.fail_closed:
+            obfuscate_whole(planes, self._cfg.obfuscation)
+            out = frame_from_planes(buf, frame)
+            return AnonymizedFrame(out, self.decoded_at, 0, 0, True, self.detector_ms, True, self.fail_reason)
+        w, h = frame.width, frame.height
+        obfuscate(planes, [m.clipped(w, h) for m in self.masks], self._cfg.obfuscation)
+        return AnonymizedFrame(
+            frame_from_planes(buf, frame),
+            self.decoded_at,
+            self.faces,
+            len(self.masks),
+            self.detector_ran,
+            self.detector_ms,
+            False,
+        )
+
+
 def _grown(box: Box, side: float) -> Box:
     return Box(box.x1 - side, box.y1 - side, box.x2 + side, box.y2 + side)
 
@@ -221,15 +268,19 @@ class Anonymizer:
         return self._held[0].decoded_at if self._held else None
 
     def push(self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[AnonymizedFrame]:
+        """`push_pending`, each frame rendered here (tests, and callers with one thread)."""
+        return [p.render() for p in self.push_pending(frame, t, decoded_at)]
+
+    def push_pending(self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[PendingFrame]:
         """Live path: take one frame; return the frames that may leave now, in order (often none).
 
         A frame the detector does not run on waits for the next run (or leaves on the tracker's
         prediction alone when it is within `max_unmasked_frames` of the last run). The detector runs
         when the cadence says so, and on every frame while it is failing or missing.
         """
-        out: list[AnonymizedFrame] = []
+        out: list[PendingFrame] = []
         if self._held and (self._held[0].frame.width, self._held[0].frame.height) != (frame.width, frame.height):
-            out += self.flush()  # a new size resets the tracker: finish the old size's frames first
+            out += self.flush_pending()  # a new size resets the tracker: finish the old size's frames first
         self.stats.frames += 1
         every = max(1, self.detect_every)
         if self._since_run is None:
@@ -248,6 +299,10 @@ class Anonymizer:
         return out
 
     def flush(self) -> list[AnonymizedFrame]:
+        """`flush_pending`, each frame rendered here."""
+        return [p.render() for p in self.flush_pending()]
+
+    def flush_pending(self) -> list[PendingFrame]:
         """Run the detector now, on the newest waiting frame, and release every waiting frame.
 
         For a deadline (the oldest would leave late), a camera that stopped sending, or shutdown."""
@@ -256,7 +311,7 @@ class Anonymizer:
         last = self._held.pop()
         return self._run_on(last.frame, last.t, last.decoded_at)
 
-    def _run_on(self, frame: av.VideoFrame, t: float, decoded_at: float) -> list[AnonymizedFrame]:
+    def _run_on(self, frame: av.VideoFrame, t: float, decoded_at: float) -> list[PendingFrame]:
         """Detector on `frame`; then it and every frame waiting before it leave, masked."""
         self._since_run = 0
         held, self._held = self._held, []
@@ -303,19 +358,16 @@ class Anonymizer:
         faces: int = 0,
         ran: bool = False,
         ms: float = 0.0,
-    ) -> AnonymizedFrame:
-        planes, buf = planes_from_yuv420(frame)
-        fill_zones(planes, self.cfg.privacy_zones)
-        w, h = frame.width, frame.height
-        obfuscate(planes, [m.clipped(w, h) for m in masks], self.cfg.obfuscation)
-        return AnonymizedFrame(frame_from_planes(buf, frame), decoded_at, faces, len(masks), ran, ms, False)
+    ) -> PendingFrame:
+        return PendingFrame(frame, decoded_at, tuple(masks), faces, ran, ms, self.cfg)
 
-    def _fail_frame(self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: str) -> AnonymizedFrame:
-        planes, buf = planes_from_yuv420(frame)
-        fill_zones(planes, self.cfg.privacy_zones)
-        drop = self._fail_closed(planes, reason)
-        out = None if drop else frame_from_planes(buf, frame)
-        return AnonymizedFrame(out, decoded_at, 0, 0, True, ms, True, reason)
+    def _fail_frame(self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: str) -> PendingFrame:
+        self.stats.fail_closed_frames += 1
+        self.last_fail_reason = reason
+        drop = self.cfg.fail_closed.action == "drop"
+        if drop:
+            self.stats.dropped_frames += 1
+        return PendingFrame(frame, decoded_at, (), 0, True, ms, self.cfg, fail_reason=reason, _drop=drop)
 
     def process_image(self, img: np.ndarray) -> tuple[np.ndarray | None, int, bool]:
         """Anonymize a still image (BGR, BGRA or grey, uint8) in place of a copy.

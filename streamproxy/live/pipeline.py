@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from streamproxy.config import AppConfig, CameraConfig
-from streamproxy.engine.anonymizer import Anonymizer
+from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
 from streamproxy.hub import StreamHub
 from streamproxy.live.controller import (
     FrameShedder,
@@ -50,7 +50,7 @@ from streamproxy.live.controller import (
 )
 from streamproxy.live.encode import H264Encoder
 from streamproxy.live.source import CameraSource
-from streamproxy.types import AnonymizedFrame, DecodedFrame, EncodedPacket
+from streamproxy.types import DecodedFrame, EncodedPacket
 
 if TYPE_CHECKING:
     from streamproxy.metrics import CameraMetrics
@@ -71,11 +71,12 @@ ENCODE_QUEUE_FRAMES = 12
 
 @dataclass(frozen=True, slots=True)
 class _ToEncode:
-    """An anonymized frame (or our own slate) on its way to the encoder thread."""
+    """A frame on its way to the encoder thread: one the engine decided the masks of (rendered,
+    i.e. copied and obfuscated, there), or our own slate."""
 
-    frame: av.VideoFrame
+    pending: PendingFrame | None
     decoded_at: float
-    slate: bool = False
+    slate_frame: av.VideoFrame | None = None
 
 
 class LatencyStats:
@@ -306,7 +307,7 @@ class CameraPipeline:
             self._count_drop("encoder")
 
     def _flush_held(self, now: float) -> None:
-        self._release(self.engine.flush(), now)
+        self._release(self.engine.flush_pending(), now)
 
     def _hold_deadline(self) -> float | None:
         """When the oldest waiting frame must go to the detector to leave inside the budget."""
@@ -335,16 +336,13 @@ class CameraPipeline:
             return
         self.engine.configure(self.controller.detect_every, self.controller.input_width)
         t = df.pts_seconds if df.pts_seconds is not None else df.decoded_at
-        self._release(self.engine.push(frame, t, decoded_at=df.decoded_at), started)
+        self._release(self.engine.push_pending(frame, t, decoded_at=df.decoded_at), started)
 
-    def _release(self, results: list[AnonymizedFrame], started: float) -> None:
-        """Count, encode and publish the frames the engine let out (in order), then adapt."""
+    def _release(self, results: list[PendingFrame], started: float) -> None:
+        """Count the frames the engine let out and queue them (in order) for the encoder; adapt."""
         oldest_ms = 0.0
         for res in results:
             self._account(res)
-            if res.frame is None:
-                self._count_drop("fail_closed")
-                continue
             elapsed_ms = (time.monotonic() - res.decoded_at) * 1000
             oldest_ms = max(oldest_ms, elapsed_ms + self._encode_ms)
             if elapsed_ms + self._encode_ms > self.budget_ms:
@@ -352,7 +350,7 @@ class CameraPipeline:
                 # (encoding still to come); late frames are dropped.
                 self._count_drop("latency_budget")
                 continue
-            if not self._put_encode(_ToEncode(res.frame, res.decoded_at)):
+            if not self._put_encode(_ToEncode(res, res.decoded_at)):
                 self._count_drop("queue_full")
                 self.controller.dropped(time.monotonic())
         done = time.monotonic()
@@ -365,18 +363,18 @@ class CameraPipeline:
             # The busier of the two threads sets the pace (its share of the wall clock).
             self._adapt(oldest_ms, work_ms, max(self._busy_worker.share(done), self._busy_encoder.share(done)))
 
-    def _account(self, res: AnonymizedFrame) -> None:
+    def _account(self, res: PendingFrame) -> None:
         if res.detector_ran and not res.fail_closed:
             self._run_ms = 0.8 * self._run_ms + 0.2 * res.detector_ms
             self._runs.append(res.detector_ms)
             self.faces_now = res.faces
-        self.tracks_now = res.tracks
+        self.tracks_now = len(res.masks)
         if self.metrics:
             m = self.metrics
             if res.detector_ran:
                 m.detection(res.detector_ms / 1000, res.faces)
-                m.faces_masked.set(res.tracks)
-            m.tracks_active.set(res.tracks)
+                m.faces_masked.set(len(res.masks))
+            m.tracks_active.set(len(res.masks))
             m.detector_cadence.set(self.controller.detect_every)
             m.detector_input_width.set(self.controller.input_width)
             if res.fail_closed:
@@ -464,15 +462,20 @@ class CameraPipeline:
             if item is None:
                 return
             try:
-                if item.slate:
-                    self._encode_slate(item.frame, item.decoded_at)
+                if item.slate_frame is not None:
+                    self._encode_slate(item.slate_frame, item.decoded_at)
                     continue
+                assert item.pending is not None
                 elapsed_ms = (time.monotonic() - item.decoded_at) * 1000
                 if elapsed_ms + self._encode_ms > self.budget_ms:
                     self._count_drop("latency_budget")  # waited too long for the encoder
                     continue
                 t0 = time.monotonic()
-                self._encode_publish(item.frame, item.decoded_at)
+                res = item.pending.render()  # copy + obfuscate: the only way to the pixels
+                if res.frame is None:
+                    self._count_drop("fail_closed")  # fail_closed.action: drop
+                    continue
+                self._encode_publish(res.frame, item.decoded_at)
                 done = time.monotonic()
                 self._busy_encoder.add(done, done - t0)
             except Exception:
@@ -515,7 +518,7 @@ class CameraPipeline:
     def _publish_slate(self, now: float) -> None:
         """From the worker: our own picture, no anonymization needed, through the encoder thread."""
         w, h = self._encoder_size or (self.cfg.slate.width, self.cfg.slate.height)
-        self._put_encode(_ToEncode(make_slate(w, h, self.name), now, slate=True))
+        self._put_encode(_ToEncode(None, now, slate_frame=make_slate(w, h, self.name)))
 
     def _encode_slate(self, slate: av.VideoFrame, now: float) -> None:
         enc = self._ensure_encoder(slate.width, slate.height)
