@@ -63,7 +63,8 @@ from typing import Any
 import av
 import cv2
 import numpy as np
-from streamproxy.camsim import (
+
+from streamproxy_sim.camsim import (
     STAMP_COLS,
     STAMP_ROWS,
     SimCamera,
@@ -74,8 +75,7 @@ from streamproxy.camsim import (
     system_gst_available,
     write_stamp,
 )
-
-from streamproxy.app import AppThread
+from streamproxy_sim.harness import AppThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import OURS_BIN, REPO, cpu_note, run_timed
