@@ -366,20 +366,25 @@ async def check_no_face_end_to_end(
             assert app.hubs["door"].viewers("webrtc") == 1
             grabbed: list[int] = []
             weak: list[float] = []
-            for _ in range(5):  # several moments of the moving faces, each must be clean
+            stamps: list[int | None] = []
+            for _ in range(8):  # several moments of the moving faces, each must be clean
                 img = await browser.grab_frame_bgr()
                 assert img is not None and img.shape[:2] == (720, 1280)
                 # Not vacuous: this is the camera's live picture (its wall-clock barcode survives
                 # the whole chain, and the scene matches the source), not a blank or slate frame.
+                # A face's mask may cover the barcode now and then (a big face's look-ahead mask near
+                # the corner): most grabs must carry it, each grab is judged for faces anyway.
                 y = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)[:720]
                 stamp = read_stamp(y)
-                assert stamp is not None and abs(time.time() * 1000 - stamp) < 5000, stamp
+                stamps.append(stamp)
+                assert stamp is None or abs(time.time() * 1000 - stamp) < 5000, stamp
                 diff = np.abs(img.astype(np.int16) - src.astype(np.int16)).mean(axis=2)
                 assert float(np.median(diff)) < 12, f"{who}'s picture is not the camera's scene"
                 faces = await asyncio.to_thread(detector.detect_bgr, img)
                 weak.extend(round(f.score, 2) for f in faces)
                 grabbed.append(sum(1 for f in faces if f.score >= FACE_SCORE))
                 await asyncio.sleep(0.3)
+            assert sum(st is not None for st in stamps) >= 5, f"live barcode unreadable in most grabs: {stamps}"
             snap = app.pipelines["door"].snapshot()
             assert snap["state"] == "live", snap
             assert grabbed == [0] * len(grabbed), f"faces visible in {who}: {grabbed} (scores {weak})"

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from streamproxy import camsim
+from streamproxy_sim import camsim
 from streamproxy_sim.camsim import SimCamera
 
 LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproxy import models
+from streamproxy.engine import models
 from streamproxy.engine.models import FETCH_COMMAND, MODELS, ModelError, ModelSpec, fetch_models, model_path
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streamproxy import camsim
 from streamproxy.config import IngestConfig
 from streamproxy.live.source import CameraSource, _secret_strings
 from streamproxy.types import DecodedFrame
+from streamproxy_sim import camsim
 from streamproxy_sim.camsim import SimCamera
 
 FAST = IngestConfig(
