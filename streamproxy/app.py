@@ -14,6 +14,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from streamproxy import metrics
 from streamproxy.config import AppConfig, CameraConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
@@ -49,18 +50,12 @@ class App:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        metrics_mod: Any
-        try:
-            from streamproxy import metrics as metrics_mod
-        except ImportError:  # pragma: no cover - metrics are optional until issue 4 lands
-            metrics_mod = None
         for position, cam in enumerate(self.cameras):
             hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets)
-            m = metrics_mod.CameraMetrics(cam.name) if metrics_mod is not None else None
-            if m is not None:
-                hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
-                hub.on_sent = m.sent
-                hub.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
+            m = metrics.CameraMetrics(cam.name)
+            hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
+            hub.on_sent = m.sent
+            hub.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
             self.hubs[cam.name] = hub
             # Detector sessions are built here (model load): off the loop.
             self.pipelines[cam.name] = await loop.run_in_executor(

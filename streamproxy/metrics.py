@@ -387,12 +387,6 @@ class CameraMetrics:
     def reconnect(self) -> None:
         self.reconnects.inc()
 
-    def viewer_joined(self, protocol: Protocol) -> None:
-        self.viewers[protocol].inc()
-
-    def viewer_left(self, protocol: Protocol) -> None:
-        self.viewers[protocol].dec()
-
     def set_viewers(self, rtsp: int, webrtc: int) -> None:
         """Absolute viewer counts, from the fan-out hub when its viewer set changes."""
         self.viewers["rtsp"].set(rtsp)

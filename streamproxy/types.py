@@ -14,7 +14,7 @@ A frame's journey, and which value carries it between stages:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -166,5 +166,4 @@ class EncodedPacket:
     keyframe: bool
     decoded_at: float  # time.monotonic() the source frame left the decoder
     encoded_at: float  # time.monotonic() the packet left the encoder
-    next_pts90k: int | None = None  # the next frame's timestamp, announced ahead (see encode.py)
-    extra: dict[str, float] = field(default_factory=dict)
+    next_pts90k: int | None = None  # the next frame's timestamp, announced ahead (see live/encode.py)

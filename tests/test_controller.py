@@ -219,3 +219,11 @@ def test_check_config_warns_when_the_cameras_cannot_fit_at_their_floor(
     _warn_capacity(cfg(3, min_face_px=72))  # type: ignore[arg-type]
     out = capsys.readouterr()
     assert "detector >= 320 px" in out.out and "warning" not in out.err
+
+
+def test_while_shedding_a_larger_allowed_gap_is_taken_before_more_frames() -> None:
+    c = controller(floor=FLOOR, max_every=1)
+    c.keep_ratio = 0.4  # shed while the budget allowed no gap between runs
+    c.set_floor(FLOOR, 3)  # the runs got faster: frames may now wait for the next one
+    run(c, 0.0, 3, latency_ms=60, work_ms=10)
+    assert c.detect_every == 3 and c.keep_ratio == 0.4, c.setting

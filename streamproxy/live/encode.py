@@ -211,7 +211,6 @@ class H264Encoder:
                     keyframe=key,
                     decoded_at=decoded_at,
                     encoded_at=now,
-                    extra={"encode_ms": (now - decoded_at) * 1000.0},
                 )
             )
         if len(self._pending) > 64:  # frames the encoder swallowed (should not happen without lookahead)

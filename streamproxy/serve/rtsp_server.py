@@ -211,18 +211,6 @@ class RtspServer:
     def viewers(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state == "playing")
 
-    def stats(self) -> dict[str, int]:
-        """Counters for /metrics and the API."""
-        playing = [s for s in self.sessions.values() if s.state == "playing"]
-        return {
-            "connections": len(self._conns),
-            "sessions": len(self.sessions),
-            "viewers_tcp": sum(1 for s in playing if s.tcp),
-            "viewers_udp": sum(1 for s in playing if not s.tcp),
-            "requests": self.requests,
-            "auth_failures": self.auth_failures,
-        }
-
     async def _reap_loop(self) -> None:
         period = max(0.5, min(5.0, self.cfg.session_timeout_s / 4))
         while True:
