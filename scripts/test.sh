@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-.venv/bin/ruff check streamproxy tests bench
+.venv/bin/ruff check streamproxy streamproxy_sim tests bench
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -q -ra "$@"
