@@ -14,7 +14,7 @@ the camera's next packet is not read until it returns.
 
 Supervision (like MediaMTX's static sources and go2rtc's producers): a session is open → decode →
 error or stall → wait → open again. The wait starts at `ingest.backoff_initial_s` and doubles up to
-`ingest.backoff_max_s`; it is reset once a session has delivered frames for STABLE_S. A camera
+`ingest.backoff_max_s`; it is reset once a session has delivered frames for supervisor.STABLE_S (5 s), with ±10 % jitter (supervisor.Backoff, shared with publish). A camera
 that is down at start is retried the same way. A stall (no packet for `ingest.read_timeout_s`) is
 our client's read deadline, or (pyav) FFmpeg's interrupt callback through PyAV's `timeout`.
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ import av.container.core as _av_core
 
 from streamproxy.config import IngestConfig, Transport, redact_url
 from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
+from streamproxy.supervisor import Backoff
 from streamproxy.types import DecodedFrame
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ State = Literal["connecting", "live", "reconnecting", "stopped"]
 OnFrame = Callable[[DecodedFrame], None]
 OnState = Callable[[str, str], None]  # (camera name, new state)
 
-STABLE_S = 5.0  # a session that delivered frames this long resets the backoff
 DECODE_THREADS = 2  # slice threads: no added delay, and cameras encode several slices per frame
 
 
@@ -249,7 +248,7 @@ class CameraSource:
 
     def _run(self, stop: threading.Event) -> None:
         watch = _tls.watch = _Watch(stop)  # lets stop() and the stall deadline interrupt FFmpeg
-        delay = self.ingest.backoff_initial_s
+        backoff = Backoff(self.ingest.backoff_initial_s, self.ingest.backoff_max_s)
         first = True
         try:
             while not stop.is_set():
@@ -274,16 +273,13 @@ class CameraSource:
                 self.last_error = reason
                 if self.transport == "auto" and self.live_since is None:
                     self._auto_next = "udp" if transport == "tcp" else "tcp"
-                if self.live_since is not None and time.monotonic() - self.live_since >= STABLE_S:
-                    delay = self.ingest.backoff_initial_s
+                up_s = time.monotonic() - self.live_since if self.live_since is not None else 0.0
                 self.live_since = None
                 self._set_state("reconnecting")
-                # A little jitter: cameras behind one NVR that failed together don't retry in lockstep.
-                wait = delay * random.uniform(0.9, 1.1)
+                wait = backoff.next_wait(up_s)
                 log.warning("%s: %s; retrying in %.1f s", self.name, reason, wait)
                 if stop.wait(wait):
                     break
-                delay = min(delay * 2, self.ingest.backoff_max_s)
         except Exception:
             log.exception("%s: ingest thread crashed", self.name)
         finally:

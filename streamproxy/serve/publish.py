@@ -37,6 +37,7 @@ import av
 from streamproxy.config import redact_url
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
+from streamproxy.supervisor import Backoff
 from streamproxy.types import EncodedPacket
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STABLE_S = 5.0  # a session that published this long resets the backoff
 T = TypeVar("T")
 
 
@@ -318,7 +318,7 @@ class Publisher:
 
     # --- the loop ---
     async def _run(self) -> None:
-        delay = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while not self._stopping.is_set():
             codec = self.hub.codec
             if codec is None:
@@ -336,26 +336,24 @@ class Publisher:
                 return  # the hub closed: the app is stopping
             except Exception as err:  # any failure of the external server: retry
                 self.last_error = self._describe(err)
-                if time.monotonic() - started >= STABLE_S:
-                    delay = self.backoff_initial_s
+                wait = backoff.next_wait(time.monotonic() - started)
                 log.warning(
                     "%s: publishing to %s failed (%s); retrying in %.1f s",
                     self.name,
                     self.url,
                     self.last_error,
-                    delay,
+                    wait,
                 )
                 self._set_up(False)
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    await asyncio.wait_for(self._stopping.wait(), wait)
                 except TimeoutError:
                     pass
-                delay = min(delay * 2, self.backoff_max_s)
                 continue
             self._set_up(False)
             if ended_by_codec:
                 log.info("%s: stream parameters changed: new publish session", self.name)
-                delay = self.backoff_initial_s
+                backoff.reset()
 
     async def _session(self, codec: CodecInfo) -> bool:
         """Publish until the codec changes (returns True) or something fails (raises)."""
