@@ -158,7 +158,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
     for cam in cams:
         eng = cfg.engine_for(cam)
         loads.append(
-            camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, eng.detector.input_width, cfg.budget_for(cam))
+            camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, cfg.budget_for(cam))
         )
     cores = os.cpu_count() or 1
     need = sum(lo.core_share for lo in loads)

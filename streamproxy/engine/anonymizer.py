@@ -208,12 +208,18 @@ class Anonymizer:
         self.active_tracks = len(tracks)
         return tracks
 
-    def _fail_closed(self, planes: Planes, reason: str) -> bool:
-        """Apply the fail-closed action. Returns True if the frame must be dropped."""
+    def _count_fail(self, reason: str) -> bool:
+        """Count a frame failed closed. Returns True if the action says it must be dropped."""
         self.stats.fail_closed_frames += 1
         self.last_fail_reason = reason
-        if self.cfg.fail_closed.action == "drop":
+        drop = self.cfg.fail_closed.action == "drop"
+        if drop:
             self.stats.dropped_frames += 1
+        return drop
+
+    def _fail_closed(self, planes: Planes, reason: str) -> bool:
+        """Apply the fail-closed action. Returns True if the frame must be dropped."""
+        if self._count_fail(reason):
             return True
         obfuscate_whole(planes, self.cfg.obfuscation)
         return False
@@ -362,11 +368,7 @@ class Anonymizer:
         return PendingFrame(frame, decoded_at, tuple(masks), faces, ran, ms, self.cfg)
 
     def _fail_frame(self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: str) -> PendingFrame:
-        self.stats.fail_closed_frames += 1
-        self.last_fail_reason = reason
-        drop = self.cfg.fail_closed.action == "drop"
-        if drop:
-            self.stats.dropped_frames += 1
+        drop = self._count_fail(reason)
         return PendingFrame(frame, decoded_at, (), 0, True, ms, self.cfg, fail_reason=reason, _drop=drop)
 
     def process_image(self, img: np.ndarray) -> tuple[np.ndarray | None, int, bool]:

@@ -295,7 +295,6 @@ def camera_load(
     name: str,
     privacy: PrivacyConfig,
     model: str,
-    input_width: int,
     budget_ms: float,
     width: int = 1280,
     height: int = 720,
@@ -304,7 +303,7 @@ def camera_load(
     """What one camera costs at its privacy floor (an estimate from measured per-pixel costs)."""
     floor = privacy_floor(privacy, model, max(width, height))
     # Under load the controller may go down to the floor's width (never below): the cheapest it may run.
-    det_w = min(floor.min_input_width, max(input_width, floor.min_input_width))
+    det_w = floor.min_input_width
     det_mpix = det_w * (det_w * min(width, height) / max(width, height)) / 1e6
     run_core_ms = det_mpix * DETECT_CORE_MS_PER_MPIX.get(model, 32.0)
     frame_core_ms = width * height / 1e6 * FRAME_CORE_MS_PER_MPIX

@@ -173,7 +173,6 @@ class CameraPipeline:
         self._worker: threading.Thread | None = None
         self._encoder: H264Encoder | None = None
         self._encoder_size: tuple[int, int] | None = None
-        self._work_ms = 10.0  # recent worker (engine) time per input frame
         self._encode_ms = 5.0  # recent encode time per frame, reserved when deciding whether a frame is late
         self._encode_queue: queue.Queue[_ToEncode | None] = queue.Queue(maxsize=ENCODE_QUEUE_FRAMES)
         # How busy each thread is: its busy spells over the last BUSY_WINDOW_S (end time, seconds).
@@ -356,9 +355,6 @@ class CameraPipeline:
         done = time.monotonic()
         work_ms = (done - started) * 1000
         self._busy_worker.add(done, done - started)
-        # Mean work per input frame: a push that only queued the frame costs a tracker prediction,
-        # the one that ran the detector costs the run and the encodes of every frame that waited.
-        self._work_ms = 0.9 * self._work_ms + 0.1 * work_ms
         if results:
             # The busier of the two threads sets the pace (its share of the wall clock).
             self._adapt(oldest_ms, work_ms, max(self._busy_worker.share(done), self._busy_encoder.share(done)))
@@ -589,7 +585,10 @@ class _BusyMeter:
         self._spells: deque[tuple[float, float]] = deque(maxlen=1000)
 
     def add(self, end: float, seconds: float) -> None:
+        """From the thread that did the work; spells older than the window go here, once."""
         self._spells.append((end, seconds))
+        while self._spells and self._spells[0][0] < end - BUSY_WINDOW_S:
+            self._spells.popleft()
 
     def share(self, now: float) -> float:
         since = now - BUSY_WINDOW_S
