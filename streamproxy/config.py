@@ -279,6 +279,11 @@ class ServerConfig(_Strict):
         default_factory=list, description="If set, RTSP and WebRTC viewers must authenticate (Digest or Basic)."
     )
     realm: str = Field("streamproxy", description="Auth realm.")
+    metrics_auth: bool = Field(
+        False,
+        description="/metrics requires the users' HTTP Basic auth too (off: Prometheus scrapes it without "
+        "credentials; it holds counters and camera names, never a URL or a picture).",
+    )
     rtp_port_min: int = Field(30000, ge=1024, le=65535, description="UDP ports for RTP/RTCP to viewers.")
     rtp_port_max: int = Field(30999, ge=1024, le=65535)
     session_timeout_s: float = Field(60.0, ge=5, le=3600, description="RTSP session timeout without keepalive.")

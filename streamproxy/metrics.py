@@ -192,6 +192,15 @@ PUBLISH_PACKETS = Counter(
     "H.264 access units pushed to the camera's publish_url server.",
     ["camera"],
 )
+# Not per camera: a request that failed to authenticate names no camera we could trust as a label.
+AUTH_FAILURES = Counter(
+    "streamproxy_auth_failures",
+    "Requests with wrong credentials (RTSP Digest/Basic, HTTP Basic), by protocol (rtsp, http). "
+    "A steady rate is someone guessing passwords: see the log for the address.",
+    ["protocol"],
+)
+for _protocol in ("rtsp", "http"):
+    AUTH_FAILURES.labels(protocol=_protocol)  # exported from 0, so that rate() sees the first failure
 BUILD_INFO = Info("streamproxy_build", "streamproxy build information.")
 BUILD_INFO.info({"version": __version__})
 
@@ -220,8 +229,11 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_output_fps",
     "streamproxy_publish_up",
     "streamproxy_publish_packets_total",
+    "streamproxy_auth_failures_total",
     "streamproxy_build_info",
 ]
+# The families without a camera label (a dashboard cannot filter them by camera).
+NOT_PER_CAMERA: Final[frozenset[str]] = frozenset({"streamproxy_auth_failures_total", "streamproxy_build_info"})
 
 _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     FRAMES_IN,

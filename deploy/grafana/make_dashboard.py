@@ -165,10 +165,13 @@ def build() -> dict[str, Any]:
         ),
         _panel(
             "Reconnects",
-            [(f"sum by (camera) (increase(streamproxy_reconnects_total{{{CAM}}}[{RI}]))", "{{camera}}")],
+            [
+                (f"sum by (camera) (increase(streamproxy_reconnects_total{{{CAM}}}[{RI}]))", "{{camera}}"),
+                (f"sum by (protocol) (increase(streamproxy_auth_failures_total[{RI}]))", "auth failures {{protocol}}"),
+            ],
             "none",
             (0, 24, 8, 8),
-            "Reconnects to the camera after a failure or stall.",
+            "Reconnects to the camera after a failure or stall; viewer requests with wrong credentials.",
         ),
         _panel(
             "Bandwidth to viewers",

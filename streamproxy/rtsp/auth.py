@@ -1,28 +1,91 @@
-"""Viewer authentication for RTSP: Digest (MD5, RFC 2617 without qop, as RTSP clients expect) and Basic.
+"""Viewer authentication: Digest (MD5, RFC 2617 without qop, as RTSP clients expect) and Basic,
+for the RTSP server and (Basic only) the HTTP server: one parser and one checker for both.
 
-Nonces are stateless: a timestamp signed with a per-process secret, so they expire without a
-table to clean. Credentials never reach a log line.
+What it guards against, and how:
+
+- **Nonce replay.** A nonce is issued by us: a timestamp and the client's address, signed with a
+  per-process secret (HMAC-SHA256), so an unauthenticated flood of 401s stores nothing. A nonce
+  from another address is not ours for this client ("bad"). A fresh nonce may be used for
+  `nonce_ttl_s` after it was issued; its first successful use binds it to that connection, where
+  it stays valid as long as it is used at least every `nonce_ttl_s` (RTSP clients without qop,
+  ffmpeg, GStreamer and VLC among them, reuse one nonce for a whole session and send a
+  keepalive every ~30 s). Anywhere else, or once expired, it is *stale*: a client that got the
+  password right is answered 401 with `stale=TRUE` and a fresh nonce, and retries without
+  asking its user (RFC 2617 3.2.1); a captured header replayed on another connection gets nothing.
+  Only successful uses are stored, in a table capped at `MAX_BOUND_NONCES`.
+- **Telling users apart.** An unknown user name is checked against a random dummy password, through
+  the same code, so the status, the headers and the work are those of a wrong password. Passwords
+  and digests are compared in constant time (`hmac.compare_digest`, on SHA-256 of the passwords so
+  their lengths do not show either).
+- **Brute force.** Failures are counted per client address (an IPv6 /64 counts as one address:
+  one host may own all of it) over a sliding window. From the `max_failures`-th failure on, that
+  address is checked one attempt at a time, and each further failure holds its turn for a growing
+  delay (`backoff_base_s` doubling up to `backoff_max_s`) before its 401: closing the connection
+  early does not free the turn, so the rate from one address is at most one guess per delay,
+  whatever the number of connections. Correct credentials are never refused (a NAT-shared
+  address must not lock its other users out); a success resets the address. The table of
+  addresses is capped at `MAX_CLIENTS` and forgets an address after `failure_window_s` without
+  failures. Each failure counts in `streamproxy_auth_failures_total{protocol}`; the log gets one
+  summary line per address per minute at most, never one per attempt.
+
+Credentials never reach a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
+from streamproxy import metrics
 from streamproxy.config import User
 from streamproxy.rtsp.protocol import parse_path
 
 log = logging.getLogger(__name__)
 
+NonceState = Literal["ok", "stale", "bad"]
+
+NONCE_TTL_S = 120.0  # a fresh nonce's life, and how long a bound one may go unused
+MAX_BOUND_NONCES = 4096  # nonces that authenticated a connection (only successes are stored)
+MAX_FAILURES = 5  # failures within the window before an address is slowed down
+FAILURE_WINDOW_S = 60.0  # an address is forgotten after this long without a failure
+BACKOFF_BASE_S = 0.25  # the first delayed answer; each further failure doubles it...
+BACKOFF_MAX_S = 4.0  # ...up to this
+MAX_CLIENTS = 4096  # addresses with recent failures that are remembered
+LOG_EVERY_S = 60.0  # at most one failure summary per address this often
+_SIG_CHARS = 24
+
 
 def _md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings from the network (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
+
+
+def client_key(address: str) -> str:
+    """The unit the failure counter counts: the IPv4 address, or the IPv6 /64 (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 def parse_auth_params(text: str) -> dict[str, str]:
@@ -55,88 +118,189 @@ def parse_auth_params(text: str) -> dict[str, str]:
     return out
 
 
-class Authenticator:
-    """Checks an Authorization header against the configured users."""
+def parse_basic(authorization: str | None) -> tuple[str, str] | None:
+    """`Basic base64(user:password)` -> (user, password); None when absent, not Basic or malformed."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        return None
+    return user, password
 
-    def __init__(self, users: Sequence[User], realm: str, nonce_ttl_s: float = 300.0) -> None:
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """`user`: who, or None (answer 401 with `challenge`). `failed`: wrong credentials were sent
+    (not merely none, nor right ones with a stale nonce)."""
+
+    user: str | None
+    failed: bool = False
+    challenge: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Bound:
+    conn: str
+    last_used: float
+
+
+@dataclass(slots=True)
+class _Client:
+    failures: int = 0
+    last_failure: float = 0.0
+    unlogged: int = 0
+    last_log: float = float("-inf")
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Authenticator:
+    """Checks Authorization headers against the configured users; counts failures per address.
+
+    `check` is the pure check; `verify` (RTSP) and `verify_basic` (HTTP) add the failure counter
+    and the back-off, and are what the servers call. `client` is the peer's address (no port);
+    `conn` names the connection ("addr:port" while it is open), the unit a nonce is bound to.
+    """
+
+    def __init__(
+        self,
+        users: Sequence[User],
+        realm: str,
+        nonce_ttl_s: float = NONCE_TTL_S,
+        *,
+        protocol: Literal["rtsp", "http"] = "rtsp",
+        max_failures: int = MAX_FAILURES,
+        failure_window_s: float = FAILURE_WINDOW_S,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        max_clients: int = MAX_CLIENTS,
+        max_bound_nonces: int = MAX_BOUND_NONCES,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._passwords = {u.username: u.password for u in users}
         self.realm = realm
         self.nonce_ttl_s = nonce_ttl_s
+        self.protocol = protocol
+        self.max_failures = max_failures
+        self.failure_window_s = failure_window_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_clients = max_clients
+        self.max_bound_nonces = max_bound_nonces
+        self._clock = clock
+        self._sleep = sleep
         self._secret = secrets.token_bytes(32)
+        # Unknown users are checked against this, so that they cost and answer like a wrong password.
+        self._dummy = secrets.token_urlsafe(24)
+        self._bound: OrderedDict[str, _Bound] = OrderedDict()  # least recently used first
+        self._clients: OrderedDict[str, _Client] = OrderedDict()  # least recently failed first
+        self.failures = 0
+        self._failure_metric = metrics.AUTH_FAILURES.labels(protocol=protocol)
 
     @property
     def enabled(self) -> bool:
         return bool(self._passwords)
 
-    def _sign(self, stamp: str) -> str:
-        return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+    # --- nonces ---
+    def _sign(self, stamp: str, client: str) -> str:
+        return hmac.new(self._secret, f"{stamp}|{client}".encode(), hashlib.sha256).hexdigest()[:_SIG_CHARS]
 
-    def new_nonce(self) -> str:
-        stamp = f"{time.monotonic_ns() // 1_000_000:x}"
-        return stamp + self._sign(stamp)
+    def new_nonce(self, client: str = "") -> str:
+        # The issue time, and a salt: two clients of one address in one millisecond get their own nonces.
+        stamp = f"{int(self._clock() * 1000):x}.{secrets.token_hex(4)}"
+        return stamp + self._sign(stamp, client)
 
-    def nonce_state(self, nonce: str) -> str:
-        """'ok', 'stale' (ours, but expired) or 'bad'."""
-        stamp, sig = nonce[:-24], nonce[-24:]
-        if not stamp or not hmac.compare_digest(sig, self._sign(stamp)):
+    def nonce_state(self, nonce: str, client: str = "", conn: str | None = None) -> NonceState:
+        """'ok', 'stale' (ours for this client, but expired or bound to another connection) or 'bad'."""
+        stamp, sig = nonce[:-_SIG_CHARS], nonce[-_SIG_CHARS:]
+        if not stamp or not _same(sig, self._sign(stamp, client)):
             return "bad"
         try:
-            issued_ms = int(stamp, 16)
+            issued_ms = int(stamp.partition(".")[0], 16)
         except ValueError:
             return "bad"
-        age = time.monotonic_ns() // 1_000_000 - issued_ms
+        now = self._clock()
+        bound = self._bound.get(nonce)
+        if bound is not None:
+            fresh = now - bound.last_used <= self.nonce_ttl_s
+            return "ok" if conn == bound.conn and fresh else "stale"
+        age = now * 1000 - issued_ms
         return "ok" if 0 <= age <= self.nonce_ttl_s * 1000 else "stale"
 
-    def challenge(self, stale: bool = False) -> list[tuple[str, str]]:
+    def _bind(self, nonce: str, conn: str | None) -> None:
+        if conn is None:
+            return
+        now = self._clock()
+        entry = self._bound.pop(nonce, None) or _Bound(conn, now)
+        entry.last_used = now
+        self._bound[nonce] = entry
+        while self._bound:
+            oldest = next(iter(self._bound.values()))
+            if len(self._bound) <= self.max_bound_nonces and now - oldest.last_used <= self.nonce_ttl_s:
+                break
+            self._bound.popitem(last=False)
+
+    def challenge(self, stale: bool = False, client: str = "") -> list[tuple[str, str]]:
         """WWW-Authenticate headers offering Digest first (clients pick the first they support) and Basic."""
-        digest = f'Digest realm="{self.realm}", nonce="{self.new_nonce()}", algorithm=MD5'
+        digest = f'Digest realm="{self.realm}", nonce="{self.new_nonce(client)}", algorithm=MD5'
         if stale:
             digest += ", stale=TRUE"
         return [("WWW-Authenticate", digest), ("WWW-Authenticate", f'Basic realm="{self.realm}"')]
 
-    def check(self, method: str, uri: str, authorization: str | None) -> tuple[str | None, bool]:
-        """(username, stale): username is None when the request is not authenticated."""
+    # --- checks ---
+    def check(
+        self, method: str, uri: str, authorization: str | None, client: str = "", conn: str | None = None
+    ) -> tuple[str | None, bool]:
+        """(username, stale): username is None when the request is not authenticated. No counting."""
         if not authorization:
             return None, False
         scheme, _, rest = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
-            return self._check_basic(rest.strip()), False
+            return self.check_basic(authorization), False
         if scheme == "digest":
-            return self._check_digest(method, uri, rest)
+            return self._check_digest(method, uri, rest, client, conn)
         return None, False
 
-    def _check_basic(self, token: str) -> str | None:
-        try:
-            decoded = base64.b64decode(token, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+    def check_basic(self, authorization: str | None) -> str | None:
+        """The user a Basic header proves, or None (no counting)."""
+        creds = parse_basic(authorization)
+        if creds is None:
             return None
-        user, sep, password = decoded.partition(":")
+        user, password = creds
         expected = self._passwords.get(user)
-        if not sep or expected is None:
-            return None
-        if hmac.compare_digest(password.encode(), expected.encode()):
-            return user
-        return None
+        # Hashes, so that neither the user's existence nor the password's length shows in the timing.
+        given_h = hashlib.sha256(password.encode()).digest()
+        expected_h = hashlib.sha256((self._dummy if expected is None else expected).encode()).digest()
+        ok = hmac.compare_digest(given_h, expected_h)
+        return user if ok and expected is not None else None
 
-    def _check_digest(self, method: str, uri: str, params_text: str) -> tuple[str | None, bool]:
+    def _check_digest(
+        self, method: str, uri: str, params_text: str, client: str, conn: str | None
+    ) -> tuple[str | None, bool]:
         p = parse_auth_params(params_text)
         user, nonce, response, d_uri = p.get("username"), p.get("nonce"), p.get("response"), p.get("uri")
         if not user or not nonce or not response or d_uri is None:
             return None, False
         if p.get("realm") != self.realm or p.get("algorithm", "MD5").upper() != "MD5":
             return None, False
-        password = self._passwords.get(user)
-        if password is None:
-            return None, False
         # The digest must be for the camera this request is for: no replay onto another path.
         req_path, dig_path = parse_path(uri), parse_path(d_uri)
         if (req_path.name if req_path else "") != (dig_path.name if dig_path else ""):
             return None, False
-        state = self.nonce_state(nonce)
+        state = self.nonce_state(nonce, client, conn)
         if state == "bad":
             return None, False
-        ha1 = _md5(f"{user}:{self.realm}:{password}")
+        password = self._passwords.get(user)
+        # An unknown user takes the same path as a wrong password (the dummy never matches).
+        ha1 = _md5(f"{user}:{self.realm}:{self._dummy if password is None else password}")
         ha2 = _md5(f"{method}:{d_uri}")
         qop = p.get("qop")
         if qop:
@@ -145,8 +309,121 @@ class Authenticator:
             expected = _md5(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:{qop}:{ha2}")
         else:
             expected = _md5(f"{ha1}:{nonce}:{ha2}")
-        if not hmac.compare_digest(expected, response.lower()):
+        if not _same(expected, response.lower()) or password is None:
             return None, False
         if state == "stale":
-            return None, True  # right password, old nonce: the client retries with a fresh one
+            return None, True  # right password, old or foreign nonce: the client retries with a fresh one
+        self._bind(nonce, conn)
         return user, False
+
+    # --- the failure counter ---
+    async def verify(
+        self,
+        method: str,
+        uri: str,
+        authorization: str | None,
+        client: str,
+        conn: str | None = None,
+        name: str = "-",
+    ) -> AuthResult:
+        """`check` with the failure counter and back-off (RTSP: Digest or Basic; 401 headers in the result)."""
+
+        def attempt() -> tuple[str | None, bool]:
+            return self.check(method, uri, authorization, client, conn)
+
+        return await self._gated(attempt, authorization, client, name, digest=True)
+
+    async def verify_basic(self, authorization: str | None, client: str, name: str = "-") -> AuthResult:
+        """`check_basic` with the failure counter and back-off (HTTP); the caller writes its own challenge."""
+
+        def attempt() -> tuple[str | None, bool]:
+            return self.check_basic(authorization), False
+
+        return await self._gated(attempt, authorization, client, name, digest=False)
+
+    async def _gated(
+        self,
+        attempt: Callable[[], tuple[str | None, bool]],
+        authorization: str | None,
+        client: str,
+        name: str,
+        *,
+        digest: bool,
+    ) -> AuthResult:
+        key = client_key(client)
+        self._expire_clients()
+        rec = self._clients.get(key)
+        if rec is None or rec.failures < self.max_failures:
+            return await self._attempt(attempt, authorization, client, key, name, digest)
+        # Backing off: one attempt at a time from this address; a failure keeps the turn while it waits.
+        async with rec.gate:
+            return await self._attempt(attempt, authorization, client, key, name, digest)
+
+    async def _attempt(
+        self,
+        attempt: Callable[[], tuple[str | None, bool]],
+        authorization: str | None,
+        client: str,
+        key: str,
+        name: str,
+        digest: bool,
+    ) -> AuthResult:
+        user, stale = attempt()
+        if user is not None:
+            self._clients.pop(key, None)  # a success resets the address
+            return AuthResult(user)
+        failed = bool(authorization) and not stale
+        if failed:
+            delay = self._record_failure(key, client, name)
+            if delay > 0:
+                await self._sleep(delay)
+        return AuthResult(None, failed, self.challenge(stale, client) if digest else [])
+
+    def backoff_s(self, failures: int) -> float:
+        """The delay before the 401 of an address's `failures`-th failure in a row."""
+        over = failures - self.max_failures
+        if over <= 0:
+            return 0.0
+        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** min(over - 1, 30)))
+
+    def _expire_clients(self) -> None:
+        now = self._clock()
+        while self._clients:
+            oldest = next(iter(self._clients.values()))
+            if len(self._clients) <= self.max_clients and now - oldest.last_failure <= self.failure_window_s:
+                break
+            self._clients.popitem(last=False)
+
+    def _record_failure(self, key: str, client: str, name: str) -> float:
+        now = self._clock()
+        self.failures += 1
+        self._failure_metric.inc()
+        rec = self._clients.pop(key, None) or _Client()
+        self._clients[key] = rec  # most recently failed last
+        rec.failures += 1
+        rec.last_failure = now
+        rec.unlogged += 1
+        self._expire_clients()
+        delay = self.backoff_s(rec.failures)
+        if now - rec.last_log >= LOG_EVERY_S:
+            # A summary, not a line per attempt: a brute force must not flood the log.
+            log.warning(
+                "%s: %s authentication failed from %s: %d time(s) since the last report, %d in a row%s",
+                name,
+                self.protocol.upper(),
+                client,
+                rec.unlogged,
+                rec.failures,
+                f"; answers delayed {delay:.2f} s" if delay else "",
+            )
+            rec.unlogged = 0
+            rec.last_log = now
+        return delay
+
+    def tracked_clients(self) -> int:
+        """Addresses with recent failures in the table (bounded by `max_clients`)."""
+        return len(self._clients)
+
+    def bound_nonces(self) -> int:
+        """Nonces bound to a connection in the table (bounded by `max_bound_nonces`)."""
+        return len(self._bound)

@@ -11,16 +11,17 @@ Routes
   DELETE /{camera}/whep/{session}      WHEP: end the session
   OPTIONS /{camera}/whep[/{session}]   CORS preflight
 
-Auth: when `server.users` is set, HTTP Basic (the RTSP users) guards the page, its assets, the API
-and WHEP. /healthz, /readyz and /metrics stay open: orchestrators and Prometheus probe them without
-credentials, and they carry no picture and no camera URL (only camera names and counters).
+Auth: when `server.users` is set, HTTP Basic (the RTSP users, checked by rtsp/auth.py's
+Authenticator: constant time, failures counted per address with back-off) guards the page, its
+assets, the API and WHEP. /healthz and /readyz stay open: orchestrators probe them without
+credentials. /metrics stays open too unless `server.metrics_auth` is set: a default Prometheus
+scrape config has no credentials, and the exposition carries no picture and no camera URL, only
+counters and the camera names (the paths viewers ask for). Where those names are sensitive, set
+`metrics_auth: true` and give Prometheus `basic_auth`, or firewall the HTTP port to the scraper.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from aiohttp import web
 from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.rtsp.auth import Authenticator
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
@@ -94,6 +96,8 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._static = _load_static()
         self._users = {u.username: u.password for u in self.cfg.users}
+        self.auth = Authenticator(self.cfg.users, self.cfg.realm, protocol="http")
+        self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
         self.web_app = self._build()
 
     # --- lifecycle ---
@@ -135,29 +139,18 @@ class WebServer:
             await runner.cleanup()
 
     # --- auth ---
-    def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
-        expected = self._users.get(user)
-        # Compare even for unknown users so that timing does not reveal which names exist.
-        ok = hmac.compare_digest(password.encode(), (expected or "\0").encode())
-        return ok and expected is not None
+    async def _authorized(self, request: web.Request) -> bool:
+        # The RTSP server's Basic parser and checker, with its failure counter and back-off.
+        res = await self.auth.verify_basic(request.headers.get("Authorization"), request.remote or "?")
+        return res.user is not None
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if (
             self._users
-            and request.path not in OPEN_PATHS
+            and request.path not in self._open_paths
             and request.method != "OPTIONS"  # preflights carry no credentials by design
-            and not self._authorized(request)
+            and not await self._authorized(request)
         ):
             return web.Response(
                 status=401,

@@ -319,7 +319,7 @@ class RtspServer:
             self._touch_session(req)
             return 200, [("Public", ", ".join(SUPPORTED_METHODS))], b"", None
         path = parse_path(req.uri)
-        self._authenticate(req, path.name if path else "-", conn.peer)
+        await self._authenticate(req, path.name if path else "-", conn.peer)
         if method == "DESCRIBE":
             return await self._describe(req)
         if method == "SETUP":
@@ -338,17 +338,16 @@ class RtspServer:
         await self._end_session(sess, "teardown")
         return 200, [("Session", sess.id)], b"", None
 
-    def _authenticate(self, req: RtspRequest, name: str, peer: str) -> None:
+    async def _authenticate(self, req: RtspRequest, name: str, peer: str) -> None:
         if not self.auth.enabled:
             return
-        user, stale = self.auth.check(req.method, req.uri, req.header("authorization"))
-        if user is not None:
-            return
-        if req.header("authorization") and not stale:
-            self.auth_failures += 1
-            # Who and what, never the credentials themselves.
-            log.warning("%s: RTSP %s from %s: authentication failed", name, req.method, peer)
-        raise RtspError(401, "authentication required", self.auth.challenge(stale=stale))
+        # The authenticator binds nonces to this connection, counts failures per address, backs off
+        # and logs a summary (rtsp/auth.py); `peer` is "addr:port".
+        auth = req.header("authorization")
+        res = await self.auth.verify(req.method, req.uri, auth, peer.rpartition(":")[0], peer, name)
+        if res.user is None:
+            self.auth_failures += res.failed
+            raise RtspError(401, "authentication required", res.challenge)
 
     def _hub(self, req: RtspRequest) -> StreamHub:
         path = parse_path(req.uri)
