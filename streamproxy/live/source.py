@@ -14,9 +14,11 @@ the camera's next packet is not read until it returns.
 
 Supervision (like MediaMTX's static sources and go2rtc's producers): a session is open → decode →
 error or stall → wait → open again. The wait starts at `ingest.backoff_initial_s` and doubles up to
-`ingest.backoff_max_s`; it is reset once a session has delivered frames for supervisor.STABLE_S (5 s), with ±10 % jitter (supervisor.Backoff, shared with publish). A camera
-that is down at start is retried the same way. A stall (no packet for `ingest.read_timeout_s`) is
-our client's read deadline, or (pyav) FFmpeg's interrupt callback through PyAV's `timeout`.
+`ingest.backoff_max_s`; it is reset once a session has delivered frames for supervisor.STABLE_S
+(5 s), with ±10 % jitter. The loop is supervisor.run_sync, the one publish uses too (as a task). A
+camera that is down at start is retried the same way. A stall (no packet for
+`ingest.read_timeout_s`, the supervisor's stall timeout) ends the session where it blocks: our
+client's read deadline, or (pyav) FFmpeg's interrupt callback at the attempt's deadline.
 
 Stopping must not wait out a blocking read: PyAV offers no way to interrupt one from another thread,
 so this module gives each ingest thread an "abort" flag that PyAV's own interrupt callback sees
@@ -52,7 +54,7 @@ import av.container.core as _av_core
 
 from streamproxy.config import IngestConfig, Transport, redact_url
 from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
-from streamproxy.supervisor import Backoff
+from streamproxy.supervisor import Attempt, Backoff, Outcome, Stalled, Supervisor, run_sync
 from streamproxy.types import DecodedFrame
 
 log = logging.getLogger(__name__)
@@ -69,15 +71,19 @@ _tls = threading.local()
 
 
 class _Watch:
-    """Per ingest thread: when FFmpeg must give up (stop requested, or no packet by `deadline`)."""
+    """Per ingest thread: when FFmpeg must give up (stop requested, or the attempt's deadline)."""
 
-    __slots__ = ("abort", "deadline", "offset", "tripped")
+    __slots__ = ("abort", "attempt", "offset", "tripped")
 
     def __init__(self, abort: threading.Event) -> None:
         self.abort = abort
-        self.deadline = math.inf
+        self.attempt: Attempt | None = None  # the running attempt: its stall deadline
         self.offset = 0.0  # how far this thread's clock has been pushed ahead (only ever grows)
         self.tripped = False  # the deadline passed: the session is stalled
+
+    @property
+    def deadline(self) -> float:
+        return self.attempt.deadline if self.attempt is not None else math.inf
 
 
 class _AbortableClock:
@@ -124,10 +130,6 @@ _ABORT_HOOK = _install_abort_hook()
 
 
 class _Stopped(Exception):
-    pass
-
-
-class _Stalled(Exception):
     pass
 
 
@@ -189,6 +191,8 @@ class CameraSource:
         self._index = 0
         self.frames_in_session = 0
         self.opened = False
+        self._attempt: Attempt | None = None  # the running attempt (ingest thread only)
+        self._attempt_transport: Literal["tcp", "udp"] = "tcp"
 
     # --- public ---------------------------------------------------------------------------------
     @property
@@ -248,46 +252,52 @@ class CameraSource:
 
     def _run(self, stop: threading.Event) -> None:
         watch = _tls.watch = _Watch(stop)  # lets stop() and the stall deadline interrupt FFmpeg
-        backoff = Backoff(self.ingest.backoff_initial_s, self.ingest.backoff_max_s)
-        first = True
+        sup = Supervisor(
+            Backoff(self.ingest.backoff_initial_s, self.ingest.backoff_max_s),
+            stall_timeout_s=self.ingest.read_timeout_s,
+        )
         try:
-            while not stop.is_set():
-                if not first:
-                    self.reconnects += 1
-                first = False
-                transport = self._pick_transport()
-                started = time.monotonic()
-                try:
-                    self._session(transport, watch)
-                    reason = "stream ended"
-                except _Stopped:
-                    break
-                except Exception as err:  # every failure of a session leads to a retry
-                    if stop.is_set():
-                        break
-                    reason = self._describe(err, watch, time.monotonic() - started)
-                finally:
-                    watch.deadline = math.inf
-                if stop.is_set():
-                    break
-                self.last_error = reason
-                if self.transport == "auto" and self.live_since is None:
-                    self._auto_next = "udp" if transport == "tcp" else "tcp"
-                up_s = time.monotonic() - self.live_since if self.live_since is not None else 0.0
-                self.live_since = None
-                self._set_state("reconnecting")
-                wait = backoff.next_wait(up_s)
-                log.warning("%s: %s; retrying in %.1f s", self.name, reason, wait)
-                if stop.wait(wait):
-                    break
+            run_sync(
+                sup,
+                lambda attempt: self._attempt_once(attempt, watch),
+                stop,
+                lambda attempt, err, wait: self._ended(attempt, err, wait, watch),
+            )
         except Exception:
             log.exception("%s: ingest thread crashed", self.name)
         finally:
             _tls.watch = None
             log.debug("%s: ingest thread exits", self.name)
 
-    def _describe(self, err: Exception, watch: _Watch, elapsed: float) -> str:
-        if isinstance(err, _Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
+    def _attempt_once(self, attempt: Attempt, watch: _Watch) -> Outcome:
+        """One connection; None when the stream ended, "stop" when stopped; raises on failure."""
+        if attempt.number > 1:
+            self.reconnects += 1
+        transport = self._attempt_transport = self._pick_transport()
+        self._attempt = watch.attempt = attempt
+        try:
+            self._session(transport, watch, attempt)
+        except _Stopped:
+            return "stop"
+        finally:
+            self._attempt = watch.attempt = None
+        return None
+
+    def _ended(self, attempt: Attempt, err: BaseException | None, wait: float, watch: _Watch) -> None:
+        """After a failed, stalled or ended session, before the wait (supervisor.run_sync)."""
+        if err is None:
+            reason = "stream ended"
+        else:
+            reason = self._describe(err, watch, time.monotonic() - attempt.started)
+        self.last_error = reason
+        if self.transport == "auto" and self.live_since is None:
+            self._auto_next = "udp" if self._attempt_transport == "tcp" else "tcp"
+        self.live_since = None
+        self._set_state("reconnecting")
+        log.warning("%s: %s; retrying in %.1f s", self.name, reason, wait)
+
+    def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
+        if isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
         elif isinstance(err, av.error.ExitError) and self.opened:
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
@@ -302,21 +312,22 @@ class CameraSource:
             msg = f"{type(err).__name__}: {err}"
         return self._redact(msg)
 
-    def _session(self, transport: Literal["tcp", "udp"], watch: _Watch) -> None:
+    def _session(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
         """One connection: open, decode until the stream ends or fails. Raises on failure."""
         if self.ingest.demuxer == "builtin" and urlsplit(self.url).scheme == "rtsp":
-            self._session_builtin(transport, watch.abort)
+            self._session_builtin(transport, watch.abort, attempt)
         else:
-            self._session_pyav(transport, watch)
+            self._session_pyav(transport, watch, attempt)
 
-    def _session_builtin(self, transport: Literal["tcp", "udp"], stop: threading.Event) -> None:
+    def _session_builtin(self, transport: Literal["tcp", "udp"], stop: threading.Event, attempt: Attempt) -> None:
         """Our RTSP client receives, PyAV decodes: each frame is decoded on its last RTP packet."""
         self.frames_in_session = 0
         self.opened = False
         log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
         try:
             with RtspClient(self.url, transport, self.ingest.open_timeout_s, stop) as client:
-                track = client.open()
+                with attempt.paused():  # bounded by the open timeout, not the stall timeout
+                    track = client.open()
                 decoder = "hevc" if track.codec == "h265" else "h264"  # FFmpeg's decoder names
                 ctx = cast(av.VideoCodecContext, av.CodecContext.create(decoder, "r"))
                 ctx.thread_type = "SLICE"
@@ -326,7 +337,9 @@ class CameraSource:
                 self.opened = True
                 time_base = Fraction(1, track.clock_rate)
                 started = False
+                # The client's read deadline is the stall timeout (it raises ClientStalled).
                 for au in client.access_units(self.ingest.read_timeout_s):
+                    attempt.progress()
                     if not started:
                         if not au.keyframe:
                             continue  # joined mid-GOP: the decoder can only start at a keyframe
@@ -337,14 +350,14 @@ class CameraSource:
                     self._decode(ctx.decode, packet, transport)
         except ClientStopped:
             raise _Stopped from None
-        except ClientStalled:
-            raise _Stalled from None
+        except ClientStalled as err:
+            attempt.stalled = True
+            raise Stalled(str(err)) from None
 
-    def _session_pyav(self, transport: Literal["tcp", "udp"], watch: _Watch) -> None:
+    def _session_pyav(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
         stop = watch.abort
         self.frames_in_session = 0
         self.opened = False
-        watch.deadline = math.inf  # opening is bounded by PyAV's open timeout
         watch.tripped = False
         options = {
             "rtsp_transport": transport,
@@ -355,7 +368,10 @@ class CameraSource:
         }
         log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
         timeout = (self.ingest.open_timeout_s, self.ingest.read_timeout_s)
-        with av.open(self.url, options=options, timeout=timeout) as container:
+        # Opening is bounded by PyAV's open timeout; the stall clock starts once it is open.
+        with attempt.paused():
+            opened = av.open(self.url, options=options, timeout=timeout)
+        with opened as container:
             if stop.is_set():
                 raise _Stopped
             if not container.streams.video:
@@ -367,16 +383,16 @@ class CameraSource:
             ctx.flags |= av.codec.context.Flags.low_delay
             self.connected_transport = transport
             self.opened = True
-            read_timeout = self.ingest.read_timeout_s
-            watch.deadline = time.monotonic() + read_timeout
+            attempt.progress()  # FFmpeg's interrupt callback gives up at attempt.deadline
             for packet in container.demux(stream):
                 if stop.is_set():
                     raise _Stopped
                 stalled = watch.tripped  # this packet is what FFmpeg had left when interrupted
-                watch.deadline = time.monotonic() + read_timeout
+                attempt.progress()
                 self._decode(stream.codec_context.decode, packet, transport)
                 if stalled:
-                    raise _Stalled
+                    attempt.stalled = True
+                    raise Stalled(f"no packet for {self.ingest.read_timeout_s:g} s")
                 if packet.size == 0:
                     break  # the flush packet: the stream ended
 
@@ -410,6 +426,8 @@ class CameraSource:
         self.last_frame_at = now
         if self.live_since is None:
             self.live_since = now
+            if self._attempt is not None:
+                self._attempt.up()  # the session's uptime (for the backoff reset) starts here
             if self.transport == "auto":
                 self._auto_next = "tcp" if transport == "tcp" else "udp"
             self._set_state("live")
