@@ -3,11 +3,18 @@
 One encode per camera is shared by every viewer, RTSP and WebRTC alike. Each viewer has its own
 bounded buffer: a viewer that does not keep up drops frames until the next keyframe (and counts
 them) instead of slowing the camera or the other viewers. Everything here runs on the event loop.
+
+Each viewer also has its own clock. The encoder's timestamps jump back when it restarts (the camera
+changed resolution, or reconnected), and a viewer that joined late should not start at an
+arbitrary time: a Subscription hands out packets whose `pts90k` (and `next_pts90k`) start at its
+`clock_base` and only ever move forward, with the encoder's spacing kept otherwise. This is the only
+place timestamps are repaired; RTSP, WebRTC and publish send what they are given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -15,11 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from streamproxy.h264 import CLOCK_RATE
 from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["rtsp", "webrtc", "publish"]  # publish: push to an external server (publish.py)
+
+DEFAULT_FRAME_INTERVAL = 3000  # 90 kHz ticks (30 fps): the step after a jump back while the hub has no codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +48,10 @@ class CodecInfo:
 
 
 class Subscription:
-    """One viewer's view of a stream: a bounded queue that starts and restarts at keyframes."""
+    """One viewer's view of a stream: a bounded queue that starts and restarts at keyframes, and a
+    forward-only clock (see the module docstring) that starts at `clock_base`."""
 
-    def __init__(self, hub: StreamHub, protocol: Protocol, maxsize: int) -> None:
+    def __init__(self, hub: StreamHub, protocol: Protocol, maxsize: int, clock_base: int = 0) -> None:
         self.hub = hub
         self.protocol = protocol
         self._maxsize = maxsize
@@ -50,6 +61,9 @@ class Subscription:
         self.closed = False
         self.dropped = 0  # frames this viewer lost because it was too slow
         self.sent = 0
+        self.clock_base = clock_base
+        self._offset: int | None = None  # this viewer's pts = encoder pts + offset
+        self._last_pts: int | None = None
 
     def _offer(self, pkt: EncodedPacket) -> None:
         if self._need_keyframe:
@@ -73,7 +87,8 @@ class Subscription:
         self._wakeup.set()
 
     async def get(self) -> EncodedPacket:
-        """The next packet; raises EOFError once the subscription or the hub is closed."""
+        """The next packet, on this viewer's clock; raises EOFError once the subscription or the
+        hub is closed."""
         while not self._queue:
             if self.closed:
                 raise EOFError(self.hub.name)
@@ -86,7 +101,35 @@ class Subscription:
         self.sent += 1
         if self.hub.on_sent is not None:
             self.hub.on_sent(self.protocol, len(pkt.data))
-        return pkt
+        return self._retime(pkt)
+
+    def _retime(self, pkt: EncodedPacket) -> EncodedPacket:
+        """The packet on this viewer's clock. Its `data` stays the same object, so the RTP
+        payloads cut once per packet still serve every viewer (rtsp/rtp.PayloadCache)."""
+        if self._offset is None:
+            self._offset = self.clock_base - pkt.pts90k
+        pts = pkt.pts90k + self._offset
+        last = self._last_pts
+        if last is not None and pts <= last:
+            # Back in time or a repeat: a new encoder restarted its clock. One frame after the
+            # last one, and the new encoder's spacing from there on.
+            step = self._frame_interval()
+            self._offset += last + step - pts
+            log.debug("%s: %s viewer: encoder clock went back %d ticks", self.hub.name, self.protocol, last - pts)
+            pts = last + step
+        self._last_pts = pts
+        nxt = pkt.next_pts90k + self._offset if pkt.next_pts90k is not None else None
+        if nxt is not None and nxt <= pts:
+            nxt = None  # an announcement that is not ahead is no use (rtp.py sends no AUD then)
+        if pts == pkt.pts90k and nxt == pkt.next_pts90k:
+            return pkt
+        return dataclasses.replace(pkt, pts90k=pts, next_pts90k=nxt)
+
+    def _frame_interval(self) -> int:
+        codec = self.hub.codec
+        if codec is None or codec.fps <= 0:
+            return DEFAULT_FRAME_INTERVAL
+        return max(1, round(CLOCK_RATE / codec.fps))
 
     def get_nowait(self) -> EncodedPacket | None:
         if not self._queue:
@@ -171,8 +214,10 @@ class StreamHub:
         self._codec_waiters.append(fut)
         return await asyncio.wait_for(fut, timeout)
 
-    def subscribe(self, protocol: Protocol) -> Subscription:
-        sub = Subscription(self, protocol, self.buffer_packets)
+    def subscribe(self, protocol: Protocol, clock_base: int = 0) -> Subscription:
+        """A new viewer; its first packet carries pts90k == clock_base (a resumed RTSP session
+        continues its timeline from there)."""
+        sub = Subscription(self, protocol, self.buffer_packets, clock_base)
         self._subs.append(sub)
         self.request_keyframe()  # a new viewer should not wait a whole GOP for its first picture
         if self.on_viewers_changed:

@@ -16,17 +16,19 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
 import pytest
 
 from streamproxy.config import EncoderConfig, ServerConfig, User
-from streamproxy.hub import StreamHub
+from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.live.encode import H264Encoder
+from streamproxy.rtsp.rtp import PayloadCache, sdes_cname
 from streamproxy.serve.rtsp_server import RtspServer
-from streamproxy.serve.rtsp_session import TcpOutput
+from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
+from streamproxy.types import EncodedPacket
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -545,3 +547,74 @@ async def test_server_start_stop_idempotent() -> None:
     await server.stop()
     await server.start()  # restartable
     await server.stop()
+
+
+class _Datagrams:
+    """Stands in for a UDP output: keeps what the session sends."""
+
+    def __init__(self) -> None:
+        self.rtp: list[bytes] = []
+        self.rtcp_packets: list[bytes] = []
+
+    def send(self, packets: list[bytes]) -> None:
+        self.rtp += packets
+
+    def rtcp(self, data: bytes) -> None:
+        self.rtcp_packets.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_resumed_session_continues_rtp_time_from_rtp_info_even_when_the_encoder_restarted() -> None:
+    """PAUSE, wait, PLAY: the first packet carries RTP-Info's rtptime (the pause's time included),
+    although the encoder's clock went back meanwhile; RTP time never goes back."""
+    hub = StreamHub("cam", 50)
+    hub.set_codec(CodecInfo(W, H, FPS, b"\x67\x42\xc0\x1e", b"\x68\xce"))
+    out = _Datagrams()
+    sess = RtspSession(hub, cast(UdpOutput, out), PayloadCache(), 60.0, owner=None)
+
+    def ts(p: bytes) -> int:
+        return int(struct.unpack("!I", p[4:8])[0])
+
+    async def send(pts: int, key: bool) -> None:
+        now = time.monotonic()
+        n = len(out.rtp)
+        hub.publish(EncodedPacket(b"\x00\x00\x01\x65" + bytes(8), pts, key, now, now))
+        for _ in range(200):  # the sender task runs on this loop: a few turns at most
+            if len(out.rtp) > n:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("the session sent nothing")
+
+    first_rtptime = int(sess.rtp_info("rtsp://x/cam/trackID=0").split("rtptime=")[1])
+    sess.play()
+    await send(900_000, True)
+    await send(903_600, False)
+    before = [ts(p) for p in out.rtp]
+    assert before == [first_rtptime, (first_rtptime + 3600) & 0xFFFFFFFF]
+    await sess.pause()
+    await asyncio.sleep(0.3)
+    resumed_rtptime = int(sess.rtp_info("rtsp://x/cam/trackID=0").split("rtptime=")[1])
+    sess.play()
+    n = len(out.rtp)
+    await send(0, True)  # the encoder restarted: its clock began again at 0
+    await send(3600, False)
+    after = [ts(p) for p in out.rtp[n:]]
+    gap = (after[0] - before[-1]) & 0xFFFFFFFF
+    assert abs(after[0] - resumed_rtptime) < 900, "the first packet after PLAY carries RTP-Info's rtptime"
+    assert 0.25 * 90_000 < gap < 60 * 90_000, f"the pause's time is in RTP time and it moved forward: {gap}"
+    assert (after[1] - after[0]) & 0xFFFFFFFF == 3600
+    await sess.close()
+
+
+def test_sdes_cname_is_one_padded_chunk_for_every_name_length() -> None:
+    """The SDES packed once for our server's SR and our client's RR (rtp.sdes_cname)."""
+    for n in range(10):
+        name = "c" * n
+        p = sdes_cname(0x1_2345_6789, name)  # an SSRC wider than 32 bits is masked
+        assert len(p) % 4 == 0 and p[0] == 0x81 and p[1] == 202
+        assert struct.unpack("!H", p[2:4])[0] == len(p) // 4 - 1
+        ssrc, item, length = struct.unpack("!IBB", p[4:10])
+        assert (ssrc, item, length) == (0x2345_6789, 1, n) and p[10 : 10 + n] == name.encode()
+        assert p[10 + n] == 0, "the item list ends with a zero octet"

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from streamproxy.rtsp.auth import parse_auth_params
 from streamproxy.rtsp.depay import AccessUnit, Codec, Depacketizer, parse_rtp
+from streamproxy.rtsp.rtp import sdes_cname
 
 log = logging.getLogger(__name__)
 
@@ -608,11 +609,7 @@ class AccessUnitIterator:
             0,  # LSR / DLSR: sender reports are not tracked
             0,
         )
-        cname = USER_AGENT.encode()
-        chunk = struct.pack("!I", self._report_ssrc) + bytes([1, len(cname)]) + cname + b"\x00"
-        chunk += b"\x00" * (-len(chunk) % 4)
-        sdes = struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk
-        return report + sdes
+        return report + sdes_cname(self._report_ssrc, USER_AGENT)
 
     def _send_report(self) -> None:
         c = self.c

@@ -2,7 +2,8 @@
 
 An access unit is split into payloads once and the payloads are shared by every viewer of the
 camera; each viewer only adds its own 12-byte RTP header (own SSRC, sequence numbers, timestamp
-offset), so the per-viewer cost is a few struct.pack calls and one write per frame.
+offset), so the per-viewer cost is a few struct.pack calls and one write per frame. The packets'
+timestamps are taken as they come: the hub's Subscription already made them forward-only.
 """
 
 from __future__ import annotations
@@ -55,20 +56,22 @@ def packetize_h264(data: bytes, max_payload: int = MAX_PAYLOAD) -> Payloads:
 
 
 class PayloadCache:
-    """Payloads of the last few access units, keyed by packet identity, shared by all viewers."""
+    """Payloads of the last few access units, keyed by the identity of their data, shared by all
+    viewers (each viewer's packet is its own copy with its own timestamps, the data is one)."""
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._items: OrderedDict[int, tuple[EncodedPacket, Payloads]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[bytes, Payloads]] = OrderedDict()
 
     def get(self, pkt: EncodedPacket) -> Payloads:
-        key = id(pkt)
+        data = pkt.data
+        key = id(data)
         hit = self._items.get(key)
-        if hit is not None and hit[0] is pkt:
+        if hit is not None and hit[0] is data:
             return hit[1]
-        payloads = packetize_h264(pkt.data)
-        # Holding the packet keeps its id from being reused by another object while cached.
-        self._items[key] = (pkt, payloads)
+        payloads = packetize_h264(data)
+        # Holding the data keeps its id from being reused by another object while cached.
+        self._items[key] = (data, payloads)
         if len(self._items) > self._size:
             self._items.popitem(last=False)
         return payloads
@@ -93,12 +96,18 @@ class RtpStream:
             self._offset = self.ts_base - pts90k
         return (pts90k + self._offset) & 0xFFFFFFFF
 
+    def now_pts90k(self) -> int | None:
+        """The pts (on the clock of the packets sent) for 'now': the last one sent plus the time
+        since its frame was decoded; None before the first packet."""
+        if self.last_pts90k is None:
+            return None
+        elapsed = max(0.0, time.monotonic() - self.last_decoded_at)
+        return self.last_pts90k + round(elapsed * 90_000)
+
     def next_rtptime(self) -> int:
         """RTP timestamp for 'now' (RTP-Info of a PLAY that resumes a paused session)."""
-        if self.last_pts90k is None:
-            return self.ts_base
-        elapsed = max(0.0, time.monotonic() - self.last_decoded_at)
-        return self.rtp_ts(self.last_pts90k + round(elapsed * 90_000))
+        pts = self.now_pts90k()
+        return self.ts_base if pts is None else self.rtp_ts(pts)
 
     def _account(self, pkt: EncodedPacket, payloads: Payloads) -> int:
         ts = self.rtp_ts(pkt.pts90k)
@@ -152,8 +161,14 @@ class RtpStream:
         sr = _SR.pack(
             0x80, 200, 6, self.ssrc, ntp_sec, ntp_frac, rtp_now, self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
         )
-        cname = self.cname.encode()[:255]
-        chunk = struct.pack("!IBB", self.ssrc, 1, len(cname)) + cname + b"\x00"
-        chunk += b"\x00" * (-len(chunk) % 4)
-        sdes = struct.pack("!BBH", 0x81, 202, (4 + len(chunk)) // 4 - 1) + chunk
-        return sr + sdes
+        return sr + sdes_cname(self.ssrc, self.cname)
+
+
+def sdes_cname(ssrc: int, cname: str) -> bytes:
+    """RTCP SDES packet with one chunk, the CNAME of `ssrc` (RFC 3550 §6.5), for a compound packet
+    after an SR (our server) or an RR (our client). The item list ends with a zero octet and the
+    chunk is padded to 32 bits."""
+    name = cname.encode()[:255]
+    chunk = struct.pack("!IBB", ssrc & 0xFFFFFFFF, 1, len(name)) + name + b"\x00"
+    chunk += b"\x00" * (-len(chunk) % 4)
+    return struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk  # length: 32-bit words minus one

@@ -13,21 +13,23 @@ and the hub carries only encoder output, i.e. anonymized frames: fail closed hol
 PyAV blocks (connect, ANNOUNCE/SETUP/RECORD, socket writes), so every PyAV call runs in the
 publisher's own daemon thread; the event loop only awaits it. Socket I/O has a timeout, so a
 stalled server turns into an error, then a reconnect with capped exponential backoff (the
-ingest.backoff_* settings). A change of the codec parameters (the camera changed resolution)
-restarts the RTSP session, since the SDP announced them. The URL may carry credentials: only
+ingest.backoff_* settings): supervisor.run_async, whose watchdog ends a session that makes no
+progress for io_timeout_s (shutting its socket first, so that the worker thread comes back). A
+change of the codec parameters (the camera changed resolution) restarts the RTSP session, since the
+SDP announced them. The URL may carry credentials: only
 `redact_url` forms of it reach logs, errors and snapshots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
 import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -37,7 +39,8 @@ import av
 from streamproxy.config import redact_url
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
-from streamproxy.supervisor import Backoff
+from streamproxy.status import PublisherStatus
+from streamproxy.supervisor import Attempt, Backoff, Outcome, Supervisor, run_async
 from streamproxy.types import EncodedPacket
 
 if TYPE_CHECKING:
@@ -138,9 +141,6 @@ class _Session:
         self._locked = False
         self._ours: dict[int, str] | None = None  # the session's sockets, once connected
         self._before = _socket_fds()
-        self._base: int | None = None  # pts90k of the first packet: the session's time zero
-        self._last = -1
-        self._interval = max(1, round(CLOCK_RATE / codec.fps)) if codec.fps > 0 else 3600
         self.started = False
         self.container: Any = av.open(
             url,
@@ -160,18 +160,11 @@ class _Session:
             # The SDP's sprop-parameter-sets come from the first packet (PyAV extracts them):
             # make sure they are the hub's, even if the encoder ever stops repeating them in-band.
             data = START_CODE + self.codec.sps + START_CODE + self.codec.pps + data
-        if self._base is None:
-            self._base = pkt.pts90k
-        ts = pkt.pts90k - self._base
-        if ts <= self._last:
-            # A new encoder behind the hub restarts its clock: keep the session's clock moving.
-            self._base = pkt.pts90k - (self._last + self._interval)
-            ts = self._last + self._interval
-        self._last = ts
         out = av.Packet(data)
         out.stream = self.stream
         out.time_base = Fraction(1, CLOCK_RATE)
-        out.pts = out.dts = ts
+        # The subscription's clock: 0 at the session's first packet, forward-only (hub.py).
+        out.pts = out.dts = pkt.pts90k
         out.is_keyframe = pkt.keyframe
         if self.started:
             self.container.mux(out)
@@ -305,74 +298,77 @@ class Publisher:
             log.warning("%s: publisher thread still busy after %.0f s; abandoned", self.name, timeout)
         self._set_up(False)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "up": self.up,
-            "sessions": self.sessions,
-            "attempts": self.attempts,
-            "packets_sent": self.packets_sent,
-            "bytes_sent": self.bytes_sent,
-            "last_error": self.last_error,
-        }
+    def snapshot(self) -> PublisherStatus:
+        return PublisherStatus(
+            url=self.url,
+            up=self.up,
+            sessions=self.sessions,
+            attempts=self.attempts,
+            packets_sent=self.packets_sent,
+            bytes_sent=self.bytes_sent,
+            last_error=self.last_error,
+        )
 
     # --- the loop ---
     async def _run(self) -> None:
-        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
-        while not self._stopping.is_set():
-            codec = self.hub.codec
-            if codec is None:
+        sup = Supervisor(Backoff(self.backoff_initial_s, self.backoff_max_s), stall_timeout_s=self.io_timeout_s)
+        await run_async(sup, self._attempt, self._stopping, self._ended, on_stall=self._stalled)
+
+    def _ended(self, attempt: Attempt, err: BaseException | None, wait: float) -> None:
+        self._set_up(False)
+        if err is None:
+            log.info("%s: stream parameters changed: new publish session", self.name)
+            return
+        self.last_error = self._describe(err)
+        log.warning(
+            "%s: publishing to %s failed (%s); retrying in %.1f s", self.name, self.url, self.last_error, wait
+        )
+
+    def _stalled(self, attempt: Attempt) -> None:
+        """The watchdog's hook: a server call made no progress for io_timeout_s (the server stalled,
+        or its socket buffers are full): shut the connection so that the worker thread comes back."""
+        session = self._current
+        n = session.abort() if session is not None else 0
+        log.debug("%s: publish stalled for %.1f s: shut %d socket(s)", self.name, self.io_timeout_s, n)
+
+    async def _attempt(self, attempt: Attempt) -> Outcome:
+        """One session: "restart" when the codec changed, "stop" when the hub closed; raises on failure."""
+        codec = self.hub.codec
+        with attempt.paused():  # no camera stream yet: nothing to publish, not the server's stall
+            while codec is None:
                 try:
                     codec = await self.hub.wait_codec(timeout=1.0)
                 except TimeoutError:
                     continue
-            self.attempts += 1
-            started = time.monotonic()
-            try:
-                ended_by_codec = await self._session(codec)
-            except asyncio.CancelledError:
-                raise
-            except EOFError:
-                return  # the hub closed: the app is stopping
-            except Exception as err:  # any failure of the external server: retry
-                self.last_error = self._describe(err)
-                wait = backoff.next_wait(time.monotonic() - started)
-                log.warning(
-                    "%s: publishing to %s failed (%s); retrying in %.1f s",
-                    self.name,
-                    self.url,
-                    self.last_error,
-                    wait,
-                )
-                self._set_up(False)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), wait)
-                except TimeoutError:
-                    pass
-                continue
-            self._set_up(False)
-            if ended_by_codec:
-                log.info("%s: stream parameters changed: new publish session", self.name)
-                backoff.reset()
+        self.attempts += 1
+        try:
+            await self._session(codec, attempt)
+        except EOFError:
+            return "stop"  # the hub closed: the app is stopping
+        return "restart"
 
-    async def _session(self, codec: CodecInfo) -> bool:
-        """Publish until the codec changes (returns True) or something fails (raises)."""
+    async def _session(self, codec: CodecInfo, attempt: Attempt) -> None:
+        """Publish until the codec changes (returns) or something fails (raises). Every server call
+        is watched by the supervisor: no progress for io_timeout_s ends the session."""
         assert self._worker is not None
         worker = self._worker
         # Cheap reachability check before subscribing: a subscription forces a keyframe on every
         # viewer, and one that idles through a long connect would overflow; neither while down.
         peer = await worker.call(self._probe)
+        attempt.progress()
         session = await worker.call(lambda: _Session(self._url, codec, peer))
         self._current = session
         sub: Subscription | None = None
         try:
             sub = self.hub.subscribe("publish")
             while True:
-                pkt = await sub.get()
+                with attempt.paused():  # the camera's pace, not the server's
+                    pkt = await sub.get()
                 current = self.hub.codec
                 if current is not None and current != codec:
-                    return True
-                await self._bounded(worker.call(lambda pkt=pkt: session.send(pkt)), session)  # type: ignore[misc]
+                    return
+                await worker.call(lambda pkt=pkt: session.send(pkt))  # type: ignore[misc]
+                attempt.up()
                 self.packets_sent += 1
                 self.bytes_sent += len(pkt.data)
                 if not self.up:
@@ -385,29 +381,13 @@ class Publisher:
         finally:
             if sub is not None:
                 sub.close()
-            # Closing sends TEARDOWN and reads the reply: bounded like every other call.
+            # Closing sends TEARDOWN and reads the reply: watched like every other call. After a
+            # stall it fails fast (the socket is shut), or the watchdog cuts it short.
             try:
-                await self._bounded(worker.call(session.close), session)
-            except Exception:
-                pass
-            self._current = None
-
-    async def _bounded(self, call: Awaitable[T], session: _Session) -> T:
-        """Await a session call; if it takes longer than io_timeout_s the server has stalled (or
-        its socket buffers are full): shut the connection so that the worker thread comes back."""
-        task = asyncio.ensure_future(call)
-        done, _ = await asyncio.wait({task}, timeout=self.io_timeout_s)
-        if not done:
-            n = session.abort()
-            log.debug(
-                "%s: publish write stalled for %.1f s: shut %d socket(s)", self.name, self.io_timeout_s, n
-            )
-            try:
-                await asyncio.wait_for(task, self.io_timeout_s)
-            except Exception:
-                pass
-            raise TimeoutError(f"no progress for {self.io_timeout_s:.1f} s")
-        return task.result()
+                with contextlib.suppress(Exception):
+                    await worker.call(session.close)
+            finally:
+                self._current = None
 
     def _probe(self) -> tuple[set[str], int]:
         """Reachability check (worker thread); returns the server's addresses and port."""

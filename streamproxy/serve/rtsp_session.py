@@ -2,7 +2,8 @@
 
 The sender task is the only place a viewer's packets are written. It awaits the viewer's
 Subscription, so a viewer that cannot keep up only fills its own bounded buffer (which drops to
-the next keyframe and counts); it never slows the camera or the other viewers.
+the next keyframe and counts); it never slows the camera or the other viewers. The Subscription's
+packets are on the viewer's own forward-only clock: RTP time is that clock plus a random base.
 """
 
 from __future__ import annotations
@@ -145,7 +146,11 @@ class RtspSession:
         if self.state == "playing":
             return
         self.state = "playing"
-        self.sub = self.hub.subscribe("rtsp")  # also asks the encoder for a keyframe: fast first picture
+        # A resumed session continues its timeline where RTP-Info's rtptime said (the time since
+        # its last packet included); the first PLAY starts at 0 (RTP time: ts_base).
+        resume_at = self.rtp.now_pts90k()
+        # The subscription also asks the encoder for a keyframe: fast first picture.
+        self.sub = self.hub.subscribe("rtsp", clock_base=0 if resume_at is None else resume_at)
         self.task = asyncio.create_task(self._send_loop(self.sub), name=f"rtsp-send-{self.name}-{self.id}")
 
     async def pause(self) -> None:

@@ -138,8 +138,6 @@ class EncodedVideoTrack(MediaStreamTrack):
         self.sub: Subscription | None = None
         self.packets = 0
         self.first_packet_at: float | None = None
-        self._pts_offset = 0
-        self._last_pts = -1
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -151,12 +149,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         except EOFError:
             self.stop()
             raise MediaStreamError from None
-        pts = pkt.pts90k + self._pts_offset
-        if pts <= self._last_pts:
-            # The encoder restarted (new resolution): keep RTP time moving forward.
-            self._pts_offset += self._last_pts + 3000 - pts
-            pts = self._last_pts + 3000
-        self._last_pts = pts
+        pts = pkt.pts90k  # the subscription's clock: from 0, forward-only across encoder restarts
         out = av.Packet(pkt.data)
         out.pts = pts
         out.dts = pts
