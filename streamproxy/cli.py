@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from streamproxy import __version__
@@ -14,6 +17,8 @@ from streamproxy.config import (
     ConfigError,
     DetectorConfig,
     EngineConfig,
+    SecretFilter,
+    config_secrets,
     default_model_dir,
     load_config,
 )
@@ -27,6 +32,35 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _guard_secrets(cfg: AppConfig) -> None:
+    """Scrub the config's credentials from every log line and from tracebacks nobody catches.
+
+    Each module logs redacted URLs only; this is the net under them: FFmpeg's or a library's message
+    quoting a URL, an exception that reaches the top of a thread or of the process.
+    """
+    guard = SecretFilter(config_secrets(cfg))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(guard)
+
+    def excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(guard.redact("".join(traceback.format_exception(kind, err, tb))))
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        sys.stderr.write(guard.redact(f"Exception in thread {name}:\n{text}"))
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+
+
+def _print_config_error(err: ConfigError) -> None:
+    for line in str(err).splitlines():
+        print(f"invalid config: {line}", file=sys.stderr)
 
 
 # --- anonymize -------------------------------------------------------------------------------
@@ -140,7 +174,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(f"invalid config: {err}", file=sys.stderr)
+        _print_config_error(err)
         return 1
     print(f"{args.config}: ok, {len(cfg.cameras)} camera(s): {', '.join(c.name for c in cfg.cameras)}")
     _warn_capacity(cfg)
@@ -183,9 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(f"invalid config: {err}", file=sys.stderr)
+        _print_config_error(err)
         return 1
     _setup_logging(args.log_level or cfg.logging.level)
+    _guard_secrets(cfg)
     return run_app(cfg, shard_index=args.shard_index, shard_count=args.shard_count)
 
 

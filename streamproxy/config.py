@@ -6,11 +6,14 @@ Every field has a default, a description and bounds, so that `config/streamproxy
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +24,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError that escapes (a traceback, a caller's `str(err)`) must not
+    # echo `input_value='rtsp://user:password@...'`; our own messages never carry the input either.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 _S = TypeVar("_S", bound=_Strict)
@@ -248,19 +253,17 @@ class CameraConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url_is_rtsp(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
-            raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
+        problem = rtsp_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("publish_url")
     @classmethod
     def _publish_url_is_rtsp(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urlsplit(v)
-        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
-            raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
+        problem = None if v is None else rtsp_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -296,6 +299,36 @@ class ServerConfig(_Strict):
     )
     stun_servers: list[str] = Field(default_factory=list, description="STUN URLs (none contacted by default).")
     turn_servers: list[str] = Field(default_factory=list, description="TURN URLs (turn:user:pass@host:port).")
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> ServerConfig:
+        # Here rather than in AppConfig: it then reports together with camera errors, not after them.
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("rtp_port_min: must be below server.rtp_port_max")
+        clash = listener_port_clash(self)
+        if clash:
+            raise ValueError(clash)
+        return self
+
+
+def listener_port_clash(server: ServerConfig) -> str | None:
+    """Two TCP listeners on one port (`run` would fail to bind the second): the message names both keys.
+
+    Every `*_port` key of the server section is a TCP listener (RTSP, HTTP with WHEP and /metrics;
+    a later metrics or WebRTC port key is checked without change here). 0 means "any free port" and
+    never clashes. The RTP range is UDP, so it cannot collide with them.
+    """
+    seen: dict[int, str] = {}
+    for key in ServerConfig.model_fields:
+        if not key.endswith("_port"):
+            continue
+        port = getattr(server, key)
+        if not port:
+            continue
+        if port in seen:
+            return f"{key}: port {port} is also server.{seen[port]}; every listener needs its own port"
+        seen[port] = key
+    return None
 
 
 class IngestConfig(_Strict):
@@ -367,8 +400,6 @@ class AppConfig(_Strict):
             if cam.name in seen:
                 raise ValueError(f"cameras[{i}].name: duplicate camera name {cam.name!r}")
             seen.add(cam.name)
-        if self.server.rtp_port_min >= self.server.rtp_port_max:
-            raise ValueError("server.rtp_port_min: must be below server.rtp_port_max")
         return self
 
     def engine_for(self, cam: CameraConfig) -> EngineConfig:
@@ -424,7 +455,8 @@ def format_validation_error(err: ValidationError) -> str:
                 lines.append(f"{_key_path(loc) + '.' if loc else ''}{sub.group(1)}: {sub.group(2)}")
                 continue
         lines.append(f"{_key_path(loc)}: {msg}")
-    return "\n".join(lines)
+    # A mistyped key is echoed, and a key can be anything the YAML had (a URL pasted one line up).
+    return redact_text("\n".join(lines))
 
 
 def parse_config(data: Any) -> AppConfig:
@@ -442,23 +474,260 @@ def load_config(path: str | Path) -> AppConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{p}: cannot read config file: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {err.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raise ConfigError(f"{p}: not valid YAML: {describe_yaml_error(err)}") from None
     try:
         return parse_config(data)
     except ConfigError as err:
-        raise ConfigError(f"{p}: {err}") from None
+        # One line per error, each naming the file: greppable, and clear when several are wrong.
+        raise ConfigError("\n".join(f"{p}: {line}" for line in str(err).splitlines())) from None
+
+
+# PyYAML quotes what it found: a one-character token ('\t'), a token kind ('<scalar>'), or text of
+# the file (an alias, anchor or tag name: `password: *x9!` is read as an alias). Only the first two
+# are shown.
+_YAML_QUOTED = re.compile(r"'([^'\n]*)'")
+
+
+def _yaml_quoted(m: re.Match[str]) -> str:
+    inner = m.group(1)
+    token_kind = inner.startswith("<") and inner.endswith(">")
+    if len(inner) <= 1 or token_kind or re.fullmatch(r"\\\S{1,8}|#x[0-9a-fA-F]+", inner):
+        return m.group(0)
+    return "'***'"
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """Where and what, never the line itself: PyYAML's snippet of the line can hold a password."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = ": ".join(s for s in (err.context, err.problem) if s) or type(err).__name__
+        what = _YAML_QUOTED.sub(_yaml_quoted, what)
+        if isinstance(err, (yaml.composer.ComposerError, yaml.constructor.ConstructorError)):
+            what += " (a value that starts with * & ! or contains ': ' needs quotes)"
+        return redact_text(where + what)
+    # ReaderError (a control character or a bad byte) names the character and its position only.
+    return redact_text(_YAML_QUOTED.sub(_yaml_quoted, str(err)).replace("\n", " "))
+
+
+# --- URLs and secrets ---------------------------------------------------------------------------
+# Camera URLs carry credentials in the userinfo (rtsp://user:pw@host) and, for some cameras, in
+# key=value parts of the path or query (/user=admin&password=x&channel=1, ?token=..., ;password=...).
+# `rtsp_url_problem` decides what `run` can use; `redact_url` is the only form of a URL that may be
+# shown; `url_secrets` lists the strings to scrub from text that might quote a URL in another shape.
+
+MASK = "***"
+_SECRET_WORDS = ("pass", "pwd", "token", "secret", "auth", "cred", "session")
+_USER_KEYS = frozenset({"user", "username", "usr", "login", "u"})  # masked too, but not secret alone
+_SECRET_EXACT = frozenset({"p", "pw", "psw", "sig", "code"}) | _USER_KEYS
+_SECRET_SUFFIXES = ("key", "signature", "sig")
+# key=value inside a path, query or fragment; the value ends at the next separator.
+_PAIR = re.compile(r"(?P<key>[^=&;/?#\s]+)=(?P<value>[^&;/?#\s]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _is_secret_key(key: str) -> bool:
+    k = unquote(key).lower().replace("-", "").replace("_", "")
+    return k in _SECRET_EXACT or any(w in k for w in _SECRET_WORDS) or k.endswith(_SECRET_SUFFIXES)
+
+
+def _mask_pairs(text: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group("value") and _is_secret_key(m.group("key")):
+            return f"{m.group('key')}={MASK}"
+        return m.group(0)
+
+    return _PAIR.sub(sub, text)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str, str]:
+    """(scheme and '://', userinfo or None, host[:port], path?query#fragment), without validating.
+
+    The userinfo ends at the last '@' of the authority; when an '@' also comes later (a '/', '?'
+    or '#' in the password that was not percent-encoded), at the last '@' of all, so such a
+    password is still taken for userinfo: masking a little more is the safe mistake.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    else:
+        head += sep
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] or [len(rest)])
+    at = rest.rfind("@") if "@" in rest[end:] else rest.rfind("@", 0, end)
+    if at < 0:
+        return head, None, rest[:end], rest[end:]
+    after = rest[at + 1 :]
+    end = min([i for i in (after.find(c) for c in "/?#") if i >= 0] or [len(after)])
+    return head, rest[:at], after[:end], after[end:]
 
 
 def redact_url(url: str) -> str:
-    """The camera URL without credentials: the only form that may reach logs, labels and the API."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    """The URL without credentials, the only form that may reach logs, labels, the API and errors.
+
+    Userinfo becomes `***@`; the values of password-like key=value parts of the path, query and
+    fragment become `***` (`?token=***`, `/user=***&password=***&channel=1`). Host, port and the
+    rest of the path stay readable. Never raises: a URL too malformed to take apart is not shown.
+    """
+    try:
+        # Control characters are escaped: a URL must not start a new log line or response header.
+        text = "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in str(url))
+        head, userinfo, hostport, tail = _split_userinfo(text)
+        return f"{head}{MASK + '@' if userinfo is not None else ''}{hostport}{_mask_pairs(tail)}"
+    except Exception:  # a redactor must not be what crashes the service
+        return "<URL not shown>"
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it redacted (`redact_url`) and password-like key=value parts masked."""
+    return _mask_pairs(_URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text))
+
+
+def url_secrets(url: str) -> list[str]:
+    """Spellings of the URL's credentials that text from elsewhere (FFmpeg, a library) might quote.
+
+    The URL itself, its userinfo and every password-like key=value part whole; the password and
+    the bare values alone when at least 4 characters long, so that scrubbing them cannot garble
+    ordinary words. Longest first: replace in that order.
+    """
+    out: set[str] = {url}
+    try:
+        _, userinfo, _, tail = _split_userinfo(url)
+    except Exception:
+        return [url]
+    values: list[str] = []
+    if userinfo:
+        out |= {userinfo, unquote(userinfo)}
+        values.append(userinfo.partition(":")[2])
+    for m in _PAIR.finditer(tail):
+        if m.group("value") and _is_secret_key(m.group("key")):
+            out |= {m.group(0), unquote(m.group(0))}
+            if unquote(m.group("key")).lower() not in _USER_KEYS:
+                values.append(m.group("value"))
+    for v in values:
+        out |= {s for s in (v, unquote(v)) if len(s) >= 4}
+    return sorted((s for s in out if s), key=len, reverse=True)
+
+
+def config_secrets(cfg: AppConfig) -> list[str]:
+    """Every credential in the config: camera and publish URLs, viewer passwords, TURN URLs."""
+    out: set[str] = set()
+    for cam in cfg.cameras:
+        for url in (cam.url, cam.publish_url):
+            if url:
+                out.update(url_secrets(url))
+    for turn in cfg.server.turn_servers:
+        out.update(url_secrets(turn.replace("turn:", "turn://", 1).replace("turns:", "turns://", 1)))
+        out.add(turn)
+    out.update(u.password for u in cfg.server.users if len(u.password) >= 4)
+    return sorted(out, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with any URL's credentials and each of `secrets` (longest first) masked.
+
+    URLs first, so that a whole URL in the text keeps its readable `redact_url` form.
+    """
+    text = redact_text(text)
+    for s in secrets:
+        if s:
+            text = text.replace(s, MASK)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """A handler filter: known secrets never reach the log, whatever module or library wrote it.
+
+    A second line of defence (each module already logs `redact_url` forms only): messages,
+    tracebacks and stack traces are scrubbed of `secrets` (`config_secrets`) and URL credentials.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        return scrub(text, self.secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it
+            return True
+        clean = self.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def rtsp_url_problem(url: str) -> str | None:
+    """Why `run` could not use this camera or publish URL; None when it can.
+
+    The message never quotes the URL or a piece of it: a mistyped URL can put the password where
+    the port belongs (`rtsp://admin:123456/x@cam` has "port" 123456).
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "contains a space or control character (percent-encode it: a space is %20)"
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("rtsp", "rtsps"):
+        return "must be an rtsp:// or rtsps:// URL with a host"
+    rest = url.partition("://")[2]
+    authority_end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] or [len(rest)])
+    if "@" in rest[authority_end:]:
+        return (
+            "an '@' after the host: percent-encode '/', '?', '#' and '@' in the user name and password "
+            "(%2F, %3F, %23, %40)"
+        )
+    _, _, hostport, _ = _split_userinfo(url)
+    if hostport.count("[") != hostport.count("]") or (hostport.startswith("[") and "]" not in hostport):
+        return "unbalanced [ ] around an IPv6 address (write rtsp://[2001:db8::1]:554/path)"
+    if hostport.startswith("["):
+        inner, _, after = hostport[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(inner.split("%", 1)[0])
+        except ValueError:
+            return "the address in [ ] is not an IPv6 address"
+        if after and not after.startswith(":"):
+            return "text after the ] of the IPv6 address (only :port may follow)"
+        host, port = inner, after[1:] if after else ""
+    else:
+        if "[" in hostport or "]" in hostport:
+            return "unbalanced [ ] around an IPv6 address (write rtsp://[2001:db8::1]:554/path)"
+        host, _, port = hostport.partition(":")
+        if ":" in port:
+            return "more than one ':' after the host (an IPv6 address needs [ ]: rtsp://[2001:db8::1]/path)"
+    if not host:
+        return "missing host (write rtsp://host[:port]/path)"
+    if not _is_ip_address(host) and not all(c.isalnum() or c in "-._~%" for c in host):
+        return "the host name has characters a host name cannot have"
+    if port:
+        if not port.isascii() or not port.isdigit():
+            return "port is not a number"
+        if not 1 <= int(port) <= 65535:
+            return "port out of range (1-65535)"
+    try:  # what every user of the URL (our client, FFmpeg's, the publisher) parses it with
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return "not a URL that can be parsed"
+    if not parts.hostname:
+        return "missing host (write rtsp://host[:port]/path)"
+    return None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True

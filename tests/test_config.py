@@ -5,12 +5,25 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from streamproxy.app import cameras_for_shard, shard_of
-from streamproxy.config import AppConfig, ConfigError, load_config, parse_config, redact_url
+from streamproxy.config import (
+    AppConfig,
+    ConfigError,
+    SecretFilter,
+    load_config,
+    parse_config,
+    redact_text,
+    redact_url,
+    rtsp_url_problem,
+    url_secrets,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "streamproxy.example.yaml"
 MINIMAL = {
@@ -160,10 +173,186 @@ def test_keep_audio_is_gone() -> None:
     assert cfg.ingest.read_timeout_s == 2 and not hasattr(cfg.ingest, "keep_audio")
 
 
-def test_redact_url() -> None:
-    assert redact_url("rtsp://user:secret@10.0.0.1:554/s") == "rtsp://***@10.0.0.1:554/s"
-    assert redact_url("rtsp://cam/s") == "rtsp://cam/s"
-    assert "secret" not in redact_url("rtsp://u:secret@[::1]/s")
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://user:secret@10.0.0.1:554/s", "rtsp://***@10.0.0.1:554/s"),
+        ("rtsp://cam/s", "rtsp://cam/s"),
+        ("rtsp://cam:8554/Streaming/Channels/101?transportmode=unicast", "rtsp://cam:8554/Streaming/Channels/101?transportmode=unicast"),
+        ("rtsp://u:secret@[::1]/s", "rtsp://***@[::1]/s"),
+        ("rtsp://u:secret@[fe80::1%25eth0]:554/s", "rtsp://***@[fe80::1%25eth0]:554/s"),
+        # Cameras that take credentials in the path or the query.
+        ("rtsp://10.0.0.2:554/user=admin&password=secret&channel=1&stream=0.sdp?",
+         "rtsp://10.0.0.2:554/user=***&password=***&channel=1&stream=0.sdp?"),
+        ("rtsp://cam/live;user=admin;password=secret;profile=1", "rtsp://cam/live;user=***;password=***;profile=1"),
+        ("rtsps://cam/s?token=secret&fps=25", "rtsps://cam/s?token=***&fps=25"),
+        ("rtsp://cam/s?pwd=secret&passwd=secret&key=secret&auth=secret&sig=secret",
+         "rtsp://cam/s?pwd=***&passwd=***&key=***&auth=***&sig=***"),
+        ("rtsp://cam/s?access_token=secret&X-Amz-Signature=secret&api-key=secret&PASSWORD=secret",
+         "rtsp://cam/s?access_token=***&X-Amz-Signature=***&api-key=***&PASSWORD=***"),
+        ("rtsp://cam/s?pass%77ord=secret", "rtsp://cam/s?pass%77ord=***"),  # a percent-encoded key
+        ("rtsp://cam/s#token=secret", "rtsp://cam/s#token=***"),
+        ("rtsp://a:b@cam:554/user=admin&password=secret?token=secret", "rtsp://***@cam:554/user=***&password=***?token=***"),
+        # Malformed: still never the secret, never an exception.
+        ("rtsp://admin:p@ss@cam/s", "rtsp://***@cam/s"),  # an unencoded '@' in the password
+        ("rtsp://admin:se/cret@cam/s", "rtsp://***@cam/s"),  # an unencoded '/' in the password
+        ("rtsp://admin:secret@cam:99999/s", "rtsp://***@cam:99999/s"),
+        ("rtsp://admin:secret@cam:abc/s", "rtsp://***@cam:abc/s"),
+        ("rtsp://admin:secret@[::1/s", "rtsp://***@[::1/s"),
+        ("rtsp://admin:secret@]::1]/s", "rtsp://***@]::1]/s"),
+        ("admin:secret@cam/s", "***@cam/s"),
+        ("rtsp://cam/s\r\nX-Injected: yes", "rtsp://cam/s%0D%0AX-Injected: yes"),  # no new log line
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "secret" not in redact_url(url)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(
+    st.sampled_from(["", "rtsp://", "rtsp://u:pw@", "rtsps://h"]),
+    st.text(alphabet=st.sampled_from(list("rtsp:/@[]?#&;=%:.aZ09 \r\n\x00é")), max_size=30),
+)
+def test_url_checks_never_raise_and_pass_only_usable_urls(prefix: str, rest: str) -> None:
+    """redact_url and the validator take any string; what the validator passes, urlsplit can use."""
+    url = prefix + rest
+    shown = redact_url(url)
+    assert "\n" not in shown and "\r" not in shown and "pw@" not in shown
+    if rtsp_url_problem(url) is None:
+        parts = urlsplit(url)
+        assert parts.scheme in ("rtsp", "rtsps") and parts.hostname
+        assert parts.port is None or 1 <= parts.port <= 65535
+
+
+def test_redact_text_and_url_secrets() -> None:
+    url = "rtsp://admin:pw%21x@cam/user=admin&password=Pathsecret?token=Toksecret"
+    assert redact_text(f"open {url} (401)") == "open rtsp://***@cam/user=***&password=***?token=*** (401)"
+    assert redact_text("ffmpeg: password=Pathsecret failed") == "ffmpeg: password=*** failed"
+    secrets = url_secrets(url)
+    for s in ("admin:pw%21x", "admin:pw!x", "password=Pathsecret", "Pathsecret", "token=Toksecret", "Toksecret"):
+        assert s in secrets
+    assert "admin" not in secrets  # a user name alone is no secret: scrubbing it would garble words
+    assert "pw!x" in secrets and secrets == sorted(secrets, key=len, reverse=True)
+
+
+def test_secret_filter_scrubs_messages_and_tracebacks() -> None:
+    import logging
+
+    guard = SecretFilter(["Toksecret", "Viewersecret"])
+    try:
+        raise ValueError("bad token Toksecret")
+    except ValueError:
+        import sys
+
+        rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "%s: %s", ("cam", "Viewersecret"), sys.exc_info())
+    assert guard.filter(rec)
+    assert rec.getMessage() == "cam: ***"
+    assert rec.exc_text is not None and "ValueError: bad token ***" in rec.exc_text
+    assert "Toksecret" not in logging.Formatter().format(rec)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("rtsp://cam:99999/s", "port out of range (1-65535)"),
+        ("rtsp://cam:0/s", "port out of range (1-65535)"),
+        ("rtsp://cam:abc/s", "port is not a number"),
+        ("rtsp://u:p@cam:-1/s", "port is not a number"),
+        ("rtsp://cam:８５５４/s", "port is not a number"),  # fullwidth digits: int() would take them
+        ("rtsp:///s", "missing host"),
+        ("rtsp://u:p@/s", "missing host"),
+        ("rtsp://:554/s", "missing host"),
+        ("rtsp:cam/s", "must be an rtsp:// or rtsps:// URL"),
+        ("http://cam/s", "must be an rtsp:// or rtsps:// URL"),
+        ("cam/s", "must be an rtsp:// or rtsps:// URL"),
+        ("rtsp://[::1/s", "unbalanced [ ]"),
+        ("rtsp://::1]/s", "unbalanced [ ]"),
+        ("rtsp://[::1]]/s", "unbalanced [ ]"),
+        ("rtsp://[cam]/s", "not an IPv6 address"),
+        ("rtsp://[::1]554/s", "only :port may follow"),
+        ("rtsp://::1/s", "an IPv6 address needs [ ]"),
+        ("rtsp://admin:12345678/x@cam/s", "an '@' after the host"),  # the password would be the "port"
+        ("rtsp://cam/s t", "space or control character"),
+        ("rtsp://cam/s\r\nX: y", "space or control character"),
+        ("rtsp://ca$m/s", "characters a host name cannot have"),
+    ],
+)  # fmt: skip
+def test_url_problems(url: str, problem: str) -> None:
+    """Every URL `run` would choke on is an error naming the key, without quoting the URL."""
+    assert problem in (rtsp_url_problem(url) or ""), rtsp_url_problem(url)
+    for key in ("url", "publish_url"):
+        cam = {"name": "a", "url": "rtsp://cam/s", key: url}
+        with pytest.raises(ConfigError) as err:
+            parse_config({"cameras": [{"name": "b", "url": "rtsp://cam/s"}, cam]})
+        msg = str(err.value)
+        assert msg.startswith(f"cameras[1].{key}: ") and problem in msg and len(msg.splitlines()) == 1, msg
+        assert "12345678" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rtsp://cam/s",
+        "rtsps://user:p%40ss%2Fw@cam.example:322/live?channel=1",
+        "rtsp://admin:p@ss@10.0.0.2/s",  # urlsplit takes the last '@': our client and FFmpeg agree
+        "rtsp://[2001:db8::1]:554/s",
+        "rtsp://[fe80::1%25eth0]/s",
+        "rtsp://10.0.0.2:554/user=admin&password=x&channel=1&stream=0.sdp?",
+        "RTSP://Cam-1.local/s",
+        "rtsp://kamera.bücher.example/s",
+        "rtsp://cam:/s",  # empty port: the default one
+    ],
+)
+def test_good_urls_pass(url: str) -> None:
+    assert rtsp_url_problem(url) is None
+    assert parse_config({"cameras": [{"name": "a", "url": url, "publish_url": url}]}).cameras[0].url == url
+
+
+def test_listener_ports_must_differ() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "server": {"rtsp_port": 8554, "http_port": 8554}})
+    assert str(err.value) == "server.http_port: port 8554 is also server.rtsp_port; every listener needs its own port"
+    parse_config({**MINIMAL, "server": {"rtsp_port": 0, "http_port": 0}})  # 0: any free port, twice is fine
+    # The RTP range is UDP: a TCP listener inside it does not collide.
+    parse_config({**MINIMAL, "server": {"rtsp_port": 30000, "http_port": 8080}})
+    with pytest.raises(ConfigError, match=r"^server\.rtp_port_min: must be below server\.rtp_port_max$"):
+        parse_config({**MINIMAL, "server": {"rtp_port_min": 31000, "rtp_port_max": 30000}})
+
+
+def test_all_errors_at_once_one_line_each(tmp_path: Path) -> None:
+    """A bad camera URL and a port clash are both reported, each on its own line naming the file."""
+    p = tmp_path / "c.yaml"
+    p.write_text("cameras:\n  - name: a\n    url: rtsp://u:pw@cam:99999/s\nserver:\n  rtsp_port: 80\n  http_port: 80\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert sorted(str(err.value).splitlines()) == [
+        f"{p}: cameras[0].url: port out of range (1-65535)",
+        f"{p}: server.http_port: port 80 is also server.rtsp_port; every listener needs its own port",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cameras:\n  - name: a\n    url: rtsp://admin:Sup3rsecret@cam/s: x\n",
+         "line 3, column 40: mapping values are not allowed here"),
+        ("cameras:\n  - name: a\n    url: rtsp://cam/s\nserver:\n  users:\n    - {username: a, password: *Sup3rsecret}\n",
+         "line 6, column 31: found undefined alias '***' (a value that starts with * & ! or contains ': ' needs quotes)"),
+        ("a: !Sup3rsecret x\n", "could not determine a constructor for the tag '***'"),
+        ("a:\tb\n", "found character '\\t' that cannot start any token"),
+        ("cameras: [\n", "expected the node content, but found '<stream end>'"),
+    ],
+)  # fmt: skip
+def test_yaml_errors_never_quote_the_line(tmp_path: Path, text: str, expected: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert msg.startswith(f"{p}: not valid YAML: line ") and expected in msg, msg
+    assert "Sup3rsecret" not in msg and "\n" not in msg
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
