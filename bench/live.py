@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +288,7 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
     app = host.start()
     try:
         pipes = list(app.pipelines.values())
-        if not _wait(lambda: all(p.state == "live" and p.frames_out > 0 for p in pipes), 30):
+        if not _wait(lambda: all(p.state == "live" and p.snapshot().frames_out > 0 for p in pipes), 30):
             res.notes.append("not all cameras live after 30 s")
         time.sleep(args.warmup)  # the latency controller settles (it changes at most once a second)
         samples: list[float] = []
@@ -300,17 +300,19 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
                 orig(ms)
 
             p.latency.add = add  # type: ignore[method-assign]
-        before = [(p.frames_out, p.frames_in, dict(p.dropped)) for p in pipes]
+        before = [p.snapshot() for p in pipes]
         cpu = CpuWindow(sims)
         time.sleep(args.seconds)
         wall, res.cpu_proxy, res.cpu_sims = cpu.end()
         lat = list(samples)
-        for p, (out0, in0, drop0) in zip(pipes, before, strict=True):
-            res.fps.append((p.frames_out - out0) / wall)
-            res.frames_in += p.frames_in - in0
-            for k, v in p.dropped.items():
-                if v - drop0.get(k, 0):
-                    res.dropped[k] = res.dropped.get(k, 0) + v - drop0.get(k, 0)
+        for p, b in zip(pipes, before, strict=True):
+            a = p.snapshot()
+            res.fps.append((a.frames_out - b.frames_out) / wall)
+            res.frames_in += a.frames_in - b.frames_in
+            drop0 = asdict(b.dropped)
+            for k, v in asdict(a.dropped).items():
+                if v - drop0[k]:
+                    res.dropped[k] = res.dropped.get(k, 0) + v - drop0[k]
             res.detect_every.append(p.controller.detect_every)
             res.input_width.append(p.controller.input_width)
         res.lat_p50, res.lat_p99, res.lat_n = pct(lat, 0.5), pct(lat, 0.99), len(lat)

@@ -606,7 +606,7 @@ def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.
         host = AppThread(make_config(sims, args))
         app = host.start()
         pipes = list(app.pipelines.values())
-        if not _wait(lambda: all(p.state == "live" and p.frames_out > 0 for p in pipes), 30):
+        if not _wait(lambda: all(p.state == "live" and p.snapshot().frames_out > 0 for p in pipes), 30):
             run.notes.append("not all cameras live after 30 s")
         max_s = args.warmup + args.seconds + 90
         assert app.web is not None
@@ -637,23 +637,21 @@ def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.
         v_cpu = (viewer.cpu_s() - viewer_cpu0) / wall * 100
         p_cpu = (poller.cpu_s() - poller_cpu0) / wall * 100
         run.cpu_proxy, run.cpu_viewer, run.cpu_sims = me - v_cpu - p_cpu, v_cpu, sims_cpu
-        fps = [
-            (int(a["frames_out"]) - int(b["frames_out"])) / wall for a, b in zip(after, before, strict=True)
-        ]
+        fps = [(a.frames_out - b.frames_out) / wall for a, b in zip(after, before, strict=True)]
         run.fps_out_cam0, run.fps_out_min = fps[0], min(fps)
         for i, (a, b) in enumerate(zip(after, before, strict=True)):
-            _sum_drops(run.dropped_all, a.get("dropped", {}), b.get("dropped", {}))
+            _sum_drops(run.dropped_all, asdict(a.dropped), asdict(b.dropped))
             if i == 0:
-                _sum_drops(run.dropped_cam0, a.get("dropped", {}), b.get("dropped", {}))
+                _sum_drops(run.dropped_cam0, asdict(a.dropped), asdict(b.dropped))
         slow = int(getattr(hub0, "dropped_slow_viewer", 0)) - slow0
         if slow:
             run.dropped_cam0["slow_viewer"] = slow
             run.dropped_all["slow_viewer"] = run.dropped_all.get("slow_viewer", 0) + slow
-        lat0 = after[0].get("latency_ms", {})
-        run.lat_p50_cam0, run.lat_p99_cam0 = lat0.get("p50"), lat0.get("p99")
-        p99s = [a.get("latency_ms", {}).get("p99") for a in after]
+        lat0 = after[0].latency_ms
+        run.lat_p50_cam0, run.lat_p99_cam0 = lat0.p50, lat0.p99
+        p99s = [a.latency_ms.p99 for a in after]
         run.lat_p99_max = max((p for p in p99s if p is not None), default=None)
-        run.detector_model = (after[0].get("detector") or {}).get("model")
+        run.detector_model = after[0].detector.model
         run.detector = detector_timeline(poller.samples, "cam0", t0, t1)
         api_fps = [
             float(c.get("fps_out", 0.0))

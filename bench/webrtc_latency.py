@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ async def live_phases(args: argparse.Namespace, report: dict[str, Any], live_cpu
             print(json.dumps(report["browser"]), flush=True)
         if live_cpu:
             report["cpu_live_service"] = await cpu_phase(app, base, [0, 1, 10], args.seconds)
-        report["pipeline"] = app.pipelines["cam"].snapshot()
+        report["pipeline"] = asdict(app.pipelines["cam"].snapshot())
 
 
 def main() -> int:

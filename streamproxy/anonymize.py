@@ -390,13 +390,13 @@ def iter_results(
         try:
             anonymizer = Anonymizer(cfg, name=job.src.name, detector=detector)
             if job.kind == "image":
-                _set_upscale(detector, IMAGE_UPSCALE if upscale is None else upscale)
+                detector.upscale = IMAGE_UPSCALE if upscale is None else upscale
                 res = anonymize_image(job, anonymizer, input_width)
                 if on_frame:
                     on_frame()
             else:
                 detector.input_width = video_width
-                _set_upscale(detector, cfg.detector.upscale if upscale is None else upscale)
+                detector.upscale = cfg.detector.upscale if upscale is None else upscale
                 res = anonymize_video(job, anonymizer, keep_audio, on_frame)
         except Exception as err:  # a bad file must never end the batch
             log.debug("%s: failed", job.src, exc_info=True)
@@ -404,9 +404,6 @@ def iter_results(
         yield res
 
 
-def _set_upscale(detector: FaceDetector, value: float) -> None:
-    if hasattr(detector, "upscale"):
-        detector.upscale = value
 
 
 class _Stages:

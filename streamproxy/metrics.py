@@ -5,8 +5,12 @@ config (the path on the proxy). Never a URL: camera URLs carry credentials, and 
 Prometheus, Grafana and screenshots. `CameraMetrics` refuses anything that does not look like a
 config camera name, so a URL cannot slip into a label by mistake.
 
-The pipeline makes one `CameraMetrics` per camera; its attributes are the label-bound children
-(`.labels(camera=...)` looked up once), so the per-frame cost is one lock + one add:
+The app makes one `CameraMetrics` per camera; its attributes are the label-bound children
+(`.labels(camera=...)` looked up once), so the per-frame cost is one lock + one add. It is also the
+camera's one tally of its frames: `frame_in`, `frame_out` and `drop` keep the counts that the API
+reads (`frames_in_total`, `drops()`, the fps meters' `rate`), so that the page, the tests and
+Prometheus see the same numbers, counted once where the event happens (detector runs and
+fail-closed frames are the engine's: its `EngineStats` feeds `detection` / `fail_closed_frame`):
 
     m = CameraMetrics("lobby")
     m.frame_in()                      # decoder produced a frame
@@ -32,6 +36,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
 from streamproxy import __version__
+from streamproxy.status import DropCounts
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +282,9 @@ class RateMeter:
 
     Cheap enough to call per frame: one lock, one add, and a gauge write once per window.
     A gap longer than a window (camera stalled) reads as the average over the gap, and the
-    gauge is set to 0 by `reset()` when the camera goes away.
+    gauge is set to 0 by `reset()` when the camera goes away. The API reads the same number from
+    `rate()`, which also says 0 once no event came for two windows (the gauge can only move on
+    an event, the API is asked at any time).
     """
 
     def __init__(self, gauge: Gauge, window_s: float = 1.0) -> None:
@@ -286,10 +293,13 @@ class RateMeter:
         self._lock = threading.Lock()
         self._count = 0
         self._start: float | None = None
+        self._rate = 0.0
+        self._last: float | None = None
 
     def tick(self, now: float | None = None, n: int = 1) -> None:
         t = time.monotonic() if now is None else now
         with self._lock:
+            self._last = t
             if self._start is None:
                 self._start = t
                 self._count = n
@@ -298,14 +308,25 @@ class RateMeter:
             elapsed = t - self._start
             if elapsed >= self._window:
                 # The first event of a window opened it, so count-1 intervals span `elapsed`.
-                self._gauge.set((self._count - 1) / elapsed)
+                self._rate = (self._count - 1) / elapsed
+                self._gauge.set(self._rate)
                 self._start = t
                 self._count = 1
+
+    def rate(self, now: float | None = None) -> float:
+        """Events per second of the last window, as the gauge says; 0 after two windows without one."""
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            if self._last is None or t - self._last > 2 * self._window:
+                return 0.0
+            return self._rate
 
     def reset(self) -> None:
         with self._lock:
             self._start = None
             self._count = 0
+            self._rate = 0.0
+            self._last = None
             self._gauge.set(0)
 
 
@@ -348,26 +369,53 @@ class CameraMetrics:
         self._state: dict[CameraState, Gauge] = {
             s: CAMERA_STATE.labels(camera=camera, state=s) for s in CAMERA_STATES
         }
-        self._in_rate = RateMeter(self.input_fps)
-        self._out_rate = RateMeter(self.output_fps)
+        self.in_rate = RateMeter(self.input_fps)
+        self.out_rate = RateMeter(self.output_fps)
+        # The counts the API reads: Prometheus children cannot be read back through a public API,
+        # so the same call that increments them keeps these (under one lock: several threads drop).
+        self._lock = threading.Lock()
+        self._frames_in = 0
+        self._frames_out = 0
+        self._drops: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
         self.state: CameraState = "connecting"
         self.set_state("connecting")
 
     # -- per frame -----------------------------------------------------------------------------
     def frame_in(self, now: float | None = None) -> None:
         """A frame left the decoder. `now`: time.monotonic(), if the caller has it already."""
+        with self._lock:
+            self._frames_in += 1
         self.frames_in.inc()
-        self._in_rate.tick(now)
+        self.in_rate.tick(now)
 
     def frame_out(self, added_latency_s: float, now: float | None = None) -> None:
         """An anonymized frame left the proxy, `added_latency_s` after leaving the decoder."""
+        with self._lock:
+            self._frames_out += 1
         self.frames_out.inc()
         self.added_latency.observe(added_latency_s)
-        self._out_rate.tick(now)
+        self.out_rate.tick(now)
 
     def drop(self, reason: DropReason, n: int = 1) -> None:
         """`n` frames will never leave, for `reason`."""
+        with self._lock:
+            self._drops[reason] += n
         self.dropped[reason].inc(n)
+
+    # -- read back (the API) ---------------------------------------------------------------------
+    @property
+    def frames_in_total(self) -> int:
+        return self._frames_in
+
+    @property
+    def frames_out_total(self) -> int:
+        return self._frames_out
+
+    def drops(self) -> DropCounts:
+        """The pipeline's drops by reason (slow_viewer is the hub's, per viewer: not among them)."""
+        with self._lock:
+            d = dict(self._drops)
+        return DropCounts(d["latency_budget"], d["fail_closed"], d["queue_full"], d["encoder"], d["overload"])
 
     def fail_closed_frame(self, reason: FailClosedReason) -> None:
         """A frame was fully obfuscated or dropped because detection failed for `reason`.
@@ -393,8 +441,8 @@ class CameraMetrics:
             g.set(1 if s == state else 0)
         self.camera_up.set(1 if state == "live" else 0)
         if state != "live":
-            self._in_rate.reset()
-            self._out_rate.reset()
+            self.in_rate.reset()
+            self.out_rate.reset()
 
     def reconnect(self) -> None:
         self.reconnects.inc()

@@ -386,7 +386,7 @@ async def check_no_face_end_to_end(
                 await asyncio.sleep(0.3)
             assert sum(st is not None for st in stamps) >= 5, f"live barcode unreadable in most grabs: {stamps}"
             snap = app.pipelines["door"].snapshot()
-            assert snap["state"] == "live", snap
+            assert snap.state == "live", snap
             assert grabbed == [0] * len(grabbed), f"faces visible in {who}: {grabbed} (scores {weak})"
     finally:
         await asyncio.to_thread(cam.stop)

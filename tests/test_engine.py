@@ -170,7 +170,40 @@ def test_detect_phase_spreads_cameras_over_the_cadence_cycle(detector: object) -
     img = background(320, 240)
     ran: dict[float, list[int]] = {}
     for phase in (0.0, 0.5):
-        eng = Anonymizer(EngineConfig(detect_every=4), detector=ScriptedDetector(detector, fail=set()))  # type: ignore[arg-type]
-        eng.detect_phase = phase
+        scripted = ScriptedDetector(detector, fail=set())
+        eng = Anonymizer(EngineConfig(detect_every=4), detector=scripted, detect_phase=phase)  # type: ignore[arg-type]
         ran[phase] = [i for i in range(8) if eng.process_frame(_frame(img), i / 25).detector_ran]
     assert ran[0.0] == [0, 4] and ran[0.5] == [2, 6]
+
+
+class _Events:
+    """Records what the engine tells the camera's metrics (EngineEvents)."""
+
+    def __init__(self) -> None:
+        self.detections: list[tuple[float, int]] = []
+        self.fail_closed: list[str] = []
+
+    def detection(self, seconds: float, faces: int) -> None:
+        self.detections.append((seconds, faces))
+
+    def fail_closed_frame(self, reason: str) -> None:
+        self.fail_closed.append(reason)
+
+
+def test_events_are_counted_once_where_they_happen(detector: object) -> None:
+    """Each detector run and each fail-closed frame is counted once, by the engine, and its listener
+    (live: the camera's metrics) hears of exactly those, so the status and Prometheus agree."""
+    scripted = ScriptedDetector(detector, fail={1})
+    events = _Events()
+    eng = Anonymizer(EngineConfig(detect_every=1), detector=scripted, events=events)  # type: ignore[arg-type]
+    img = background(640, 360)
+    paste_face(img, 250, 80, 120)
+    # Live path (look-ahead): run 0 ok, run 1 raises (fails closed), run 2 recovers.
+    for i in range(3):
+        eng.push_pending(_frame(img), i / 25)
+    assert eng.stats.detector_runs == len(events.detections) == 2
+    assert eng.stats.faces_detected == sum(f for _s, f in events.detections) == 2
+    assert eng.stats.fail_closed_frames == len(events.fail_closed) == 1
+    assert events.fail_closed == ["detector_error"]
+    assert all(s > 0 for s, _f in events.detections)  # seconds, not milliseconds
+    assert sum(s for s, _f in events.detections) == pytest.approx(eng.stats.detector_ms_total / 1000)

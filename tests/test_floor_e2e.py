@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -26,6 +25,7 @@ from facekit import background, paste_face
 
 from streamproxy.config import DetectorConfig, parse_config
 from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy.status import PipelineStatus
 from streamproxy.types import Box, Detection
 from streamproxy_sim.camsim import (
     SimCamera,
@@ -155,7 +155,7 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
         # the default 18-px smallest face) does not allow a smaller picture to make it cheaper.
         pipe.engine.detector = SlowDetector(pipe.engine.detector, 0.09)  # type: ignore[arg-type,assignment]
         received: dict[int, np.ndarray] = {}
-        settings: list[dict[str, Any]] = []
+        settings: list[PipelineStatus] = []
         stop = threading.Event()
 
         def sample() -> None:
@@ -200,12 +200,12 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
     assert len(received) >= 10, f"too few face frames reached the viewer: {sorted(received)}"
     leaked = [i for i, bgr in sorted(received.items()) if face_seen(bgr, boxes[i])]
     assert not leaked, f"face visible to the viewer in frames {leaked}"
-    assert snap["dropped"]["overload"] > 0, snap["dropped"]
-    assert any(s["overloaded"] for s in settings), "the camera was never reported overloaded"
-    floors = {s["privacy_floor"]["min_input_width"] for s in settings if s["privacy_floor"]}
+    assert snap.dropped.overload > 0, snap.dropped
+    assert any(s.overloaded for s in settings), "the camera was never reported overloaded"
+    floors = {s.privacy_floor.min_input_width for s in settings if s.privacy_floor}
     assert floors == {640}, floors
-    assert all(s["detector"]["input_width"] >= 640 for s in settings), "the floor was crossed"
-    print(f"\nstarved: {len(received)} face frames judged, dropped {snap['dropped']}, keep {snap['keep_ratio']}")
+    assert all(s.detector.input_width >= 640 for s in settings), "the floor was crossed"
+    print(f"\nstarved: {len(received)} face frames judged, dropped {snap.dropped}, keep {snap.keep_ratio}")
 
 
 def _with_face(img: np.ndarray, i: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import pytest
 
 from streamproxy.config import AppConfig, DetectorConfig, parse_config
 from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy.status import PipelineStatus
 from streamproxy_sim.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy_sim.harness import AppThread
 
@@ -76,7 +77,7 @@ class _AppHost(AppThread):
     def url(self, path: str = "cam", user: str | None = None, password: str | None = None) -> str:
         return self.rtsp_url(path, user, password)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PipelineStatus:
         assert self.app is not None
         return self.app.pipelines["cam"].snapshot()
 
@@ -85,7 +86,7 @@ class _AppHost(AppThread):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s = self.snapshot()
-            if s["state"] == "live" and s["frames_out"] > 0:
+            if s.state == "live" and s.frames_out > 0:
                 return
             time.sleep(0.1)
         raise AssertionError(f"pipeline not live within {timeout} s: {self.snapshot()}")
@@ -298,7 +299,7 @@ def test_frames_flow_and_faces_are_masked(
     print(
         f"\nglass-to-glass via proxy (test load): median {lat[len(lat) // 2]:.0f} ms over {len(lat)} frames"
     )
-    assert host.snapshot()["fail_closed_frames"] == 0
+    assert host.snapshot().fail_closed_frames == 0
 
 
 def _ffprobe(url: str, transport: str) -> subprocess.CompletedProcess[str]:
@@ -447,7 +448,7 @@ def test_camera_killed_and_back(sim_camera_factory: Any, host_factory: Any, reco
     record_property("camera_back_to_video_s", round(first - back, 2))
     assert first - back <= 5.0
     snap = host.snapshot()
-    assert snap["reconnects"] >= 1 and snap["state"] == "live"
+    assert snap.reconnects >= 1 and snap.state == "live"
 
 
 def test_camera_down_at_start(sim_camera_factory: Any, host_factory: Any, record_property: Any) -> None:
@@ -458,7 +459,7 @@ def test_camera_down_at_start(sim_camera_factory: Any, host_factory: Any, record
     try:
         assert v.wait_for(lambda fr: len(fr) >= 2, 15), f"no slate from an absent camera: {v.error}"
         assert not live(v.frames), "live frames from a camera that is not running?"
-        assert host.snapshot()["state"] != "live"
+        assert host.snapshot().state != "live"
         sim.start()
         back = time.monotonic()
         assert v.wait_for(lambda fr: len(live(fr)) >= 5, 15), f"no live video: {v.error}, {host.snapshot()}"
@@ -548,4 +549,4 @@ def test_fail_closed_end_to_end(sim_camera_factory: Any, host_factory: Any, judg
     )
     snap = host.snapshot()
     assert broken.calls > 0
-    assert snap["fail_closed_frames"] > 0, snap
+    assert snap.fail_closed_frames > 0, snap

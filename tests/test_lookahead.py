@@ -76,9 +76,7 @@ def masked(before: np.ndarray, res: AnonymizedFrame, box: Box) -> float:
 
 
 def engine(det: ScriptDetector, every: int, unmasked: int = 0) -> Anonymizer:
-    eng = Anonymizer(EngineConfig(detect_every=every), detector=det)  # type: ignore[arg-type]
-    eng.max_unmasked_frames = unmasked
-    return eng
+    return Anonymizer(EngineConfig(detect_every=every), detector=det, max_unmasked_frames=unmasked)  # type: ignore[arg-type]
 
 
 def test_a_face_appearing_between_detector_runs_is_masked_in_its_first_frame() -> None:

@@ -153,6 +153,30 @@ def test_fps_gauges_follow_frames_and_reset_when_not_live() -> None:
     assert _value("streamproxy_output_fps", camera="fps-cam") == 0
 
 
+def test_counts_read_back_are_the_exported_ones() -> None:
+    """The API reads the camera's counts from the same calls that feed Prometheus: one tally."""
+    m = CameraMetrics("readback-cam")
+    m.set_state("live")
+    for i in range(26):
+        m.frame_in(now=2000.0 + i * 0.04)
+    m.frame_out(0.02, now=2000.0)
+    m.frame_out(0.02, now=2001.0)
+    m.drop("overload", 2)
+    m.drop("slow_viewer", 5)  # the hub's, per viewer: exported, not a pipeline drop
+    assert m.frames_in_total == 26 == _value("streamproxy_frames_in_total", camera="readback-cam")
+    assert m.frames_out_total == 2 == _value("streamproxy_frames_out_total", camera="readback-cam")
+    drops = m.drops()
+    assert drops.overload == 2 == _value("streamproxy_frames_dropped_total", camera="readback-cam", reason="overload")
+    assert (drops.latency_budget, drops.fail_closed, drops.queue_full, drops.encoder) == (0, 0, 0, 0)
+    assert not hasattr(drops, "slow_viewer")
+    # One fps meter: the API's number is the gauge's, and reads 0 once events stop for two windows.
+    assert m.in_rate.rate(now=2001.0) == pytest.approx(25.0, rel=0.01)
+    assert m.in_rate.rate(now=2001.0) == _value("streamproxy_input_fps", camera="readback-cam")
+    assert m.in_rate.rate(now=2003.5) == 0.0
+    m.set_state("offline")
+    assert m.in_rate.rate(now=2001.0) == 0.0 == _value("streamproxy_input_fps", camera="readback-cam")
+
+
 def test_rate_meter_windows() -> None:
     from prometheus_client import CollectorRegistry, Gauge
 

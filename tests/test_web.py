@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import socket
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 from test_webrtc import make_cfg, serving
+
+from streamproxy.config import parse_config
+from streamproxy.hub import StreamHub
+from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.metrics import CameraMetrics
+from streamproxy.serve.http import camera_json
+from streamproxy.serve.publish import Publisher
+from streamproxy.status import CameraStatus, FloorStatus
+
+# The /api/cameras entry as the page (serve/web/app.js), the benchmarks and users' scripts know it.
+API_KEYS = [
+    "name", "state", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
+    "fail_closed_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
+    "privacy_floor", "resolution", "viewers", "reconnects", "whep", "publish",
+]  # fmt: skip
+DETECTOR_KEYS = ["model", "detect_every", "input_width", "max_detect_every", "min_input_width", "keep_ratio", "error"]
 
 
 @pytest.mark.timeout(30)
@@ -84,3 +104,45 @@ async def test_stop_is_idempotent_and_frees_the_port() -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's own listener does
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None:
+    cfg = parse_config(
+        {
+            "cameras": [
+                {"name": "shape-cam", "url": "rtsp://127.0.0.1:1/cam", "publish_url": "rtsp://u:pw0rd@127.0.0.1:1/out"}
+            ]
+        }
+    )
+    cam = cfg.cameras[0]
+    assert cam.publish_url is not None
+    hub = StreamHub(cam.name, 8)
+    m = CameraMetrics(cam.name)
+    # Never started: nothing connects; the snapshot is what the API would serve before the first frame.
+    pipe = CameraPipeline(cam, cfg, hub, asyncio.get_running_loop(), m)
+    pub = Publisher(hub, cam.publish_url, metrics=m)
+    m.frame_in()
+    m.frame_in()
+    m.drop("overload")
+    m.drop("slow_viewer", 2)
+    pipe.engine.stats.failed_closed("detector_error", dropped=False)
+    text = json.dumps(camera_json(CameraStatus(cam.name, f"/{cam.name}/whep", pipe.snapshot(), pub.snapshot())))
+    out = json.loads(text)
+    assert list(out) == API_KEYS
+    assert out["dropped"] == {"latency_budget": 0, "fail_closed": 0, "queue_full": 0, "encoder": 0, "overload": 1}
+    assert list(out["latency_ms"]) == ["p50", "p99", "budget"] and out["latency_ms"]["p50"] is None
+    assert list(out["detector"]) == DETECTOR_KEYS
+    assert out["privacy_floor"] is None and out["resolution"] is None
+    assert [f.name for f in dataclasses.fields(FloorStatus)] == [
+        "min_face_px", "min_input_width", "max_unmasked_frames", "max_detect_every",
+    ]  # fmt: skip
+    assert out["viewers"] == {"rtsp": 0, "webrtc": 0} and out["whep"] == "/shape-cam/whep"
+    assert list(out["publish"]) == ["up", "sessions", "attempts", "packets_sent", "bytes_sent", "last_error"]
+    assert "pw0rd" not in text and "rtsp://" not in text
+    # One tally: the API and Prometheus read the same numbers.
+    prom = REGISTRY.get_sample_value
+    assert out["frames_in"] == 2 == prom("streamproxy_frames_in_total", {"camera": "shape-cam"})
+    assert out["fail_closed_frames"] == 1
+    assert prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
+    # A snapshot that failed: the entry still names the camera and its WHEP endpoint.
+    assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {"name": "gone", "state": "unknown", "whep": "/gone/whep"}

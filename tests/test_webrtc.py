@@ -24,6 +24,7 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.http import WebServer
 from streamproxy.serve.webrtc import gather_hosts, ice_servers
+from streamproxy.status import DetectorStatus, DropCounts, LatencyStatus, PipelineStatus, ViewerCounts
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 
@@ -49,17 +50,28 @@ class FakePipeline:
         self.name = hub.name
         self.state = "live"
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "fps_in": 25.0,
-            "fps_out": 25.0,
-            "faces": 0,
-            "tracks": 0,
-            "latency_ms": {"p50": 10.0, "p99": 20.0, "budget": 150.0},
-            "viewers": {"rtsp": self.hub.viewers("rtsp"), "webrtc": self.hub.viewers("webrtc")},
-        }
+    def snapshot(self) -> PipelineStatus:
+        return PipelineStatus(
+            name=self.name,
+            state=self.state,
+            fps_in=25.0,
+            fps_out=25.0,
+            fps_camera=25.0,
+            frames_in=0,
+            frames_out=0,
+            dropped=DropCounts(),
+            fail_closed_frames=0,
+            faces=0,
+            tracks=0,
+            latency_ms=LatencyStatus(10.0, 20.0, 150.0),
+            overloaded=False,
+            keep_ratio=1.0,
+            detector=DetectorStatus("yunet", 1, 1280, 3, 1280, 1.0, None),
+            privacy_floor=None,
+            resolution=(WIDTH, HEIGHT),
+            viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
+            reconnects=0,
+        )
 
 
 class FakeApp:

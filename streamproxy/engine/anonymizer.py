@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import av
 import numpy as np
@@ -42,6 +43,9 @@ from streamproxy.engine.obfuscate import (
 )
 from streamproxy.engine.track import Tracker
 from streamproxy.types import AnonymizedFrame, Box, Detection, Plane, Planes, Track
+
+if TYPE_CHECKING:
+    from streamproxy.metrics import FailClosedReason
 
 log = logging.getLogger(__name__)
 
@@ -127,28 +131,65 @@ def _lerp(a: Box, b: Box, f: float) -> Box:
     )
 
 
+class EngineEvents(Protocol):
+    """Who else hears of the engine's events as they are counted (live: the camera's metrics)."""
+
+    def detection(self, seconds: float, faces: int) -> None: ...
+
+    def fail_closed_frame(self, reason: FailClosedReason) -> None: ...
+
+
 @dataclass
 class EngineStats:
+    """The engine's events, counted once, where they happen; `events` (if any) is told of each in
+    the same call, so that a camera's metrics and its status read the same numbers."""
+
     frames: int = 0
     detector_runs: int = 0
     faces_detected: int = 0
     fail_closed_frames: int = 0
-    dropped_frames: int = 0
+    dropped_frames: int = 0  # failed closed with fail_closed.action = drop
     detector_ms_total: float = 0.0
+    events: EngineEvents | None = field(default=None, repr=False, compare=False)
+
+    def detector_ran(self, ms: float, faces: int) -> None:
+        """One detector run that succeeded, taking `ms` and finding `faces`."""
+        self.detector_runs += 1
+        self.detector_ms_total += ms
+        self.faces_detected += faces
+        if self.events is not None:
+            self.events.detection(ms / 1000, faces)
+
+    def failed_closed(self, reason: FailClosedReason, dropped: bool) -> None:
+        """One frame failed closed (whole frame obfuscated, or dropped)."""
+        self.fail_closed_frames += 1
+        if dropped:
+            self.dropped_frames += 1
+        if self.events is not None:
+            self.events.fail_closed_frame(reason)
 
 
 class Anonymizer:
     """Anonymizes the frames of one stream (or a single image) in order."""
 
-    def __init__(self, cfg: EngineConfig, name: str = "", detector: FaceDetector | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        name: str = "",
+        detector: FaceDetector | None = None,
+        *,
+        detect_phase: float = 0.0,
+        max_unmasked_frames: int = 0,
+        events: EngineEvents | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = name or "-"
         self.detect_every = cfg.detect_every
         # Which frames of each cadence cycle get the detector, as a fraction of the cycle: cameras of
         # one process are spread over the cycle so their detector runs do not all land on the same
         # moment (they compete for the same cores and each would take several frame intervals).
-        self.detect_phase = 0.0
-        self.stats = EngineStats()
+        self.detect_phase = detect_phase
+        self.stats = EngineStats(events=events)
         self._tracker = Tracker(cfg.tracker, cfg.obfuscation.box_factor)
         self._frame_size: tuple[int, int] | None = None
         # The last detector run failed: every frame is failed closed until one succeeds, since the
@@ -160,7 +201,7 @@ class Anonymizer:
         self.active_tracks = 0
         # Look-ahead (push/flush): frames waiting for the next detector run, frames since the last
         # run (None before the first), and the masks of the last run by track id (interpolation).
-        self.max_unmasked_frames = 0
+        self.max_unmasked_frames = max_unmasked_frames
         self._held: list[_Held] = []
         self._since_run: int | None = None
         self._run_masks: dict[int, Box] = {}
@@ -173,13 +214,13 @@ class Anonymizer:
                 log.error("%s: detector unavailable, every frame will be failed closed: %s", self.name, err)
 
     def _detect(self, run: bool, frame: av.VideoFrame | None, img: np.ndarray | None) -> tuple[
-        list[Detection] | None, float, str
+        list[Detection] | None, float, FailClosedReason | None
     ]:
         """Run the detector when due. Returns (detections or None if not run, ms, failure reason)."""
         if self.detector is None:
             return None, 0.0, "model_missing"
         if not run and not self._detector_failing:
-            return None, 0.0, ""
+            return None, 0.0, None
         t0 = time.perf_counter()
         try:
             dets = self.detector.detect_frame(frame) if frame is not None else self.detector.detect_bgr(img)  # type: ignore[arg-type]
@@ -193,10 +234,8 @@ class Anonymizer:
         if self._detector_failing:
             log.warning("%s: detector recovered", self.name)
         self._detector_failing = False
-        self.stats.detector_runs += 1
-        self.stats.detector_ms_total += ms
-        self.stats.faces_detected += len(dets)
-        return dets, ms, ""
+        self.stats.detector_ran(ms, len(dets))
+        return dets, ms, None
 
     def _masks(self, dets: list[Detection] | None, t: float, w: int, h: int) -> list[Track]:
         if self._frame_size != (w, h):
@@ -208,16 +247,14 @@ class Anonymizer:
         self.active_tracks = len(tracks)
         return tracks
 
-    def _count_fail(self, reason: str) -> bool:
+    def _count_fail(self, reason: FailClosedReason) -> bool:
         """Count a frame failed closed. Returns True if the action says it must be dropped."""
-        self.stats.fail_closed_frames += 1
         self.last_fail_reason = reason
         drop = self.cfg.fail_closed.action == "drop"
-        if drop:
-            self.stats.dropped_frames += 1
+        self.stats.failed_closed(reason, drop)
         return drop
 
-    def _fail_closed(self, planes: Planes, reason: str) -> bool:
+    def _fail_closed(self, planes: Planes, reason: FailClosedReason) -> bool:
         """Apply the fail-closed action. Returns True if the frame must be dropped."""
         if self._count_fail(reason):
             return True
@@ -367,7 +404,9 @@ class Anonymizer:
     ) -> PendingFrame:
         return PendingFrame(frame, decoded_at, tuple(masks), faces, ran, ms, self.cfg)
 
-    def _fail_frame(self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: str) -> PendingFrame:
+    def _fail_frame(
+        self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: FailClosedReason
+    ) -> PendingFrame:
         drop = self._count_fail(reason)
         return PendingFrame(frame, decoded_at, (), 0, True, ms, self.cfg, fail_reason=reason, _drop=drop)
 

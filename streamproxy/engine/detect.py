@@ -47,6 +47,7 @@ class FaceDetector(Protocol):
 
     model: str
     last_ms: float  # wall time of the last detect_* call, resize and tiles included
+    upscale: float  # > 1: an extra whole-frame pass at upscale x input_width (bulk mode sets it per file)
 
     @property
     def input_width(self) -> int: ...

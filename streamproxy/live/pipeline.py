@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import cv2
@@ -50,15 +50,20 @@ from streamproxy.live.controller import (
 )
 from streamproxy.live.encode import H264Encoder
 from streamproxy.live.source import CameraSource
+from streamproxy.metrics import CameraMetrics, CameraState, DropReason
+from streamproxy.status import (
+    DetectorStatus,
+    FloorStatus,
+    LatencyStatus,
+    PipelineStatus,
+    ViewerCounts,
+)
 from streamproxy.types import DecodedFrame, EncodedPacket
-
-if TYPE_CHECKING:
-    from streamproxy.metrics import CameraMetrics
 
 log = logging.getLogger(__name__)
 
 # Ingest states -> the camera_state metric's states.
-_METRIC_STATE = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
+_METRIC_STATE: dict[str, CameraState] = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
 
 # Frames that may wait for the worker while it runs the detector and releases a look-ahead group
 # (a run push takes the run plus a few obfuscations: 45-90 ms for a 1280-px YuNet on 2 busy cores).
@@ -127,7 +132,8 @@ class CameraPipeline:
         self.cfg = cfg
         self.hub = hub
         self.loop = loop
-        self.metrics = metrics
+        # The camera's one tally of frames in, out and dropped: the status below reads it back.
+        self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
         engine_cfg = cfg.engine_for(cam)
         privacy = cfg.privacy_for(cam)
         if engine_cfg.detector.threshold > privacy.max_threshold:
@@ -144,8 +150,13 @@ class CameraPipeline:
             engine_cfg = engine_cfg.model_copy(
                 update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
             )
-        self.engine = Anonymizer(engine_cfg, name=cam.name)
-        self.engine.detect_phase = (position % max(1, cameras)) / max(1, cameras)
+        self.engine = Anonymizer(
+            engine_cfg,
+            name=cam.name,
+            detect_phase=(position % max(1, cameras)) / max(1, cameras),
+            max_unmasked_frames=privacy.max_unmasked_frames,
+            events=self.metrics,  # detector runs and fail-closed frames: counted by the engine
+        )
         self.budget_ms = cfg.budget_for(cam)
         self.controller = LatencyController(
             budget_ms=self.budget_ms,
@@ -155,7 +166,6 @@ class CameraPipeline:
             base_detect_every=engine_cfg.detect_every,
         )
         self.privacy = privacy
-        self.engine.max_unmasked_frames = self.privacy.max_unmasked_frames
         self.floor: PrivacyFloor | None = None  # known once the camera's frame size is
         self._floor_side = 0
         self._shedder = FrameShedder()
@@ -184,20 +194,8 @@ class CameraPipeline:
         self._pts_gaps: deque[float] = deque(maxlen=25)
         self._last_live = 0.0
         self.state = "connecting"
-        self.frames_in = 0
-        self.frames_out = 0
-        self.dropped: dict[str, int] = {
-            "latency_budget": 0,
-            "fail_closed": 0,
-            "queue_full": 0,
-            "encoder": 0,
-            "overload": 0,
-        }
-        self.fail_closed_frames = 0
         self.faces_now = 0
         self.tracks_now = 0
-        self._fps_in = _Rate()
-        self._fps_out = _Rate()
         self._started = False
 
     # --- lifecycle ---
@@ -228,13 +226,10 @@ class CameraPipeline:
 
     # --- ingest thread ---
     def _on_frame(self, df: DecodedFrame) -> None:
-        self.frames_in += 1
-        self._fps_in.tick(df.decoded_at)
+        self.metrics.frame_in(df.decoded_at)
         # The camera's rate from every frame it sent, before any is shed (shedding must not make
         # the camera look slower, or the controller would plan with a longer frame interval).
         self._track_fps(df)
-        if self.metrics:
-            self.metrics.frame_in(df.decoded_at)
         if not self._shedder.keep(self.controller.keep_ratio):
             # Overload at the privacy floor: whole frames are shed, evenly, before any work.
             self._count_drop("overload")
@@ -258,16 +253,13 @@ class CameraPipeline:
         prev, self.state = self.state, state
         if prev != state:
             log.info("%s: camera %s -> %s", self.name, prev, state)
-        if self.metrics:
-            self.metrics.set_state(_METRIC_STATE.get(state, "offline"))  # type: ignore[arg-type]
-            if state == "reconnecting" and prev == "live":
-                self.metrics.reconnect()
+        self.metrics.set_state(_METRIC_STATE.get(state, "offline"))
+        if state == "reconnecting" and prev == "live":
+            self.metrics.reconnect()
 
     # --- worker thread ---
-    def _count_drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        if self.metrics:
-            self.metrics.drop(reason)  # type: ignore[arg-type]
+    def _count_drop(self, reason: DropReason) -> None:
+        self.metrics.drop(reason)
 
     def _work(self) -> None:
         slate_period = 1.0 / self.cfg.slate.fps
@@ -365,18 +357,14 @@ class CameraPipeline:
             self._runs.append(res.detector_ms)
             self.faces_now = res.faces
         self.tracks_now = len(res.masks)
-        if self.metrics:
-            m = self.metrics
-            if res.detector_ran:
-                m.detection(res.detector_ms / 1000, res.faces)
-                m.faces_masked.set(len(res.masks))
-            m.tracks_active.set(len(res.masks))
-            m.detector_cadence.set(self.controller.detect_every)
-            m.detector_input_width.set(self.controller.input_width)
-            if res.fail_closed:
-                m.fail_closed_frame(res.fail_reason)  # type: ignore[arg-type]
-        if res.fail_closed:
-            self.fail_closed_frames += 1
+        # Detector runs and fail-closed frames are not counted here: the engine counted them as
+        # they happened (EngineStats, which tells the metrics).
+        m = self.metrics
+        if res.detector_ran:
+            m.faces_masked.set(len(res.masks))
+        m.tracks_active.set(len(res.masks))
+        m.detector_cadence.set(self.controller.detect_every)
+        m.detector_input_width.set(self.controller.input_width)
 
     def _check_floor(self, width: int, height: int) -> None:
         """The privacy floor for this frame size; the frames waiting for a run within the budget."""
@@ -406,8 +394,7 @@ class CameraPipeline:
                 self.name, floor.min_input_width, floor.min_face_px, max_every,
             )  # fmt: skip
         self.controller.set_floor(floor.min_input_width, max_every)
-        if self.metrics:
-            self.metrics.floor_width.set(floor.min_input_width)
+        self.metrics.floor_width.set(floor.min_input_width)
 
     def _track_fps(self, df: DecodedFrame) -> None:
         """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
@@ -441,8 +428,7 @@ class CameraPipeline:
             log.info(
                 "%s: latency controller: detect every %d frame(s) at width %d", self.name, c.detect_every, c.input_width
             )
-        if self.metrics:
-            self.metrics.overloaded.set(1 if c.overloaded else 0)
+        self.metrics.overloaded.set(1 if c.overloaded else 0)
 
     # --- encoder thread ---
     def _put_encode(self, item: _ToEncode | None, block: bool = False) -> bool:
@@ -503,13 +489,10 @@ class CameraPipeline:
         """On the event loop: hand the packet to viewers; this is where proxy-added latency ends."""
         self.hub.publish(pkt)
         now = time.monotonic()
-        self.frames_out += 1
-        self._fps_out.tick(now)
-        if pkt.decoded_at > 0:
+        if pkt.decoded_at > 0:  # an encoded camera frame (slates go to the hub directly)
             ms = (now - pkt.decoded_at) * 1000
             self.latency.add(ms)
-            if self.metrics:
-                self.metrics.frame_out(ms / 1000, now)
+            self.metrics.frame_out(ms / 1000, now)
 
     def _publish_slate(self, now: float) -> None:
         """From the worker: our own picture, no anonymization needed, through the encoder thread."""
@@ -527,48 +510,50 @@ class CameraPipeline:
             self.loop.call_soon_threadsafe(self.hub.publish, pkt)
 
     # --- state for the API ---
-    def snapshot(self) -> dict[str, Any]:
-        p50 = self.latency.percentile(0.5)
-        p99 = self.latency.percentile(0.99)
+    def snapshot(self) -> PipelineStatus:
+        """The pipeline now, read from the single counters (the camera's metrics, the engine's stats)."""
         c = self.controller
         floor = self.floor
-        return {
-            "name": self.name,
-            "state": self.state,
-            "fps_in": round(self._fps_in.rate, 2),
-            "fps_out": round(self._fps_out.rate, 2),
-            "fps_camera": round(self._fps, 2),
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "dropped": dict(self.dropped),
-            "fail_closed_frames": self.fail_closed_frames,
-            "faces": self.faces_now,
-            "tracks": self.tracks_now,
-            "latency_ms": {"p50": _r(p50), "p99": _r(p99), "budget": self.budget_ms},
-            # Overloaded: the camera cannot be carried at the privacy floor, so frames are shed.
-            "overloaded": c.overloaded,
-            "keep_ratio": c.keep_ratio,
-            "detector": {
-                "model": self.engine.cfg.detector.model,
-                "detect_every": c.detect_every,
-                "input_width": c.input_width,
-                "max_detect_every": c.max_detect_every,
-                "min_input_width": c.min_input_width,
-                "keep_ratio": c.keep_ratio,
-                "error": self.engine.detector_error or None,
-            },
-            "privacy_floor": None
+        m = self.metrics
+        now = time.monotonic()
+        return PipelineStatus(
+            name=self.name,
+            state=self.state,
+            fps_in=round(m.in_rate.rate(now), 2),
+            fps_out=round(m.out_rate.rate(now), 2),
+            fps_camera=round(self._fps, 2),
+            frames_in=m.frames_in_total,
+            frames_out=m.frames_out_total,
+            dropped=m.drops(),
+            fail_closed_frames=self.engine.stats.fail_closed_frames,
+            faces=self.faces_now,
+            tracks=self.tracks_now,
+            latency_ms=LatencyStatus(
+                _r(self.latency.percentile(0.5)), _r(self.latency.percentile(0.99)), self.budget_ms
+            ),
+            overloaded=c.overloaded,
+            keep_ratio=c.keep_ratio,
+            detector=DetectorStatus(
+                model=self.engine.cfg.detector.model,
+                detect_every=c.detect_every,
+                input_width=c.input_width,
+                max_detect_every=c.max_detect_every,
+                min_input_width=c.min_input_width,
+                keep_ratio=c.keep_ratio,
+                error=self.engine.detector_error or None,
+            ),
+            privacy_floor=None
             if floor is None
-            else {
-                "min_face_px": floor.min_face_px,
-                "min_input_width": floor.min_input_width,
-                "max_unmasked_frames": floor.max_unmasked_frames,
-                "max_detect_every": c.max_detect_every,
-            },
-            "resolution": list(self._encoder_size) if self._encoder_size else None,
-            "viewers": {"rtsp": self.hub.viewers("rtsp"), "webrtc": self.hub.viewers("webrtc")},
-            "reconnects": getattr(self.source, "reconnects", 0),
-        }
+            else FloorStatus(
+                min_face_px=floor.min_face_px,
+                min_input_width=floor.min_input_width,
+                max_unmasked_frames=floor.max_unmasked_frames,
+                max_detect_every=c.max_detect_every,
+            ),
+            resolution=self._encoder_size,
+            viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
+            reconnects=self.source.reconnects,
+        )
 
 
 def _r(v: float | None) -> float | None:
@@ -594,23 +579,3 @@ class _BusyMeter:
         since = now - BUSY_WINDOW_S
         spells = tuple(self._spells)  # the other thread appends
         return min(1.0, sum(d for end, d in spells if end > since) / BUSY_WINDOW_S)
-
-
-class _Rate:
-    """Frames per second over the last ~2 s."""
-
-    def __init__(self) -> None:
-        self._ticks: deque[float] = deque(maxlen=120)
-
-    def tick(self, t: float) -> None:
-        self._ticks.append(t)
-
-    @property
-    def rate(self) -> float:
-        now = time.monotonic()
-        while self._ticks and now - self._ticks[0] > 2.0:
-            self._ticks.popleft()
-        if len(self._ticks) < 2:
-            return 0.0
-        span = self._ticks[-1] - self._ticks[0]
-        return (len(self._ticks) - 1) / span if span > 0 else 0.0

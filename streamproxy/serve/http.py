@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from importlib import resources
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from streamproxy.rtsp.auth import Authenticator
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
+from streamproxy.status import CameraStatus, PipelineStatus
 
 
 class Service(Protocol):
@@ -70,6 +72,21 @@ CORS_HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def camera_json(status: CameraStatus) -> dict[str, Any]:
+    """One /api/cameras entry: the pipeline's fields, then `whep`, then `publish` (if any)."""
+    out: dict[str, Any] = (
+        asdict(status.pipeline) if status.pipeline is not None else {"name": status.name, "state": "unknown"}
+    )
+    # The read-model carries no URL; drop any key that could, in case that ever changes.
+    for key in ("url", "source_url"):
+        out.pop(key, None)
+    out["whep"] = status.whep
+    if status.publish is not None:
+        # State of the push to an external server; its URL stays out, like the camera's.
+        out["publish"] = {k: v for k, v in asdict(status.publish).items() if k != "url"}
+    return out
 
 
 def _load_static() -> dict[str, bytes]:
@@ -179,23 +196,17 @@ class WebServer:
         )
 
     async def _cameras(self, request: web.Request) -> web.StreamResponse:
-        out: list[dict[str, Any]] = []
-        for name, pipeline in self.app.pipelines.items():
-            try:
-                snap = dict(pipeline.snapshot())
-            except Exception:
-                log.exception("%s: snapshot failed", name)
-                snap = {"name": name, "state": "unknown"}
-            # Snapshots carry no URL; drop any key that could, in case that ever changes.
-            for key in ("url", "source_url"):
-                snap.pop(key, None)
-            snap["whep"] = f"/{name}/whep"
-            publisher = self.app.publishers.get(name)
-            if publisher is not None:
-                # State of the push to an external server; its URL stays out, like the camera's.
-                snap["publish"] = {k: v for k, v in publisher.snapshot().items() if k != "url"}
-            out.append(snap)
+        out = [camera_json(self._camera_status(name, p)) for name, p in self.app.pipelines.items()]
         return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
+
+    def _camera_status(self, name: str, pipeline: CameraPipeline) -> CameraStatus:
+        try:
+            snap: PipelineStatus | None = pipeline.snapshot()
+        except Exception:
+            log.exception("%s: snapshot failed", name)
+            snap = None
+        publisher = self.app.publishers.get(name)
+        return CameraStatus(name, f"/{name}/whep", snap, publisher.snapshot() if publisher is not None else None)
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")

@@ -39,6 +39,7 @@ import av
 from streamproxy.config import redact_url
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
+from streamproxy.status import PublisherStatus
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Supervisor, run_async
 from streamproxy.types import EncodedPacket
 
@@ -297,16 +298,16 @@ class Publisher:
             log.warning("%s: publisher thread still busy after %.0f s; abandoned", self.name, timeout)
         self._set_up(False)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "up": self.up,
-            "sessions": self.sessions,
-            "attempts": self.attempts,
-            "packets_sent": self.packets_sent,
-            "bytes_sent": self.bytes_sent,
-            "last_error": self.last_error,
-        }
+    def snapshot(self) -> PublisherStatus:
+        return PublisherStatus(
+            url=self.url,
+            up=self.up,
+            sessions=self.sessions,
+            attempts=self.attempts,
+            packets_sent=self.packets_sent,
+            bytes_sent=self.bytes_sent,
+            last_error=self.last_error,
+        )
 
     # --- the loop ---
     async def _run(self) -> None:
