@@ -12,8 +12,12 @@ from streamproxy.config import User
 from streamproxy.hub import CodecInfo
 from streamproxy.rtsp.auth import Authenticator, parse_auth_params
 from streamproxy.rtsp.protocol import (
+    MAX_BODY_BYTES,
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
     RtspError,
     base_url,
+    find_cseq,
     format_response,
     parse_path,
     parse_request_head,
@@ -48,6 +52,69 @@ def test_parse_request_errors(head: bytes, status: int) -> None:
     with pytest.raises(RtspError) as err:
         parse_request_head(head)
     assert err.value.status == status
+
+
+def test_lf_only_and_mixed_line_endings() -> None:
+    for eol in ("\n", "\r\n"):
+        req = parse_request_head(f"OPTIONS * RTSP/1.0{eol}CSeq: 4{eol}Session: s1{eol}{eol}".encode())
+        assert (req.cseq, req.session_id) == ("4", "s1")
+    # A bare LF ends a line even among CRLFs: what follows is a header of its own, never part of CSeq.
+    req = parse_request_head(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\nX-Injected: yes\r\n\r\n")
+    assert req.cseq == "1" and req.header("x-injected") == "yes"
+
+
+@pytest.mark.parametrize(
+    "uri", ["rtsp://[::1", "rtsp://h:99999/cam1", "rtsp://h:abc/cam1", "rtsp://u:p@[::1/x", "rtsp://\uff03h/x"]
+)
+def test_malformed_uri_is_400(uri: str) -> None:
+    with pytest.raises(RtspError) as err:
+        parse_request_head(f"DESCRIBE {uri} RTSP/1.0\r\nCSeq: 2\r\n\r\n".encode())
+    assert err.value.status == 400 and not err.value.close
+    with pytest.raises(RtspError):
+        base_url(uri, "cam1")
+    assert isinstance(safe_uri(uri), str)  # for logs: never raises
+    with pytest.raises(RtspError):  # control characters in a request URI
+        parse_request_head(b"DESCRIBE rtsp://h/a\x7fb RTSP/1.0\r\n\r\n")
+
+
+@pytest.mark.parametrize("cseq", ["1\rX-Injected: yes", "abc", "-1", "+1", "1 2", "1234567890", "\u0661"])
+def test_cseq_must_be_digits(cseq: str) -> None:
+    head = f"OPTIONS * RTSP/1.0\r\nCSeq: {cseq}\r\n\r\n".encode()
+    with pytest.raises(RtspError) as err:
+        parse_request_head(head)
+    assert err.value.status == 400
+    assert find_cseq(head) is None  # never echoed
+    assert find_cseq(b"OPTIONS * RTSP/2.0\r\ncseq:  17 \r\n\r\n") == "17"
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"DESCRIBE rtsp://h/" + b"a" * MAX_LINE_BYTES + b" RTSP/1.0\r\n\r\n", 414),
+        (b"OPTIONS * RTSP/1.0\r\nX: " + b"b" * MAX_LINE_BYTES + b"\r\n\r\n", 400),
+        (b"OPTIONS * RTSP/1.0\r\n" + b"X: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n", 400),
+        (b"OPTIONS * RTSP/1.0\r\n" + (b"X: " + b"c" * 4000 + b"\r\n") * 5 + b"\r\n", 400),
+    ],
+    ids=["request-line", "header-line", "header-count", "head-size"],
+)
+def test_size_limits(head: bytes, status: int) -> None:
+    with pytest.raises(RtspError) as err:
+        parse_request_head(head)
+    assert err.value.status == status and err.value.close  # the connection cannot go on
+
+
+@pytest.mark.parametrize(("value", "status"), [("x", 400), ("-1", 400), (str(MAX_BODY_BYTES + 1), 413)])
+def test_content_length_errors_close(value: str, status: int) -> None:
+    req = parse_request_head(f"SET_PARAMETER * RTSP/1.0\r\nContent-Length: {value}\r\n\r\n".encode())
+    with pytest.raises(RtspError) as err:
+        _ = req.content_length
+    assert err.value.status == status and err.value.close  # where the body ends is unknown
+
+
+def test_format_response_strips_line_breaks() -> None:
+    out = format_response(400, "1\r\nX-Injected: yes", [("Session", "a\nX-Two: b"), ("X\r", "v\0")], reason="Bad\n")
+    head = out[: out.index(b"\r\n\r\n")]
+    assert len(head.split(b"\r\n")) == 4 and b"\n" not in head.replace(b"\r\n", b"") and b"\0" not in head
 
 
 def test_bad_content_length() -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is not a real client
+MAX_LINE_BYTES = 8 * 1024  # the request line or one header line (a URI with a long token still fits)
+MAX_HEADERS = 64  # header lines of one request (real clients send fewer than 15)
 MAX_BODY_BYTES = 64 * 1024
 
 # Methods this server implements, in the order OPTIONS lists them.
@@ -33,6 +35,8 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Large",
     454: "Session Not Found",
     455: "Method Not Valid in This State",
     459: "Aggregate Operation Not Allowed",
@@ -45,13 +49,19 @@ REASONS = {
 
 
 class RtspError(Exception):
-    """A request that ends in an error response; `headers` are added to that response."""
+    """A request that ends in an error response; `headers` are added to that response.
 
-    def __init__(self, status: int, detail: str = "", headers: list[tuple[str, str]] | None = None) -> None:
+    `close`: the connection cannot go on after it (the request's end, or its body's, is unknown).
+    """
+
+    def __init__(
+        self, status: int, detail: str = "", headers: list[tuple[str, str]] | None = None, *, close: bool = False
+    ) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}".rstrip(": "))
         self.status = status
         self.detail = detail
         self.headers = headers or []
+        self.close = close
 
 
 @dataclass(slots=True)
@@ -67,6 +77,7 @@ class RtspRequest:
 
     @property
     def cseq(self) -> str | None:
+        """The CSeq, validated by `parse_request_head` (digits only): safe to echo."""
         return self.headers.get("cseq")
 
     @property
@@ -75,9 +86,11 @@ class RtspRequest:
         try:
             n = int(raw)
         except ValueError:
-            raise RtspError(400, "bad Content-Length") from None
-        if n < 0 or n > MAX_BODY_BYTES:
-            raise RtspError(400, "Content-Length out of range")
+            raise RtspError(400, "bad Content-Length", close=True) from None
+        if n < 0:
+            raise RtspError(400, "Content-Length out of range", close=True)
+        if n > MAX_BODY_BYTES:
+            raise RtspError(413, "body too large", close=True)
         return n
 
     @property
@@ -89,16 +102,25 @@ class RtspRequest:
 
 
 def parse_request_head(head: bytes) -> RtspRequest:
-    """Parse the request line and headers (everything up to and including the blank line)."""
+    """Parse the request line and headers (everything up to and including the blank line).
+
+    Lines may end in CRLF or a bare LF (tolerated as HTTP does, RFC 7230 §3.5; clients send both). Raises
+    RtspError only: 400 for anything malformed (including a URI that does not parse and a CSeq that
+    is not a number), 414/400 over the size limits, 505 for another RTSP version.
+    """
+    if len(head) > MAX_HEAD_BYTES:
+        raise RtspError(400, "request head too large", close=True)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = head.decode("latin-1")
-    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     while lines and not lines[0].strip():
         lines.pop(0)  # tolerate stray CRLFs between requests
     if not lines:
         raise RtspError(400, "empty request")
+    if len(lines[0]) > MAX_LINE_BYTES:
+        raise RtspError(414, "request line too long", close=True)
     parts = lines[0].split()
     if len(parts) != 3:
         raise RtspError(400, "malformed request line")
@@ -107,11 +129,16 @@ def parse_request_head(head: bytes) -> RtspRequest:
         raise RtspError(400, "malformed method")
     if not version.startswith("RTSP/"):
         raise RtspError(400, "not an RTSP request")
+    _check_uri(uri)
     headers: dict[str, str] = {}
     last: str | None = None
+    count = 0
     for line in lines[1:]:
         if not line:
             continue
+        count += 1
+        if count > MAX_HEADERS or len(line) > MAX_LINE_BYTES:
+            raise RtspError(400, "request header too large", close=True)
         if line[0] in " \t" and last is not None:  # obsolete line folding
             headers[last] += " " + line.strip()
             continue
@@ -122,10 +149,42 @@ def parse_request_head(head: bytes) -> RtspRequest:
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
         last = key
+    if "cseq" in headers and not valid_cseq(headers["cseq"]):
+        # Echoed in the answer: anything but a number could smuggle header lines into it.
+        del headers["cseq"]
+        raise RtspError(400, "malformed CSeq")
     req = RtspRequest(method, uri, version, headers)
     if version != "RTSP/1.0":
         raise RtspError(505, version)
     return req
+
+
+def valid_cseq(value: str) -> bool:
+    """RFC 7826: cseq-nr = 1*9DIGIT (ASCII digits only; no sign, no spaces inside)."""
+    return 0 < len(value) <= 9 and value.isascii() and value.isdigit()
+
+
+def find_cseq(head: bytes) -> str | None:
+    """The CSeq of a request head that did not parse, when it is a valid one (so it can be echoed)."""
+    for line in head.split(b"\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"cseq":
+            text = value.strip().decode("latin-1")
+            return text if valid_cseq(text) else None
+    return None
+
+
+def _check_uri(uri: str) -> None:
+    """400 for a request URI that urllib cannot take apart (bad IPv6 literal, port out of range, ...)."""
+    if uri == "*":
+        return
+    if not uri.isprintable():
+        raise RtspError(400, "malformed URI")
+    try:
+        parts = urlsplit(uri)
+        _ = parts.port  # parses the port: ValueError when not a number or out of range
+    except ValueError:
+        raise RtspError(400, "malformed URI") from None
 
 
 def format_response(
@@ -135,14 +194,21 @@ def format_response(
     body: bytes = b"",
     reason: str | None = None,
 ) -> bytes:
-    lines = [f"RTSP/1.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
+    lines = [f"RTSP/1.0 {status} {_one_line(reason or REASONS.get(status, 'Unknown'))}"]
     if cseq is not None:
-        lines.append(f"CSeq: {cseq}")
+        lines.append(f"CSeq: {_one_line(cseq)}")
     for name, value in headers or []:
-        lines.append(f"{name}: {value}")
+        lines.append(f"{_one_line(name)}: {_one_line(value)}")
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+def _one_line(text: str) -> str:
+    """No CR, LF or NUL from anywhere reaches a response line: no header injection, whatever the caller passed."""
+    if "\r" in text or "\n" in text or "\0" in text:
+        return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +220,17 @@ class StreamPath:
 
 
 def parse_path(uri: str) -> StreamPath | None:
-    """The camera name of `rtsp://host:port/<name>[/][trackID=0][?query]`; None for `*` or no name."""
+    """The camera name of `rtsp://host:port/<name>[/][trackID=0][?query]`; None for `*` or no name.
+
+    Raises RtspError(400) for a URI that does not parse (`parse_request_head` has already refused those
+    in a request line; a Digest `uri=` parameter comes here unchecked).
+    """
     if uri == "*":
         return None
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise RtspError(400, "malformed URI") from None
     path = parts.path if parts.scheme else uri.split("?", 1)[0]
     segments = [unquote(s) for s in path.split("/") if s]
     if not segments:
@@ -167,21 +240,29 @@ def parse_path(uri: str) -> StreamPath | None:
 
 def base_url(uri: str, name: str) -> str:
     """The Content-Base for a camera: scheme and host as the client wrote them, no credentials."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        raise RtspError(400, "malformed URI") from None
     host = parts.hostname or "localhost"
     if ":" in host:
         host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    netloc = host + (f":{port}" if port else "")
     return f"{parts.scheme or 'rtsp'}://{netloc}/{name}/"
 
 
 def safe_uri(uri: str) -> str:
-    """A request URI fit for logs: credentials a client put in the URL are removed."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+    """A request URI fit for logs: credentials a client put in the URL are removed. Never raises."""
+    try:
+        parts = urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return uri
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<malformed URI>"
+    netloc = "***@" + host + (f":{port}" if port else "")
     return parts._replace(netloc=netloc).geturl()
 
 

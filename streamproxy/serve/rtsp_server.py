@@ -23,10 +23,12 @@ from streamproxy.rtsp.auth import Authenticator
 from streamproxy.rtsp.protocol import (
     KNOWN_METHODS,
     MAX_HEAD_BYTES,
+    MAX_LINE_BYTES,
     SUPPORTED_METHODS,
     RtspError,
     RtspRequest,
     base_url,
+    find_cseq,
     format_response,
     parse_path,
     parse_request_head,
@@ -277,27 +279,34 @@ class RtspServer:
                 continue
             if first in b"\r\n":
                 continue
-            try:
-                head = first + await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                await self._send(conn, format_response(400, None, [("Server", SERVER_NAME)]))
-                return
+            head = b""
             cseq: str | None = None
             try:
+                head = await _read_head(reader, first)
                 req = parse_request_head(head)
                 cseq = req.cseq
                 if req.content_length:
                     req.body = await reader.readexactly(req.content_length)
-                status, headers, body, after = await self._dispatch(conn, req)
+                try:
+                    status, headers, body, after = await self._dispatch(conn, req)
+                except (RtspError, asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    raise  # answered below, or the connection is gone (see _handle)
+                except Exception:
+                    # A bug in a handler: answer it, log it once with its traceback, and start afresh
+                    # on a new connection rather than on state the failure may have left half-changed.
+                    log.exception("-: RTSP %s from %s failed", req.method, conn.peer)
+                    raise RtspError(500, "internal error", close=True) from None
             except RtspError as err:
                 if cseq is None:
-                    cseq = _find_cseq(head)
+                    cseq = find_cseq(head)
                 status, headers, body, after = err.status, err.headers, b"", None
                 if err.status not in (401, 404):
                     log.info("-: RTSP %s from %s: %s", err.status, conn.peer, err.detail)
-                if err.status in (400, 505) and not head[:1].isalpha():
-                    await self._send(conn, format_response(status, cseq, [("Server", SERVER_NAME), *headers]))
-                    return  # binary garbage: the stream is out of sync, nothing more can be parsed
+                # Binary garbage puts the stream out of sync: nothing after it can be parsed.
+                if err.close or (err.status in (400, 505) and not head[:1].isalpha()):
+                    extra = [("Server", SERVER_NAME), *headers, ("Connection", "close")]
+                    await self._send(conn, format_response(status, cseq, extra))
+                    return
             self.requests += 1
             await self._send(conn, format_response(status, cseq, [("Server", SERVER_NAME), *headers], body))
             if after is not None:
@@ -444,11 +453,28 @@ class RtspServer:
         return 200, headers, b"", sess.play
 
 
-def _find_cseq(head: bytes) -> str | None:
-    for line in head.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"cseq":
-            return value.strip().decode("latin-1")
-    return None
+async def _read_head(reader: asyncio.StreamReader, first: bytes) -> bytes:
+    """A request head up to its blank line, whether lines end in CRLF or a bare LF (both are accepted
+    by the parser, so the reader must not wait for a CRLFCRLF that an LF-only client never sends).
 
-
+    RtspError(414/400, close) over the line or head limits; IncompleteReadError when the peer leaves.
+    """
+    head = bytearray(first)
+    request_line = True
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:  # no LF within the reader's limit (MAX_HEAD_BYTES)
+            if request_line:
+                raise RtspError(414, "request line too long", close=True) from None
+            raise RtspError(400, "request header too large", close=True) from None
+        if len(line) > MAX_LINE_BYTES + 2:
+            if request_line:
+                raise RtspError(414, "request line too long", close=True)
+            raise RtspError(400, "request header too large", close=True)
+        head += line
+        if len(head) > MAX_HEAD_BYTES:
+            raise RtspError(400, "request head too large", close=True)
+        if not request_line and not line.strip(b"\r\n"):
+            return bytes(head)
+        request_line = False
