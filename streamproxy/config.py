@@ -272,6 +272,49 @@ class User(_Strict):
     password: str = Field(..., min_length=1)
 
 
+class LimitsConfig(_Strict):
+    """What one client, or all of them, may hold of the servers (`server.limits`).
+
+    A proxy's ports face whatever can reach them. At a limit the servers first close an *idle*
+    connection (no session, no request in progress; the oldest first) or reclaim a session that
+    never started (no PLAY, no ICE/DTLS), so a flood of idle or half-open ones cannot lock a real
+    viewer out; only when nothing can be reclaimed is the newcomer refused (RTSP 453/503, HTTP 503,
+    with the reason), counted in `streamproxy_limit_rejections_total` and logged at most once a
+    second. The defaults hold a few hundred viewers on a 1024-descriptor process.
+    """
+
+    max_connections: int = Field(
+        512, ge=1, le=100_000, description="TCP connections per listener (RTSP, HTTP), all clients together."
+    )
+    max_connections_per_client: int = Field(
+        128, ge=1, le=100_000, description="TCP connections per listener from one client address (an NVR may "
+        "hold one per camera)."
+    )
+    request_timeout_s: float = Field(
+        10.0, ge=0.5, le=300, description="A request's head (and body) must arrive within this (slowloris)."
+    )
+    idle_timeout_s: float = Field(
+        60.0, ge=1, le=3600, description="A connection with no session and no request in progress is closed "
+        "after this."
+    )
+    max_request_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Request line + headers of one RTSP or HTTP request."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Body of one request (WHEP offer, RTSP body)."
+    )
+    max_rtsp_sessions: int = Field(256, ge=1, le=100_000, description="RTSP sessions, all cameras together.")
+    max_webrtc_sessions: int = Field(64, ge=1, le=10_000, description="WebRTC (WHEP) sessions, all cameras together.")
+    setup_timeout_s: float = Field(
+        10.0, ge=1, le=300, description="A session that is not playing within this (RTSP SETUP without PLAY, "
+        "WHEP without ICE/DTLS) is reclaimed."
+    )
+    keyframe_min_interval_s: float = Field(
+        1.0, ge=0, le=60, description="Forced keyframes per camera at most one per this (joins, PLIs and slow "
+        "viewers coalesced; 0: no limit)."
+    )
+
+
 class ServerConfig(_Strict):
     host: str = Field("0.0.0.0", description="Address the RTSP and HTTP servers listen on.")
     rtsp_port: int = Field(8554, ge=0, le=65535, description="RTSP port (0: any free port, for tests).")
@@ -297,6 +340,8 @@ class ServerConfig(_Strict):
         default_factory=list,
         description="Host addresses offered as WebRTC ICE candidates (empty = all of this host's addresses).",
     )
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig(), description="Connection, request "
+        "and session limits of the RTSP and HTTP servers.")
     stun_servers: list[str] = Field(default_factory=list, description="STUN URLs (none contacted by default).")
     turn_servers: list[str] = Field(default_factory=list, description="TURN URLs (turn:user:pass@host:port).")
 

@@ -206,6 +206,24 @@ AUTH_FAILURES = Counter(
 )
 for _protocol in ("rtsp", "http"):
     AUTH_FAILURES.labels(protocol=_protocol)  # exported from 0, so that rate() sees the first failure
+# Not per camera: a refused connection or request is refused before (or without) naming a camera.
+LIMIT_REJECTIONS = Counter(
+    "streamproxy_limit_rejections",
+    "Connections, requests or sessions refused or reclaimed at a server limit (server.limits), by listener "
+    "(rtsp, http, webrtc) and limit (connections, connections_per_client, request_size, body_size, "
+    "request_timeout, idle_timeout, sessions, setup_timeout, descriptors).",
+    ["listener", "limit"],
+)
+LIMIT_KINDS: Final[dict[str, tuple[str, ...]]] = {
+    "rtsp": ("connections", "connections_per_client", "request_size", "body_size", "request_timeout",
+             "idle_timeout", "sessions", "setup_timeout", "descriptors"),
+    "http": ("connections", "connections_per_client", "request_size", "body_size", "request_timeout",
+             "idle_timeout", "descriptors"),
+    "webrtc": ("sessions", "setup_timeout", "body_size"),
+}  # fmt: skip
+for _listener, _kinds in LIMIT_KINDS.items():
+    for _kind in _kinds:
+        LIMIT_REJECTIONS.labels(listener=_listener, limit=_kind)  # exported from 0, like AUTH_FAILURES
 BUILD_INFO = Info("streamproxy_build", "streamproxy build information.")
 BUILD_INFO.info({"version": __version__})
 
@@ -235,10 +253,13 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_publish_up",
     "streamproxy_publish_packets_total",
     "streamproxy_auth_failures_total",
+    "streamproxy_limit_rejections_total",
     "streamproxy_build_info",
 ]
 # The families without a camera label (a dashboard cannot filter them by camera).
-NOT_PER_CAMERA: Final[frozenset[str]] = frozenset({"streamproxy_auth_failures_total", "streamproxy_build_info"})
+NOT_PER_CAMERA: Final[frozenset[str]] = frozenset(
+    {"streamproxy_auth_failures_total", "streamproxy_limit_rejections_total", "streamproxy_build_info"}
+)
 
 _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     FRAMES_IN,

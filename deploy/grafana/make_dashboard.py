@@ -168,10 +168,15 @@ def build() -> dict[str, Any]:
             [
                 (f"sum by (camera) (increase(streamproxy_reconnects_total{{{CAM}}}[{RI}]))", "{{camera}}"),
                 (f"sum by (protocol) (increase(streamproxy_auth_failures_total[{RI}]))", "auth failures {{protocol}}"),
+                (
+                    f"sum by (listener, limit) (increase(streamproxy_limit_rejections_total[{RI}]))",
+                    "refused {{listener}} {{limit}}",
+                ),
             ],
             "none",
             (0, 24, 8, 8),
-            "Reconnects to the camera after a failure or stall; viewer requests with wrong credentials.",
+            "Reconnects to the camera after a failure or stall; viewer requests with wrong credentials; connections, "
+            "requests and sessions refused or reclaimed at a server limit (server.limits).",
         ),
         _panel(
             "Bandwidth to viewers",
