@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_browser import BrowserDriver
+from browserkit import BrowserDriver
 
 FIREFOX = os.environ.get("STREAMPROXY_FIREFOX", shutil.which("firefox-esr") or "/usr/bin/firefox-esr")
 
@@ -205,7 +205,7 @@ class Firefox(BrowserDriver):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_firefox_plays_synthetic_stream() -> None:
-    from test_browser import play
+    from browserkit import play
     from test_webrtc import HEIGHT, WIDTH, make_cfg, serving, wait_for
 
     async with serving(make_cfg()) as (app, server, base), Firefox() as browser:
@@ -224,7 +224,7 @@ async def test_firefox_plays_synthetic_stream() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_firefox_sees_no_face_end_to_end(model_dir: Path) -> None:
-    from test_browser import check_no_face_end_to_end, play
+    from browserkit import check_no_face_end_to_end, play
 
     def h264(stats: dict[str, Any]) -> None:
         assert "H264" in (stats["codec"] or ""), stats
