@@ -5,6 +5,8 @@
 * `sim_camera_factory(**kw)`: starts a real RTSP camera (gst-rtsp-server under /usr/bin/python3) on a
   free 127.0.0.1 port and stops it after the test; `sim_camera` is one small started camera. Tests
   using them skip cleanly where GStreamer's RTSP server is not installed.
+* `host_factory(url)`: the live service on one camera (tests/livekit.py); `judge`: the face detector an
+  attacker would run on the output.
 
 Helpers that are not fixtures live in modules beside this one (`facekit.py`, ...), never in a
 test module that another test module imports.
@@ -59,3 +61,30 @@ def sim_camera_factory(_sim_gst_available: None) -> Iterator[Callable[..., Any]]
 @pytest.fixture
 def sim_camera(sim_camera_factory: Callable[..., Any]) -> Any:
     return sim_camera_factory()
+
+
+@pytest.fixture
+def host_factory(model_dir: Path) -> Iterator[Callable[..., Any]]:
+    """`host_factory(url, users=None)`: the live service (livekit.LiveHost) on one camera, started; stopped after."""
+    from livekit import LiveHost, make_config
+
+    hosts: list[LiveHost] = []
+
+    def make(url: str, users: list[dict[str, str]] | None = None) -> LiveHost:
+        h = LiveHost(make_config(url, model_dir, users))
+        hosts.append(h)
+        h.start()
+        return h
+
+    yield make
+    for h in hosts:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def judge(model_dir: Path) -> Any:
+    """The real detector, as an attacker with the same model would run it on the output."""
+    from streamproxy.config import DetectorConfig
+    from streamproxy.engine.detect import create_detector
+
+    return create_detector(DetectorConfig(input_width=640, threshold=0.3, model_dir=model_dir))

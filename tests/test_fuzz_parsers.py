@@ -17,7 +17,6 @@ import base64
 import struct
 import threading
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -401,12 +400,6 @@ def test_parse_sdp_well_formed_lines(sdp: str, base: str) -> None:
     _check_sdp(sdp, base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug in rtsp/client.py parse_sdp: int() of a non-numeric payload type (m= line / a=rtpmap:) or "
-    "clock rate raises ValueError, not ClientError",
-)
 @KNOWN_BUG
 @given(sdp_texts, st.sampled_from(["rtsp://cam/x", "rtsp://[::1]:554/x"]))
 @example(SDP_BAD_PT, "rtsp://cam/x")
@@ -489,12 +482,6 @@ def test_client_take_message_with_numeric_lengths(data: bytes) -> None:
 SPIN = b"RTSP/1.0 200 OK\r\nCSeq: 9\r\nContent-Length: -49\r\n\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, ValueError),
-    reason="bugs in rtsp/client.py _take_message: Content-Length is int()-ed unchecked: a non-number raises "
-    "ValueError (not ClientError); a negative one makes the client return the same answer forever",
-)
 @KNOWN_BUG
 @given(camera_streams(st.one_of(st.integers(-100, 70_000).map(str), nasty_text)))
 @example(SPIN)
@@ -503,12 +490,6 @@ def test_client_take_message_raises_only_client_error(data: bytes) -> None:
     _drain_client_buffer(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug in rtsp/client.py _take_transport: an interleaved= channel outside 0-255 is kept; the next RTCP "
-    "receiver report then raises ValueError from bytes([channel]) inside AccessUnitIterator",
-)
 @KNOWN_BUG
 @given(st.lists(header_values, max_size=3).map(";".join))
 @example("RTP/AVP/TCP;unicast;interleaved=300-301")

@@ -632,10 +632,10 @@ class Conn:
 def test_socket_fuzzer_with_live_viewer(
     sim_camera_factory: Callable[..., Any], model_dir: Path, recorder: Recorder
 ) -> None:
-    from test_live_e2e import Viewer, _AppHost, make_config
+    from livekit import LiveHost, Viewer, make_config
 
     cam = sim_camera_factory(width=640, height=360, faces=1)
-    host = _AppHost(make_config(cam.url, model_dir))
+    host = LiveHost(make_config(cam.url, model_dir))
     host.start()
     try:
         assert host.loop is not None and host.app is not None and host.app.web is not None

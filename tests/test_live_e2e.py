@@ -5,7 +5,7 @@ A real camera (gst-rtsp-server serving real faces, `camsim.SimCamera`) → the w
 PyAV, ffprobe, ffmpeg, GStreamer's rtspsrc and raw sockets. What a viewer decodes is judged with the
 real face detector: the camera shows faces, the proxy must not.
 
-The app runs on its own event loop in a thread (`_AppHost`), so that these tests can use blocking
+The app runs on its own event loop in a thread (`LiveHost`), so that these tests can use blocking
 clients directly, the way a viewer on another machine would. Every wait is bounded.
 """
 
@@ -14,252 +14,48 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-import random
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
+from livekit import (
+    PASSWORD,
+    USER,
+    H,
+    LiveHost,
+    Viewer,
+    W,
+    face_scores,
+    live,
+    make_config,
+    rtsp_exchange,
+    rtsp_status,
+    visible_faces,
+)
 
-from streamproxy.config import AppConfig, DetectorConfig, parse_config
-from streamproxy.engine.detect import OnnxFaceDetector, create_detector
-from streamproxy.status import PipelineStatus
-from streamproxy_sim.camsim import SimCamera, free_port, read_stamp, system_gst_available
-from streamproxy_sim.harness import AppThread
+from streamproxy.engine.detect import OnnxFaceDetector
+from streamproxy_sim.camsim import SimCamera, system_gst_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 log = logging.getLogger(__name__)
-
-W, H = 640, 360
-USER, PASSWORD = "alice", "s3cret-pw"
-LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
-
-
-# --- the app on its own loop ----------------------------------------------------------------------
-
-
-def make_config(
-    url: str, model_dir: Path, users: list[dict[str, str]] | None = None, **camera: Any
-) -> AppConfig:
-    """One camera "cam" (640x360 sims) on loopback; `camera` adds keys to its section."""
-    base = random.randrange(20000, 60000, 2)  # the server scans the range for a free UDP pair
-    return parse_config(
-        {
-            "cameras": [{"name": "cam", "url": url, **camera}],
-            "server": {
-                "host": "127.0.0.1",
-                "rtsp_port": free_port(),
-                "http_port": free_port(),
-                "rtp_port_min": base,
-                "rtp_port_max": base + 60,
-                "users": users or [],
-            },
-            "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
-            # The camera is 640 wide: detecting at 640 (not the default upscale to 1280) keeps CPU low.
-            "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
-            "slate": {"width": W, "height": H},
-        }
-    )
-
-
-class _AppHost(AppThread):
-    """The service on its own loop in a thread, plus what these tests ask of it."""
-
-    def url(self, path: str = "cam", user: str | None = None, password: str | None = None) -> str:
-        return self.rtsp_url(path, user, password)
-
-    def snapshot(self) -> PipelineStatus:
-        assert self.app is not None
-        return self.app.pipelines["cam"].snapshot()
-
-    def wait_live(self, timeout: float = 20) -> None:
-        """Until the pipeline has published live (camera) frames."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s = self.snapshot()
-            if s.state == "live" and s.frames_out > 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"pipeline not live within {timeout} s: {self.snapshot()}")
-
-
-@pytest.fixture
-def host_factory(model_dir: Path) -> Iterator[Any]:
-    hosts: list[_AppHost] = []
-
-    def make(url: str, users: list[dict[str, str]] | None = None) -> _AppHost:
-        h = _AppHost(make_config(url, model_dir, users))
-        hosts.append(h)
-        h.start()
-        return h
-
-    yield make
-    for h in hosts:
-        h.stop()
-
-
-# --- a PyAV viewer in a thread --------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    t: float  # time.monotonic() when decoded
-    stamp: int | None  # the camera's capture time (ms), None on the slate or a fully obfuscated frame
-    wall_ms: float  # time.time() in ms when decoded
-    bgr: np.ndarray | None
-
-
-class Viewer(threading.Thread):
-    """Decodes an RTSP URL with PyAV until told to stop, `max_frames`, `max_s`, or the stream ends."""
-
-    def __init__(
-        self,
-        url: str,
-        transport: str = "tcp",
-        keep_images: bool = False,
-        max_frames: int = 5000,
-        max_s: float = 60,
-    ) -> None:
-        super().__init__(daemon=True, name="viewer")
-        self.url, self.transport, self.keep_images = url, transport, keep_images
-        self.max_frames, self.max_s = max_frames, max_s
-        self.frames: list[Seen] = []
-        self.error: str | None = None
-        self.opened_at: float | None = None
-        self.ended_at: float | None = None
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        try:
-            opts = {"rtsp_transport": self.transport, **LOW_DELAY}
-            with av.open(self.url, options=opts, timeout=(5, 5)) as c:
-                self.opened_at = time.monotonic()
-                for f in c.decode(video=0):
-                    y = f.to_ndarray(format="gray")
-                    bgr = f.to_ndarray(format="bgr24") if self.keep_images else None
-                    now_ms = time.time() * 1000
-                    stamp = read_stamp(y)
-                    # A plain dark picture (the slate) reads as stamp 0 (all blocks black, CRC 0):
-                    # only a time near now is a real capture time.
-                    if stamp is not None and abs(now_ms - stamp) > 60_000:
-                        stamp = None
-                    self.frames.append(Seen(time.monotonic(), stamp, now_ms, bgr))
-                    if (
-                        self.halt.is_set()
-                        or len(self.frames) >= self.max_frames
-                        or time.monotonic() - t0 > self.max_s
-                    ):
-                        break
-        except Exception as err:  # EOF/reset at shutdown, or a real failure: the test judges
-            self.error = f"{type(err).__name__}: {err}"
-        finally:
-            self.ended_at = time.monotonic()
-
-    def wait_for(self, pred: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred(self.frames):
-                return True
-            if not self.is_alive():
-                return bool(pred(self.frames))
-            time.sleep(0.05)
-        return False
-
-    def finish(self, timeout: float = 10) -> None:
-        """Stop now (after the next frame) and wait for the thread."""
-        self.halt.set()
-        self.done(timeout)
-
-    def done(self, timeout: float) -> None:
-        """Wait for the thread to reach its own limit (max_frames, max_s) or the end of the stream."""
-        self.join(timeout)
-        assert not self.is_alive(), "viewer thread did not end"
-
-
-def live(frames: list[Seen]) -> list[Seen]:
-    return [f for f in frames if f.stamp is not None]
-
-
-# --- raw RTSP over a socket -----------------------------------------------------------------------
-
-
-def rtsp_exchange(
-    sock: socket.socket, method: str, url: str, cseq: int, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    lines = [f"{method} {url} RTSP/1.0", f"CSeq: {cseq}", "User-Agent: e2e-test"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed before a response")
-        buf += chunk
-        assert len(buf) < 65536
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    status_line, *hdr_lines = head.decode().split("\r\n")
-    status = int(status_line.split()[1])
-    hdrs = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in hdr_lines if ":" in ln)}
-    length = int(hdrs.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        rest += chunk
-    return status, hdrs, rest[:length]
-
-
-def rtsp_status(url: str, port: int, method: str = "DESCRIBE") -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        return rtsp_exchange(s, method, url, 1, {"Accept": "application/sdp"})[0]
-
-
-# --- the face judge ---------------------------------------------------------------------------------
-
-
-# A face "is visible" when the same detector finds it with confidence: the camera's faces score
-# 0.93+ here. Blurred heads keep a face-like blob (skin-coloured ellipse, dark hair on top) that YuNet
-# scores up to ~0.6 with no identifiable detail left, so the judge's bar sits between the two.
-VISIBLE = 0.7
-
-
-@pytest.fixture(scope="module")
-def judge(model_dir: Path) -> OnnxFaceDetector:
-    """The real detector, as an attacker with the same model would run it on the output."""
-    return create_detector(DetectorConfig(input_width=640, threshold=0.3, model_dir=model_dir))
-
-
-def face_scores(judge: OnnxFaceDetector, frames: list[Seen]) -> list[list[float]]:
-    """Per frame, the scores of what the judge finds (highest first)."""
-    return [
-        sorted((d.score for d in judge.detect_bgr(f.bgr)), reverse=True) for f in frames if f.bgr is not None
-    ]
-
-
-def visible_faces(scores: list[list[float]]) -> list[int]:
-    return [sum(1 for x in per_frame if x >= VISIBLE) for per_frame in scores]
 
 
 # --- one camera and one proxy shared by the non-destructive tests -------------------------------------
 
 
 @pytest.fixture(scope="module")
-def shared(model_dir: Path) -> Iterator[tuple[SimCamera, _AppHost]]:
+def shared(model_dir: Path) -> Iterator[tuple[SimCamera, LiveHost]]:
     why = system_gst_available()
     if why:
         pytest.skip(why)
     sim = SimCamera(width=W, height=H).start()
-    host = _AppHost(make_config(sim.url, model_dir, [{"username": USER, "password": PASSWORD}]))
+    host = LiveHost(make_config(sim.url, model_dir, [{"username": USER, "password": PASSWORD}]))
     try:
         host.start()
         host.wait_live()
@@ -269,12 +65,12 @@ def shared(model_dir: Path) -> Iterator[tuple[SimCamera, _AppHost]]:
         sim.stop()
 
 
-def _authed(host: _AppHost, path: str = "cam") -> str:
+def _authed(host: LiveHost, path: str = "cam") -> str:
     return host.url(path, USER, PASSWORD)
 
 
 def test_frames_flow_and_faces_are_masked(
-    shared: tuple[SimCamera, _AppHost], judge: OnnxFaceDetector
+    shared: tuple[SimCamera, LiveHost], judge: OnnxFaceDetector
 ) -> None:
     sim, host = shared
     raw = Viewer(sim.url, keep_images=True, max_frames=10, max_s=30)
@@ -312,7 +108,7 @@ def _ffprobe(url: str, transport: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-def test_ffprobe(shared: tuple[SimCamera, _AppHost], transport: str) -> None:
+def test_ffprobe(shared: tuple[SimCamera, LiveHost], transport: str) -> None:
     _, host = shared
     r = _ffprobe(_authed(host), transport)
     assert r.returncode == 0, r.stderr
@@ -320,7 +116,7 @@ def test_ffprobe(shared: tuple[SimCamera, _AppHost], transport: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_ffmpeg_decodes_over_udp(shared: tuple[SimCamera, _AppHost]) -> None:
+def test_ffmpeg_decodes_over_udp(shared: tuple[SimCamera, LiveHost]) -> None:
     _, host = shared
     n = 20
     r = subprocess.run(
@@ -333,7 +129,7 @@ def test_ffmpeg_decodes_over_udp(shared: tuple[SimCamera, _AppHost]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer tools not installed")
-def test_gstreamer_rtspsrc(shared: tuple[SimCamera, _AppHost]) -> None:
+def test_gstreamer_rtspsrc(shared: tuple[SimCamera, LiveHost]) -> None:
     _, host = shared
     r = subprocess.run(
         ["gst-launch-1.0", "rtspsrc", f"location={host.url()}", f"user-id={USER}", f"user-pw={PASSWORD}",
@@ -347,7 +143,7 @@ def test_gstreamer_rtspsrc(shared: tuple[SimCamera, _AppHost]) -> None:
     assert 'Got EOS from element "pipeline0"' in r.stdout, r.stdout + r.stderr
 
 
-def test_auth_required(shared: tuple[SimCamera, _AppHost]) -> None:
+def test_auth_required(shared: tuple[SimCamera, LiveHost]) -> None:
     _, host = shared
     assert host.app is not None and host.app.rtsp is not None
     port = host.app.rtsp.port
@@ -359,7 +155,7 @@ def test_auth_required(shared: tuple[SimCamera, _AppHost]) -> None:
     assert _ffprobe(_authed(host), "tcp").returncode == 0
 
 
-def test_unknown_path_is_404(shared: tuple[SimCamera, _AppHost]) -> None:
+def test_unknown_path_is_404(shared: tuple[SimCamera, LiveHost]) -> None:
     _, host = shared
     assert host.app is not None and host.app.rtsp is not None
     # With credentials (an unknown path must not be told apart from a known one before auth).
@@ -376,7 +172,7 @@ def _basic() -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def test_stalled_viewer_does_not_stall_another(shared: tuple[SimCamera, _AppHost]) -> None:
+def test_stalled_viewer_does_not_stall_another(shared: tuple[SimCamera, LiveHost]) -> None:
     _, host = shared
     assert host.app is not None and host.app.rtsp is not None
     port, url = host.app.rtsp.port, host.url()
@@ -480,7 +276,7 @@ def test_clean_shutdown_with_viewers(
 ) -> None:
     caplog.set_level(logging.INFO)
     sim = sim_camera_factory(width=W, height=H)
-    host = _AppHost(make_config(sim.url, model_dir))
+    host = LiveHost(make_config(sim.url, model_dir))
     host.start()
     viewers = [Viewer(host.url(), max_s=60) for _ in range(2)]
     try:

@@ -26,7 +26,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from test_live_e2e import make_config
+from livekit import make_config
 
 from streamproxy.config import ConfigError, DetectorConfig, EncoderConfig, parse_config
 from streamproxy.h264 import has_sps
