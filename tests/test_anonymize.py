@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from facekit import background, changed_fraction, paste_face
+from facekit import background, changed_fraction, make_video, paste_face
 
 from streamproxy.anonymize import Job, collect_jobs, iter_results
 from streamproxy.config import DetectorConfig, EngineConfig
@@ -22,36 +22,6 @@ CLI = [sys.executable, "-m", "streamproxy.cli"]
 
 def run_cli(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def make_video(path: Path, frames: int = 30, fps: int = 25, audio: bool = True, size: tuple[int, int] = (640, 360)) -> list:
-    """A short video of the real face moving over a background, with a tone if `audio`."""
-    boxes = []
-    w, h = size
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        aus = c.add_stream("aac", rate=48000) if audio else None
-        for i in range(frames):
-            img = background(w, h)
-            boxes.append(paste_face(img, 40 + i * 6, 60, 130))
-            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                c.mux(p)
-        if aus is not None:
-            samples = int(48000 * frames / fps)
-            t = np.arange(samples) / 48000
-            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-            for start in range(0, samples, 1024):
-                af = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="fltp", layout="mono")
-                af.sample_rate = 48000
-                af.pts = start
-                for p in aus.encode(af):
-                    c.mux(p)
-            for p in aus.encode(None):
-                c.mux(p)
-        for p in vs.encode(None):
-            c.mux(p)
-    return boxes
 
 
 @pytest.fixture(scope="module")

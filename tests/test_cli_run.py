@@ -98,7 +98,7 @@ def test_demo_serves_anonymized_video(
     """The README's main command: a simulated camera + the proxy; also with the user's own video."""
     args = ["--seconds", "25"]
     if own_video:
-        from test_anonymize import make_video
+        from facekit import make_video
 
         src = tmp_path / "mine.mp4"
         make_video(src, frames=25, audio=False)
