@@ -398,6 +398,8 @@ class CameraMetrics:
         self._frames_in = 0
         self._frames_out = 0
         self._drops: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._bytes_out: dict[str, int] = {}
+        self._published = 0
         self.state: CameraState = "connecting"
         self.set_state("connecting")
 
@@ -474,7 +476,13 @@ class CameraMetrics:
         self.viewers["webrtc"].set(webrtc)
 
     def sent(self, protocol: OutProtocol, nbytes: int) -> None:
+        """`nbytes` of stream handed to one viewer (or the publisher) of `protocol`."""
+        with self._lock:
+            self._bytes_out[protocol] = self._bytes_out.get(protocol, 0) + nbytes
         self.bytes_out[protocol].inc(nbytes)
+
+    def bytes_out_total(self, protocol: OutProtocol) -> int:
+        return self._bytes_out.get(protocol, 0)
 
     # -- publish_url (publish.py) --------------------------------------------------------------
     def set_publish_up(self, up: bool) -> None:
@@ -482,7 +490,13 @@ class CameraMetrics:
 
     def published(self) -> None:
         """One access unit reached the publish_url server (its bytes: bytes_out{protocol="publish"})."""
+        with self._lock:
+            self._published += 1
         self.publish_packets.inc()
+
+    @property
+    def published_total(self) -> int:
+        return self._published
 
 
 def remove_camera(camera: str) -> None:

@@ -31,20 +31,18 @@ import socket
 import threading
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import av
 
-from streamproxy.config import redact_url
+from streamproxy.config import redact_url, url_secrets
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
+from streamproxy.metrics import CameraMetrics
 from streamproxy.status import PublisherStatus
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Supervisor, run_async
 from streamproxy.types import EncodedPacket
-
-if TYPE_CHECKING:
-    from streamproxy.metrics import CameraMetrics
 
 log = logging.getLogger(__name__)
 
@@ -255,18 +253,18 @@ class Publisher:
         self.name = hub.name
         self._url = url
         self.url = redact_url(url)  # the only form that may be shown
-        self._secrets = [s for s in (url, parts.password, unquote(parts.password or "")) if s]
+        self._secrets = url_secrets(url)  # userinfo and password-like path/query parts, longest first
         self._host = parts.hostname
         self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.io_timeout_s = io_timeout_s
-        self.metrics = metrics
+        # The one tally of what was published (the API reads it back): the app's camera metrics,
+        # or a private set for a publisher on its own (tests).
+        self.metrics = metrics if metrics is not None else CameraMetrics(hub.name)
         self.up = False
         self.sessions = 0  # sessions that reached RECORD
         self.attempts = 0
-        self.packets_sent = 0
-        self.bytes_sent = 0
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._current: _Session | None = None
@@ -304,8 +302,8 @@ class Publisher:
             up=self.up,
             sessions=self.sessions,
             attempts=self.attempts,
-            packets_sent=self.packets_sent,
-            bytes_sent=self.bytes_sent,
+            packets_sent=self.metrics.published_total,
+            bytes_sent=self.metrics.bytes_out_total("publish"),
             last_error=self.last_error,
         )
 
@@ -369,15 +367,12 @@ class Publisher:
                     return
                 await worker.call(lambda pkt=pkt: session.send(pkt))  # type: ignore[misc]
                 attempt.up()
-                self.packets_sent += 1
-                self.bytes_sent += len(pkt.data)
                 if not self.up:
                     self.sessions += 1
                     self.last_error = ""
                     self._set_up(True)
                     log.info("%s: publishing to %s (%dx%d)", self.name, self.url, codec.width, codec.height)
-                if self.metrics is not None:
-                    self.metrics.published()
+                self.metrics.published()
         finally:
             if sub is not None:
                 sub.close()
@@ -400,8 +395,7 @@ class Publisher:
 
     def _set_up(self, up: bool) -> None:
         self.up = up
-        if self.metrics is not None:
-            self.metrics.set_publish_up(up)
+        self.metrics.set_publish_up(up)
 
     def _describe(self, err: BaseException) -> str:
         """An error message that cannot carry the URL's credentials (FFmpeg errors name the URL)."""
