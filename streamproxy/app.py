@@ -7,10 +7,12 @@ Owns one StreamHub and one CameraPipeline per camera, the RTSP server, and the H
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -22,6 +24,105 @@ from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 
 log = logging.getLogger(__name__)
+
+# Descriptors the service needs besides its viewers' connections: per camera (the camera's
+# connection, threads' pipes, codecs) and for the process (models, logs, the UDP ports, epoll).
+FD_MARGIN_BASE = 64
+FD_MARGIN_PER_CAMERA = 16
+# Errors of accept() that mean "out of descriptors or memory": asyncio pauses that listener for a
+# second and reports each one to the loop's exception handler, with a traceback.
+_OUT_OF_RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Idle RTSP connections closed when the process runs out of descriptors, so a viewer can get in.
+SHED_ON_EMFILE = 8
+
+
+def raise_fd_limit(cfg: AppConfig, cameras: int) -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (both servers' connections need descriptors),
+    log it, and warn when the configured connection limits could not all be held. The soft limit, or
+    None where the platform has none."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, want, err)
+    lim = cfg.server.limits
+    need = 2 * lim.max_connections + FD_MARGIN_BASE + FD_MARGIN_PER_CAMERA * cameras
+    if soft != resource.RLIM_INFINITY and need > soft:
+        log.warning(
+            "open-files limit %d is below what server.limits allows (2 x max_connections %d + %d for "
+            "%d camera(s) = %d): at the limit new viewers fail with 'out of descriptors'; raise the limit "
+            "(ulimit -n, LimitNOFILE=) or lower server.limits.max_connections",
+            soft, lim.max_connections, need - 2 * lim.max_connections, cameras, need,
+        )  # fmt: skip
+    else:
+        log.info("open-files limit %s (needs %d at the configured connection limits)",
+                 "unlimited" if soft == resource.RLIM_INFINITY else soft, need)  # fmt: skip
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+class DescriptorAlarm:
+    """The loop's exception handler: asyncio reports every accept() that fails for want of
+    descriptors (EMFILE) with a traceback, thousands a second under a flood. Here they are counted
+    (limit="descriptors", by listener), logged as one WARNING line a second at most, and the RTSP
+    server sheds a few idle connections; everything else goes to the previous handler."""
+
+    def __init__(self, app: App, interval_s: float = 1.0) -> None:
+        self.app = app
+        self.interval_s = interval_s
+        self.count = 0  # every such event
+        self._unlogged = 0
+        self._last_line = -1e9
+        self._previous: Any = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._previous = loop.get_exception_handler()
+        loop.set_exception_handler(self)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop.get_exception_handler() is self:
+            loop.set_exception_handler(self._previous)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCE and "accept" in context.get("message", "")):
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        listener = self._listener(context.get("socket"))
+        metrics.LIMIT_REJECTIONS.labels(listener=listener, limit="descriptors").inc()
+        self.count += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_line >= self.interval_s:
+            # A few descriptors back, once a second: asyncio retries each listener a second later.
+            shed = self.app.rtsp.shed_idle(SHED_ON_EMFILE) if self.app.rtsp is not None else 0
+            log.warning(
+                "-: out of descriptors accepting on the %s port (%s): accepts paused 1 s, %d idle RTSP "
+                "connection(s) closed; %d time(s) since the last such line",
+                listener.upper(), os.strerror(exc.errno or 0), shed, self._unlogged,
+            )  # fmt: skip
+            self._last_line = now
+            self._unlogged = 0
+
+    def _listener(self, sock: Any) -> str:
+        port = None
+        try:
+            port = sock.getsockname()[1] if sock is not None else None
+        except (OSError, IndexError, TypeError):
+            pass
+        web_port = getattr(self.app.web, "port", None)
+        if port is not None and web_port is not None and port == web_port:
+            return "http"
+        return "rtsp"
 
 
 def shard_of(name: str, count: int) -> int:
@@ -47,11 +148,13 @@ class App:
         self.ready = False
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.alarm = DescriptorAlarm(self)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.alarm.install(loop)
         for position, cam in enumerate(self.cameras):
-            hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets)
+            hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets, self.cfg.server.limits.keyframe_min_interval_s)
             m = metrics.CameraMetrics(cam.name)
             hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
             hub.on_sent = m.sent
@@ -103,6 +206,7 @@ class App:
         await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()))
         for hub in self.hubs.values():
             hub.close()
+        self.alarm.uninstall(loop)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -156,6 +260,7 @@ def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
     app = App(cfg, shard_index, shard_count)
     if not app.cameras:
         log.warning("no camera is assigned to shard %d of %d", shard_index, shard_count)
+    raise_fd_limit(cfg, len(app.cameras))
     try:
         asyncio.run(app.serve())
     except OSError as err:

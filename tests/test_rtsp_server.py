@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from streamproxy.config import EncoderConfig, ServerConfig, User
+from streamproxy.config import EncoderConfig, LimitsConfig, ServerConfig, User
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.rtsp.rtp import PayloadCache, sdes_cname
@@ -85,13 +85,15 @@ async def serve(
     buffer_packets: int = 50,
     kbps: int = 800,
     noise: bool = False,
+    limits: dict[str, Any] | None = None,
     **server_kw: Any,
 ) -> AsyncIterator[tuple[RtspServer, StreamHub, str]]:
     hub = StreamHub("cam1", buffer_packets=buffer_packets)
     port_min = random.randrange(20000, 60000, 2)
     cfg = ServerConfig(
-        host="127.0.0.1", rtsp_port=1024, users=users or [], rtp_port_min=port_min, rtp_port_max=port_min + 400
-    )
+        host="127.0.0.1", rtsp_port=1024, users=users or [], rtp_port_min=port_min, rtp_port_max=port_min + 400,
+        limits=LimitsConfig(**(limits or {})),
+    )  # fmt: skip
     cfg = cfg.model_copy(update={"rtsp_port": 0})  # port 0: the OS picks; the model's bound is for users
     server = RtspServer({"cam1": hub}, cfg, **server_kw)
     cam = Camera(hub, kbps=kbps, noise=noise)
@@ -138,8 +140,12 @@ class RawRtsp:
         self.binary: list[tuple[int, bytes]] = []  # interleaved frames seen while waiting for responses
 
     @classmethod
-    async def connect(cls, port: int, rcvbuf: int | None = None, limit: int = 2**16) -> RawRtsp:
+    async def connect(
+        cls, port: int, rcvbuf: int | None = None, limit: int = 2**16, source: str | None = None
+    ) -> RawRtsp:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:  # another loopback address (127.0.0.2): another client to the server
+            sock.bind((source, 0))
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)

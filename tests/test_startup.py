@@ -100,3 +100,131 @@ engine:
     errors = [line for line in out.splitlines() if " ERROR " in line]
     assert len(errors) == 1, out
     assert errors[0].endswith(f"cannot start: RTSP server cannot listen on 127.0.0.1:{rtsp}: Address already in use")
+
+
+def test_run_with_a_bad_config_exits_1_with_one_line_and_listens_nowhere(tmp_path: Path) -> None:
+    """A config error (here two listeners on one port) is one line naming the key, exit status 1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "streamproxy.yaml"
+    cfg.write_text(
+        f"""
+cameras:
+  - name: lobby
+    url: rtsp://127.0.0.1:9/lobby
+server:
+  host: 127.0.0.1
+  rtsp_port: {port}
+  http_port: {port}
+"""
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "streamproxy.cli", "run", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("invalid config: ") and "port" in lines[0], out
+    assert _refused(port)
+
+
+def _interleaved(data: bytes) -> list[tuple[int, bytes]]:
+    """The `$`-framed packets of an RTSP/TCP byte stream (responses in between skipped)."""
+    frames, i = [], 0
+    while i < len(data):
+        if data[i : i + 1] == b"$" and i + 4 <= len(data):
+            n = int.from_bytes(data[i + 2 : i + 4], "big")
+            frames.append((data[i + 1], data[i + 4 : i + 4 + n]))
+            i += 4 + n
+        else:
+            end = data.find(b"\r\n\r\n", i)
+            if end < 0:
+                break
+            i = end + 4
+    return frames
+
+
+def _request(sock: socket.socket, text: str) -> str:
+    sock.sendall(text.encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    return buf.decode(errors="replace")
+
+
+def test_sigterm_with_a_viewer_sends_rtcp_bye_closes_cleanly_and_exits_0(model_dir: Path, tmp_path: Path) -> None:
+    """`streamproxy run`, a viewer PLAYing over TCP (the camera is down: no RTP yet), SIGTERM: the
+    viewer gets an RTCP BYE and a clean close (FIN, not RST), and the process exits 0 within seconds."""
+    import signal
+    import time
+    import urllib.request
+
+    from streamproxy_sim.camsim import free_port
+
+    rtsp, http = free_port(), free_port()
+    cfg = tmp_path / "streamproxy.yaml"
+    cfg.write_text(
+        f"""
+cameras:
+  - name: lobby
+    url: rtsp://127.0.0.1:9/lobby
+server:
+  host: 127.0.0.1
+  rtsp_port: {rtsp}
+  http_port: {http}
+engine:
+  detector:
+    input_width: 640
+    model_dir: {model_dir}
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamproxy.cli", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the HTTP server (started after the RTSP one) answers
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "not listening within 60 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", rtsp), timeout=10) as v:
+            url = f"rtsp://127.0.0.1:{rtsp}/lobby"
+            head = _request(v, f"SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
+                               "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n")  # fmt: skip
+            assert head.startswith("RTSP/1.0 200"), head
+            session = next(line.split(":", 1)[1].split(";")[0].strip() for line in head.split("\r\n")
+                           if line.lower().startswith("session:"))  # fmt: skip
+            assert _request(v, f"PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n").startswith(
+                "RTSP/1.0 200"
+            )
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            data = b""
+            while True:
+                chunk = v.recv(65536)  # a reset would raise ConnectionResetError here
+                if not chunk:
+                    break
+                data += chunk
+            closed_after = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    print(f"\nSIGTERM: viewer closed after {closed_after:.2f} s, process exited after {took:.2f} s")
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and " ERROR " not in out, out
+    rtcp = [p for ch, p in _interleaved(data) if ch == 1]
+    assert rtcp and rtcp[-1][-8:-4] == bytes([0x81, 203, 0, 1]), rtcp  # the last packet ends in a BYE
+    assert took < 10  # ~1 s here; the target is ~3 s, with room for a busy machine

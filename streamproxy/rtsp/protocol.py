@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+# Defaults of the size limits; the server passes server.limits' max_request_bytes / max_body_bytes.
 MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is not a real client
 MAX_LINE_BYTES = 8 * 1024  # the request line or one header line (a URI with a long token still fits)
 MAX_HEADERS = 64  # header lines of one request (real clients send fewer than 15)
@@ -35,8 +36,10 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Request Entity Too Large",
     414: "Request-URI Too Large",
+    453: "Not Enough Bandwidth",
     454: "Session Not Found",
     455: "Method Not Valid in This State",
     459: "Aggregate Operation Not Allowed",
@@ -82,6 +85,10 @@ class RtspRequest:
 
     @property
     def content_length(self) -> int:
+        return self.body_length()
+
+    def body_length(self, max_body_bytes: int = MAX_BODY_BYTES) -> int:
+        """Content-Length, checked: 400 when malformed, 413 over `max_body_bytes` (both close)."""
         raw = self.headers.get("content-length", "0").strip() or "0"
         try:
             n = int(raw)
@@ -89,7 +96,7 @@ class RtspRequest:
             raise RtspError(400, "bad Content-Length", close=True) from None
         if n < 0:
             raise RtspError(400, "Content-Length out of range", close=True)
-        if n > MAX_BODY_BYTES:
+        if n > max_body_bytes:
             raise RtspError(413, "body too large", close=True)
         return n
 
@@ -101,14 +108,14 @@ class RtspRequest:
         return raw.split(";", 1)[0].strip() or None
 
 
-def parse_request_head(head: bytes) -> RtspRequest:
+def parse_request_head(head: bytes, max_head_bytes: int = MAX_HEAD_BYTES) -> RtspRequest:
     """Parse the request line and headers (everything up to and including the blank line).
 
     Lines may end in CRLF or a bare LF (tolerated as HTTP does, RFC 7230 §3.5; clients send both). Raises
     RtspError only: 400 for anything malformed (including a URI that does not parse and a CSeq that
     is not a number), 414/400 over the size limits, 505 for another RTSP version.
     """
-    if len(head) > MAX_HEAD_BYTES:
+    if len(head) > max_head_bytes:
         raise RtspError(400, "request head too large", close=True)
     try:
         text = head.decode("utf-8")

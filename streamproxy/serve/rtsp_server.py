@@ -3,6 +3,13 @@
 One asyncio task per connection reads requests (and the `$`-framed RTCP clients interleave with
 them), one task per playing session writes RTP. Nothing here blocks: a viewer that stops reading
 only fills its own bounded buffer.
+
+What anyone who reaches the port may hold is bounded by `server.limits`: connections in total and
+per client address, the time a request's head and body may take (slowloris), how long a connection
+with no session may sit idle, sessions in total and the time from SETUP to PLAY. At a limit the
+oldest idle connection (or a session that never started) is reclaimed for the newcomer; only when
+there is none is it refused (503 for a connection, 453 for a session). A session belongs to its
+connection (TCP) or its client address (UDP): another connection naming its id gets 454.
 """
 
 from __future__ import annotations
@@ -17,12 +24,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from streamproxy.config import ServerConfig
+from streamproxy.config import LimitsConfig, ServerConfig
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.rtsp.auth import Authenticator
 from streamproxy.rtsp.protocol import (
     KNOWN_METHODS,
-    MAX_HEAD_BYTES,
     MAX_LINE_BYTES,
     SUPPORTED_METHODS,
     RtspError,
@@ -36,6 +42,7 @@ from streamproxy.rtsp.protocol import (
     safe_uri,
 )
 from streamproxy.rtsp.rtp import PayloadCache
+from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,10 @@ HubLookup = Callable[[str], StreamHub | None] | Mapping[str, StreamHub]
 TRACK = "trackID=0"
 SERVER_NAME = "streamproxy"
 MAX_SESSIONS_PER_CONNECTION = 16
+# At stop: how long viewers' connections get to take their RTCP BYE and close before they are cut.
+STOP_FLUSH_S = 2.0
+# Errors of a request that was too large for server.limits (the metric's `request_size`).
+_SIZE_ERRORS = {"request line too long", "request header too large", "request head too large"}
 
 
 def build_sdp(name: str, codec: CodecInfo, server_ip: str) -> bytes:
@@ -74,9 +85,33 @@ def build_sdp(name: str, codec: CodecInfo, server_ip: str) -> bytes:
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    peer: str
+    peer: str  # "addr:port", for logs and the authenticator
+    addr: str  # the client address the per-client limit counts
     sessions: list[RtspSession] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    reading_since: float | None = None  # a request (or interleaved frame) is being read since then
+    handling: bool = False  # a request is being answered
+    requests: int = 0  # answered so far
+    dropped: bool = False  # closed by the server (a limit, a timeout, stop): no longer counted
+
+    def idle(self) -> bool:
+        return not self.sessions and self.reading_since is None and not self.handling
+
+    def reclaim_rank(self) -> tuple[int, float] | None:
+        """Which connection a newcomer may take the place of, lowest first; None: not reclaimable.
+
+        One that never sent a request, then one idle between requests, then one whose sessions
+        never started; the longest quiet first. A viewer between DESCRIBE and SETUP is thus
+        the last idle one a flood of empty connections can push out.
+        """
+        if self.dropped or self.reading_since is not None or self.handling:
+            return None
+        if not self.sessions:
+            return (0 if self.requests == 0 else 1, self.last_activity)
+        if all(not s.started for s in self.sessions):
+            return (2, self.last_activity)
+        return None
 
 
 class _RtcpReceiver(asyncio.DatagramProtocol):
@@ -121,6 +156,8 @@ class RtspServer:
         self.sessions: dict[str, RtspSession] = {}
         self._udp_peers: dict[tuple[str, int], RtspSession] = {}
         self._conns: set[_Connection] = set()
+        self._by_addr: dict[str, set[_Connection]] = {}
+        self.limit_events = LimitEvents("rtsp", log)
         self._server: asyncio.Server | None = None
         self._udp: tuple[asyncio.DatagramTransport, asyncio.DatagramTransport] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -135,7 +172,10 @@ class RtspServer:
             return
         self._stopping = False
         self._server = await asyncio.start_server(
-            self._handle, self.cfg.host, self.cfg.rtsp_port if self.cfg.rtsp_port else 0, limit=MAX_HEAD_BYTES
+            self._handle,
+            self.cfg.host,
+            self.cfg.rtsp_port if self.cfg.rtsp_port else 0,
+            limit=self.cfg.limits.max_request_bytes,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self._bind_udp()
@@ -171,7 +211,8 @@ class RtspServer:
         )
 
     async def stop(self) -> None:
-        """Close the listener and every connection (no TEARDOWN needed), end all tasks."""
+        """Close the listener; every viewer gets an RTCP BYE for its stream and its connection is
+        closed cleanly (cut only if it does not take its data within STOP_FLUSH_S); end all tasks."""
         if self._server is None or self._stopping:
             return
         self._stopping = True
@@ -183,16 +224,30 @@ class RtspServer:
                 await self._reaper
             self._reaper = None
         for sess in list(self.sessions.values()):
-            await self._end_session(sess, "server stopping")
+            await self._end_session(sess, "server stopping", bye=True)
+        conns = list(self._conns)
         tasks = []
-        for conn in list(self._conns):
-            conn.writer.transport.abort()
+        for conn in conns:
+            conn.dropped = True
+            conn.writer.transport.close()  # after what is buffered (the BYE): FIN, not RST
             if conn.task is not None and conn.task is not asyncio.current_task():
                 conn.task.cancel()
                 tasks.append(conn.task)
+        deadline = time.monotonic() + STOP_FLUSH_S
         if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            await asyncio.wait(tasks, timeout=STOP_FLUSH_S)
+        closing = [asyncio.ensure_future(c.writer.wait_closed()) for c in conns]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=max(0.05, deadline - time.monotonic()))
+            for fut in late:
+                fut.cancel()
+        for conn in conns:
+            conn.writer.transport.abort()  # a viewer that stopped reading: its data is dropped now
+        for fut in closing:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: a reset connection is no news at shutdown
         self._conns.clear()
+        self._by_addr.clear()
         if self._udp is not None:
             for t in self._udp:
                 t.close()
@@ -214,15 +269,43 @@ class RtspServer:
         return sum(1 for s in self.sessions.values() if s.state == "playing")
 
     async def _reap_loop(self) -> None:
-        period = max(0.5, min(5.0, self.cfg.session_timeout_s / 4))
         while True:
+            lim = self.cfg.limits
+            # Often enough that a timeout is kept to within a quarter of itself; 2,000 connections
+            # are a millisecond's scan.
+            period = max(0.1, min(1.0, self.cfg.session_timeout_s / 4, lim.request_timeout_s / 4,
+                                  lim.idle_timeout_s / 4, lim.setup_timeout_s / 4))  # fmt: skip
             await asyncio.sleep(period)
-            now = time.monotonic()
-            for sess in list(self.sessions.values()):
-                if sess.expired(now):
-                    await self._end_session(sess, "timeout")
+            await self._reap(time.monotonic(), lim)
+            self.limit_events.flush()
 
-    async def _end_session(self, sess: RtspSession, reason: str) -> None:
+    async def _reap(self, now: float, lim: LimitsConfig) -> None:
+        for sess in list(self.sessions.values()):
+            if sess.expired(now):
+                await self._end_session(sess, "timeout")
+            elif not sess.started and now - sess.created > lim.setup_timeout_s:
+                self.limit_events.hit(
+                    "setup_timeout", f"session {sess.id} from {sess.client_ip} not played within "
+                    f"{lim.setup_timeout_s:g} s, reclaimed", logging.INFO,
+                )  # fmt: skip
+                await self._end_session(sess, "no PLAY within setup_timeout_s")
+        for conn in list(self._conns):
+            if conn.dropped:
+                continue
+            if conn.reading_since is not None and now - conn.reading_since > lim.request_timeout_s:
+                self.limit_events.hit(
+                    "request_timeout", f"{conn.peer}: request not complete within {lim.request_timeout_s:g} s, "
+                    "closed"
+                )  # fmt: skip
+                await self._drop(conn, format_response(408, None, [("Server", SERVER_NAME), ("Connection", "close")]))
+            elif conn.idle() and now - conn.last_activity > lim.idle_timeout_s:
+                self.limit_events.hit(
+                    "idle_timeout", f"{conn.peer}: idle for {lim.idle_timeout_s:g} s without a session, closed",
+                    logging.INFO,
+                )  # fmt: skip
+                await self._drop(conn)
+
+    async def _end_session(self, sess: RtspSession, reason: str, bye: bool = False) -> None:
         self.sessions.pop(sess.id, None)
         if isinstance(sess.output, UdpOutput):
             self._udp_peers.pop(sess.output.rtp_addr, None)
@@ -230,17 +313,73 @@ class RtspServer:
         owner = sess.owner
         if isinstance(owner, _Connection) and sess in owner.sessions:
             owner.sessions.remove(sess)
-        await sess.close(reason)
+        await sess.close(reason, bye=bye)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._conns.discard(conn)
+        same = self._by_addr.get(conn.addr)
+        if same is not None:
+            same.discard(conn)
+            if not same:
+                del self._by_addr[conn.addr]
+
+    async def _drop(self, conn: _Connection, last_words: bytes = b"") -> None:
+        """Close a connection from the server side (a limit, a timeout): its sessions end, it no
+        longer counts, its handler task ends when the close arrives."""
+        conn.dropped = True
+        self._forget(conn)
+        for sess in list(conn.sessions):
+            await self._end_session(sess, "connection reclaimed")
+        transport = conn.writer.transport
+        if last_words and not transport.is_closing():
+            transport.write(last_words)
+        transport.close()  # whatever is buffered goes first ...
+        # ... but a client that reads nothing would hold the descriptor until it does: cut it then.
+        asyncio.get_running_loop().call_later(STOP_FLUSH_S, transport.abort)
+
+    def shed_idle(self, count: int) -> int:
+        """Close up to `count` reclaimable connections (the process is out of descriptors); how many."""
+        victims = sorted((c for c in self._conns if c.reclaim_rank() is not None), key=_rank)[:count]
+        for conn in victims:
+            conn.dropped = True
+            self._forget(conn)
+            conn.writer.transport.abort()  # its handler ends its sessions
+        return len(victims)
+
+    async def _admit(self, conn: _Connection) -> bool:
+        """Room for a new connection under the limits: reclaim an idle one if needed; False: refused."""
+        lim = self.cfg.limits
+        same = self._by_addr.get(conn.addr, set())
+        for kind, pool, limit in (
+            ("connections_per_client", same, lim.max_connections_per_client),
+            ("connections", self._conns, lim.max_connections),
+        ):
+            if len(pool) < limit:
+                continue
+            victim = min((c for c in pool if c.reclaim_rank() is not None), key=_rank, default=None)
+            if victim is None:
+                self.limit_events.hit(kind, f"{conn.peer} refused: {limit} connections held, none idle (503)")
+                why = "too many connections from this address" if pool is same else "too many connections"
+                head = [("Server", SERVER_NAME), ("Retry-After", "5"), ("Connection", "close")]
+                conn.writer.write(format_response(503, None, head, reason=f"Service Unavailable ({why})"))
+                conn.writer.transport.close()
+                return False
+            self.limit_events.hit(kind, f"{limit} connections held: {victim.peer}'s idle one closed for {conn.peer}")
+            await self._drop(victim)
+        self._conns.add(conn)
+        self._by_addr.setdefault(conn.addr, set()).add(conn)
+        return True
 
     # --- connections ---
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        conn = _Connection(reader, writer, peer, task=asyncio.current_task())
+        conn = _Connection(reader, writer, peer, str(peername[0]) if peername else "?", task=asyncio.current_task())
         if self._stopping or self._server is None:
             writer.transport.abort()
             return
-        self._conns.add(conn)
+        if not await self._admit(conn):
+            return
         # A stalled viewer's data piles up in the kernel and here; drain() waits beyond this. Bounding
         # the kernel's share too (autotuning grows it to MBs) turns a slow viewer into dropped
         # frames instead of seconds of lag; 256 KB is still ~0.5 s at 4 Mbit/s of network headroom.
@@ -262,31 +401,45 @@ class RtspServer:
         finally:
             for sess in list(conn.sessions):
                 await self._end_session(sess, "connection closed")
-            self._conns.discard(conn)
-            writer.transport.abort()
+            self._forget(conn)
+            if not conn.dropped:  # one the server closed is closing cleanly (stop() cuts it at its deadline)
+                writer.transport.abort()
             log.debug("-: RTSP connection from %s closed", peer)
 
     async def _serve(self, conn: _Connection) -> None:
         reader = conn.reader
         while True:
+            conn.reading_since = None
+            conn.handling = False
             first = await reader.readexactly(1)
+            if self._stopping:
+                return
+            # From its first byte a request (or frame) must be complete within request_timeout_s
+            # (the reaper closes it otherwise), whatever the connection holds.
+            conn.reading_since = time.monotonic()
             if first == b"$":
                 # Interleaved binary (the client's RTCP receiver reports): proof of life, then skip.
                 hdr = await reader.readexactly(3)
                 await reader.readexactly(int.from_bytes(hdr[1:3], "big"))
+                if conn.sessions:  # without a session it is noise: it does not keep the connection open
+                    conn.last_activity = time.monotonic()
                 for sess in conn.sessions:
                     sess.touch()
                 continue
             if first in b"\r\n":
-                continue
+                continue  # not activity: stray line ends do not keep a connection open
             head = b""
             cseq: str | None = None
+            lim = self.cfg.limits
             try:
-                head = await _read_head(reader, first)
-                req = parse_request_head(head)
+                head = await _read_head(reader, first, lim.max_request_bytes)
+                req = parse_request_head(head, lim.max_request_bytes)
                 cseq = req.cseq
-                if req.content_length:
-                    req.body = await reader.readexactly(req.content_length)
+                length = req.body_length(lim.max_body_bytes)
+                if length:
+                    req.body = await reader.readexactly(length)
+                conn.reading_since = None
+                conn.handling = True
                 try:
                     status, headers, body, after = await self._dispatch(conn, req)
                 except (RtspError, asyncio.IncompleteReadError, ConnectionError, TimeoutError):
@@ -297,10 +450,18 @@ class RtspServer:
                     log.exception("-: RTSP %s from %s failed", req.method, conn.peer)
                     raise RtspError(500, "internal error", close=True) from None
             except RtspError as err:
+                conn.reading_since = None
+                conn.handling = True
                 if cseq is None:
                     cseq = find_cseq(head)
                 status, headers, body, after = err.status, err.headers, b"", None
-                if err.status not in (401, 404):
+                if err.status == 413:
+                    self.limit_events.hit("body_size", f"{conn.peer}: body over {lim.max_body_bytes} bytes (413)")
+                elif err.detail in _SIZE_ERRORS:
+                    self.limit_events.hit("request_size", f"{conn.peer}: {err.detail} ({err.status})")
+                elif err.status == 453:
+                    pass  # counted and logged (rate-limited) where the limit was hit
+                elif err.status not in (401, 404):
                     log.info("-: RTSP %s from %s: %s", err.status, conn.peer, err.detail)
                 # Binary garbage puts the stream out of sync: nothing after it can be parsed.
                 if err.close or (err.status in (400, 505) and not head[:1].isalpha()):
@@ -308,7 +469,9 @@ class RtspServer:
                     await self._send(conn, format_response(status, cseq, extra))
                     return
             self.requests += 1
+            conn.requests += 1
             await self._send(conn, format_response(status, cseq, [("Server", SERVER_NAME), *headers], body))
+            conn.last_activity = time.monotonic()
             if after is not None:
                 after()
 
@@ -325,19 +488,19 @@ class RtspServer:
             raise RtspError(501, method)
         if method == "OPTIONS":
             # Unauthenticated on purpose: it reveals nothing and clients probe with it.
-            self._touch_session(req)
+            self._touch_session(conn, req)
             return 200, [("Public", ", ".join(SUPPORTED_METHODS))], b"", None
         path = parse_path(req.uri)
         await self._authenticate(req, path.name if path else "-", conn.peer)
         if method == "DESCRIBE":
             return await self._describe(req)
         if method == "SETUP":
-            return self._setup(conn, req)
+            return await self._setup(conn, req)
         if method in ("GET_PARAMETER", "SET_PARAMETER"):
-            sess = self._touch_session(req)
+            sess = self._touch_session(conn, req)
             headers = [("Session", self._session_header(sess))] if sess else []
             return 200, headers, b"", None
-        sess = self._require_session(req)
+        sess = self._require_session(conn, req)
         if method == "PLAY":
             return self._play(req, sess)
         if method == "PAUSE":
@@ -366,18 +529,29 @@ class RtspServer:
             raise RtspError(404, safe_uri(req.uri))
         return hub
 
-    def _touch_session(self, req: RtspRequest) -> RtspSession | None:
+    def _own_session(self, conn: _Connection, sid: str) -> RtspSession | None:
+        """The session `sid` if it is this client's: TCP sessions belong to their connection, UDP ones
+        to their client's address. Another's is answered exactly as an unknown id (454): its
+        existence is not revealed, and nothing is done to it."""
+        sess = self.sessions.get(sid)
+        if sess is None:
+            return None
+        if sess.tcp:
+            return sess if sess.owner is conn else None
+        return sess if sess.client_ip == conn.addr else None
+
+    def _touch_session(self, conn: _Connection, req: RtspRequest) -> RtspSession | None:
         sid = req.session_id
         if sid is None:
             return None
-        sess = self.sessions.get(sid)
+        sess = self._own_session(conn, sid)
         if sess is None:
             raise RtspError(454, "unknown session")
         sess.touch()
         return sess
 
-    def _require_session(self, req: RtspRequest) -> RtspSession:
-        sess = self._touch_session(req)
+    def _require_session(self, conn: _Connection, req: RtspRequest) -> RtspSession:
+        sess = self._touch_session(conn, req)
         if sess is None:
             raise RtspError(454, "no Session header")
         path = parse_path(req.uri)
@@ -403,13 +577,13 @@ class RtspServer:
         headers = [("Content-Base", base_url(req.uri, hub.name)), ("Content-Type", "application/sdp")]
         return 200, headers, sdp, None
 
-    def _setup(self, conn: _Connection, req: RtspRequest) -> _Response:
+    async def _setup(self, conn: _Connection, req: RtspRequest) -> _Response:
         hub = self._hub(req)
         path = parse_path(req.uri)
         if path is not None and path.track not in ("", TRACK):
             raise RtspError(404, f"no track {path.track}")
         if req.session_id is not None:
-            if req.session_id not in self.sessions:
+            if self._own_session(conn, req.session_id) is None:
                 raise RtspError(454, "unknown session")
             raise RtspError(459, "one video track per session")
         transport = req.header("transport")
@@ -418,6 +592,7 @@ class RtspServer:
         spec = parse_transport(transport)
         if len(conn.sessions) >= MAX_SESSIONS_PER_CONNECTION:
             raise RtspError(455, "too many sessions on this connection")
+        await self._room_for_session(conn)
         output: TcpOutput | UdpOutput
         if spec.tcp:
             channels = spec.interleaved
@@ -442,6 +617,20 @@ class RtspServer:
         headers = [("Transport", output.transport_header(sess.rtp.ssrc)), ("Session", self._session_header(sess))]
         return 200, headers, b"", None
 
+    async def _room_for_session(self, conn: _Connection) -> None:
+        """Under max_rtsp_sessions, reclaiming the oldest session that never started if need be; 453 if none."""
+        limit = self.cfg.limits.max_rtsp_sessions
+        if len(self.sessions) < limit:
+            return
+        victim = min(
+            (s for s in self.sessions.values() if not s.started), key=lambda s: s.created, default=None
+        )  # fmt: skip
+        if victim is None:
+            self.limit_events.hit("sessions", f"{conn.peer} refused: {limit} sessions playing (453)")
+            raise RtspError(453, "too many RTSP sessions")
+        self.limit_events.hit("sessions", f"{limit} sessions: {victim.id} (never played) reclaimed for {conn.peer}")
+        await self._end_session(victim, "reclaimed for a new viewer (max_rtsp_sessions)")
+
     def _play(self, req: RtspRequest, sess: RtspSession) -> _Response:
         url = base_url(req.uri, sess.name) + TRACK
         headers = [
@@ -453,7 +642,11 @@ class RtspServer:
         return 200, headers, b"", sess.play
 
 
-async def _read_head(reader: asyncio.StreamReader, first: bytes) -> bytes:
+def _rank(conn: _Connection) -> tuple[int, float]:
+    return conn.reclaim_rank() or (9, 0.0)
+
+
+async def _read_head(reader: asyncio.StreamReader, first: bytes, max_head_bytes: int) -> bytes:
     """A request head up to its blank line, whether lines end in CRLF or a bare LF (both are accepted
     by the parser, so the reader must not wait for a CRLFCRLF that an LF-only client never sends).
 
@@ -464,7 +657,7 @@ async def _read_head(reader: asyncio.StreamReader, first: bytes) -> bytes:
     while True:
         try:
             line = await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:  # no LF within the reader's limit (MAX_HEAD_BYTES)
+        except asyncio.LimitOverrunError:  # no LF within the reader's limit (max_request_bytes)
             if request_line:
                 raise RtspError(414, "request line too long", close=True) from None
             raise RtspError(400, "request header too large", close=True) from None
@@ -473,7 +666,7 @@ async def _read_head(reader: asyncio.StreamReader, first: bytes) -> bytes:
                 raise RtspError(414, "request line too long", close=True)
             raise RtspError(400, "request header too large", close=True)
         head += line
-        if len(head) > MAX_HEAD_BYTES:
+        if len(head) > max_head_bytes:
             raise RtspError(400, "request head too large", close=True)
         if not request_line and not line.strip(b"\r\n"):
             return bytes(head)

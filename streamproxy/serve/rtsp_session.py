@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import struct
 import time
 
 from streamproxy.hub import StreamHub, Subscription
-from streamproxy.rtsp.rtp import PayloadCache, RtpStream
+from streamproxy.rtsp.rtp import PayloadCache, RtpStream, sdes_cname
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class RtspSession:
         self.last_activity = time.monotonic()
         self.created = time.monotonic()
         self.first_packet_at: float | None = None
+        self.started = False  # PLAYed at least once: a SETUP never followed by PLAY can be reclaimed
         self.closed = False
         self.dropped = 0  # frames this viewer lost because it was slow (summed over PLAYs)
 
@@ -139,6 +141,22 @@ class RtspSession:
         # A TCP session lives as long as its connection; a UDP one needs keepalives.
         return not self.tcp and now - self.last_activity > self.timeout_s
 
+    @property
+    def client_ip(self) -> str:
+        """The address this session's RTP goes to (UDP) or came from (TCP: its connection's peer)."""
+        if isinstance(self.output, UdpOutput):
+            return self.output.rtp_addr[0]
+        peer = self.output.writer.get_extra_info("peername")
+        return str(peer[0]) if peer else ""
+
+    def bye(self) -> bytes:
+        """RTCP BYE for this stream, in a compound packet (RFC 3550 §6.1: SR or an empty RR first, SDES)."""
+        ssrc = self.rtp.ssrc
+        head = self.rtp.sender_report()
+        if head is None:  # nothing sent yet: an RR without report blocks carries the SDES
+            head = struct.pack("!BBHI", 0x80, 201, 1, ssrc) + sdes_cname(ssrc, self.rtp.cname)
+        return head + struct.pack("!BBHI", 0x81, 203, 1, ssrc)
+
     def rtp_info(self, url: str) -> str:
         return f"url={url};seq={self.rtp.seq};rtptime={self.rtp.next_rtptime()}"
 
@@ -146,10 +164,12 @@ class RtspSession:
         if self.state == "playing":
             return
         self.state = "playing"
+        self.started = True
         # A resumed session continues its timeline where RTP-Info's rtptime said (the time since
         # its last packet included); the first PLAY starts at 0 (RTP time: ts_base).
         resume_at = self.rtp.now_pts90k()
-        # The subscription also asks the encoder for a keyframe: fast first picture.
+        # The subscription asks the encoder for a keyframe through hub.request_keyframe (which
+        # coalesces joins): a fast first picture, and the only way a PLAY forces one.
         self.sub = self.hub.subscribe("rtsp", clock_base=0 if resume_at is None else resume_at)
         self.task = asyncio.create_task(self._send_loop(self.sub), name=f"rtsp-send-{self.name}-{self.id}")
 
@@ -168,12 +188,16 @@ class RtspSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", bye: bool = False) -> None:
+        """End the session; `bye`: tell the viewer with an RTCP BYE, after its last RTP packet."""
         if self.closed:
             return
         self.closed = True
         self.state = "closed"
         await self._stop_sending()
+        if bye:
+            with contextlib.suppress(OSError, RuntimeError):  # a connection already gone has no one to tell
+                self.output.rtcp(self.bye())
         self.output.close()
         log.info(
             "%s: RTSP session %s closed (%s): %d RTP packets, %d frames dropped for slowness",
