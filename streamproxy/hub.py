@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -154,13 +156,29 @@ class Subscription:
 class StreamHub:
     """The anonymized, encoded stream of one camera. The pipeline publishes; viewers subscribe."""
 
-    def __init__(self, name: str, buffer_packets: int = 50) -> None:
+    def __init__(
+        self,
+        name: str,
+        buffer_packets: int = 50,
+        keyframe_min_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.buffer_packets = buffer_packets
+        self.keyframe_min_interval_s = keyframe_min_interval_s
+        self._clock = clock
         self.codec: CodecInfo | None = None
         self._subs: list[Subscription] = []
-        self._keyframe_requested = False
-        self._last_slow_request = 0.0
+        # Forced keyframes (see request_keyframe). The encoder thread takes requests, the loop makes
+        # them: one lock for the few fields both touch.
+        self._kf_lock = threading.Lock()
+        self._keyframe_requested = False  # for the encoder's next frame
+        self._keyframe_in_flight = False  # taken by the encoder, not yet published
+        self._keyframe_deferred = False  # asked inside the interval: fires at its end
+        self._last_forced = -math.inf  # when the last forced keyframe was handed to the encoder
+        self.keyframes_forced = 0
+        self.keyframe_requests_coalesced = 0
+        self._last_slow_request = -math.inf
         self.packets_out = 0
         self.bytes_out = 0
         self.dropped_slow_viewer = 0
@@ -180,6 +198,11 @@ class StreamHub:
     def publish(self, pkt: EncodedPacket) -> None:
         """Hand a packet to every viewer. Never blocks: slow viewers drop, not the camera."""
         self.packets_out += 1
+        if pkt.keyframe:
+            with self._kf_lock:
+                # Every viewer waiting for a keyframe gets this one: what was asked before it is served.
+                self._keyframe_in_flight = False
+                self._keyframe_deferred = False
         for sub in list(self._subs):
             before = len(sub._queue)
             sub._offer(pkt)
@@ -187,20 +210,50 @@ class StreamHub:
                 self.bytes_out += len(pkt.data)
 
     def request_keyframe(self, slow_viewer: bool = False) -> None:
-        """Ask the encoder for a keyframe. A stuck viewer overflows again and again: its requests
-        are limited to one a second so it cannot turn every viewer's stream into keyframes."""
+        """Ask the encoder for a keyframe (a viewer joined, lost packets or fell behind).
+
+        Forced keyframes are coalesced per camera to one per `keyframe_min_interval_s`, so a storm
+        of joins or PLIs cannot turn every viewer's stream into keyframes. A request inside the
+        interval is not dropped: it is served by the keyframe already requested (or taken by the
+        encoder and not yet published), or else deferred to the interval's end; the first request
+        after a quiet interval fires at once. So a viewer waits at most the interval plus a frame.
+        A stuck viewer overflows again and again: its own requests are limited to one a second.
+        """
+        now = self._clock()
         if slow_viewer:
-            now = time.monotonic()
             if now - self._last_slow_request < 1.0:
                 return
             self._last_slow_request = now
+        with self._kf_lock:
+            within = now - self._last_forced < self.keyframe_min_interval_s
+            if self._keyframe_requested or (within and (self._keyframe_in_flight or self._keyframe_deferred)):
+                self.keyframe_requests_coalesced += 1  # the keyframe on its way serves this one too
+            elif within:
+                self._keyframe_deferred = True
+                self.keyframe_requests_coalesced += 1
+            else:
+                self._fire(now)
+
+    def _fire(self, now: float) -> None:
+        # Under _kf_lock.
         self._keyframe_requested = True
+        self._keyframe_deferred = False
+        self._last_forced = now
+        self.keyframes_forced += 1
 
     def take_keyframe_request(self) -> bool:
-        """The encoder asks once per frame; a request is served once."""
-        req = self._keyframe_requested
-        self._keyframe_requested = False
-        return req
+        """The encoder asks once per frame (from its thread); a request is served once. A deferred
+        request fires here, at the first frame after the interval."""
+        with self._kf_lock:
+            if self._keyframe_deferred:
+                now = self._clock()
+                if now - self._last_forced >= self.keyframe_min_interval_s:
+                    self._fire(now)
+            req = self._keyframe_requested
+            self._keyframe_requested = False
+            if req:
+                self._keyframe_in_flight = True
+            return req
 
     def close(self) -> None:
         for sub in list(self._subs):

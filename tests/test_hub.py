@@ -124,3 +124,116 @@ def test_an_overflow_drops_to_the_next_keyframe_and_the_clock_keeps_the_lost_tim
     h.publish(pkt(18_000, True))
     got = sub.get_nowait()
     assert got is not None and got.pts90k == 18_000, "the frames lost were real time"
+
+
+# --- forced keyframes: joins and PLIs coalesced per camera ----------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_encoder(
+    h: StreamHub, clock: FakeClock, seconds: float, on_frame: object = None, fps: int = 25, latency_frames: int = 2
+) -> list[bool]:
+    """A camera's encoder in simulated time: it takes the hub's keyframe request once per frame (no
+    keyframe otherwise: a GOP longer than the run), and its packets reach the hub `latency_frames`
+    later, as a real encoder's do. Returns which published packets were keyframes."""
+    in_flight: list[EncodedPacket] = []
+    out: list[bool] = []
+    for i in range(round(seconds * fps)):
+        clock.t += 1 / fps
+        if callable(on_frame):
+            on_frame(i)
+        in_flight.append(pkt(i * STEP, keyframe=i == 0 or h.take_keyframe_request()))
+        if len(in_flight) > latency_frames:
+            p = in_flight.pop(0)
+            h.publish(p)
+            out.append(p.keyframe)
+    return out
+
+
+def test_join_storm_is_coalesced_and_every_viewer_starts_at_a_keyframe() -> None:
+    clock = FakeClock()
+    h = StreamHub("cam", 50, keyframe_min_interval_s=1.0, clock=clock)
+    subs: list[tuple[float, Subscription]] = []
+    first: dict[int, tuple[float, EncodedPacket]] = {}
+
+    def on_frame(i: int) -> None:
+        if 25 <= i < 100 and i % 5 != 4:  # from 1 s on, 20 joins/s for 3 s (60 viewers)
+            subs.append((clock.t, h.subscribe("rtsp")))
+        for n, (_, s) in enumerate(subs):
+            p = s.get_nowait()
+            if p is not None and n not in first:
+                first[n] = (clock.t, p)
+            while s.get_nowait() is not None:
+                pass
+
+    keyframes = run_encoder(h, clock, 6.0, on_frame)
+    assert len(subs) == 60
+    # 3 s of storm: the first join fires at once, the rest are coalesced into one a second.
+    assert h.keyframes_forced <= 4, h.keyframes_forced
+    assert sum(keyframes[25:]) == h.keyframes_forced
+    assert h.keyframe_requests_coalesced >= 50
+    # Every viewer got a picture, a keyframe first, within the interval + the encoder's latency.
+    assert len(first) == 60
+    for n, (joined, _) in enumerate(subs):
+        at, p = first[n]
+        assert p.keyframe
+        assert at - joined <= 1.0 + 3 / 25 + 1e-6, (n, at - joined)
+
+
+def test_first_request_after_a_quiet_interval_fires_at_once_and_a_pli_is_deferred_not_dropped() -> None:
+    clock = FakeClock()
+    h = StreamHub("cam", 50, keyframe_min_interval_s=1.0, clock=clock)
+    h.request_keyframe()
+    assert h.take_keyframe_request()  # at once
+    assert not h.take_keyframe_request()  # served once
+    h.publish(pkt(0, keyframe=True))
+    clock.t += 0.3
+    h.request_keyframe()  # a PLI inside the interval, after the keyframe went out: deferred
+    assert not h.take_keyframe_request()
+    clock.t += 0.69
+    assert not h.take_keyframe_request()
+    clock.t += 0.02
+    assert h.take_keyframe_request()  # at the interval's end
+    assert h.keyframes_forced == 2
+    # A join while a forced keyframe is on its way (taken, not yet published) is served by it.
+    clock.t += 0.1
+    h.request_keyframe()
+    clock.t += 5
+    assert not h.take_keyframe_request()
+    h.publish(pkt(STEP, keyframe=True))
+    clock.t += 5
+    h.request_keyframe()  # quiet for long: at once again
+    assert h.take_keyframe_request()
+
+
+def test_a_gop_keyframe_serves_a_deferred_request() -> None:
+    clock = FakeClock()
+    h = StreamHub("cam", 50, keyframe_min_interval_s=1.0, clock=clock)
+    h.request_keyframe()
+    assert h.take_keyframe_request()
+    h.publish(pkt(0, keyframe=True))
+    clock.t += 0.2
+    h.request_keyframe()  # deferred
+    h.publish(pkt(STEP, keyframe=True))  # the encoder's own GOP keyframe came first
+    clock.t += 1.0
+    assert not h.take_keyframe_request()
+    assert h.keyframes_forced == 1
+
+
+def test_no_interval_means_no_coalescing_and_a_lost_keyframe_is_asked_again() -> None:
+    clock = FakeClock()
+    h = StreamHub("cam", 50, keyframe_min_interval_s=0.0, clock=clock)
+    for _ in range(3):
+        h.request_keyframe()
+        assert h.take_keyframe_request()
+    h2 = StreamHub("cam", 50, keyframe_min_interval_s=1.0, clock=clock)
+    h2.request_keyframe()
+    assert h2.take_keyframe_request()  # taken, but its keyframe never reaches the hub (encoder restart)
+    clock.t += 1.5
+    h2.request_keyframe()  # not held back by the lost one once the interval is over
+    assert h2.take_keyframe_request()
