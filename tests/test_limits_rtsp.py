@@ -1,8 +1,11 @@
 """The RTSP server under server.limits, on loopback: floods of idle and slow connections, half-open
 sessions, other clients' session ids, oversized requests, descriptor exhaustion and shutdown.
 
-The floods come from 127.0.0.2 / 127.0.0.3 (other loopback addresses: other clients to the server),
-the legitimate viewer from 127.0.0.1. Limits and timeouts are small so that every test is bounded.
+Everything talks to 127.0.0.1 only, floods and legitimate viewer alike: at its per-client limit a
+newcomer takes the place of the quietest idle connection of its own address, so a viewer still gets in
+among its own address's idle flood. What only another address could show (a UDP session belongs to its
+client address) is tested on the server's ownership check with a connection built by hand. Limits and
+timeouts are small so that every test is bounded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from test_rtsp_server import RawRtsp, pyav_read, serve
 
 from streamproxy import metrics
 from streamproxy.app import App, DescriptorAlarm
+from streamproxy.rtsp.protocol import RtspError, RtspRequest
+from streamproxy.serve.rtsp_server import _Connection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,20 +57,19 @@ def _fd_headroom(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard))
 
 
-async def _connect_many(port: int, count: int, sources: list[str]) -> list[socket.socket]:
-    """`count` plain TCP connections that send nothing, spread over the source addresses."""
+async def _connect_many(port: int, count: int) -> list[socket.socket]:
+    """`count` plain TCP connections from 127.0.0.1 that send nothing."""
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
 
-    async def one(source: str) -> None:
+    async def one() -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
-        s.bind((source, 0))
         socks.append(s)
         await asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), 10)
 
     for start in range(0, count, 100):  # in batches: the listener's backlog is 100
-        await asyncio.gather(*(one(sources[i % len(sources)]) for i in range(start, min(count, start + 100))))
+        await asyncio.gather(*(one() for _ in range(start, min(count, start + 100))))
         await asyncio.sleep(0.01)
     return socks
 
@@ -95,45 +99,54 @@ async def _wait(cond: Any, timeout: float, step: float = 0.05) -> bool:
 # --- connection floods ---
 
 
+HELD = 150  # the binding limit in both cases below
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "limits"),
+    [
+        # The per-client limit binds: a newcomer from the flooding address (the viewer too) reclaims one of
+        # that address's idle connections; the total is never reached.
+        ("connections_per_client", {"max_connections": 256, "max_connections_per_client": HELD}),
+        # The total binds: the per-client limit is above it, a newcomer reclaims the oldest idle connection.
+        ("connections", {"max_connections": HELD, "max_connections_per_client": 256}),
+    ],
+)
 async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, kind: str, limits: dict[str, int]
 ) -> None:
-    _fd_headroom(4200)  # 2,000 client sockets here, up to as many in the server before the limits held
+    _fd_headroom(2 * FLOOD + 200)  # 2,000 client sockets here, up to as many in the server before the limits held
     caplog.set_level(logging.INFO, LOGGER)
-    # 3 of 4 connections from .2: it reaches its per-client limit, and both together the total one.
-    limits = {"max_connections": 256, "max_connections_per_client": 150, "idle_timeout_s": 60}
-    per_client0, total0 = _metric("connections_per_client"), _metric("connections")
-    async with serve(limits=limits) as (server, _, url):
+    other = "connections" if kind == "connections_per_client" else "connections_per_client"
+    hit0, other0 = _metric(kind), _metric(other)
+    async with serve(limits={**limits, "idle_timeout_s": 60}) as (server, _, url):
         t0 = time.monotonic()
-        socks = await _connect_many(server.port, FLOOD, ["127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3"])
+        socks = await _connect_many(server.port, FLOOD)
         try:
-            # Every connection was accepted (and most reclaimed by a later one) once the server holds
-            # as many as it counted.
-            assert await _wait(lambda: server.limit_events.counts.get("connections_per_client", 0)
-                               + server.limit_events.counts.get("connections", 0) >= FLOOD - 256, 20)  # fmt: skip
+            # Every connection was accepted (and most reclaimed by a later one) once the server counted
+            # as many reclaims as it holds fewer than were made.
+            assert await _wait(lambda: server.limit_events.counts.get(kind, 0) >= FLOOD - HELD, 20)
             flood_s = time.monotonic() - t0
-            assert len(server._conns) <= 256
-            assert all(len(c) <= 150 for c in server._by_addr.values())
+            assert len(server._conns) <= HELD and len(server._by_addr.get("127.0.0.1", ())) <= HELD
+            # The viewer comes from the flood's own address: it reclaims one of those idle connections.
             res = await asyncio.to_thread(pyav_read, url, 5, "tcp")
-            print(f"\n{FLOOD} idle connections in {flood_s:.1f} s, server holds {len(server._conns)}; viewer: first "
-                  f"frame {res['first_frame_s'] * 1000:.0f} ms after open")  # fmt: skip
+            print(f"\n{kind}: {FLOOD} idle connections in {flood_s:.1f} s, server holds {len(server._conns)}; "
+                  f"viewer: first frame {res['first_frame_s'] * 1000:.0f} ms after open")  # fmt: skip
             assert res["frames"] == 5
             assert res["first_frame_s"] < 10  # target 1 s; a wide margin for a busy 2-core machine
             closed = sum(_closed(s) for s in socks)
-            assert closed >= FLOOD - 256  # the reclaimed ones were really closed (FIN), not just forgotten
+            assert closed >= FLOOD - HELD  # the reclaimed ones were really closed (FIN), not just forgotten
         finally:
             for s in socks:
                 s.close()
     hits = server.limit_events.counts
-    assert hits.get("connections_per_client", 0) > 0 and hits.get("connections", 0) > 0, hits
-    assert _metric("connections_per_client") - per_client0 == hits["connections_per_client"]
-    assert _metric("connections") - total0 == hits["connections"]
+    assert hits[kind] >= FLOOD - HELD + 1 and other not in hits, hits  # + 1: the viewer's own reclaim
+    assert _metric(kind) - hit0 == hits[kind] and _metric(other) == other0
     elapsed = time.monotonic() - t0
-    for kind in ("connections", "connections_per_client"):
-        lines = _limit_lines(caplog, kind)
-        assert 1 <= len(lines) <= elapsed + 2, (kind, len(lines), elapsed)  # at most one a second, with a count
-    assert any("since the last such line" in line for line in _limit_lines(caplog, "connections_per_client"))
+    lines = _limit_lines(caplog, kind)
+    assert 1 <= len(lines) <= elapsed + 2, (len(lines), elapsed)  # at most one a second, with a count
+    assert any("since the last such line" in line for line in lines), lines
 
 
 @pytest.mark.slow
@@ -143,7 +156,7 @@ async def test_slowloris_connections_are_closed_by_request_timeout(caplog: pytes
     limits = {"request_timeout_s": 1.0, "max_connections_per_client": 400, "max_connections": 512}
     before = _metric("request_timeout")
     async with serve(limits=limits) as (server, _, _url):
-        socks = await _connect_many(server.port, SLOWLORIS, ["127.0.0.2"])
+        socks = await _connect_many(server.port, SLOWLORIS)
         request = b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nX-Slow: " + b"a" * 200
         open_ = set(range(SLOWLORIS))
         t0 = time.monotonic()
@@ -258,7 +271,7 @@ async def test_another_connections_session_id_is_454_and_changes_nothing() -> No
         assert (await owner.request("GET_PARAMETER", url, {"Session": sid}))[0] == 200
 
         # UDP: the session belongs to the client's address, so a second connection of that client
-        # may keep it alive; another address may not touch it.
+        # may keep it alive (another address may not: the next test).
         udp = await RawRtsp.connect(server.port)
         port = 40000 + os.getpid() % 5000 * 2
         status, hdrs, _ = await udp.request(
@@ -266,13 +279,55 @@ async def test_another_connections_session_id_is_454_and_changes_nothing() -> No
         )  # fmt: skip
         assert status == 200
         usid = hdrs["session"][0].split(";")[0]
+        before = server.sessions[usid].last_activity
+        await asyncio.sleep(0.01)
         assert (await other.request("GET_PARAMETER", url, {"Session": usid}))[0] == 200
-        stranger = await RawRtsp.connect(server.port, source="127.0.0.2")
-        for method in ("GET_PARAMETER", "PLAY", "TEARDOWN"):
-            assert (await stranger.request(method, url, {"Session": usid}))[0] == 454, method
-        assert usid in server.sessions and server.sessions[usid].state == "ready"
-        for r in (owner, other, udp, stranger):
+        assert server.sessions[usid].last_activity > before  # kept alive by the other connection
+        for r in (owner, other, udp):
             r.close()
+
+
+async def test_a_udp_session_is_not_another_addresses() -> None:
+    """Another client address naming a UDP session's id gets 454 and changes nothing.
+
+    Tests talk to 127.0.0.1 only, so "another address" is a connection built by hand with another
+    address, answered by the server's own request dispatch (which decides ownership) for a session that
+    127.0.0.1 set up over a real socket. The same hand-built connection with the owner's address is
+    answered: the 454s come from the address, not from the hand-built connection."""
+    async with serve() as (server, hub, url):
+        udp = await RawRtsp.connect(server.port)
+        port = 40000 + os.getpid() % 5000 * 2
+        status, hdrs, _ = await udp.request(
+            "SETUP", url + "/trackID=0", {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"}
+        )  # fmt: skip
+        assert status == 200
+        usid = hdrs["session"][0].split(";")[0]
+        sess = server.sessions[usid]
+        assert sess.client_ip == "127.0.0.1"
+
+        def conn(addr: str) -> _Connection:  # nothing but its address is read for these requests
+            return _Connection(cast(Any, None), cast(Any, None), f"{addr}:40000", addr)
+
+        def req(method: str, uri: str = url, **headers: str) -> RtspRequest:
+            return RtspRequest(method, uri, "RTSP/1.0", {"cseq": "1", "session": usid, **headers})
+
+        same = await server._dispatch(conn("127.0.0.1"), req("GET_PARAMETER"))
+        assert same[0] == 200 and same[1] and same[1][0][0] == "Session"
+
+        touched = sess.last_activity
+        stranger = conn("::1")  # another address; as a string only, no socket talks to it
+        setup = req("SETUP", url + "/trackID=0", transport="RTP/AVP;unicast;client_port=50000-50001")
+        for request in [req(m) for m in ("OPTIONS", "GET_PARAMETER", "SET_PARAMETER", "PLAY", "PAUSE", "TEARDOWN")]:
+            with pytest.raises(RtspError) as err:
+                await server._dispatch(stranger, request)
+            assert err.value.status == 454, request.method
+        with pytest.raises(RtspError) as err:
+            await server._dispatch(stranger, setup)
+        assert err.value.status == 454
+        assert server.sessions.get(usid) is sess and sess.state == "ready" and sess.last_activity == touched
+        assert not stranger.sessions and hub.viewers() == 0
+        assert (await udp.request("PLAY", url, {"Session": usid}))[0] == 200  # the owner still may
+        udp.close()
 
 
 async def test_request_and_body_size_limits_come_from_the_config() -> None:

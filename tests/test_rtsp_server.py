@@ -140,12 +140,8 @@ class RawRtsp:
         self.binary: list[tuple[int, bytes]] = []  # interleaved frames seen while waiting for responses
 
     @classmethod
-    async def connect(
-        cls, port: int, rcvbuf: int | None = None, limit: int = 2**16, source: str | None = None
-    ) -> RawRtsp:
+    async def connect(cls, port: int, rcvbuf: int | None = None, limit: int = 2**16) -> RawRtsp:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if source is not None:  # another loopback address (127.0.0.2): another client to the server
-            sock.bind((source, 0))
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
