@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import queue
 import threading
@@ -63,7 +64,9 @@ from streamproxy.types import DecodedFrame, EncodedPacket
 log = logging.getLogger(__name__)
 
 # Ingest states -> the camera_state metric's states.
-_METRIC_STATE: dict[str, CameraState] = {"connecting": "connecting", "live": "live", "reconnecting": "offline", "stopped": "stopped"}
+_METRIC_STATE: dict[str, CameraState] = {
+    "connecting": "connecting", "live": "live", "reconnecting": "offline", "unauthorized": "offline", "stopped": "stopped"
+}  # fmt: skip
 
 # Frames that may wait for the worker while it runs the detector and releases a look-ahead group
 # (a run push takes the run plus a few obfuscations: 45-90 ms for a 1280-px YuNet on 2 busy cores).
@@ -72,6 +75,10 @@ MAILBOX_FRAMES = 3
 # Anonymized frames waiting for the encoder: a whole look-ahead group and then some. Full means the
 # encoder is slower than the camera; the newest frame is dropped (counted) rather than queued.
 ENCODE_QUEUE_FRAMES = 12
+# The encoder runs at the camera's frame rate: one more than this far off is replaced (see
+# _ensure_encoder), at most once per RATE_RECHECK_S.
+RATE_TOLERANCE = 0.15
+RATE_RECHECK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +190,7 @@ class CameraPipeline:
         self._worker: threading.Thread | None = None
         self._encoder: H264Encoder | None = None
         self._encoder_size: tuple[int, int] | None = None
+        self._encoder_since = -math.inf  # when the encoder was made for a camera frame
         self._encode_ms = 5.0  # recent encode time per frame, reserved when deciding whether a frame is late
         self._encode_queue: queue.Queue[_ToEncode | None] = queue.Queue(maxsize=ENCODE_QUEUE_FRAMES)
         # How busy each thread is: its busy spells over the last BUSY_WINDOW_S (end time, seconds).
@@ -254,8 +262,14 @@ class CameraPipeline:
         if prev != state:
             log.info("%s: camera %s -> %s", self.name, prev, state)
         self.metrics.set_state(_METRIC_STATE.get(state, "offline"))
-        if state == "reconnecting" and prev == "live":
+        if state in ("reconnecting", "unauthorized") and prev == "live":
             self.metrics.reconnect()
+        if state == "live" and prev != "live":
+            # A new session: the camera may have come back at another frame rate (other settings),
+            # so its rate is measured afresh and the encoder may follow it at once.
+            self._pts_gaps.clear()
+            self._last_pts_s = None
+            self._encoder_since = -math.inf
 
     # --- worker thread ---
     def _count_drop(self, reason: DropReason) -> None:
@@ -397,7 +411,10 @@ class CameraPipeline:
         self.metrics.floor_width.set(floor.min_input_width)
 
     def _track_fps(self, df: DecodedFrame) -> None:
-        """The camera's frame rate from its own timestamps (arrival times burst after a connect)."""
+        """The camera's frame rate from its own timestamps (arrival times burst after a connect);
+        until five intervals are in, the rate its stream declares (SPS timing), when it does."""
+        if len(self._pts_gaps) < 5 and self.source.frame_rate is not None:
+            self._fps = self.source.frame_rate
         if df.pts_seconds is None:
             return
         if self._last_pts_s is not None:
@@ -465,14 +482,37 @@ class CameraPipeline:
                 log.exception("%s: encoding failed; frame dropped", self.name)
                 self._count_drop("encoder")
 
-    def _ensure_encoder(self, width: int, height: int) -> H264Encoder:
-        if self._encoder is None or self._encoder_size != (width, height):
-            if self._encoder is not None:
-                log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
-                self._encoder.close()
-            self._encoder = H264Encoder(self.cfg.encoder, width, height, self._fps, name=self.name)
+    def _ensure_encoder(self, width: int, height: int, camera: bool = True) -> H264Encoder:
+        """The encoder for this frame size at the camera's frame rate (its GOP is gop_seconds x fps).
+
+        The first encoder is made before the camera's rate is measured (for the slate, or for the
+        first frames, out before five frame intervals are in): a camera frame finds it at the wrong
+        rate (more than RATE_TOLERANCE off) and gets a new one at once; after that at most once per
+        RATE_RECHECK_S, so a camera with a jittery rate does not keep restarting the stream (each
+        new encoder starts with a keyframe).
+        """
+        fps, enc, now = self._fps, self._encoder, time.monotonic()
+        measured = len(self._pts_gaps) >= 5
+        wrong_rate = (
+            camera
+            and measured
+            and enc is not None
+            and abs(enc.fps - fps) > RATE_TOLERANCE * fps
+            and now - self._encoder_since >= RATE_RECHECK_S
+        )
+        if enc is None or self._encoder_size != (width, height) or wrong_rate:
+            if enc is not None:
+                if wrong_rate:
+                    log.info("%s: camera runs at %.2f fps, not %.2f: new encoder", self.name, fps, enc.fps)
+                else:
+                    log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
+                enc.close()
+            enc = self._encoder = H264Encoder(self.cfg.encoder, width, height, fps, name=self.name)
             self._encoder_size = (width, height)
-        return self._encoder
+            # An encoder made before the camera's rate was measured (or for the slate) may be fixed
+            # at once; one made at the measured rate only after RATE_RECHECK_S.
+            self._encoder_since = now if camera and measured else -math.inf
+        return enc
 
     def _encode_publish(self, frame: av.VideoFrame, decoded_at: float) -> None:
         enc = self._ensure_encoder(frame.width, frame.height)
@@ -500,7 +540,7 @@ class CameraPipeline:
         self._put_encode(_ToEncode(None, now, slate_frame=make_slate(w, h, self.name)))
 
     def _encode_slate(self, slate: av.VideoFrame, now: float) -> None:
-        enc = self._ensure_encoder(slate.width, slate.height)
+        enc = self._ensure_encoder(slate.width, slate.height, camera=False)
         had_codec = enc.codec_info is not None
         # Every slate frame is a keyframe: a viewer joining during an outage sees it at once.
         packets = enc.encode(slate, now, force_keyframe=True)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,17 +54,22 @@ import av
 import av.container.core as _av_core
 
 from streamproxy.config import IngestConfig, Transport, redact_url
-from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, RtspClient
+from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, ClientUnauthorized, RtspClient
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Stalled, Supervisor, run_sync
 from streamproxy.types import DecodedFrame
 
 log = logging.getLogger(__name__)
 
-State = Literal["connecting", "live", "reconnecting", "stopped"]
+# "unauthorized": reconnecting, but the camera rejected our credentials (the API shows it as the
+# camera's state; only a changed password on either side helps, so the retries back off to the cap).
+State = Literal["connecting", "live", "reconnecting", "unauthorized", "stopped"]
 OnFrame = Callable[[DecodedFrame], None]
 OnState = Callable[[str, str], None]  # (camera name, new state)
 
 DECODE_THREADS = 2  # slice threads: no added delay, and cameras encode several slices per frame
+# A session whose access units keep failing to decode (a camera sending junk RTP) is ended after this
+# many errors in a row with no picture for the read timeout: a new session brings fresh parameter sets.
+UNDECODABLE_AFTER = 50
 
 
 # --- interrupting a blocking PyAV read from another thread --------------------------------------
@@ -154,7 +160,8 @@ class CameraSource:
     """One camera's ingest thread. `start()`/`stop()` are idempotent; counters are read any time.
 
     State: "connecting" (first attempt) → "live" (frames flowing) → "reconnecting" (lost, waiting
-    or retrying) → "live" ...; "stopped" after `stop()`.
+    or retrying; "unauthorized" when the camera rejects our credentials) → "live" ...; "stopped"
+    after `stop()`.
     """
 
     def __init__(
@@ -184,6 +191,11 @@ class CameraSource:
         self.reconnects = 0  # connection attempts after the first one
         self.decode_errors = 0
         self.last_error: str | None = None
+        self.unauthorized = False  # the camera rejected our credentials on the last attempt
+        self._logged_reason: str | None = None  # the failure last logged at WARNING (said once)
+        # The camera's frame rate as its stream declares it (SPS timing / container average rate),
+        # known from the first decoded frame of a session; None when it does not say.
+        self.frame_rate: float | None = None
         self.resolution: tuple[int, int] | None = None
         self.connected_transport: str | None = None
         self.live_since: float | None = None  # time.monotonic() of the current session's first frame
@@ -191,6 +203,9 @@ class CameraSource:
         self._index = 0
         self.frames_in_session = 0
         self.opened = False
+        self._errors_in_row = 0  # decode errors since the last decoded picture
+        self._picture_at = 0.0  # time.monotonic() of the session's last decoded picture (or its open)
+        self._rate_of: Callable[[], Fraction | None] | None = None  # this session's declared frame rate
         self._attempt: Attempt | None = None  # the running attempt (ingest thread only)
         self._attempt_transport: Literal["tcp", "udp"] = "tcp"
 
@@ -290,11 +305,21 @@ class CameraSource:
         else:
             reason = self._describe(err, watch, time.monotonic() - attempt.started)
         self.last_error = reason
+        self.unauthorized = isinstance(err, ClientUnauthorized)
         if self.transport == "auto" and self.live_since is None:
             self._auto_next = "udp" if self._attempt_transport == "tcp" else "tcp"
         self.live_since = None
-        self._set_state("reconnecting")
-        log.warning("%s: %s; retrying in %.1f s", self.name, reason, wait)
+        self._set_state("unauthorized" if self.unauthorized else "reconnecting")
+        # Said once: a camera that keeps failing the same way (wrong password, down for hours) gets
+        # one WARNING, then DEBUG until the reason changes or it was live again in between.
+        key = re.sub(r"\d+(\.\d+)?", "#", reason)
+        if key != self._logged_reason:
+            self._logged_reason = key
+            log.warning(
+                "%s: %s; retrying in %.1f s (with back-off; not logged again until it changes)", self.name, reason, wait
+            )
+        else:
+            log.debug("%s: %s; retrying in %.1f s", self.name, reason, wait)
 
     def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
         if isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
@@ -335,6 +360,7 @@ class CameraSource:
                 ctx.flags |= av.codec.context.Flags.low_delay
                 self.connected_transport = transport
                 self.opened = True
+                self._session_started(lambda: ctx.framerate)
                 time_base = Fraction(1, track.clock_rate)
                 started = False
                 # The client's read deadline is the stall timeout (it raises ClientStalled).
@@ -383,6 +409,7 @@ class CameraSource:
             ctx.flags |= av.codec.context.Flags.low_delay
             self.connected_transport = transport
             self.opened = True
+            self._session_started(lambda: stream.average_rate or stream.guessed_rate)
             attempt.progress()  # FFmpeg's interrupt callback gives up at attempt.deadline
             for packet in container.demux(stream):
                 if stop.is_set():
@@ -396,16 +423,43 @@ class CameraSource:
                 if packet.size == 0:
                     break  # the flush packet: the stream ended
 
+    def _session_started(self, rate: Callable[[], Fraction | None]) -> None:
+        self._errors_in_row = 0
+        self._picture_at = time.monotonic()
+        self._rate_of = rate
+
+    def _declared_rate(self) -> float | None:
+        """The frame rate the stream declares, when plausible (a field rate or a 90 kHz tick is not)."""
+        try:
+            rate = self._rate_of() if self._rate_of is not None else None
+        except (AttributeError, ValueError, ZeroDivisionError):
+            return None
+        fps = float(rate) if rate else 0.0
+        return fps if 1.0 <= fps <= 120.0 else None
+
     def _decode(
         self, decode: Callable[[av.Packet], list[av.VideoFrame]], packet: av.Packet, transport: str
     ) -> None:
         try:
             frames = decode(packet)
-        except av.error.InvalidDataError as err:
-            # A damaged frame (lost packets); the decoder recovers by the next keyframe.
+        except (av.error.FFmpegError, ValueError) as err:
+            # A damaged frame (lost packets, or a camera sending junk); the decoder recovers by the
+            # next keyframe. Any decoder error is the camera's data, never a reason to end the thread.
             self.decode_errors += 1
+            self._errors_in_row += 1
             log.debug("%s: decode error: %s", self.name, err)
+            if (
+                self._errors_in_row >= UNDECODABLE_AFTER
+                and time.monotonic() - self._picture_at > self.ingest.read_timeout_s
+            ):
+                raise ClientError(
+                    f"camera's video does not decode ({self._errors_in_row} errors in a row, "
+                    f"no picture for {self.ingest.read_timeout_s:g} s)"
+                ) from None
             return
+        if frames:
+            self._errors_in_row = 0
+            self._picture_at = time.monotonic()
         for frame in frames:
             self._deliver(frame, transport)
 
@@ -426,6 +480,8 @@ class CameraSource:
         self.last_frame_at = now
         if self.live_since is None:
             self.live_since = now
+            self._logged_reason = None  # live again: the next failure is news
+            self.frame_rate = self._declared_rate()
             if self._attempt is not None:
                 self._attempt.up()  # the session's uptime (for the backoff reset) starts here
             if self.transport == "auto":

@@ -13,6 +13,11 @@ interleaved or UDP unicast, PLAY, keepalive within the session timeout (GET_PARA
 camera lists it, else OPTIONS), TEARDOWN; Digest (MD5, with or without qop=auth) and Basic auth.
 Audio and other tracks are never set up. Blocking sockets on the ingest thread: every wait is
 sliced into short timeouts so that `stop` is seen within ~0.2 s, and bounded by a deadline.
+
+A broken camera fails fast and says how (issue 12): a port that answers HTTP or garbage instead of
+RTSP (MAX_GARBAGE_BYTES before any answer), a 401 to our credentials (`ClientUnauthorized`, which
+the ingest reports once and backs off from), malformed numbers in the SDP or headers. Interleaved
+data whose length lied is skipped up to the next `$` frame: the session goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import select
 import socket
 import struct
@@ -42,6 +48,10 @@ USER_AGENT = "streamproxy"
 TICK_S = 0.2  # longest a blocking call waits before looking at the stop flag again
 RR_INTERVAL_S = 5.0  # RTCP receiver reports (RFC 3550's minimum interval): some cameras expect them
 MAX_MESSAGE_BYTES = 64 * 1024  # an RTSP head + body larger than this is not a camera
+# Bytes that are not RTSP, skipped before the first answer, after which the peer is not a camera
+# (a random-byte or HTTP service on the camera's port): fail now rather than at the open timeout.
+MAX_GARBAGE_BYTES = 4096
+MAX_EARLY_PACKETS = 256  # interleaved packets kept while awaiting an answer (the first frame's)
 RECV_BYTES = 256 * 1024
 
 
@@ -55,6 +65,11 @@ class ClientStopped(Exception):
 
 class ClientStalled(ClientError):
     """Connected, but no video packet for the read timeout."""
+
+
+class ClientUnauthorized(ClientError):
+    """The camera answered 401 to our credentials (or wants some and the URL has none): retrying
+    at once cannot help, only a changed password on either side can."""
 
 
 @dataclass(slots=True)
@@ -124,18 +139,30 @@ def parse_sdp(sdp: str, base: str) -> VideoTrack:
             if name not in ("H264", "H265"):
                 continue
             codec: Codec = "h264" if name == "H264" else "h265"
+            payload_type, clock_rate = _number(pt, 0, 127), _number(rate.split("/")[0], 1, 10**7) if rate else 90000
+            if payload_type is None or clock_rate is None:
+                raise ClientError(f"camera's SDP has a malformed {name} track (payload type {pt!r}, rate {rate!r})")
             params = _fmtp_params(fmtp.get(pt, ""))
             control = m["control"]
             url = base if control in (None, "*") else _join(base, str(control))
             return VideoTrack(
                 codec=codec,
-                payload_type=int(pt),
-                clock_rate=int(rate.split("/")[0]) if rate else 90000,
+                payload_type=payload_type,
+                clock_rate=clock_rate,
                 control_url=url,
                 parameter_sets=_parameter_sets(codec, params),
             )
     what = ", ".join(offered) if offered else "no video track"
     raise ClientError(f"camera offers no H.264/H.265 video (SDP has: {what})")
+
+
+def _number(text: str, low: int, high: int) -> int | None:
+    """A decimal number in [low, high] from the camera's text, or None."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        return None
+    n = int(text)
+    return n if low <= n <= high else None
 
 
 def _join(base: str, control: str) -> str:
@@ -256,6 +283,8 @@ class RtspClient:
         self.depay: Depacketizer | None = None
         self._playing = False
         self._early: list[tuple[int, bytes]] = []  # interleaved packets read while awaiting an answer
+        self._answered = False  # a well-formed RTSP response has come on this connection
+        self._garbage = 0  # bytes skipped as not RTSP before that
         self._sources: set[str] = set()  # addresses RTP over UDP may come from (the camera's)
         self._server_rtcp_port: int | None = None  # UDP: where the camera receives RTCP
 
@@ -365,11 +394,16 @@ class RtspClient:
                 return resp
             if allow_fail and resp.status != 401:
                 return None
-            hint = ""
             if resp.status == 401:
-                hint = " (check the camera's user and password)" if self._auth else " (the URL needs user:password@)"
-            elif resp.status == 404:
-                hint = " (check the camera's path)"
+                if self._auth is not None:
+                    raise ClientUnauthorized(
+                        f"camera rejects our credentials: {method} answered 401 {resp.reason}"
+                        " (check the camera's user and password)"
+                    )
+                raise ClientUnauthorized(
+                    f"camera requires credentials: {method} answered 401 {resp.reason} (the URL needs user:password@)"
+                )
+            hint = " (check the camera's path)" if resp.status == 404 else ""
             raise ClientError(f"{method} answered {resp.status} {resp.reason}{hint}")
         raise ClientError(f"{method}: authentication failed")
 
@@ -381,7 +415,10 @@ class RtspClient:
                 if got is None or got.strip() == str(cseq):
                     return msg
                 continue  # the answer to an earlier keepalive
-            # RTP that arrives before PLAY's answer (TCP interleaved) is the first frame: keep it.
+            # RTP that arrives before PLAY's answer (TCP interleaved) is the first frame: keep it
+            # (bounded: a peer that floods interleaved junk instead of answering gets the open timeout).
+            if len(self._early) >= MAX_EARLY_PACKETS:
+                del self._early[0]
             self._early.append(msg)
 
     def _fill(self, deadline: float, what: str) -> None:
@@ -425,29 +462,50 @@ class RtspClient:
                 channel = buf[1]
                 data = bytes(buf[4 : 4 + size])
                 del buf[: 4 + size]
+                if not self._answered:
+                    self._skipped(4 + size)  # no camera sends RTP before it has answered anything
+                    continue
                 return channel, data
-            if not buf.startswith(b"RTSP/") and not buf[:1].isalpha():
-                # Not a message start: skip to one (a camera's stray bytes must not wedge us).
+            if buf.startswith(b"HTTP/"):
+                # Some other service on the camera's port (a web page, a proxy): not a camera.
+                raise ClientError("the camera's port answers HTTP, not RTSP (wrong port?)")
+            if not buf.startswith(b"RTSP/") and not _could_be_request(buf):
+                # Not a message start: skip to one (a camera's stray bytes, or interleaved data
+                # whose length lied, must not wedge us nor end the session).
                 idx = min((i for i in (buf.find(b"$"), buf.find(b"RTSP/")) if i > 0), default=len(buf))
+                self._skipped(idx)
                 del buf[:idx]
                 continue
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_MESSAGE_BYTES:
-                    raise ClientError("camera sent an oversized RTSP message")
+                if len(buf) > MAX_MESSAGE_BYTES or (not self._answered and len(buf) > MAX_GARBAGE_BYTES):
+                    raise ClientError("camera sent an oversized RTSP message" if self._answered else _NOT_RTSP)
                 return None
             resp = _parse_head(bytes(buf[:end]).decode("utf-8", "replace"))
-            length = int(resp.header("content-length") or "0")
-            if length > MAX_MESSAGE_BYTES:
+            try:
+                length = int(resp.header("content-length") or "0")
+            except ValueError:
+                raise ClientError("camera sent a malformed RTSP message (bad Content-Length)") from None
+            if length > MAX_MESSAGE_BYTES or length < 0:
                 raise ClientError("camera sent an oversized RTSP message")
             if len(buf) < end + 4 + length:
                 return None
             resp.body = bytes(buf[end + 4 : end + 4 + length])
             del buf[: end + 4 + length]
             if resp.status >= 0:
+                self._answered = True
                 return resp
             # A request from the camera (e.g. ANNOUNCE): not needed, ignored.
+            self._skipped(end + 4 + length)
         return None
+
+    def _skipped(self, n: int) -> None:
+        """Count bytes that were not RTSP; before the first answer, too many mean the peer is no camera."""
+        if self._answered:
+            return
+        self._garbage += n
+        if self._garbage > MAX_GARBAGE_BYTES:
+            raise ClientError(_NOT_RTSP)
 
     def _transport_header(self) -> str:
         if self.transport == "tcp":
@@ -507,11 +565,12 @@ class RtspClient:
                 except ValueError:
                     pass
             if k.lower() == "interleaved" and self.transport == "tcp":
+                # Channels are one byte on the wire: a camera's out-of-range answer keeps ours (0-1).
                 a, _, b = v.partition("-")
-                try:
-                    self._interleaved = (int(a), int(b) if b else int(a) + 1)
-                except ValueError:
-                    pass
+                rtp = _number(a, 0, 254)
+                rtcp = _number(b, 0, 255) if b else (rtp + 1 if rtp is not None else None)
+                if rtp is not None and rtcp is not None:
+                    self._interleaved = (rtp, rtcp)
 
     def _send_keepalive(self) -> None:
         assert self._sock is not None
@@ -519,6 +578,20 @@ class RtspClient:
             self._sock.sendall(self._format(self._keepalive_method, self.url, []))
         except OSError as err:
             raise ClientError(f"connection lost ({err.strerror or err})") from None
+
+
+_NOT_RTSP = "the camera's port does not answer RTSP (garbage instead of a response)"
+MAX_REQUEST_LINE = 256  # a request from the camera (ANNOUNCE, ...) whose first line is longer is junk
+_REQUEST_LINE = re.compile(rb"[A-Z][A-Z_]{0,19} [\x21-\x7e]+ RTSP/1\.\d")
+_REQUEST_PREFIX = re.compile(rb"[A-Z][A-Z_]{0,19}( [\x21-\x7e]*( R(T(S(P(/(1(\.\d?)?)?)?)?)?)?)?)?")
+
+
+def _could_be_request(buf: bytearray) -> bool:
+    """Whether the buffer starts with (the beginning of) an RTSP request line: "METHOD uri RTSP/1.x"."""
+    eol = buf.find(b"\r\n", 0, MAX_REQUEST_LINE + 2)
+    if eol >= 0:
+        return _REQUEST_LINE.fullmatch(buf, 0, eol) is not None
+    return len(buf) <= MAX_REQUEST_LINE and _REQUEST_PREFIX.fullmatch(buf) is not None
 
 
 def _parse_head(head: str) -> Response:
