@@ -224,6 +224,11 @@ LIMIT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 for _listener, _kinds in LIMIT_KINDS.items():
     for _kind in _kinds:
         LIMIT_REJECTIONS.labels(listener=_listener, limit=_kind)  # exported from 0, like AUTH_FAILURES
+# Not per camera: the service's event loop. Sampled when /metrics is scraped (serve/http.py); steady
+# growth is a leak (a handler, session or reader task that never ends).
+ASYNCIO_TASKS = Gauge(
+    "streamproxy_asyncio_tasks", "asyncio tasks alive on the service's event loop (sampled at scrape time)."
+)
 BUILD_INFO = Info("streamproxy_build", "streamproxy build information.")
 BUILD_INFO.info({"version": __version__})
 
@@ -254,11 +259,17 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_publish_packets_total",
     "streamproxy_auth_failures_total",
     "streamproxy_limit_rejections_total",
+    "streamproxy_asyncio_tasks",
     "streamproxy_build_info",
 ]
 # The families without a camera label (a dashboard cannot filter them by camera).
 NOT_PER_CAMERA: Final[frozenset[str]] = frozenset(
-    {"streamproxy_auth_failures_total", "streamproxy_limit_rejections_total", "streamproxy_build_info"}
+    {
+        "streamproxy_auth_failures_total",
+        "streamproxy_limit_rejections_total",
+        "streamproxy_asyncio_tasks",
+        "streamproxy_build_info",
+    }
 )
 
 _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (

@@ -146,3 +146,13 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     assert prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
     # A snapshot that failed: the entry still names the camera and its WHEP endpoint.
     assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {"name": "gone", "state": "unknown", "whep": "/gone/whep"}
+
+
+@pytest.mark.timeout(30)
+async def test_metrics_sample_the_event_loops_tasks() -> None:
+    async with serving(make_cfg(), feed=False) as (_app, _server, base), aiohttp.ClientSession() as http:
+        r = await http.get(f"{base}/metrics")
+        assert r.status == 200
+        lines = [ln for ln in (await r.text()).splitlines() if ln.startswith("streamproxy_asyncio_tasks ")]
+        assert len(lines) == 1
+        assert float(lines[0].split()[1]) >= 1  # at least the scrape's own handler task

@@ -195,10 +195,12 @@ def build() -> dict[str, Any]:
             [
                 ('sum by (instance) (rate(process_cpu_seconds_total{job="streamproxy"}[$__rate_interval]))', "{{instance}} CPU cores"),
                 ('process_resident_memory_bytes{job="streamproxy"}', "{{instance}} RSS"),
+                ("streamproxy_asyncio_tasks", "{{instance}} asyncio tasks"),
             ],
             "none",
             (16, 24, 8, 8),
-            "CPU cores used by each streamproxy process (all its cameras) and its resident memory.",
+            "CPU cores used by each streamproxy process (all its cameras), its resident memory, and the asyncio "
+            "tasks on its event loop (sampled at scrape time; steady growth is a leak).",
             overrides=[
                 {
                     "matcher": {"id": "byFrameRefID", "options": "B"},
@@ -206,7 +208,14 @@ def build() -> dict[str, Any]:
                         {"id": "custom.axisPlacement", "value": "right"},
                         {"id": "unit", "value": "bytes"},
                     ],
-                }
+                },
+                {
+                    "matcher": {"id": "byFrameRefID", "options": "C"},
+                    "properties": [
+                        {"id": "custom.axisPlacement", "value": "right"},
+                        {"id": "unit", "value": "short"},
+                    ],
+                },
             ],
         ),
         _panel(

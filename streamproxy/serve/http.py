@@ -11,6 +11,11 @@ Routes
   DELETE /{camera}/whep/{session}      WHEP: end the session
   OPTIONS /{camera}/whep[/{session}]   CORS preflight
 
+Limits (`server.limits`, serve/http_limits.py): connections in total and per client address, idle
+and slow-request timeouts, head and body size (a WHEP offer is a body); refusals are 503/408/413/431
+with the reason, counted in streamproxy_limit_rejections_total{listener="http"} and logged at most
+once a second. WebRTC sessions have their own limits (serve/webrtc.py).
+
 Auth: when `server.users` is set, HTTP Basic (the RTSP users, checked by rtsp/auth.py's
 Authenticator: constant time, failures counted per address with back-off) guards the page, its
 assets, the API and WHEP. /healthz and /readyz stay open: orchestrators probe them without
@@ -22,6 +27,7 @@ counters and the camera names (the paths viewers ask for). Where those names are
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,6 +41,8 @@ from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.rtsp.auth import Authenticator
+from streamproxy.serve.http_limits import HttpGuard
+from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
@@ -55,7 +63,6 @@ class Service(Protocol):
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-MAX_SDP_BYTES = 64 * 1024
 STATIC_TYPES = {
     ".html": "text/html",
     ".js": "text/javascript",
@@ -109,6 +116,8 @@ class WebServer:
         self.app = app
         self.cfg = app.cfg.server
         self.webrtc = WebRtcGateway(self.cfg)
+        self.guard = HttpGuard(self.cfg.limits)
+        self.guard.body_events = self._body_events
         self.port: int = 0
         self._runner: web.AppRunner | None = None
         self._static = _load_static()
@@ -119,7 +128,10 @@ class WebServer:
 
     # --- lifecycle ---
     def _build(self) -> web.Application:
-        wa = web.Application(middlewares=[self._auth_middleware], client_max_size=MAX_SDP_BYTES)
+        # The guard's middleware first: it ends the request timer and reads the body within the limits.
+        wa = web.Application(
+            middlewares=[self.guard.middleware, self._auth_middleware], client_max_size=self.cfg.limits.max_body_bytes
+        )
         wa.router.add_get("/", self._index)
         wa.router.add_get("/static/{name}", self._static_file)
         wa.router.add_get("/api/cameras", self._cameras)
@@ -135,17 +147,16 @@ class WebServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.web_app, handle_signals=False, **self.guard.handler_kwargs())
         await runner.setup()
-        site = web.TCPSite(runner, self.cfg.host, self.cfg.http_port if self.cfg.http_port else 0)
+        site = self.guard.site(runner, self.cfg.host, self.cfg.http_port if self.cfg.http_port else 0)
         try:
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = site.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.http_port
         log.info("http: listening on %s:%d", self.cfg.host, self.port)
 
@@ -154,6 +165,11 @@ class WebServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        self.guard.close()
+
+    def _body_events(self, request: web.Request) -> LimitEvents:
+        # A WHEP offer too big is the WebRTC listener's limit (body_size), any other body HTTP's.
+        return self.webrtc.events if request.method == "POST" and request.path.endswith("/whep") else self.guard.events
 
     # --- auth ---
     async def _authorized(self, request: web.Request) -> bool:
@@ -230,6 +246,8 @@ class WebServer:
             from streamproxy import metrics
         except ImportError:
             raise web.HTTPNotFound(text="metrics not available\n") from None
+        # Sampled at scrape time: a task leak (a handler or session that never ends) shows as growth.
+        metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         body, ctype = metrics.render_latest(request.headers.get("Accept", ""))
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = ctype
@@ -247,11 +265,11 @@ class WebServer:
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n", headers=CORS_HEADERS)
         try:
-            offer = await request.text()
-        except (UnicodeDecodeError, web.HTTPRequestEntityTooLarge):
+            offer = await request.text()  # read (within the size and time limits) by the guard
+        except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="unreadable SDP offer\n", headers=CORS_HEADERS) from None
         try:
-            sid, answer = await self.webrtc.create_session(hub, offer)
+            sid, answer = await self.webrtc.create_session(hub, offer, client=request.remote or "?")
         except WhepError as err:
             log.info("%s: WHEP offer refused: %s", camera, err.message)
             return web.Response(status=err.status, text=err.message + "\n", headers=CORS_HEADERS)

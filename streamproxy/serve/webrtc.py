@@ -16,7 +16,20 @@ Things that are easy to get wrong here, and why the code looks the way it does:
   gathered host addresses, per peer connection (a context variable read by a wrapper around
   `aioice.ice.get_host_addresses`), so that other aioice users in the process are unaffected.
 * A viewer's PLI/FIR reaches aiortc's sender, which would only flag its (unused) encoder: the hook
-  forwards it to the hub, rate-limited, so that a viewer that lost packets gets a keyframe.
+  forwards it to the hub (one a second per session; the hub coalesces all of a camera's joins and
+  PLIs), so that a viewer that lost packets gets a keyframe.
+
+Sessions are a limited resource (`server.limits`): each holds UDP ports, an ICE agent and DTLS
+state. A POST of an offer whose answer is never used costs as much as a viewer until it is reclaimed:
+* `max_webrtc_sessions` in all; at the limit the oldest session that has not reached ICE/DTLS
+  "connected" is closed for the newcomer; only when every session is connected is it refused (503);
+* per client address at most `max(1, min(max_connections_per_client, max_webrtc_sessions // 4))`
+  sessions (16 by default), with the same reclaim among that address's own sessions: one address
+  cannot hold more than a quarter of the slots, and a page that reloads replaces its stale session.
+  (Viewers behind one NAT share it: raise max_webrtc_sessions where many watch from one address.)
+* a session not connected within `setup_timeout_s` is closed and its slot freed.
+Each is counted in streamproxy_limit_rejections_total{listener="webrtc"} (sessions, setup_timeout)
+and logged at most once a second.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -46,15 +60,42 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamproxy.config import ServerConfig
 from streamproxy.hub import StreamHub, Subscription
+from streamproxy.serve.limits import LimitEvents
 
 log = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
-# A viewer that never completes ICE/DTLS is dropped after this long (it holds UDP ports).
-CONNECT_TIMEOUT_S = 30.0
-# PLI/FIR storms (e.g. a lossy link) must not turn the shared stream into all-keyframes.
+# One session's PLI/FIR storm (a lossy link) is cut here already; the hub coalesces the camera's.
 KEYFRAME_REQUEST_INTERVAL_S = 1.0
-MAX_SESSIONS = 200
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+)\s+([A-Za-z0-9_.-]+)/", re.IGNORECASE)
+_FMTP = re.compile(r"^a=fmtp:(\d+)\s+(.*)$", re.IGNORECASE)
+
+
+def offered_h264(offer_sdp: str) -> str | None:
+    """None when a video m-line of the offer has H.264 with packetization-mode=1 (what we send);
+    otherwise why not, for the 400. Checked before aiortc sees the offer: aiortc's own errors for
+    an offer without a common codec are internal texts."""
+    in_video = False
+    codecs: dict[str, str] = {}
+    modes: dict[str, str] = {}
+    for raw in offer_sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            in_video = line.startswith("m=video")
+            continue
+        if not in_video:
+            continue
+        if (m := _RTPMAP.match(line)) is not None:
+            codecs[m.group(1)] = m.group(2).upper()
+        elif (m := _FMTP.match(line)) is not None:
+            params = dict(p.strip().partition("=")[::2] for p in m.group(2).split(";"))
+            modes[m.group(1)] = params.get("packetization-mode", "0").strip()
+    h264 = [pt for pt, name in codecs.items() if name == "H264"]
+    if not h264:
+        return "no H.264 offered (this server sends H.264 only)"
+    if not any(modes.get(pt, "0") == "1" for pt in h264):
+        return "no H.264 with packetization-mode=1 offered"
+    return None
 
 
 class WhepError(Exception):
@@ -171,7 +212,9 @@ class WhepSession:
     camera: str
     pc: RTCPeerConnection
     track: EncodedVideoTrack
+    client: str = "?"  # the HTTP client's address that posted the offer
     created: float = field(default_factory=time.monotonic)
+    connected: bool = False  # ICE and DTLS up once: never reclaimed for a newcomer
     closed: bool = False
     _timeout: asyncio.TimerHandle | None = None
 
@@ -201,7 +244,12 @@ class WebRtcGateway:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.sessions: dict[str, WhepSession] = {}
+        lim = cfg.limits
+        self.max_sessions = lim.max_webrtc_sessions
+        self.max_per_client = max(1, min(lim.max_connections_per_client, lim.max_webrtc_sessions // 4))
+        self.setup_timeout_s = lim.setup_timeout_s
+        self.events = LimitEvents("webrtc", log)
+        self.sessions: dict[str, WhepSession] = {}  # insertion order: oldest first
         self._tasks: set[asyncio.Future[bool]] = set()
         self._rtc_config = RTCConfiguration(iceServers=ice_servers(cfg))
         self._ice_hosts = tuple(cfg.ice_hosts) if cfg.ice_hosts else None
@@ -211,18 +259,26 @@ class WebRtcGateway:
     def count(self, camera: str | None = None) -> int:
         return sum(1 for s in self.sessions.values() if camera is None or s.camera == camera)
 
-    async def create_session(self, hub: StreamHub, offer_sdp: str) -> tuple[str, str]:
-        """Answer a WHEP offer. Returns (session id, SDP answer); raises WhepError."""
-        if len(self.sessions) >= MAX_SESSIONS:
-            raise WhepError(503, "too many WebRTC viewers")
+    async def create_session(self, hub: StreamHub, offer_sdp: str, client: str = "?") -> tuple[str, str]:
+        """Answer a WHEP offer from `client` (an address). Returns (session id, SDP answer); raises
+        WhepError."""
         if "m=video" not in offer_sdp or not offer_sdp.lstrip().startswith("v="):
             raise WhepError(400, "the offer must be an SDP with a video m-line")
+        why = offered_h264(offer_sdp)
+        if why is not None:
+            raise WhepError(400, why)
+        victim = self._make_room(client)  # no await from here to the insert: the count holds
         sid = secrets.token_urlsafe(16)
         camera = hub.name
         pc = RTCPeerConnection(configuration=self._rtc_config)
         track = EncodedVideoTrack(hub, sid)
-        session = WhepSession(sid, camera, pc, track)
+        session = WhepSession(sid, camera, pc, track, client)
         self.sessions[sid] = session
+        loop = asyncio.get_running_loop()
+        # From the POST on: the offer's own setup counts against the timeout too.
+        session._timeout = loop.call_later(self.setup_timeout_s, self._setup_timeout, sid)
+        if victim is not None:
+            await self._release(victim)
         try:
             # Order matters (see module docstring): transceiver + H.264 preferences, then the offer.
             transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -231,14 +287,17 @@ class WebRtcGateway:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except Exception as err:  # aiortc raises ValueError/OperationError/... on bad SDP
-                raise WhepError(400, f"cannot use the offer: {err}") from err
+                raise _offer_error(session, "cannot use the offer", err) from err
             if not any(
                 c.mimeType.lower() == "video/h264" for c in getattr(transceiver, "_codecs", [])
             ):
                 raise WhepError(400, "the offer has no H.264 (packetization-mode=1) for video")
-            answer = await pc.createAnswer()
-            with gather_hosts(self._ice_hosts):
-                await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete
+            try:
+                answer = await pc.createAnswer()
+                with gather_hosts(self._ice_hosts):
+                    await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete
+            except Exception as err:  # an offer aiortc took but cannot answer
+                raise _offer_error(session, "cannot answer the offer", err) from err
         except BaseException:
             await self.close_session(sid)
             raise
@@ -247,22 +306,47 @@ class WebRtcGateway:
         async def on_state() -> None:
             state = pc.connectionState
             log.info("%s: WebRTC viewer %s %s", camera, sid, state)
-            if state == "connected" and session._timeout is not None:
-                session._timeout.cancel()
-                session._timeout = None
+            if state == "connected":
+                session.connected = True
+                if session._timeout is not None:
+                    session._timeout.cancel()
+                    session._timeout = None
             if state in ("failed", "closed"):
                 await self.close_session(sid)
 
-        loop = asyncio.get_running_loop()
-        session._timeout = loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout, sid)
+        if session.closed:  # reclaimed for a newer offer while this one was being answered
+            raise WhepError(503, RECLAIMED)
         log.info("%s: WebRTC viewer %s: answered offer (%d session(s))", camera, sid, len(self.sessions))
         assert pc.localDescription is not None
         return sid, pc.localDescription.sdp
 
-    def _connect_timeout(self, sid: str) -> None:
+    def _make_room(self, client: str) -> WhepSession | None:
+        """Room for one more session of `client`: the session to reclaim for it (already out of
+        `sessions`), or None; raises WhepError(503) when no session can be reclaimed."""
+        mine = [s for s in self.sessions.values() if s.client == client]
+        if len(mine) >= self.max_per_client:
+            victim = next((s for s in mine if not s.connected), None)  # the oldest first
+            if victim is None:
+                self.events.hit("sessions", f"refused {client}: {len(mine)} WebRTC sessions from this address")
+                raise WhepError(503, "too many WebRTC viewers from this address")
+            self.events.hit("sessions", f"reclaimed a WebRTC session of {client} that never connected, for a new one")
+        elif len(self.sessions) >= self.max_sessions:
+            victim = next((s for s in self.sessions.values() if not s.connected), None)
+            if victim is None:
+                self.events.hit("sessions", f"refused {client}: {len(self.sessions)} WebRTC sessions, all playing")
+                raise WhepError(503, "too many WebRTC viewers")
+            self.events.hit("sessions", f"reclaimed a WebRTC session of {victim.client} that never connected, "
+                            f"for {client}")  # fmt: skip
+        else:
+            return None
+        self._detach(victim.id)
+        return victim
+
+    def _setup_timeout(self, sid: str) -> None:
         s = self.sessions.get(sid)
-        if s is not None and s.pc.connectionState != "connected":
-            log.info("%s: WebRTC viewer %s did not connect in %.0f s", s.camera, sid, CONNECT_TIMEOUT_S)
+        if s is not None and not s.connected:
+            self.events.hit("setup_timeout", f"{s.camera}: WebRTC viewer {s.client} did not connect within "
+                            f"{self.setup_timeout_s:g} s", logging.INFO)  # fmt: skip
             task = asyncio.ensure_future(self.close_session(sid))
             self._tasks.add(task)  # keep a reference until it is done (asyncio holds weak ones)
             task.add_done_callback(self._tasks.discard)
@@ -273,22 +357,51 @@ class WebRtcGateway:
 
     async def close_session(self, sid: str) -> bool:
         """Close one session (idempotent); returns False when it did not exist."""
+        s = self._detach(sid)
+        if s is None:
+            return False
+        await self._release(s)
+        return True
+
+    def _detach(self, sid: str) -> WhepSession | None:
+        """Out of the table at once (its slot is free), the viewer count down; its peer connection is
+        closed by `_release`."""
         s = self.sessions.pop(sid, None)
         if s is None or s.closed:
-            return False
+            return None
         s.closed = True
         if s._timeout is not None:
             s._timeout.cancel()
+            s._timeout = None
         s.track.stop()  # closes the hub subscription: the viewer count drops now
+        return s
+
+    async def _release(self, s: WhepSession) -> None:
+        # Closing the peer connection frees its UDP ports, ICE agent and DTLS state (memory).
         try:
             await asyncio.wait_for(s.pc.close(), 5.0)
         except (TimeoutError, Exception) as err:
-            log.warning("%s: WebRTC viewer %s: close failed: %s", s.camera, sid, err)
-        log.info("%s: WebRTC viewer %s closed (%d session(s))", s.camera, sid, len(self.sessions))
-        return True
+            log.warning("%s: WebRTC viewer %s: close failed: %s", s.camera, s.id, err)
+        log.info("%s: WebRTC viewer %s closed (%d session(s))", s.camera, s.id, len(self.sessions))
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close_session(sid) for sid in list(self.sessions)))
+
+
+RECLAIMED = "session reclaimed for a newer offer before it was answered"
+
+
+def _offer_error(session: WhepSession, what: str, err: BaseException) -> WhepError:
+    # A session reclaimed while aiortc worked on it fails there too (its peer connection closed).
+    if session.closed:
+        return WhepError(503, RECLAIMED)
+    return WhepError(400, f"{what}: {_short(err)}")
+
+
+def _short(err: BaseException) -> str:
+    """An aiortc error for the client: its text, or its type where the text is empty."""
+    text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return text or type(err).__name__
 
 
 @contextlib.contextmanager
