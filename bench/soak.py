@@ -33,11 +33,11 @@ A script, not a test (issue 12, deliver 5). Everything is on 127.0.0.1 and bound
 
 Every `--sample-s` (30 s) one line: service RSS, open descriptors, threads, CPU, per camera the output
 fps and drops, per viewer the frames since the last line, age of its last frame and glass-to-glass lag of
-its last live frame. asyncio tasks are NOT measured: the service exposes no task count (no metric, no
-API field), and this script adds nothing to the service to get one.
+its last live frame, and the service loop's asyncio tasks (the `streamproxy_asyncio_tasks` gauge of
+/metrics, sampled at scrape).
 
 At the end: growth after the warm-up (`--warmup-s`, default 120 s; the first sample at or after it is the
-baseline): RSS growth % (last vs baseline) and max, descriptors and threads min/max and the growth of their
+baseline): RSS growth % (last vs baseline) and max, descriptors, threads and asyncio tasks min/max and the growth of their
 floor (min over the last third of the samples minus min over the first third: sessions coming and going
 move the count, a leak raises the floor), restart recovery max/p50, viewer gaps > 1 s (all, and those
 outside a camera outage: the slate starts 1 s after the last live frame, so an outage itself may show one),
@@ -113,6 +113,17 @@ def proc_status(pid: int) -> dict[str, int]:
     except (OSError, IndexError, ValueError):
         return {}
     return out
+
+
+def asyncio_tasks(port: int) -> int | None:
+    """The service loop's asyncio task count (streamproxy_asyncio_tasks, sampled at scrape)."""
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        return None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("streamproxy_asyncio_tasks "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -723,7 +734,7 @@ def sample_line(s: dict[str, Any]) -> str:
         for v in s["viewers"]
     )
     return (
-        f"[{s['t_s']:6.0f}s] rss {s['rss_mb']:.1f} MB  fds {s['fds']}  threads {s['threads']}  tasks n/a  "
+        f"[{s['t_s']:6.0f}s] rss {s['rss_mb']:.1f} MB  fds {s['fds']}  threads {s['threads']}  tasks {_num(s['tasks'], 'd')}  "
         f"cpu {s['cpu_pct']:.0f}%  load {s['load1']:.1f}  fuzz {s['fuzz_total']}  | {cams} | {views}"
     )
 
@@ -855,7 +866,7 @@ def run(args: argparse.Namespace) -> int:
                     "rss_mb": st["VmRSS"] / 1024,
                     "fds": st["fds"],
                     "threads": st["Threads"],
-                    "tasks": None,
+                    "tasks": asyncio_tasks(http_port),
                     "cpu_pct": (st["cpu_ticks"] - prev.get("cpu_ticks", 0)) / CLK_TCK / (now - prev_t) * 100,
                     "load1": os.getloadavg()[0],  # the machine's: on a shared one, others' work shows here
                     "healthz": http_get(http_port, "/healthz")[0],
@@ -928,6 +939,7 @@ def summarize(
     rss = [s["rss_mb"] for s in after]
     fds = [s["fds"] for s in after]
     thr = [s["threads"] for s in after]
+    tasks = [s["tasks"] for s in after if s["tasks"] is not None]
     growth: dict[str, Any] = {
         "samples": len(after),
         "from_s": after[0]["t_s"] if after else None,
@@ -941,7 +953,8 @@ def summarize(
         "fds_min": min(fds, default=None), "fds_max": max(fds, default=None), "fds_floor_growth": floor_growth(fds),
         "threads_min": min(thr, default=None), "threads_max": max(thr, default=None),
         "threads_floor_growth": floor_growth(thr),
-        "tasks": "not measured: the service exposes no asyncio task count (no metric or API field)",
+        "tasks_min": min(tasks, default=None), "tasks_max": max(tasks, default=None),
+        "tasks_floor_growth": floor_growth(tasks) if tasks else None,
     }  # fmt: skip
     restarts = [asdict(r) for r in tr.restarts]
     for r in restarts:
@@ -981,10 +994,13 @@ def summarize(
     calibrated = judge.calibration_frames > 0 and judge.calibration_with_face * 2 >= judge.calibration_frames
     rss_g = growth["rss_growth_pct"]
     fd_g = growth["fds_floor_growth"]
+    task_g = growth["tasks_floor_growth"]
     targets = {
         "service_stayed_up": {"ok": died_at is None, "value": died_at},
         "rss_growth_le_10pct": {"ok": rss_g is not None and rss_g <= 10.0, "value": rss_g},
         "fds_flat": {"ok": fd_g is not None and fd_g <= args.fd_slack, "value": fd_g, "slack": args.fd_slack},
+        "tasks_flat": {"ok": task_g is not None and task_g <= args.task_slack, "value": task_g,
+                       "slack": args.task_slack},
         "restarts_recovered": {
             "ok": all(w is not None and w <= args.recover_s for w in worst),
             "value": max(recovered, default=None), "limit_s": args.recover_s, "restarts": len(worst),
@@ -1037,7 +1053,8 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"RSS: {g['rss_baseline_mb']} -> {g['rss_final_mb']} MB ({g['rss_growth_pct']} %, "
           f"{g['rss_growth_mb_per_min']} MB/min), max {g['rss_max_mb']} MB")  # fmt: skip
     print(f"fds: min {g['fds_min']} max {g['fds_max']} floor growth {g['fds_floor_growth']}; threads: min "
-          f"{g['threads_min']} max {g['threads_max']} floor growth {g['threads_floor_growth']}; tasks: not measured")  # fmt: skip
+          f"{g['threads_min']} max {g['threads_max']} floor growth {g['threads_floor_growth']}; asyncio tasks: min "
+          f"{g['tasks_min']} max {g['tasks_max']} floor growth {g['tasks_floor_growth']}")  # fmt: skip
     rec = s["recovery_s"]
     print(f"restarts: {len(s['restarts'])}, recovery max {rec['max']} s p50 {rec['p50']} s "
           f"({s['targets']['restarts_recovered']['not_recovered']} not recovered)")  # fmt: skip
@@ -1100,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=120.0)
     p.add_argument("--recover-s", type=float, default=3.0, help="target: a restart recovered within this")
     p.add_argument("--fd-slack", type=int, default=10, help="target: descriptor floor growth at most this")
+    p.add_argument("--task-slack", type=int, default=10, help="target: asyncio task floor growth at most this")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (config, service log)")
