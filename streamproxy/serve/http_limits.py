@@ -17,7 +17,8 @@ how long a request may take to trickle in. Here:
   connection idle again when the handler is done.
 * aiohttp logs every malformed request (a port scanner, a fuzzer) as an ERROR with a traceback;
   `log_exception` turns those into one WARNING line a second with a count. The client still gets
-  aiohttp's 400. A bug in a handler keeps its traceback.
+  aiohttp's 400. A client that disconnects mid-request is DEBUG. A bug in a handler keeps its
+  traceback.
 
 Every refusal, reclaim and timeout is counted in `streamproxy_limit_rejections_total{listener="http"}`
 and logged at most once a second per kind (`limits.LimitEvents`).
@@ -329,6 +330,11 @@ class GuardedRequestHandler(RequestHandler):
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError):
+            # The client went away while its request was read or handled (aiohttp cancels the
+            # request with ConnectionResetError): nothing of ours failed, and nobody to answer.
+            log.debug("-: HTTP client %s gone during its request: %s", self.client, exc)
+            return
         if not isinstance(exc, HttpProcessingError):
             super().log_exception(*args, **kw)  # a bug of ours: keep its traceback
             return
