@@ -381,7 +381,20 @@ class IngestConfig(_Strict):
     open_timeout_s: float = Field(5.0, ge=0.5, le=60, description="Connect/DESCRIBE timeout.")
     read_timeout_s: float = Field(3.0, ge=0.5, le=60, description="No data this long = camera stalled.")
     backoff_initial_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
-    backoff_max_s: float = Field(10.0, ge=0.1, le=600, description="Reconnect delay cap (doubles up to it).")
+    backoff_max_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=600,
+        description="Reconnect delay cap (doubles up to it). 2 s: a camera that comes back is live again within "
+        "~3 s, for the price of one connection attempt every 2 s while it is down.",
+    )
+    unauthorized_backoff_max_s: float = Field(
+        60.0,
+        ge=0.1,
+        le=3600,
+        description="Reconnect delay cap while the camera rejects our credentials (401): many cameras lock an "
+        "account after a few wrong passwords.",
+    )
     demuxer: Literal["builtin", "pyav"] = Field(
         "builtin",
         description="rtsp:// cameras: our RTSP client hands each frame to PyAV's decoder on its last packet; "

@@ -62,12 +62,18 @@ class Backoff:
         """Start over at `initial_s` (a new session began for a reason that is not a failure)."""
         self._delay = self.initial_s
 
-    def next_wait(self, up_s: float = 0.0) -> float:
-        """The wait after a session that stayed up `up_s` seconds ended; the next one doubles."""
+    def next_wait(self, up_s: float = 0.0, max_s: float | None = None) -> float:
+        """The wait after a session that stayed up `up_s` seconds ended; the next one doubles.
+
+        `max_s`: another cap for this failure (a camera that rejects our credentials is retried
+        more slowly than one that is down); the wait never exceeds the cap of the failure at hand.
+        """
+        cap = self.max_s if max_s is None else max(max_s, self.initial_s)
         if up_s >= self.stable_s:
             self._delay = self.initial_s
+        self._delay = min(self._delay, cap)
         wait = self._delay * self._uniform(1.0 - self.jitter, 1.0 + self.jitter)
-        self._delay = min(self._delay * 2, self.max_s)
+        self._delay = min(self._delay * 2, cap)
         return wait
 
 
@@ -141,8 +147,10 @@ class Supervisor:
         backoff: Backoff,
         stall_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cap_for: Callable[[BaseException | None], float | None] | None = None,
     ) -> None:
         self.backoff = backoff
+        self.cap_for = cap_for  # a failure's own backoff cap (None: the backoff's)
         self.stall_timeout_s = stall_timeout_s
         self.clock = clock
         self.attempts = 0
@@ -152,14 +160,15 @@ class Supervisor:
         self.attempts += 1
         return Attempt(self.attempts, self.stall_timeout_s, self.clock)
 
-    def end(self, attempt: Attempt, outcome: Outcome) -> float:
+    def end(self, attempt: Attempt, outcome: Outcome, err: BaseException | None = None) -> float:
         """The wait before the next attempt (0 after a restart)."""
         if attempt.stalled:
             self.stalls += 1
         if outcome == "restart":
             self.backoff.reset()
             return 0.0
-        return self.backoff.next_wait(attempt.up_s())
+        cap = self.cap_for(err) if self.cap_for is not None else None
+        return self.backoff.next_wait(attempt.up_s(), cap)
 
 
 # on_end(attempt, error or None, wait): log, count, change state. Not called after "stop", or when
@@ -186,7 +195,7 @@ def run_sync(
             err = failure
         if stop.is_set() or outcome == "stop":
             return
-        wait = sup.end(a, outcome)
+        wait = sup.end(a, outcome, err)
         on_end(a, err, wait)
         if wait > 0 and stop.wait(wait):
             return
@@ -225,7 +234,7 @@ async def run_async(
                 err, outcome = Stalled(f"no progress for {a.stall_timeout_s:g} s"), None
         if stop.is_set() or outcome == "stop":
             return
-        wait = sup.end(a, outcome)
+        wait = sup.end(a, outcome, err)
         on_end(a, err, wait)
         if wait > 0:
             with contextlib.suppress(TimeoutError):

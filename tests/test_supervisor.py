@@ -41,6 +41,27 @@ def test_a_cap_below_the_first_wait_is_the_first_wait() -> None:
     assert waits(b, [0, 0]) == [2.0, 2.0]
 
 
+def test_a_failure_with_its_own_cap_doubles_up_to_it_and_the_next_other_failure_is_back_under_the_cap() -> None:
+    b = Backoff(0.5, 2.0, stable_s=5.0, uniform=lambda lo, hi: 1.0)
+    assert [round(b.next_wait(0, 60.0), 3) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert waits(b, [0, 0]) == [2.0, 2.0], "a camera down (not 401) again: the normal cap at once"
+
+
+def test_the_supervisor_asks_the_failure_for_its_cap() -> None:
+    class Rejected(Exception):
+        pass
+
+    clock = FakeClock()
+    sup = Supervisor(
+        Backoff(1.0, 2.0, uniform=lambda lo, hi: 1.0),
+        clock=clock,
+        cap_for=lambda err: 30.0 if isinstance(err, Rejected) else None,
+    )
+    got = [sup.end(sup.begin(), None, Rejected()) for _ in range(6)]
+    assert got == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert sup.end(sup.begin(), None, OSError()) == 2.0
+
+
 # --- the loop: run_sync (ingest's thread) and run_async (publish's task) --------------------------
 
 class FakeClock:

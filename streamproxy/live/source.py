@@ -14,7 +14,8 @@ the camera's next packet is not read until it returns.
 
 Supervision (like MediaMTX's static sources and go2rtc's producers): a session is open → decode →
 error or stall → wait → open again. The wait starts at `ingest.backoff_initial_s` and doubles up to
-`ingest.backoff_max_s`; it is reset once a session has delivered frames for supervisor.STABLE_S
+`ingest.backoff_max_s` (`ingest.unauthorized_backoff_max_s` while the camera rejects our
+credentials); it is reset once a session has delivered frames for supervisor.STABLE_S
 (5 s), with ±10 % jitter. The loop is supervisor.run_sync, the one publish uses too (as a task). A
 camera that is down at start is retried the same way. A stall (no packet for
 `ingest.read_timeout_s`, the supervisor's stall timeout) ends the session where it blocks: our
@@ -270,6 +271,10 @@ class CameraSource:
         sup = Supervisor(
             Backoff(self.ingest.backoff_initial_s, self.ingest.backoff_max_s),
             stall_timeout_s=self.ingest.read_timeout_s,
+            # Many cameras lock an account after a few wrong passwords: a 401 is retried slowly.
+            cap_for=lambda err: self.ingest.unauthorized_backoff_max_s
+            if isinstance(err, ClientUnauthorized)
+            else None,
         )
         try:
             run_sync(
