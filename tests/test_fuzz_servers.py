@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 import socket
 import threading
@@ -620,7 +621,7 @@ class Conn:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 * max(1, int(float(os.environ.get("STREAMPROXY_FUZZ_SCALE", "1")))))
 def test_socket_fuzzer_with_live_viewer(
     sim_camera_factory: Callable[..., Any], model_dir: Path, recorder: Recorder
 ) -> None:
@@ -644,8 +645,11 @@ def test_socket_fuzzer_with_live_viewer(
         statuses: dict[str, dict[int | None, int]] = {"rtsp": {}, "http": {}}
         rtsp_cases, http_cases = _rtsp_cases(rng, host.url()), _http_cases(rng)
         conn: Conn | None = None
-        budget_s, rounds = 35.0, 0
-        while time.monotonic() - t_start < budget_s and rounds < 400:
+        # STREAMPROXY_FUZZ_SCALE=3: a longer run (the 10,000-request target with the parser
+        # fuzz), e.g. `STREAMPROXY_FUZZ_SCALE=3 pytest -s tests/test_fuzz_servers.py -k socket_fuzzer`.
+        scale = max(1.0, float(os.environ.get("STREAMPROXY_FUZZ_SCALE", "1")))
+        budget_s, rounds, max_rounds = 35.0 * scale, 0, int(400 * scale)
+        while time.monotonic() - t_start < budget_s and rounds < max_rounds:
             rounds += 1
             for _ in range(8):  # RTSP: several requests per connection while it stays open
                 request, malformed, open_ended = next(rtsp_cases)
