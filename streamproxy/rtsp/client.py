@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
+from streamproxy.rtsp import sdp
 from streamproxy.rtsp.auth import parse_auth_params
 from streamproxy.rtsp.depay import AccessUnit, Codec, Depacketizer, parse_rtp
 from streamproxy.rtsp.rtp import sdes_cname
@@ -100,57 +101,31 @@ class VideoTrack:
     parameter_sets: tuple[bytes, ...]  # from sprop-parameter-sets / sprop-vps,sps,pps
 
 
-def parse_sdp(sdp: str, base: str) -> VideoTrack:
+def parse_sdp(text: str, base: str) -> VideoTrack:
     """The first video track this client can decode; ClientError naming what the camera offers otherwise."""
-    session_control: str | None = None
-    media: list[dict[str, object]] = []
-    current: dict[str, object] | None = None
-    for raw in sdp.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            parts = line[2:].split()
-            current = {"kind": parts[0] if parts else "", "pts": parts[3:], "rtpmap": {}, "fmtp": {}, "control": None}
-            media.append(current)
-        elif line.startswith("a=control:"):
-            value = line[len("a=control:") :].strip()
-            if current is None:
-                session_control = value
-            else:
-                current["control"] = value
-        elif current is not None and line.startswith("a=rtpmap:"):
-            pt, _, enc = line[len("a=rtpmap:") :].partition(" ")
-            current["rtpmap"][pt.strip()] = enc.strip()  # type: ignore[index]
-        elif current is not None and line.startswith("a=fmtp:"):
-            pt, _, fmtp_text = line[len("a=fmtp:") :].partition(" ")
-            current["fmtp"][pt.strip()] = fmtp_text.strip()  # type: ignore[index]
-    if session_control and session_control != "*":
-        base = _join(base, session_control)
+    desc = sdp.parse(text)
+    if desc.control and desc.control != "*":
+        base = _join(base, desc.control)
     offered: list[str] = []
-    for m in media:
-        if m["kind"] != "video":
+    for m in desc.media:
+        if m.kind != "video":
             continue
-        rtpmap: dict[str, str] = m["rtpmap"]  # type: ignore[assignment]
-        fmtp: dict[str, str] = m["fmtp"]  # type: ignore[assignment]
-        for pt in m["pts"]:  # type: ignore[attr-defined]
-            enc = rtpmap.get(pt, "")
-            name, _, rate = enc.partition("/")
-            name = name.upper()
+        for pt in m.payload_types:
+            name, rate = m.encoding(pt)
             offered.append(name or f"payload type {pt}")
             if name not in ("H264", "H265"):
                 continue
             codec: Codec = "h264" if name == "H264" else "h265"
-            payload_type, clock_rate = _number(pt, 0, 127), _number(rate.split("/")[0], 1, 10**7) if rate else 90000
+            payload_type, clock_rate = _number(pt, 0, 127), _number(rate, 1, 10**7) if rate else 90000
             if payload_type is None or clock_rate is None:
                 raise ClientError(f"camera's SDP has a malformed {name} track (payload type {pt!r}, rate {rate!r})")
-            params = _fmtp_params(fmtp.get(pt, ""))
-            control = m["control"]
-            url = base if control in (None, "*") else _join(base, str(control))
+            url = base if m.control in (None, "*") else _join(base, str(m.control))
             return VideoTrack(
                 codec=codec,
                 payload_type=payload_type,
                 clock_rate=clock_rate,
                 control_url=url,
-                parameter_sets=_parameter_sets(codec, params),
+                parameter_sets=_parameter_sets(codec, m.params(pt)),
             )
     what = ", ".join(offered) if offered else "no video track"
     raise ClientError(f"camera offers no H.264/H.265 video (SDP has: {what})")
@@ -169,15 +144,6 @@ def _join(base: str, control: str) -> str:
     if "://" in control:
         return control
     return urljoin(base if base.endswith("/") else base + "/", control)
-
-
-def _fmtp_params(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in text.split(";"):
-        k, sep, v = item.strip().partition("=")
-        if sep:
-            out[k.strip().lower()] = v.strip()
-    return out
 
 
 def _b64(text: str) -> bytes:

@@ -15,10 +15,8 @@ connection (TCP) or its client address (UDP): another connection naming its id g
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +24,7 @@ from dataclasses import dataclass, field
 
 from streamproxy.config import LimitsConfig, ServerConfig
 from streamproxy.hub import CodecInfo, StreamHub
+from streamproxy.rtsp import sdp
 from streamproxy.rtsp.auth import Authenticator
 from streamproxy.rtsp.protocol import (
     KNOWN_METHODS,
@@ -59,26 +58,19 @@ _SIZE_ERRORS = {"request line too long", "request header too large", "request he
 
 
 def build_sdp(name: str, codec: CodecInfo, server_ip: str) -> bytes:
-    sprop = ",".join(base64.b64encode(x).decode() for x in (codec.sps, codec.pps))
-    ip = server_ip if server_ip and ":" not in server_ip else "0.0.0.0"
-    lines = [
-        "v=0",
-        f"o=- {secrets.randbits(48)} 1 IN IP4 {ip}",
-        f"s={name}",
-        "c=IN IP4 0.0.0.0",
-        "t=0 0",
-        f"a=tool:{SERVER_NAME}",
-        "a=range:npt=now-",
-        "a=control:*",
-        "m=video 0 RTP/AVP 96",
-        "a=rtpmap:96 H264/90000",
-        f"a=fmtp:96 packetization-mode=1;profile-level-id={codec.profile_level_id};sprop-parameter-sets={sprop}",
-        f"a=control:{TRACK}",
-    ]
-    if codec.fps > 0:
-        lines.append(f"a=framerate:{codec.fps:g}")
-    lines.append(f"a=x-dimensions:{codec.width},{codec.height}")
-    return ("\r\n".join(lines) + "\r\n").encode()
+    """The DESCRIBE answer for a camera's stream (rtsp/sdp.py writes it)."""
+    return sdp.build_video(
+        session_name=name,
+        tool=SERVER_NAME,
+        origin_ip=server_ip,
+        control=TRACK,
+        sps=codec.sps,
+        pps=codec.pps,
+        profile_level_id=codec.profile_level_id,
+        fps=codec.fps,
+        width=codec.width,
+        height=codec.height,
+    )
 
 
 @dataclass(eq=False)

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +59,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamproxy.config import ServerConfig
 from streamproxy.hub import StreamHub, Subscription
+from streamproxy.rtsp import sdp
 from streamproxy.serve.limits import LimitEvents
 
 log = logging.getLogger(__name__)
@@ -67,29 +67,20 @@ log = logging.getLogger(__name__)
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 # One session's PLI/FIR storm (a lossy link) is cut here already; the hub coalesces the camera's.
 KEYFRAME_REQUEST_INTERVAL_S = 1.0
-_RTPMAP = re.compile(r"^a=rtpmap:(\d+)\s+([A-Za-z0-9_.-]+)/", re.IGNORECASE)
-_FMTP = re.compile(r"^a=fmtp:(\d+)\s+(.*)$", re.IGNORECASE)
 
 
 def offered_h264(offer_sdp: str) -> str | None:
     """None when a video m-line of the offer has H.264 with packetization-mode=1 (what we send);
     otherwise why not, for the 400. Checked before aiortc sees the offer: aiortc's own errors for
     an offer without a common codec are internal texts."""
-    in_video = False
     codecs: dict[str, str] = {}
     modes: dict[str, str] = {}
-    for raw in offer_sdp.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            in_video = line.startswith("m=video")
+    for m in sdp.parse(offer_sdp).media:
+        if m.kind != "video":
             continue
-        if not in_video:
-            continue
-        if (m := _RTPMAP.match(line)) is not None:
-            codecs[m.group(1)] = m.group(2).upper()
-        elif (m := _FMTP.match(line)) is not None:
-            params = dict(p.strip().partition("=")[::2] for p in m.group(2).split(";"))
-            modes[m.group(1)] = params.get("packetization-mode", "0").strip()
+        for pt in m.rtpmap:
+            codecs[pt] = m.encoding(pt)[0]
+            modes[pt] = m.params(pt).get("packetization-mode", "0")
     h264 = [pt for pt, name in codecs.items() if name == "H264"]
     if not h264:
         return "no H.264 offered (this server sends H.264 only)"
