@@ -545,6 +545,77 @@ class RtspClient:
         except OSError as err:
             raise ClientError(f"connection lost ({err.strerror or err})") from None
 
+    # --- the playing session's transport: what AccessUnitIterator reads through ----------------------
+    @property
+    def keepalive_interval_s(self) -> float:
+        return self._session_timeout_s / 2
+
+    @property
+    def over_udp(self) -> bool:
+        return self._udp is not None
+
+    def check_stop(self) -> None:
+        """Raise ClientStopped once `stop` is set."""
+        self._check_stop()
+
+    def send_keepalive(self) -> None:
+        self._send_keepalive()
+
+    def next_rtp_over_tcp(self, deadline: float) -> bytes | None:
+        """The next RTP packet of the video channel on the RTSP connection (interleaved), or None when
+        `deadline` passed first or something else arrived (a keepalive answer, RTCP)."""
+        if self._early:
+            channel, data = self._early.pop(0)
+        else:
+            try:
+                msg = self._read_message(deadline, "PLAY")
+            except ClientStalled:
+                return None
+            if isinstance(msg, Response):
+                return None
+            channel, data = msg
+        return data if channel == self._interleaved[0] else None
+
+    def poll_rtp_over_udp(self, timeout: float) -> list[bytes]:
+        """RTP packets from the camera's address that arrived within `timeout` (bounded); keepalive
+        answers on the RTSP connection and the camera's RTCP are read and put aside."""
+        assert self._udp is not None and self._sock is not None
+        rtp, rtcp = self._udp
+        out: list[bytes] = []
+        readable, _, _ = select.select([rtp, rtcp, self._sock], [], [], timeout)
+        if rtp in readable:
+            for _ in range(256):  # drain what has arrived, bounded
+                try:
+                    data, addr = rtp.recvfrom(65536)
+                except OSError:  # BlockingIOError, InterruptedError included: nothing more now
+                    break
+                if addr[0] in self._sources:  # only the camera's own packets
+                    out.append(data)
+        if rtcp in readable:
+            try:
+                rtcp.recvfrom(65536)  # sender reports: not needed (timestamps come from RTP)
+            except OSError:
+                pass
+        if self._sock in readable:
+            self._fill(time.monotonic() + TICK_S, "keepalive")
+            while self._take_message() is not None:
+                pass  # keepalive answers: nothing to do with them
+        return out
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """To the camera: over the interleaved RTCP channel (TCP) or to its RTCP port (UDP)."""
+        if self._sock is None:
+            return
+        try:
+            if self._udp is None:
+                self._sock.sendall(b"$" + bytes([self._interleaved[1]]) + struct.pack("!H", len(packet)) + packet)
+            elif self._server_rtcp_port is not None:
+                self._udp[1].sendto(packet, (self._sock.getpeername()[0], self._server_rtcp_port))
+        except OSError as err:
+            if self._udp is None:
+                raise ClientError(f"connection lost ({err.strerror or err})") from None
+            log.debug("RTCP receiver report not sent: %s", err)  # UDP: the next one may pass
+
 
 _NOT_RTSP = "the camera's port does not answer RTSP (garbage instead of a response)"
 MAX_REQUEST_LINE = 256  # a request from the camera (ANNOUNCE, ...) whose first line is longer is junk
@@ -589,7 +660,7 @@ class AccessUnitIterator:
         self.read_timeout_s = read_timeout_s
         self._ready: list[AccessUnit] = []
         self._last_video = time.monotonic()
-        self._next_keepalive = time.monotonic() + client._session_timeout_s / 2
+        self._next_keepalive = time.monotonic() + client.keepalive_interval_s
         self._next_report = time.monotonic() + 1.0
         self._report_ssrc = random.getrandbits(32)
         self._reported = (0, 0)  # (highest_seq, received) at the last report: for "fraction lost"
@@ -600,29 +671,27 @@ class AccessUnitIterator:
     def __next__(self) -> AccessUnit:
         c = self.c
         while not self._ready:
-            c._check_stop()
+            c.check_stop()
             now = time.monotonic()
             if now - self._last_video > self.read_timeout_s:
                 raise ClientStalled(f"no video for {self.read_timeout_s:g} s")
             if now >= self._next_keepalive:
-                c._send_keepalive()
-                self._next_keepalive = now + c._session_timeout_s / 2
+                c.send_keepalive()
+                self._next_keepalive = now + c.keepalive_interval_s
             if now >= self._next_report:
-                self._send_report()
+                packet = self.receiver_report()
+                if packet is not None:
+                    c.send_rtcp(packet)
                 self._next_report = now + RR_INTERVAL_S
-            if c._early:
-                channel, data = c._early.pop(0)
-                self._on_tcp_packet(channel, data)
-            elif c._udp is None:
-                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive, self._next_report) + 0.01
-                try:
-                    msg = c._read_message(deadline, "PLAY")
-                except ClientStalled:
-                    continue  # the loop above decides between stall and keepalive
-                if not isinstance(msg, Response):
-                    self._on_tcp_packet(*msg)
+            if c.over_udp:
+                for data in c.poll_rtp_over_udp(TICK_S):
+                    self._on_rtp(data)
             else:
-                self._poll_udp()
+                # The loop above decides between stall and keepalive when nothing came in time.
+                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive, self._next_report) + 0.01
+                packet_in = c.next_rtp_over_tcp(deadline)
+                if packet_in is not None:
+                    self._on_rtp(packet_in)
         return self._ready.pop(0)
 
     def receiver_report(self) -> bytes | None:
@@ -650,53 +719,9 @@ class AccessUnitIterator:
         )
         return report + sdes_cname(self._report_ssrc, USER_AGENT)
 
-    def _send_report(self) -> None:
-        c = self.c
-        packet = self.receiver_report()
-        if packet is None or c._sock is None:
-            return
-        try:
-            if c._udp is None:
-                c._sock.sendall(b"$" + bytes([c._interleaved[1]]) + struct.pack("!H", len(packet)) + packet)
-            elif c._server_rtcp_port is not None:
-                c._udp[1].sendto(packet, (c._sock.getpeername()[0], c._server_rtcp_port))
-        except OSError as err:
-            if c._udp is None:
-                raise ClientError(f"connection lost ({err.strerror or err})") from None
-            log.debug("RTCP receiver report not sent: %s", err)  # UDP: the next one may pass
-
-    def _on_tcp_packet(self, channel: int, data: bytes) -> None:
-        if channel == self.c._interleaved[0]:
-            self._on_rtp(data)
-
     def _on_rtp(self, data: bytes) -> None:
         pkt = parse_rtp(data)
         if pkt is None or pkt.payload_type != self.track.payload_type:
             return
         self._last_video = time.monotonic()
         self._ready += self.depay.push(pkt)
-
-    def _poll_udp(self) -> None:
-        c = self.c
-        assert c._udp is not None and c._sock is not None
-        rtp, rtcp = c._udp
-        readable, _, _ = select.select([rtp, rtcp, c._sock], [], [], TICK_S)
-        if rtp in readable:
-            for _ in range(256):  # drain what has arrived, bounded
-                try:
-                    data, addr = rtp.recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                if addr[0] in c._sources:  # only the camera's own packets
-                    self._on_rtp(data)
-        if rtcp in readable:
-            try:
-                rtcp.recvfrom(65536)  # sender reports: not needed (timestamps come from RTP)
-            except OSError:
-                pass
-        if c._sock in readable:
-            c._fill(time.monotonic() + TICK_S, "keepalive")
-            while c._take_message() is not None:
-                pass  # keepalive answers: nothing to do with them
