@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -403,13 +402,19 @@ def test_gop_follows_the_camera_frame_rate(model_dir: Path, sim_camera_factory: 
         pipe = host.app.pipelines["cam"]
         wait_until(lambda: pipe.snapshot().state == "live" and pipe.snapshot().frames_out > 0, 30, "live")
         keyframes: list[float] = []
+        key_at: list[int] = []  # packet (= frame) index of each keyframe
         url = f"rtsp://127.0.0.1:{host.app.rtsp.port}/cam"
         with av.open(url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as c:
             stream = c.streams.video[0]
             t0 = time.monotonic()
+            n = 0
             for packet in c.demux(stream):
-                if packet.pts is not None and packet.is_keyframe and packet.time_base is not None:
+                if packet.pts is None or packet.time_base is None:
+                    continue
+                if packet.is_keyframe:
                     keyframes.append(float(packet.pts * packet.time_base))
+                    key_at.append(n)
+                n += 1
                 if time.monotonic() - t0 > 11:
                     break
         enc = pipe._encoder
@@ -418,9 +423,13 @@ def test_gop_follows_the_camera_frame_rate(model_dir: Path, sim_camera_factory: 
     finally:
         host.stop()
     # The first keyframe is the viewer's join (forced); the GOP's own ones follow.
-    spacing = [b - a for a, b in itertools.pairwise(keyframes[1:])]
-    print(f"\n15 fps camera: encoder at {enc.fps:.2f} fps, GOP {enc.gop}, keyframe spacing {spacing}")
+    spacing = [round(b - a, 2) for a, b in itertools.pairwise(keyframes[1:])]
+    frames = [b - a for a, b in itertools.pairwise(key_at[1:])]
+    print(f"\n15 fps camera: encoder at {enc.fps:.2f} fps, GOP {enc.gop}, keyframe spacing {spacing} s, {frames} frames")
     assert abs(fps_camera - 15) < 1.5 and abs(enc.fps - 15) < 1.5 and enc.gop == round(2.0 * enc.fps)
-    assert len(spacing) >= 3, keyframes
-    # gop_seconds (2 s) x 15 fps; a 25 fps assumption made it 50 frames = 3.3 s.
-    assert 1.5 <= statistics.median(spacing) <= 2.7, spacing
+    assert len(frames) >= 3, keyframes
+    # gop_seconds (2 s) x 15 fps = 30 frames; a 25 fps assumption made it 50 (3.3 s). Counted in
+    # frames, not seconds: on a loaded machine the proxy may shed frames (overload), which
+    # stretches a GOP in time but not in frames; a forced keyframe (a slow viewer) shortens one.
+    assert max(frames) <= enc.gop + 1, frames
+    assert max(frames) >= enc.gop - 1, frames
