@@ -190,6 +190,19 @@ def test_a_frame_is_decoded_on_its_marker_packet_without_waiting_for_the_next() 
     assert [m for _, m in cam.methods][:4] == ["OPTIONS", "DESCRIBE", "SETUP", "PLAY"]
 
 
+def test_stopping_the_service_tears_the_camera_session_down() -> None:
+    """A camera allows few sessions: ours ends with a TEARDOWN when the service stops, not at its timeout."""
+    got: list[DecodedFrame] = []
+    with ScriptedCamera() as cam:
+        src = _source(cam.url, got)
+        src.start()
+        try:
+            assert _wait(lambda: got, 3.0), src.last_error
+        finally:
+            src.stop()
+        assert _wait(lambda: cam.methods and cam.methods[-1][1] == "TEARDOWN", 3.0), cam.methods
+
+
 def test_digest_with_qop_and_keepalive_within_the_session_timeout() -> None:
     got: list[DecodedFrame] = []
     with ScriptedCamera(user="admin", password="s3cret!", session_timeout=5) as cam:

@@ -265,8 +265,9 @@ class RtspClient:
 
     def close(self) -> None:
         sock = self._sock
-        if sock is not None and self._session is not None and not self.stop.is_set():
-            # Polite TEARDOWN, so the camera frees the session now rather than at its timeout.
+        if sock is not None and self._session is not None:
+            # Polite TEARDOWN, also when the service stops, so the camera frees the session now
+            # rather than at its timeout (many cameras allow only a few). Not waited for.
             try:
                 sock.settimeout(0.5)
                 sock.sendall(self._format("TEARDOWN", self.url, []))
