@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
-from test_rtsp_server import RawRtsp, need_ffmpeg, run, serve, with_creds
-from test_webrtc import make_cfg, serving
+from rtspkit import RawRtsp, need_ffmpeg, run, serve, with_creds
+from webkit import make_cfg, serving
 
 from streamproxy import metrics
 from streamproxy.config import User

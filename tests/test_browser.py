@@ -21,7 +21,7 @@ from browserkit import Chromium, check_no_face_end_to_end, needs_chromium, play
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_page_plays_synthetic_stream() -> None:
-    from test_webrtc import HEIGHT, WIDTH, make_cfg, serving, wait_for
+    from webkit import HEIGHT, WIDTH, make_cfg, serving, wait_for
 
     async with serving(make_cfg()) as (app, server, base), Chromium() as browser:
         stats = await play(browser, base, "cam1", frames=30, timeout=30)

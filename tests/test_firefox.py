@@ -206,7 +206,7 @@ class Firefox(BrowserDriver):
 @pytest.mark.timeout(120)
 async def test_firefox_plays_synthetic_stream() -> None:
     from browserkit import play
-    from test_webrtc import HEIGHT, WIDTH, make_cfg, serving, wait_for
+    from webkit import HEIGHT, WIDTH, make_cfg, serving, wait_for
 
     async with serving(make_cfg()) as (app, server, base), Firefox() as browser:
         stats = await play(browser, base, "cam1", frames=30, timeout=40)

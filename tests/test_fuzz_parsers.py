@@ -673,7 +673,7 @@ OFFER_LINES = [
     )
 )
 def test_whep_offer_raises_only_whep_error(offer: str) -> None:
-    from test_webrtc import make_cfg
+    from webkit import make_cfg
 
     from streamproxy.hub import StreamHub
     from streamproxy.serve.webrtc import WebRtcGateway, WhepError

@@ -707,7 +707,7 @@ def test_socket_fuzzer_with_live_viewer(
 
 
 async def test_http_bad_request_is_not_an_error_log(recorder: Recorder) -> None:
-    from test_webrtc import make_cfg, serving
+    from webkit import make_cfg, serving
 
     async with serving(make_cfg(), feed=False) as (_, _, base):
         reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))

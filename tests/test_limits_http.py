@@ -20,7 +20,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
-from test_webrtc import WhepClient, make_cfg, serving, wait_for
+from webkit import WhepClient, make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub

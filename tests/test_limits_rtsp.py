@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from test_rtsp_server import RawRtsp, pyav_read, serve
+from rtspkit import RawRtsp, pyav_read, serve
 
 from streamproxy import metrics
 from streamproxy.app import App, DescriptorAlarm

@@ -7,232 +7,37 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import os
 import random
-import shutil
-import socket
 import struct
 import time
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
-import av
-import numpy as np
 import pytest
+from rtspkit import (
+    FPS,
+    PASSWORD,
+    USER,
+    H,
+    RawRtsp,
+    W,
+    need_ffmpeg,
+    need_gst,
+    pyav_read,
+    run,
+    serve,
+    with_creds,
+)
 
-from streamproxy.config import EncoderConfig, LimitsConfig, ServerConfig, User
+from streamproxy.config import ServerConfig, User
 from streamproxy.hub import CodecInfo, StreamHub
-from streamproxy.live.encode import H264Encoder
 from streamproxy.rtsp.rtp import PayloadCache, sdes_cname
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
 from streamproxy.types import EncodedPacket
 
 pytestmark = pytest.mark.timeout(90)
-
-W, H, FPS = 320, 240, 25.0
-USER, PASSWORD = "viewer", "pa:ss w0rd"
-
-
-def _frame(i: int, w: int, h: int, noise: bool) -> av.VideoFrame:
-    y = (np.add.outer(np.arange(h), np.arange(w)) + i * 4).astype(np.uint8)
-    if noise:  # incompressible: a high bitrate that fills socket buffers quickly
-        y = np.random.default_rng(i).integers(0, 255, (h, w), dtype=np.uint8)
-    uv = np.full((h // 2, w), 128, np.uint8)
-    return av.VideoFrame.from_ndarray(np.vstack([y, uv]), format="yuv420p")
-
-
-class Camera:
-    """Publishes a synthetic stream into a hub, honouring keyframe requests."""
-
-    def __init__(self, hub: StreamHub, w: int = W, h: int = H, kbps: int = 800, noise: bool = False) -> None:
-        self.hub, self.w, self.h, self.noise = hub, w, h, noise
-        self.enc = H264Encoder(EncoderConfig(bitrate_kbps=kbps, gop_seconds=4.0), w, h, FPS, name=hub.name)
-        self.frames = 0
-        self.task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while True:
-            frame = _frame(self.frames, self.w, self.h, self.noise)
-            force = self.hub.take_keyframe_request()
-            pkts = await asyncio.to_thread(self.enc.encode, frame, time.monotonic(), force)
-            if self.hub.codec is None and self.enc.codec_info is not None:
-                self.hub.set_codec(self.enc.codec_info)
-            for p in pkts:
-                self.hub.publish(p)
-            self.frames += 1
-            await asyncio.sleep(max(0.0, t0 + self.frames / FPS - loop.time()))
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.enc.close()
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    users: list[User] | None = None,
-    publish: bool = True,
-    buffer_packets: int = 50,
-    kbps: int = 800,
-    noise: bool = False,
-    limits: dict[str, Any] | None = None,
-    **server_kw: Any,
-) -> AsyncIterator[tuple[RtspServer, StreamHub, str]]:
-    hub = StreamHub("cam1", buffer_packets=buffer_packets)
-    port_min = random.randrange(20000, 60000, 2)
-    cfg = ServerConfig(
-        host="127.0.0.1", rtsp_port=1024, users=users or [], rtp_port_min=port_min, rtp_port_max=port_min + 400,
-        limits=LimitsConfig(**(limits or {})),
-    )  # fmt: skip
-    cfg = cfg.model_copy(update={"rtsp_port": 0})  # port 0: the OS picks; the model's bound is for users
-    server = RtspServer({"cam1": hub}, cfg, **server_kw)
-    cam = Camera(hub, kbps=kbps, noise=noise)
-    await server.start()
-    if publish:
-        cam.start()
-    try:
-        yield server, hub, f"rtsp://127.0.0.1:{server.port}/cam1"
-    finally:
-        await server.stop()
-        await cam.stop()
-
-
-async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    """Run a client without blocking the event loop that serves it."""
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def with_creds(url: str, user: str, password: str) -> str:
-    from urllib.parse import quote
-
-    return url.replace("rtsp://", f"rtsp://{quote(user, safe='')}:{quote(password, safe='')}@")
-
-
-need_ffmpeg = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffmpeg not installed")
-need_gst = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer not installed")
-
-
-class RawRtsp:
-    """A minimal RTSP client on a raw socket: exact control over what is sent and read."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.cseq = 0
-        self.binary: list[tuple[int, bytes]] = []  # interleaved frames seen while waiting for responses
-
-    @classmethod
-    async def connect(cls, port: int, rcvbuf: int | None = None, limit: int = 2**16) -> RawRtsp:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5)
-        r, w = await asyncio.open_connection(sock=sock, limit=limit)
-        return cls(r, w)
-
-    async def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def request(
-        self, method: str, uri: str, headers: dict[str, str] | None = None, cseq: bool = True
-    ) -> tuple[int, dict[str, list[str]], bytes]:
-        self.cseq += 1
-        lines = [f"{method} {uri} RTSP/1.0"]
-        if cseq:
-            lines.append(f"CSeq: {self.cseq}")
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        await self.send_raw(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return await self.response()
-
-    async def response(self, timeout: float = 10.0) -> tuple[int, dict[str, list[str]], bytes]:
-        async def read() -> tuple[int, dict[str, list[str]], bytes]:
-            while True:
-                first = await self.reader.readexactly(1)
-                if first == b"$":
-                    hdr = await self.reader.readexactly(3)
-                    self.binary.append((hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big"))))
-                    continue
-                head = (first + await self.reader.readuntil(b"\r\n\r\n")).decode()
-                lines = head.split("\r\n")
-                status = int(lines[0].split()[1])
-                hdrs: dict[str, list[str]] = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        hdrs.setdefault(k.strip().lower(), []).append(v.strip())
-                n = int(hdrs.get("content-length", ["0"])[0])
-                body = await self.reader.readexactly(n) if n else b""
-                return status, hdrs, body
-
-        return await asyncio.wait_for(read(), timeout)
-
-    async def read_interleaved(self, count: int, timeout: float = 10.0) -> list[tuple[int, bytes]]:
-        async def read() -> None:
-            while len(self.binary) < count:
-                first = await self.reader.readexactly(1)
-                assert first == b"$", first
-                hdr = await self.reader.readexactly(3)
-                self.binary.append((hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big"))))
-
-        await asyncio.wait_for(read(), timeout)
-        return self.binary
-
-    async def play_tcp(self, url: str, headers: dict[str, str] | None = None) -> str:
-        h = headers or {}
-        status, _, _ = await self.request("DESCRIBE", url, h)
-        assert status == 200
-        status, hdrs, _ = await self.request(
-            "SETUP", url + "/trackID=0", {**h, "Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
-        )
-        assert status == 200, status
-        session = hdrs["session"][0].split(";")[0]
-        status, _, _ = await self.request("PLAY", url, {**h, "Session": session})
-        assert status == 200
-        return session
-
-    def close(self) -> None:
-        self.writer.transport.abort()
-
-
-def pyav_read(url: str, frames: int, transport: str = "tcp", low_delay: bool = True) -> dict[str, float]:
-    """Open with PyAV, decode `frames` frames; times from just before open."""
-    opts = {"rtsp_transport": transport}
-    if low_delay:
-        opts.update({"probesize": "32", "analyzeduration": "0", "flags": "low_delay"})
-    t0 = time.monotonic()
-    first = 0.0
-    n = 0
-    with av.open(url, options=opts, timeout=(5.0, 5.0)) as c:
-        stream = c.streams.video[0]
-        for f in c.decode(stream):
-            if n == 0:
-                first = time.monotonic() - t0
-                w, h = f.width, f.height
-            n += 1
-            if n >= frames:
-                break
-    total = time.monotonic() - t0
-    return {"first_frame_s": first, "total_s": total, "frames": n, "width": w, "height": h}
 
 
 # --- third-party clients ---

@@ -10,7 +10,7 @@ import socket
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
-from test_webrtc import make_cfg, serving
+from webkit import make_cfg, serving
 
 from streamproxy.config import parse_config
 from streamproxy.hub import StreamHub

@@ -1,0 +1,178 @@
+"""The web side under test without a camera: a hub fed by the project's H.264 encoder with synthetic
+frames, the real HTTP server around stand-ins for the app and its pipelines, and an aiortc WHEP client.
+
+* `make_cfg(users=None, cameras=("cam1",))`: a loopback config (ICE on 127.0.0.1 only).
+* `serving(cfg)`: async context manager -> (FakeApp, WebServer, base URL), hubs fed at FPS.
+* `WhepClient`: a real aiortc viewer; `wait_for(cond, timeout)`: poll a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streamproxy.config import AppConfig, EncoderConfig, parse_config
+from streamproxy.hub import StreamHub
+from streamproxy.live.encode import H264Encoder
+from streamproxy.serve.http import WebServer
+from streamproxy.serve.webrtc import gather_hosts
+from streamproxy.status import DetectorStatus, DropCounts, LatencyStatus, PipelineStatus, ViewerCounts
+
+WIDTH, HEIGHT, FPS = 320, 240, 25
+def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
+    return parse_config(
+        {
+            "cameras": [{"name": n, "url": f"rtsp://127.0.0.1:1/{n}"} for n in cameras],
+            "server": {
+                "host": "127.0.0.1",
+                "ice_hosts": ["127.0.0.1"],
+                "users": users or [],
+            },
+        }
+    )
+class FakePipeline:
+    """Stands in for CameraPipeline: only what the web server reads."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+        self.name = hub.name
+        self.state = "live"
+
+    def snapshot(self) -> PipelineStatus:
+        return PipelineStatus(
+            name=self.name,
+            state=self.state,
+            fps_in=25.0,
+            fps_out=25.0,
+            fps_camera=25.0,
+            frames_in=0,
+            frames_out=0,
+            dropped=DropCounts(),
+            fail_closed_frames=0,
+            faces=0,
+            tracks=0,
+            latency_ms=LatencyStatus(10.0, 20.0, 150.0),
+            overloaded=False,
+            keep_ratio=1.0,
+            detector=DetectorStatus("yunet", 1, 1280, 3, 1280, 1.0, None),
+            privacy_floor=None,
+            resolution=(WIDTH, HEIGHT),
+            viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
+            reconnects=0,
+        )
+class FakeApp:
+    """The parts of streamproxy.app.App that WebServer uses."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self.hubs = {c.name: StreamHub(c.name, cfg.server.viewer_buffer_packets) for c in cfg.cameras}
+        self.pipelines: dict[str, Any] = {n: FakePipeline(h) for n, h in self.hubs.items()}
+        self.ready = True
+        self.publishers: dict[str, Any] = {}
+        self.rtsp = None
+        self.rtsp: Any = None
+def synthetic_frame(i: int) -> av.VideoFrame:
+    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None] * 200 + 20
+    x = np.zeros((1, WIDTH), np.float32)
+    img = np.repeat((y + x).astype(np.uint8)[:, :, None], 3, axis=2)
+    col = (i * 8) % (WIDTH - 40)
+    img[100:140, col : col + 40] = (0, 0, 255)  # a moving red block: every frame differs
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS) -> None:
+    """A live camera's encode loop in miniature: honours the hub's keyframe requests."""
+    enc = H264Encoder(EncoderConfig(bitrate_kbps=500), WIDTH, HEIGHT, fps, name=hub.name)
+    frames = [synthetic_frame(i) for i in range(50)]
+    i = 0
+    t0 = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            packets = await asyncio.to_thread(
+                enc.encode, frames[i % len(frames)], now, hub.take_keyframe_request()
+            )
+            if hub.codec is None and enc.codec_info is not None:
+                hub.set_codec(enc.codec_info)
+            for p in packets:
+                hub.publish(p)
+            i += 1
+            delay = t0 + i / fps - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+    finally:
+        enc.close()
+@contextlib.asynccontextmanager
+async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[FakeApp, WebServer, str]]:
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
+    app = FakeApp(cfg)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(feed_hub(h, stop)) for h in app.hubs.values()] if feed else []
+    server = WebServer(app)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield app, server, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        stop.set()
+        await asyncio.gather(*tasks)
+class WhepClient:
+    """A WHEP viewer built on aiortc (recvonly, non-trickle)."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.frames: list[av.VideoFrame] = []
+        self.location: str | None = None
+        self._track_ready = asyncio.Event()
+        self._track: Any = None
+
+        @self.pc.on("track")
+        def on_track(track: Any) -> None:
+            self._track = track
+            self._track_ready.set()
+
+    async def offer(self) -> str:
+        with gather_hosts(["127.0.0.1"]):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert self.pc.localDescription is not None
+        return self.pc.localDescription.sdp
+
+    async def connect(self, session: aiohttp.ClientSession, url: str, **kw: Any) -> aiohttp.ClientResponse:
+        sdp = await self.offer()
+        resp = await session.post(url, data=sdp, headers={"Content-Type": "application/sdp"}, **kw)
+        if resp.status == 201:
+            self.location = resp.headers["Location"]
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
+        return resp
+
+    async def receive(self, count: int, timeout: float) -> list[av.VideoFrame]:
+        deadline = time.monotonic() + timeout
+        await asyncio.wait_for(self._track_ready.wait(), timeout)
+        while len(self.frames) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                frame = await asyncio.wait_for(self._track.recv(), left)
+            except (TimeoutError, MediaStreamError):
+                break
+            self.frames.append(frame)
+        return self.frames
+
+    async def close(self) -> None:
+        await self.pc.close()
+async def wait_for(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(cond())
