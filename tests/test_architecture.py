@@ -146,3 +146,15 @@ def test_the_rule_catches_a_wrong_import(tmp_path: Path) -> None:
             test_imports_flow_one_way()
     finally:
         bad.unlink()
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in conftest.py and the *kit.py modules beside it, never in a test module."""
+    wrong = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            wrong += [f"tests/{path.name}:{node.lineno}: imports {n}" for n in names if n.startswith("test_")]
+    assert not wrong, "test modules importing test modules:\n" + "\n".join(wrong)
