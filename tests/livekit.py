@@ -34,9 +34,14 @@ LOW_DELAY = {"probesize": "32", "analyzeduration": "0", "flags": "low_delay"}
 
 
 def make_config(
-    url: str, model_dir: Path, users: list[dict[str, str]] | None = None, **camera: Any
+    url: str,
+    model_dir: Path,
+    users: list[dict[str, str]] | None = None,
+    ingest: dict[str, Any] | None = None,
+    **camera: Any,
 ) -> AppConfig:
-    """One camera "cam" (640x360 sims) on loopback; `camera` adds keys to its section."""
+    """One camera "cam" (640x360 sims) on loopback; `ingest` replaces keys of the ingest section,
+    `camera` adds keys to the camera's section."""
     base = random.randrange(20000, 60000, 2)  # the server scans the range for a free UDP pair
     return parse_config(
         {
@@ -49,7 +54,7 @@ def make_config(
                 "rtp_port_max": base + 60,
                 "users": users or [],
             },
-            "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
+            "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2, **(ingest or {})},
             # The camera is 640 wide: detecting at 640 (not the default upscale to 1280) keeps CPU low.
             "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
             "slate": {"width": W, "height": H},

@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import signal
 import threading
 import time
@@ -31,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+import livekit
 import numpy as np
 import pytest
 from livekit import LOW_DELAY, VISIBLE, H, W
 from prometheus_client import REGISTRY
 
-from streamproxy.config import AppConfig, parse_config
+from streamproxy.config import AppConfig
 from streamproxy.engine.detect import OnnxFaceDetector
 from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.supervisor import STABLE_S
@@ -53,30 +53,16 @@ JUDGED_FRAMES = 40
 
 
 def make_config(url: str, model_dir: Path) -> AppConfig:
-    """livekit.make_config's service, with an ingest tuned for faults: a short open timeout, and a
-    back-off cap that one doubling sequence reaches within a few seconds (0.2, 0.4, 0.8, 1.6)."""
-    base = random.randrange(20000, 60000, 2)
-    return parse_config(
-        {
-            "cameras": [{"name": "cam", "url": url}],
-            "server": {
-                "host": "127.0.0.1",
-                "rtsp_port": free_port(),
-                "http_port": free_port(),
-                "rtp_port_min": base,
-                "rtp_port_max": base + 60,
-            },
-            "ingest": {
-                "read_timeout_s": 2,
-                "open_timeout_s": 3,
-                "backoff_initial_s": BACKOFF_INITIAL_S,
-                "backoff_max_s": BACKOFF_MAX_S,
-                "unauthorized_backoff_max_s": UNAUTHORIZED_BACKOFF_MAX_S,
-            },
-            "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
-            "slate": {"width": W, "height": H},
-        }
-    )
+    """livekit's service, with an ingest tuned for faults: a short open timeout, and a back-off cap
+    that one doubling sequence reaches within a few seconds (0.2, 0.4, 0.8, 1.6)."""
+    ingest = {
+        "read_timeout_s": 2,
+        "open_timeout_s": 3,
+        "backoff_initial_s": BACKOFF_INITIAL_S,
+        "backoff_max_s": BACKOFF_MAX_S,
+        "unauthorized_backoff_max_s": UNAUTHORIZED_BACKOFF_MAX_S,
+    }
+    return livekit.make_config(url, model_dir, ingest=ingest)
 
 
 def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:

@@ -12,7 +12,6 @@ never go below the floor, and never let a face frame out unmasked.
 from __future__ import annotations
 
 import multiprocessing as mp
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -22,15 +21,15 @@ import av
 import numpy as np
 import pytest
 from facekit import background, paste_face
+from livekit import make_config
 
-from streamproxy.config import DetectorConfig, parse_config
+from streamproxy.config import DetectorConfig
 from streamproxy.engine.detect import OnnxFaceDetector, create_detector
 from streamproxy.status import PipelineStatus
 from streamproxy.types import Box, Detection
 from streamproxy_sim.camsim import (
     SimCamera,
     bgr_to_i420,
-    free_port,
     read_stamp,
     system_gst_available,
     write_stamp,
@@ -130,22 +129,8 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
     assert face_seen(_with_face(background(W, H, seed=7), FACE_FROM), boxes[FACE_FROM])
 
     sim = SimCamera(width=W, height=H, fps=FPS, clip=raw, mode="replay", bitrate_kbps=3000).start()
-    base = random.randrange(20000, 60000, 2)
-    cfg = parse_config(
-        {
-            "cameras": [{"name": "cam", "url": sim.url}],
-            "server": {
-                "host": "127.0.0.1",
-                "rtsp_port": free_port(),
-                "http_port": free_port(),
-                "rtp_port_min": base,
-                "rtp_port_max": base + 60,
-            },
-            "ingest": {"read_timeout_s": 3},
-            "engine": {"detector": {"input_width": 640, "model_dir": str(model_dir)}},
-            "slate": {"width": W, "height": H},
-        }
-    )
+    # The floor's own settings only: a 3 s read timeout and the default back-off.
+    cfg = make_config(sim.url, model_dir, ingest={"read_timeout_s": 3, "backoff_max_s": 2, "backoff_initial_s": 0.5})
     host = AppThread(cfg)
     try:
         app = host.start()
