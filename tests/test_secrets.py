@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 
 from streamproxy.config import AppConfig, ConfigError, parse_config
+from streamproxy_sim.fakecam import FakeCamera
 
 USER_PW = "Userpw!-5ecret"  # percent-encoded in the URL as Userpw%21-5ecret
 PATH_PW = "Pathpw-5ecret"
@@ -47,67 +47,6 @@ def publish_url(port: int) -> str:
 
 def leaks(text: str) -> list[str]:
     return [s for s in SECRETS if s in text]
-
-
-class Camera401:
-    """A tiny RTSP 'camera' on 127.0.0.1 that answers every request 401 (Basic and Digest offered)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.requests = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="camera-401", daemon=True)
-
-    def __enter__(self) -> Camera401:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        buf = b""
-        with conn:
-            for _ in range(20):  # bounded: a client gets at most 20 answers per connection
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        chunk = conn.recv(4096)
-                    except OSError:
-                        return
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                cseq = b"0"
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"cseq:"):
-                        cseq = line.split(b":", 1)[1].strip()
-                self.requests += 1
-                try:
-                    conn.sendall(
-                        b"RTSP/1.0 401 Unauthorized\r\nCSeq: " + cseq + b"\r\n"
-                        b'WWW-Authenticate: Digest realm="cam", nonce="abc123"\r\n'
-                        b'WWW-Authenticate: Basic realm="cam"\r\n\r\n'
-                    )
-                except OSError:
-                    return
 
 
 def _config(cam_port: int, pub_port: int, model_dir: Path, demuxer: str) -> AppConfig:
@@ -146,13 +85,13 @@ async def test_service_output_carries_no_secret(
     from streamproxy_sim.harness import running_app
 
     caplog.set_level(logging.DEBUG)
-    with Camera401() as cam:
+    with FakeCamera("unauthorized") as cam:
         cfg = _config(cam.port, dead_port, model_dir, demuxer)
         async with running_app(cfg) as app:
             deadline = time.monotonic() + 60
             # A few connects and reconnects (each logs "connecting to ..." and its failure).
-            while cam.connections < 3 or app.pipelines["lobby"].source.reconnects < 2:
-                assert time.monotonic() < deadline, f"camera saw {cam.connections} connection(s) in 60 s"
+            while len(cam.connections) < 3 or app.pipelines["lobby"].source.reconnects < 2:
+                assert time.monotonic() < deadline, f"camera saw {len(cam.connections)} connection(s) in 60 s"
                 await asyncio.sleep(0.1)
             base = f"http://127.0.0.1:{app.web.port}"
             auth = aiohttp.BasicAuth("viewer", VIEWER_PW)
@@ -167,7 +106,7 @@ async def test_service_output_carries_no_secret(
                     denied_text = await r.text()
             snapshot = repr(app.pipelines["lobby"].snapshot())
             publisher = repr(app.publishers["lobby"].snapshot())
-    assert cam.requests >= 3, "the camera was never asked (the test proves nothing)"
+    assert len(cam.requests) >= 3, "the camera was never asked (the test proves nothing)"
     # The checks can fail: the outputs are there, and name the camera.
     assert 'camera="lobby"' in metrics_text and '"lobby"' in api_text
     logs = "\n".join(
