@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from clikit import run_cli, start_cli, wait_ready, write_config
 
 from streamproxy.app import App, ListenError
 from streamproxy.config import AppConfig, parse_config
@@ -74,26 +73,7 @@ async def test_rtsp_port_in_use_starts_nothing(model_dir: Path) -> None:
 def test_run_with_port_in_use_exits_1_with_one_line(model_dir: Path, tmp_path: Path) -> None:
     """`streamproxy run` as a user sees it: exit status 1, one ERROR line naming the port, no traceback."""
     with occupied_port() as rtsp:
-        cfg = tmp_path / "streamproxy.yaml"
-        cfg.write_text(
-            f"""
-cameras:
-  - name: lobby
-    url: rtsp://127.0.0.1:9/lobby
-server:
-  host: 127.0.0.1
-  rtsp_port: {rtsp}
-  http_port: 0
-engine:
-  detector:
-    input_width: 640
-    model_dir: {model_dir}
-"""
-        )
-        r = subprocess.run(
-            [sys.executable, "-m", "streamproxy.cli", "run", "--config", str(cfg)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = run_cli(write_config(tmp_path, "rtsp://127.0.0.1:9/lobby", rtsp, 0, model_dir))
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "Traceback" not in out, out
@@ -107,22 +87,7 @@ def test_run_with_a_bad_config_exits_1_with_one_line_and_listens_nowhere(tmp_pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = tmp_path / "streamproxy.yaml"
-    cfg.write_text(
-        f"""
-cameras:
-  - name: lobby
-    url: rtsp://127.0.0.1:9/lobby
-server:
-  host: 127.0.0.1
-  rtsp_port: {port}
-  http_port: {port}
-"""
-    )
-    r = subprocess.run(
-        [sys.executable, "-m", "streamproxy.cli", "run", "--config", str(cfg)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run_cli(write_config(tmp_path, "rtsp://127.0.0.1:9/lobby", port, port))
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "Traceback" not in out, out
@@ -162,41 +127,13 @@ def test_sigterm_with_a_viewer_sends_rtcp_bye_closes_cleanly_and_exits_0(model_d
     viewer gets an RTCP BYE and a clean close (FIN, not RST), and the process exits 0 within seconds."""
     import signal
     import time
-    import urllib.request
 
     from streamproxy_sim.camsim import free_port
 
     rtsp, http = free_port(), free_port()
-    cfg = tmp_path / "streamproxy.yaml"
-    cfg.write_text(
-        f"""
-cameras:
-  - name: lobby
-    url: rtsp://127.0.0.1:9/lobby
-server:
-  host: 127.0.0.1
-  rtsp_port: {rtsp}
-  http_port: {http}
-engine:
-  detector:
-    input_width: 640
-    model_dir: {model_dir}
-"""
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproxy.cli", "run", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = start_cli(write_config(tmp_path, "rtsp://127.0.0.1:9/lobby", rtsp, http, model_dir))
     try:
-        deadline = time.monotonic() + 60
-        while True:  # until the HTTP server (started after the RTSP one) answers
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "not listening within 60 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(proc, http, path="/healthz")  # the HTTP server starts after the RTSP one
         with socket.create_connection(("127.0.0.1", rtsp), timeout=10) as v:
             url = f"rtsp://127.0.0.1:{rtsp}/lobby"
             head = _request(v, f"SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
