@@ -5,6 +5,7 @@
 * `sim_camera_factory(**kw)`: starts a real RTSP camera (gst-rtsp-server under /usr/bin/python3) on a
   free 127.0.0.1 port and stops it after the test; `sim_camera` is one small started camera. Tests
   using them skip cleanly where GStreamer's RTSP server is not installed.
+* `fd_headroom(n)`: enough descriptors for a connection flood in this process.
 * `host_factory(url)`: the live service on one camera (tests/livekit.py); `judge`: the face detector an
   attacker would run on the output.
 
@@ -88,3 +89,19 @@ def judge(model_dir: Path) -> Any:
     from streamproxy.engine.detect import create_detector
 
     return create_detector(DetectorConfig(input_width=640, threshold=0.3, model_dir=model_dir))
+
+
+@pytest.fixture
+def fd_headroom() -> Callable[[int], None]:
+    """`fd_headroom(n)`: raise this process's soft descriptor limit to the hard one (floods of
+    connections need client and server sockets in one process); skip if it cannot hold `n`."""
+    import resource
+
+    def ensure(need: int) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"the hard open-files limit {hard} is below the {need} this flood needs (client + server)")
+        if soft != resource.RLIM_INFINITY and soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard))
+
+    return ensure

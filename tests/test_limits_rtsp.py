@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -44,17 +45,6 @@ def _metric(limit: str, listener: str = "rtsp") -> float:
 
 def _limit_lines(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and f" limit {kind}: " in r.getMessage()]
-
-
-def _fd_headroom(need: int) -> None:
-    """Raise this process's soft descriptor limit to the hard one; skip if it cannot hold `need`."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.skip(f"the hard open-files limit {hard} is below the {need} this flood needs (client + server)")
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard))
 
 
 async def _connect_many(port: int, count: int) -> list[socket.socket]:
@@ -114,9 +104,9 @@ HELD = 150  # the binding limit in both cases below
     ],
 )
 async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
-    caplog: pytest.LogCaptureFixture, kind: str, limits: dict[str, int]
+    caplog: pytest.LogCaptureFixture, kind: str, limits: dict[str, int], fd_headroom: Callable[[int], None]
 ) -> None:
-    _fd_headroom(2 * FLOOD + 200)  # 2,000 client sockets here, up to as many in the server before the limits held
+    fd_headroom(2 * FLOOD + 200)  # 2,000 client sockets here, up to as many in the server before the limits held
     caplog.set_level(logging.INFO, LOGGER)
     other = "connections" if kind == "connections_per_client" else "connections_per_client"
     hit0, other0 = _metric(kind), _metric(other)
@@ -150,8 +140,10 @@ async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
 
 
 @pytest.mark.slow
-async def test_slowloris_connections_are_closed_by_request_timeout(caplog: pytest.LogCaptureFixture) -> None:
-    _fd_headroom(2 * SLOWLORIS + 200)
+async def test_slowloris_connections_are_closed_by_request_timeout(
+    caplog: pytest.LogCaptureFixture, fd_headroom: Callable[[int], None]
+) -> None:
+    fd_headroom(2 * SLOWLORIS + 200)
     caplog.set_level(logging.INFO, LOGGER)
     limits = {"request_timeout_s": 1.0, "max_connections_per_client": 400, "max_connections": 512}
     before = _metric("request_timeout")
