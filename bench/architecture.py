@@ -115,7 +115,14 @@ def main() -> int:
         return best
 
     floors = max(depth(v, frozenset()) for v in graph)
-    print(f"import floors: {floors}")
+    # One longest chain, top down: what the floors are made of.
+    chain = [max(graph, key=lambda v: floor[v])]
+    while floor[chain[-1]] > 1:
+        nxt = [w for w in graph[chain[-1]] if floor.get(w) == floor[chain[-1]] - 1]
+        if not nxt:
+            break
+        chain.append(sorted(nxt)[0])
+    print(f"import floors: {floors} (e.g. {' -> '.join(c.removeprefix(root.name + '.') for c in chain)})")
     print(f"import loops: {len(loops)}" + "".join(f"\n  {' <-> '.join(c)}" for c in loops))
     return 0
 
