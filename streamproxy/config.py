@@ -433,6 +433,40 @@ class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class OnvifDeviceInfo(_Strict):
+    """What GetDeviceInformation answers (a VMS shows it and keys the device by the serial)."""
+
+    manufacturer: str = Field("streamproxy", min_length=1, max_length=64, description="Manufacturer shown.")
+    model: str = Field("anonymizing-proxy", min_length=1, max_length=64, description="Model shown.")
+    firmware: str = Field("1.0", min_length=1, max_length=64, description="Firmware version shown.")
+    serial: str = Field(
+        "streamproxy-0001", min_length=1, max_length=64,
+        description="Serial number: a VMS keys the device by it; give every proxy its own.",
+    )
+    hardware: str = Field("streamproxy", min_length=1, max_length=64, description="Hardware id (and scope).")
+
+
+class OnvifScopes(_Strict):
+    """The device's scopes (GetScopes; WS-Discovery later): a VMS lists the device by them."""
+
+    name: str = Field(
+        "streamproxy", min_length=1, max_length=64, description="onvif://www.onvif.org/name/<name>."
+    )
+    location: str = Field(
+        "unknown", min_length=1, max_length=64, description="onvif://www.onvif.org/location/<location>."
+    )
+
+
+class OnvifConfig(_Strict):
+    """The proxy as an ONVIF Profile S device under the HTTP server (/onvif/device_service)."""
+
+    enabled: bool = Field(
+        False, description="Answer ONVIF device and media requests on the HTTP port (explicit opt-in)."
+    )
+    device: OnvifDeviceInfo = Field(default_factory=lambda: OnvifDeviceInfo())
+    scopes: OnvifScopes = Field(default_factory=lambda: OnvifScopes())
+
+
 class AppConfig(_Strict):
     cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras to proxy.")
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
@@ -450,6 +484,7 @@ class AppConfig(_Strict):
         "with a ~40 ms run on 2 cores; at 150 ms only every other frame.",
     )
     logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
+    onvif: OnvifConfig = Field(default_factory=lambda: OnvifConfig(), description="ONVIF device (off by default).")
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:
