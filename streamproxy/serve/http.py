@@ -10,6 +10,8 @@ Routes
   POST /{camera}/whep                  WHEP: SDP offer in, 201 + SDP answer + Location out
   DELETE /{camera}/whep/{session}      WHEP: end the session
   OPTIONS /{camera}/whep[/{session}]   CORS preflight
+  POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif.py)
+  POST /onvif/media_service            ONVIF media service (ver10); ONVIF authenticates on its own
 
 Limits (`server.limits`, serve/http_limits.py): connections in total and per client address, idle
 and slow-request timeouts, head and body size (a WHEP offer is a body); refusals are 503/408/413/431
@@ -43,6 +45,8 @@ from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.rtsp.auth import Authenticator
 from streamproxy.serve.http_limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
+from streamproxy.serve.onvif import PATHS as ONVIF_PATHS
+from streamproxy.serve.onvif import OnvifService
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
@@ -124,6 +128,11 @@ class WebServer:
         self._users = {u.username: u.password for u in self.cfg.users}
         self.auth = Authenticator(self.cfg.users, self.cfg.realm, protocol="http")
         self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
+        self.onvif = OnvifService(app) if app.cfg.onvif.enabled else None
+        if self.onvif is not None:
+            # ONVIF checks its own credentials (WS-Security or HTTP Digest/Basic) and answers SOAP faults;
+            # GetSystemDateAndTime must answer without any.
+            self._open_paths = self._open_paths | set(ONVIF_PATHS)
         self.web_app = self._build()
 
     # --- lifecycle ---
@@ -142,6 +151,9 @@ class WebServer:
         wa.router.add_route("OPTIONS", "/{camera}/whep", self._whep_options)
         wa.router.add_delete("/{camera}/whep/{session}", self._whep_delete)
         wa.router.add_route("OPTIONS", "/{camera}/whep/{session}", self._whep_options)
+        if self.onvif is not None:
+            for path in ONVIF_PATHS:
+                wa.router.add_post(path, self.onvif.handle)
         return wa
 
     async def start(self) -> None:
