@@ -341,6 +341,20 @@ class Authenticator:
 
         return await self._gated(attempt, authorization, client, name, digest=False)
 
+    def password_for(self, user: str) -> tuple[str, bool]:
+        """(the user's password, True), or (a random dummy, False) for an unknown user: another
+        credential scheme (ONVIF's WS-Security) checks against it, so that an unknown user costs
+        and answers exactly like a wrong password."""
+        password = self._passwords.get(user)
+        return (self._dummy, False) if password is None else (password, True)
+
+    async def verify_with(
+        self, check: Callable[[], str | None], scheme: str, client: str, name: str = "-"
+    ) -> AuthResult:
+        """Another credential scheme's `check` (the user name, or None) under this authenticator's
+        per-address failure counter and back-off; the caller answers the failure its own way."""
+        return await self._gated(lambda: (check(), False), scheme, client, name, digest=False)
+
     async def _gated(
         self,
         attempt: Callable[[], tuple[str | None, bool]],

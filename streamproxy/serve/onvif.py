@@ -104,20 +104,20 @@ class OnvifAuthenticator(Authenticator):
         # Created times at or before this are refused: their nonces may have been forgotten (table full).
         self._floor = float("-inf")
 
-    def _check_token(self, token: UsernameToken) -> tuple[str | None, bool]:
-        password = self._passwords.get(token.username)
-        # An unknown user is checked against the dummy: same cost and answer as a wrong password.
-        ok = check_digest(token, self._dummy if password is None else password) and password is not None
+    def _check_token(self, token: UsernameToken) -> str | None:
+        # An unknown user is checked against a dummy: same cost and answer as a wrong password.
+        password, known = self.password_for(token.username)
+        ok = check_digest(token, password) and known
         created = token.created_at.timestamp()
         now = self._wall()
         if not ok or abs(created - now) > TOKEN_WINDOW_S or created <= self._floor:
-            return None, False
+            return None
         key = (token.username, token.nonce)
         if key in self._nonces:
             log.warning("onvif: replayed UsernameToken nonce for user %r refused", token.username)
-            return None, False
+            return None
         self._remember(key, created, now)
-        return token.username, False
+        return token.username
 
     def _remember(self, key: tuple[str, bytes], created: float, now: float) -> None:
         self._nonces[key] = created
@@ -131,7 +131,7 @@ class OnvifAuthenticator(Authenticator):
                 self._floor = max(self._floor, oldest)  # forgotten while still fresh: refuse its era
 
     async def verify_token(self, token: UsernameToken, client: str) -> AuthResult:
-        return await self._gated(lambda: self._check_token(token), "wsse", client, "onvif", digest=False)
+        return await self.verify_with(lambda: self._check_token(token), "wsse", client, "onvif")
 
     def remembered_nonces(self) -> int:
         return len(self._nonces)
