@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -141,10 +142,12 @@ class App:
         self.cfg = cfg
         self.cameras = cameras_for_shard(cfg, shard_index, shard_count)
         self.hubs: dict[str, StreamHub] = {}
+        self.sub_hubs: dict[str, StreamHub] = {}  # camera -> its sub stream's hub ("<camera>/sub")
         self.pipelines: dict[str, CameraPipeline] = {}
         self.publishers: dict[str, Publisher] = {}  # cameras with a publish_url
         self.rtsp: RtspServer | None = None
         self.web: Any = None
+        self.discovery: Any = None  # serve/onvif_discovery.py's responder, when ONVIF discovery is on
         self.ready = False
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -154,15 +157,32 @@ class App:
         loop = asyncio.get_running_loop()
         self.alarm.install(loop)
         for position, cam in enumerate(self.cameras):
-            hub = StreamHub(cam.name, self.cfg.server.viewer_buffer_packets, self.cfg.server.limits.keyframe_min_interval_s)
+            server = self.cfg.server
+            hub = StreamHub(cam.name, server.viewer_buffer_packets, server.limits.keyframe_min_interval_s)
+            sub = (
+                StreamHub(f"{cam.name}/sub", server.viewer_buffer_packets, server.limits.keyframe_min_interval_s)
+                if self.cfg.sub_stream_for(cam) is not None
+                else None
+            )
             m = metrics.CameraMetrics(cam.name)
-            hub.on_viewers_changed = lambda h, m=m: m.set_viewers(h.viewers("rtsp"), h.viewers("webrtc"))
-            hub.on_sent = m.sent
-            hub.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
+            # The camera's viewers are those of both its streams; bytes and slow-viewer drops likewise.
+            for h in (hub, sub):
+                if h is None:
+                    continue
+                h.on_viewers_changed = lambda _h, m=m, hub=hub, sub=sub: m.set_viewers(
+                    hub.viewers("rtsp") + (sub.viewers("rtsp") if sub is not None else 0), hub.viewers("webrtc")
+                )
+                h.on_sent = m.sent
+                h.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
             self.hubs[cam.name] = hub
+            if sub is not None:
+                self.sub_hubs[cam.name] = sub
             # Detector sessions are built here (model load): off the loop.
             self.pipelines[cam.name] = await loop.run_in_executor(
-                None, CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position
+                None,
+                functools.partial(
+                    CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position, sub_hub=sub
+                ),
             )
             if cam.publish_url is not None:
                 self.publishers[cam.name] = Publisher(
@@ -172,12 +192,17 @@ class App:
                     backoff_max_s=self.cfg.ingest.backoff_max_s,
                     metrics=m,
                 )
-        self.rtsp = RtspServer(self.hubs, self.cfg.server)
+        self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
         await _listen("RTSP", self.cfg.server.host, self.cfg.server.rtsp_port, self.rtsp.start())
         from streamproxy.serve.http import WebServer
 
         self.web = WebServer(self)
         await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
+        if self.cfg.onvif.enabled and self.cfg.onvif.discovery.enabled:
+            from streamproxy.serve.onvif_discovery import DiscoveryResponder
+
+            self.discovery = DiscoveryResponder(self.cfg, self.web.port)  # XAddrs need the bound HTTP port
+            await self.discovery.start()
         for p in self.pipelines.values():
             p.start()
         for pub in self.publishers.values():
@@ -196,6 +221,8 @@ class App:
     async def stop(self) -> None:
         """Stop whatever is running; also after a start that failed half-way."""
         self.ready = False
+        if self.discovery is not None:
+            await self.discovery.stop()  # the Bye first: VMSs learn at once that the device is leaving
         # Publishers first, while the stream still flows: their servers get a TEARDOWN (bounded).
         await asyncio.gather(*(pub.stop(timeout=5.0) for pub in self.publishers.values()))
         if self.web is not None:
@@ -204,9 +231,16 @@ class App:
             await self.rtsp.stop()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()))
-        for hub in self.hubs.values():
+        for hub in (*self.hubs.values(), *self.sub_hubs.values()):
             hub.close()
         self.alarm.uninstall(loop)
+
+    def stream_hub(self, path: str) -> StreamHub | None:
+        """The hub of an RTSP path: `<camera>` or `<camera>/sub` (rtsp/protocol.py's parse_path)."""
+        camera, _, variant = path.partition("/")
+        if variant == "sub":
+            return self.sub_hubs.get(camera)
+        return None if variant else self.hubs.get(camera)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -244,6 +244,7 @@ class CameraConfig(_Strict):
     detect_every: int | None = Field(None, ge=1, le=30, description="Per-camera detector cadence override.")
     privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor keys.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
+    sub_stream: SubStreamConfig | None = Field(None, description="Per-camera sub_stream keys (enabled: false: none).")
     publish_url: str | None = Field(
         None,
         description="Also push this camera's anonymized stream to an external RTSP server "
@@ -423,6 +424,23 @@ class EncoderConfig(_Strict):
     threads: int = Field(1, ge=0, le=16, description="Encoder threads (0 = auto). 1 keeps latency lowest.")
 
 
+class SubStreamConfig(_Strict):
+    """A second, smaller stream per camera (`rtsp://HOST:PORT/<camera>/sub`) for a VMS's grid view.
+
+    Scaled from the same anonymized frames the main stream encodes (the raw decode never reaches
+    it), with its own encoder, keyframe-on-join and viewer buffers. ONVIF offers it as the second
+    profile. A camera's `sub_stream:` keys override these, key by key (`enabled: false` turns it off).
+    """
+
+    enabled: bool = Field(True, description="Encode a sub stream for every camera (a camera may turn it off).")
+    width: int = Field(640, ge=64, le=1920, description="Width; the height follows the camera's aspect.")
+    height: int | None = Field(
+        None, ge=64, le=1080, description="Height (unset: from the width and the camera's aspect ratio)."
+    )
+    fps: float = Field(10.0, ge=1, le=30, description="Frame rate at most (never above the camera's).")
+    bitrate_kbps: int = Field(600, ge=50, le=20000, description="Target bitrate.")
+
+
 class SlateConfig(_Strict):
     fps: float = Field(2.0, ge=0.5, le=30, description="Frame rate of the 'camera offline' picture.")
     width: int = Field(1280, ge=64, le=3840, description="Slate size before the camera was ever seen.")
@@ -447,7 +465,7 @@ class OnvifDeviceInfo(_Strict):
 
 
 class OnvifScopes(_Strict):
-    """The device's scopes (GetScopes; WS-Discovery later): a VMS lists the device by them."""
+    """The device's scopes (GetScopes and WS-Discovery): a VMS lists the device by them."""
 
     name: str = Field(
         "streamproxy", min_length=1, max_length=64, description="onvif://www.onvif.org/name/<name>."
@@ -455,6 +473,47 @@ class OnvifScopes(_Strict):
     location: str = Field(
         "unknown", min_length=1, max_length=64, description="onvif://www.onvif.org/location/<location>."
     )
+
+
+class OnvifDiscoveryConfig(_Strict):
+    """WS-Discovery (serve/onvif_discovery.py): a VMS finds the device by a multicast Probe (IPv4)."""
+
+    enabled: bool = Field(True, description="Answer WS-Discovery probes while onvif.enabled (false: never).")
+    port: int = Field(
+        3702, ge=0, le=65535, description="UDP port of the probes (3702, the WS-Discovery port; 0: any, for tests)."
+    )
+    interface: str = Field(
+        "0.0.0.0",
+        description="IPv4 address of the interface that joins 239.255.255.250 and sends Hello/Bye "
+        "(0.0.0.0: the kernel's default multicast interface).",
+    )
+    multicast_ttl: int = Field(1, ge=0, le=255, description="TTL of Hello/Bye (1: this link only, 0: this host).")
+    hello: bool = Field(True, description="Multicast a Hello on start and a Bye on stop.")
+    xaddrs_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Hosts put in the XAddrs (http://HOST:http_port/onvif/device_service), e.g. behind NAT "
+        "(empty: the address this host answers the prober from).",
+    )
+
+    @field_validator("interface")
+    @classmethod
+    def _ipv4(cls, v: str) -> str:
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError("must be an IPv4 address (0.0.0.0: the default interface)") from None
+        return v
+
+    @field_validator("xaddrs_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not host or len(host) > 253 or not (
+                _is_ip_address(host) or all(c.isascii() and (c.isalnum() or c in "-.") for c in host)
+            ):
+                raise ValueError(f"{host!r} is not a host name or an IP address (no scheme, no port)")
+        return v
 
 
 class OnvifConfig(_Strict):
@@ -465,6 +524,9 @@ class OnvifConfig(_Strict):
     )
     device: OnvifDeviceInfo = Field(default_factory=lambda: OnvifDeviceInfo())
     scopes: OnvifScopes = Field(default_factory=lambda: OnvifScopes())
+    discovery: OnvifDiscoveryConfig = Field(
+        default_factory=lambda: OnvifDiscoveryConfig(), description="WS-Discovery: how a VMS finds the device."
+    )
 
 
 class AppConfig(_Strict):
@@ -475,6 +537,9 @@ class AppConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=lambda: PrivacyConfig())
     encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig())
     slate: SlateConfig = Field(default_factory=lambda: SlateConfig())
+    sub_stream: SubStreamConfig = Field(
+        default_factory=lambda: SubStreamConfig(), description="The low-resolution second stream of each camera."
+    )
     latency_budget_ms: float = Field(
         200.0,
         ge=20,
@@ -513,6 +578,11 @@ class AppConfig(_Strict):
 
     def budget_for(self, cam: CameraConfig) -> float:
         return cam.latency_budget_ms if cam.latency_budget_ms is not None else self.latency_budget_ms
+
+    def sub_stream_for(self, cam: CameraConfig) -> SubStreamConfig | None:
+        """The camera's sub stream settings, or None when it has none."""
+        sub = merge_override(self.sub_stream, cam.sub_stream)
+        return sub if sub.enabled else None
 
     def transport_for(self, cam: CameraConfig) -> Transport:
         return cam.transport if cam.transport is not None else self.ingest.transport

@@ -66,6 +66,18 @@ class ViewerCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class SubStreamStatus:
+    """The camera's sub stream (`rtsp://HOST:PORT/<path>`), encoded from the main stream's frames."""
+
+    path: str  # "<camera>/sub"
+    resolution: tuple[int, int] | None  # None until its first frame
+    fps: float  # the configured ceiling (never above the camera's rate)
+    frames_out: int
+    viewers: int
+    encode_cpu_s: float  # CPU time spent scaling and encoding it (compare PipelineStatus.encode_cpu_s)
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineStatus:
     """One camera's live pipeline (`CameraPipeline.snapshot()`)."""
 
@@ -89,6 +101,8 @@ class PipelineStatus:
     resolution: tuple[int, int] | None
     viewers: ViewerCounts
     reconnects: int
+    encode_cpu_s: float = 0.0  # the main stream encoder's CPU time
+    sub_stream: SubStreamStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,10 @@ class FakePipeline:
         self.hub = hub
         self.name = hub.name
         self.state = "live"
+        self.latest: av.VideoFrame | None = synthetic_frame(0)  # what a snapshot shows (None: nothing yet)
+
+    def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
+        return self.latest
 
     def snapshot(self) -> PipelineStatus:
         return PipelineStatus(
@@ -75,6 +79,12 @@ class FakeApp:
     def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
         self.hubs = {c.name: StreamHub(c.name, cfg.server.viewer_buffer_packets) for c in cfg.cameras}
+        # Sub streams as the App makes them: a hub "<camera>/sub" for each camera that has one.
+        self.sub_hubs = {
+            c.name: StreamHub(f"{c.name}/sub", cfg.server.viewer_buffer_packets)
+            for c in cfg.cameras
+            if cfg.sub_stream_for(c) is not None
+        }
         self.pipelines: dict[str, Any] = {n: FakePipeline(h) for n, h in self.hubs.items()}
         self.ready = True
         self.publishers: dict[str, Any] = {}
@@ -87,10 +97,12 @@ def synthetic_frame(i: int) -> av.VideoFrame:
     col = (i * 8) % (WIDTH - 40)
     img[100:140, col : col + 40] = (0, 0, 255)  # a moving red block: every frame differs
     return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
-async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS) -> None:
-    """A live camera's encode loop in miniature: honours the hub's keyframe requests."""
-    enc = H264Encoder(EncoderConfig(bitrate_kbps=500), WIDTH, HEIGHT, fps, name=hub.name)
-    frames = [synthetic_frame(i) for i in range(50)]
+async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS, scale: int = 1) -> None:
+    """A live camera's encode loop in miniature: honours the hub's keyframe requests (`scale` 2: a
+    sub stream at half the size)."""
+    w, h = WIDTH // scale, HEIGHT // scale
+    enc = H264Encoder(EncoderConfig(bitrate_kbps=500), w, h, fps, name=hub.name)
+    frames = [synthetic_frame(i).reformat(width=w, height=h) for i in range(50)]
     i = 0
     t0 = time.monotonic()
     try:
@@ -115,6 +127,7 @@ async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[Fake
     app = FakeApp(cfg)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(feed_hub(h, stop)) for h in app.hubs.values()] if feed else []
+    tasks += [asyncio.create_task(feed_hub(h, stop, 10, scale=2)) for h in app.sub_hubs.values()] if feed else []
     server = WebServer(app)  # type: ignore[arg-type]
     await server.start()
     try:

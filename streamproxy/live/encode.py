@@ -19,7 +19,7 @@ import av
 import av.video.frame
 import numpy as np
 
-from streamproxy.config import EncoderConfig
+from streamproxy.config import EncoderConfig, SubStreamConfig
 from streamproxy.h264 import CLOCK_RATE, parameter_sets
 from streamproxy.hub import CodecInfo
 from streamproxy.types import EncodedPacket
@@ -246,3 +246,82 @@ class H264Encoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SubStreamEncoder:
+    """The camera's sub stream: its anonymized frames scaled down and thinned out, on its own encoder.
+
+    Fed by the pipeline's encoder thread with the very frames the main stream encodes (rendered:
+    copied and obfuscated), so it cannot carry anything the main stream does not. Frames are kept on
+    a steady grid of 1/fps seconds (a 25-fps camera at 10 fps keeps 2 of every 5, evenly), and the
+    picture keeps the camera's aspect ratio unless a height is configured. A new encoder (starting
+    with a keyframe) is made when the camera's size changes.
+    """
+
+    def __init__(self, cfg: SubStreamConfig, encoder: EncoderConfig, name: str = "") -> None:
+        self.cfg = cfg
+        self.name = name
+        # The main stream's encoder settings with the sub stream's bitrate.
+        self._enc_cfg = encoder.model_copy(update={"bitrate_kbps": cfg.bitrate_kbps})
+        self._encoder: H264Encoder | None = None
+        self._src_size: tuple[int, int] | None = None
+        self._next_due: float | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.cpu_s = 0.0  # this thread's CPU time spent scaling and encoding (the benchmark's cost)
+
+    @property
+    def encoder(self) -> H264Encoder | None:
+        return self._encoder
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        enc = self._encoder
+        return (enc.width, enc.height) if enc is not None else None
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The sub stream's size for a camera frame of width x height: never larger than the camera."""
+        w = min(self.cfg.width, width)
+        h = self.cfg.height if self.cfg.height is not None else round(w * height / max(1, width))
+        h = min(h, height)
+        return max(2, w - w % 2), max(2, h - h % 2)
+
+    def due(self, decoded_at: float, camera_fps: float, always: bool = False) -> bool:
+        """Whether this frame belongs to the sub stream (called for every main-stream frame)."""
+        self.frames_in += 1
+        fps = min(self.cfg.fps, camera_fps) if camera_fps > 0 else self.cfg.fps
+        interval = 1.0 / fps
+        # A frame up to 30 % of a camera interval early still counts: the camera's grid jitters.
+        slack = 0.3 / camera_fps if camera_fps > 0 else 0.0
+        if not always and self._next_due is not None and decoded_at < self._next_due - slack:
+            return False
+        nxt = (self._next_due if self._next_due is not None else decoded_at) + interval
+        # Fell behind (a gap in the camera's frames): restart the grid here rather than burst.
+        self._next_due = nxt if nxt > decoded_at else decoded_at + interval
+        return True
+
+    def encode(self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False) -> list[EncodedPacket]:
+        """Scale and encode one frame that was `due`. Returns the access units (normally one)."""
+        t0 = time.thread_time()
+        try:
+            w, h = self.target_size(frame.width, frame.height)
+            enc = self._encoder
+            if enc is None or self._src_size != (frame.width, frame.height):
+                if enc is not None:
+                    log.info("%s: sub stream: camera size %s -> %s, new encoder", self.name or "-",
+                             self._src_size, (frame.width, frame.height))  # fmt: skip
+                    enc.close()
+                enc = self._encoder = H264Encoder(self._enc_cfg, w, h, self.cfg.fps, name=f"{self.name}/sub")
+                self._src_size = (frame.width, frame.height)
+            # AREA: a downscale that averages (no aliasing shimmer in a grid view).
+            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+            packets = enc.encode(small, decoded_at, force_keyframe=force_keyframe)
+            self.frames_out += 1
+            return packets
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None

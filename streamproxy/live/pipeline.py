@@ -49,7 +49,7 @@ from streamproxy.live.controller import (
     hold_frames_allowed,
     privacy_floor,
 )
-from streamproxy.live.encode import H264Encoder
+from streamproxy.live.encode import H264Encoder, SubStreamEncoder
 from streamproxy.live.source import CameraSource
 from streamproxy.metrics import CameraMetrics, CameraState, DropReason
 from streamproxy.status import (
@@ -57,6 +57,7 @@ from streamproxy.status import (
     FloorStatus,
     LatencyStatus,
     PipelineStatus,
+    SubStreamStatus,
     ViewerCounts,
 )
 from streamproxy.types import DecodedFrame, EncodedPacket
@@ -133,11 +134,22 @@ class CameraPipeline:
         metrics: CameraMetrics | None = None,
         cameras: int = 1,
         position: int = 0,
+        sub_hub: StreamHub | None = None,
     ) -> None:
         self.cam = cam
         self.name = cam.name
         self.cfg = cfg
         self.hub = hub
+        # The sub stream (`<camera>/sub`): the same rendered frames, scaled and thinned out, on their
+        # own encoder and hub (its own keyframe-on-join and viewer buffers).
+        self.sub_hub = sub_hub
+        sub_cfg = cfg.sub_stream_for(cam)
+        self.sub: SubStreamEncoder | None = (
+            SubStreamEncoder(sub_cfg, cfg.encoder, cam.name) if sub_hub is not None and sub_cfg is not None else None
+        )
+        self._encode_cpu_s = 0.0  # the main encoder's CPU time (the sub stream's cost is measured against it)
+        # The newest frame that left for the encoder (anonymized, or the slate) and when: snapshots.
+        self._latest: tuple[av.VideoFrame, float] | None = None
         self.loop = loop
         # The camera's one tally of frames in, out and dropped: the status below reads it back.
         self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
@@ -230,6 +242,8 @@ class CameraPipeline:
             self._encode_thread.join(timeout=5)
         if self._encoder is not None:
             self._encoder.close()
+        if self.sub is not None:
+            self.sub.close()
         self.state = "stopped"
 
     # --- ingest thread ---
@@ -474,7 +488,10 @@ class CameraPipeline:
                 if res.frame is None:
                     self._count_drop("fail_closed")  # fail_closed.action: drop
                     continue
+                self._latest = (res.frame, item.decoded_at)
                 self._encode_publish(res.frame, item.decoded_at)
+                # After the main stream's packets are on their way: the sub stream never delays them.
+                self._encode_sub(res.frame, item.decoded_at)
                 done = time.monotonic()
                 self._busy_encoder.add(done, done - t0)
             except Exception:
@@ -517,13 +534,43 @@ class CameraPipeline:
     def _encode_publish(self, frame: av.VideoFrame, decoded_at: float) -> None:
         enc = self._ensure_encoder(frame.width, frame.height)
         had_codec = enc.codec_info is not None
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         packets = enc.encode(frame, decoded_at, force_keyframe=self.hub.take_keyframe_request())
+        self._encode_cpu_s += time.thread_time() - c0
         self._encode_ms = 0.9 * self._encode_ms + 0.1 * (time.monotonic() - t0) * 1000
         if not had_codec and enc.codec_info is not None:
             self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
         for pkt in packets:
             self.loop.call_soon_threadsafe(self._publish, pkt)
+
+    def _encode_sub(self, frame: av.VideoFrame, decoded_at: float, slate: bool = False) -> None:
+        """The sub stream's share of this frame (every slate frame: a joining viewer sees it at once)."""
+        sub, hub = self.sub, self.sub_hub
+        if sub is None or hub is None or not sub.due(decoded_at, self._fps, always=slate):
+            return
+        try:
+            enc = sub.encoder
+            had_codec = enc is not None and enc.codec_info is not None
+            packets = sub.encode(frame, decoded_at, force_keyframe=slate or hub.take_keyframe_request())
+            enc = sub.encoder
+            if enc is not None and enc.codec_info is not None and (not had_codec or enc.codec_info != hub.codec):
+                self.loop.call_soon_threadsafe(hub.set_codec, enc.codec_info)
+        except Exception:
+            # The main stream goes on; the sub stream's viewers miss this frame (never a raw one).
+            log.exception("%s: sub stream encoding failed; frame skipped there", self.name)
+            return
+        for pkt in packets:
+            self.loop.call_soon_threadsafe(hub.publish, pkt)
+
+    def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
+        """The newest frame sent (anonymized, or the slate) if it is at most max_age_s old, else None.
+
+        Only frames that were rendered (obfuscated) or the slate are ever held here: a snapshot can
+        show nothing the stream did not."""
+        latest = self._latest
+        if latest is None or time.monotonic() - latest[1] > max_age_s:
+            return None
+        return latest[0]
 
     def _publish(self, pkt: EncodedPacket) -> None:
         """On the event loop: hand the packet to viewers; this is where proxy-added latency ends."""
@@ -548,6 +595,8 @@ class CameraPipeline:
             self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
         for pkt in packets:
             self.loop.call_soon_threadsafe(self.hub.publish, pkt)
+        self._latest = (slate, now)
+        self._encode_sub(slate, now, slate=True)
 
     # --- state for the API ---
     def snapshot(self) -> PipelineStatus:
@@ -593,6 +642,21 @@ class CameraPipeline:
             resolution=self._encoder_size,
             viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
             reconnects=self.source.reconnects,
+            encode_cpu_s=round(self._encode_cpu_s, 3),
+            sub_stream=self._sub_status(),
+        )
+
+    def _sub_status(self) -> SubStreamStatus | None:
+        sub, hub = self.sub, self.sub_hub
+        if sub is None or hub is None:
+            return None
+        return SubStreamStatus(
+            path=hub.name,
+            resolution=sub.size,
+            fps=sub.cfg.fps,
+            frames_out=sub.frames_out,
+            viewers=hub.viewers(),
+            encode_cpu_s=round(sub.cpu_s, 3),
         )
 
 

@@ -218,16 +218,21 @@ def _one_line(text: str) -> str:
     return text
 
 
+# Streams below a camera's path: `rtsp://host/<camera>/sub` is the camera's sub stream, a stream of
+# its own (named "<camera>/sub"), not a track of the main one.
+STREAM_VARIANTS = frozenset({"sub"})
+
+
 @dataclass(frozen=True, slots=True)
 class StreamPath:
-    """What a request URI names: a camera, and maybe a track below it."""
+    """What a request URI names: a stream (a camera, or `<camera>/sub`), and maybe a track below it."""
 
     name: str
     track: str  # "" for the aggregate (the camera), "trackID=0" etc. for the track
 
 
 def parse_path(uri: str) -> StreamPath | None:
-    """The camera name of `rtsp://host:port/<name>[/][trackID=0][?query]`; None for `*` or no name.
+    """The stream of `rtsp://host:port/<name>[/sub][/][trackID=0][?query]`; None for `*` or no name.
 
     Raises RtspError(400) for a URI that does not parse (`parse_request_head` has already refused those
     in a request line; a Digest `uri=` parameter comes here unchecked).
@@ -242,6 +247,8 @@ def parse_path(uri: str) -> StreamPath | None:
     segments = [unquote(s) for s in path.split("/") if s]
     if not segments:
         return None
+    if len(segments) > 1 and segments[1] in STREAM_VARIANTS:
+        return StreamPath(f"{segments[0]}/{segments[1]}", "/".join(segments[2:]))
     return StreamPath(segments[0], "/".join(segments[1:]))
 
 

@@ -4,6 +4,7 @@ Routes
   GET  /                               the page (static/index.html)
   GET  /static/{file}                  page assets (package data streamproxy/serve/web/*)
   GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials)
+  GET  /api/cameras/{camera}/snapshot.jpg  JPEG of the newest anonymized frame (or the slate); 503 if none
   GET  /healthz                        200 "ok" while the process serves HTTP
   GET  /readyz                         200 when config, models and listeners are up; 503 with reasons
   GET  /metrics                        Prometheus exposition
@@ -20,7 +21,7 @@ once a second. WebRTC sessions have their own limits (serve/webrtc.py).
 
 Auth: when `server.users` is set, HTTP Basic (the RTSP users, checked by rtsp/auth.py's
 Authenticator: constant time, failures counted per address with back-off) guards the page, its
-assets, the API and WHEP. /healthz and /readyz stay open: orchestrators probe them without
+assets, the API and WHEP; snapshots take HTTP Digest as well (what ONVIF clients fetch them with). /healthz and /readyz stay open: orchestrators probe them without
 credentials. /metrics stays open too unless `server.metrics_auth` is set: a default Prometheus
 scrape config has no credentials, and the exposition carries no picture and no camera URL, only
 counters and the camera names (the paths viewers ask for). Where those names are sensitive, set
@@ -37,6 +38,8 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any, Protocol
 
+import av
+import cv2
 from aiohttp import web
 
 from streamproxy.config import AppConfig
@@ -61,6 +64,7 @@ class Service(Protocol):
     pipelines: dict[str, CameraPipeline]
     publishers: dict[str, Publisher]
     hubs: dict[str, StreamHub]
+    sub_hubs: dict[str, StreamHub]
     rtsp: RtspServer | None
     ready: bool
 
@@ -98,6 +102,21 @@ def camera_json(status: CameraStatus) -> dict[str, Any]:
         # State of the push to an external server; its URL stays out, like the camera's.
         out["publish"] = {k: v for k, v in asdict(status.publish).items() if k != "url"}
     return out
+
+
+SNAPSHOT_MAX_AGE_S = 5.0  # an older frame is not "the latest" any more: the pipeline is stuck
+SNAPSHOT_QUALITY = 85
+
+
+def _is_snapshot(path: str) -> bool:
+    return path.startswith("/api/cameras/") and path.endswith("/snapshot.jpg")
+
+
+def _jpeg(frame: av.VideoFrame) -> bytes:
+    ok, buf = cv2.imencode(".jpg", frame.to_ndarray(format="bgr24"), [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return bytes(buf)
 
 
 def _load_static() -> dict[str, bytes]:
@@ -144,6 +163,7 @@ class WebServer:
         wa.router.add_get("/", self._index)
         wa.router.add_get("/static/{name}", self._static_file)
         wa.router.add_get("/api/cameras", self._cameras)
+        wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", self._snapshot)
         wa.router.add_get("/healthz", self._healthz)
         wa.router.add_get("/readyz", self._readyz)
         wa.router.add_get("/metrics", self._metrics)
@@ -186,6 +206,15 @@ class WebServer:
     # --- auth ---
     async def _authorized(self, request: web.Request) -> bool:
         # The RTSP server's Basic parser and checker, with its failure counter and back-off.
+        if _is_snapshot(request.path):
+            # ONVIF clients (and NVRs) fetch snapshots with HTTP Digest: both schemes, one checker.
+            try:
+                res = await self.auth.verify(
+                    "GET", request.path_qs, request.headers.get("Authorization"), request.remote or "?"
+                )
+            except Exception:  # a Digest uri= that does not parse is a wrong credential, not a crash
+                return False
+            return res.user is not None
         res = await self.auth.verify_basic(request.headers.get("Authorization"), request.remote or "?")
         return res.user is not None
 
@@ -197,11 +226,13 @@ class WebServer:
             and request.method != "OPTIONS"  # preflights carry no credentials by design
             and not await self._authorized(request)
         ):
-            return web.Response(
-                status=401,
-                text="authentication required\n",
-                headers={"WWW-Authenticate": f'Basic realm="{self.cfg.realm}", charset="UTF-8"', **CORS_HEADERS},
-            )
+            resp = web.Response(status=401, text="authentication required\n", headers=CORS_HEADERS)
+            if _is_snapshot(request.path):
+                for name, value in self.auth.challenge(client=request.remote or ""):
+                    resp.headers.add(name, value)
+            else:
+                resp.headers["WWW-Authenticate"] = f'Basic realm="{self.cfg.realm}", charset="UTF-8"'
+            return resp
         return await handler(request)
 
     # --- page and API ---
@@ -235,6 +266,24 @@ class WebServer:
             snap = None
         publisher = self.app.publishers.get(name)
         return CameraStatus(name, f"/{name}/whep", snap, publisher.snapshot() if publisher is not None else None)
+
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        """The newest frame that left for the encoder: anonymized, or the slate. Fail closed: when there
+        is none recent enough (just started, or the pipeline stalled), 503, never an older or raw one."""
+        camera = request.match_info["camera"]
+        pipeline = self.app.pipelines.get(camera)
+        if pipeline is None:
+            raise web.HTTPNotFound(text=f"no camera {camera!r}\n")
+        slate_interval = 1.0 / max(0.5, self.app.cfg.slate.fps)
+        frame = pipeline.latest_frame(max_age_s=max(SNAPSHOT_MAX_AGE_S, 3 * slate_interval))
+        if frame is None:
+            return web.Response(
+                status=503, text="no anonymized frame yet\n", headers={"Retry-After": "1", "Cache-Control": "no-store"}
+            )
+        body = await asyncio.get_running_loop().run_in_executor(None, _jpeg, frame)
+        return web.Response(
+            body=body, content_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        )
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")

@@ -4,16 +4,15 @@ Routes (when `onvif.enabled`): POST /onvif/device_service and POST /onvif/media_
 is dispatched by the namespace of its Body element, not by the path: a VMS that sends a media call to
 the device XAddr (several do) gets the same answer.
 
-The proxy is one multi-channel device (an encoder): one VideoSource per camera, and per camera one
-Profile `<camera>_main` whose stream URI is the proxy's own `rtsp://HOST:PORT/<camera>`, HOST as the
-client reached us (its Host header). Every VMS listed in issue #10 takes multi-channel devices; one
-device per camera would need a port per camera. `profiles()` is the one place that lists a camera's
-profiles, so a `<camera>_sub` profile is one more entry there.
+The proxy is one multi-channel device (an encoder): one VideoSource per camera, and per camera the
+Profile `<camera>_main` (stream URI `rtsp://HOST:PORT/<camera>`) and, when the camera has a sub stream,
+`<camera>_sub` (`rtsp://HOST:PORT/<camera>/sub`), HOST as the client reached us (its Host header).
+`profiles()` is the one place that lists a camera's profiles.
 
 Nothing a client sends changes a stream: Set/Add/Create calls a VMS sends while adding a camera are
 answered as accepted and logged once per camera and operation ("accepted, stream unchanged").
-GetSnapshotUri answers ter:ActionNotSupported (and the media capabilities say SnapshotUri="false")
-until snapshots of the anonymized frame exist.
+GetSnapshotUri points at the HTTP server's `/api/cameras/<camera>/snapshot.jpg`: a JPEG of the newest
+anonymized frame (never a raw one), behind the same users (HTTP Digest or Basic).
 
 Auth: with `server.users` set, every operation but GetSystemDateAndTime (open, as the ONVIF core spec
 requires, so that clients can correct their clock) needs a WS-Security UsernameToken with a
@@ -38,7 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
-from streamproxy.config import AppConfig, User
+from streamproxy.config import AppConfig, OnvifConfig, User
 from streamproxy.hub import StreamHub
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.serve.onvif_soap import (
@@ -77,6 +76,12 @@ class OnvifHost(Protocol):
 
     cfg: AppConfig
     hubs: dict[str, StreamHub]
+    sub_hubs: dict[str, StreamHub]  # cameras with a sub stream
+
+
+def snapshot_path(camera: str) -> str:
+    """The HTTP path of a camera's snapshot (served by http.py)."""
+    return f"/api/cameras/{quote(camera, safe='')}/snapshot.jpg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,7 @@ class StreamProfile:
 
     camera: str
     token: str
-    path: str  # appended to /<camera>: "" for main ("/sub" for a sub stream later)
+    path: str  # appended to /<camera>: "" for main, "/sub" for the sub stream
     width: int
     height: int
     fps: float
@@ -160,7 +165,7 @@ class OnvifService:
             (TDS, "GetNTP"): lambda r, h: _resp("tds", "GetNTP", "<tds:NTPInformation><tt:FromDHCP>false"
                                                 "</tt:FromDHCP></tds:NTPInformation>"),
             (TDS, "GetDiscoveryMode"): lambda r, h: _resp("tds", "GetDiscoveryMode", "<tds:DiscoveryMode>"
-                                                          "NonDiscoverable</tds:DiscoveryMode>"),
+                                                          f"{_discovery_mode(self.cfg)}</tds:DiscoveryMode>"),
             (TRT, "GetServiceCapabilities"): self._media_capabilities,
             (TRT, "GetProfiles"): self._profiles,
             (TRT, "GetProfile"): self._profile,
@@ -175,6 +180,7 @@ class OnvifService:
             (TRT, "GetVideoEncoderConfigurationOptions"): self._vec_options,
             (TRT, "GetGuaranteedNumberOfVideoEncoderInstances"): self._guaranteed,
             (TRT, "GetStreamUri"): self._stream_uri,
+            (TRT, "GetSnapshotUri"): self._snapshot_uri,
         }
         # No audio ever leaves the proxy (speech is personal data), no metadata or analytics stream.
         for op in (
@@ -265,16 +271,31 @@ class OnvifService:
         return int(port) if port else self.cfg.server.rtsp_port
 
     def profiles(self, camera: str) -> list[StreamProfile]:
-        """The camera's media profiles: the main stream (a sub stream is one more entry here)."""
+        """The camera's media profiles: the main stream, then the sub stream if it has one."""
         hub = self.app.hubs.get(camera)
         codec = hub.codec if hub is not None else None
         if codec is not None:
             w, h, fps = codec.width, codec.height, codec.fps
         else:  # not seen yet: what a viewer gets now is the slate
             w, h, fps = self.cfg.slate.width, self.cfg.slate.height, self.cfg.slate.fps
-        gov = max(1, round(self.cfg.encoder.gop_seconds * fps))
+        gop_s = self.cfg.encoder.gop_seconds
         timeout = int(self.cfg.server.session_timeout_s)
-        return [StreamProfile(camera, f"{camera}_main", "", w, h, fps, gov, timeout)]
+        out = [StreamProfile(camera, f"{camera}_main", "", w, h, fps, max(1, round(gop_s * fps)), timeout)]
+        sub_hub = self.app.sub_hubs.get(camera)
+        if sub_hub is not None:
+            sub_codec = sub_hub.codec
+            cam_cfg = next((c for c in self.cfg.cameras if c.name == camera), None)
+            sub_cfg = self.cfg.sub_stream_for(cam_cfg) if cam_cfg is not None else None
+            ceiling = sub_cfg.fps if sub_cfg is not None else self.cfg.sub_stream.fps
+            if sub_codec is not None:
+                sw, sh = sub_codec.width, sub_codec.height
+            else:  # before its first frame: the size the sub stream will have for the main one
+                sw = min(sub_cfg.width if sub_cfg is not None else w, w)
+                sh = sub_cfg.height if sub_cfg is not None and sub_cfg.height else round(sw * h / max(1, w))
+                sw, sh = sw - sw % 2, min(h, sh) - min(h, sh) % 2
+            sfps = min(ceiling, fps)
+            out.append(StreamProfile(camera, f"{camera}_sub", "/sub", sw, sh, sfps, max(1, round(gop_s * sfps)), timeout))
+        return out
 
     def _all_profiles(self) -> list[StreamProfile]:
         return [p for cam in self.app.hubs for p in self.profiles(cam)]
@@ -366,18 +387,9 @@ class OnvifService:
         )
 
     def _scopes(self, req: Request, request: web.Request) -> str:
-        o = self.cfg.onvif
-        items = [
-            "onvif://www.onvif.org/Profile/Streaming",
-            "onvif://www.onvif.org/type/video_encoder",
-            "onvif://www.onvif.org/type/Network_Video_Transmitter",
-            f"onvif://www.onvif.org/hardware/{quote(o.device.hardware, safe='')}",
-            f"onvif://www.onvif.org/name/{quote(o.scopes.name, safe='')}",
-            f"onvif://www.onvif.org/location/{quote(o.scopes.location, safe='')}",
-        ]
         body = "".join(
             f"<tds:Scopes><tt:ScopeDef>Fixed</tt:ScopeDef><tt:ScopeItem>{escape(i)}</tt:ScopeItem></tds:Scopes>"
-            for i in items
+            for i in scopes(self.cfg.onvif)
         )
         return _resp("tds", "GetScopes", body)
 
@@ -410,7 +422,7 @@ class OnvifService:
     def _media_caps_inner(self) -> str:
         n = len(self._all_profiles())
         return (
-            '<trt:Capabilities SnapshotUri="false" Rotation="false" VideoSourceMode="false" OSD="false">'
+            '<trt:Capabilities SnapshotUri="true" Rotation="false" VideoSourceMode="false" OSD="false">'
             f'<trt:ProfileCapabilities MaximumNumberOfProfiles="{n}"/>'
             '<trt:StreamingCapabilities RTPMulticast="false" RTP_TCP="false" RTP_RTSP_TCP="true" '
             'NonAggregateControl="false" NoRTSPStreaming="false"/></trt:Capabilities>'
@@ -536,6 +548,16 @@ class OnvifService:
         )
 
 
+    def _snapshot_uri(self, req: Request, request: web.Request) -> str:
+        p = self._find_profile(req.text("ProfileToken"))
+        uri = _url(self._host(request), snapshot_path(p.camera))
+        return _resp(
+            "trt", "GetSnapshotUri",
+            f"<trt:MediaUri><tt:Uri>{escape(uri)}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>"
+            "<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>",
+        )
+
+
 _DEVICE_CAPS = (
     '<tds:Capabilities><tds:Network IPFilter="false" ZeroConfiguration="false" IPVersion6="false" '
     'DynDNS="false" Dot11Configuration="false" HostnameFromDHCP="false" NTP="0"/>'
@@ -547,6 +569,22 @@ _DEVICE_CAPS = (
     'SystemLogging="false" FirmwareUpgrade="false" HttpFirmwareUpgrade="false" HttpSystemBackup="false" '
     'HttpSystemLogging="false" HttpSupportInformation="false"/></tds:Capabilities>'
 )
+
+
+def _discovery_mode(cfg: AppConfig) -> str:
+    return "Discoverable" if cfg.onvif.discovery.enabled else "NonDiscoverable"
+
+
+def scopes(o: OnvifConfig) -> list[str]:
+    """The device's scopes: GetScopes and WS-Discovery (serve/onvif_discovery.py) answer the same list."""
+    return [
+        "onvif://www.onvif.org/Profile/Streaming",
+        "onvif://www.onvif.org/type/video_encoder",
+        "onvif://www.onvif.org/type/Network_Video_Transmitter",
+        f"onvif://www.onvif.org/hardware/{quote(o.device.hardware, safe='')}",
+        f"onvif://www.onvif.org/name/{quote(o.scopes.name, safe='')}",
+        f"onvif://www.onvif.org/location/{quote(o.scopes.location, safe='')}",
+    ]
 
 
 def _empty(op: str) -> Callable[[Request, web.Request], str]:
