@@ -198,6 +198,8 @@ class App:
 
         self.web = WebServer(self)
         await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
+        for camera, (port, _service) in self.web.camera_devices.items():
+            await _listen(f"{camera}'s ONVIF device", self.cfg.server.host, port, self.web.start_camera_device(camera))
         if self.cfg.onvif.enabled and self.cfg.onvif.discovery.enabled:
             from streamproxy.serve.onvif_discovery import DiscoveryResponder
 

@@ -245,6 +245,11 @@ class CameraConfig(_Strict):
     privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor keys.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
     sub_stream: SubStreamConfig | None = Field(None, description="Per-camera sub_stream keys (enabled: false: none).")
+    onvif_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="With onvif.enabled: this camera is also an ONVIF device of its own on this HTTP port "
+        "(one video source, its main and sub profiles), for a VMS that adds single-channel devices only.",
+    )  # fmt: skip
     publish_url: str | None = Field(
         None,
         description="Also push this camera's anonymized stream to an external RTSP server "
@@ -558,6 +563,18 @@ class AppConfig(_Strict):
             if cam.name in seen:
                 raise ValueError(f"cameras[{i}].name: duplicate camera name {cam.name!r}")
             seen.add(cam.name)
+        # A camera's own ONVIF port is one more TCP listener: it may not share a port with another.
+        ports = {p: f"server.{k}" for k in ServerConfig.model_fields if k.endswith("_port")
+                 if (p := getattr(self.server, k))}  # fmt: skip
+        for i, cam in enumerate(self.cameras):
+            if not cam.onvif_port:
+                continue
+            if cam.onvif_port in ports:
+                raise ValueError(
+                    f"cameras[{i}].onvif_port: port {cam.onvif_port} is also {ports[cam.onvif_port]}; "
+                    "every listener needs its own port"
+                )
+            ports[cam.onvif_port] = f"cameras[{i}].onvif_port"
         return self
 
     def engine_for(self, cam: CameraConfig) -> EngineConfig:

@@ -75,6 +75,11 @@ def test_minimal_config_from_the_issue() -> None:
         ({"latency_budget_ms": 1}, "latency_budget_ms"),
         ({"cameras": [{"name": "a", "url": "rtsp://x/1"}, {"name": "a", "url": "rtsp://x/2"}]}, "cameras[1].name"),
         ({"cameras": []}, "cameras"),
+        ({"cameras": [{"name": "a", "url": "rtsp://x/1", "onvif_port": 8080}]}, "cameras[0].onvif_port"),
+        ({"cameras": [{"name": "a", "url": "rtsp://x/1", "onvif_port": 9001},
+                      {"name": "b", "url": "rtsp://x/2", "onvif_port": 9001}]}, "cameras[1].onvif_port"),
+        ({"cameras": [{"name": "a", "url": "rtsp://x/1", "sub_stream": {"fps": 0}}]}, "cameras[0].sub_stream.fps"),
+        ({"sub_stream": {"width": 10}}, "sub_stream.width"),
     ],
 )
 def test_errors_name_the_key(patch: dict, key: str) -> None:

@@ -374,6 +374,44 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
         assert "cam2: ONVIF AddVideoEncoderConfiguration accepted, stream unchanged" in lines
 
 
+async def test_a_camera_as_a_device_of_its_own() -> None:
+    """cameras[].onvif_port: a single-channel device for one camera beside the multi-channel one."""
+    cfg = onvif_cfg()
+    cams = [c.model_copy(update={"onvif_port": 0}) if c.name == "cam2" else c for c in cfg.cameras]
+    cfg = cfg.model_copy(update={"cameras": cams})
+    async with serving(cfg) as (app, server, base):
+        assert await wait_for(lambda: all(h.codec is not None for h in app.sub_hubs.values()), 20)
+        own = f"http://127.0.0.1:{server.camera_ports['cam2']}"
+        async with aiohttp.ClientSession() as s:
+            _, el, _ = await post(s, own + "/onvif/media_service", soap("<trt:GetProfiles/>"))
+            validate(el)
+            assert [p.get("token") for p in el] == ["cam2_main", "cam2_sub"]
+            _, el, _ = await post(s, own + "/onvif/media_service", soap("<trt:GetVideoSources/>"))
+            assert [v.get("token") for v in el] == ["cam2"]
+            _, el, _ = await post(s, own + "/onvif/device_service", soap("<tds:GetDeviceInformation/>"))
+            assert el.findtext(f"{{{TDS}}}SerialNumber") == "streamproxy-0001-cam2"  # a VMS keys devices by it
+            _, el, _ = await post(s, own + "/onvif/device_service", soap("<tds:GetScopes/>"))
+            assert "onvif://www.onvif.org/name/cam2" in [i.text for i in el.iter("{http://www.onvif.org/ver10/schema}ScopeItem")]
+            # The other camera is not a profile there, its snapshot not served there.
+            status, el, _ = await post(s, own + "/onvif/media_service", soap(
+                "<trt:GetProfile><trt:ProfileToken>cam1_main</trt:ProfileToken></trt:GetProfile>"))
+            assert status == 400 and fault_codes(el) == ["Sender", "InvalidArgVal", "NoProfile"]
+            async with s.get(own + "/api/cameras/cam1/snapshot.jpg") as resp:
+                assert resp.status == 404
+            async with s.get(own + "/api/cameras/cam2/snapshot.jpg") as resp:
+                assert resp.status == 200 and resp.content_type == "image/jpeg"
+            async with s.get(own + "/api/cameras") as resp:
+                assert resp.status == 404  # only the device there, not the page or the API
+            # The multi-channel device on the HTTP port still has every camera.
+            _, el, _ = await post(s, base + "/onvif/media_service", soap("<trt:GetProfiles/>"))
+            assert [p.get("token") for p in el] == ["cam1_main", "cam1_sub", "cam2_main", "cam2_sub"]
+    # Stopped: the camera's port is closed too.
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.post(own + "/onvif/device_service", data=soap("<tds:GetScopes/>"),
+                         timeout=aiohttp.ClientTimeout(total=5))
+
+
 async def test_off_by_default() -> None:
     async with serving(make_cfg(), feed=False) as (_app, server, base):
         assert server.onvif is None

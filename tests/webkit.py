@@ -130,6 +130,8 @@ async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[Fake
     tasks += [asyncio.create_task(feed_hub(h, stop, 10, scale=2)) for h in app.sub_hubs.values()] if feed else []
     server = WebServer(app)  # type: ignore[arg-type]
     await server.start()
+    for camera in server.camera_devices:  # cameras that are ONVIF devices of their own, as App starts them
+        await server.start_camera_device(camera)
     try:
         yield app, server, f"http://127.0.0.1:{server.port}"
     finally:

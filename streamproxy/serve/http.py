@@ -49,7 +49,7 @@ from streamproxy.rtsp.auth import Authenticator
 from streamproxy.serve.http_limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.onvif import PATHS as ONVIF_PATHS
-from streamproxy.serve.onvif import OnvifService
+from streamproxy.serve.onvif import OnvifService, camera_device
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
@@ -148,6 +148,14 @@ class WebServer:
         self.auth = Authenticator(self.cfg.users, self.cfg.realm, protocol="http")
         self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
         self.onvif = OnvifService(app) if app.cfg.onvif.enabled else None
+        # Cameras that are ONVIF devices of their own (cameras[].onvif_port): camera -> (port, service).
+        self.camera_devices: dict[str, tuple[int, OnvifService]] = {
+            c.name: (c.onvif_port, OnvifService(app, camera_device(c.name)))
+            for c in app.cfg.cameras
+            if self.onvif is not None and c.onvif_port is not None and c.name in app.hubs
+        }
+        self.camera_ports: dict[str, int] = {}  # bound ports of those devices
+        self._camera_runners: list[web.AppRunner] = []
         if self.onvif is not None:
             # ONVIF checks its own credentials (WS-Security or HTTP Digest/Basic) and answers SOAP faults;
             # GetSystemDateAndTime must answer without any.
@@ -176,6 +184,22 @@ class WebServer:
                 wa.router.add_post(path, self.onvif.handle)
         return wa
 
+    def _build_camera_device(self, camera: str, service: OnvifService) -> web.Application:
+        """One camera as an ONVIF device: the SOAP services and that camera's snapshot, nothing else."""
+        wa = web.Application(
+            middlewares=[self.guard.middleware, self._auth_middleware], client_max_size=self.cfg.limits.max_body_bytes
+        )
+        for path in ONVIF_PATHS:
+            wa.router.add_post(path, service.handle)
+
+        async def snapshot(request: web.Request) -> web.StreamResponse:
+            if request.match_info["camera"] != camera:
+                raise web.HTTPNotFound(text="not found\n")
+            return await self._snapshot(request)
+
+        wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", snapshot)
+        return wa
+
     async def start(self) -> None:
         if self._runner is not None:
             return
@@ -192,8 +216,33 @@ class WebServer:
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.http_port
         log.info("http: listening on %s:%d", self.cfg.host, self.port)
 
+    async def start_camera_device(self, camera: str) -> None:
+        """Listen for one camera's own ONVIF device (cameras[].onvif_port), after `start`."""
+        if camera in self.camera_ports:
+            return
+        port, service = self.camera_devices[camera]
+        # The same connection limits as the HTTP port (one guard: they count together).
+        runner = web.AppRunner(
+            self._build_camera_device(camera, service), handle_signals=False, **self.guard.handler_kwargs()
+        )
+        await runner.setup()
+        site = self.guard.site(runner, self.cfg.host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._camera_runners.append(runner)
+        socks = site.sockets
+        self.camera_ports[camera] = socks[0].getsockname()[1] if socks else port
+        log.info("%s: ONVIF device of its own on %s:%d", camera, self.cfg.host, self.camera_ports[camera])
+
     async def stop(self) -> None:
         await self.webrtc.close_all()
+        runners, self._camera_runners = self._camera_runners, []
+        self.camera_ports.clear()
+        for r in runners:
+            await r.cleanup()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

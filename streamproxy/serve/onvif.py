@@ -142,12 +142,28 @@ class OnvifAuthenticator(Authenticator):
         return len(self._nonces)
 
 
+@dataclass(frozen=True, slots=True)
+class OnvifDevice:
+    """Who answers: the whole proxy as one multi-channel device (cameras None: every camera, on the
+    HTTP port), or one camera as a device of its own (`cameras[].onvif_port`), for a VMS that takes
+    single-channel devices only. A per-camera device has its own serial and name scope."""
+
+    cameras: tuple[str, ...] | None = None
+    serial_suffix: str = ""  # appended to onvif.device.serial: "-<camera>"
+    name: str | None = None  # the name scope (None: onvif.scopes.name)
+
+
+def camera_device(camera: str) -> OnvifDevice:
+    return OnvifDevice((camera,), f"-{camera}", camera)
+
+
 class OnvifService:
     """The SOAP endpoint: `handle` is the aiohttp handler of both paths."""
 
-    def __init__(self, app: OnvifHost) -> None:
+    def __init__(self, app: OnvifHost, device: OnvifDevice | None = None) -> None:
         self.app = app
         self.cfg = app.cfg
+        self.device = device or OnvifDevice()
         self.auth = OnvifAuthenticator(app.cfg.server.users, app.cfg.server.realm)
         self._logged_sets: set[tuple[str, str]] = set()
         self.last_ms = 0.0  # the last answer's handling time (tests and benchmarks print it)
@@ -270,6 +286,11 @@ class OnvifService:
         port = getattr(rtsp, "port", 0) if rtsp is not None else 0
         return int(port) if port else self.cfg.server.rtsp_port
 
+    def cameras(self) -> list[str]:
+        """The cameras this device serves (the video sources), in config order."""
+        only = self.device.cameras
+        return [c for c in self.app.hubs if only is None or c in only]
+
     def profiles(self, camera: str) -> list[StreamProfile]:
         """The camera's media profiles: the main stream, then the sub stream if it has one."""
         hub = self.app.hubs.get(camera)
@@ -298,7 +319,7 @@ class OnvifService:
         return out
 
     def _all_profiles(self) -> list[StreamProfile]:
-        return [p for cam in self.app.hubs for p in self.profiles(cam)]
+        return [p for cam in self.cameras() for p in self.profiles(cam)]
 
     def _find_profile(self, token: str | None) -> StreamProfile:
         for p in self._all_profiles():
@@ -307,7 +328,7 @@ class OnvifService:
         raise sender(f"no profile {token!r}", "InvalidArgVal", "NoProfile")
 
     def _camera_of_source(self, token: str | None) -> str:
-        if token in self.app.hubs:
+        if token in self.cameras():
             return token
         raise sender(f"no configuration {token!r}", "InvalidArgVal", "NoConfig")
 
@@ -315,7 +336,7 @@ class OnvifService:
         def answer(req: Request, request: web.Request) -> str:
             attr = next((el.get("token") for el in req.element.iter() if el.get("token")), None)
             token = req.text("ProfileToken") or req.text("ConfigurationToken") or attr or ""
-            camera = next((c for c in self.app.hubs if token == c or token.startswith(c + "_")), "-")
+            camera = next((c for c in self.cameras() if token == c or token.startswith(c + "_")), "-")
             if (camera, op) not in self._logged_sets:
                 self._logged_sets.add((camera, op))
                 log.info("%s: ONVIF %s accepted, stream unchanged", camera, op)
@@ -382,14 +403,14 @@ class OnvifService:
             "GetDeviceInformation",
             f"<tds:Manufacturer>{escape(d.manufacturer)}</tds:Manufacturer><tds:Model>{escape(d.model)}</tds:Model>"
             f"<tds:FirmwareVersion>{escape(d.firmware)}</tds:FirmwareVersion>"
-            f"<tds:SerialNumber>{escape(d.serial)}</tds:SerialNumber>"
+            f"<tds:SerialNumber>{escape(d.serial + self.device.serial_suffix)}</tds:SerialNumber>"
             f"<tds:HardwareId>{escape(d.hardware)}</tds:HardwareId>",
         )
 
     def _scopes(self, req: Request, request: web.Request) -> str:
         body = "".join(
             f"<tds:Scopes><tt:ScopeDef>Fixed</tt:ScopeDef><tt:ScopeItem>{escape(i)}</tt:ScopeItem></tds:Scopes>"
-            for i in scopes(self.cfg.onvif)
+            for i in scopes(self.cfg.onvif, self.device.name)
         )
         return _resp("tds", "GetScopes", body)
 
@@ -454,7 +475,7 @@ class OnvifService:
 
     def _video_sources(self, req: Request, request: web.Request) -> str:
         out = []
-        for cam in self.app.hubs:
+        for cam in self.cameras():
             main = self.profiles(cam)[0]
             out.append(
                 f"<trt:VideoSources token={quoteattr(cam)}><tt:Framerate>{main.fps:g}</tt:Framerate>"
@@ -466,7 +487,7 @@ class OnvifService:
     def _vsc_list(self, op: str) -> Callable[[Request, web.Request], str]:
         def answer(req: Request, request: web.Request) -> str:
             token = req.text("ProfileToken")
-            cams = [self._find_profile(token).camera] if token is not None else list(self.app.hubs)
+            cams = [self._find_profile(token).camera] if token is not None else self.cameras()
             return _resp("trt", op, "".join(_vsc_xml("trt:Configurations", self.profiles(c)[0]) for c in cams))
 
         return answer
@@ -480,7 +501,7 @@ class OnvifService:
         profile = req.text("ProfileToken")
         cams = (
             [self._camera_of_source(token)] if token else
-            [self._find_profile(profile).camera] if profile else list(self.app.hubs)
+            [self._find_profile(profile).camera] if profile else self.cameras()
         )
         p = self.profiles(cams[0])[0]
         sources = "".join(f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams)
@@ -575,14 +596,15 @@ def _discovery_mode(cfg: AppConfig) -> str:
     return "Discoverable" if cfg.onvif.discovery.enabled else "NonDiscoverable"
 
 
-def scopes(o: OnvifConfig) -> list[str]:
-    """The device's scopes: GetScopes and WS-Discovery (serve/onvif_discovery.py) answer the same list."""
+def scopes(o: OnvifConfig, name: str | None = None) -> list[str]:
+    """The device's scopes: GetScopes and WS-Discovery (serve/onvif_discovery.py) answer the same list.
+    `name`: a per-camera device's name scope (default onvif.scopes.name)."""
     return [
         "onvif://www.onvif.org/Profile/Streaming",
         "onvif://www.onvif.org/type/video_encoder",
         "onvif://www.onvif.org/type/Network_Video_Transmitter",
         f"onvif://www.onvif.org/hardware/{quote(o.device.hardware, safe='')}",
-        f"onvif://www.onvif.org/name/{quote(o.scopes.name, safe='')}",
+        f"onvif://www.onvif.org/name/{quote(name if name is not None else o.scopes.name, safe='')}",
         f"onvif://www.onvif.org/location/{quote(o.scopes.location, safe='')}",
     ]
 
