@@ -123,6 +123,7 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
             "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
             "engine": engine,
             "latency_budget_ms": args.budget_ms,
+            "sub_stream": {"enabled": args.sub_stream == "on"},
         }
     )
 
@@ -233,6 +234,9 @@ class StepResult:
     ceil_cpu: float = 0.0
     ceil_cpu_sims: float = 0.0
     camera_back: float | None = None
+    enc_cpu_main: float = 0.0  # CPU seconds of the main encoders over the window (all cameras)
+    enc_cpu_sub: float = 0.0  # CPU seconds of the sub streams (scale + encode) over the window
+    window_s: float = 0.0
     sims: str = "live"  # simulator mode of the throughput steps (1 and 4)
     notes: list[str] = field(default_factory=list)
 
@@ -315,6 +319,10 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
                     res.dropped[k] = res.dropped.get(k, 0) + v - drop0[k]
             res.detect_every.append(p.controller.detect_every)
             res.input_width.append(p.controller.input_width)
+            res.enc_cpu_main += a.encode_cpu_s - b.encode_cpu_s
+            if a.sub_stream is not None and b.sub_stream is not None:
+                res.enc_cpu_sub += a.sub_stream.encode_cpu_s - b.sub_stream.encode_cpu_s
+        res.window_s = wall
         res.lat_p50, res.lat_p99, res.lat_n = pct(lat, 0.5), pct(lat, 0.99), len(lat)
         if sims[0].mode != "live" and (not args.no_g2g or restart):
             swap_to_live(host, sims, res)  # the next steps read the wall-clock barcode
@@ -466,6 +474,15 @@ def print_table(results: list[StepResult], args: argparse.Namespace) -> None:
         tf = f"{_f(pct(r.ttff_proxy, 0.5), '{:.2f}')}/{_f(pct(r.ttff_direct, 0.5), '{:.2f}')}"
         split = f"{_f(pct(r.g2g_ingest, 0.5))} + {_f(pct(r.g2g_added, 0.5))}"
         print(f"{r.n:>2} | {gp:>20} | {gd:>21} | {tf:>24} | {_f(r.camera_back, '{:.2f}'):>22} | {split:>32}")
+    print()
+    print(f"sub stream ({args.sub_stream}; 640 wide, <= 10 fps): encoder CPU over the window, % of one core "
+          "(thread CPU time; target: sub <= 25 % of main)")
+    for r in results:
+        if r.window_s <= 0:
+            continue
+        main_pct, sub_pct = 100 * r.enc_cpu_main / r.window_s, 100 * r.enc_cpu_sub / r.window_s
+        share = f"{100 * r.enc_cpu_sub / r.enc_cpu_main:.1f} % of main" if r.enc_cpu_main > 0 else "-"
+        print(f"  N={r.n}: main encode {main_pct:.1f} %, sub scale+encode {sub_pct:.1f} % = {share}")
     print_leak(results, args)
     for r in results:
         for note in r.notes:
@@ -543,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         default="replay",
         help="camera simulators for the throughput and ceiling steps: replay (pre-encoded, cheap) or live "
         "(x264 per frame); glass-to-glass, first frame and restart always use a live stamped camera 0",
+    )
+    p.add_argument(
+        "--sub-stream", choices=["on", "off"], default="on", help="encode each camera's sub stream (the default)"
     )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(

@@ -252,9 +252,9 @@ class SubStreamEncoder:
     """The camera's sub stream: its anonymized frames scaled down and thinned out, on its own encoder.
 
     Fed by the pipeline's encoder thread with the very frames the main stream encodes (rendered:
-    copied and obfuscated), so it cannot carry anything the main stream does not. Frames are kept on
-    a steady grid of 1/fps seconds (a 25-fps camera at 10 fps keeps 2 of every 5, evenly), and the
-    picture keeps the camera's aspect ratio unless a height is configured. A new encoder (starting
+    copied and obfuscated), so it cannot carry anything the main stream does not. It keeps an even
+    share of them (`due`), and the picture keeps the camera's aspect ratio unless a height is
+    configured. A new encoder (starting
     with a keyframe) is made when the camera's size changes.
     """
 
@@ -265,7 +265,7 @@ class SubStreamEncoder:
         self._enc_cfg = encoder.model_copy(update={"bitrate_kbps": cfg.bitrate_kbps})
         self._encoder: H264Encoder | None = None
         self._src_size: tuple[int, int] | None = None
-        self._next_due: float | None = None
+        self._credit = 1.0  # the first frame is kept
         self.frames_in = 0
         self.frames_out = 0
         self.cpu_s = 0.0  # this thread's CPU time spent scaling and encoding (the benchmark's cost)
@@ -286,19 +286,21 @@ class SubStreamEncoder:
         h = min(h, height)
         return max(2, w - w % 2), max(2, h - h % 2)
 
-    def due(self, decoded_at: float, camera_fps: float, always: bool = False) -> bool:
-        """Whether this frame belongs to the sub stream (called for every main-stream frame)."""
+    def due(self, camera_fps: float, always: bool = False) -> bool:
+        """Whether the main stream's next frame belongs to the sub stream (asked for every one).
+
+        It keeps fps/camera_fps of the main stream's frames, evenly (a 25-fps camera at 10 fps: 2 of
+        every 5). Counted in the main stream's frames, not in time: when the main stream sheds frames
+        under overload, the sub stream thins out with it, so its cost stays a fixed share of the main
+        encode's instead of taking the CPU the camera lacks.
+        """
         self.frames_in += 1
-        fps = min(self.cfg.fps, camera_fps) if camera_fps > 0 else self.cfg.fps
-        interval = 1.0 / fps
-        # A frame up to 30 % of a camera interval early still counts: the camera's grid jitters.
-        slack = 0.3 / camera_fps if camera_fps > 0 else 0.0
-        if not always and self._next_due is not None and decoded_at < self._next_due - slack:
-            return False
-        nxt = (self._next_due if self._next_due is not None else decoded_at) + interval
-        # Fell behind (a gap in the camera's frames): restart the grid here rather than burst.
-        self._next_due = nxt if nxt > decoded_at else decoded_at + interval
-        return True
+        share = min(1.0, self.cfg.fps / camera_fps) if camera_fps > 0 else 1.0
+        self._credit += share
+        if always or self._credit >= 1.0 - 1e-9:
+            self._credit = max(0.0, self._credit - 1.0)
+            return True
+        return False
 
     def encode(self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False) -> list[EncodedPacket]:
         """Scale and encode one frame that was `due`. Returns the access units (normally one)."""

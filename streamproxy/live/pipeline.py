@@ -546,7 +546,7 @@ class CameraPipeline:
     def _encode_sub(self, frame: av.VideoFrame, decoded_at: float, slate: bool = False) -> None:
         """The sub stream's share of this frame (every slate frame: a joining viewer sees it at once)."""
         sub, hub = self.sub, self.sub_hub
-        if sub is None or hub is None or not sub.due(decoded_at, self._fps, always=slate):
+        if sub is None or hub is None or not sub.due(self._fps, always=slate):
             return
         try:
             enc = sub.encoder
