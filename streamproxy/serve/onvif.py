@@ -40,6 +40,7 @@ from aiohttp import web
 from streamproxy.config import AppConfig, OnvifConfig, User
 from streamproxy.hub import StreamHub
 from streamproxy.rtsp.auth import Authenticator, AuthResult
+from streamproxy.serve import onvif_media2
 from streamproxy.serve.onvif_soap import (
     CONTENT_TYPE,
     TDS,
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/onvif/device_service"
 MEDIA_PATH = "/onvif/media_service"
-PATHS = (DEVICE_PATH, MEDIA_PATH)
+PATHS = (DEVICE_PATH, MEDIA_PATH, onvif_media2.MEDIA2_PATH)
 # ONVIF requests are a few KiB (the largest a VMS sends is a SetVideoEncoderConfiguration); larger is
 # not an ONVIF client. Below server.limits.max_body_bytes, so the answer is a SOAP fault, not a 413.
 MAX_BODY_BYTES = 32 * 1024
@@ -220,6 +221,7 @@ class OnvifService:
         # Clock pushes some VMS send after GetSystemDateAndTime: our clock is the host's.
         for op in ("SetSystemDateAndTime", "SetNTP"):
             self._ops[(TDS, op)] = self._accepted(op, prefix="tds")
+        onvif_media2.register(self, snapshot_path)  # Media2 (ver20) from the same profiles
 
     # --- the endpoint ---
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -388,7 +390,10 @@ class OnvifService:
         host = self._host(request)
         include = (req.text("IncludeCapability") or "false").lower() in ("true", "1")
         out = []
-        for ns, path, caps in ((TDS, DEVICE_PATH, _DEVICE_CAPS), (TRT, MEDIA_PATH, self._media_caps_inner())):
+        for ns, path, caps in (
+            (TDS, DEVICE_PATH, _DEVICE_CAPS), (TRT, MEDIA_PATH, self._media_caps_inner()),
+            (onvif_media2.TR2, onvif_media2.MEDIA2_PATH, onvif_media2.capabilities(self)),
+        ):
             cap = f"<tds:Capabilities>{caps}</tds:Capabilities>" if include else ""
             out.append(
                 f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{escape(_url(host, path))}</tds:XAddr>"
