@@ -203,7 +203,9 @@ class App:
         if self.cfg.onvif.enabled and self.cfg.onvif.discovery.enabled:
             from streamproxy.serve.onvif_discovery import DiscoveryResponder
 
-            self.discovery = DiscoveryResponder(self.cfg, self.web.port)  # XAddrs need the bound HTTP port
+            self.discovery = DiscoveryResponder(  # XAddrs need the bound HTTP port
+                self.cfg, self.web.port, bind_host=self.cfg.onvif.discovery.bind
+            )
             await self.discovery.start()
         for p in self.pipelines.values():
             p.start()

@@ -493,6 +493,11 @@ class OnvifDiscoveryConfig(_Strict):
         "(0.0.0.0: the kernel's default multicast interface).",
     )
     multicast_ttl: int = Field(1, ge=0, le=255, description="TTL of Hello/Bye (1: this link only, 0: this host).")
+    bind: str = Field(
+        "0.0.0.0",
+        description="Address the UDP socket binds: 0.0.0.0 receives multicast probes; a unicast address "
+        "(e.g. 127.0.0.1) only directed probes sent to it.",
+    )
     hello: bool = Field(True, description="Multicast a Hello on start and a Bye on stop.")
     xaddrs_hosts: list[str] = Field(
         default_factory=list,
@@ -501,7 +506,7 @@ class OnvifDiscoveryConfig(_Strict):
         "(empty: the address this host answers the prober from).",
     )
 
-    @field_validator("interface")
+    @field_validator("interface", "bind")
     @classmethod
     def _ipv4(cls, v: str) -> str:
         try:
