@@ -28,6 +28,7 @@ from streamproxy.serve.onvif import scopes
 from streamproxy.serve.onvif_discovery import (
     DN,
     MAX_DATAGRAM_BYTES,
+    MAX_REPLY_BYTES,
     WSA,
     WSD,
     DiscoveryResponder,
@@ -393,3 +394,137 @@ def test_discovery_config_defaults_and_errors() -> None:
                      ({"multicast_ttl": 256}, "multicast_ttl"), ({"bogus": 1}, "bogus")):
         with pytest.raises(ConfigError, match=key):
             parse_config({**base, "onvif": {"enabled": True, "discovery": bad}})
+
+
+def own_device_cfg(**keys: Any) -> AppConfig:
+    """cam1 on the multi-channel device only, cam2 also a device of its own (onvif_port 0: a free port)."""
+    cfg = discovery_cfg(USERS, **keys)
+    cfg = cfg.model_copy(update={"cameras": [*cfg.cameras, cfg.cameras[0].model_copy(
+        update={"name": "cam2", "url": "rtsp://127.0.0.1:1/cam2", "onvif_port": 0})]})
+    return cfg
+
+
+def _by_epr(matches: list[Any]) -> dict[str, Any]:
+    return {m.getEPR(): m for m in matches}
+
+
+async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
+    async with serving(own_device_cfg(), feed=False) as (app, server, _base):
+        own_port = server.camera_ports["cam2"]
+        assert own_port not in (0, server.port)
+        main_epr, cam2_epr = endpoint_reference("streamproxy-0001"), endpoint_reference("streamproxy-0001-cam2")
+        async with responder(app.cfg, server.port, camera_ports=server.camera_ports) as (r, _sink), prober() as p:
+            to = ("127.0.0.1", r.port)
+            message_id = p.probe(to, [QName(DN, "NetworkVideoTransmitter")])
+            data = await p.next()
+            root = validate(data, f"{WSD}/ProbeMatches")
+            assert len(root.findall(f".//{{{WSD}}}ProbeMatch")) == 2  # both in one ProbeMatches
+            env = parseSOAPMessage(data.decode(), "127.0.0.1")
+            assert env.getRelatesTo() == message_id
+            matches = _by_epr(env.getProbeResolveMatches())
+            assert list(matches) == [main_epr, cam2_epr]
+            assert matches[main_epr].getXAddrs() == [f"http://127.0.0.1:{server.port}/onvif/device_service"]
+            assert matches[cam2_epr].getXAddrs() == [f"http://127.0.0.1:{own_port}/onvif/device_service"]
+            assert [s.getValue() for s in matches[main_epr].getScopes()] == scopes(app.cfg.onvif)
+            cam2_scopes = [s.getValue() for s in matches[cam2_epr].getScopes()]
+            assert cam2_scopes == scopes(app.cfg.onvif, "cam2")
+            assert "onvif://www.onvif.org/name/cam2" in cam2_scopes
+            assert "onvif://www.onvif.org/name/streamproxy" not in cam2_scopes
+
+            # A probe for one name scope finds that device only.
+            for name, epr in (("cam2", cam2_epr), ("streamproxy", main_epr)):
+                mid = p.probe(to, [], [Scope(f"onvif://www.onvif.org/name/{name}")])
+                data = await p.next()
+                validate(data, f"{WSD}/ProbeMatches")
+                env = parseSOAPMessage(data.decode(), "127.0.0.1")
+                assert env.getRelatesTo() == mid
+                assert [m.getEPR() for m in env.getProbeResolveMatches()] == [epr], name
+            # Scopes both devices share (a prefix of each name scope): both answer.
+            p.probe(to, [], [Scope("onvif://www.onvif.org/name")])
+            env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
+            assert list(_by_epr(env.getProbeResolveMatches())) == [main_epr, cam2_epr]
+            # A name neither device has: no answer (the next probe's answer comes first).
+            p.probe(to, [], [Scope("onvif://www.onvif.org/name/cam1")])
+            good = p.probe(to)
+            env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
+            assert env.getRelatesTo() == good
+            assert r.answered == 5
+            assert not r.events.counts
+
+        # The camera's XAddr is its own device: the serial its EPR comes from, the scopes it was found by.
+        cam = onvif.ONVIFCamera("127.0.0.1", own_port, "vms", "s3cret-pass", WSDL_DIR, no_cache=True)
+        try:
+            devicemgmt = await cam.create_devicemgmt_service()
+            info = await devicemgmt.GetDeviceInformation()
+            assert endpoint_reference(info.SerialNumber) == cam2_epr
+            assert [s.ScopeItem for s in await devicemgmt.GetScopes()] == cam2_scopes
+        finally:
+            await cam.close()
+
+
+async def test_one_probe_is_one_unit_of_the_rate_limit_however_many_devices_match() -> None:
+    now = [1000.0]
+    ports = {"cam2": 9002, "cam3": 9003}
+    async with responder(discovery_cfg(), 8080, camera_ports=ports, rate_per_source=1.0, burst_per_source=2,
+                         clock=lambda: now[0]) as (r, _sink), prober() as p:
+        to = ("127.0.0.1", r.port)
+        sent = [p.probe(to) for _ in range(3)]
+        for mid in sent[:2]:
+            env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
+            assert env.getRelatesTo() == mid
+            assert len(env.getProbeResolveMatches()) == 3
+        assert await _quiet(r, {"rate_per_source": 1})  # the third probe: over the burst of 2 probes
+        assert r.answered == 2 and p.inbox.queue.empty()
+
+
+async def test_many_devices_are_split_over_several_probe_matches() -> None:
+    ports = {f"cam{i}": 9000 + i for i in range(2, 40)}
+    async with responder(discovery_cfg(), 8080, camera_ports=ports) as (r, _sink), prober() as p:
+        mid = p.probe(("127.0.0.1", r.port))
+        eprs: list[str] = []
+        numbers: list[int] = []
+        while len(eprs) < 1 + len(ports):
+            data = await p.next()
+            assert len(data) <= MAX_REPLY_BYTES
+            validate(data, f"{WSD}/ProbeMatches")
+            env = parseSOAPMessage(data.decode(), "127.0.0.1")
+            assert env.getRelatesTo() == mid
+            eprs += [m.getEPR() for m in env.getProbeResolveMatches()]
+            numbers.append(int(env.getMessageNumber()))
+        assert len(numbers) > 1  # really split
+        assert numbers == list(range(1, len(numbers) + 1))  # no MessageNumber skipped
+        assert eprs == [endpoint_reference("streamproxy-0001")] + [
+            endpoint_reference(f"streamproxy-0001-{c}") for c in ports]
+        assert r.answered == 1
+
+
+async def test_hello_and_bye_for_every_device() -> None:
+    cfg = discovery_cfg(hello=True)
+    main_epr, cam2_epr = endpoint_reference("streamproxy-0001"), endpoint_reference("streamproxy-0001-cam2")
+    async with prober() as sink:
+        ports = {"cam2": 9002}
+        r = DiscoveryResponder(cfg, 8080, camera_ports=ports, bind_host="127.0.0.1", announce_to=sink.addr)
+        ports.clear()  # as WebServer.stop empties its dict before the responder's Bye: read at construction
+        await r.start()
+        try:
+            hellos = []
+            for _ in range(2):
+                data = await sink.next()
+                validate(data, f"{WSD}/Hello")
+                hellos.append(parseSOAPMessage(data.decode(), "127.0.0.1"))
+            assert [h.getEPR() for h in hellos] == [main_epr, cam2_epr]
+            assert [h.getXAddrs() for h in hellos] == [["http://127.0.0.1:8080/onvif/device_service"],
+                                                       ["http://127.0.0.1:9002/onvif/device_service"]]
+            assert [s.getValue() for s in hellos[1].getScopes()] == scopes(cfg.onvif, "cam2")
+        finally:
+            await r.stop()
+        byes = []
+        for _ in range(2):
+            data = await sink.next()
+            validate(data, f"{WSD}/Bye")
+            byes.append(parseSOAPMessage(data.decode(), "127.0.0.1"))
+        assert [b.getEPR() for b in byes] == [main_epr, cam2_epr]
+        numbers = [int(m.getMessageNumber()) for m in hellos + byes]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 4
+        sink.send(b"sentinel", sink.addr)
+        assert await sink.next() == b"sentinel"  # nothing more

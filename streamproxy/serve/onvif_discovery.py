@@ -1,19 +1,24 @@
 """WS-Discovery (April 2005, as ONVIF uses it): a VMS's "search for devices" finds the proxy.
 
-The proxy is one ONVIF NetworkVideoTransmitter (serve/onvif.py). `DiscoveryResponder` is an asyncio
-datagram protocol on UDP `onvif.discovery.port` (3702) that joins 239.255.255.250 on
-`onvif.discovery.interface` and:
+The proxy is one multi-channel ONVIF NetworkVideoTransmitter on the HTTP port (serve/onvif.py), and
+each camera with `cameras[].onvif_port` is one more, single-channel, on its own port. Each is a
+WS-Discovery target service of its own: its own EndpointReference (from its serial), scopes (a
+camera's name scope is the camera) and XAddr. `DiscoveryResponder` is an asyncio datagram protocol
+on UDP `onvif.discovery.port` (3702) that joins 239.255.255.250 on `onvif.discovery.interface` and:
 * answers a Probe whose Types are empty or only `dn:NetworkVideoTransmitter` / `tds:Device` (any
   prefix: QNames are resolved by the namespaces declared in the probe, so DPWS's `wsdp:Device` of a
-  Windows host does not match) and whose Scopes all match ours, with a ProbeMatches sent unicast to
-  the sender's address and port, RelatesTo the probe's MessageID. Scopes match by the RFC 2396/3986
-  prefix rule of WS-Discovery (scheme and authority case-insensitive, the probe's path a
-  segment-wise prefix of ours, percent-escapes decoded, a trailing "/" ignored) or `strcmp0`
-  (exact); another MatchBy matches nothing;
-* multicasts a Hello on start and a Bye on stop (`onvif.discovery.hello`), with
+  Windows host does not match) and whose Scopes all match a device's, with one ProbeMatches sent
+  unicast to the sender's address and port, RelatesTo the probe's MessageID, holding one ProbeMatch
+  per matching device (WS-Discovery allows several; devices with several endpoints do so). With
+  many cameras the matches are split over several ProbeMatches of at most MAX_REPLY_BYTES each (a
+  UDP datagram has a size limit, and the more IP fragments the likelier one is lost). Scopes match
+  by the RFC 2396/3986 prefix rule of WS-Discovery (scheme and authority case-insensitive, the
+  probe's path a segment-wise prefix of the device's, percent-escapes decoded, a trailing "/"
+  ignored) or `strcmp0` (exact); another MatchBy matches nothing;
+* multicasts a Hello on start and a Bye on stop for each device (`onvif.discovery.hello`), with
   `onvif.discovery.multicast_ttl` on that interface.
 
-The device's XAddr is `http://HOST:<http port>/onvif/device_service`. HOST: every entry of
+A device's XAddr is `http://HOST:<its port>/onvif/device_service`. HOST: every entry of
 `onvif.discovery.xaddrs_hosts`; when empty, the address this host would send to the prober from
 (the source address the kernel picks for a route to it: a throwaway UDP socket connected to the
 prober, whose connect sends nothing), which is the prober's side of this host. asyncio's datagram
@@ -22,9 +27,10 @@ transport hands no ancillary data, so IP_PKTINFO (the address the probe arrived 
 Hostile input: a datagram over MAX_DATAGRAM_BYTES or that does not parse is dropped unparsed or by
 onvif_soap's parser (no DTD, no entities); other WS-Discovery traffic (Hello, ProbeMatches of other
 devices) is ignored silently. Answers are rate-limited per source address and in total, so the
-responder amplifies no flood of spoofed probes; a probe repeated with the same MessageID (SOAP over
-UDP retransmits) is answered once. Every refusal is counted and logged at most once a second
-(serve/limits.py, listener "wsd"). Only IPv4 (the 239.255.255.250 group), as ONVIF devices do.
+responder amplifies no flood of spoofed probes (one probe is one answer, however many devices
+match); a probe repeated with the same MessageID (SOAP over UDP retransmits) is answered once.
+Every refusal is counted and logged at most once a second (serve/limits.py, listener "wsd").
+Only IPv4 (the 239.255.255.250 group), as ONVIF devices do.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 from xml.parsers import expat
@@ -46,7 +53,7 @@ from xml.sax.saxutils import escape
 
 from streamproxy.config import AppConfig
 from streamproxy.serve.limits import LimitEvents
-from streamproxy.serve.onvif import DEVICE_PATH, scopes
+from streamproxy.serve.onvif import DEVICE_PATH, camera_device, scopes
 from streamproxy.serve.onvif_soap import SOAP12, TDS, SoapFault, safe_parse
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,7 @@ OUR_TYPES = frozenset({(DN, "NetworkVideoTransmitter"), (TDS, "NetworkVideoTrans
 OUR_LOCAL_TYPES = frozenset({local for _, local in OUR_TYPES})
 
 MAX_DATAGRAM_BYTES = 8 * 1024  # a Probe is under 1 KiB; ONVIF clients' largest with scopes well under this
+MAX_REPLY_BYTES = 8 * 1024  # one ProbeMatches; a ProbeMatch is about 1 KiB
 APP_MAX_DELAY_S = 0.5  # WS-Discovery: a reply waits a random 0..500 ms so that devices do not answer at once
 RATE_PER_SOURCE = 2.0  # answers per second to one address (a VMS probes a few times per search)
 BURST_PER_SOURCE = 5
@@ -86,6 +94,16 @@ _EPR_NAMESPACE = uuid.UUID("6b1e8c2e-1f52-5d0a-9d7e-0a5c1c0d15c0")
 def endpoint_reference(serial: str) -> str:
     """`urn:uuid:<uuid5 of the serial>`: stable, so a VMS recognises the device after a restart."""
     return uuid.uuid5(_EPR_NAMESPACE, f"onvif-device:{serial}").urn
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One device as a WS-Discovery target service."""
+
+    camera: str | None  # None: the multi-channel device on the HTTP port
+    epr: str
+    scopes: tuple[str, ...]
+    port: int  # of its device service
 
 
 class _Bucket:
@@ -107,11 +125,13 @@ class _Bucket:
 
 
 class DiscoveryResponder(asyncio.DatagramProtocol):
-    """The WS-Discovery target service of the ONVIF device: `await start()`, `await stop()`.
+    """The WS-Discovery target services of the ONVIF devices: `await start()`, `await stop()`.
 
-    `bind_host` and `announce_to` exist for tests (loopback only): production binds the wildcard
-    address (multicast probes arrive addressed to the group, directed ones to this host) and
-    announces to the group on the configured port.
+    `camera_ports`: camera -> bound port of the cameras that are devices of their own
+    (serve/http.py's `WebServer.camera_ports`, read once here: that dict empties when the web server
+    stops, and the Bye still names every device). `bind_host` and `announce_to` exist for tests
+    (loopback only): production binds the wildcard address (multicast probes arrive addressed to
+    the group, directed ones to this host) and announces to the group on the configured port.
     """
 
     def __init__(
@@ -119,6 +139,7 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         cfg: AppConfig,
         http_port: int,
         *,
+        camera_ports: Mapping[str, int] | None = None,
         bind_host: str = "0.0.0.0",
         announce_to: tuple[str, int] | None = None,
         reply_delay_s: float = APP_MAX_DELAY_S,
@@ -137,10 +158,15 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         self.rate_per_source, self.burst_per_source = rate_per_source, burst_per_source
         self.rate_total, self.burst_total = rate_total, burst_total
         self._clock = clock
-        self.epr = endpoint_reference(cfg.onvif.device.serial)
+        self.epr = endpoint_reference(cfg.onvif.device.serial)  # the multi-channel device's
         self.scopes = scopes(cfg.onvif)
+        self.targets: list[Target] = [Target(None, self.epr, tuple(self.scopes), http_port)]
+        for camera, port in (camera_ports or {}).items():
+            device = camera_device(camera)  # the serial and name scope its device service answers
+            epr = endpoint_reference(cfg.onvif.device.serial + device.serial_suffix)
+            self.targets.append(Target(camera, epr, tuple(scopes(cfg.onvif, device.name)), port))
         self.events = LimitEvents("wsd", log)
-        self.answered = 0  # ProbeMatches sent (tests read it)
+        self.answered = 0  # probes answered (tests read it)
         self.port = 0  # the bound UDP port
         self._transport: asyncio.DatagramTransport | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -187,8 +213,12 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             raise
         log.info("onvif: WS-Discovery on udp/%d (group %s on %s), device %s", self.port, MULTICAST_GROUP,
                  self.dcfg.interface, self.epr)
+        for t in self.targets[1:]:
+            log.info("%s: WS-Discovery device %s (port %d)", t.camera, t.epr, t.port)
         if self.dcfg.hello:
-            self._send(self._hello(), self.announce_to)
+            hosts = self._announce_hosts()
+            for t in self.targets:
+                self._send(self._hello(t, hosts), self.announce_to)
 
     async def stop(self) -> None:
         """Bye (when hello is on), then close; replies not yet sent are dropped."""
@@ -199,7 +229,8 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             handle.cancel()
         self._pending.clear()
         if self.dcfg.hello:
-            self._send(self._bye(), self.announce_to)
+            for t in self.targets:
+                self._send(self._bye(t), self.announce_to)
         transport.close()
         if self._closed is not None:
             try:
@@ -265,18 +296,21 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             if not types_match((types_el.text or "").split(), types_namespaces(data)):
                 log.debug("onvif: WS-Discovery probe for %r from %s: not our type", types_el.text, addr[0])
                 return
+        matches = self.targets
         if scopes_el is not None and (scopes_el.text or "").strip():
             rule = (scopes_el.get("MatchBy") or f"{WSD}/rfc2396").strip()
-            if not scopes_match((scopes_el.text or "").split(), self.scopes, rule):
+            wanted = (scopes_el.text or "").split()
+            matches = [t for t in self.targets if scopes_match(wanted, list(t.scopes), rule)]
+            if not matches:
                 log.debug("onvif: WS-Discovery probe for scopes %r from %s: no match", scopes_el.text, addr[0])
                 return
-        if not self._allowed(addr[0]):
+        if not self._allowed(addr[0]):  # one probe is one unit of the budget, however many devices match
             return
         hosts = list(self.dcfg.xaddrs_hosts) or self._local_hosts_for(addr[0])
         if not hosts:
             self.events.hit("no_route", f"no local address towards {addr[0]}: probe not answered")
             return
-        self._reply(self._probe_matches(message_id, hosts), addr)
+        self._reply(self._probe_matches(message_id, matches, hosts), addr)
 
     def _allowed(self, source: str) -> bool:
         now = self._clock()
@@ -300,17 +334,19 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         local = route_source(peer)
         return [local] if local else []
 
-    def _reply(self, payload: bytes, addr: tuple[str, int]) -> None:
+    def _reply(self, payloads: list[bytes], addr: tuple[str, int]) -> None:
         delay = random.uniform(0.0, self.reply_delay_s) if self.reply_delay_s > 0 else 0.0
         if delay <= 0:
-            self._send(payload, addr)
+            for payload in payloads:
+                self._send(payload, addr)
             self.answered += 1
             return
         loop = asyncio.get_running_loop()
 
         def send() -> None:
             self._pending.discard(handle)
-            self._send(payload, addr)
+            for payload in payloads:
+                self._send(payload, addr)
             self.answered += 1
 
         handle = loop.call_later(delay, send)
@@ -325,8 +361,9 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             self.events.hit("send", f"to {addr[0]}:{addr[1]}: {err}")
 
     # --- messages ---
-    def _xaddrs(self, hosts: list[str]) -> str:
-        return " ".join(f"http://{_bracket(h)}:{self.http_port}{DEVICE_PATH}" for h in hosts)
+    @staticmethod
+    def _xaddrs(port: int, hosts: list[str]) -> str:
+        return " ".join(f"http://{_bracket(h)}:{port}{DEVICE_PATH}" for h in hosts)
 
     def _announce_hosts(self) -> list[str]:
         if self.dcfg.xaddrs_hosts:
@@ -337,38 +374,56 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         local = route_source(MULTICAST_GROUP)
         return [local] if local else []
 
-    def _header(self, action: str, to: str, relates_to: str | None = None) -> str:
-        self._message_number += 1
+    def _header(self, action: str, to: str, relates_to: str | None = None, number: int | None = None) -> str:
+        """`number`: the MessageNumber to write without counting a message (for measuring one)."""
+        if number is None:
+            self._message_number += 1
+            number = self._message_number
         relates = f"<a:RelatesTo>{escape(relates_to)}</a:RelatesTo>" if relates_to is not None else ""
         return (
             f"<s:Header><a:MessageID>{uuid.uuid4().urn}</a:MessageID>{relates}<a:To>{to}</a:To>"
             f"<a:Action>{action}</a:Action>"
-            f'<d:AppSequence InstanceId="{self._instance_id}" MessageNumber="{self._message_number}"/></s:Header>'
+            f'<d:AppSequence InstanceId="{self._instance_id}" MessageNumber="{number}"/></s:Header>'
         )
 
-    def _device(self, hosts: list[str]) -> str:
-        xaddrs = f"<d:XAddrs>{escape(self._xaddrs(hosts))}</d:XAddrs>" if hosts else ""
+    def _device(self, t: Target, hosts: list[str]) -> str:
+        xaddrs = f"<d:XAddrs>{escape(self._xaddrs(t.port, hosts))}</d:XAddrs>" if hosts else ""
         return (
-            f"<a:EndpointReference><a:Address>{self.epr}</a:Address></a:EndpointReference>"
+            f"<a:EndpointReference><a:Address>{t.epr}</a:Address></a:EndpointReference>"
             "<d:Types>dn:NetworkVideoTransmitter tds:Device</d:Types>"
-            f"<d:Scopes>{escape(' '.join(self.scopes))}</d:Scopes>{xaddrs}"
+            f"<d:Scopes>{escape(' '.join(t.scopes))}</d:Scopes>{xaddrs}"
             f"<d:MetadataVersion>{METADATA_VERSION}</d:MetadataVersion>"
         )
 
-    def _probe_matches(self, relates_to: str, hosts: list[str]) -> bytes:
-        return _envelope(
-            self._header(ACTION_PROBE_MATCHES, TO_ANONYMOUS, relates_to),
-            f"<d:ProbeMatches><d:ProbeMatch>{self._device(hosts)}</d:ProbeMatch></d:ProbeMatches>",
-        )
+    def _probe_matches(self, relates_to: str, targets: list[Target], hosts: list[str]) -> list[bytes]:
+        """ProbeMatches messages of at most MAX_REPLY_BYTES (one match each at least), each
+        RelatesTo the probe, together one ProbeMatch per target."""
+        # The envelope without matches (a MessageNumber of 20 digits: no uint64 is longer), then the matches.
+        overhead = len(self._probe_matches_message(relates_to, [], number=10**19))
+        chunks: list[list[str]] = [[]]
+        size = overhead
+        for t in targets:
+            match = f"<d:ProbeMatch>{self._device(t, hosts)}</d:ProbeMatch>"
+            n = len(match.encode())
+            if chunks[-1] and size + n > MAX_REPLY_BYTES:
+                chunks.append([])
+                size = overhead
+            chunks[-1].append(match)
+            size += n
+        return [self._probe_matches_message(relates_to, c) for c in chunks]
 
-    def _hello(self) -> bytes:
+    def _probe_matches_message(self, relates_to: str, matches: list[str], number: int | None = None) -> bytes:
+        return _envelope(self._header(ACTION_PROBE_MATCHES, TO_ANONYMOUS, relates_to, number),
+                         f"<d:ProbeMatches>{''.join(matches)}</d:ProbeMatches>")
+
+    def _hello(self, t: Target, hosts: list[str]) -> bytes:
         return _envelope(self._header(ACTION_HELLO, TO_DISCOVERY),
-                         f"<d:Hello>{self._device(self._announce_hosts())}</d:Hello>")
+                         f"<d:Hello>{self._device(t, hosts)}</d:Hello>")
 
-    def _bye(self) -> bytes:
+    def _bye(self, t: Target) -> bytes:
         return _envelope(
             self._header(ACTION_BYE, TO_DISCOVERY),
-            f"<d:Bye><a:EndpointReference><a:Address>{self.epr}</a:Address></a:EndpointReference></d:Bye>",
+            f"<d:Bye><a:EndpointReference><a:Address>{t.epr}</a:Address></a:EndpointReference></d:Bye>",
         )
 
 
