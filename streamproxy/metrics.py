@@ -210,8 +210,9 @@ for _protocol in ("rtsp", "http"):
 LIMIT_REJECTIONS = Counter(
     "streamproxy_limit_rejections",
     "Connections, requests or sessions refused or reclaimed at a server limit (server.limits), by listener "
-    "(rtsp, http, webrtc) and limit (connections, connections_per_client, request_size, body_size, "
-    "request_timeout, idle_timeout, sessions, setup_timeout, descriptors).",
+    "(rtsp, http, webrtc, wsd) and limit (connections, connections_per_client, request_size, body_size, "
+    "request_timeout, idle_timeout, sessions, setup_timeout, descriptors; wsd, the WS-Discovery responder: "
+    "datagram_size, malformed, rate_per_source, rate, no_route, send, error).",
     ["listener", "limit"],
 )
 LIMIT_KINDS: Final[dict[str, tuple[str, ...]]] = {
