@@ -204,7 +204,10 @@ class App:
             from streamproxy.serve.onvif_discovery import DiscoveryResponder
 
             self.discovery = DiscoveryResponder(  # XAddrs need the bound HTTP port
-                self.cfg, self.web.port, bind_host=self.cfg.onvif.discovery.bind
+                self.cfg,
+                self.web.port,
+                camera_ports=self.web.camera_ports,  # cameras that are devices of their own are announced too
+                bind_host=self.cfg.onvif.discovery.bind,
             )
             await self.discovery.start()
         for p in self.pipelines.values():

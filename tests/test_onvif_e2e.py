@@ -46,8 +46,9 @@ SUB_W, SUB_FPS = 320, 5
 
 
 def onvif_config(url: str, model_dir: Path) -> AppConfig:
+    # The camera is also a device of its own (onvif_port 0: any free port), as for a single-channel VMS.
     cfg = make_config(url, model_dir, [{"username": USER, "password": PASSWORD}],
-                      sub_stream={"width": SUB_W, "fps": SUB_FPS})  # fmt: skip
+                      sub_stream={"width": SUB_W, "fps": SUB_FPS}, onvif_port=0)  # fmt: skip
     discovery = {"port": 0, "bind": "127.0.0.1", "interface": "127.0.0.1", "multicast_ttl": 0, "hello": False}
     return cfg.model_copy(update={"onvif": OnvifConfig.model_validate({"enabled": True, "discovery": discovery})})
 
@@ -109,7 +110,8 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
     app = host.app
     assert app is not None and app.discovery is not None and app.discovery.port > 0
     xaddrs = await asyncio.to_thread(_probe, app.discovery.port)
-    assert xaddrs == [f"http://127.0.0.1:{app.web.port}/onvif/device_service"]
+    own_port = app.web.camera_ports["cam"]
+    assert xaddrs == [f"http://127.0.0.1:{port}/onvif/device_service" for port in (app.web.port, own_port)]
 
     device = urlsplit(xaddrs[0])
     cam = onvif.ONVIFCamera(device.hostname, device.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True)
@@ -136,6 +138,19 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
         jpeg = await cam.get_snapshot("cam_main")  # HTTP Digest, as the client fetches it from a camera
     finally:
         await cam.close()
+    # The camera's own device (the second XAddr) offers the same two profiles and stream URIs.
+    own = urlsplit(xaddrs[1])
+    single = onvif.ONVIFCamera(own.hostname, own.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True)
+    try:
+        await single.update_xaddrs()
+        media = await single.create_media_service()
+        assert [p.token for p in await media.GetProfiles()] == ["cam_main", "cam_sub"]
+        got = await media.GetStreamUri(
+            {"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": "cam_sub"}
+        )
+        assert got.Uri == uris["cam_sub"]
+    finally:
+        await single.close()
 
     # The camera itself shows its two faces, at both sizes.
     raw = await asyncio.to_thread(_play, sim.url, 6)

@@ -13,6 +13,8 @@ Routes
   OPTIONS /{camera}/whep[/{session}]   CORS preflight
   POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif.py)
   POST /onvif/media_service            ONVIF media service (ver10); ONVIF authenticates on its own
+  POST /onvif/media2_service           ONVIF media2 service (ver20, serve/onvif_media2.py)
+Per camera with `cameras[].onvif_port`: the ONVIF paths and that camera's snapshot on its own port.
 
 Limits (`server.limits`, serve/http_limits.py): connections in total and per client address, idle
 and slow-request timeouts, head and body size (a WHEP offer is a body); refusals are 503/408/413/431

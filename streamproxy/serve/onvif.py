@@ -1,6 +1,7 @@
 """ONVIF Profile S device and media services (ver10), served under the HTTP server.
 
-Routes (when `onvif.enabled`): POST /onvif/device_service and POST /onvif/media_service. An operation
+Routes (when `onvif.enabled`): POST /onvif/device_service, /onvif/media_service and /onvif/media2_service
+(ver20: serve/onvif_media2.py registers its operations here). An operation
 is dispatched by the namespace of its Body element, not by the path: a VMS that sends a media call to
 the device XAddr (several do) gets the same answer.
 
