@@ -123,7 +123,7 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
             "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
             "engine": engine,
             "latency_budget_ms": args.budget_ms,
-            "sub_stream": {"enabled": args.sub_stream == "on"},
+            "sub_stream": {"enabled": getattr(args, "sub_stream", "on") == "on"},  # live_leak.py: on
         }
     )
 
