@@ -2,7 +2,8 @@
 
 * `make_config(url, model_dir)`: one camera "cam" on loopback (640x360 sims, free ports).
 * `LiveHost`: the service on its own loop in a thread (streamproxy_sim.harness.AppThread) plus what the
-  tests ask of it (`url`, `snapshot`, `wait_live`).
+  tests ask of it (`url`, `snapshot`, `wait_live`); `camera_and_host(config_for)`: a gst camera and the
+  live service on it, started and live (skips where gst is missing), for module fixtures.
 * `Viewer`: a PyAV viewer in a thread that records every decoded frame (`Seen`) with the camera's
   barcode stamp; `live()` keeps the camera's frames (not the slate).
 * `rtsp_exchange` / `rtsp_status`: raw RTSP over a socket.
@@ -11,10 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import numpy as np
 from streamproxy.config import AppConfig, parse_config
 from streamproxy.engine.detect import OnnxFaceDetector
 from streamproxy.status import PipelineStatus
-from streamproxy_sim.camsim import free_port, read_stamp
+from streamproxy_sim.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy_sim.harness import AppThread
 
 W, H = 640, 360
@@ -81,6 +84,25 @@ class LiveHost(AppThread):
                 return
             time.sleep(0.1)
         raise AssertionError(f"pipeline not live within {timeout} s: {self.snapshot()}")
+
+
+@contextlib.contextmanager
+def camera_and_host(config_for: Callable[[str], AppConfig]) -> Iterator[tuple[SimCamera, LiveHost]]:
+    """A gst camera (W x H, real faces) and the live service on it (`config_for(camera_url)`), live."""
+    import pytest  # only where a test asks: the kit's other helpers run without pytest (bench)
+
+    why = system_gst_available()
+    if why:
+        pytest.skip(why)
+    sim = SimCamera(width=W, height=H).start()
+    host = LiveHost(config_for(sim.url))
+    try:
+        host.start()
+        host.wait_live()
+        yield sim, host
+    finally:
+        host.stop()
+        sim.stop()
 
 
 @dataclass

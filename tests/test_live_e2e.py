@@ -30,6 +30,7 @@ from livekit import (
     LiveHost,
     Viewer,
     W,
+    camera_and_host,
     face_scores,
     live,
     make_config,
@@ -39,7 +40,7 @@ from livekit import (
 )
 
 from streamproxy.engine.detect import OnnxFaceDetector
-from streamproxy_sim.camsim import SimCamera, system_gst_available
+from streamproxy_sim.camsim import SimCamera
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -51,18 +52,8 @@ log = logging.getLogger(__name__)
 
 @pytest.fixture(scope="module")
 def shared(model_dir: Path) -> Iterator[tuple[SimCamera, LiveHost]]:
-    why = system_gst_available()
-    if why:
-        pytest.skip(why)
-    sim = SimCamera(width=W, height=H).start()
-    host = LiveHost(make_config(sim.url, model_dir, [{"username": USER, "password": PASSWORD}]))
-    try:
-        host.start()
-        host.wait_live()
-        yield sim, host
-    finally:
-        host.stop()
-        sim.stop()
+    with camera_and_host(lambda url: make_config(url, model_dir, [{"username": USER, "password": PASSWORD}])) as pair:
+        yield pair
 
 
 def _authed(host: LiveHost, path: str = "cam") -> str:

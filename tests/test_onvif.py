@@ -5,18 +5,17 @@ hostile SOAP input answered with faults while the service keeps answering."""
 from __future__ import annotations
 
 import base64
-import copy
 import datetime as dt
 import hashlib
 import logging
 import os
-import secrets
 import statistics
 import time
 from typing import Any
 
 import aiohttp
 import pytest
+from onvifkit import TDS, TRT, fault_codes, post, soap, token_header, wsdl_schema
 from webkit import make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig, OnvifConfig
@@ -27,12 +26,6 @@ etree = pytest.importorskip("lxml.etree")
 from zeep.exceptions import Fault  # noqa: E402  (zeep comes with onvif-zeep-async)
 
 WSDL_DIR = os.path.join(os.path.dirname(onvif.__file__), "wsdl")
-SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
-TDS = "http://www.onvif.org/ver10/device/wsdl"
-TRT = "http://www.onvif.org/ver10/media/wsdl"
-TER = "http://www.onvif.org/ver10/error"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 USERS = [{"username": "vms", "password": "s3cret-pass"}]
 CAMERAS = ("cam1", "cam2")
 
@@ -42,21 +35,6 @@ def onvif_cfg(users: list[dict[str, str]] | None = None, **onvif_keys: Any) -> A
     return cfg.model_copy(update={"onvif": OnvifConfig.model_validate({"enabled": True, **onvif_keys})})
 
 
-def _schema(wsdl: str) -> Any:
-    """The WSDL's inline schema (it imports onvif.xsd beside it), compiled by lxml."""
-    path = os.path.join(WSDL_DIR, wsdl)
-    doc = etree.parse(path)
-    el = doc.find(".//{http://www.w3.org/2001/XMLSchema}schema")
-    # The schema's QName attribute values use prefixes declared on wsdl:definitions: carry them over.
-    nsmap = {k: v for k, v in {**doc.getroot().nsmap, **el.nsmap}.items() if k}
-    root = etree.Element(el.tag, attrib=dict(el.attrib), nsmap=nsmap)
-    for child in el:
-        root.append(copy.deepcopy(child))
-    tree = etree.ElementTree(root)
-    tree.docinfo.URL = path
-    return etree.XMLSchema(tree)
-
-
 SCHEMAS: dict[str, Any] = {}
 
 
@@ -64,52 +42,11 @@ def validate(body_child: Any) -> None:
     """Fails unless the answer element is valid by the ONVIF schema of its service."""
     ns = etree.QName(body_child).namespace
     if not SCHEMAS:
-        SCHEMAS[TDS] = _schema("devicemgmt.wsdl")
-        SCHEMAS[TRT] = _schema("media.wsdl")
+        SCHEMAS[TDS] = wsdl_schema(os.path.join(WSDL_DIR, "devicemgmt.wsdl"))
+        SCHEMAS[TRT] = wsdl_schema(os.path.join(WSDL_DIR, "media.wsdl"))
     schema = SCHEMAS[ns]
     if not schema.validate(body_child):
         raise AssertionError(f"{etree.QName(body_child).localname} invalid: {schema.error_log}")
-
-
-def token_header(user: str, password: str, created: str | None = None, nonce: bytes | None = None) -> str:
-    nonce = nonce if nonce is not None else secrets.token_bytes(16)
-    created = created or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest()).decode()
-    return (
-        f'<s:Header><wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}"><wsse:UsernameToken>'
-        f"<wsse:Username>{user}</wsse:Username>"
-        '<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0'
-        f'#PasswordDigest">{digest}</wsse:Password>'
-        f"<wsse:Nonce>{base64.b64encode(nonce).decode()}</wsse:Nonce><wsu:Created>{created}</wsu:Created>"
-        "</wsse:UsernameToken></wsse:Security></s:Header>"
-    )
-
-
-def soap(op_xml: str, header: str = "") -> bytes:
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{SOAP12}" xmlns:tds="{TDS}" '
-        f'xmlns:trt="{TRT}" xmlns:tt="http://www.onvif.org/ver10/schema">{header}<s:Body>{op_xml}</s:Body>'
-        "</s:Envelope>"
-    ).encode()
-
-
-async def post(
-    session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
-) -> tuple[int, Any, aiohttp.ClientResponse]:
-    """(status, Body's first child, response); every answer must be a SOAP 1.2 envelope."""
-    hdrs = {"Content-Type": "application/soap+xml; charset=utf-8"} if headers is None else headers
-    async with session.post(url, data=data, headers=hdrs) as resp:
-        raw = await resp.read()
-        assert resp.headers["Content-Type"].startswith("application/soap+xml"), (resp.status, raw[:200])
-        root = etree.fromstring(raw)
-        assert root.tag == f"{{{SOAP12}}}Envelope"
-        return resp.status, root.find(f"{{{SOAP12}}}Body")[0], resp
-
-
-def fault_codes(el: Any) -> list[str]:
-    """['Sender', 'NotAuthorized', ...]: the fault's code and subcodes, local names."""
-    assert el.tag == f"{{{SOAP12}}}Fault", etree.tostring(el)[:300]
-    return [v.text.split(":")[-1] for v in el.iter(f"{{{SOAP12}}}Value")]
 
 
 # Every operation a VMS sends while adding a camera, with what it must answer (validated).

@@ -26,11 +26,11 @@ import av
 import cv2
 import numpy as np
 import pytest
-from livekit import VISIBLE, H, LiveHost, W, make_config
+from livekit import VISIBLE, H, LiveHost, W, camera_and_host, make_config
 
 from streamproxy.config import AppConfig, OnvifConfig
 from streamproxy.engine.detect import OnnxFaceDetector
-from streamproxy_sim.camsim import SimCamera, system_gst_available
+from streamproxy_sim.camsim import SimCamera
 
 onvif = pytest.importorskip("onvif")
 pytest.importorskip("wsdiscovery")
@@ -55,18 +55,8 @@ def onvif_config(url: str, model_dir: Path) -> AppConfig:
 
 @pytest.fixture(scope="module")
 def onvif_host(model_dir: Path) -> Iterator[tuple[SimCamera, LiveHost]]:
-    why = system_gst_available()
-    if why:
-        pytest.skip(why)
-    sim = SimCamera(width=W, height=H).start()
-    host = LiveHost(onvif_config(sim.url, model_dir))
-    try:
-        host.start()
-        host.wait_live()
-        yield sim, host
-    finally:
-        host.stop()
-        sim.stop()
+    with camera_and_host(lambda url: onvif_config(url, model_dir)) as pair:
+        yield pair
 
 
 def _probe(port: int, timeout_s: float = 10.0) -> list[str]:

@@ -4,17 +4,14 @@ over it, every answer validates against the ver20 media schema (lxml), auth and 
 
 from __future__ import annotations
 
-import base64
-import copy
-import datetime as dt
-import hashlib
 import logging
 import os
-import secrets
 from typing import Any
 
 import aiohttp
+import onvifkit
 import pytest
+from onvifkit import TDS, TR2, TT, fault_codes, soap, token_header, wsdl_schema
 from webkit import make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig, OnvifConfig
@@ -26,12 +23,6 @@ from zeep.exceptions import Fault  # noqa: E402  (zeep comes with onvif-zeep-asy
 
 WSDL_DIR = os.path.join(os.path.dirname(onvif.__file__), "wsdl")  # ver10 (device service)
 MEDIA2_WSDL = os.path.join(os.path.dirname(__file__), "onvif_ver20_wsdl", "ver20", "media", "wsdl", "media.wsdl")
-SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
-TDS = "http://www.onvif.org/ver10/device/wsdl"
-TR2 = "http://www.onvif.org/ver20/media/wsdl"
-TT = "http://www.onvif.org/ver10/schema"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 USERS = [{"username": "vms", "password": "s3cret-pass"}]
 CAMERAS = ("cam1", "cam2")
 TOKENS = ["cam1_main", "cam1_sub", "cam2_main", "cam2_sub"]
@@ -42,95 +33,25 @@ def onvif_cfg(users: list[dict[str, str]] | None = None) -> AppConfig:
     return cfg.model_copy(update={"onvif": OnvifConfig.model_validate({"enabled": True})})
 
 
-class _Wildcards(etree.Resolver):  # type: ignore[misc]
-    """Serves the schema files with their wildcards as `##other` (see `_schema`)."""
-
-    def resolve(self, url: str, pubid: str, context: Any) -> Any:
-        path = url.removeprefix("file://")
-        if not os.path.isfile(path):
-            return None  # nothing from the network: an unresolved import fails the compile
-        with open(path, "rb") as f:
-            return self.resolve_string(_other(f.read()), context, base_url=url)
-
-
-def _other(xsd: bytes) -> bytes:
-    # ONVIF's 2024+ schemas end many sequences with <xs:any namespace="##any"> (or ##targetNamespace)
-    # after optional elements: valid XSD 1.1-style "first ONVIF then vendor" extension points, but not
-    # deterministic for libxml2's XSD 1.0 compiler. As `##other` (what ONVIF wrote before) they compile;
-    # our answers carry no extension elements, so this only makes the check stricter.
-    return xsd.replace(b'namespace="##any"', b'namespace="##other"').replace(
-        b'namespace="##targetNamespace"', b'namespace="##other"'
-    )
-
-
-def _schema(path: str, patch: bool) -> Any:
-    """The WSDL's inline schema (its imports resolved beside it on disk), compiled by lxml."""
-    doc = etree.parse(path)
-    el = doc.find(".//{http://www.w3.org/2001/XMLSchema}schema")
-    # The schema's QName attribute values use prefixes declared on wsdl:definitions: carry them over.
-    nsmap = {k: v for k, v in {**doc.getroot().nsmap, **el.nsmap}.items() if k}
-    root = etree.Element(el.tag, attrib=dict(el.attrib), nsmap=nsmap)
-    for child in el:
-        root.append(copy.deepcopy(child))
-    if not patch:
-        tree = etree.ElementTree(root)
-        tree.docinfo.URL = path
-        return etree.XMLSchema(tree)
-    parser = etree.XMLParser()
-    parser.resolvers.add(_Wildcards())
-    return etree.XMLSchema(etree.ElementTree(etree.fromstring(_other(etree.tostring(root)), parser, base_url=path)))
-
-
 SCHEMAS: dict[str, Any] = {}
 
 
 def validate(el: Any) -> None:
     """Fails unless the element is valid by the ONVIF schema of its namespace (tr2: ver20 media)."""
     if not SCHEMAS:
-        SCHEMAS[TR2] = _schema(MEDIA2_WSDL, patch=True)
-        SCHEMAS[TDS] = _schema(os.path.join(WSDL_DIR, "devicemgmt.wsdl"), patch=False)
+        SCHEMAS[TR2] = wsdl_schema(MEDIA2_WSDL, patch=True)
+        SCHEMAS[TDS] = wsdl_schema(os.path.join(WSDL_DIR, "devicemgmt.wsdl"))
     schema = SCHEMAS[etree.QName(el).namespace]
     if not schema.validate(el):
         raise AssertionError(f"{etree.QName(el).localname} invalid: {schema.error_log}")
 
 
-def token_header(user: str, password: str) -> str:
-    nonce = secrets.token_bytes(16)
-    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest()).decode()
-    return (
-        f'<s:Header><wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}"><wsse:UsernameToken>'
-        f"<wsse:Username>{user}</wsse:Username>"
-        '<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0'
-        f'#PasswordDigest">{digest}</wsse:Password>'
-        f"<wsse:Nonce>{base64.b64encode(nonce).decode()}</wsse:Nonce><wsu:Created>{created}</wsu:Created>"
-        "</wsse:UsernameToken></wsse:Security></s:Header>"
-    )
-
-
-def soap(op_xml: str, header: str = "") -> bytes:
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{SOAP12}" xmlns:tds="{TDS}" '
-        f'xmlns:tr2="{TR2}" xmlns:tt="{TT}">{header}<s:Body>{op_xml}</s:Body></s:Envelope>'
-    ).encode()
-
-
 async def post(
     session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
-    """(status, Body's first child); every answer must be a SOAP 1.2 envelope."""
-    hdrs = {"Content-Type": "application/soap+xml; charset=utf-8"} if headers is None else headers
-    async with session.post(url, data=data, headers=hdrs) as resp:
-        raw = await resp.read()
-        assert resp.headers["Content-Type"].startswith("application/soap+xml"), (resp.status, raw[:200])
-        root = etree.fromstring(raw)
-        assert root.tag == f"{{{SOAP12}}}Envelope"
-        return resp.status, root.find(f"{{{SOAP12}}}Body")[0]
-
-
-def fault_codes(el: Any) -> list[str]:
-    assert el.tag == f"{{{SOAP12}}}Fault", etree.tostring(el)[:300]
-    return [v.text.split(":")[-1] for v in el.iter(f"{{{SOAP12}}}Value")]
+    """(status, Body's first child): onvifkit's post without the response."""
+    status, el, _resp = await onvifkit.post(session, url, data, headers)
+    return status, el
 
 
 async def media2_service(cam: Any, user: str, password: str) -> Any:

@@ -21,14 +21,13 @@ import av
 import cv2
 import numpy as np
 import pytest
-from livekit import VISIBLE, H, LiveHost, W, make_config
+from livekit import VISIBLE, H, W, camera_and_host, make_config
 from webkit import make_cfg, serving
 
 from streamproxy.config import EncoderConfig, SubStreamConfig, parse_config
 from streamproxy.engine.detect import OnnxFaceDetector
 from streamproxy.live.encode import SubStreamEncoder
 from streamproxy.rtsp.protocol import StreamPath, parse_path
-from streamproxy_sim.camsim import SimCamera, system_gst_available
 
 # --- the frame grid and the size -------------------------------------------------------------------
 
@@ -156,18 +155,8 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def sub_host(model_dir: Path) -> Any:
-    why = system_gst_available()
-    if why:
-        pytest.skip(why)
-    sim = SimCamera(width=W, height=H).start()
-    host = LiveHost(make_config(sim.url, model_dir, sub_stream={"width": SUB_W, "fps": SUB_FPS}))
-    try:
-        host.start()
-        host.wait_live()
-        yield sim, host
-    finally:
-        host.stop()
-        sim.stop()
+    with camera_and_host(lambda url: make_config(url, model_dir, sub_stream={"width": SUB_W, "fps": SUB_FPS})) as pair:
+        yield pair
 
 
 @pytest.mark.slow
