@@ -54,9 +54,11 @@ from streamproxy.serve.onvif_soap import (
     envelope,
     not_authorized,
     parse_envelope,
+    range_xml,
     receiver,
     sender,
     username_token,
+    video_source_configuration_xml,
 )
 
 log = logging.getLogger(__name__)
@@ -461,7 +463,7 @@ class OnvifService:
     def _profile_xml(self, tag: str, p: StreamProfile) -> str:
         return (
             f'<trt:{tag} token={quoteattr(p.token)} fixed="true"><tt:Name>{escape(p.token)}</tt:Name>'
-            f"{_vsc_xml('tt:VideoSourceConfiguration', p)}{_vec_xml('tt:VideoEncoderConfiguration', p)}</trt:{tag}>"
+            f"{_vsc('tt:VideoSourceConfiguration', p)}{_vec_xml('tt:VideoEncoderConfiguration', p)}</trt:{tag}>"
         )
 
     def _profiles(self, req: Request, request: web.Request) -> str:
@@ -494,13 +496,13 @@ class OnvifService:
         def answer(req: Request, request: web.Request) -> str:
             token = req.text("ProfileToken")
             cams = [self._find_profile(token).camera] if token is not None else self.cameras()
-            return _resp("trt", op, "".join(_vsc_xml("trt:Configurations", self.profiles(c)[0]) for c in cams))
+            return _resp("trt", op, "".join(_vsc("trt:Configurations", self.profiles(c)[0]) for c in cams))
 
         return answer
 
     def _vsc_one(self, req: Request, request: web.Request) -> str:
         cam = self._camera_of_source(req.text("ConfigurationToken"))
-        return _resp("trt", "GetVideoSourceConfiguration", _vsc_xml("trt:Configuration", self.profiles(cam)[0]))
+        return _resp("trt", "GetVideoSourceConfiguration", _vsc("trt:Configuration", self.profiles(cam)[0]))
 
     def _vsc_options(self, req: Request, request: web.Request) -> str:
         token = req.text("ConfigurationToken")
@@ -513,8 +515,8 @@ class OnvifService:
         sources = "".join(f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams)
         return _resp(
             "trt", "GetVideoSourceConfigurationOptions",
-            f"<trt:Options><tt:BoundsRange>{_range('XRange', 0, 0)}{_range('YRange', 0, 0)}"
-            f"{_range('WidthRange', p.width, p.width)}{_range('HeightRange', p.height, p.height)}"
+            f"<trt:Options><tt:BoundsRange>{range_xml('XRange', 0, 0)}{range_xml('YRange', 0, 0)}"
+            f"{range_xml('WidthRange', p.width, p.width)}{range_xml('HeightRange', p.height, p.height)}"
             f"</tt:BoundsRange>{sources}</trt:Options>",
         )
 
@@ -543,10 +545,10 @@ class OnvifService:
         # The one resolution and rate the proxy encodes: a VMS cannot choose another (Set is a no-op).
         return _resp(
             "trt", "GetVideoEncoderConfigurationOptions",
-            f"<trt:Options>{_range('QualityRange', 0, 0)}<tt:H264><tt:ResolutionsAvailable><tt:Width>{p.width}"
+            f"<trt:Options>{range_xml('QualityRange', 0, 0)}<tt:H264><tt:ResolutionsAvailable><tt:Width>{p.width}"
             f"</tt:Width><tt:Height>{p.height}</tt:Height></tt:ResolutionsAvailable>"
-            f"{_range('GovLengthRange', 1, 300)}{_range('FrameRateRange', fps, fps)}"
-            f"{_range('EncodingIntervalRange', 1, 1)}<tt:H264ProfilesSupported>Baseline</tt:H264ProfilesSupported>"
+            f"{range_xml('GovLengthRange', 1, 300)}{range_xml('FrameRateRange', fps, fps)}"
+            f"{range_xml('EncodingIntervalRange', 1, 1)}<tt:H264ProfilesSupported>Baseline</tt:H264ProfilesSupported>"
             "<tt:H264ProfilesSupported>Main</tt:H264ProfilesSupported><tt:H264ProfilesSupported>High"
             "</tt:H264ProfilesSupported></tt:H264></trt:Options>",
         )
@@ -627,16 +629,6 @@ def _url(host: str, path: str) -> str:
     return f"http://{host}{path}"
 
 
-def _range(tag: str, lo: int, hi: int) -> str:
-    return f"<tt:{tag}><tt:Min>{lo}</tt:Min><tt:Max>{hi}</tt:Max></tt:{tag}>"
-
-
-def _vsc_xml(tag: str, p: StreamProfile) -> str:
-    return (
-        f"<{tag} token={quoteattr(p.camera)}><tt:Name>{escape(p.camera)}</tt:Name><tt:UseCount>1</tt:UseCount>"
-        f"<tt:SourceToken>{escape(p.camera)}</tt:SourceToken>"
-        f'<tt:Bounds x="0" y="0" width="{p.width}" height="{p.height}"/></{tag}>'
-    )
 
 
 def _vec_xml(tag: str, p: StreamProfile) -> str:
@@ -663,3 +655,7 @@ def _fault_response(fault: SoapFault, auth: Authenticator | None, request: web.R
         for name, value in auth.challenge(client=request.remote or ""):
             resp.headers.add(name, value)
     return resp
+
+
+def _vsc(tag: str, p: StreamProfile) -> str:
+    return video_source_configuration_xml(tag, p.camera, p.width, p.height)

@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
-from streamproxy.serve.onvif_soap import Request, receiver, sender
+from streamproxy.serve.onvif_soap import Request, range_xml, receiver, sender, video_source_configuration_xml
 
 TR2 = "http://www.onvif.org/ver20/media/wsdl"
 MEDIA2_PATH = "/onvif/media2_service"
@@ -161,7 +161,7 @@ class _Media2:
         for p in chosen:
             configs = ""
             if with_vsc or with_vec:
-                vsc = _vsc_xml("tr2:VideoSource", self._main(p.camera)) if with_vsc else ""
+                vsc = _vsc("tr2:VideoSource", self._main(p.camera)) if with_vsc else ""
                 vec = _vec_xml("tr2:VideoEncoder", p) if with_vec else ""
                 configs = f"<tr2:Configurations>{vsc}{vec}</tr2:Configurations>"
             out.append(
@@ -171,7 +171,7 @@ class _Media2:
         return _resp("GetProfiles", "".join(out))
 
     def vsc_list(self, req: Request, request: web.Request) -> str:
-        body = "".join(_vsc_xml("tr2:Configurations", self._main(c)) for c in self._selected_cameras(req))
+        body = "".join(_vsc("tr2:Configurations", self._main(c)) for c in self._selected_cameras(req))
         return _resp("GetVideoSourceConfigurations", body)
 
     def vec_list(self, req: Request, request: web.Request) -> str:
@@ -185,9 +185,9 @@ class _Media2:
         sources = "".join(f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams)
         return _resp(
             "GetVideoSourceConfigurationOptions",
-            f'<tr2:Options MaximumNumberOfProfiles="{n}"><tt:BoundsRange>{_range("XRange", 0, 0)}'
-            f'{_range("YRange", 0, 0)}{_range("WidthRange", p.width, p.width)}'
-            f'{_range("HeightRange", p.height, p.height)}</tt:BoundsRange>{sources}</tr2:Options>',
+            f'<tr2:Options MaximumNumberOfProfiles="{n}"><tt:BoundsRange>{range_xml("XRange", 0, 0)}'
+            f'{range_xml("YRange", 0, 0)}{range_xml("WidthRange", p.width, p.width)}'
+            f'{range_xml("HeightRange", p.height, p.height)}</tt:BoundsRange>{sources}</tr2:Options>',
         )
 
     def vec_options(self, req: Request, request: web.Request) -> str:
@@ -197,9 +197,9 @@ class _Media2:
             out.append(
                 f'<tr2:Options GovLengthRange="{p.gov_length} {p.gov_length}" FrameRatesSupported="{p.fps:g}" '
                 'ProfilesSupported="Main" ConstantBitRateSupported="false" GuaranteedFrameRateSupported="false">'
-                f"<tt:Encoding>H264</tt:Encoding>{_range('QualityRange', 0, 0)}<tt:ResolutionsAvailable>"
+                f"<tt:Encoding>H264</tt:Encoding>{range_xml('QualityRange', 0, 0)}<tt:ResolutionsAvailable>"
                 f"<tt:Width>{p.width}</tt:Width><tt:Height>{p.height}</tt:Height></tt:ResolutionsAvailable>"
-                f"{_range('BitrateRange', 0, 0)}</tr2:Options>"
+                f"{range_xml('BitrateRange', 0, 0)}</tr2:Options>"
             )
         return _resp("GetVideoEncoderConfigurationOptions", "".join(out))
 
@@ -266,17 +266,6 @@ def _empty(op: str) -> Handler:
     return lambda req, request: f"<tr2:{op}Response {_XMLNS}/>"
 
 
-def _range(tag: str, lo: int, hi: int) -> str:
-    return f"<tt:{tag}><tt:Min>{lo}</tt:Min><tt:Max>{hi}</tt:Max></tt:{tag}>"
-
-
-def _vsc_xml(tag: str, p: Profile) -> str:
-    """A camera's video source configuration (token: the camera), from its main profile's size."""
-    return (
-        f"<{tag} token={quoteattr(p.camera)}><tt:Name>{escape(p.camera)}</tt:Name><tt:UseCount>1</tt:UseCount>"
-        f"<tt:SourceToken>{escape(p.camera)}</tt:SourceToken>"
-        f'<tt:Bounds x="0" y="0" width="{p.width}" height="{p.height}"/></{tag}>'
-    )
 
 
 def _vec_xml(tag: str, p: Profile) -> str:
@@ -292,3 +281,7 @@ def _vec_xml(tag: str, p: Profile) -> str:
         "<tt:Port>0</tt:Port><tt:TTL>0</tt:TTL><tt:AutoStart>false</tt:AutoStart></tt:Multicast>"
         f"<tt:Quality>0</tt:Quality></{tag}>"
     )
+
+
+def _vsc(tag: str, p: Profile) -> str:
+    return video_source_configuration_xml(tag, p.camera, p.width, p.height)

@@ -20,7 +20,7 @@ import hmac
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.parsers import expat
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -191,3 +191,20 @@ def password_digest(nonce: bytes, created: str, password: str) -> bytes:
 
 def check_digest(token: UsernameToken, password: str) -> bool:
     return hmac.compare_digest(password_digest(token.nonce, token.created, password), token.digest)
+
+
+# --- pieces of answers shared by the media services (ver10 onvif.py, ver20 onvif_media2.py) ---
+
+
+def range_xml(tag: str, lo: int, hi: int) -> str:
+    """tt:<tag> with Min and Max."""
+    return f"<tt:{tag}><tt:Min>{lo}</tt:Min><tt:Max>{hi}</tt:Max></tt:{tag}>"
+
+
+def video_source_configuration_xml(tag: str, camera: str, width: int, height: int) -> str:
+    """A camera's video source configuration (token: the camera), at the size it is encoded."""
+    return (
+        f"<{tag} token={quoteattr(camera)}><tt:Name>{escape(camera)}</tt:Name><tt:UseCount>1</tt:UseCount>"
+        f"<tt:SourceToken>{escape(camera)}</tt:SourceToken>"
+        f'<tt:Bounds x="0" y="0" width="{width}" height="{height}"/></{tag}>'
+    )
