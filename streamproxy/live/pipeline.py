@@ -154,6 +154,11 @@ class CameraPipeline:
         # The camera's one tally of frames in, out and dropped: the status below reads it back.
         self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
         engine_cfg = cfg.engine_for(cam)
+        if "plates" in engine_cfg.objects:
+            # Not masking text that the config asks for would be a silent leak: refuse, with the cost.
+            from streamproxy.engine.text import live_refusal
+
+            raise ValueError(live_refusal(cam.name, engine_cfg, cfg.budget_for(cam)))
         privacy = cfg.privacy_for(cam)
         if engine_cfg.detector.threshold > privacy.max_threshold:
             # The floor's threshold: a detector that looks every k-th frame must find more per look.
