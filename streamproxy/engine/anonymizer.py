@@ -10,6 +10,10 @@ the engine obfuscate the whole frame, or drop it, and count it — until the det
 Two ways in, one per kind of caller:
 * `process_frame`: one frame in, one out; the detector runs on every `detect_every`-th frame and the
   tracker predicts in between (bulk mode, where time is no object, runs it on every frame);
+* `push_offline` / `flush_offline` (bulk video): every frame waits up to a second for the frames
+  after it, so that a face is masked from both directions in time (engine/temporal.py: weak
+  detections confirmed by a confident one of the same face, tracklets extended before their first
+  and after their last detection, gaps interpolated);
 * `push` / `flush` (live): look-ahead. A frame the detector does not run on waits for the next run,
   on a later frame; a face first found there is masked back along its path in the frames that
   waited, and a face seen at both runs is masked where it was between them (interpolated). So a
@@ -41,6 +45,7 @@ from streamproxy.engine.obfuscate import (
     planes_from_bgr,
     planes_from_yuv420,
 )
+from streamproxy.engine.temporal import WEAK_THRESHOLD, WINDOW_MAX_BYTES, WINDOW_S, TemporalFill
 from streamproxy.engine.track import Tracker
 from streamproxy.types import AnonymizedFrame, Box, Detection, Plane, Planes, Track
 
@@ -68,6 +73,22 @@ class _Held:
     t: float
     decoded_at: float
     masks: dict[int, Box]  # track id -> predicted mask
+
+
+@dataclass(frozen=True, slots=True)
+class _OfflineHeld:
+    """A bulk video frame waiting for later frames (push_offline), its detector outcome decided."""
+
+    frame: av.VideoFrame
+    index: int
+    t: float
+    decoded_at: float
+    masks: tuple[Box, ...]  # the forward tracker's
+    faces: int
+    ran: bool
+    ms: float
+    fail_reason: str = ""
+    drop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +227,9 @@ class Anonymizer:
         self._since_run: int | None = None
         self._run_masks: dict[int, Box] = {}
         self._run_t: float | None = None
+        # Bulk video (push_offline): frames waiting for later frames, and their tracklets.
+        self._offline: list[_OfflineHeld] = []
+        self._fill: TemporalFill | None = None
         if self.detector is None:
             try:
                 self.detector = create_detector(cfg.detector)
@@ -290,6 +314,67 @@ class Anonymizer:
             detector_ms=ms,
             fail_closed=False,
         )
+
+    # --- bulk video: both directions in time (engine/temporal.py) ---------------------------
+
+    def push_offline(
+        self, frame: av.VideoFrame, t: float, strong: float | None = None, decoded_at: float = 0.0
+    ) -> list[AnonymizedFrame]:
+        """Bulk video: take one frame; return the frames that may be written now, in order.
+
+        One result per frame pushed, in push order (`frame` None: dropped, failing closed); call
+        `flush_offline` after the last. The detector runs as in `process_frame` and must report
+        candidates down to `temporal.WEAK_THRESHOLD`; `strong` (default: the configured threshold)
+        is the score the forward tracker and a tracklet's confirmation need. A frame leaves once
+        `temporal.WINDOW_S` of later frames have been detected (fewer when they would exceed
+        `temporal.WINDOW_MAX_BYTES`), masked by the tracker and by the temporal fill.
+        """
+        out: list[AnonymizedFrame] = []
+        if self._offline and (self._offline[0].frame.width, self._offline[0].frame.height) != (
+            frame.width,
+            frame.height,
+        ):
+            out += self.flush_offline()  # a new size resets the tracker: finish the old size first
+        thr = self.cfg.detector.threshold if strong is None else strong
+        if self._fill is None or self._fill.strong != thr:
+            self._fill = TemporalFill(thr, WEAK_THRESHOLD, self.cfg.obfuscation.box_factor)
+        index = self.stats.frames
+        self.stats.frames += 1
+        every = max(1, self.detect_every)
+        dets, ms, reason = self._detect((index + int(self.detect_phase * every)) % every == 0, frame, None)
+        if reason:
+            drop = self._count_fail(reason)
+            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, (), 0, True, ms, reason, drop))
+        else:
+            sure = None if dets is None else [d for d in dets if d.score >= thr]
+            tracks = self._masks(sure, t, frame.width, frame.height)
+            self._fill.add(index, t, dets)
+            masks = tuple(tr.mask for tr in tracks)
+            faces = len(sure) if sure is not None else 0
+            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, masks, faces, dets is not None, ms))
+        cap = max(1, WINDOW_MAX_BYTES // max(1, frame.width * frame.height * 3 // 2))
+        while self._offline and (t - self._offline[0].t >= WINDOW_S or len(self._offline) > cap):
+            out.append(self._release_offline())
+        return out
+
+    def flush_offline(self) -> list[AnonymizedFrame]:
+        """Bulk video, end of file (or of a frame size): every held frame, masked, in order."""
+        out = [self._release_offline() for _ in range(len(self._offline))]
+        self._fill = None
+        return out
+
+    def _release_offline(self) -> AnonymizedFrame:
+        h = self._offline.pop(0)
+        if h.fail_reason or self._fill is None:
+            masks: tuple[Box, ...] = h.masks
+        else:
+            masks = h.masks + tuple(self._fill.masks(h.index, h.t))
+            nxt = self._offline[0] if self._offline else h
+            self._fill.forget(nxt.index, nxt.t, self._offline[-1].t if self._offline else h.t)
+        pending = PendingFrame(
+            h.frame, h.decoded_at, masks, h.faces, h.ran, h.ms, self.cfg, fail_reason=h.fail_reason, _drop=h.drop
+        )
+        return pending.render()
 
     # --- live: look-ahead -------------------------------------------------------------------
 
