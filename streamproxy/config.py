@@ -81,6 +81,37 @@ class DetectorConfig(_Strict):
     )
     tile_overlap: float = Field(0.15, ge=0.0, le=0.5, description="Overlap between tiles, fraction of a tile.")
     nms_iou: float = Field(0.4, ge=0.05, le=0.95, description="IoU above which overlapping boxes merge.")
+    upscales: list[float] = Field(
+        default_factory=list,
+        max_length=4,
+        description="More whole-frame passes at these magnifications of input_width, beside `upscale` "
+        "(e.g. [1.5] with upscale 2: faces between the two scales). Each costs about its square.",
+    )
+    flip: bool = Field(
+        False, description="Also run every whole-frame pass on the mirrored picture (one more pass each)."
+    )
+    confirm_below: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="A box scoring under this counts only when at least `confirm_passes` passes "
+        "(scales, flips, tiles) found it. 0 = off; only meaningful with more than one pass.",
+    )
+    confirm_passes: int = Field(2, ge=2, le=16, description="Passes that must agree on a box under confirm_below.")
+    verify_min_px: float = Field(
+        0.0,
+        ge=0.0,
+        le=4096.0,
+        description="Second look: each box at least this wide (frame pixels) and scoring under "
+        "`verify_skip` is checked by the other model (YuNet boxes by CenterFace and vice versa) on a "
+        "magnified crop around it, and dropped when that model scores it under `verify_score`. 0 = off.",
+    )
+    verify_score: float = Field(
+        0.12, ge=0.01, le=0.99, description="Score the second look's model must give a box for it to count."
+    )
+    verify_skip: float = Field(
+        0.9, ge=0.01, le=1.0, description="Boxes scoring at least this skip the second look (kept as they are)."
+    )
     threads: int = Field(
         0,
         ge=0,
@@ -99,6 +130,56 @@ class DetectorConfig(_Strict):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("upscales")
+    @classmethod
+    def _upscales(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not 1.0 < x <= 4.0:
+                raise ValueError(f"each magnification must be > 1 and <= 4, got {x}")
+        return v
+
+
+Quality = Literal["fast", "balanced", "best"]
+FileKind = Literal["video", "image"]
+
+# The quality presets: detector settings per preset, for videos (and live cameras) and for stills.
+# A key written in the config (or given on the command line) wins over its preset. Measured on the
+# shared WIDER sample, dlib's photos and 720p video: see the README's bulk mode section and
+# bench/README.md ("Quality presets"), which also lists what was tried and not kept.
+QUALITY_PRESETS: dict[Quality, dict[FileKind, dict[str, Any]]] = {
+    "fast": {
+        # One pass, smaller picture for video; stills at their own size only.
+        "video": {"input_width": 960, "upscale": 0.0},
+        "image": {"upscale": 0.0, "verify_min_px": 20.0, "verify_score": 0.12},
+    },
+    "balanced": {
+        # Video: one 1280-px pass (the privacy floor's width for 720p). Stills: native, 1.5x and 2x,
+        # each also mirrored; boxes under 0.4 count when two passes agree; boxes >= 20 px get a second
+        # look by CenterFace (removes dog faces and patterns).
+        "video": {"input_width": 1280, "upscale": 0.0},
+        "image": {
+            "threshold": 0.3, "upscale": 2.0, "upscales": [1.5], "flip": True, "confirm_below": 0.4,
+            "confirm_passes": 2, "verify_min_px": 20.0, "verify_score": 0.12,
+        },
+    },
+    "best": {
+        # Video: an extra 1.5x pass (a 1920-px look for far faces), mirrored too. Stills: balanced's
+        # passes plus 2x2 tiles, down to score 0.25 when two passes agree.
+        "video": {"input_width": 1280, "upscale": 1.5, "flip": True, "threshold": 0.35},
+        "image": {
+            "threshold": 0.25, "upscale": 2.0, "upscales": [1.5], "flip": True, "tiles": 2,
+            "confirm_below": 0.4, "confirm_passes": 2, "verify_min_px": 20.0, "verify_score": 0.12,
+        },
+    },
+}  # fmt: skip
+
+
+def quality_detector(det: DetectorConfig, quality: Quality, kind: FileKind) -> DetectorConfig:
+    """The detector settings of a preset for videos or stills; the keys set in `det` win."""
+    preset = QUALITY_PRESETS[quality][kind]
+    update = {k: v for k, v in preset.items() if k not in det.model_fields_set}
+    return det.model_copy(update=update) if update else det
 
 
 class TrackerConfig(_Strict):
@@ -236,6 +317,11 @@ def _faces_only() -> list[ObjectKind]:
 class EngineConfig(_Strict):
     """Everything the anonymization engine needs, for one stream or one file."""
 
+    quality: Quality = Field(
+        "balanced",
+        description="Detector preset: fast | balanced | best (see QUALITY_PRESETS; README, bulk mode). Keys "
+        "written under `detector` win over it. Live cameras keep the privacy floor whatever the preset.",
+    )
     objects: list[ObjectKind] = Field(
         default_factory=_faces_only,
         description="What is masked: faces always; \"plates\" adds the text detector, which masks licence "
@@ -321,6 +407,7 @@ class CameraConfig(_Strict):
     obfuscation: ObfuscationConfig | None = Field(None, description="Per-camera engine.obfuscation keys.")
     tracker: TrackerConfig | None = Field(None, description="Per-camera engine.tracker keys.")
     detect_every: int | None = Field(None, ge=1, le=30, description="Per-camera detector cadence override.")
+    quality: Quality | None = Field(None, description="Per-camera engine.quality (the floor still holds).")
     privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor keys.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
     sub_stream: SubStreamConfig | None = Field(None, description="Per-camera sub_stream keys (enabled: false: none).")
@@ -664,8 +751,11 @@ class AppConfig(_Strict):
     def engine_for(self, cam: CameraConfig) -> EngineConfig:
         """The engine settings of one camera: the global ones with the keys the camera overrides."""
         eng = self.engine
+        quality = cam.quality or eng.quality
         upd: dict[str, Any] = {
-            "detector": merge_override(eng.detector, cam.detector),
+            # The preset fills only the keys neither section wrote; the pipeline then holds the floor.
+            "quality": quality,
+            "detector": quality_detector(merge_override(eng.detector, cam.detector), quality, "video"),
             "obfuscation": merge_override(eng.obfuscation, cam.obfuscation),
             "tracker": merge_override(eng.tracker, cam.tracker),
         }

@@ -116,6 +116,53 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
+CONFIRM_IOU = 0.3  # boxes of two passes this close are the same face (looser than NMS: scales disagree)
+# Second look: the square of VERIFY_CONTEXT x a box's longer side around it, resized to VERIFY_SIDE
+# (the box then ~53 px). Of the crops tried (2-3x context, 96-160 px) this one split YuNet's true and
+# false boxes >= 20 px best under CenterFace (bench/README.md, "Quality presets").
+VERIFY_SIDE = 160
+VERIFY_CONTEXT = 3.0
+VERIFY_BATCH = 32  # crops per onnxruntime call (CenterFace takes a batch; YuNet runs them one by one)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` (N x >=4: x1, y1, x2, y2) with every box of `b` (M x >=4): N x M."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
+    area_a = np.maximum(0.0, a[:, 2] - a[:, 0]) * np.maximum(0.0, a[:, 3] - a[:, 1])
+    area_b = np.maximum(0.0, b[:, 2] - b[:, 0]) * np.maximum(0.0, b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    out: np.ndarray = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return out
+
+
+def fuse_passes(
+    dets: np.ndarray, nms_iou: float, confirm_below: float = 0.0, confirm_passes: int = 2
+) -> np.ndarray:
+    """Merge the boxes of several passes (N x 6: x1, y1, x2, y2, score, pass id) into faces (M x 5).
+
+    NMS keeps the best box of each face. With `confirm_below` > 0 a kept box scoring under it
+    stays only when boxes of at least `confirm_passes` different passes overlap it (IoU >=
+    CONFIRM_IOU): a faint face is seen at two scales or in the mirror, a texture that fools one
+    pass seldom is.
+    """
+    if dets.shape[0] == 0:
+        return np.zeros((0, 5), dtype=np.float64)
+    kept = dets[nms(dets[:, :4], dets[:, 4], nms_iou)]
+    if confirm_below > 0.0:
+        weak = kept[:, 4] < confirm_below
+        if weak.any():
+            near = iou_matrix(kept[weak], dets) >= CONFIRM_IOU
+            passes = np.array([np.unique(dets[row, 5]).size for row in near])
+            ok = np.ones(kept.shape[0], dtype=bool)
+            ok[np.nonzero(weak)[0]] = passes >= confirm_passes
+            kept = kept[ok]
+    return kept[:, :5].astype(np.float64)
+
+
 # Edited model bytes per (model, file): editing a 7 MB protobuf takes a while; do it once per process.
 _dynamic_models: dict[tuple[str, str, int], bytes] = {}
 _dynamic_lock = threading.Lock()
@@ -200,8 +247,11 @@ class OnnxFaceDetector:
     relative to the whole-frame pass: that is what finds far, small faces). All boxes of the
     1 + t*t passes are merged by NMS at `nms_iou`. Cost grows as 1 + t*t passes.
 
-    Upscale: with `upscale` = u > 1 the whole frame is also run at u x input_width (an extra pass
-    costing about u*u), merged the same way.
+    Upscale: with `upscale` = u > 1 (and each of `upscales`) the whole frame is also run at u x
+    input_width (an extra pass costing about u*u), merged the same way. `flip` runs each whole-frame
+    pass on the mirrored picture too. Passes are fused by `fuse_passes` (NMS, and confirmation
+    across passes for weak boxes), then the second look (`verify_min_px`) checks the large boxes
+    with the other model.
     """
 
     model = "onnx"
@@ -216,6 +266,12 @@ class OnnxFaceDetector:
         self.upscale = cfg.upscale
         self.tile_overlap = cfg.tile_overlap
         self.nms_iou = cfg.nms_iou
+        self.upscales = tuple(cfg.upscales)
+        self.flip = cfg.flip
+        self.confirm_below = cfg.confirm_below
+        self.confirm_passes = cfg.confirm_passes
+        self.verify_min_px = cfg.verify_min_px
+        self._verifier: OnnxFaceDetector | None = None  # the other model, loaded on the first second look
         self.last_ms = 0.0
         self._input_width = round_to_align(cfg.input_width)
         self._blob: np.ndarray | None = None
@@ -288,15 +344,27 @@ class OnnxFaceDetector:
         target = self._input_width
         results: list[np.ndarray] = []
 
+        def whole(img: np.ndarray) -> None:
+            # One whole-frame pass (and its mirror image with `flip`), each with its own pass id.
+            sx, sy = width / img.shape[1], height / img.shape[0]
+            results.append(self._tag(self._map(self._infer(img), sx, sy, 0.0, 0.0), len(results)))
+            if self.flip:
+                mirrored = self._map(self._infer(np.ascontiguousarray(img[:, ::-1])), sx, sy, 0.0, 0.0)
+                mirrored[:, [0, 2]] = width - mirrored[:, [2, 0]]
+                results.append(self._tag(mirrored, len(results)))
+
         # Whole-frame pass.
         sw, sh = fit_size(width, height, target)
-        results.append(self._map(self._infer(scaled(sw, sh)), width / sw, height / sh, 0.0, 0.0))
+        whole(scaled(sw, sh))
 
-        if self.upscale > 1.0:
+        for up in (self.upscale, *self.upscales):
+            if up <= 1.0:
+                continue
             # A second whole-frame pass, magnified: the small faces. The first pass keeps the big
             # faces, which a magnified pass can lose (they outgrow the model's largest anchors).
-            uw, uh = fit_size(width, height, min(MAX_SIDE, round_to_align(target * self.upscale)))
-            results.append(self._map(self._infer(scaled(uw, uh)), width / uw, height / uh, 0.0, 0.0))
+            uw, uh = fit_size(width, height, min(MAX_SIDE, round_to_align(target * up)))
+            whole(scaled(uw, uh))
+        tile_pass = len(results)  # all tiles are one pass: a face on a seam is seen by two tiles
 
         if self.tiles > 1:
             rects = tile_rects(width, height, self.tiles, self.tile_overlap)
@@ -311,7 +379,9 @@ class OnnxFaceDetector:
                     cx1, cy1 = round(x1 * kx), round(y1 * ky)
                     cx2, cy2 = max(cx1 + 1, round(x2 * kx)), max(cy1 + 1, round(y2 * ky))
                     crop = base[cy1:cy2, cx1:cx2]
-                    results.append(self._map(self._infer(crop), 1 / kx, 1 / ky, cx1 / kx, cy1 / ky))
+                    results.append(
+                        self._tag(self._map(self._infer(crop), 1 / kx, 1 / ky, cx1 / kx, cy1 / ky), tile_pass)
+                    )
             else:
                 # Magnifying: crop at full resolution, then enlarge each tile on its own
                 # (enlarging the whole frame first could take gigabytes at 4K).
@@ -320,20 +390,93 @@ class OnnxFaceDetector:
                     crop = base[y1:y2, x1:x2]
                     tw, th = max(1, round((x2 - x1) * s)), max(1, round((y2 - y1) * s))
                     big = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_LINEAR)
-                    results.append(self._map(self._infer(big), (x2 - x1) / tw, (y2 - y1) / th, x1, y1))
+                    results.append(
+                        self._tag(self._map(self._infer(big), (x2 - x1) / tw, (y2 - y1) / th, x1, y1), tile_pass)
+                    )
 
-        dets = np.concatenate(results, axis=0)
-        # Clip to the frame and drop boxes left with no area (wholly in the padding).
+        # The candidate cap is per pass (per tile): a crowd photo gives thousands of raw boxes per pass,
+        # and one cap over all passes kept only the strongest faces' many anchors (measured: 253 of 451
+        # faces of a WIDER crowd with 6 passes). NMS per pass first would cost the weak faces the votes
+        # of their neighbouring anchors (434 of 451).
+        dets = np.concatenate([self._prune(part, width, height) for part in results], axis=0)
+        faces = fuse_passes(dets, self.nms_iou, self.confirm_below, self.confirm_passes)
+        if self.verify_min_px > 0.0:
+            faces = self._second_look(faces, full)
+        return [Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces]
+
+    # -- second look --------------------------------------------------------------------------
+
+    def _second_look(self, faces: np.ndarray, full: Callable[[], np.ndarray]) -> np.ndarray:
+        """Drop the boxes (>= verify_min_px wide, under verify_skip) that the other model does not confirm.
+
+        Measured on the WIDER sample and dlib's dogs.jpg: YuNet's false boxes of 20 px and more
+        (dog faces, patterns) get CenterFace scores under 0.2, its true faces 0.38 and up.
+        """
+        cfg = self.cfg
+        need = ((faces[:, 2] - faces[:, 0]) >= self.verify_min_px) & (faces[:, 4] < cfg.verify_skip)
+        if not need.any():
+            return faces
+        verifier = self._verifier
+        if verifier is None:
+            other = "centerface" if self.model == "yunet" else "yunet"
+            vcfg = cfg.model_copy(update={"model": other, "threshold": 0.05, "verify_min_px": 0.0})
+            verifier = self._verifier = _DETECTORS[other](vcfg, model_path(other, cfg.model_dir))
+        scores = verifier.crop_scores(full(), faces[need, :4])
+        ok = np.ones(faces.shape[0], dtype=bool)
+        ok[np.nonzero(need)[0]] = scores >= cfg.verify_score
+        return faces[ok]
+
+    def crop_scores(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """This model's best score for each box (N x 4, `img` pixels), judged on a magnified crop around it.
+
+        Each crop is the square of VERIFY_CONTEXT x the box's longer side around its centre (black
+        outside the picture), resized to VERIFY_SIDE; a detection there counts for the box when its
+        IoU with the box is at least CONFIRM_IOU. 0 where nothing matches.
+        """
+        n = boxes.shape[0]
+        out = np.zeros(n, dtype=np.float64)
+        side_px = VERIFY_SIDE
+        batch = VERIFY_BATCH if self.dynamic_batch else 1
+        for start in range(0, n, batch):
+            chunk = boxes[start : start + batch]
+            blob = np.zeros((chunk.shape[0], 3, side_px, side_px), dtype=np.float32)
+            frames: list[np.ndarray] = []
+            for i, (x1, y1, x2, y2) in enumerate(chunk):
+                side = VERIFY_CONTEXT * max(x2 - x1, y2 - y1, 1.0)
+                k = side_px / side
+                ox, oy = (x1 + x2) / 2 - side / 2, (y1 + y2) / 2 - side / 2
+                warp = np.array([[k, 0.0, -k * ox], [0.0, k, -k * oy]], dtype=np.float64)
+                crop = cv2.warpAffine(img, warp, (side_px, side_px), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))  # fmt: skip
+                planes = cv2.split(crop)
+                if self.swap_rb:
+                    planes = planes[::-1]
+                for c, plane in enumerate(planes):
+                    blob[i, c] = plane
+                frames.append(np.array([(x1 - ox) * k, (y1 - oy) * k, (x2 - ox) * k, (y2 - oy) * k]))
+            outs = self.session.run(self._output_names, {self.input_name: blob})
+            for i, target in enumerate(frames):
+                one = {name: o[i : i + 1] for name, o in zip(self._output_names, outs, strict=True)}
+                found = self._decode(one, side_px, side_px)
+                if found.shape[0]:
+                    match = iou_matrix(target[None, :], found)[0] >= CONFIRM_IOU
+                    if match.any():
+                        out[start + i] = float(found[match, 4].max())
+        return out
+
+    def _prune(self, dets: np.ndarray, width: int, height: int) -> np.ndarray:
+        """One pass's boxes clipped to the frame (none left without area: wholly in the padding), capped."""
         dets[:, 0:4:2] = np.clip(dets[:, 0:4:2], 0.0, width)
         dets[:, 1:4:2] = np.clip(dets[:, 1:4:2], 0.0, height)
         dets = dets[(dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])]
         if dets.shape[0] > MAX_CANDIDATES:
             dets = dets[np.argsort(-dets[:, 4])[:MAX_CANDIDATES]]
-        keep = nms(dets[:, :4], dets[:, 4], self.nms_iou)
-        return [
-            Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4]))
-            for d in dets[keep]
-        ]
+        return dets
+
+    @staticmethod
+    def _tag(dets: np.ndarray, pass_id: int) -> np.ndarray:
+        """The pass's boxes with its id as a sixth column (for confirmation across passes)."""
+        return np.concatenate([dets, np.full((dets.shape[0], 1), float(pass_id))], axis=1)
 
     @staticmethod
     def _map(dets: np.ndarray, sx: float, sy: float, dx: float, dy: float) -> np.ndarray:
