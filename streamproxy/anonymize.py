@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from PIL import Image
 
 from streamproxy.config import EngineConfig, quality_detector
 from streamproxy.engine.anonymizer import Anonymizer
-from streamproxy.engine.detect import FaceDetector, create_detector
+from streamproxy.engine.detect import FaceDetector, OnnxFaceDetector, create_detector
+from streamproxy.engine.temporal import WEAK_THRESHOLD
 from streamproxy.engine.text import TextDetector, TextMasker, create_text_detector, mask_text_image
+from streamproxy.types import AnonymizedFrame
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +280,11 @@ def anonymize_video(
     keep_audio: bool,
     on_frame: Callable[[], None] | None = None,
     text: TextDetector | None = None,
+    *,
+    strong: float | None = None,
 ) -> FileResult:
+    """One video: frames masked by the forward tracker and the temporal fill (see
+    `Anonymizer.push_offline`); `strong` is the score a face needs to count (`weak_candidates`)."""
     t0 = time.perf_counter()
     encoder, fmt = _out_codec(job.dst)
     job.dst.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +358,21 @@ def anonymize_video(
                         for p in vout.encode(None):
                             out.mux(p)
 
+                held_pts: deque[int] = deque()
+
+                def deliver(res: AnonymizedFrame, pts: int) -> None:
+                    nonlocal faces, failed_frames
+                    faces += res.faces
+                    failed_frames += int(res.fail_closed)
+                    if res.frame is not None:
+                        res.frame.pts = pts
+                        res.frame.time_base = time_base
+                    if masker is None:
+                        _emit(stages, res.frame, vout.pix_fmt)
+                    else:
+                        for tout in masker.push(res.frame, float(pts * time_base)):
+                            _emit(stages, tout.frame, vout.pix_fmt)
+
                 # Thread 2 (this one): the engine. Decode and encode overlap with detection;
                 # PyAV and onnxruntime release the GIL while they work.
                 with stages.running(demux, mux):
@@ -365,20 +387,16 @@ def anonymize_video(
                         if pts is None or (last_pts is not None and pts <= last_pts):
                             pts = (last_pts + step) if last_pts is not None else 0
                         last_pts = pts
-                        res = anonymizer.process_frame(frame, float(pts * time_base))
+                        # Frames leave the engine up to a second later (push_offline), in order.
+                        held_pts.append(pts)
+                        for res in anonymizer.push_offline(frame, float(pts * time_base), strong):
+                            deliver(res, held_pts.popleft())
                         frames += 1
-                        faces += res.faces
-                        failed_frames += int(res.fail_closed)
-                        if res.frame is not None:
-                            res.frame.pts = pts
-                            res.frame.time_base = time_base
-                        if masker is None:
-                            _emit(stages, res.frame, vout.pix_fmt)
-                        else:
-                            for tout in masker.push(res.frame, float(pts * time_base)):
-                                _emit(stages, tout.frame, vout.pix_fmt)
                         if on_frame:
                             on_frame()
+                    if not stages.stop.is_set():
+                        for res in anonymizer.flush_offline():
+                            deliver(res, held_pts.popleft())
                     if masker is not None and not stages.stop.is_set():
                         for tout in masker.flush():
                             _emit(stages, tout.frame, vout.pix_fmt)
@@ -397,6 +415,22 @@ def anonymize_video(
     return FileResult(job.src, job.dst, True, faces=faces, frames=frames, fail_closed_frames=failed_frames,
                       seconds=time.perf_counter() - t0,
                       text_regions=masker.stats.regions if masker is not None else 0)  # fmt: skip
+
+
+@contextmanager
+def weak_candidates(detector: FaceDetector) -> Iterator[float | None]:
+    """For one video: the detector reports candidates down to WEAK_THRESHOLD (the temporal fill
+    keeps those a confident detection of the same face confirms); yields the detector's own
+    threshold, the score a face needs to count. Restored afterwards (stills use the detector too)."""
+    if not isinstance(detector, OnnxFaceDetector):
+        yield None  # a stub or another detector: its boxes are taken at the configured threshold
+        return
+    strong = detector.threshold
+    detector.threshold = min(strong, WEAK_THRESHOLD)
+    try:
+        yield strong
+    finally:
+        detector.threshold = strong
 
 
 def _emit(stages: _Stages, frame: av.VideoFrame | None, pix_fmt: str | None) -> None:
@@ -450,7 +484,8 @@ def iter_results(
             else:
                 detector.input_width = video_width
                 detector.upscale = video_cfg.upscale if upscale is None else upscale
-                res = anonymize_video(job, anonymizer, keep_audio, on_frame, text)
+                with weak_candidates(detector) as strong:
+                    res = anonymize_video(job, anonymizer, keep_audio, on_frame, text, strong=strong)
         except Exception as err:  # a bad file must never end the batch
             log.debug("%s: failed", job.src, exc_info=True)
             res = FileResult(job.src, None, False, error=f"{type(err).__name__}: {err}")
