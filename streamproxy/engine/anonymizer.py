@@ -63,6 +63,8 @@ BACKFILL_MAX_FACES = 2.0
 # A face seen at both runs: its mask is interpolated between the two, plus this margin per side
 # (face widths) for a path that was not straight.
 INTERP_MARGIN_FACES = 0.15
+# Bulk video: a temporal-fill mask overlapping one of the tracker's this much is merged into it.
+MERGE_IOU = 0.5
 
 
 @dataclass(slots=True)
@@ -140,6 +142,19 @@ class PendingFrame:
 
 def _grown(box: Box, side: float) -> Box:
     return Box(box.x1 - side, box.y1 - side, box.x2 + side, box.y2 + side)
+
+
+def _merged(masks: tuple[Box, ...], more: list[Box]) -> tuple[Box, ...]:
+    """`masks` with `more` added; one that mostly overlaps a mask widens it instead (the same face
+    from the tracker and the temporal fill: one blur of the union, not two of nearly the same area)."""
+    out = list(masks)
+    for m in more:
+        k = next((i for i, o in enumerate(out) if o.iou(m) >= MERGE_IOU), None)
+        if k is None:
+            out.append(m)
+        else:
+            out[k] = _union(out[k], m)
+    return tuple(out)
 
 
 def _union(a: Box, b: Box) -> Box:
@@ -368,7 +383,7 @@ class Anonymizer:
         if h.fail_reason or self._fill is None:
             masks: tuple[Box, ...] = h.masks
         else:
-            masks = h.masks + tuple(self._fill.masks(h.index, h.t))
+            masks = _merged(h.masks, self._fill.masks(h.index, h.t))
             nxt = self._offline[0] if self._offline else h
             self._fill.forget(nxt.index, nxt.t, self._offline[-1].t if self._offline else h.t)
         pending = PendingFrame(
