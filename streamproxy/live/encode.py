@@ -248,6 +248,15 @@ class H264Encoder:
         self.close()
 
 
+def sub_stream_size(cfg: SubStreamConfig, width: int, height: int) -> tuple[int, int]:
+    """The sub stream's size for a camera frame of width x height: the configured width (and height,
+    or the camera's aspect ratio), never larger than the camera, even sides."""
+    w = min(cfg.width, width)
+    h = cfg.height if cfg.height is not None else round(w * height / max(1, width))
+    h = min(h, height)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
 class SubStreamEncoder:
     """The camera's sub stream: its anonymized frames scaled down and thinned out, on its own encoder.
 
@@ -266,7 +275,6 @@ class SubStreamEncoder:
         self._encoder: H264Encoder | None = None
         self._src_size: tuple[int, int] | None = None
         self._credit = 1.0  # the first frame is kept
-        self.frames_in = 0
         self.frames_out = 0
         self.cpu_s = 0.0  # this thread's CPU time spent scaling and encoding (the benchmark's cost)
 
@@ -280,11 +288,7 @@ class SubStreamEncoder:
         return (enc.width, enc.height) if enc is not None else None
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
-        """The sub stream's size for a camera frame of width x height: never larger than the camera."""
-        w = min(self.cfg.width, width)
-        h = self.cfg.height if self.cfg.height is not None else round(w * height / max(1, width))
-        h = min(h, height)
-        return max(2, w - w % 2), max(2, h - h % 2)
+        return sub_stream_size(self.cfg, width, height)
 
     def due(self, camera_fps: float, always: bool = False) -> bool:
         """Whether the main stream's next frame belongs to the sub stream (asked for every one).
@@ -294,7 +298,6 @@ class SubStreamEncoder:
         under overload, the sub stream thins out with it, so its cost stays a fixed share of the main
         encode's instead of taking the CPU the camera lacks.
         """
-        self.frames_in += 1
         share = min(1.0, self.cfg.fps / camera_fps) if camera_fps > 0 else 1.0
         self._credit += share
         if always or self._credit >= 1.0 - 1e-9:

@@ -40,6 +40,7 @@ from aiohttp import web
 
 from streamproxy.config import AppConfig, OnvifConfig, User
 from streamproxy.hub import StreamHub
+from streamproxy.live.encode import sub_stream_size
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.serve import onvif_media2
 from streamproxy.serve.onvif_soap import (
@@ -316,9 +317,7 @@ class OnvifService:
             if sub_codec is not None:
                 sw, sh = sub_codec.width, sub_codec.height
             else:  # before its first frame: the size the sub stream will have for the main one
-                sw = min(sub_cfg.width if sub_cfg is not None else w, w)
-                sh = sub_cfg.height if sub_cfg is not None and sub_cfg.height else round(sw * h / max(1, w))
-                sw, sh = sw - sw % 2, min(h, sh) - min(h, sh) % 2
+                sw, sh = sub_stream_size(sub_cfg or self.cfg.sub_stream, w, h)
             sfps = min(ceiling, fps)
             out.append(StreamProfile(camera, f"{camera}_sub", "/sub", sw, sh, sfps, max(1, round(gop_s * sfps)), timeout))
         return out
