@@ -296,3 +296,15 @@ def fill_zones(planes: Planes, zones: list[PrivacyZone]) -> None:
             continue
         y1, y2, x1, x2, m = zm
         np.copyto(p.data[y1:y2, x1:x2], np.uint8(p.fill), where=m)
+
+
+def obfuscated_frame(frame: av.VideoFrame, masks: list[Box] | None, cfg: ObfuscationConfig) -> av.VideoFrame:
+    """A new frame: `frame` with every mask hidden (clipped to the frame), or the whole frame when
+    `masks` is None (fail closed). The decoder's frame is not written to."""
+    planes, buf = planes_from_yuv420(frame)
+    if masks is None:
+        obfuscate_whole(planes, cfg)
+    else:
+        w, h = frame.width, frame.height
+        obfuscate(planes, [m.clipped(w, h) for m in masks], cfg)
+    return frame_from_planes(buf, frame)

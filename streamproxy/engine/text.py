@@ -33,11 +33,10 @@ import onnxruntime as ort
 from streamproxy.config import EngineConfig, ObfuscationConfig, TextConfig
 from streamproxy.engine.models import model_path
 from streamproxy.engine.obfuscate import (
-    frame_from_planes,
     obfuscate,
     obfuscate_whole,
+    obfuscated_frame,
     planes_from_bgr,
-    planes_from_yuv420,
 )
 from streamproxy.types import Box, Detection, Plane, Planes
 
@@ -376,10 +375,7 @@ class TextMasker:
             return TextOut(None, 0, False)
         if not masks:
             return TextOut(frame, 0, False)
-        planes, buf = planes_from_yuv420(frame)
-        w, h = frame.width, frame.height
-        obfuscate(planes, [m.clipped(w, h) for m in masks], text_obfuscation(self.cfg.obfuscation))
-        return TextOut(frame_from_planes(buf, frame), len(masks), False)
+        return TextOut(obfuscated_frame(frame, masks, text_obfuscation(self.cfg.obfuscation)), len(masks), False)
 
     def _fail(self, frame: av.VideoFrame | None) -> TextOut:
         if frame is None:
@@ -387,9 +383,7 @@ class TextMasker:
         self.stats.fail_closed_frames += 1
         if self.cfg.fail_closed.action == "drop":
             return TextOut(None, 0, True)
-        planes, buf = planes_from_yuv420(frame)
-        obfuscate_whole(planes, self.cfg.obfuscation)
-        return TextOut(frame_from_planes(buf, frame), 0, True)
+        return TextOut(obfuscated_frame(frame, None, self.cfg.obfuscation), 0, True)
 
 
 # --- live cameras -----------------------------------------------------------------------------
