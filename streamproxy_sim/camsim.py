@@ -695,7 +695,7 @@ class SimCamera:
         ready, buf = read_ready(proc, self.start_timeout_s)
         if not ready:
             self.kill()
-            tail = "\n".join(self._log_tail) or buf.decode(errors="replace")
+            tail = self.log_tail() or buf.decode(errors="replace")
             raise SimCameraError(f"simulated camera on port {self.port} did not start:\n{tail}")
         out_reader = threading.Thread(target=self._drain, args=(proc.stdout, "stdout"), daemon=True)
         out_reader.start()
@@ -704,6 +704,10 @@ class SimCamera:
             "sim camera %s: serving %s (%s, %s)", self.path, self.url_without_auth, self.codec, self.mode
         )
         return self
+
+    def log_tail(self) -> str:
+        """The server's last log lines (for a test's failure message)."""
+        return "\n".join(self._log_tail)
 
     def _drain(self, stream: object, what: str) -> None:
         for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]

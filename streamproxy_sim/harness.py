@@ -63,6 +63,8 @@ class AppThread:
     def stop(self, timeout: float = 30) -> float:
         """Stop the service (a graceful App.stop()); returns how long it took."""
         t0 = time.monotonic()
+        if self._thread.ident is None:
+            return 0.0  # never started (a fixture failed before start()): nothing to stop
         if self.loop is not None and self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)

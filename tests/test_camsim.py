@@ -151,13 +151,16 @@ def test_build_clip_from_a_users_video(tmp_path: Path) -> None:
 # --- the server ---------------------------------------------------------------------------------
 
 
-def _ffprobe(url: str, transport: str) -> dict[str, Any]:
-    r = subprocess.run(
-        ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-print_format", "json",
-         "-show_entries", "stream=codec_name,width,height,codec_type", url],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def _ffprobe(url: str, transport: str, cam: SimCamera | None = None) -> dict[str, Any]:
+    try:
+        r = subprocess.run(
+            ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-print_format", "json",
+             "-show_entries", "stream=codec_name,width,height,codec_type", url],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ffprobe got nothing from {url} in 30 s; the camera said:\n{cam.log_tail() if cam else '?'}")
+    assert r.returncode == 0, f"{r.stderr}\ncamera: {cam.log_tail() if cam else '?'}"
     streams: list[dict[str, Any]] = json.loads(r.stdout)["streams"]
     assert len(streams) == 1
     return streams[0]
@@ -178,7 +181,7 @@ def _read_frames(url: str, transport: str, n: int, timeout: float = 20.0) -> lis
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_ffprobe_and_pyav_read_the_camera(sim_camera: SimCamera, transport: str) -> None:
-    info = _ffprobe(sim_camera.url, transport)
+    info = _ffprobe(sim_camera.url, transport, sim_camera)
     assert (info["codec_name"], info["width"], info["height"]) == ("h264", 640, 360)
     frames = _read_frames(sim_camera.url, transport, 10)
     assert len(frames) == 10 and frames[0].width == 640
@@ -223,7 +226,7 @@ def test_shared_media_serves_two_clients_at_once(sim_camera: SimCamera) -> None:
 @pytest.mark.timeout(90)
 def test_basic_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(user="admin", password="s3cret!")
-    assert _ffprobe(cam.url, "tcp")["codec_name"] == "h264"
+    assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "h264"
     r = subprocess.run(
         ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", cam.url_without_auth],
         capture_output=True, text=True, timeout=30, check=False,
@@ -258,7 +261,7 @@ def test_digest_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(user="admin", password="s3cret!", auth="digest")
     challenge = _describe_challenge(cam.port, cam.path)
     assert challenge.startswith("Digest ") and "nonce=" in challenge and "Basic" not in challenge
-    assert _ffprobe(cam.url, "tcp")["codec_name"] == "h264"
+    assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "h264"
     frames = _read_frames(cam.url, "tcp", 5)
     assert len(frames) == 5 and frames[0].width == 640
     wrong = cam.url.replace("s3cret%21", "wrong")
@@ -360,7 +363,7 @@ def test_replay_camera_serves_the_clip_at_the_frame_rate(
 @pytest.mark.timeout(90)
 def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(codec="h265")
-    assert _ffprobe(cam.url, "tcp")["codec_name"] == "hevc"
+    assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "hevc"
     frames = _read_frames(cam.url, "tcp", 5)
     assert len(frames) == 5 and camsim.read_stamp(frames[-1].to_ndarray(format="yuv420p")[:360]) is not None
 
@@ -435,3 +438,34 @@ def test_server_exits_when_its_parent_goes_away(sim_camera: SimCamera) -> None:
     assert proc is not None and proc.stdin is not None
     proc.stdin.close()
     assert proc.wait(10) == 0
+
+
+def test_a_flushing_appsrc_does_not_end_the_feed(_sim_gst_available: None) -> None:
+    """A camera that stopped feeding on one FLUSHING answer accepted sessions and never sent a packet;
+    the feeder drops that frame and feeds on, and only EOS ends its stream."""
+    probe = f"""
+import sys
+sys.path.insert(0, {str(camsim.SIM_SCRIPT.parent)!r})
+import gst_camera
+from gst_camera import Gst, Pusher
+Gst.init(None)
+p = Gst.parse_launch('appsrc name=src caps="video/x-raw,format=I420,width=16,height=16" ! fakesink')
+src = p.get_by_name("src")
+p.set_state(Gst.State.PLAYING)
+p.get_state(5 * Gst.SECOND)
+push = Pusher(src, "test")
+frame = lambda: Gst.Buffer.new_wrapped(bytes(16 * 16 * 3 // 2))
+print("ok", push(frame()))
+src.send_event(Gst.Event.new_flush_start())
+print("flushing", push(frame()))
+src.send_event(Gst.Event.new_flush_stop(True))
+print("after", push(frame()))
+src.emit("end-of-stream")
+print("eos", push(frame()))
+print("counts", push.pushed, push.flushing)
+p.set_state(Gst.State.NULL)
+"""
+    r = subprocess.run([camsim.SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:5] == ["ok True", "flushing True", "after True", "eos False", "counts 2 1"], r.stdout
+    assert "appsrc flushing after 1 frames" in r.stderr and "push-buffer eos after 2 frames" in r.stderr, r.stderr

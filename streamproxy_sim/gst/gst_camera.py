@@ -93,15 +93,36 @@ def log(msg):
 
 
 
-def push(appsrc, buf):
-    """Hand one buffer to the pipeline; False when the stream is over (flushing, EOS or an error)."""
-    ret = appsrc.emit("push-buffer", buf)
-    if ret == Gst.FlowReturn.FLUSHING or ret == Gst.FlowReturn.EOS:
+class Pusher:
+    """Hands buffers to one media's appsrc and says when the stream is over.
+
+    FLUSHING is not the end: appsrc answers it while the media changes state (preparing, a client's
+    PLAY, a flush), and a sensor does not stop because nobody took one frame. Giving up on it silently
+    was the one way this feeder could stop for good while its media lived on: the suspect for cameras
+    that accepted a session and never sent a packet (CI, under load; not reproduced on demand). The
+    feeder's own stop (the media was unprepared) ends the stream instead; EOS and errors end it, logged.
+    """
+
+    def __init__(self, appsrc, what):
+        self.appsrc = appsrc
+        self.what = what
+        self.pushed = 0
+        self.flushing = 0  # frames refused while flushing, logged on the first and every 250th
+
+    def __call__(self, buf):
+        ret = self.appsrc.emit("push-buffer", buf)
+        if ret == Gst.FlowReturn.OK:
+            if self.pushed == 0:
+                log(f"{self.what}: first frame taken")
+            self.pushed += 1
+            return True
+        if ret == Gst.FlowReturn.FLUSHING:
+            if self.flushing % 250 == 0:
+                log(f"{self.what}: appsrc flushing after {self.pushed} frames; frame dropped, feeding on")
+            self.flushing += 1
+            return True
+        log(f"{self.what}: push-buffer {ret.value_nick} after {self.pushed} frames: stream over")
         return False
-    if ret != Gst.FlowReturn.OK:
-        log(f"push-buffer: {ret.value_nick}")
-        return False
-    return True
 
 
 def pace(next_t, period, stopped):
@@ -113,6 +134,7 @@ def pace(next_t, period, stopped):
     if delay > 0:
         stopped.wait(delay)
     return next_t
+
 
 class ClipFeeder:
     """Pushes the clip into one media's appsrc at the clip frame rate, in a thread, until stopped.
@@ -129,6 +151,7 @@ class ClipFeeder:
         # are changed by its admin does (new SPS in-band, same RTSP session).
         self.switch = switch
         self.stopped = threading.Event()
+        self.push = Pusher(appsrc, "feeder")
         self.thread = threading.Thread(target=self.run, name="feeder", daemon=True)
 
     def _use(self, clip, width, height):
@@ -162,7 +185,7 @@ class ClipFeeder:
             write_stamp(frame, self.width, self.height, int(time.time() * 1000))
             buf = Gst.Buffer.new_wrapped(bytes(frame))
             buf.duration = int(Gst.SECOND / self.fps)
-            if not push(self.appsrc, buf):
+            if not self.push(buf):
                 break
             i += 1
             next_t = pace(next_t, period, self.stopped)
@@ -216,6 +239,7 @@ class ReplayFeeder(ClipFeeder):
         self.keyframes = [i for i, (_, key) in enumerate(access_units) if key]
         self.switch = None
         self.stopped = threading.Event()
+        self.push = Pusher(appsrc, "replay-feeder")
         self.thread = threading.Thread(target=self.run, name="replay-feeder", daemon=True)
 
     def _keyframe_at_or_before(self, i):
@@ -240,7 +264,7 @@ class ReplayFeeder(ClipFeeder):
                 buf.duration = int(Gst.SECOND / self.fps)
                 if not key:
                     buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
-                if not push(self.appsrc, buf):
+                if not self.push(buf):
                     break
             i += 1
             next_t = pace(next_t, period, self.stopped)
