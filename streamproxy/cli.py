@@ -161,12 +161,14 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from streamproxy.engine.detect import prepare_models
     from streamproxy.engine.models import MODELS, ModelError, fetch_models, model_path
 
     model_dir = args.model_dir or default_model_dir()
     if args.action == "fetch":
         try:
             paths = fetch_models(model_dir, args.names or None, force=args.force)
+            prepare_models(model_dir, args.names or None)
         except ModelError as err:
             print(f"streamproxy models fetch: {err}", file=sys.stderr)
             return 1

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
+import logging
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -11,6 +16,7 @@ import numpy as np
 import pytest
 
 from streamproxy.config import DetectorConfig
+from streamproxy.engine import detect
 from streamproxy.engine.detect import (
     CenterFaceDetector,
     FaceDetector,
@@ -22,6 +28,7 @@ from streamproxy.engine.detect import (
     round_to_align,
     tile_rects,
 )
+from streamproxy.engine.models import MODELS as MODEL_SPECS
 from streamproxy.engine.models import ModelError
 from streamproxy.types import Box, Detection
 
@@ -113,6 +120,88 @@ def test_create_detector_types(model_dir: Path) -> None:
     c = make(model_dir, "centerface")
     assert isinstance(y, YuNetDetector) and isinstance(c, CenterFaceDetector)
     assert isinstance(y, FaceDetector) and isinstance(c, FaceDetector)
+
+
+def _copy_model(model_dir: Path, model: str, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The model alone in a new folder; returns (folder, where its edited copy goes, that copy's sums)."""
+    d = tmp_path / "models"
+    d.mkdir(exist_ok=True)
+    name = MODEL_SPECS[model].filename
+    shutil.copy2(model_dir / name, d / name)
+    stem = Path(name).stem
+    return d, d / f"{stem}.dynamic.onnx", d / f"{stem}.dynamic.sha256"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_edited_model_is_kept_and_a_new_process_starts_without_onnx(
+    model_dir: Path, model: str, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    d, kept, sums = _copy_model(model_dir, model, tmp_path)
+    cls = type(make(d, model, input_width=640))
+    assert kept.read_bytes() == detect._edit_dims(d / MODEL_SPECS[model].filename, cls.input_name, cls.dynamic_batch)
+    assert sums.read_text().split()[1] == MODEL_SPECS[model].sha256  # made from the pinned original
+    code = (
+        "import json, sys, cv2\n"
+        "from skimage import data\n"
+        "from streamproxy.config import DetectorConfig\n"
+        "from streamproxy.engine.detect import create_detector\n"
+        f"det = create_detector(DetectorConfig(model={model!r}, model_dir={str(d)!r}, input_width=640, threads=1))\n"
+        "dets = det.detect_bgr(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))\n"
+        "print(json.dumps(['onnx' in sys.modules, 'ml_dtypes' in sys.modules, [[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in dets]]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    onnx_loaded, ml_dtypes_loaded, boxes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (onnx_loaded, ml_dtypes_loaded) == (False, False), r.stdout
+    found = [Box(*b) for b in boxes]
+    assert len(found) == 1 and found[0].iou(FACE) > 0.75, r.stdout
+
+
+def test_a_damaged_or_foreign_kept_model_is_made_again(
+    model_dir: Path, tmp_path: Path, astronaut: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    d, kept, sums = _copy_model(model_dir, "yunet", tmp_path)
+    make(d, "yunet")
+    good = kept.read_bytes()
+    # One flipped byte: the hash says so, the copy is made again and the detector still sees the face.
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    kept.write_bytes(bytes(bad))
+    detect._dynamic_models.clear()
+    with caplog.at_level(logging.WARNING, logger="streamproxy.engine.detect"):
+        dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
+    assert "does not match its hash" in caplog.text
+    assert len(dets) == 1 and dets[0].box.iou(FACE) > 0.75
+    assert kept.read_bytes() == good
+    # Sums that name another original (or another version of the edit): made again, quietly.
+    digest, _, tag = sums.read_text().strip().partition(" ")
+    sums.write_text(f"{digest} {'0' * 64}{tag[64:]}\n")
+    kept.write_bytes(b"not a model")
+    detect._dynamic_models.clear()
+    make(d, "yunet")
+    assert kept.read_bytes() == good and sums.read_text().split()[1] == MODEL_SPECS["yunet"].sha256
+
+
+def test_a_read_only_model_folder_still_starts(
+    model_dir: Path, tmp_path: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d, kept, sums = _copy_model(model_dir, "yunet", tmp_path)
+
+    def refuse(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(detect, "atomic_write", refuse)
+    dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
+    assert len(dets) == 1 and not kept.exists() and not sums.exists()
+
+
+def test_prepare_models_makes_the_edited_copies_ahead(model_dir: Path, tmp_path: Path) -> None:
+    d, kept_yunet, _ = _copy_model(model_dir, "yunet", tmp_path)
+    _, kept_centerface, _ = _copy_model(model_dir, "centerface", tmp_path)
+    detect.prepare_models(d, ["yunet"])
+    assert kept_yunet.exists() and not kept_centerface.exists()
+    detect.prepare_models(d)
+    assert kept_centerface.exists()
 
 
 def test_missing_model_dir_raises_model_error(tmp_path: Path) -> None:

