@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from facekit import background, changed_fraction, make_video, paste_face
 
-from streamproxy.anonymize import Job, collect_jobs, iter_results
+from streamproxy.anonymize import HELPER_NICE, Job, _encoder_threads, _Stages, collect_jobs, iter_results
 from streamproxy.config import DetectorConfig, EngineConfig
 from streamproxy.engine.detect import create_detector
 
@@ -181,3 +183,26 @@ def test_exif_rotated_photo_is_searched_upright(tmp_path: Path, detector: object
     assert detector.detect_bgr(out) == []  # type: ignore[attr-defined]
     with Image.open(tmp_path / "out" / "phone.jpg") as o:
         assert o.getexif().get(0x0112) is None
+
+
+def test_one_x264_thread_up_to_1080p_and_the_codecs_own_threads_above() -> None:
+    assert _encoder_threads("libx264", 1280, 720) == 1 and _encoder_threads("libx264", 1920, 1080) == 1
+    assert _encoder_threads("libx264", 3840, 2160) == 0
+    assert _encoder_threads("libx265", 1280, 720) == 0 and _encoder_threads("libvpx-vp9", 640, 360) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_decode_and_encode_threads_run_below_the_engine() -> None:
+    """Detection is what every frame waits for: the helper threads (and the codec threads they
+    start) yield the CPU to it."""
+    seen: dict[str, int] = {}
+
+    def record(name: str) -> None:
+        seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    stages = _Stages()
+    engine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with stages.running(lambda: record("decode"), lambda: record("encode")):
+        assert stages.get(stages.decoded) is None  # the producer ended
+    assert seen == {"decode": min(19, engine + HELPER_NICE), "encode": min(19, engine + HELPER_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == engine  # the engine's own is untouched
