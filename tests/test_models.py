@@ -105,13 +105,13 @@ def test_valid_model_is_hashed_once_per_mtime(
     dst = tmp_path / src.name
     shutil.copyfile(src, dst)
     calls: list[Path] = []
-    real = models.sha256_file
+    real = models._sha256_file
 
     def counting(p: Path) -> str:
         calls.append(p)
         return real(p)
 
-    monkeypatch.setattr(models, "sha256_file", counting)
+    monkeypatch.setattr(models, "_sha256_file", counting)
     assert model_path("yunet", tmp_path) == dst
     assert model_path("yunet", tmp_path) == dst
     assert len(calls) == 1

@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from streamproxy.config import DetectorConfig
-from streamproxy.engine.models import atomic_write, model_path, sha256_file
+from streamproxy.engine.models import MODELS, atomic_write, model_path
 from streamproxy.types import Box, Detection
 
 if TYPE_CHECKING:
@@ -166,22 +166,20 @@ def fuse_passes(
 # Edited model bytes per (model, file): editing a 7 MB protobuf takes a while; do it once per process.
 _dynamic_models: dict[tuple[str, str, int], bytes] = {}
 _dynamic_lock = threading.Lock()
-# Version of the edit below: a cached file written by another version is made again.
-DYNAMIC_EDIT = 1
 
 
-def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
+def _dynamic_model_bytes(path: Path, model: str, input_name: str, dynamic_batch: bool) -> bytes:
     """The model with symbolic input H/W (and outputs' dims), so it runs at any multiple-of-32 size.
 
     The files declare fixed shapes (YuNet 1x3x640x640, CenterFace 10x3x32x32) and
     onnx.tools.update_model_dims refuses to change fixed dims; editing the protobuf works.
     CenterFace lists its weights as graph inputs too: only `input_name` is touched.
 
-    The edited model is kept beside the original (`<name>.dynamic.onnx`, with the SHA-256 of
-    both in `<name>.dynamic.sha256`): importing the `onnx` package to make it costs ~0.9 s of
-    every start (most of it in `ml_dtypes`), a third of a short bulk job. The copy is used only
-    while both hashes match (the original itself was verified against its pin by `model_path`);
-    otherwise, or where the folder is read-only, the edit is made here, in memory.
+    The edited model is kept beside the original (`<name>.dynamic.onnx`) and loaded from there only
+    when it hashes to the SHA-256 pinned for it (`ModelSpec.dynamic_sha256`), like the original:
+    importing the `onnx` package to make it costs ~0.9 s of every start (mostly `ml_dtypes`), a
+    third of a short bulk job. Otherwise the edit is made here, and kept when it matches the pin
+    (another `onnx` version could write other bytes: then it is used from memory only, every start).
     """
     st = path.stat()
     key = (input_name, str(path), st.st_mtime_ns)
@@ -189,42 +187,26 @@ def _dynamic_model_bytes(path: Path, input_name: str, dynamic_batch: bool) -> by
         cached = _dynamic_models.get(key)
         if cached is not None:
             return cached
-        source_sha = sha256_file(path)
-        tag = f"{source_sha} {input_name} batch={int(dynamic_batch)} edit={DYNAMIC_EDIT}"
-        data = _cached_dynamic(path, tag)
-        if data is None:
+        pinned = MODELS[model].dynamic_sha256
+        kept = path.with_name(f"{path.stem}.dynamic.onnx")
+        try:
+            data = kept.read_bytes()
+        except OSError:
+            data = b""
+        if not data or hashlib.sha256(data).hexdigest() != pinned:
+            if data:
+                log.warning("detector: %s is not the pinned edit of %s; making it again", kept, path.name)
             data = _edit_dims(path, input_name, dynamic_batch)
-            _store_dynamic(path, tag, data)
+            if hashlib.sha256(data).hexdigest() == pinned:
+                try:
+                    atomic_write(kept, data)
+                except OSError as err:  # a read-only model folder: the edit is made at every start
+                    log.debug("detector: cannot keep %s (%s)", kept, err.strerror)
+            else:
+                log.info("detector: the edited %s differs from the pinned one (another onnx version?); "
+                         "not kept, made at every start", path.name)  # fmt: skip
         _dynamic_models[key] = data
         return data
-
-
-def _dynamic_paths(path: Path) -> tuple[Path, Path]:
-    return path.with_name(f"{path.stem}.dynamic.onnx"), path.with_name(f"{path.stem}.dynamic.sha256")
-
-
-def _cached_dynamic(path: Path, tag: str) -> bytes | None:
-    model, sums = _dynamic_paths(path)
-    try:
-        want_sha, _, want_tag = sums.read_text(encoding="ascii").strip().partition(" ")
-        data = model.read_bytes()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if want_tag != tag:
-        return None  # made from another file, or by another version of the edit
-    if hashlib.sha256(data).hexdigest() != want_sha:
-        log.warning("detector: %s does not match its hash; making it again from %s", model, path.name)
-        return None
-    return data
-
-
-def _store_dynamic(path: Path, tag: str, data: bytes) -> None:
-    model, sums = _dynamic_paths(path)
-    try:
-        atomic_write(model, data)
-        atomic_write(sums, f"{hashlib.sha256(data).hexdigest()} {tag}\n".encode("ascii"))
-    except OSError as err:  # a read-only model folder: the edit is made at every start
-        log.debug("detector: cannot keep %s (%s)", model, err.strerror)
 
 
 def _edit_dims(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
@@ -324,7 +306,7 @@ class OnnxFaceDetector:
         self._input_width = round_to_align(cfg.input_width)
         self._blob: np.ndarray | None = None
         t0 = time.perf_counter()
-        data = _dynamic_model_bytes(path, self.input_name, self.dynamic_batch)
+        data = _dynamic_model_bytes(path, self.model, self.input_name, self.dynamic_batch)
         self.session = ort.InferenceSession(
             data, sess_options=_session_options(cfg), providers=["CPUExecutionProvider"]
         )
@@ -637,4 +619,4 @@ def prepare_models(model_dir: Path, names: list[str] | None = None) -> None:
     service whose model folder is read-only at run time still starts without the `onnx` package."""
     for name, cls in _DETECTORS.items():
         if names is None or name in names:
-            _dynamic_model_bytes(model_path(name, model_dir), cls.input_name, cls.dynamic_batch)
+            _dynamic_model_bytes(model_path(name, model_dir), name, cls.input_name, cls.dynamic_batch)

