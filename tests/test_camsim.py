@@ -151,15 +151,42 @@ def test_build_clip_from_a_users_video(tmp_path: Path) -> None:
 # --- the server ---------------------------------------------------------------------------------
 
 
+class ProbeTimeout(AssertionError):
+    """ffprobe got nothing in its time (the message says what ffprobe, the camera and the machine did)."""
+
+
+# About 1 fresh camera in 10-20 takes its first session (DESCRIBE and SETUP answered, the feeder
+# running) and sends that session nothing, H.264 and H.265 alike; the next session works. Seen
+# only on a camera's first client, so most likely gst-rtsp-server 1.22's start of a shared live
+# media (not proven). The product's ingest reconnects by itself; a test reading the camera directly
+# says so and opens one more session.
+FIRST_SESSION_STALL = "the simulated camera sent its first session nothing; one more session"
+
+
 def _ffprobe(url: str, transport: str, cam: SimCamera | None = None) -> dict[str, Any]:
     try:
+        return _ffprobe_once(url, transport, cam)
+    except ProbeTimeout as first:
+        print(f"\n{FIRST_SESSION_STALL}:\n{first}")
+        return _ffprobe_once(url, transport, cam)
+
+
+def _ffprobe_once(url: str, transport: str, cam: SimCamera | None) -> dict[str, Any]:
+    try:
+        # -v verbose: on a failure the message shows how far the RTSP exchange got.
         r = subprocess.run(
-            ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-print_format", "json",
+            ["ffprobe", "-v", "verbose", "-rtsp_transport", transport, "-print_format", "json",
              "-show_entries", "stream=codec_name,width,height,codec_type", url],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True, text=True, timeout=25, check=False,
         )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"ffprobe got nothing from {url} in 30 s; the camera said:\n{cam.log_tail() if cam else '?'}")
+    except subprocess.TimeoutExpired as err:
+        said = err.stderr.decode(errors="replace")[-1500:] if isinstance(err.stderr, bytes) else err.stderr
+        busiest = subprocess.run(["ps", "-eo", "pcpu,etimes,args", "--sort=-pcpu"], capture_output=True, text=True)
+        raise ProbeTimeout(
+            f"ffprobe got nothing from {url} in 25 s; it said:\n{said}\n"
+            f"the camera said:\n{cam.log_tail() if cam else '?'}\n"
+            f"busiest processes:\n{chr(10).join(busiest.stdout.splitlines()[:8])}"
+        ) from None
     assert r.returncode == 0, f"{r.stderr}\ncamera: {cam.log_tail() if cam else '?'}"
     streams: list[dict[str, Any]] = json.loads(r.stdout)["streams"]
     assert len(streams) == 1
@@ -167,6 +194,14 @@ def _ffprobe(url: str, transport: str, cam: SimCamera | None = None) -> dict[str
 
 
 def _read_frames(url: str, transport: str, n: int, timeout: float = 20.0) -> list[av.VideoFrame]:
+    try:
+        return _read_frames_once(url, transport, n, timeout)
+    except av.error.ExitError as first:  # the read timeout: nothing came (FIRST_SESSION_STALL)
+        print(f"\n{FIRST_SESSION_STALL}: {first}")
+        return _read_frames_once(url, transport, n, timeout)
+
+
+def _read_frames_once(url: str, transport: str, n: int, timeout: float) -> list[av.VideoFrame]:
     frames: list[av.VideoFrame] = []
     deadline = time.monotonic() + timeout
     with av.open(url, options={"rtsp_transport": transport, **LOW_DELAY}, timeout=(5, 5)) as c:
@@ -178,7 +213,7 @@ def _read_frames(url: str, transport: str, n: int, timeout: float = 20.0) -> lis
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_ffprobe_and_pyav_read_the_camera(sim_camera: SimCamera, transport: str) -> None:
     info = _ffprobe(sim_camera.url, transport, sim_camera)
@@ -188,7 +223,7 @@ def test_ffprobe_and_pyav_read_the_camera(sim_camera: SimCamera, transport: str)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_stamp_survives_h264_and_measures_latency(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(width=1280, height=720)
     frames = _read_frames(cam.url, "tcp", 50)
@@ -204,7 +239,7 @@ def test_stamp_survives_h264_and_measures_latency(sim_camera_factory: Callable[.
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_shared_media_serves_two_clients_at_once(sim_camera: SimCamera) -> None:
     with (
         av.open(sim_camera.url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as a,
@@ -223,7 +258,7 @@ def test_shared_media_serves_two_clients_at_once(sim_camera: SimCamera) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_basic_auth(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(user="admin", password="s3cret!")
     assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "h264"
@@ -325,7 +360,7 @@ def test_replay_mode_rejects_what_it_cannot_do() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_replay_camera_serves_the_clip_at_the_frame_rate(
     sim_camera_factory: Callable[..., SimCamera],
 ) -> None:
@@ -360,7 +395,7 @@ def test_replay_camera_serves_the_clip_at_the_frame_rate(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(codec="h265")
     assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "hevc"
