@@ -98,9 +98,10 @@ class Pusher:
 
     FLUSHING is not the end: appsrc answers it while the media changes state (preparing, a client's
     PLAY, a flush), and a sensor does not stop because nobody took one frame. Giving up on it silently
-    was the one way this feeder could stop for good while its media lived on: the suspect for cameras
-    that accepted a session and never sent a packet (CI, under load; not reproduced on demand). The
-    feeder's own stop (the media was unprepared) ends the stream instead; EOS and errors end it, logged.
+    was the one way this feeder could stop for good while its media lived on. (It was suspected for
+    cameras whose first session got no packet; the log then showed the feeder still running, so that
+    stall is elsewhere: see tests/test_camsim.py FIRST_SESSION_STALL.) The feeder's own stop (the media
+    was unprepared) ends the stream instead; EOS and errors end it, logged.
     """
 
     def __init__(self, appsrc, what):
