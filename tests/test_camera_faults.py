@@ -211,7 +211,7 @@ def rig(model_dir: Path, judge: OnnxFaceDetector) -> Iterator[Rig]:
                 break
             except av.error.FFmpegError as err:
                 # A fresh simulated camera now and then sends its first session nothing (see
-                # test_camsim.FIRST_SESSION_STALL); the next session works.
+                # test_camsim.FIRST_SESSION_STALL); the next session starts its media anew.
                 said = r.sim.log_tail() if r.sim else "?"
                 if attempt == 2:
                     pytest.fail(f"the camera sent no video twice ({err}); it said:\n{said}")

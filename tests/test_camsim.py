@@ -156,9 +156,9 @@ class ProbeTimeout(AssertionError):
 
 
 # About 1 fresh camera in 10-20 takes its first session (DESCRIBE and SETUP answered, the feeder
-# running) and sends that session nothing, H.264 and H.265 alike; the next session works. Seen
-# only on a camera's first client, so most likely gst-rtsp-server 1.22's start of a shared live
-# media (not proven). The product's ingest reconnects by itself; a test reading the camera directly
+# running) and sends that session nothing, H.264 and H.265 alike. Seen only on a camera's first
+# client, so most likely gst-rtsp-server 1.22's start of a shared live media (not proven); the
+# shared media is made anew for the next session once this one has left. The product's ingest reconnects by itself; a test reading the camera directly
 # says so and opens one more session.
 FIRST_SESSION_STALL = "the simulated camera sent its first session nothing; one more session"
 
