@@ -202,20 +202,12 @@ def rig(model_dir: Path, judge: OnnxFaceDetector) -> Iterator[Rig]:
     r = Rig(model_dir)
     try:
         # The judge's premise: the camera's own frames show faces.
-        raw: list[np.ndarray] = []
-        for attempt in (1, 2):
-            try:
-                # Wide timeouts: a fresh camera's first packet takes 2-4 s on a loaded 2-core box.
-                with av.open(r.camera_url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(15, 15)) as c:
-                    raw = [f.to_ndarray(format="bgr24") for f in itertools.islice(c.decode(video=0), 6)]
-                break
-            except av.error.FFmpegError as err:
-                # A fresh simulated camera now and then sends its first session nothing (see
-                # test_camsim.FIRST_SESSION_STALL); the next session starts its media anew.
-                said = r.sim.log_tail() if r.sim else "?"
-                if attempt == 2:
-                    pytest.fail(f"the camera sent no video twice ({err}); it said:\n{said}")
-                print(f"\nthe simulated camera sent its first session nothing ({err}); one more session")
+        # Wide timeouts: a fresh camera's first packet takes 2-4 s on a loaded 2-core box.
+        try:
+            with av.open(r.camera_url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(15, 15)) as c:
+                raw = [f.to_ndarray(format="bgr24") for f in itertools.islice(c.decode(video=0), 6)]
+        except av.error.FFmpegError as err:
+            pytest.fail(f"the camera sent no video ({err}); it said:\n{r.sim.log_tail() if r.sim else '?'}")
         faces = visible_faces(judge, raw)
         assert sum(1 for n in faces if n >= 1) >= 5, f"the camera shows its faces: {faces}"
         r.host.start()

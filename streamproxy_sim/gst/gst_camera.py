@@ -4,7 +4,7 @@
 Runs under Debian's /usr/bin/python3 (the interpreter that has the `gi` GStreamer bindings), so it
 imports nothing from streamproxy and needs no numpy. streamproxy_sim/camsim.py starts it.
 
-    appsrc (I420, live, timestamped on push) ! x264enc zerolatency ! rtph264pay name=pay0
+    appsrc (I420, live, stamped with the running time) ! x264enc zerolatency ! rtph264pay name=pay0
 
 Each frame is stamped with its wall-clock time (ms) as a barcode in the top-left corner just before
 it is pushed, so that a viewer can measure glass-to-glass latency (camsim.read_stamp decodes it).
@@ -93,37 +93,68 @@ def log(msg):
 
 
 
-class Pusher:
-    """Hands buffers to one media's appsrc and says when the stream is over.
+TAKEN, DROPPED, OVER = "taken", "dropped", "over"  # what became of one pushed frame
 
-    FLUSHING is not the end: appsrc answers it while the media changes state (preparing, a client's
-    PLAY, a flush), and a sensor does not stop because nobody took one frame. Giving up on it silently
-    was the one way this feeder could stop for good while its media lived on. (It was suspected for
-    cameras whose first session got no packet; the log then showed the feeder still running, so that
-    stall is elsewhere: see tests/test_camsim.py FIRST_SESSION_STALL.) The feeder's own stop (the media
-    was unprepared) ends the stream instead; EOS and errors end it, logged.
+
+class Pusher:
+    """Stamps each frame with the pipeline's running time, hands it to one media's appsrc, and says
+    what became of it: TAKEN, DROPPED (feed on) or OVER (the stream ended).
+
+    We stamp here instead of appsrc's do-timestamp because do-timestamp races the pipeline's first
+    PLAYING: GstPipeline gives its children the clock before GstBin gives each its base time, and a
+    frame that appsrc's thread dequeues in between is stamped with the clock's absolute time (base
+    time still 0). The RTP sink, which syncs, then waits hours for that frame, holding the encoder
+    and everything behind it: the media's first session gets DESCRIBE, SETUP and PLAY answered and
+    no packet, while the feeder runs on (1 to 3 in 100 camera starts on a busy 2-core machine, H.264
+    and H.265 alike; gdb showed the streaming thread in gst_base_sink_wait_clock and appsrc's thread
+    waiting behind it in a serialized query). A frame offered while the appsrc has no clock or no
+    base time yet is dropped instead, as a sensor's frame is when nobody takes it (and logged when
+    the clock had come without the base time: that is the window).
+
+    FLUSHING is not the end either: appsrc answers it while the media changes state (preparing, a
+    client's PLAY, a flush), and a sensor does not stop because nobody took one frame. EOS and
+    errors end the stream, logged.
     """
 
     def __init__(self, appsrc, what):
         self.appsrc = appsrc
         self.what = what
         self.pushed = 0
+        self.unclocked = 0  # frames dropped before the pipeline's clock and base time were set
+        self.between = False  # a frame came between the clock and the base time
         self.flushing = 0  # frames refused while flushing, logged on the first and every 250th
 
+    def running_time(self):
+        clock = self.appsrc.get_clock()
+        base = self.appsrc.get_base_time()
+        if clock is None or base == 0:
+            if clock is not None and not self.between:
+                self.between = True
+                log(f"{self.what}: the clock came before the base time; frame dropped")
+            return None
+        return clock.get_time() - base
+
     def __call__(self, buf):
+        now = self.running_time()
+        if now is None:
+            if self.unclocked == 0:
+                log(f"{self.what}: pipeline not running yet after {self.pushed} frames; frame dropped")
+            self.unclocked += 1
+            return DROPPED
+        buf.pts = buf.dts = now
         ret = self.appsrc.emit("push-buffer", buf)
         if ret == Gst.FlowReturn.OK:
             if self.pushed == 0:
-                log(f"{self.what}: first frame taken")
+                log(f"{self.what}: first frame taken (after {self.unclocked} dropped unclocked)")
             self.pushed += 1
-            return True
+            return TAKEN
         if ret == Gst.FlowReturn.FLUSHING:
             if self.flushing % 250 == 0:
                 log(f"{self.what}: appsrc flushing after {self.pushed} frames; frame dropped, feeding on")
             self.flushing += 1
-            return True
+            return DROPPED
         log(f"{self.what}: push-buffer {ret.value_nick} after {self.pushed} frames: stream over")
-        return False
+        return OVER
 
 
 def pace(next_t, period, stopped):
@@ -186,7 +217,7 @@ class ClipFeeder:
             write_stamp(frame, self.width, self.height, int(time.time() * 1000))
             buf = Gst.Buffer.new_wrapped(bytes(frame))
             buf.duration = int(Gst.SECOND / self.fps)
-            if not self.push(buf):
+            if self.push(buf) == OVER:
                 break
             i += 1
             next_t = pace(next_t, period, self.stopped)
@@ -265,8 +296,11 @@ class ReplayFeeder(ClipFeeder):
                 buf.duration = int(Gst.SECOND / self.fps)
                 if not key:
                     buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
-                if not self.push(buf):
+                result = self.push(buf)
+                if result == OVER:
                     break
+                if result == DROPPED:
+                    stalled = True  # what follows needs this frame: resume from a keyframe
             i += 1
             next_t = pace(next_t, period, self.stopped)
 
@@ -280,7 +314,7 @@ def replay_launch_line(args):
     # (ReplayFeeder paces itself instead). h264parse + config-interval=1 put SPS/PPS before every
     # IDR in-band, so a client that joins late decodes from the next keyframe.
     return (
-        f'( appsrc name=src is-live=true format=time do-timestamp=true caps="{caps}" '
+        f'( appsrc name=src is-live=true format=time caps="{caps}" '
         "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
 
@@ -290,7 +324,7 @@ def launch_line(args):
     # Live source, timestamped with the pipeline clock on push; a 2-frame leaky queue inside appsrc
     # drops old frames (like a real sensor) instead of building latency while nobody consumes.
     src = (
-        "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream "
+        "appsrc name=src is-live=true format=time max-buffers=2 leaky-type=downstream "
         f'caps="{caps}"'
     )
     gop = max(1, args.fps * 2)
