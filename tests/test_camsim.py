@@ -459,7 +459,7 @@ import sys
 sys.path.insert(0, {str(camsim.SIM_SCRIPT.parent)!r})
 from gst_camera import Gst, Pusher
 Gst.init(None)
-# live, as the camera's; a sink that does not sync, so that the flush never waits on the clock
+# live, as the camera's; a sink that does not sync: nothing in this probe waits on the clock
 p = Gst.parse_launch('appsrc name=src is-live=true format=time caps="video/x-raw,format=I420,width=16,height=16" '
                      '! fakesink sync=false')
 src = p.get_by_name("src")
