@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from streamproxy.config import EngineConfig, quality_detector
+from streamproxy.engine.ahead import DetectAhead, ahead_sessions
 from streamproxy.engine.anonymizer import Anonymizer
 from streamproxy.engine.detect import FaceDetector, OnnxFaceDetector, create_detector
 from streamproxy.engine.temporal import WEAK_THRESHOLD
@@ -332,15 +333,19 @@ def anonymize_video(
                 step = max(1, round(1 / (float(rate) * float(time_base)))) if rate else 1
                 streams = [vin] if aout is None or ain is None else [vin, ain]
                 stages = _Stages()
+                ahead = anonymizer.detector if isinstance(anonymizer.detector, DetectAhead) else None
 
                 def demux() -> None:
-                    # Thread 1: demux + decode (audio packets ride along, in order).
+                    # Thread 1: demux + decode (audio packets ride along, in order); each frame's
+                    # detection starts here, ahead of the engine (engine/ahead.py).
                     for packet in inp.demux(streams):
                         if packet.stream.type == "audio":
                             if packet.dts is not None and not stages.put(stages.decoded, ("a", packet)):
                                 return
                             continue
                         for frame in packet.decode():
+                            if ahead is not None and isinstance(frame, av.VideoFrame):
+                                ahead.submit(frame)
                             if not stages.put(stages.decoded, ("v", frame)):
                                 return
 
@@ -374,8 +379,9 @@ def anonymize_video(
                             _emit(stages, tout.frame, vout.pix_fmt)
 
                 # Thread 2 (this one): the engine. Decode and encode overlap with detection;
-                # PyAV and onnxruntime release the GIL while they work.
-                with stages.running(demux, mux):
+                # PyAV and onnxruntime release the GIL while they work. The detection workers
+                # start first, from this thread: they keep its CPU priority.
+                with ahead.running() if ahead is not None else nullcontext(), stages.running(demux, mux):
                     last_pts: int | None = None
                     while (item := stages.get(stages.decoded)) is not None:
                         kind, obj = item
@@ -422,7 +428,7 @@ def weak_candidates(detector: FaceDetector) -> Iterator[float | None]:
     """For one video: the detector reports candidates down to WEAK_THRESHOLD (the temporal fill
     keeps those a confident detection of the same face confirms); yields the detector's own
     threshold, the score a face needs to count. Restored afterwards (stills use the detector too)."""
-    if not isinstance(detector, OnnxFaceDetector):
+    if not isinstance(detector, (OnnxFaceDetector, DetectAhead)):
         yield None  # a stub or another detector: its boxes are taken at the configured threshold
         return
     strong = detector.threshold
@@ -462,7 +468,9 @@ def iter_results(
     video_cfg = quality_detector(cfg.detector, cfg.quality, "video")
     image_cfg = quality_detector(cfg.detector, cfg.quality, "image")
     if detector is None:
-        detector = create_detector(video_cfg)  # a missing model is the user's to fix: raise before starting
+        # A missing model is the user's to fix: raise before starting.
+        sessions = ahead_sessions(video_cfg, cfg.detect_every)
+        detector = DetectAhead(video_cfg, sessions) if sessions > 1 else create_detector(video_cfg)
     image_detector = detector
     if not given and image_cfg != video_cfg and any(j.kind == "image" for j in jobs):
         image_detector = create_detector(image_cfg)

@@ -117,7 +117,9 @@ class DetectorConfig(_Strict):
         ge=0,
         le=64,
         description="onnxruntime intra-op threads per detector; 0 = auto (live: the cores shared "
-        "between the cameras, at most 2; bulk mode: 2).",
+        "between the cameras, at most 2; bulk stills: 2; bulk video: one single-threaded session per "
+        "core, at most 4, each detecting a frame of its own ahead of the engine). A set value gives "
+        "bulk video one session with that many threads.",
     )
     spinning: bool = Field(
         False,
