@@ -63,6 +63,7 @@ class FileResult:
     faces: int = 0
     frames: int = 0
     fail_closed_frames: int = 0
+    widened_frames: int = 0  # masks grown past the face for safety (a gap, fast motion)
     seconds: float = 0.0
     error: str = ""
     text_regions: int = 0  # objects: plates: text masks applied (summed over frames)
@@ -91,6 +92,9 @@ class BulkSummary:
             s += f", {text} text mask(s)"
         if fc:
             s += f"; {fc} frame(s) fully obfuscated or dropped because detection failed"
+        wide = sum(r.widened_frames for r in self.results)
+        if wide:
+            s += f"; {wide} frame(s) with a mask widened past the face for safety"
         return s
 
 
@@ -290,7 +294,7 @@ def anonymize_video(
     encoder, fmt = _out_codec(job.dst)
     job.dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(job.dst)
-    frames = faces = failed_frames = 0
+    frames = faces = failed_frames = widened = 0
     # objects: plates: the face-anonymized frames pass through the text masker, which holds up to
     # text.detect_every - 1 of them until its next run (frames keep their order and timestamps).
     masker = TextMasker(anonymizer.cfg, text, job.src.name) if text is not None else None
@@ -366,9 +370,10 @@ def anonymize_video(
                 held_pts: deque[int] = deque()
 
                 def deliver(res: AnonymizedFrame, pts: int) -> None:
-                    nonlocal faces, failed_frames
+                    nonlocal faces, failed_frames, widened
                     faces += res.faces
                     failed_frames += int(res.fail_closed)
+                    widened += int(res.widened)
                     if res.frame is not None:
                         res.frame.pts = pts
                         res.frame.time_base = time_base
@@ -419,7 +424,7 @@ def anonymize_video(
         log.info("%s: text detector: %d run(s), %.0f ms per run, %d region(s)", job.src.name,
                  masker.stats.runs, masker.stats.ms_per_run, masker.stats.regions)  # fmt: skip
     return FileResult(job.src, job.dst, True, faces=faces, frames=frames, fail_closed_frames=failed_frames,
-                      seconds=time.perf_counter() - t0,
+                      widened_frames=widened, seconds=time.perf_counter() - t0,
                       text_regions=masker.stats.regions if masker is not None else 0)  # fmt: skip
 
 

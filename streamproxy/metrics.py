@@ -149,6 +149,12 @@ FAIL_CLOSED_FRAMES = Counter(
     "by cause: detector_error, detector_timeout, model_missing. Should be 0; alert on any.",
     ["camera", "reason"],
 )
+WIDENED_FRAMES = Counter(
+    "streamproxy_widened_frames",
+    "Frames whose face masks the engine grew past the face for safety (a face seen once, a gap between "
+    "detections, fast motion: more than 0.4 face widths per side): over-masking chosen to avoid a leak.",
+    ["camera"],
+)
 RECONNECTS = Counter(
     "streamproxy_reconnects",
     "Reconnects to the camera after a failure or stall.",
@@ -249,6 +255,7 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_faces_masked",
     "streamproxy_tracks_active",
     "streamproxy_fail_closed_frames_total",
+    "streamproxy_widened_frames_total",
     "streamproxy_reconnects_total",
     "streamproxy_camera_up",
     "streamproxy_camera_state",
@@ -285,6 +292,7 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     FACES_DETECTED,
     FACES_MASKED,
     TRACKS_ACTIVE,
+    WIDENED_FRAMES,
     RECONNECTS,
     CAMERA_UP,
     INPUT_FPS,
@@ -383,6 +391,7 @@ class CameraMetrics:
         self.faces_detected = FACES_DETECTED.labels(camera=camera)
         self.faces_masked = FACES_MASKED.labels(camera=camera)
         self.tracks_active = TRACKS_ACTIVE.labels(camera=camera)
+        self.widened = WIDENED_FRAMES.labels(camera=camera)
         self.reconnects = RECONNECTS.labels(camera=camera)
         self.camera_up = CAMERA_UP.labels(camera=camera)
         self.input_fps = INPUT_FPS.labels(camera=camera)
@@ -459,6 +468,10 @@ class CameraMetrics:
         answer different questions (why detection failed / why frames went missing).
         """
         self.fail_closed[reason].inc()
+
+    def widened_frame(self) -> None:
+        """A frame's masks were grown past the face for safety (engine/anonymizer.py WIDE_MARGIN_FACES)."""
+        self.widened.inc()
 
     def detection(self, seconds: float, faces: int) -> None:
         """One detector run took `seconds` and found `faces` faces."""

@@ -90,6 +90,7 @@ class PipelineStatus:
     frames_out: int
     dropped: DropCounts
     fail_closed_frames: int
+    widened_frames: int  # masks grown past the face for safety (over-masking chosen to avoid a leak)
     faces: int
     tracks: int
     latency_ms: LatencyStatus

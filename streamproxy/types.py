@@ -71,6 +71,24 @@ class Box:
         sy = sx if sy is None else sy
         return Box.from_center(self.cx, self.cy, self.width * sx, self.height * sy)
 
+    def grown(self, dx: float, dy: float | None = None) -> Box:
+        """Each side pushed out by `dx` (left, right) and `dy` (top, bottom; default `dx`) pixels."""
+        dy = dx if dy is None else dy
+        return Box(self.x1 - dx, self.y1 - dy, self.x2 + dx, self.y2 + dy)
+
+    def union(self, other: Box) -> Box:
+        """The smallest box holding both."""
+        return Box(min(self.x1, other.x1), min(self.y1, other.y1), max(self.x2, other.x2), max(self.y2, other.y2))
+
+    def lerp(self, other: Box, f: float) -> Box:
+        """The box a fraction `f` of the way from this one to `other` (each corner on its line)."""
+        return Box(
+            self.x1 + (other.x1 - self.x1) * f,
+            self.y1 + (other.y1 - self.y1) * f,
+            self.x2 + (other.x2 - self.x2) * f,
+            self.y2 + (other.y2 - self.y2) * f,
+        )
+
     def mapped(self, scale_x: float, scale_y: float, dx: float = 0.0, dy: float = 0.0) -> Box:
         """Map into another coordinate system: x' = x * scale_x + dx (detector input -> frame)."""
         return Box(self.x1 * scale_x + dx, self.y1 * scale_y + dy, self.x2 * scale_x + dx, self.y2 * scale_y + dy)
@@ -102,12 +120,13 @@ class Track:
 
     track_id: int
     box: Box  # smoothed face box (what the detector would say now)
-    mask: Box  # the area to obfuscate: box * mask_scale, grown with speed
-    vx: float  # px per second, for motion prediction and mask growth
+    mask: Box  # the area to obfuscate: box * mask_scale, grown while the face is not seen
+    vx: float  # px per second, for motion prediction
     vy: float
     hits: int  # frames with a matching detection
     misses: int  # consecutive detector runs without a match
     coasting: bool  # True while masked on prediction alone
+    margin: float = 0.0  # face sizes added per side of the mask for what the tracker cannot know
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,7 @@ class AnonymizedFrame:
     detector_ms: float
     fail_closed: bool  # True when the whole frame was obfuscated or dropped because detection failed
     fail_reason: str = ""
+    widened: bool = False  # a mask was grown past the face for safety (see engine/masks.py: WIDE_MARGIN_FACES)
 
 
 @dataclass(frozen=True, slots=True)

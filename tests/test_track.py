@@ -6,6 +6,7 @@ import random
 import statistics
 
 from streamproxy.config import TrackerConfig
+from streamproxy.engine import track
 from streamproxy.engine.track import Tracker
 from streamproxy.types import Box, Detection, Track
 
@@ -50,17 +51,18 @@ def test_coasting_keeps_mask_on_moving_face_then_expires() -> None:
     cfg = TrackerConfig(coast_seconds=1.0)
     tr = Tracker(cfg, mask_scale=1.3)
     ids = set()
-    for i in range(10):
+    # Followed for 1.2 s: a lost track is kept as long as it had been followed, up to coast_seconds.
+    for i in range(30):
         out = tr.update(det(face_at(i)), i / FPS, W, H)
         assert len(out) == 1
         ids.add(out[0].track_id)
     # The detector misses the face for 0.8 s (< coast_seconds): still masked, mask on the true face.
-    last_seen = 9 / FPS
-    i = 10
+    last_seen = 29 / FPS
+    i = 30
     while (i / FPS) - last_seen < 0.8:
         out = tr.update([], i / FPS, W, H)
         assert len(out) == 1, f"frame {i}: track lost while coasting"
-        assert out[0].coasting and out[0].misses == i - 9
+        assert out[0].coasting and out[0].misses == i - 29
         assert contains(out[0].mask, face_at(i)), f"frame {i}: {out[0].mask} does not cover {face_at(i)}"
         ids.add(out[0].track_id)
         i += 1
@@ -74,25 +76,30 @@ def test_coasting_keeps_mask_on_moving_face_then_expires() -> None:
 def test_reacquired_after_miss_keeps_id() -> None:
     tr = Tracker(TrackerConfig(), mask_scale=1.3)
     first = tr.update(det(face_at(0)), 0.0, W, H)[0].track_id
-    for i in range(1, 6):
+    for i in range(1, 8):
         tr.update(det(face_at(i)), i / FPS, W, H)
-    for i in range(6, 12):
+    for i in range(8, 12):
         tr.update([], i / FPS, W, H)
     out = tr.update(det(face_at(12)), 12 / FPS, W, H)
     assert [t.track_id for t in out] == [first]
     assert not out[0].coasting and out[0].misses == 0
 
 
-def test_coasting_mask_covers_stopped_face() -> None:
-    """A face that stops the moment the detector loses it: the mask covers the path, not just the prediction."""
+def test_coasting_mask_follows_the_face_within_the_bound() -> None:
+    """A fast face (5 face widths a second) lost for most of a second: the mask moves with the
+    prediction and stays within the bounded margin, where the old mask (the union of where the face
+    was and where it may be now, grown 2 faces per side) spanned 700 px of a 1280-px picture."""
     tr = Tracker(TrackerConfig(), mask_scale=1.3)
-    for i in range(10):
+    for i in range(30):
         tr.update(det(face_at(i, vx=400.0)), i / FPS, W, H)
-    stopped = face_at(9, vx=400.0)
-    for i in range(10, 30):
+    widest = (1.3 + 2 * track.MAX_MARGIN_FACES) * 100.0 + 1e-6  # the face is 80 x 100
+    for i in range(30, 52):
         out = tr.update([], i / FPS, W, H)
-        assert len(out) == 1
-        assert contains(out[0].mask, stopped)
+        assert len(out) == 1, f"frame {i}: lost"
+        m = out[0].mask
+        assert contains(m, face_at(i, vx=400.0)), f"frame {i}: {m} does not cover the face"
+        assert m.width <= widest and m.height <= widest, f"frame {i}: {m} is wider than the bound"
+    assert out[0].margin == track.MAX_MARGIN_FACES  # grown to the cap, not past it
 
 
 def test_crossing_faces_keep_distinct_ids() -> None:
@@ -201,22 +208,45 @@ def test_far_detection_starts_new_track() -> None:
     assert sum(t.coasting for t in out) == 1
 
 
-def _mask_at_speed(vx: float) -> Track:
+def _masks_at_speed(vx: float) -> tuple[Track, Track]:
+    """The mask on the last frame the face was seen, and two frames later, the detector not run."""
     tr = Tracker(TrackerConfig(speed_grow=0.25), mask_scale=1.3)
     out: list[Track] = []
     for i in range(10):
         out = tr.update(det(face_at(i, x0=400.0, vx=vx)), i / FPS, W, H)
-    return out[0]
+    seen = out[0]
+    tr.update(None, 10 / FPS, W, H)
+    return seen, tr.update(None, 11 / FPS, W, H)[0]
 
 
-def test_mask_grows_with_speed() -> None:
-    still = _mask_at_speed(0.0)
-    fast = _mask_at_speed(320.0)  # 4 face widths per second
-    assert abs(still.mask.width - 80 * 1.3) < 1.0
-    assert abs(still.mask.height - 100 * 1.3) < 1.0
-    assert fast.mask.width > still.mask.width + 40
-    assert fast.mask.height > still.mask.height + 40
+def test_mask_grows_with_speed_only_while_the_face_is_not_seen() -> None:
+    still_seen, still = _masks_at_speed(0.0)
+    fast_seen, fast = _masks_at_speed(320.0)  # 4 face widths per second
+    # Seen on this frame: the mask is the face's own, whatever its speed (no growth for motion the
+    # detector has just measured).
+    for m in (still_seen.mask, fast_seen.mask):
+        assert abs(m.width - 80 * 1.3) < 1.0 and abs(m.height - 100 * 1.3) < 1.0
+    # Two frames without a look: the margin grows with time, more for the fast face.
+    assert still.mask.width > still_seen.mask.width
+    assert fast.margin > still.margin > 0
+    assert fast.mask.width > still.mask.width + 5
+    assert fast.mask.width <= (1.3 + 2 * track.MAX_MARGIN_FACES) * 80 + 1e-6
     assert abs(fast.vx - 320.0) < 5.0
+
+
+def test_a_one_frame_detection_leaves_no_mask_behind_for_a_second() -> None:
+    """A detection seen once (often a false one) is kept MIN_COAST_S, not coast_seconds; a face
+    followed for a second is kept up to coast_seconds."""
+    tr = Tracker(TrackerConfig(coast_seconds=1.0), mask_scale=1.3)
+    tr.update(det(face_at(0, vx=0.0)), 0.0, W, H)
+    kept = [i for i in range(1, 25) if tr.update([], i / FPS, W, H)]
+    assert kept == [i for i in range(1, 25) if i / FPS <= track.MIN_COAST_S + 1e-9]
+    tr = Tracker(TrackerConfig(coast_seconds=1.0), mask_scale=1.3)
+    for i in range(30):
+        tr.update(det(face_at(i, vx=0.0)), i / FPS, W, H)
+    kept = [i for i in range(30, 70) if tr.update([], i / FPS, W, H)]
+    assert kept == [i for i in range(30, 70) if i / FPS - 29 / FPS <= 1.0]  # 1 s after the last detection
+    assert len(kept) >= 24
 
 
 def test_min_hits() -> None:

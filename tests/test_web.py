@@ -23,7 +23,7 @@ from streamproxy.status import CameraStatus, FloorStatus
 # The /api/cameras entry as the page (serve/web/app.js), the benchmarks and users' scripts know it.
 API_KEYS = [
     "name", "state", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
-    "fail_closed_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
+    "fail_closed_frames", "widened_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
     "privacy_floor", "resolution", "viewers", "reconnects", "encode_cpu_s", "sub_stream", "whep", "publish",
 ]  # fmt: skip
 DETECTOR_KEYS = ["model", "detect_every", "input_width", "max_detect_every", "min_input_width", "keep_ratio", "error"]
@@ -126,6 +126,7 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     m.drop("overload")
     m.drop("slow_viewer", 2)
     pipe.engine.stats.failed_closed("detector_error", dropped=False)
+    pipe.engine.stats.frame_widened()
     text = json.dumps(camera_json(CameraStatus(cam.name, f"/{cam.name}/whep", pipe.snapshot(), pub.snapshot())))
     out = json.loads(text)
     assert list(out) == API_KEYS
@@ -143,6 +144,7 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     prom = REGISTRY.get_sample_value
     assert out["frames_in"] == 2 == prom("streamproxy_frames_in_total", {"camera": "shape-cam"})
     assert out["fail_closed_frames"] == 1
+    assert out["widened_frames"] == 1 == prom("streamproxy_widened_frames_total", {"camera": "shape-cam"})
     assert prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
     # A snapshot that failed: the entry still names the camera and its WHEP endpoint.
     assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {"name": "gone", "state": "unknown", "whep": "/gone/whep"}

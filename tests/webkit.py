@@ -62,6 +62,7 @@ class FakePipeline:
             frames_out=0,
             dropped=DropCounts(),
             fail_closed_frames=0,
+            widened_frames=0,
             faces=0,
             tracks=0,
             latency_ms=LatencyStatus(10.0, 20.0, 150.0),

@@ -59,12 +59,17 @@ log = logging.getLogger(__name__)
 # by up to this many face widths per second on each side (the tracker's largest believable speed:
 # a walker crossing the view), at most BACKFILL_MAX_FACES.
 BACKFILL_FACES_PER_S = 8.0
-BACKFILL_MAX_FACES = 2.0
+BACKFILL_MAX_FACES = 1.0
 # A face seen at both runs: its mask is interpolated between the two, plus this margin per side
 # (face widths) for a path that was not straight.
 INTERP_MARGIN_FACES = 0.15
 # Bulk video: a temporal-fill mask overlapping one of the tracker's this much is merged into it.
 MERGE_IOU = 0.5
+# A frame whose masks were grown past the face by more than this many face sizes per side, for what
+# the engine could not know (a face seen once, a gap, fast motion), is counted as widened
+# (EngineStats.widened_frames, streamproxy_widened_frames_total): over-masking the engine chose for
+# safety, reported as fail-closed frames are.
+WIDE_MARGIN_FACES = 0.4
 
 
 @dataclass(slots=True)
@@ -75,6 +80,7 @@ class _Held:
     t: float
     decoded_at: float
     masks: dict[int, Box]  # track id -> predicted mask
+    margin: float  # the widest of their margins (face sizes per side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,7 @@ class _OfflineHeld:
     t: float
     decoded_at: float
     masks: tuple[Box, ...]  # the forward tracker's
+    margin: float  # the widest of their margins (face sizes per side)
     faces: int
     ran: bool
     ms: float
@@ -112,6 +119,7 @@ class PendingFrame:
     _cfg: EngineConfig
     fail_reason: str = ""  # set: failed closed (whole frame obfuscated, or dropped)
     _drop: bool = False
+    widened: bool = False  # a mask was grown past WIDE_MARGIN_FACES for safety (counted)
 
     @property
     def fail_closed(self) -> bool:
@@ -137,11 +145,8 @@ class PendingFrame:
             self.detector_ran,
             self.detector_ms,
             False,
+            widened=self.widened,
         )
-
-
-def _grown(box: Box, side: float) -> Box:
-    return Box(box.x1 - side, box.y1 - side, box.x2 + side, box.y2 + side)
 
 
 def _merged(masks: tuple[Box, ...], more: list[Box]) -> tuple[Box, ...]:
@@ -153,18 +158,8 @@ def _merged(masks: tuple[Box, ...], more: list[Box]) -> tuple[Box, ...]:
         if k is None:
             out.append(m)
         else:
-            out[k] = _union(out[k], m)
+            out[k] = out[k].union(m)
     return tuple(out)
-
-
-def _union(a: Box, b: Box) -> Box:
-    return Box(min(a.x1, b.x1), min(a.y1, b.y1), max(a.x2, b.x2), max(a.y2, b.y2))
-
-
-def _lerp(a: Box, b: Box, f: float) -> Box:
-    return Box(
-        a.x1 + (b.x1 - a.x1) * f, a.y1 + (b.y1 - a.y1) * f, a.x2 + (b.x2 - a.x2) * f, a.y2 + (b.y2 - a.y2) * f
-    )
 
 
 class EngineEvents(Protocol):
@@ -173,6 +168,8 @@ class EngineEvents(Protocol):
     def detection(self, seconds: float, faces: int) -> None: ...
 
     def fail_closed_frame(self, reason: FailClosedReason) -> None: ...
+
+    def widened_frame(self) -> None: ...
 
 
 @dataclass
@@ -185,6 +182,7 @@ class EngineStats:
     faces_detected: int = 0
     fail_closed_frames: int = 0
     dropped_frames: int = 0  # failed closed with fail_closed.action = drop
+    widened_frames: int = 0  # masks grown past the face for safety (WIDE_MARGIN_FACES)
     detector_ms_total: float = 0.0
     events: EngineEvents | None = field(default=None, repr=False, compare=False)
 
@@ -195,6 +193,12 @@ class EngineStats:
         self.faces_detected += faces
         if self.events is not None:
             self.events.detection(ms / 1000, faces)
+
+    def frame_widened(self) -> None:
+        """One frame whose masks were grown past the face for safety (WIDE_MARGIN_FACES)."""
+        self.widened_frames += 1
+        if self.events is not None:
+            self.events.widened_frame()
 
     def failed_closed(self, reason: FailClosedReason, dropped: bool) -> None:
         """One frame failed closed (whole frame obfuscated, or dropped)."""
@@ -335,6 +339,12 @@ class Anonymizer:
     def push_offline(
         self, frame: av.VideoFrame, t: float, strong: float | None = None, decoded_at: float = 0.0
     ) -> list[AnonymizedFrame]:
+        """`push_offline_pending`, each frame rendered here (bulk video renders in its engine thread)."""
+        return [p.render() for p in self.push_offline_pending(frame, t, strong, decoded_at)]
+
+    def push_offline_pending(
+        self, frame: av.VideoFrame, t: float, strong: float | None = None, decoded_at: float = 0.0
+    ) -> list[PendingFrame]:
         """Bulk video: take one frame; return the frames that may be written now, in order.
 
         One result per frame pushed, in push order (`frame` None: dropped, failing closed); call
@@ -344,12 +354,12 @@ class Anonymizer:
         `temporal.WINDOW_S` of later frames have been detected (fewer when they would exceed
         `temporal.WINDOW_MAX_BYTES`), masked by the tracker and by the temporal fill.
         """
-        out: list[AnonymizedFrame] = []
+        out: list[PendingFrame] = []
         if self._offline and (self._offline[0].frame.width, self._offline[0].frame.height) != (
             frame.width,
             frame.height,
         ):
-            out += self.flush_offline()  # a new size resets the tracker: finish the old size first
+            out += self.flush_offline_pending()  # a new size resets the tracker: finish the old size first
         thr = self.cfg.detector.threshold if strong is None else strong
         if self._fill is None or self._fill.strong != thr:
             self._fill = TemporalFill(thr, WEAK_THRESHOLD, self.cfg.obfuscation.box_factor)
@@ -359,37 +369,45 @@ class Anonymizer:
         dets, ms, reason = self._detect((index + int(self.detect_phase * every)) % every == 0, frame, None)
         if reason:
             drop = self._count_fail(reason)
-            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, (), 0, True, ms, reason, drop))
+            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, (), 0.0, 0, True, ms, reason, drop))
         else:
             sure = None if dets is None else [d for d in dets if d.score >= thr]
             tracks = self._masks(sure, t, frame.width, frame.height)
             self._fill.add(index, t, dets)
             masks = tuple(tr.mask for tr in tracks)
+            margin = max((tr.margin for tr in tracks), default=0.0)
             faces = len(sure) if sure is not None else 0
-            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, masks, faces, dets is not None, ms))
+            self._offline.append(
+                _OfflineHeld(frame, index, t, decoded_at, masks, margin, faces, dets is not None, ms)
+            )
         cap = max(1, WINDOW_MAX_BYTES // max(1, frame.width * frame.height * 3 // 2))
         while self._offline and (t - self._offline[0].t >= WINDOW_S or len(self._offline) > cap):
             out.append(self._release_offline())
         return out
 
     def flush_offline(self) -> list[AnonymizedFrame]:
+        """`flush_offline_pending`, each frame rendered here."""
+        return [p.render() for p in self.flush_offline_pending()]
+
+    def flush_offline_pending(self) -> list[PendingFrame]:
         """Bulk video, end of file (or of a frame size): every held frame, masked, in order."""
         out = [self._release_offline() for _ in range(len(self._offline))]
         self._fill = None
         return out
 
-    def _release_offline(self) -> AnonymizedFrame:
+    def _release_offline(self) -> PendingFrame:
         h = self._offline.pop(0)
-        if h.fail_reason or self._fill is None:
-            masks: tuple[Box, ...] = h.masks
-        else:
-            masks = _merged(h.masks, self._fill.masks(h.index, h.t))
+        masks: tuple[Box, ...] = h.masks
+        margin = h.margin
+        if not h.fail_reason and self._fill is not None:
+            more, fill_margin = self._fill.masks_and_margin(h.index, h.t)
+            masks, margin = _merged(h.masks, more), max(margin, fill_margin)
             nxt = self._offline[0] if self._offline else h
             self._fill.forget(nxt.index, nxt.t, self._offline[-1].t if self._offline else h.t)
-        pending = PendingFrame(
-            h.frame, h.decoded_at, masks, h.faces, h.ran, h.ms, self.cfg, fail_reason=h.fail_reason, _drop=h.drop
-        )
-        return pending.render()
+        return PendingFrame(
+            h.frame, h.decoded_at, masks, h.faces, h.ran, h.ms, self.cfg, fail_reason=h.fail_reason, _drop=h.drop,
+            widened=self._widened(margin, h.fail_reason),
+        )  # fmt: skip
 
     # --- live: look-ahead -------------------------------------------------------------------
 
@@ -434,11 +452,13 @@ class Anonymizer:
         if due or self.detector is None or self._detector_failing:
             return out + self._run_on(frame, t, decoded_at)
         self._since_run += 1
-        masks = {tr.track_id: tr.mask for tr in self._masks(None, t, frame.width, frame.height)}
+        tracks = self._masks(None, t, frame.width, frame.height)
+        masks = {tr.track_id: tr.mask for tr in tracks}
+        margin = max((tr.margin for tr in tracks), default=0.0)
         if self._since_run <= self.max_unmasked_frames:
-            out.append(self._finish(frame, decoded_at, list(masks.values())))
+            out.append(self._finish(frame, decoded_at, list(masks.values()), margin=margin))
         else:
-            self._held.append(_Held(frame, t, decoded_at, masks))
+            self._held.append(_Held(frame, t, decoded_at, masks, margin))
         return out
 
     def flush(self) -> list[AnonymizedFrame]:
@@ -463,31 +483,39 @@ class Anonymizer:
             out = [self._fail_frame(h.frame, h.decoded_at, 0.0, reason) for h in held]
             return [*out, self._fail_frame(frame, decoded_at, ms, reason)]
         tracks = self._masks(dets, t, frame.width, frame.height)
-        out = [self._finish(h.frame, h.decoded_at, self._backfill(h, tracks, t)) for h in held]
+        out = [self._finish(h.frame, h.decoded_at, *self._backfill(h, tracks, t)) for h in held]
         self._remember_run(tracks, t)
-        out.append(
-            self._finish(frame, decoded_at, [tr.mask for tr in tracks], faces=len(dets or []), ran=True, ms=ms)
-        )
+        margin = max((tr.margin for tr in tracks), default=0.0)
+        masks = [tr.mask for tr in tracks]
+        out.append(self._finish(frame, decoded_at, masks, margin, faces=len(dets or []), ran=True, ms=ms))
         return out
 
-    def _backfill(self, held: _Held, tracks: list[Track], t_run: float) -> list[Box]:
+    def _backfill(self, held: _Held, tracks: list[Track], t_run: float) -> tuple[list[Box], float]:
         """Masks for a frame that waited: the tracker's prediction for it, each track's mask
         widened to what the run after it showed (one box per track: overlapping masks would be
-        obfuscated twice)."""
+        obfuscated twice); and the widest margin added (face sizes per side).
+
+        A face seen at both runs is masked along the line between them; a face first found at the
+        run is masked where it was found, grown by BACKFILL_FACES_PER_S per second back (at most
+        BACKFILL_MAX_FACES): the fastest face of the dev clips moves 0.33 face widths a frame."""
         boxes = dict(held.masks)
+        margin = held.margin
         span = t_run - self._run_t if self._run_t is not None else 0.0
         for tr in tracks:
             size = max(tr.box.width, tr.box.height, 1.0)
             before = self._run_masks.get(tr.track_id)
             if before is not None and span > 1e-6 and self._run_t is not None:
                 f = min(1.0, max(0.0, (held.t - self._run_t) / span))
-                box = _grown(_lerp(before, tr.mask, f), INTERP_MARGIN_FACES * size)
+                box = before.lerp(tr.mask, f).grown(INTERP_MARGIN_FACES * size)
+                margin = max(margin, INTERP_MARGIN_FACES)
             else:
                 back = max(0.0, t_run - held.t)
-                box = _grown(tr.mask, min(BACKFILL_FACES_PER_S * back, BACKFILL_MAX_FACES) * size)
+                faces = min(BACKFILL_FACES_PER_S * back, BACKFILL_MAX_FACES)
+                box = tr.mask.grown(faces * size)
+                margin = max(margin, faces)
             predicted = boxes.get(tr.track_id)
-            boxes[tr.track_id] = box if predicted is None else _union(predicted, box)
-        return list(boxes.values())
+            boxes[tr.track_id] = box if predicted is None else predicted.union(box)
+        return list(boxes.values()), margin
 
     def _remember_run(self, tracks: list[Track], t: float) -> None:
         self._run_masks = {tr.track_id: tr.mask for tr in tracks}
@@ -498,11 +526,20 @@ class Anonymizer:
         frame: av.VideoFrame,
         decoded_at: float,
         masks: list[Box],
+        margin: float = 0.0,
         faces: int = 0,
         ran: bool = False,
         ms: float = 0.0,
     ) -> PendingFrame:
-        return PendingFrame(frame, decoded_at, tuple(masks), faces, ran, ms, self.cfg)
+        widened = self._widened(margin, "")
+        return PendingFrame(frame, decoded_at, tuple(masks), faces, ran, ms, self.cfg, widened=widened)
+
+    def _widened(self, margin: float, fail_reason: str) -> bool:
+        """Whether a frame's masks were widened for safety (counted here, once per frame)."""
+        if fail_reason or margin <= WIDE_MARGIN_FACES:
+            return False
+        self.stats.frame_widened()
+        return True
 
     def _fail_frame(
         self, frame: av.VideoFrame, decoded_at: float, ms: float, reason: FailClosedReason

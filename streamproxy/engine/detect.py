@@ -444,7 +444,14 @@ class OnnxFaceDetector:
         (dog faces, patterns) get CenterFace scores under 0.2, its true faces 0.38 and up.
         """
         cfg = self.cfg
-        need = ((faces[:, 2] - faces[:, 0]) >= self.verify_min_px) & (faces[:, 4] < cfg.verify_skip)
+        # Weak candidates (bulk video reports boxes under the configured threshold to the temporal
+        # fill) are not looked at: they mask nothing unless a confident box of the same face, which
+        # is looked at, confirms them.
+        need = (
+            ((faces[:, 2] - faces[:, 0]) >= self.verify_min_px)
+            & (faces[:, 4] < cfg.verify_skip)
+            & (faces[:, 4] >= cfg.threshold)
+        )
         if not need.any():
             return faces
         verifier = self._verifier

@@ -8,9 +8,16 @@ occlusion). The tracker turns its sparse, jittery boxes into one mask per face p
 - motion: an alpha-beta filter (constant velocity, px/s) per track centre, so the mask follows a
   walking face between detector runs instead of trailing behind it;
 - coasting: a face the detector stops seeing stays masked for `coast_seconds` after it was last
-  seen, its mask covering both where it was and where it is predicted to be, growing with time;
+  seen, where it is predicted to be, the mask growing with the time since and the speed by a
+  bounded margin (MAX_MARGIN_FACES per side);
 - privacy before aesthetics: the smoothed mask is widened to contain the raw detection whenever
-  smoothing lags, masks grow with speed, and with `min_hits=1` a face is masked on first sight.
+  smoothing lags, and with `min_hits=1` a face is masked on first sight.
+
+A mask follows the face, not the path the face could have taken: it is never the union of where a
+face was and where it may be now (that rectangle grew to half the picture for a fast face coasting
+a second: 7.5 % of dev_street's picture changed outside the faces in the median frame). Where the
+tracker cannot know (a face seen once, a long gap), the margin grows with time up to the cap; the
+frames before a detection are the look-ahead's and the temporal fill's business (they know both ends).
 
 Only ids, boxes and velocities are kept: nothing about a face's appearance.
 """
@@ -26,17 +33,21 @@ from streamproxy.types import Box, Detection, Track
 
 log = logging.getLogger(__name__)
 
-# Prediction uncertainty: per second since the face was last seen, each side of the mask moves out
-# by this many face sizes (on top of covering the path from the last seen to the predicted box).
-# Velocity-known tracks need a margin for turns and stops; a track seen once has no velocity yet, and
-# a walker crossing the view moves several face widths a second, so it gets a much wider margin.
+# Prediction uncertainty, per second since the face was last seen: each side of the mask moves out
+# by this many face sizes, plus `speed_grow` x the speed in face sizes per second (a fast face's
+# velocity is known less well in absolute terms). A track seen once has no velocity yet: its mask
+# stays where it was seen and grows faster.
 UNCERTAINTY_FACES_PER_S = 1.0
 UNKNOWN_VELOCITY_FACES_PER_S = 4.0
-# The time-based margin stops growing here (faces per side): a long coast must not mask half the frame.
-MAX_UNCERTAINTY_FACES = 2.0
-# Speeds above this many face widths per second are treated as this (a bad match must not
-# produce a frame-sized mask; growth is a margin for motion, not a fix for a wrong velocity).
+# The margin stops growing here (face sizes per side): a mask is at most 1 + 2 x this many face
+# sizes across beyond the configured mask scale, never a picture-wide rectangle.
+MAX_MARGIN_FACES = 0.5
+# Predicted motion is clamped to this many face widths per second (a bad match must not send the
+# mask across the picture; a walker crossing the view is ~2-5).
 MAX_SPEED_FACES_PER_S = 8.0
+# A lost track is kept at least this long (one or two detector runs at the live cadence), longer
+# when it had been followed longer (Tracker._coast_s).
+MIN_COAST_S = 0.2
 # Snap instead of smoothing when the detection's centre is further than this many face widths from
 # the prediction: smoothing would trail the face over several frames.
 SNAP_FACES = 0.5
@@ -55,18 +66,23 @@ class _State:
     vy: float
     t: float  # time of cx, cy
     t_seen: float  # last time a detection matched
-    seen_box: Box  # smoothed box when last seen (start of the coasting path)
+    t_first: float  # first time it was seen
     last_det: Box | None  # raw detection of the current frame (None on frames without a match)
     hits: int
     misses: int
 
+    def velocity(self) -> tuple[float, float]:
+        """The velocity used for prediction: the estimate, its speed clamped to MAX_SPEED_FACES_PER_S."""
+        speed = math.hypot(self.vx, self.vy)
+        cap = MAX_SPEED_FACES_PER_S * max(self.w, 1.0)
+        if speed <= cap:
+            return self.vx, self.vy
+        return self.vx * cap / speed, self.vy * cap / speed
+
     def box_at(self, t: float) -> Box:
         dt = max(0.0, t - self.t)
-        return Box.from_center(self.cx + self.vx * dt, self.cy + self.vy * dt, self.w, self.h)
-
-
-def _union(a: Box, b: Box) -> Box:
-    return Box(min(a.x1, b.x1), min(a.y1, b.y1), max(a.x2, b.x2), max(a.y2, b.y2))
+        vx, vy = self.velocity()
+        return Box.from_center(self.cx + vx * dt, self.cy + vy * dt, self.w, self.h)
 
 
 class Tracker:
@@ -109,6 +125,7 @@ class Tracker:
             for s in self._tracks:
                 s.t += shift
                 s.t_seen += shift
+                s.t_first += shift
         self._last_t = t
 
         for s in self._tracks:
@@ -117,9 +134,7 @@ class Tracker:
             self._associate(detections, t)
             # A track the detector has missed is deleted once it has coasted long enough. Tracks the
             # detector has not yet had a chance to re-check (frames with detections=None) are kept.
-            self._tracks = [
-                s for s in self._tracks if s.misses == 0 or t - s.t_seen <= self.cfg.coast_seconds
-            ]
+            self._tracks = [s for s in self._tracks if s.misses == 0 or t - s.t_seen <= self._coast_s(s)]
 
         out: list[Track] = []
         for s in self._tracks:
@@ -163,6 +178,12 @@ class Tracker:
             if di not in used_d:
                 self._spawn(d.box, t)
 
+    def _coast_s(self, s: _State) -> float:
+        """How long a lost track stays masked: as long as it had been followed, at least MIN_COAST_S,
+        at most `coast_seconds`. A one-frame detection (often a false one: a pattern, a wheel) must
+        not leave a mask behind for a second; a face followed for seconds may."""
+        return min(self.cfg.coast_seconds, max(MIN_COAST_S, s.t_seen - s.t_first))
+
     @staticmethod
     def _similar_size(a: Box, b: Box) -> bool:
         # The distance fallback is for the same face moving fast, not for a small face next to a big one.
@@ -180,7 +201,7 @@ class Tracker:
             vy=0.0,
             t=t,
             t_seen=t,
-            seen_box=box,
+            t_first=t,
             last_det=box,
             hits=1,
             misses=0,
@@ -220,8 +241,6 @@ class Tracker:
         s.h += alpha * (z.height - s.h)
         s.t = t
         s.t_seen = t
-        # Where the face was, for the coasting path: the raw detection too, in case smoothing lagged.
-        s.seen_box = _union(Box.from_center(s.cx, s.cy, s.w, s.h), z)
         s.last_det = z
         s.hits += 1
         s.misses = 0
@@ -233,23 +252,17 @@ class Tracker:
         mask = box.scaled(self.mask_scale)
         if s.last_det is not None:
             # Smoothing may lag the face: the mask always contains the raw detection itself.
-            mask = _union(mask, s.last_det)
+            mask = mask.union(s.last_det)
         since = max(0.0, t - s.t_seen)
-        grow_side = 0.0  # face sizes added on each side
+        side = 0.0
         if since > 0:
-            # Between detector runs and while coasting the face may have stopped or kept going:
-            # cover the whole path from where it was seen to where it is predicted, and grow
-            # with time for what the prediction cannot know (turns, stops, or no velocity yet).
-            mask = _union(mask, s.seen_box.scaled(self.mask_scale))
+            # Between detector runs and while coasting the face may have turned or stopped: the
+            # mask around the prediction grows with time (faster while the velocity is unknown),
+            # up to a bounded margin.
+            speed = math.hypot(*s.velocity()) / max(s.w, 1.0)
             rate = UNKNOWN_VELOCITY_FACES_PER_S if s.hits < 2 else UNCERTAINTY_FACES_PER_S
-            grow_side += min(rate * since, MAX_UNCERTAINTY_FACES)
-        speed = math.hypot(s.vx, s.vy) / max(s.w, 1.0)
-        # speed_grow is the total growth (both sides) per face width per second of speed.
-        grow_side += self.cfg.speed_grow * min(speed, MAX_SPEED_FACES_PER_S) / 2
-        if grow_side > 0:
-            gx = grow_side * s.w
-            gy = grow_side * s.h
-            mask = Box(mask.x1 - gx, mask.y1 - gy, mask.x2 + gx, mask.y2 + gy)
+            side = min((rate + self.cfg.speed_grow * speed) * since, MAX_MARGIN_FACES)
+            mask = mask.grown(side * s.w, side * s.h)
         return Track(
             track_id=s.track_id,
             box=box,
@@ -259,4 +272,5 @@ class Tracker:
             hits=s.hits,
             misses=s.misses,
             coasting=s.misses > 0,
+            margin=side,
         )

@@ -620,6 +620,7 @@ class CameraPipeline:
             frames_out=m.frames_out_total,
             dropped=m.drops(),
             fail_closed_frames=self.engine.stats.fail_closed_frames,
+            widened_frames=self.engine.stats.widened_frames,
             faces=self.faces_now,
             tracks=self.tracks_now,
             latency_ms=LatencyStatus(
