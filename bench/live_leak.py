@@ -34,6 +34,9 @@ and the simulators.
 Targets (the issue's): dev_street N=1,2 leak <= 1.5 % overall and <= 1.0 % for faces >= 20 px; N=4 (and
 beyond) <= 2 %; dev_night no worse than bulk + 1 point. The headline gives the largest N that holds the
 clip's frame rate (>= 96 %: 24.0 of 25 fps, at the viewer and at every camera's output) and its target.
+dev_plaza (a fixed camera): faces >= 20 px <= 0.5 %. Over-masking is printed beside every leak: the shared
+`score_overmask.py` on the bulk output, and the same measure (bench/benchlib.py) on the frames the viewer
+received, the stamp's corner left out (the camera changed it); `--clip all` runs every clip.
 
     .venv/bin/python bench/live_leak.py --cameras 1,2 --clip dev_street --json bench/out/live_leak.json
     .venv/bin/python bench/live_leak.py --cameras 1 --seconds 25 --no-bulk     # a short trial
@@ -78,12 +81,21 @@ from streamproxy_sim.camsim import (
 from streamproxy_sim.harness import AppThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import OURS_BIN, REPO, cpu_note, run_timed
+from benchlib import (
+    OURS_BIN,
+    REPO,
+    Overmask,
+    cpu_note,
+    overmask_keep,
+    overmask_share,
+    parse_overmask,
+    run_timed,
+)
 from live import LOW_DELAY, CpuWindow, _wait, make_config
 
 log = logging.getLogger("bench.live_leak")
 
-CLIPS = ("dev_street", "dev_night")
+CLIPS = ("dev_street", "dev_night", "dev_plaza")
 DEFAULT_GT_DIR = REPO.parent / "shared" / "eval" / "videos_gt"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 BUCKETS = ("<20", "20-40", "40-80", ">=80")
@@ -415,6 +427,7 @@ class Score:
     longest_run_face: int | None = None
     frames_with_leak: int = 0
     missing: int = 0  # frames never received, left out of the ground truth
+    overmask: Overmask = field(default_factory=Overmask)  # of the received frames (the stamp left out)
     scorer_s: float = 0.0
     error: str | None = None
 
@@ -473,8 +486,27 @@ def run_scorer(clip: Clip, anonymized: Path, gt_path: Path, work: Path, args: ar
     return sc
 
 
+def overmask_received(clip: Clip, received: dict[int, np.ndarray], stamp: StampInfo) -> Overmask:
+    """Over-masking (benchlib: the shared score_overmask.py's measure) of the frames a viewer received;
+    the frame-index stamp's corner, which the camera itself changed, is left out."""
+    faces: dict[int, list[tuple[float, float, float, float]]] = {}
+    for r in clip.gt["boxes"]:
+        faces.setdefault(int(r[0]), []).append((float(r[2]), float(r[3]), float(r[4]), float(r[5])))
+    shares: list[float] = []
+    with av.open(str(clip.mp4)) as src:
+        for i, f in enumerate(src.decode(video=0)):
+            arr = received.get(i)
+            if arr is None:
+                continue
+            y = f.to_ndarray(format="gray")
+            keep = overmask_keep(y.shape, faces.get(i, []), [(0, 0, stamp.width, stamp.height)])
+            shares.append(overmask_share(y, arr[: clip.height], keep))
+    return Overmask.of(shares)
+
+
 def score_received(
-    clip: Clip, received: dict[int, np.ndarray], work: Path, label: str, args: argparse.Namespace
+    clip: Clip, received: dict[int, np.ndarray], work: Path, label: str, args: argparse.Namespace,
+    stamp: StampInfo | None = None,
 ) -> Score:
     missing = set(range(clip.frames)) - set(received)
     gt = dict(clip.gt)
@@ -488,6 +520,8 @@ def score_received(
     finally:
         video.unlink(missing_ok=True)
     sc.missing = len(missing)
+    if stamp is not None:
+        sc.overmask = overmask_received(clip, received, stamp)
     return sc
 
 
@@ -533,6 +567,11 @@ def bulk_step(clip: Clip, work: Path, args: argparse.Namespace) -> Run:
     run.notes.append(f"bulk: {r.output_tail.strip().splitlines()[-1] if r.output_tail.strip() else ''}")
     try:
         run.score = run_scorer(clip, out, clip.gt_path, work, args)
+        om = run_timed(
+            [str(VENV_PYTHON), str(args.gt_dir / "score_overmask.py"), str(clip.mp4), str(out), str(clip.gt_path)],
+            args.scorer_timeout,
+        )
+        run.score.overmask = parse_overmask(om.output_tail)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return run
@@ -574,7 +613,7 @@ def camera_step(clip: Clip, stamp: StampInfo, work: Path, args: argparse.Namespa
         sim.stop()
     assert viewer is not None
     run.view = finish_view(viewer, clip, run.window_s)
-    run.score = score_received(clip, viewer.frames, work, "camera", args)
+    run.score = score_received(clip, viewer.frames, work, "camera", args, stamp)
     return run
 
 
@@ -678,7 +717,7 @@ def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.
                 s.stop()
     assert viewer is not None
     run.view = finish_view(viewer, clip, run.window_s)
-    run.score = score_received(clip, viewer.frames, work, f"proxy-n{n}", args)
+    run.score = score_received(clip, viewer.frames, work, f"proxy-n{n}", args, stamp)
     return run
 
 
@@ -694,6 +733,8 @@ def leak_target(clip: Clip, n: int, sc: Score, bulk: Run | None) -> tuple[bool |
             ok = sc.leak <= 0.015 and (sc.leak_ge20 is None or sc.leak_ge20 <= 0.010)
             return ok, "<= 1.5 % and >= 20 px <= 1.0 %"
         return sc.leak <= 0.02, "<= 2 %"
+    if clip.name == "dev_plaza":  # a fixed camera: faces >= 20 px are what the issues set the bar on
+        return (sc.leak_ge20 is not None and sc.leak_ge20 <= 0.005), ">= 20 px <= 0.5 %"
     if bulk is None or bulk.score.leak is None:
         return None, "bulk + 1 point (no bulk score)"
     return sc.leak <= bulk.score.leak + 0.01, f"<= bulk + 1 point ({100 * (bulk.score.leak + 0.01):.2f} %)"
@@ -746,12 +787,15 @@ def print_clip(clip: Clip, stamp: StampInfo, runs: list[Run], args: argparse.Nam
         )
     print(
         "  leak columns: % of scored face-frames leaked (overall, by face width px); 'max run' = longest run of "
-        "leaked frames of one face; CPU as % of ONE core"
+        "leaked frames of one face; CPU as % of ONE core; over-mask = share of the picture changed outside the "
+        "faces' grown boxes (received frames; the stamp corner left out): median / p90 / max per frame, and the "
+        "share of frames over 10 %"
     )
     hdr = (
         f"{'run':>10} | {'leak %':>6} | {'<20':>6} | {'20-40':>6} | {'40-80':>6} | {'>=80':>6} | {'>=20':>6} | "
         f"{'max run':>10} | {'scored':>6} | {'missing':>7} | {'fps view/out0/min':>17} | "
-        f"{'drops cam0 / all':>24} | {'p50/p99 0/max ms':>16} | {'CPU prx/view/sims':>17} | target"
+        f"{'drops cam0 / all':>24} | {'p50/p99 0/max ms':>16} | {'CPU prx/view/sims':>17} | "
+        f"{'over-mask med/p90/max, >10 %':>40} | target"
     )
     print(hdr)
     print("-" * (len(hdr) + 6))
@@ -784,7 +828,7 @@ def print_clip(clip: Clip, stamp: StampInfo, runs: list[Run], args: argparse.Nam
             f"{name:>10} | {_p(sc.leak):>6} | {_p(sc.by_width.get('<20')):>6} | {_p(sc.by_width.get('20-40')):>6} | "
             f"{_p(sc.by_width.get('40-80')):>6} | {_p(sc.by_width.get('>=80')):>6} | {_p(sc.leak_ge20):>6} | "
             f"{run_s:>10} | {sc.face_frames:>6} | {missing:>7} | {fps:>17} | {drops:>24} | {lat:>16} | "
-            f"{cpu:>17} | {target}"
+            f"{cpu:>17} | {sc.overmask.text():>40} | {target}"
         )
     for r in runs:
         name = f"proxy N={r.n}" if r.kind == "proxy" else r.kind
@@ -805,9 +849,11 @@ def print_clip(clip: Clip, stamp: StampInfo, runs: list[Run], args: argparse.Nam
         for note in r.notes:
             print(f"  {name}: {note}")
     best = largest_n_ok(clip, runs)
+    at = next((r for r in runs if r.kind == "proxy" and r.n == best), None)
     print(
         f"{clip.name}: largest N holding {clip.fps} fps (>= {FPS_HOLD * clip.fps:.1f} fps out) and the leak target "
         f"at once: N={best if best is not None else 'none'}"
+        + (f" (leak {_p(at.score.leak)} %, over-masking {at.score.overmask.text()})" if at is not None else "")
     )
 
 
@@ -822,7 +868,7 @@ def outside_repo(path: Path, what: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clip", choices=[*CLIPS, "both"], default="dev_street")
+    p.add_argument("--clip", choices=[*CLIPS, "all"], default="dev_street", help="a clip, or all of them")
     p.add_argument("--cameras", default="1,2,4,6", help="comma-separated camera counts")
     p.add_argument(
         "--seconds",
@@ -879,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"live_leak: {OURS_BIN} missing (or pass --no-bulk)", file=sys.stderr)
         return 2
     counts = [int(x) for x in args.cameras.split(",") if x.strip()]
-    names = list(CLIPS) if args.clip == "both" else [args.clip]
+    names = list(CLIPS) if args.clip == "all" else [args.clip]
     clips = [load_clip(args.gt_dir, nm) for nm in names]
     results: dict[str, Any] = {
         "machine": cpu_note(),

@@ -15,8 +15,14 @@ Configurations:
   default thresh 0.2, mask-scale 1.3, blur; `--no-deface` skips it.
 
 Printed per row: leak % overall and by face width (< 20, 20-40, 40-80, >= 80 px; leaked / scored
-face-frames), frames with a leaked face, the longest leaked run of one face, wall seconds of the
-whole command (process start and model load included) and fps = clip frames / wall. Speed on this
+face-frames), frames with a leaked face, the longest leaked run of one face, the over-masking (the
+shared `score_overmask.py`: share of the picture changed outside the faces' grown boxes, per frame:
+median / p90 / max, and the share of frames over 10 %), wall seconds of the whole command (process
+start and model load included) and fps = clip frames / wall.
+
+A clip of `../shared/eval/videos` without face boxes (`--clips short_hamilton_clip`) gets the
+over-masking only, against an empty box list: the share of the whole picture that changed, to set
+beside what deface changes on it. Speed on this
 2-core shared machine is noisy: compare rows of one run, and re-run before quoting.
 
     .venv/bin/python bench/video_leak.py                                  # both clips, 3 presets + deface
@@ -38,13 +44,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import DEFACE_BIN, OURS_BIN, REPO, cpu_note, deface_available, ours_available, run_timed
+from benchlib import (
+    DEFACE_BIN,
+    OURS_BIN,
+    REPO,
+    Overmask,
+    cpu_note,
+    deface_available,
+    ours_available,
+    parse_overmask,
+    run_timed,
+)
 
 log = logging.getLogger("bench.video_leak")
 
 DEFAULT_GT_DIR = REPO.parent / "shared" / "eval" / "videos_gt"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
-CLIPS = ("dev_street", "dev_night")
+NO_GT_DIR = REPO.parent / "shared" / "eval" / "videos"
+CLIPS = ("dev_street", "dev_night", "dev_plaza")
 BUCKETS = ("<20", "20-40", "40-80", ">=80")
 
 
@@ -61,10 +78,27 @@ class Row:
     by_width: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [leaked, scored]
     longest_run: int = 0
     longest_run_face: int | None = None
+    overmask: Overmask = field(default_factory=Overmask)
     error: str = ""
 
 
+def score_overmask(gt_dir: Path, original: Path, gt: Path, video: Path, timeout_s: float, row: Row) -> None:
+    cmd = [str(VENV_PYTHON), str(gt_dir / "score_overmask.py"), str(original), str(video), str(gt)]
+    r = run_timed(cmd, timeout_s)
+    if not r.ok:
+        row.error = f"overmask scorer rc {r.rc}: {r.output_tail.strip()[-300:]}"
+        return
+    row.overmask = parse_overmask(r.output_tail)
+
+
 def score(gt_dir: Path, clip: str, video: Path, work: Path, timeout_s: float, row: Row) -> None:
+    original, gt = gt_dir / f"{clip}.mp4", gt_dir / f"{clip}.gt.json"
+    if not gt.is_file():  # a clip without face boxes: over-masking of the whole picture only
+        empty = work / f"{clip}.nogt.json"
+        empty.write_text(json.dumps({"boxes": []}))
+        score_overmask(gt_dir, NO_GT_DIR / f"{clip}.mp4", empty, video, timeout_s, row)
+        return
+    score_overmask(gt_dir, original, gt, video, timeout_s, row)
     out_json = work / f"score-{row.name.replace(':', '_')}-{clip}.json"
     cmd = [
         str(VENV_PYTHON), str(gt_dir / "score_leak.py"), "--original", str(gt_dir / f"{clip}.mp4"),
@@ -108,7 +142,7 @@ def table(clip: str, meta: dict[str, Any], rows: list[Row]) -> str:
     lines = [
         f"clip {clip}: {meta['width']}x{meta['height']}@{meta['fps']}, {meta['frames']} frames",
         f"{'config':>18} | leak % |" + "|".join(f"{b:>7} " for b in BUCKETS)
-        + "| frames leaked | max run (face) | scored |  wall s |   fps",
+        + "| frames leaked | max run (face) | scored | over-masking median / p90 / max, frames > 10 % |  wall s |   fps",
     ]  # fmt: skip
     for r in rows:
         if r.error:
@@ -119,9 +153,19 @@ def table(clip: str, meta: dict[str, Any], rows: list[Row]) -> str:
         leak = f"{100 * r.leak:6.2f}" if r.leak is not None else "     -"
         lines.append(
             f"{r.name:>18} | {leak} |{buckets}| {r.frames_with_leak:>13} | {run:>14} | {r.face_frames:>6} "
-            f"| {r.wall_s or 0:7.1f} | {r.fps or 0:5.1f}"
+            f"| {r.overmask.text():>47} | {r.wall_s or 0:7.1f} | {r.fps or 0:5.1f}"
         )
     return "\n".join(lines)
+
+
+def probe_meta(mp4: Path) -> dict[str, Any]:
+    """Size, rate and frame count of a clip without ground truth (decoded: the count is exact)."""
+    import av
+
+    with av.open(str(mp4)) as c:
+        st = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(st))
+        return {"width": st.width, "height": st.height, "fps": float(st.average_rate or 0), "frames": frames}
 
 
 def parse_named(spec: str) -> tuple[str, list[str]]:
@@ -175,11 +219,15 @@ def main() -> int:
         work = Path(tmp)
         for clip in [c for c in args.clips.split(",") if c]:
             mp4, gt_path = args.gt_dir / f"{clip}.mp4", args.gt_dir / f"{clip}.gt.json"
-            if not mp4.is_file() or not gt_path.is_file():
+            if not gt_path.is_file() and (NO_GT_DIR / f"{clip}.mp4").is_file():
+                mp4 = NO_GT_DIR / f"{clip}.mp4"
+                meta = probe_meta(mp4)
+            elif not mp4.is_file() or not gt_path.is_file():
                 print(f"video_leak: {clip}: {mp4} or {gt_path} missing", file=sys.stderr)
                 return 2
-            gt = json.loads(gt_path.read_text())
-            meta = {k: gt[k] for k in ("width", "height", "fps", "frames")}
+            else:
+                gt = json.loads(gt_path.read_text())
+                meta = {k: gt[k] for k in ("width", "height", "fps", "frames")}
             rows: list[Row] = []
             for name, extra in configs:
                 out_dir = work / f"out-{len(rows)}"
