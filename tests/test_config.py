@@ -131,7 +131,7 @@ def test_camera_sections_override_key_by_key() -> None:
             ],
             "engine": {
                 "detector": {"model": "centerface", "input_width": 960, "tiles": 2, "model_dir": "/models"},
-                "obfuscation": {"shape": "box", "pixel_blocks": 12},
+                "obfuscation": {"shape": "box", "pixel_blocks": 3},
                 "tracker": {"smoothing": 0.2, "min_hits": 2},
             },
             "privacy": {"min_face_px": 26},
@@ -143,7 +143,7 @@ def test_camera_sections_override_key_by_key() -> None:
     assert ea.detector.model_dump(exclude={"threshold"}) == eb.detector.model_dump(exclude={"threshold"})
     assert (ea.detector.model, ea.detector.input_width, ea.detector.tiles) == ("centerface", 960, 2)
     assert ea.detector.model_dir == Path("/models")
-    assert (ea.obfuscation.style, ea.obfuscation.shape, ea.obfuscation.pixel_blocks) == ("solid", "box", 12)
+    assert (ea.obfuscation.style, ea.obfuscation.shape, ea.obfuscation.pixel_blocks) == ("solid", "box", 3)
     assert eb.obfuscation.style == "blur"
     assert (ea.tracker.coast_seconds, ea.tracker.smoothing, ea.tracker.min_hits) == (2.5, 0.2, 2)
     assert eb.tracker.coast_seconds == 1.0
@@ -379,3 +379,55 @@ def test_sharding_is_stable_and_complete() -> None:
     assert shard_of("cam7", 3) == shard_of("cam7", 3)
     with pytest.raises(ValueError):
         cameras_for_shard(cfg, 3, 3)
+
+
+# --- obfuscation bounds from the face matcher (bench/reid.py) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obf", "key", "words"),
+    [
+        ({"pixel_blocks": 5}, "engine.obfuscation.pixel_blocks", "at most 4 blocks across a face, got 5"),
+        ({"pixel_blocks": 32}, "engine.obfuscation.pixel_blocks", "face matcher re-identifies"),
+        ({"blur_strength": 0.2}, "engine.obfuscation.blur_strength", "at least 0.25"),
+        ({"blur_strength": 0.2}, "engine.obfuscation.blur_strength", "face matcher re-identifies"),
+        ({"pixel_blocks": 2}, "engine.obfuscation.pixel_blocks", "greater than or equal to 3"),
+    ],
+)
+def test_obfuscation_settings_a_face_matcher_defeats_are_refused_with_the_reason(
+    obf: dict[str, object], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "engine": {"obfuscation": obf}})
+    assert key in str(err.value) and words in str(err.value), str(err.value)
+    # A camera's own section is held to the same bounds.
+    cam = {**MINIMAL["cameras"][0], "obfuscation": obf}
+    with pytest.raises(ConfigError, match=words.split(",")[0]):
+        parse_config({"cameras": [cam]})
+
+
+def test_obfuscation_bounds_accept_every_allowed_extreme() -> None:
+    from streamproxy.config import MAX_SAMPLES_ACROSS_FACE, MIN_BLUR_STRENGTH
+
+    for obf in ({"style": "pixelate", "pixel_blocks": 3}, {"style": "pixelate", "pixel_blocks": MAX_SAMPLES_ACROSS_FACE},
+                {"blur_strength": MIN_BLUR_STRENGTH}, {"blur_strength": 2.0}, {"mask_scale": 1.0}, {"mask_scale": 3.0}):
+        cfg = parse_config({**MINIMAL, "engine": {"obfuscation": obf}})
+        assert cfg.engine.obfuscation.model_dump(include=set(obf)) == obf
+    d = parse_config(MINIMAL).engine.obfuscation
+    assert (d.blur_strength, d.pixel_blocks) == (0.5, 4)  # defaults inside the bounds, with room
+
+
+def test_check_config_and_anonymize_refuse_fine_pixelation(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "cameras:\n  - name: lobby\n    url: rtsp://192.0.2.10/s\nengine:\n  obfuscation:\n    pixel_blocks: 8\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "streamproxy", "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1 and "engine.obfuscation.pixel_blocks" in r.stderr and "face matcher" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "anonymize", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "o"),
+         "--pixel-blocks", "8", "--blur-strength", "0.1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "--pixel-blocks: at most 4 blocks" in r.stderr and "--blur-strength: at least 0.25" in r.stderr, r.stderr

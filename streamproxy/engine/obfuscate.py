@@ -22,7 +22,7 @@ import av
 import cv2
 import numpy as np
 
-from streamproxy.config import ObfuscationConfig, PrivacyZone
+from streamproxy.config import MAX_SAMPLES_ACROSS_FACE, ObfuscationConfig, PrivacyZone
 from streamproxy.types import Box, Plane, Planes
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 # yuv420p black (limited range) and BGR black.
 Y_BLACK, UV_NEUTRAL, BGR_BLACK = 16, 128, 0
 # Blur: samples across a face = BLUR_SAMPLES_K / blur_strength, clamped: blur_strength is the blur
-# radius as a fraction of the face, so 0.5 (default) -> 2 samples, 0.2 -> 5, 2.0 -> 2. Measured on
-# the astronaut photo and the demo clip: at 8 samples YuNet still scored blurred faces 0.84, at 4 up
-# to 0.53 (a face-shaped blob is still a face to a detector), at 2 nothing above 0.2.
+# radius as a fraction of the face, so 0.5 (default) -> 2 samples, 0.25 (the least allowed) -> 4,
+# 2.0 -> 2. Measured on the astronaut photo and the demo clip: at 8 samples YuNet still scored blurred
+# faces 0.84, at 4 up to 0.53 (a face-shaped blob is still a face to a detector), at 2 nothing above
+# 0.2. The most samples of any style (blur samples, pixelate blocks) is the config's
+# MAX_SAMPLES_ACROSS_FACE, from a face matcher (bench/reid.py); the config refuses settings over it,
+# and the clamps here hold it for configs built in code without validation (model_copy).
 BLUR_SAMPLES_K = 1.0
-BLUR_MIN_SAMPLES, BLUR_MAX_SAMPLES = 2.0, 6.0
+BLUR_MIN_SAMPLES, BLUR_MAX_SAMPLES = 2.0, float(MAX_SAMPLES_ACROSS_FACE)
 # Never sample finer than this many frame pixels, so tiny faces are still coarsened.
 MIN_CELL_PX = 2.0
 # Fail-closed whole-frame pixelation: blocks across the frame width.
@@ -174,7 +177,7 @@ def _cell_px(mask: Box, cfg: ObfuscationConfig) -> float:
     # max(w, h): a mask clipped at the frame edge must not get a finer (weaker) blur.
     face = max(mask.width, mask.height) / cfg.box_factor
     if cfg.style == "pixelate":
-        n = float(cfg.pixel_blocks)
+        n = float(min(cfg.pixel_blocks, MAX_SAMPLES_ACROSS_FACE))
     else:
         n = min(BLUR_MAX_SAMPLES, max(BLUR_MIN_SAMPLES, BLUR_SAMPLES_K / cfg.blur_strength))
     return max(MIN_CELL_PX, face / n)
