@@ -122,7 +122,7 @@ class Subscription:
         self._last_pts = pts
         nxt = pkt.next_pts90k + self._offset if pkt.next_pts90k is not None else None
         if nxt is not None and nxt <= pts:
-            nxt = None  # an announcement that is not ahead is no use (rtp.py sends no AUD then)
+            nxt = None  # an announcement that is not ahead is no use
         if pts == pkt.pts90k and nxt == pkt.next_pts90k:
             return pkt
         return dataclasses.replace(pkt, pts90k=pts, next_pts90k=nxt)

@@ -127,10 +127,10 @@ class H264Encoder:
         # a slate has none, while viewers need a clock that only moves forward.
         #
         # Each frame also announces the next frame's timestamp (its own time + the recent frame
-        # interval), and the next frame takes the announced value unless it is far off. The RTSP
-        # server sends an access unit delimiter with that timestamp right after each frame: FFmpeg
-        # based viewers (ffplay, VLC's ffmpeg path, PyAV) then know the frame is complete at once,
-        # instead of one frame interval later when the next frame's first slice arrives.
+        # interval), and the next frame takes the announced value unless it is far off: evenly
+        # spaced timestamps under capture jitter. The announcement is a prediction, never sent as a
+        # timestamp: a frame far off takes its own time (rtsp/rtp.py stamps each access unit, its
+        # delimiter included, with the access unit's own timestamp).
         if self._t0 is None:
             self._t0 = decoded_at
         actual = round((decoded_at - self._t0) * CLOCK_RATE)

@@ -4,6 +4,13 @@ An access unit is split into payloads once and the payloads are shared by every 
 camera; each viewer only adds its own 12-byte RTP header (own SSRC, sequence numbers, timestamp
 offset), so the per-viewer cost is a few struct.pack calls and one write per frame. The packets'
 timestamps are taken as they come: the hub's Subscription already made them forward-only.
+
+Every NAL unit of an access unit carries that access unit's timestamp (RFC 6184 §5.1), and an
+access unit's packets leave together. The access unit delimiter that opens each one is its first
+NAL unit, stamped like the rest, never sent ahead: an AUD sent after a frame with the *predicted*
+next timestamp put a second timestamp into the next access unit whenever the next frame came
+earlier or later than predicted (uneven pacing, a shed frame, a busy host), and recorders saw
+their dts go back (ZoneMinder dropped such frames: "non increasing dts").
 """
 
 from __future__ import annotations
@@ -24,10 +31,9 @@ _TCP_RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length, then the R
 _SR = struct.Struct("!BBHIIIIII")
 
 Payloads = tuple[tuple[bytes, bool], ...]  # (payload, marker) per RTP packet of one access unit
-# An access unit delimiter (NAL type 9, any slice types) opening the next access unit. Sent right
-# after a frame's last packet with the next frame's announced timestamp: RFC 6184-conformant (it is
-# the first NAL of the next access unit, sent early), and it lets FFmpeg's H.264 parser, which
-# otherwise waits for the next frame's first slice, hand the frame to the decoder one frame earlier.
+# The access unit delimiter (NAL type 9, any slice types) that opens every access unit the server
+# sends, with that access unit's timestamp (see the module docstring): an explicit boundary for
+# recorders that keep the elementary stream (H.264 in MPEG-TS wants one in every access unit).
 AUD_PAYLOAD = b"\x09\xf0"
 
 
@@ -55,6 +61,11 @@ def packetize_h264(data: bytes, max_payload: int = MAX_PAYLOAD) -> Payloads:
     return tuple(out)
 
 
+def access_unit_payloads(data: bytes) -> Payloads:
+    """What the server sends for one access unit: its delimiter, then its NAL units."""
+    return ((AUD_PAYLOAD, False), *packetize_h264(data))
+
+
 class PayloadCache:
     """Payloads of the last few access units, keyed by the identity of their data, shared by all
     viewers (each viewer's packet is its own copy with its own timestamps, the data is one)."""
@@ -69,7 +80,7 @@ class PayloadCache:
         hit = self._items.get(key)
         if hit is not None and hit[0] is data:
             return hit[1]
-        payloads = packetize_h264(data)
+        payloads = access_unit_payloads(data)
         # Holding the data keeps its id from being reused by another object while cached.
         self._items[key] = (data, payloads)
         if len(self._items) > self._size:
@@ -117,18 +128,12 @@ class RtpStream:
         self.octets += sum(len(p) for p, _ in payloads)
         return ts
 
-    def _with_aud(self, pkt: EncodedPacket, ts: int, payloads: Payloads) -> list[tuple[bytes, bool, int]]:
-        out = [(payload, marker, ts) for payload, marker in payloads]
-        if pkt.next_pts90k is not None:
-            out.append((AUD_PAYLOAD, False, self.rtp_ts(pkt.next_pts90k)))
-        return out
-
     def packets_udp(self, pkt: EncodedPacket, payloads: Payloads) -> list[bytes]:
         ts = self._account(pkt, payloads)
         out = []
         seq = self.seq
-        for payload, marker, t in self._with_aud(pkt, ts, payloads):
-            out.append(_RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, t, self.ssrc) + payload)
+        for payload, marker in payloads:
+            out.append(_RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc) + payload)
             seq = (seq + 1) & 0xFFFF
         self.seq = seq
         return out
@@ -138,10 +143,10 @@ class RtpStream:
         ts = self._account(pkt, payloads)
         parts: list[bytes | memoryview] = []
         seq = self.seq
-        for payload, marker, t in self._with_aud(pkt, ts, payloads):
+        for payload, marker in payloads:
             parts.append(
                 _TCP_RTP_HEADER.pack(
-                    b"$", channel, 12 + len(payload), 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, t, self.ssrc
+                    b"$", channel, 12 + len(payload), 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc
                 )
             )
             parts.append(payload)
