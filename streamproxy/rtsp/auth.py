@@ -49,7 +49,7 @@ from typing import Literal
 
 from streamproxy import metrics
 from streamproxy.config import User
-from streamproxy.rtsp.protocol import parse_path
+from streamproxy.rtsp.protocol import log_text, parse_path
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ class Authenticator:
             # A summary, not a line per attempt: a brute force must not flood the log.
             log.warning(
                 "%s: %s authentication failed from %s: %d time(s) since the last report, %d in a row%s",
-                name,
+                log_text(name),  # the path the client asked for
                 self.protocol.upper(),
                 client,
                 rec.unlogged,

@@ -267,17 +267,37 @@ def base_url(uri: str, name: str) -> str:
 
 
 def safe_uri(uri: str) -> str:
-    """A request URI fit for logs: credentials a client put in the URL are removed. Never raises."""
+    """A request URI fit for logs: credentials a client put in the URL are removed, and it is
+    `log_text`. Never raises."""
     try:
         parts = urlsplit(uri)
         if parts.username is None and parts.password is None:
-            return uri
+            return log_text(uri)
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
         return "<malformed URI>"
     netloc = "***@" + host + (f":{port}" if port else "")
-    return parts._replace(netloc=netloc).geturl()
+    return log_text(parts._replace(netloc=netloc).geturl())
+
+
+LOG_TEXT_MAX = 120  # characters of one client string in a log line
+
+
+def log_text(text: str, limit: int = LOG_TEXT_MAX) -> str:
+    """A client's string (request line, path, header, user name), fit for one log line.
+
+    Every character that is not printable (CR, LF, NUL, other controls, Unicode line separators,
+    terminal escapes) is written as its escape (`\\r`, `\\x00`, `\\u2028`) and a backslash as two,
+    so a client cannot end our line or start one of its own, nor forge an escape; past `limit`
+    characters it is cut ("..." says so). A percent-decoded path needs this: `%0d%0a` is CR LF.
+    """
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not text.isprintable() or "\\" in text:
+        text = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text + "..." if cut else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from streamproxy.config import LimitsConfig
-from streamproxy.serve.limits import LimitEvents
+from streamproxy.serve.limits import LimitEvents, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -55,51 +55,6 @@ def plain_response(status: int, reason: str, text: str) -> bytes:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
-
-
-class Throttled:
-    """One log line a second at most for a stream of like events, with how many it stands for; the
-    last burst's count is logged when its second is over (a timer), not lost."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = LOG_INTERVAL_S) -> None:
-        self.log = logger
-        self.interval_s = interval_s
-        self.count = 0  # every event
-        self._pending = 0
-        self._detail = ""
-        self._level = logging.WARNING
-        self._last_line = -1e9
-        self._timer: asyncio.TimerHandle | None = None
-
-    def hit(self, detail: str, level: int = logging.WARNING) -> None:
-        self.count += 1
-        self._pending += 1
-        self._detail, self._level = detail, level
-        now = time.monotonic()
-        if now - self._last_line >= self.interval_s:
-            self._emit(now)
-        elif self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._timer = loop.call_later(self._last_line + self.interval_s - now, self._flush)
-
-    def _flush(self) -> None:
-        self._timer = None
-        if self._pending:
-            self._emit(time.monotonic())
-
-    def _emit(self, now: float) -> None:
-        more = f" (x{self._pending} since the last such line)" if self._pending > 1 else ""
-        self.log.log(self._level, "%s%s", self._detail, more)
-        self._pending = 0
-        self._last_line = now
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class HttpGuard:

@@ -10,6 +10,11 @@ with no session may sit idle, sessions in total and the time from SETUP to PLAY.
 oldest idle connection (or a session that never started) is reclaimed for the newcomer; only when
 there is none is it refused (503 for a connection, 453 for a session). A session belongs to its
 connection (TCP) or its client address (UDP): another connection naming its id gets 454.
+
+The log cannot be forged or flooded from the port: every string a client sent (a path, percent-
+decoded; a version; a method) is written through `protocol.log_text`, which escapes CR, LF, NUL
+and every other unprintable character, and what a request got wrong (malformed, an unknown path)
+is summarised per kind, one line a second at most with the count it stands for (`limits.Throttled`).
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from streamproxy.rtsp.protocol import (
     base_url,
     find_cseq,
     format_response,
+    log_text,
     parse_path,
     parse_request_head,
     parse_transport,
     safe_uri,
 )
 from streamproxy.rtsp.rtp import PayloadCache
-from streamproxy.serve.limits import LimitEvents
+from streamproxy.serve.limits import LimitEvents, Throttled
 from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
 
 log = logging.getLogger(__name__)
@@ -150,6 +156,9 @@ class RtspServer:
         self._conns: set[_Connection] = set()
         self._by_addr: dict[str, set[_Connection]] = {}
         self.limit_events = LimitEvents("rtsp", log)
+        # Requests that went wrong on the client's side: one line a second at most per kind.
+        self.bad_requests = Throttled(log)
+        self.unknown_paths = Throttled(log)
         self._server: asyncio.Server | None = None
         self._udp: tuple[asyncio.DatagramTransport, asyncio.DatagramTransport] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -248,6 +257,8 @@ class RtspServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 2.0)
         self._stopping = False
+        self.bad_requests.flush()
+        self.unknown_paths.flush()
         log.info("-: RTSP server stopped")
 
     async def __aenter__(self) -> RtspServer:
@@ -454,7 +465,8 @@ class RtspServer:
                 elif err.status == 453:
                     pass  # counted and logged (rate-limited) where the limit was hit
                 elif err.status not in (401, 404):
-                    log.info("-: RTSP %s from %s: %s", err.status, conn.peer, err.detail)
+                    detail = f"-: RTSP {err.status} from {conn.peer}: {log_text(err.detail)}"
+                    self.bad_requests.hit(detail, logging.INFO)
                 # Binary garbage puts the stream out of sync: nothing after it can be parsed.
                 if err.close or (err.status in (400, 505) and not head[:1].isalpha()):
                     extra = [("Server", SERVER_NAME), *headers, ("Connection", "close")]
@@ -517,7 +529,8 @@ class RtspServer:
         path = parse_path(req.uri)
         hub = self._lookup(path.name) if path else None
         if hub is None:
-            log.info("%s: RTSP %s for unknown path", path.name if path else "-", req.method)
+            name = log_text(path.name) if path else "-"
+            self.unknown_paths.hit(f'-: RTSP {req.method} for unknown path "{name}" (404)', logging.INFO)
             raise RtspError(404, safe_uri(req.uri))
         return hub
 
