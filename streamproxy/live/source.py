@@ -21,6 +21,11 @@ camera that is down at start is retried the same way. A stall (no packet for
 `ingest.read_timeout_s`, the supervisor's stall timeout) ends the session where it blocks: our
 client's read deadline, or (pyav) FFmpeg's interrupt callback at the attempt's deadline.
 
+A camera that stays down is not a log line per attempt (10 cameras would write ~300 a minute): the
+first attempt and the first failure are said (INFO, WARNING), as is each new reason; the repeats
+are DEBUG, summarised at INFO once every RECONNECT_SUMMARY_S with their count, and at stop or
+when the camera is live again.
+
 Stopping must not wait out a blocking read: PyAV offers no way to interrupt one from another thread,
 so this module gives each ingest thread an "abort" flag that PyAV's own interrupt callback sees
 (see `_AbortableClock`); `stop()` returns within a fraction of a second even when the camera is
@@ -58,6 +63,8 @@ from streamproxy.config import IngestConfig, Transport, redact_url
 from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, ClientUnauthorized, RtspClient
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Stalled, Supervisor, run_sync
 from streamproxy.types import DecodedFrame
+
+RECONNECT_SUMMARY_S = 60.0  # a camera failing the same way: one INFO line this often, with the count
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +201,8 @@ class CameraSource:
         self.last_error: str | None = None
         self.unauthorized = False  # the camera rejected our credentials on the last attempt
         self._logged_reason: str | None = None  # the failure last logged at WARNING (said once)
+        self._unreported = 0  # failed attempts since the last line that counted them
+        self._reported_at = 0.0  # time.monotonic() of that line
         # The camera's frame rate as its stream declares it (SPS timing / container average rate),
         # known from the first decoded frame of a session; None when it does not say.
         self.frame_rate: float | None = None
@@ -247,6 +256,8 @@ class CameraSource:
                 return
             if state != "stopped" and self._stop.is_set():
                 return  # a late transition from a thread being stopped must not undo "stopped"
+            if state in ("live", "stopped"):
+                self._report_failures(time.monotonic())
             self._state = state
         log.info("%s: %s", self.name, state)
         if self.on_state is not None:
@@ -309,22 +320,40 @@ class CameraSource:
             reason = "stream ended"
         else:
             reason = self._describe(err, watch, time.monotonic() - attempt.started)
-        self.last_error = reason
+        previous, self.last_error = self.last_error, reason
         self.unauthorized = isinstance(err, ClientUnauthorized)
         if self.transport == "auto" and self.live_since is None:
             self._auto_next = "udp" if self._attempt_transport == "tcp" else "tcp"
         self.live_since = None
         self._set_state("unauthorized" if self.unauthorized else "reconnecting")
         # Said once: a camera that keeps failing the same way (wrong password, down for hours) gets
-        # one WARNING, then DEBUG until the reason changes or it was live again in between.
+        # one WARNING, then DEBUG until the reason changes or it was live again in between, and a
+        # summary with the count every RECONNECT_SUMMARY_S.
         key = re.sub(r"\d+(\.\d+)?", "#", reason)
+        now = time.monotonic()
         if key != self._logged_reason:
+            self._report_failures(now, previous)  # the repeats of the reason that was
             self._logged_reason = key
+            self._reported_at = now
             log.warning(
-                "%s: %s; retrying in %.1f s (with back-off; not logged again until it changes)", self.name, reason, wait
-            )
+                "%s: %s; retrying in %.1f s (with back-off; summarised every %.0f s until it changes)",
+                self.name, reason, wait, RECONNECT_SUMMARY_S,
+            )  # fmt: skip
         else:
+            self._unreported += 1
             log.debug("%s: %s; retrying in %.1f s", self.name, reason, wait)
+            if now - self._reported_at >= RECONNECT_SUMMARY_S:
+                self._report_failures(now)
+
+    def _report_failures(self, now: float, last: str | None = None) -> None:
+        """The INFO line that stands for the repeated failures not logged since the last one."""
+        if self._unreported:
+            log.info(
+                "%s: %d more failed attempt(s) in the last %.0f s, last: %s",
+                self.name, self._unreported, now - self._reported_at, last or self.last_error,
+            )  # fmt: skip
+        self._unreported = 0
+        self._reported_at = now
 
     def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
         if isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
@@ -349,11 +378,17 @@ class CameraSource:
         else:
             self._session_pyav(transport, watch, attempt)
 
+    def _log_connecting(self, transport: str) -> None:
+        # INFO when it is news (the first attempt, the first after a live session); a retry of a
+        # camera that keeps failing is DEBUG (its failures are summarised, see _ended).
+        level = logging.INFO if self._logged_reason is None else logging.DEBUG
+        log.log(level, "%s: connecting to %s over %s", self.name, self.safe_url, transport)
+
     def _session_builtin(self, transport: Literal["tcp", "udp"], stop: threading.Event, attempt: Attempt) -> None:
         """Our RTSP client receives, PyAV decodes: each frame is decoded on its last RTP packet."""
         self.frames_in_session = 0
         self.opened = False
-        log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
+        self._log_connecting(transport)
         try:
             with RtspClient(self.url, transport, self.ingest.open_timeout_s, stop) as client:
                 with attempt.paused():  # bounded by the open timeout, not the stall timeout
@@ -397,7 +432,7 @@ class CameraSource:
             "analyzeduration": "0",
             "flags": "low_delay",
         }
-        log.info("%s: connecting to %s over %s", self.name, self.safe_url, transport)
+        self._log_connecting(transport)
         timeout = (self.ingest.open_timeout_s, self.ingest.read_timeout_s)
         # Opening is bounded by PyAV's open timeout; the stall clock starts once it is open.
         with attempt.paused():
