@@ -174,7 +174,8 @@ def test_second_look_leaves_weak_candidates_to_the_temporal_fill(model_dir: Path
     det.threshold = 0.15  # type: ignore[attr-defined]  # what anonymize.weak_candidates does
 
     class Verifier:
-        seen: list[list[float]] = []
+        def __init__(self) -> None:
+            self.seen: list[list[float]] = []
 
         def crop_scores(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
             self.seen += boxes.tolist()
