@@ -22,16 +22,16 @@ Two ways to make the masks (`--masks`):
   style's fault). About 3x faster than `cli`.
 
 Configurations (`--configs`, comma-separated names; default all but raw):
-  blur-0.2 blur-0.33 blur-0.5 blur-1.0 blur-2.0          style blur, blur_strength (0.5 = default)
-  pix-3 pix-4 pix-5 pix-6 pix-8 pix-12 pix-16 pix-32     style pixelate, pixel_blocks
+  blur-0.2 blur-0.25 blur-0.33 blur-0.5 blur-1 blur-2   style blur, blur_strength (0.5 = default; 0.2 refused)
+  pix-3 pix-4 pix-5 pix-6 pix-8 pix-12 pix-16 pix-32     style pixelate, pixel_blocks (4 = default; 5+ refused)
   solid                                                  style solid
-  scale-1.0 scale-1.15 scale-2.0 scale-3.0               default style, mask_scale (1.3 = default: blur-0.5)
+  scale-1 scale-1.15 scale-2 scale-3                     default style, mask_scale (1.3 = default: blur-0.5)
   raw                                                    the original itself as the output (the attacker's ceiling)
 A value the config refuses gives an ERROR row (the refusal's message), which is the point for settings outside
 the bounds. `--extra NAME=ARGS` adds a row with other `streamproxy anonymize` options (masks=cli only).
 
     bench/setup_reid.sh                                            # once: bench/.venv-reid
-    nice -n 15 .venv/bin/python bench/reid.py --masks gt           # the whole grid, style alone, both dev clips
+    nice -n 15 .venv/bin/python bench/reid.py --masks gt --unbounded   # the whole grid, style alone, both dev clips
     nice -n 15 .venv/bin/python bench/reid.py --configs blur-0.5,pix-5,solid,raw --json /tmp/reid.json
 
 A value the config refuses gives an ERROR row; `--unbounded` (masks=gt only) measures it anyway: the config is
@@ -83,7 +83,7 @@ BLANK = {"style": "solid"}
 
 def _grid() -> dict[str, dict[str, Any]]:
     g: dict[str, dict[str, Any]] = {}
-    for b in (0.2, 0.33, 0.5, 1.0, 2.0):
+    for b in (0.2, 0.25, 0.33, 0.5, 1.0, 2.0):
         g[f"blur-{b:g}"] = {"style": "blur", "blur_strength": b}
     for n in (3, 4, 5, 6, 8, 12, 16, 32):
         g[f"pix-{n}"] = {"style": "pixelate", "pixel_blocks": n}
