@@ -13,6 +13,7 @@ import contextlib
 import random
 import shutil
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,6 +43,14 @@ class Camera:
         self.enc = H264Encoder(EncoderConfig(bitrate_kbps=kbps, gop_seconds=4.0), w, h, FPS, name=hub.name)
         self.frames = 0
         self.task: asyncio.Task[None] | None = None
+        # Cancelling the task does not stop an encode already running in its thread: close() must
+        # wait for it (libx264 aborts the process when it is flushed while it encodes).
+        self._enc_lock = threading.Lock()
+
+    def encode(self, frame: av.VideoFrame, t: float, force: bool) -> list[Any]:
+        """The encoder's encode, never at the same time as close() (for asyncio.to_thread)."""
+        with self._enc_lock:
+            return self.enc.encode(frame, t, force)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,7 +58,7 @@ class Camera:
         while True:
             frame = gradient_frame(self.frames, self.w, self.h, self.noise)
             force = self.hub.take_keyframe_request()
-            pkts = await asyncio.to_thread(self.enc.encode, frame, time.monotonic(), force)
+            pkts = await asyncio.to_thread(self.encode, frame, time.monotonic(), force)
             if self.hub.codec is None and self.enc.codec_info is not None:
                 self.hub.set_codec(self.enc.codec_info)
             for p in pkts:
@@ -65,7 +74,8 @@ class Camera:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        self.enc.close()
+        with self._enc_lock:
+            self.enc.close()
 @contextlib.asynccontextmanager
 async def serve(
     users: list[User] | None = None,

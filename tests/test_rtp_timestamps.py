@@ -141,7 +141,7 @@ class UnevenCamera(Camera):
         for i, t in enumerate(sched):
             frame = gradient_frame(i, self.w, self.h, self.noise)
             force = self.hub.take_keyframe_request()
-            pkts = await asyncio.to_thread(self.enc.encode, frame, t0 + t, force)
+            pkts = await asyncio.to_thread(self.encode, frame, t0 + t, force)
             if self.hub.codec is None and self.enc.codec_info is not None:
                 self.hub.set_codec(self.enc.codec_info)
             for p in pkts:
