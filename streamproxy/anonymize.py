@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from streamproxy.config import EngineConfig, quality_detector
+from streamproxy.config import BULK_VIDEO_SECOND_LOOK, EngineConfig, quality_detector
 from streamproxy.engine.ahead import DetectAhead, ahead_sessions
 from streamproxy.engine.anonymizer import Anonymizer
 from streamproxy.engine.detect import FaceDetector, OnnxFaceDetector, create_detector
@@ -471,6 +471,8 @@ def iter_results(
     # The quality preset's detector settings, one set for videos and one for stills (keys the user set win).
     given = detector is not None
     video_cfg = quality_detector(cfg.detector, cfg.quality, "video")
+    second_look = {k: v for k, v in BULK_VIDEO_SECOND_LOOK.items() if k not in cfg.detector.model_fields_set}
+    video_cfg = video_cfg.model_copy(update=second_look)
     image_cfg = quality_detector(cfg.detector, cfg.quality, "image")
     if detector is None:
         # A missing model is the user's to fix: raise before starting.

@@ -17,14 +17,16 @@ import numpy as np
 import pytest
 
 from streamproxy.config import EngineConfig
+from streamproxy.engine import track
 from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
 from streamproxy.types import Box, Detection
 
 W, H, FPS, N = 1280, 720, 25, 60
 FACE_W, FACE_H = 60.0, 75.0
-# The widest mask the engine may draw, in face sizes: the 1.6x mask (mask_scale 1.3) grown by the
-# largest margin any part adds for what it cannot know (look-ahead back-fill: 1 face per side).
-BOUND = 3.6 + 1e-6
+# The widest mask the engine may draw, in face sizes: a coasting mask covers the prediction and where
+# the face was last seen while both fit in COAST_PATH_FACES, then grows by at most MAX_MARGIN_FACES
+# per side (the look-ahead back-fill adds at most as much).
+BOUND = track.COAST_PATH_FACES + 2 * track.MAX_MARGIN_FACES + 1e-6
 
 Script = dict[int, list[Box]]
 
@@ -128,8 +130,10 @@ def test_the_old_masks_were_unbounded() -> None:
 
 
 def test_widened_frames_are_counted() -> None:
-    """The gap forces masks grown past the face for safety: those frames are counted, the others not."""
-    _, seen = gap()
+    """A gap forces masks grown past the face for safety: those frames are counted, the others not
+    (a slow walker: its speed alone does not widen its mask past WIDE_MARGIN_FACES)."""
+    boxes = {i: [face(100 + 40 * i / FPS, 300)] for i in range(N)}
+    seen = {i: b for i, b in boxes.items() if not 25 <= i < 40}
     eng = Anonymizer(EngineConfig(detect_every=3), detector=ScriptDetector(seen))  # type: ignore[arg-type]
     out: list[PendingFrame] = []
     for i in range(N):

@@ -108,11 +108,16 @@ def build() -> dict[str, Any]:
                 (
                     f"sum by (camera, reason) (rate(streamproxy_fail_closed_frames_total{{{CAM}}}[{RI}]))",
                     "{{camera}} {{reason}}",
-                )
+                ),
+                (
+                    f"sum by (camera) (rate(streamproxy_widened_frames_total{{{CAM}}}[{RI}]))",
+                    "{{camera}} widened masks",
+                ),
             ],
             "fps",
             (8, 8, 8, 8),
-            "Frames fully obfuscated or dropped because detection failed (error, timeout, model missing). Should be 0.",
+            "Frames fully obfuscated or dropped because detection failed (error, timeout, model missing). Should be 0. "
+            "And frames whose face masks were grown past the face for safety (a gap, fast motion): over-masking.",
         ),
         _panel(
             "Viewers by protocol",

@@ -41,7 +41,10 @@ UNCERTAINTY_FACES_PER_S = 1.0
 UNKNOWN_VELOCITY_FACES_PER_S = 4.0
 # The margin stops growing here (face sizes per side): a mask is at most 1 + 2 x this many face
 # sizes across beyond the configured mask scale, never a picture-wide rectangle.
-MAX_MARGIN_FACES = 0.5
+MAX_MARGIN_FACES = 1.0
+# A coasting mask also covers where the face was last seen while the two boxes together are at most
+# this many face sizes across.
+COAST_PATH_FACES = 4.0
 # Predicted motion is clamped to this many face widths per second (a bad match must not send the
 # mask across the picture; a walker crossing the view is ~2-5).
 MAX_SPEED_FACES_PER_S = 8.0
@@ -72,6 +75,7 @@ class _State:
     t: float  # time of cx, cy
     t_seen: float  # last time a detection matched
     t_first: float  # first time it was seen
+    seen_box: Box  # where it was last seen: the smoothed box and the raw detection
     last_det: Box | None  # raw detection of the current frame (None on frames without a match)
     hits: int
     misses: int
@@ -211,6 +215,7 @@ class Tracker:
             t=t,
             t_seen=t,
             t_first=t,
+            seen_box=box,
             last_det=box,
             hits=1,
             misses=0,
@@ -250,6 +255,7 @@ class Tracker:
         s.h += alpha * (z.height - s.h)
         s.t = t
         s.t_seen = t
+        s.seen_box = Box.from_center(s.cx, s.cy, s.w, s.h).union(z)
         s.last_det = z
         s.hits += 1
         s.misses = 0
@@ -268,9 +274,21 @@ class Tracker:
             # Between detector runs and while coasting the face may have turned or stopped: the
             # mask around the prediction grows with time (faster while the velocity is unknown),
             # up to a bounded margin.
-            speed = math.hypot(*s.velocity()) / max(s.w, 1.0)
+            # The face may also have stopped where it was last seen: that box is covered too while
+            # the path between the two stays within COAST_PATH_FACES (a face stopping, turning on a
+            # curve); past it the prediction alone is kept, never a picture-wide rectangle.
+            seen = s.seen_box.scaled(self.mask_scale)
+            both = mask.union(seen)
+            if max(both.width / max(s.w, 1.0), both.height / max(s.h, 1.0)) <= COAST_PATH_FACES:
+                mask = both
             rate = UNKNOWN_VELOCITY_FACES_PER_S if s.hits < 2 else UNCERTAINTY_FACES_PER_S
-            side = min((rate + self.cfg.speed_grow * speed) * since, MAX_MARGIN_FACES)
+            side = min(rate * since, MAX_MARGIN_FACES)
+        # Motion the detector's box lags or the next run will not show (a live camera's detector
+        # runs every k-th frame; the frames between are masked along the line between runs):
+        # speed_grow x the speed in face widths per second, in total, capped with the margin.
+        speed = math.hypot(*s.velocity()) / max(s.w, 1.0)
+        side = min(side + self.cfg.speed_grow * speed / 2, MAX_MARGIN_FACES)
+        if side > 0:
             mask = mask.grown(side * s.w, side * s.h)
         return Track(
             track_id=s.track_id,
