@@ -300,3 +300,17 @@ def test_clock_going_backwards_keeps_tracks() -> None:
     assert len(out) == 1
     out = tr.update(det(face_at(6)), 2 / FPS, W, H)
     assert len(out) == 1 and out[0].hits == 6
+
+
+def test_bulk_video_does_not_grow_the_mask_of_a_face_seen_on_its_frame() -> None:
+    """Bulk video detects every frame (its temporal fill interpolates between real detections), so
+    a fast face's mask on a frame it was seen on is the face's own; live grows it with the speed."""
+    masks = {}
+    for grow in (True, False):
+        tr = Tracker(TrackerConfig(speed_grow=0.25), mask_scale=1.3)
+        tr.offline = not grow
+        for i in range(10):
+            out = tr.update(det(face_at(i, x0=400.0, vx=320.0)), i / FPS, W, H)
+        masks[grow] = out[0].mask
+    assert abs(masks[False].width - 80 * 1.3) < 1.0
+    assert masks[True].width > masks[False].width + 40

@@ -361,6 +361,7 @@ class Anonymizer:
         ):
             out += self.flush_offline_pending()  # a new size resets the tracker: finish the old size first
         thr = self.cfg.detector.threshold if strong is None else strong
+        self._tracker.offline = True  # every frame is detected; the fill knows both directions
         if self._fill is None or self._fill.strong != thr:
             self._fill = TemporalFill(thr, WEAK_THRESHOLD, self.cfg.obfuscation.box_factor)
         index = self.stats.frames

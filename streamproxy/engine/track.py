@@ -42,6 +42,7 @@ UNKNOWN_VELOCITY_FACES_PER_S = 4.0
 # The margin stops growing here (face sizes per side): a mask is at most 1 + 2 x this many face
 # sizes across beyond the configured mask scale, never a picture-wide rectangle.
 MAX_MARGIN_FACES = 1.0
+MAX_MARGIN_OFFLINE_FACES = 0.5
 # A coasting mask also covers where the face was last seen while the two boxes together are at most
 # this many face sizes across.
 COAST_PATH_FACES = 4.0
@@ -101,6 +102,13 @@ class Tracker:
         self.cfg = cfg
         self.mask_scale = mask_scale
         self.name = name  # camera name, for logs
+        # Live (False): the look-ahead only knows the runs before and at a frame, so a face's mask
+        # grows with its speed on the frames it is seen on too (the frames between two runs are
+        # masked along the line between them), and a coasting mask also covers where the face was
+        # last seen. Bulk video (True) detects every frame and its temporal fill interpolates
+        # between real detections in both directions: the tracker's masks stay tight there, and
+        # their margin stops at MAX_MARGIN_OFFLINE_FACES.
+        self.offline = False
         self._tracks: list[_State] = []
         self._next_id = 1
         self._last_t: float | None = None
@@ -270,6 +278,7 @@ class Tracker:
             mask = mask.union(s.last_det)
         since = max(0.0, t - s.t_seen)
         side = 0.0
+        cap = MAX_MARGIN_OFFLINE_FACES if self.offline else MAX_MARGIN_FACES
         if since > 0:
             # Between detector runs and while coasting the face may have turned or stopped: the
             # mask around the prediction grows with time (faster while the velocity is unknown),
@@ -277,17 +286,18 @@ class Tracker:
             # The face may also have stopped where it was last seen: that box is covered too while
             # the path between the two stays within COAST_PATH_FACES (a face stopping, turning on a
             # curve); past it the prediction alone is kept, never a picture-wide rectangle.
-            seen = s.seen_box.scaled(self.mask_scale)
-            both = mask.union(seen)
-            if max(both.width / max(s.w, 1.0), both.height / max(s.h, 1.0)) <= COAST_PATH_FACES:
+            both = mask.union(s.seen_box.scaled(self.mask_scale))
+            wide = max(both.width / max(s.w, 1.0), both.height / max(s.h, 1.0))
+            if not self.offline and wide <= COAST_PATH_FACES:
                 mask = both
             rate = UNKNOWN_VELOCITY_FACES_PER_S if s.hits < 2 else UNCERTAINTY_FACES_PER_S
-            side = min(rate * since, MAX_MARGIN_FACES)
+            side = min(rate * since, cap)
         # Motion the detector's box lags or the next run will not show (a live camera's detector
         # runs every k-th frame; the frames between are masked along the line between runs):
         # speed_grow x the speed in face widths per second, in total, capped with the margin.
-        speed = math.hypot(*s.velocity()) / max(s.w, 1.0)
-        side = min(side + self.cfg.speed_grow * speed / 2, MAX_MARGIN_FACES)
+        if since > 0 or not self.offline:
+            speed = math.hypot(*s.velocity()) / max(s.w, 1.0)
+            side = min(side + self.cfg.speed_grow * speed / 2, cap)
         if side > 0:
             mask = mask.grown(side * s.w, side * s.h)
         return Track(
