@@ -124,6 +124,7 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
             "engine": engine,
             "latency_budget_ms": args.budget_ms,
             "sub_stream": {"enabled": getattr(args, "sub_stream", "on") == "on"},  # live_leak.py: on
+            **({"encoder": {"bitrate_kbps": args.encoder_kbps}} if getattr(args, "encoder_kbps", None) else {}),
         }
     )
 
