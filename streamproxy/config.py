@@ -211,9 +211,9 @@ class TrackerConfig(_Strict):
         0.25,
         ge=0.0,
         le=2.0,
-        description="While a face is not seen (between detector runs, coasting), each side of its mask "
-        "grows by this many face widths per (face width per second of speed) per second, on top of the "
-        "time-based margin; the margin is capped (engine/track.py MAX_MARGIN_FACES).",
+        description="Mask growth, in total, per (face width per second) of speed: half of it on each side, "
+        "on top of the margin for the time a face is not seen; capped with it (engine/track.py "
+        "MAX_MARGIN_FACES). Live on every frame; bulk video only on frames where the face is not seen.",
     )
     min_hits: int = Field(
         1, ge=1, le=10, description="Detections needed before a track is masked (1 = mask on first sight)."

@@ -7,17 +7,19 @@ occlusion). The tracker turns its sparse, jittery boxes into one mask per face p
   fallback for fast faces whose boxes no longer overlap; greedy on a sorted cost list;
 - motion: an alpha-beta filter (constant velocity, px/s) per track centre, so the mask follows a
   walking face between detector runs instead of trailing behind it;
-- coasting: a face the detector stops seeing stays masked for `coast_seconds` after it was last
-  seen, where it is predicted to be, the mask growing with the time since and the speed by a
-  bounded margin (MAX_MARGIN_FACES per side);
+- coasting: a lost track stays masked (0.2 s; as long as it had been followed, up to
+  `coast_seconds`, once followed for half a second), where it is predicted to be, the mask
+  growing with the time since and the speed by a bounded margin (MAX_MARGIN_FACES per side);
 - privacy before aesthetics: the smoothed mask is widened to contain the raw detection whenever
   smoothing lags, and with `min_hits=1` a face is masked on first sight.
 
-A mask follows the face, not the path the face could have taken: it is never the union of where a
-face was and where it may be now (that rectangle grew to half the picture for a fast face coasting
-a second: 7.5 % of dev_street's picture changed outside the faces in the median frame). Where the
-tracker cannot know (a face seen once, a long gap), the margin grows with time up to the cap; the
-frames before a detection are the look-ahead's and the temporal fill's business (they know both ends).
+A mask follows the face, not the path the face could have taken: never the union of where a face
+was and where it may be a second later (that rectangle grew to half the picture for a fast face:
+7.5 % of dev_street's picture changed outside the faces in the median frame). Live, a coasting
+mask also covers where the face was last seen while both fit in COAST_PATH_FACES, and masks grow
+with speed on every frame (the look-ahead masks the frames between two runs along the line between
+them): tests/test_camera_faults.py's viewer saw a face without that. Bulk video (`offline`) detects
+every frame and its temporal fill knows both directions: its tracker masks stay tight.
 
 Only ids, boxes and velocities are kept: nothing about a face's appearance.
 """
@@ -281,11 +283,10 @@ class Tracker:
         cap = MAX_MARGIN_OFFLINE_FACES if self.offline else MAX_MARGIN_FACES
         if since > 0:
             # Between detector runs and while coasting the face may have turned or stopped: the
-            # mask around the prediction grows with time (faster while the velocity is unknown),
-            # up to a bounded margin.
-            # The face may also have stopped where it was last seen: that box is covered too while
-            # the path between the two stays within COAST_PATH_FACES (a face stopping, turning on a
-            # curve); past it the prediction alone is kept, never a picture-wide rectangle.
+            # mask around the prediction grows with time (faster while the velocity is unknown), up
+            # to a bounded margin. Live, where the face was last seen is covered too while that and
+            # the prediction fit in COAST_PATH_FACES; past it the prediction alone is kept, never a
+            # picture-wide rectangle.
             both = mask.union(s.seen_box.scaled(self.mask_scale))
             wide = max(both.width / max(s.w, 1.0), both.height / max(s.h, 1.0))
             if not self.offline and wide <= COAST_PATH_FACES:
