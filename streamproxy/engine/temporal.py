@@ -29,6 +29,7 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
+from streamproxy.engine.track import MAX_SPEED_FACES_PER_S
 from streamproxy.types import Box, Detection
 
 # Weak candidates are linked down to this score (the detector threshold stays the bar for a
@@ -58,10 +59,9 @@ EXTEND_S = 0.2
 GROW_FACES_PER_S = 1.0
 GROW_MAX_FACES = 1.0
 # Before the first and after the last detection the box moves at the tracklet's velocity, measured
-# over this span of its detections, at most MAX_SPEED_FACES_PER_S face widths a second (the fastest
-# face of the dev clips moves 8.3: 0.33 face widths a frame at 25 fps).
+# over this span of its detections, at most the tracker's MAX_SPEED_FACES_PER_S face widths a second
+# (the fastest face of the dev clips moves 8.3: 0.33 face widths a frame at 25 fps).
 VELOCITY_SPAN_S = 0.2
-MAX_SPEED_FACES_PER_S = 8.0
 # Between two detections: this margin per side (face widths), plus a quarter of the growth above
 # for the time to the nearer detection.
 INTERP_MARGIN_FACES = 0.15
