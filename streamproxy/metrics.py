@@ -48,7 +48,7 @@ try:
 except ImportError:  # pragma: no cover - prometheus_client < 0.18
     pass
 
-DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "queue_full", "overload"]
+DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "worker", "queue_full", "overload"]
 FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
 Protocol = Literal["rtsp", "webrtc"]  # viewers
 OutProtocol = Literal["rtsp", "webrtc", "publish"]  # where bytes go: viewers, or the publish_url server
@@ -90,8 +90,9 @@ FRAMES_DROPPED = Counter(
     "streamproxy_frames_dropped",
     "Frames that never left, by reason: latency_budget (too late to be useful), fail_closed "
     "(detection failed and fail_closed.action=drop), slow_viewer (a viewer's buffer overflowed; "
-    "counted per viewer), encoder (encode error), queue_full (a stage queue was full), overload "
-    "(shed on purpose: the camera cannot be carried at its privacy floor).",
+    "counted per viewer), encoder (encode error), worker (the anonymizing worker failed on the frame), "
+    "queue_full (a stage queue was full), overload (shed on purpose: the camera cannot be carried at its "
+    "privacy floor).",
     ["camera", "reason"],
 )
 ADDED_LATENCY = Histogram(
@@ -459,7 +460,7 @@ class CameraMetrics:
         """The pipeline's drops by reason (slow_viewer is the hub's, per viewer: not among them)."""
         with self._lock:
             d = dict(self._drops)
-        return DropCounts(d["latency_budget"], d["fail_closed"], d["queue_full"], d["encoder"], d["overload"])
+        return DropCounts(d["latency_budget"], d["fail_closed"], d["queue_full"], d["encoder"], d["worker"], d["overload"])
 
     def fail_closed_frame(self, reason: FailClosedReason) -> None:
         """A frame was fully obfuscated or dropped because detection failed for `reason`.

@@ -24,6 +24,7 @@ class DropCounts:
     fail_closed: int = 0
     queue_full: int = 0
     encoder: int = 0
+    worker: int = 0  # the worker thread failed on the frame (an error outside the encoder; never sent raw)
     overload: int = 0
 
 

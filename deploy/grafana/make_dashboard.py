@@ -100,7 +100,8 @@ def build() -> dict[str, Any]:
             ],
             "fps",
             (0, 8, 8, 8),
-            "Frames that never left: latency_budget, fail_closed, slow_viewer (per viewer), encoder, queue_full.",
+            "Frames that never left: latency_budget, fail_closed, slow_viewer (per viewer), encoder, worker, queue_full, "
+            "overload.",
         ),
         _panel(
             "Fail-closed frames",

@@ -328,7 +328,7 @@ class CameraPipeline:
         except Exception:
             # Nothing may crash the camera's worker; the frame is lost (never sent raw).
             log.exception("%s: frame processing failed; frame dropped", self.name)
-            self._count_drop("encoder")
+            self._count_drop("worker")  # its own reason: not the encoder, so the failure is looked for here
 
     def _flush_held(self, now: float) -> None:
         self._release(self.engine.flush_pending(), now)
