@@ -158,7 +158,6 @@ class DecodedFrame:
 
     frame: av.VideoFrame
     decoded_at: float  # time.monotonic() when it left the decoder: the start of proxy-added latency
-    index: int  # frame counter of the stream (for detector cadence)
     pts_seconds: float | None = None
 
 

@@ -202,8 +202,10 @@ def test_frames_flow(
         assert src.connected_transport in ("tcp", "udp")
     with rec.lock:
         frames = list(rec.frames)
-    idx = [f.index for f in frames]
-    assert idx == list(range(idx[0], idx[0] + len(idx)))
+    if "reconnecting" not in names:
+        # In the camera's order, each frame once: one session's timestamps only go forward.
+        pts = [f.pts_seconds for f in frames]
+        assert all(a is not None and b is not None and b > a for a, b in itertools.pairwise(pts)), pts
     assert all(b.decoded_at >= a.decoded_at for a, b in itertools.pairwise(frames))
     assert all(f.frame.format.name == "yuv420p" for f in frames)
     assert frames[-1].pts_seconds is not None

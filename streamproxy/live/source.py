@@ -210,7 +210,6 @@ class CameraSource:
         self.connected_transport: str | None = None
         self.live_since: float | None = None  # time.monotonic() of the current session's first frame
         self.last_frame_at: float | None = None
-        self._index = 0
         self.frames_in_session = 0
         self.opened = False
         self._errors_in_row = 0  # decode errors since the last decoded picture
@@ -513,8 +512,7 @@ class CameraSource:
                 log.info("%s: %dx%d over %s", self.name, *size, transport)
             self.resolution = size
         pts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-        decoded = DecodedFrame(frame=frame, decoded_at=now, index=self._index, pts_seconds=pts)
-        self._index += 1
+        decoded = DecodedFrame(frame=frame, decoded_at=now, pts_seconds=pts)
         self.frames_in += 1
         self.frames_in_session += 1
         self.last_frame_at = now
