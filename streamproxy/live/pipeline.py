@@ -23,7 +23,6 @@ While the camera is down the worker publishes a slate ("camera offline") so view
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import os
@@ -36,8 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-import cv2
-import numpy as np
 
 from streamproxy.config import AppConfig, CameraConfig
 from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
@@ -50,6 +47,7 @@ from streamproxy.live.controller import (
     privacy_floor,
 )
 from streamproxy.live.encode import H264Encoder, SubStreamEncoder
+from streamproxy.live.slate import make_slate
 from streamproxy.live.source import CameraSource
 from streamproxy.metrics import CameraMetrics, CameraState, DropReason
 from streamproxy.status import (
@@ -106,20 +104,6 @@ class LatencyStats:
             return None
         ordered = sorted(self._samples)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@functools.lru_cache(maxsize=8)
-def make_slate(width: int, height: int, name: str) -> av.VideoFrame:
-    """A still 'camera offline' picture: our own pixels, so it needs no anonymization.
-
-    Drawn once per size and reused (the encoder leaves the caller's frame as it came)."""
-    img = np.full((height, width, 3), 40, np.uint8)
-    scale = max(0.5, width / 1280)
-    for i, (text, s) in enumerate(((name, 1.6), ("camera offline - reconnecting", 1.0))):
-        size, _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, s * scale, 2)
-        org = ((width - size[0]) // 2, height // 2 + int((i * 60 - 10) * scale))
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, s * scale, (230, 230, 230), 2, cv2.LINE_AA)
-    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
 
 
 class CameraPipeline:
