@@ -16,7 +16,8 @@ being handed to viewers. Frames the detector does not run on wait in the engine 
 next run, which comes by the cadence or, at the latest, when the oldest waiting frame would
 otherwise leave late. The controller (controller.py) stays inside the budget by running the
 detector less often, then at lower resolution, down to the privacy floor and never below it, and
-finally by shedding whole frames — never by letting a frame skip the engine.
+finally by shedding whole frames — never by letting a frame skip the engine. Whether a frame would
+leave late is decided in one place, `_late` (with `_last_start`, the hold deadline's base).
 While the camera is down the worker publishes a slate ("camera offline") so viewers stay connected.
 """
 
@@ -78,6 +79,10 @@ ENCODE_QUEUE_FRAMES = 12
 # _ensure_encoder), at most once per RATE_RECHECK_S.
 RATE_TOLERANCE = 0.15
 RATE_RECHECK_S = 10.0
+# Frames waiting for the next detector run go to it this share of the budget before the last moment
+# they still could (`_hold_deadline`): the worker wakes late on a busy CPU, and a run may take longer
+# than the recent ones it is estimated by.
+HOLD_SLACK_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +322,27 @@ class CameraPipeline:
     def _flush_held(self, now: float) -> None:
         self._release(self.engine.flush_pending(), now)
 
+    # --- the latency budget: decided here, and only here ---
+    def _last_start(self, decoded_at: float, *, detector_ahead: bool) -> float:
+        """The last moment (time.monotonic()) at which the work still ahead of a frame may start for
+        the frame to leave inside the budget. Reserved for that work: its encode (`_encode_ms`, the
+        recent mean; the encoder has its own thread, so only the frame's own encode) and, while the
+        frame's detector run is still to come, one run (`_run_ms`, the recent mean)."""
+        ahead_ms = self._encode_ms + (self._run_ms if detector_ahead else 0.0)
+        return decoded_at + (self.budget_ms - ahead_ms) / 1000
+
+    def _late(self, decoded_at: float, now: float, *, detector_ahead: bool = False) -> bool:
+        """Whether a frame would leave after the budget if its remaining work started `now`: the one
+        test behind every `latency_budget` drop (before the worker's work, after it, before the encode)."""
+        return now > self._last_start(decoded_at, detector_ahead=detector_ahead)
+
     def _hold_deadline(self) -> float | None:
         """When the oldest waiting frame must go to the detector to leave inside the budget."""
         oldest = self.engine.oldest_held_at
         if oldest is None:
             return None
         # The oldest frame is encoded first, as soon as the run is done (the encoder has its own thread).
-        reserve_ms = self._run_ms + self._encode_ms + 0.1 * self.budget_ms
-        return oldest + max(0.0, self.budget_ms - reserve_ms) / 1000
+        return self._last_start(oldest, detector_ahead=True) - HOLD_SLACK_SHARE * self.budget_ms / 1000
 
     def _process(self, df: DecodedFrame) -> None:
         self._last_live = time.monotonic()
@@ -334,8 +352,7 @@ class CameraPipeline:
         # and dropped before any work is spent on it when a detector run and an encode would make it
         # late: under overload, work on frames that end up dropped anyway is what starves the others.
         started = time.monotonic()
-        waited_ms = (started - df.decoded_at) * 1000
-        if waited_ms + self._run_ms + self._encode_ms > self.budget_ms:
+        if self._late(df.decoded_at, started, detector_ahead=True):
             self._count_drop("latency_budget")
             self.controller.dropped(started)
             # The estimate is only refreshed by runs: let it decay, so that one slow run (or a
@@ -351,9 +368,10 @@ class CameraPipeline:
         oldest_ms = 0.0
         for res in results:
             self._account(res)
-            elapsed_ms = (time.monotonic() - res.decoded_at) * 1000
-            oldest_ms = max(oldest_ms, elapsed_ms + self._encode_ms)
-            if elapsed_ms + self._encode_ms > self.budget_ms:
+            now = time.monotonic()
+            # What the controller watches: the latency this frame will have once encoded.
+            oldest_ms = max(oldest_ms, (now - res.decoded_at) * 1000 + self._encode_ms)
+            if self._late(res.decoded_at, now):
                 # Detection was too slow for this frame: it is anonymized but would leave late
                 # (encoding still to come); late frames are dropped.
                 self._count_drop("latency_budget")
@@ -468,8 +486,7 @@ class CameraPipeline:
                     self._encode_slate(item.slate_frame, item.decoded_at)
                     continue
                 assert item.pending is not None
-                elapsed_ms = (time.monotonic() - item.decoded_at) * 1000
-                if elapsed_ms + self._encode_ms > self.budget_ms:
+                if self._late(item.decoded_at, time.monotonic()):
                     self._count_drop("latency_budget")  # waited too long for the encoder
                     continue
                 t0 = time.monotonic()
