@@ -6,14 +6,18 @@ decode order is presentation order and nothing waits for a future frame), and a 
 forced when a viewer joins instead of making it wait up to a GOP.
 
 `encode()` is meant to be called from a worker thread: PyAV releases the GIL while libx264 works.
-One encoder is used by one thread at a time.
+One encoder is used by one thread at a time. `StreamOutput` is the one way from an encoder to a
+stream hub: every stream of a camera (its frames, its slate, its sub stream) goes through it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Protocol
 
 import av
 import av.video.frame
@@ -21,10 +25,86 @@ import numpy as np
 
 from streamproxy.config import EncoderConfig, SubStreamConfig
 from streamproxy.h264 import CLOCK_RATE, parameter_sets
-from streamproxy.hub import CodecInfo
+from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
+
+
+class FrameEncoder(Protocol):
+    """What `StreamOutput` needs of an encoder: frames in, access units out, and the parameter sets
+    once known (H264Encoder, SubStreamEncoder, or a test's stand-in)."""
+
+    @property
+    def codec_info(self) -> CodecInfo | None: ...
+
+    def encode(self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False) -> list[EncodedPacket]: ...
+
+
+class VideoEncoder(FrameEncoder, Protocol):
+    """An encoder made for one frame size and rate, as the pipeline makes and replaces them."""
+
+    width: int  # the encoded size
+    height: int
+    fps: float
+
+    def close(self) -> None: ...
+
+
+# How the pipeline makes an encoder: (settings, width, height, fps, name for the log). H264Encoder
+# itself by default; tests pass their own to drive the pipeline without libx264's costs.
+EncoderFactory = Callable[[EncoderConfig, int, int, float, str], VideoEncoder]
+
+
+class StreamOutput:
+    """One stream's way from its encoder (a thread of its own) to its hub (on the event loop).
+
+    `send` encodes on the calling thread and hops to the loop with `call_soon_threadsafe`: the hub
+    learns the codec when it is first known or changes (a new encoder: new size, rate or parameter
+    sets), before the packets that need it, and then gets the packets in order. `on_published`, when
+    given, hears of each packet of a `measured` frame on the loop, right after the hub took it (where
+    proxy-added latency ends); a slate is not measured, it is our own picture and not a camera frame.
+    """
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        loop: asyncio.AbstractEventLoop,
+        on_published: Callable[[EncodedPacket, float], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self._loop = loop
+        self._on_published = on_published
+        # What this output last told the hub, from the encoder thread: the hub's own `codec` is set
+        # on the loop and may lag behind it.
+        self._announced: CodecInfo | None = None
+
+    def send(
+        self,
+        enc: FrameEncoder,
+        frame: av.VideoFrame,
+        decoded_at: float,
+        *,
+        force_keyframe: bool = False,
+        measured: bool = True,
+    ) -> None:
+        """Encode `frame` with `enc` (a keyframe when forced or when a viewer asked the hub for one)
+        and hand what comes out to the hub. Call from one thread at a time."""
+        # A forced keyframe leaves a viewer's request standing for the next frame, as it always did.
+        packets = enc.encode(frame, decoded_at, force_keyframe=force_keyframe or self.hub.take_keyframe_request())
+        info = enc.codec_info
+        if info is not None and info != self._announced:
+            self._announced = info
+            self._loop.call_soon_threadsafe(self.hub.set_codec, info)
+        for pkt in packets:
+            self._loop.call_soon_threadsafe(self._publish, pkt, measured)
+
+    def _publish(self, pkt: EncodedPacket, measured: bool) -> None:
+        """On the event loop: hand the packet to the hub's viewers."""
+        self.hub.publish(pkt)
+        if measured and self._on_published is not None:
+            self._on_published(pkt, time.monotonic())
+
 
 def _even_crop(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     """Copy the top-left width x height of a yuv420p frame (drops the odd last row/column).
@@ -267,20 +347,32 @@ class SubStreamEncoder:
     with a keyframe) is made when the camera's size changes.
     """
 
-    def __init__(self, cfg: SubStreamConfig, encoder: EncoderConfig, name: str = "") -> None:
+    def __init__(
+        self,
+        cfg: SubStreamConfig,
+        encoder: EncoderConfig,
+        name: str = "",
+        encoder_factory: EncoderFactory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = name
         # The main stream's encoder settings with the sub stream's bitrate.
         self._enc_cfg = encoder.model_copy(update={"bitrate_kbps": cfg.bitrate_kbps})
-        self._encoder: H264Encoder | None = None
+        self._make: EncoderFactory = encoder_factory if encoder_factory is not None else H264Encoder
+        self._encoder: VideoEncoder | None = None
         self._src_size: tuple[int, int] | None = None
         self._credit = 1.0  # the first frame is kept
         self.frames_out = 0
         self.cpu_s = 0.0  # this thread's CPU time spent scaling and encoding (the benchmark's cost)
 
     @property
-    def encoder(self) -> H264Encoder | None:
+    def encoder(self) -> VideoEncoder | None:
         return self._encoder
+
+    @property
+    def codec_info(self) -> CodecInfo | None:
+        """The current encoder's parameter sets (a new camera size makes a new encoder, and new ones)."""
+        return self._encoder.codec_info if self._encoder is not None else None
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -316,7 +408,7 @@ class SubStreamEncoder:
                     log.info("%s: sub stream: camera size %s -> %s, new encoder", self.name or "-",
                              self._src_size, (frame.width, frame.height))  # fmt: skip
                     enc.close()
-                enc = self._encoder = H264Encoder(self._enc_cfg, w, h, self.cfg.fps, name=f"{self.name}/sub")
+                enc = self._encoder = self._make(self._enc_cfg, w, h, self.cfg.fps, f"{self.name}/sub")
                 self._src_size = (frame.width, frame.height)
             # AREA: a downscale that averages (no aliasing shimmer in a grid view).
             small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")

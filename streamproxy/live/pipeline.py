@@ -4,7 +4,7 @@
       └─ a small mailbox           full: the oldest frame goes (an old frame is worth nothing live)
     worker thread (this file)      latency check → Anonymizer.push (detect, track, obfuscate)
       └─ the encode queue          anonymized frames only, in order
-    encoder thread (this file)     latency check → H264Encoder.encode
+    encoder thread (this file)     latency check → render → StreamOutput.send (encode.py): encode
       └─ loop.call_soon_threadsafe hub.publish(packet) on the event loop → RTSP / WebRTC viewers
 
 The encoder has its own thread so that encoding one group of frames overlaps the next detector run
@@ -18,7 +18,8 @@ otherwise leave late. The controller (controller.py) stays inside the budget by 
 detector less often, then at lower resolution, down to the privacy floor and never below it, and
 finally by shedding whole frames — never by letting a frame skip the engine. Whether a frame would
 leave late is decided in one place, `_late` (with `_last_start`, the hold deadline's base).
-While the camera is down the worker publishes a slate ("camera offline") so viewers stay connected.
+While the camera is down the worker publishes a slate ("camera offline", slate.py) through the same
+encoder and hub so viewers stay connected.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from streamproxy.live.controller import (
     hold_frames_allowed,
     privacy_floor,
 )
-from streamproxy.live.encode import H264Encoder, SubStreamEncoder
+from streamproxy.live.encode import H264Encoder, StreamOutput, SubStreamEncoder
 from streamproxy.live.slate import make_slate
 from streamproxy.live.source import CameraSource
 from streamproxy.metrics import CameraMetrics, CameraState, DropReason
@@ -129,19 +130,23 @@ class CameraPipeline:
         self.name = cam.name
         self.cfg = cfg
         self.hub = hub
+        self.loop = loop
+        # The camera's one tally of frames in, out and dropped: the status below reads it back.
+        self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
+        # The main stream: camera frames measured where their packets reach the hub, slates not.
+        self._out = StreamOutput(hub, loop, on_published=self._published)
         # The sub stream (`<camera>/sub`): the same rendered frames, scaled and thinned out, on their
         # own encoder and hub (its own keyframe-on-join and viewer buffers).
         self.sub_hub = sub_hub
         sub_cfg = cfg.sub_stream_for(cam)
-        self.sub: SubStreamEncoder | None = (
-            SubStreamEncoder(sub_cfg, cfg.encoder, cam.name) if sub_hub is not None and sub_cfg is not None else None
-        )
+        self.sub: SubStreamEncoder | None = None
+        self._sub_out: StreamOutput | None = None
+        if sub_hub is not None and sub_cfg is not None:
+            self.sub = SubStreamEncoder(sub_cfg, cfg.encoder, cam.name)
+            self._sub_out = StreamOutput(sub_hub, loop)
         self._encode_cpu_s = 0.0  # the main encoder's CPU time (the sub stream's cost is measured against it)
         # The newest frame that left for the encoder (anonymized, or the slate) and when: snapshots.
         self._latest: tuple[av.VideoFrame, float] | None = None
-        self.loop = loop
-        # The camera's one tally of frames in, out and dropped: the status below reads it back.
-        self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
         engine_cfg = cfg.engine_for(cam)
         if "plates" in engine_cfg.objects:
             # Not masking text that the config asks for would be a silent leak: refuse, with the cost.
@@ -495,7 +500,7 @@ class CameraPipeline:
                     self._count_drop("fail_closed")  # fail_closed.action: drop
                     continue
                 self._latest = (res.frame, item.decoded_at)
-                self._encode_publish(res.frame, item.decoded_at)
+                self._encode_main(res.frame, item.decoded_at)
                 # After the main stream's packets are on their way: the sub stream never delays them.
                 self._encode_sub(res.frame, item.decoded_at)
                 done = time.monotonic()
@@ -503,7 +508,8 @@ class CameraPipeline:
             except Exception:
                 # Nothing may crash the camera's encoder; the frame is lost (never sent raw).
                 log.exception("%s: encoding failed; frame dropped", self.name)
-                self._count_drop("encoder")
+                if item.slate_frame is None:  # a slate is not a camera frame: frames in = out + dropped
+                    self._count_drop("encoder")
 
     def _ensure_encoder(self, width: int, height: int, camera: bool = True) -> H264Encoder:
         """The encoder for this frame size at the camera's frame rate (its GOP is gop_seconds x fps).
@@ -537,36 +543,23 @@ class CameraPipeline:
             self._encoder_since = now if camera and measured else -math.inf
         return enc
 
-    def _encode_publish(self, frame: av.VideoFrame, decoded_at: float) -> None:
+    def _encode_main(self, frame: av.VideoFrame, decoded_at: float) -> None:
         enc = self._ensure_encoder(frame.width, frame.height)
-        had_codec = enc.codec_info is not None
         t0, c0 = time.monotonic(), time.thread_time()
-        packets = enc.encode(frame, decoded_at, force_keyframe=self.hub.take_keyframe_request())
+        self._out.send(enc, frame, decoded_at)
         self._encode_cpu_s += time.thread_time() - c0
         self._encode_ms = 0.9 * self._encode_ms + 0.1 * (time.monotonic() - t0) * 1000
-        if not had_codec and enc.codec_info is not None:
-            self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
-        for pkt in packets:
-            self.loop.call_soon_threadsafe(self._publish, pkt)
 
     def _encode_sub(self, frame: av.VideoFrame, decoded_at: float, slate: bool = False) -> None:
         """The sub stream's share of this frame (every slate frame: a joining viewer sees it at once)."""
-        sub, hub = self.sub, self.sub_hub
-        if sub is None or hub is None or not sub.due(self._fps, always=slate):
+        sub, out = self.sub, self._sub_out
+        if sub is None or out is None or not sub.due(self._fps, always=slate):
             return
         try:
-            enc = sub.encoder
-            had_codec = enc is not None and enc.codec_info is not None
-            packets = sub.encode(frame, decoded_at, force_keyframe=slate or hub.take_keyframe_request())
-            enc = sub.encoder
-            if enc is not None and enc.codec_info is not None and (not had_codec or enc.codec_info != hub.codec):
-                self.loop.call_soon_threadsafe(hub.set_codec, enc.codec_info)
+            out.send(sub, frame, decoded_at, force_keyframe=slate)
         except Exception:
             # The main stream goes on; the sub stream's viewers miss this frame (never a raw one).
             log.exception("%s: sub stream encoding failed; frame skipped there", self.name)
-            return
-        for pkt in packets:
-            self.loop.call_soon_threadsafe(hub.publish, pkt)
 
     def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
         """The newest frame sent (anonymized, or the slate) if it is at most max_age_s old, else None.
@@ -578,14 +571,12 @@ class CameraPipeline:
             return None
         return latest[0]
 
-    def _publish(self, pkt: EncodedPacket) -> None:
-        """On the event loop: hand the packet to viewers; this is where proxy-added latency ends."""
-        self.hub.publish(pkt)
-        now = time.monotonic()
-        if pkt.decoded_at > 0:  # an encoded camera frame (slates go to the hub directly)
-            ms = (now - pkt.decoded_at) * 1000
-            self.latency.add(ms)
-            self.metrics.frame_out(ms / 1000, now)
+    def _published(self, pkt: EncodedPacket, now: float) -> None:
+        """On the event loop, a camera frame's packet just handed to viewers: where proxy-added
+        latency ends (the slate, our own picture, is not measured)."""
+        ms = (now - pkt.decoded_at) * 1000
+        self.latency.add(ms)
+        self.metrics.frame_out(ms / 1000, now)
 
     def _publish_slate(self, now: float) -> None:
         """From the worker: our own picture, no anonymization needed, through the encoder thread."""
@@ -594,13 +585,8 @@ class CameraPipeline:
 
     def _encode_slate(self, slate: av.VideoFrame, now: float) -> None:
         enc = self._ensure_encoder(slate.width, slate.height, camera=False)
-        had_codec = enc.codec_info is not None
         # Every slate frame is a keyframe: a viewer joining during an outage sees it at once.
-        packets = enc.encode(slate, now, force_keyframe=True)
-        if not had_codec and enc.codec_info is not None:
-            self.loop.call_soon_threadsafe(self.hub.set_codec, enc.codec_info)
-        for pkt in packets:
-            self.loop.call_soon_threadsafe(self.hub.publish, pkt)
+        self._out.send(enc, slate, now, force_keyframe=True, measured=False)
         self._latest = (slate, now)
         self._encode_sub(slate, now, slate=True)
 
