@@ -177,7 +177,7 @@ class App:
             self.hubs[cam.name] = hub
             if sub is not None:
                 self.sub_hubs[cam.name] = sub
-            # Detector sessions are built here (model load): off the loop.
+            # Off the loop (the config is checked there); the detector session loads on the camera's first frame.
             self.pipelines[cam.name] = await loop.run_in_executor(
                 None,
                 functools.partial(

@@ -19,7 +19,8 @@ detector less often, then at lower resolution, down to the privacy floor and nev
 finally by shedding whole frames — never by letting a frame skip the engine. Whether a frame would
 leave late is decided in one place, `_late` (with `_last_start`, the hold deadline's base).
 While the camera is down the worker publishes a slate ("camera offline", slate.py) through the same
-encoder and hub so viewers stay connected.
+encoder and hub so viewers stay connected. The engine, and with it the detector, is made on the
+camera's first frame: a camera that never sends one costs its reconnect attempts and nothing more.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import av
 
-from streamproxy.config import AppConfig, CameraConfig
+from streamproxy.config import AppConfig, CameraConfig, EngineConfig
 from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
+from streamproxy.engine.detect import FaceDetector
 from streamproxy.hub import StreamHub
 from streamproxy.live.controller import (
     FrameShedder,
@@ -48,9 +50,9 @@ from streamproxy.live.controller import (
     hold_frames_allowed,
     privacy_floor,
 )
-from streamproxy.live.encode import H264Encoder, StreamOutput, SubStreamEncoder
+from streamproxy.live.encode import EncoderFactory, H264Encoder, StreamOutput, SubStreamEncoder, VideoEncoder
 from streamproxy.live.slate import make_slate
-from streamproxy.live.source import CameraSource
+from streamproxy.live.source import CameraSource, OnFrame, OnState
 from streamproxy.metrics import CameraMetrics, CameraState, DropReason
 from streamproxy.status import (
     DetectorStatus,
@@ -96,6 +98,48 @@ class _ToEncode:
     slate_frame: av.VideoFrame | None = None
 
 
+class FrameSource(Protocol):
+    """What the pipeline needs of its camera (CameraSource; a test's stand-in calls `on_frame` itself)."""
+
+    frame_rate: float | None  # the rate the camera's stream declares, if it does
+    reconnects: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# How the pipeline makes its source, given the callbacks the source must call (from its own thread).
+SourceFactory = Callable[[OnFrame, OnState], FrameSource]
+
+
+def live_engine_config(cam: CameraConfig, cfg: AppConfig, cameras: int = 1) -> EngineConfig:
+    """The engine settings a live camera runs with: its own, held to the privacy floor's threshold,
+    with the detector's threads shared between the cameras when set to auto (0)."""
+    engine_cfg = cfg.engine_for(cam)
+    if "plates" in engine_cfg.objects:
+        # Not masking text that the config asks for would be a silent leak: refuse, with the cost.
+        from streamproxy.engine.text import live_refusal
+
+        raise ValueError(live_refusal(cam.name, engine_cfg, cfg.budget_for(cam)))
+    privacy = cfg.privacy_for(cam)
+    if engine_cfg.detector.threshold > privacy.max_threshold:
+        # The floor's threshold: a detector that looks every k-th frame must find more per look.
+        engine_cfg = engine_cfg.model_copy(
+            update={"detector": engine_cfg.detector.model_copy(update={"threshold": privacy.max_threshold})}
+        )
+    if engine_cfg.detector.threads == 0:
+        # Auto: share the cores between the cameras; oversubscribed onnxruntime pools are slower.
+        # One camera on 2 cores gets both: its worker thread, not the CPU, is what limits it
+        # (measured, 720p25 at the 1280-px floor: 20.5 fps on two threads, 14 on one, the
+        # process using ~1 core either way).
+        share = max(1, min(2, (os.cpu_count() or 1) // max(1, cameras)))
+        engine_cfg = engine_cfg.model_copy(
+            update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
+        )
+    return engine_cfg
+
+
 class LatencyStats:
     """Proxy-added latency of the last frames, for the API and logs (metrics get every sample)."""
 
@@ -113,7 +157,13 @@ class LatencyStats:
 
 
 class CameraPipeline:
-    """Runs one camera: ingest, anonymize, encode, publish. `start`/`stop` are idempotent."""
+    """Runs one camera: ingest, anonymize, encode, publish. `start`/`stop` are idempotent.
+
+    What it runs on can be handed in (tests drive it without a camera, libx264 or a model file):
+    `source_factory` makes the source from the pipeline's two callbacks (default: CameraSource on
+    the camera's URL), `encoder_factory` makes each encoder (default: H264Encoder), `detector` is the
+    engine's detector (default: the configured model, loaded with the engine on the first frame).
+    """
 
     def __init__(
         self,
@@ -125,12 +175,17 @@ class CameraPipeline:
         cameras: int = 1,
         position: int = 0,
         sub_hub: StreamHub | None = None,
+        *,
+        source_factory: SourceFactory | None = None,
+        encoder_factory: EncoderFactory | None = None,
+        detector: FaceDetector | None = None,
     ) -> None:
         self.cam = cam
         self.name = cam.name
         self.cfg = cfg
         self.hub = hub
         self.loop = loop
+        self._make_encoder: EncoderFactory = encoder_factory if encoder_factory is not None else H264Encoder
         # The camera's one tally of frames in, out and dropped: the status below reads it back.
         self.metrics = metrics if metrics is not None else CameraMetrics(cam.name)
         # The main stream: camera frames measured where their packets reach the hub, slates not.
@@ -142,48 +197,27 @@ class CameraPipeline:
         self.sub: SubStreamEncoder | None = None
         self._sub_out: StreamOutput | None = None
         if sub_hub is not None and sub_cfg is not None:
-            self.sub = SubStreamEncoder(sub_cfg, cfg.encoder, cam.name)
+            self.sub = SubStreamEncoder(sub_cfg, cfg.encoder, cam.name, encoder_factory=encoder_factory)
             self._sub_out = StreamOutput(sub_hub, loop)
         self._encode_cpu_s = 0.0  # the main encoder's CPU time (the sub stream's cost is measured against it)
         # The newest frame that left for the encoder (anonymized, or the slate) and when: snapshots.
         self._latest: tuple[av.VideoFrame, float] | None = None
-        engine_cfg = cfg.engine_for(cam)
-        if "plates" in engine_cfg.objects:
-            # Not masking text that the config asks for would be a silent leak: refuse, with the cost.
-            from streamproxy.engine.text import live_refusal
-
-            raise ValueError(live_refusal(cam.name, engine_cfg, cfg.budget_for(cam)))
-        privacy = cfg.privacy_for(cam)
-        if engine_cfg.detector.threshold > privacy.max_threshold:
-            # The floor's threshold: a detector that looks every k-th frame must find more per look.
-            engine_cfg = engine_cfg.model_copy(
-                update={"detector": engine_cfg.detector.model_copy(update={"threshold": privacy.max_threshold})}
-            )
-        if engine_cfg.detector.threads == 0:
-            # Auto: share the cores between the cameras; oversubscribed onnxruntime pools are slower.
-            # One camera on 2 cores gets both: its worker thread, not the CPU, is what limits it
-            # (measured, 720p25 at the 1280-px floor: 20.5 fps on two threads, 14 on one, the
-            # process using ~1 core either way).
-            share = max(1, min(2, (os.cpu_count() or 1) // max(1, cameras)))
-            engine_cfg = engine_cfg.model_copy(
-                update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
-            )
-        self.engine = Anonymizer(
-            engine_cfg,
-            name=cam.name,
-            detect_phase=(position % max(1, cameras)) / max(1, cameras),
-            max_unmasked_frames=privacy.max_unmasked_frames,
-            events=self.metrics,  # detector runs and fail-closed frames: counted by the engine
-        )
+        self.engine_cfg = live_engine_config(cam, cfg, cameras)
+        self.privacy = cfg.privacy_for(cam)
+        # The engine is made on first use (see `engine`): a camera that is down costs its reconnect
+        # attempts and nothing else, not a detector session per camera that never sends a frame.
+        self._engine: Anonymizer | None = None
+        self._engine_lock = threading.Lock()
+        self._detector = detector
+        self._detect_phase = (position % max(1, cameras)) / max(1, cameras)
         self.budget_ms = cfg.budget_for(cam)
         self.controller = LatencyController(
             budget_ms=self.budget_ms,
-            detect_every=engine_cfg.detect_every,
-            input_width=engine_cfg.detector.input_width,
-            max_input_width=engine_cfg.detector.input_width,
-            base_detect_every=engine_cfg.detect_every,
+            detect_every=self.engine_cfg.detect_every,
+            input_width=self.engine_cfg.detector.input_width,
+            max_input_width=self.engine_cfg.detector.input_width,
+            base_detect_every=self.engine_cfg.detect_every,
         )
-        self.privacy = privacy
         self.floor: PrivacyFloor | None = None  # known once the camera's frame size is
         self._floor_side = 0
         self._shedder = FrameShedder()
@@ -193,13 +227,12 @@ class CameraPipeline:
         self._runs: deque[float] = deque(maxlen=25)
         self._hold_checked = 0.0
         self.latency = LatencyStats()
-        self.source = CameraSource(
-            cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=self._on_frame, on_state=self._on_state
-        )
+        make_source = source_factory if source_factory is not None else self._camera_source
+        self.source = make_source(self._on_frame, self._on_state)
         self._mailbox: queue.Queue[DecodedFrame] = queue.Queue(maxsize=MAILBOX_FRAMES)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._encoder: H264Encoder | None = None
+        self._encoder: VideoEncoder | None = None
         self._encoder_size: tuple[int, int] | None = None
         self._encoder_since = -math.inf  # when the encoder was made for a camera frame
         self._encode_ms = 5.0  # recent encode time per frame, reserved when deciding whether a frame is late
@@ -216,6 +249,35 @@ class CameraPipeline:
         self.faces_now = 0
         self.tracks_now = 0
         self._started = False
+
+    def _camera_source(self, on_frame: OnFrame, on_state: OnState) -> FrameSource:
+        """The default source: the camera itself (RTSP, reconnecting and decoding on its own thread)."""
+        cam, cfg = self.cam, self.cfg
+        return CameraSource(cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=on_frame, on_state=on_state)
+
+    @property
+    def engine(self) -> Anonymizer:
+        """The camera's engine, made on first use: by the worker for the camera's first frame, so a
+        camera that never delivers never loads its detector (an onnxruntime session, ~50 MB).
+        Status reads look at `_engine` and never make it."""
+        eng = self._engine
+        if eng is None:
+            with self._engine_lock:  # the worker, or a caller on another thread (tests), not both
+                eng = self._engine
+                if eng is None:
+                    eng = self._engine = self._new_engine()
+        return eng
+
+    def _new_engine(self) -> Anonymizer:
+        """The one place the camera's Anonymizer is made."""
+        return Anonymizer(
+            self.engine_cfg,
+            name=self.name,
+            detector=self._detector,
+            detect_phase=self._detect_phase,
+            max_unmasked_frames=self.privacy.max_unmasked_frames,
+            events=self.metrics,  # detector runs and fail-closed frames: counted by the engine
+        )
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -343,7 +405,8 @@ class CameraPipeline:
 
     def _hold_deadline(self) -> float | None:
         """When the oldest waiting frame must go to the detector to leave inside the budget."""
-        oldest = self.engine.oldest_held_at
+        eng = self._engine  # none yet: nothing waits (and the idle worker does not make one)
+        oldest = eng.oldest_held_at if eng is not None else None
         if oldest is None:
             return None
         # The oldest frame is encoded first, as soon as the run is done (the encoder has its own thread).
@@ -364,6 +427,7 @@ class CameraPipeline:
             # detector slower than the budget) cannot make every later frame look hopeless forever.
             self._run_ms *= 0.9
             return
+        # The camera's first frame makes the engine (`engine`): its detector loads now, not at start.
         self.engine.configure(self.controller.detect_every, self.controller.input_width)
         t = df.pts_seconds if df.pts_seconds is not None else df.decoded_at
         self._release(self.engine.push_pending(frame, t, decoded_at=df.decoded_at), started)
@@ -413,7 +477,7 @@ class CameraPipeline:
         if side == self._floor_side and now - self._hold_checked < 1.0:
             return
         self._hold_checked = now
-        floor = privacy_floor(self.privacy, self.engine.cfg.detector.model, side)
+        floor = privacy_floor(self.privacy, self.engine_cfg.detector.model, side)
         runs = sorted(self._runs)
         typical_run = runs[len(runs) // 2] if runs else self._run_ms
         hold = hold_frames_allowed(self.budget_ms, 1000.0 / self._fps, typical_run, self._encode_ms)
@@ -421,7 +485,7 @@ class CameraPipeline:
         if side != self._floor_side:
             self._floor_side = side
             self.floor = floor
-            configured = self.engine.cfg.detector.input_width
+            configured = self.engine_cfg.detector.input_width
             if configured < floor.min_input_width:
                 log.warning(
                     "%s: detector.input_width %d is below the privacy floor for %dx%d frames "
@@ -511,7 +575,7 @@ class CameraPipeline:
                 if item.slate_frame is None:  # a slate is not a camera frame: frames in = out + dropped
                     self._count_drop("encoder")
 
-    def _ensure_encoder(self, width: int, height: int, camera: bool = True) -> H264Encoder:
+    def _ensure_encoder(self, width: int, height: int, camera: bool = True) -> VideoEncoder:
         """The encoder for this frame size at the camera's frame rate (its GOP is gop_seconds x fps).
 
         The first encoder is made before the camera's rate is measured (for the slate, or for the
@@ -536,7 +600,7 @@ class CameraPipeline:
                 else:
                     log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
                 enc.close()
-            enc = self._encoder = H264Encoder(self.cfg.encoder, width, height, fps, name=self.name)
+            enc = self._encoder = self._make_encoder(self.cfg.encoder, width, height, fps, self.name)
             self._encoder_size = (width, height)
             # An encoder made before the camera's rate was measured (or for the slate) may be fixed
             # at once; one made at the measured rate only after RATE_RECHECK_S.
@@ -596,6 +660,7 @@ class CameraPipeline:
         c = self.controller
         floor = self.floor
         m = self.metrics
+        eng = self._engine  # None until the camera's first frame: nothing counted yet
         now = time.monotonic()
         return PipelineStatus(
             name=self.name,
@@ -606,8 +671,8 @@ class CameraPipeline:
             frames_in=m.frames_in_total,
             frames_out=m.frames_out_total,
             dropped=m.drops(),
-            fail_closed_frames=self.engine.stats.fail_closed_frames,
-            widened_frames=self.engine.stats.widened_frames,
+            fail_closed_frames=eng.stats.fail_closed_frames if eng is not None else 0,
+            widened_frames=eng.stats.widened_frames if eng is not None else 0,
             faces=self.faces_now,
             tracks=self.tracks_now,
             latency_ms=LatencyStatus(
@@ -616,13 +681,13 @@ class CameraPipeline:
             overloaded=c.overloaded,
             keep_ratio=c.keep_ratio,
             detector=DetectorStatus(
-                model=self.engine.cfg.detector.model,
+                model=self.engine_cfg.detector.model,
                 detect_every=c.detect_every,
                 input_width=c.input_width,
                 max_detect_every=c.max_detect_every,
                 min_input_width=c.min_input_width,
                 keep_ratio=c.keep_ratio,
-                error=self.engine.detector_error or None,
+                error=(eng.detector_error or None) if eng is not None else None,
             ),
             privacy_floor=None
             if floor is None

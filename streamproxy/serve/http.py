@@ -344,7 +344,7 @@ class WebServer:
             return web.Response(text="ready\n")
         reasons = []
         if not self.app.pipelines:
-            reasons.append("no camera pipeline yet (models loading?)")
+            reasons.append("no camera pipeline yet (starting?)")
         if self.app.rtsp is None or not getattr(self.app.rtsp, "port", None):
             reasons.append("RTSP listener not up")
         if self._runner is None:
