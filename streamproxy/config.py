@@ -436,6 +436,29 @@ class PrivacyConfig(_Strict):
         "every frame waits (inside the latency budget) for a detector run on itself or a later frame, "
         "and a face first found there is masked back along its path in the frames that waited.",
     )
+    change_gating: bool = Field(
+        True,
+        description="Between whole looks, run the detector only where the picture changed since it was last "
+        "looked at, and around the faces being followed (engine/change.py). A fixed camera then costs a "
+        "fraction of the detector; a moving camera, a lighting change or a PTZ turn gets whole looks as "
+        "without it. false: every detector run looks at the whole picture.",
+    )
+    change_threshold: float = Field(
+        12.0,
+        ge=2.0,
+        le=64.0,
+        description="Change gating: a part of the picture changed when its luma (on a copy where the smallest "
+        "face is 4 px wide) differs by more than this many levels from how it looked at its last look. "
+        "Compared with that look, not with the previous frame, so slow changes add up.",
+    )
+    full_scan_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=10.0,
+        description="Change gating: every part of the picture is looked at, changed or not, at least this often "
+        "(seconds; a rolling scan of 4 overlapping tiles, one per detector run), so a face the detector missed "
+        "once is looked for again even where nothing changes.",
+    )
 
 
 Transport = Literal["tcp", "udp", "auto"]

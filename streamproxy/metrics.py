@@ -156,6 +156,19 @@ WIDENED_FRAMES = Counter(
     "detections, fast motion: more than 0.4 face widths per side): over-masking chosen to avoid a leak.",
     ["camera"],
 )
+LOOK_KINDS: Final[tuple[str, ...]] = ("whole", "regions", "quiet")
+DETECTOR_LOOKS = Counter(
+    "streamproxy_detector_looks",
+    "Live detector runs by what they looked at (change gating, privacy.change_gating): whole (the whole "
+    "picture: the first run, the periodic full scan, a change over most of the picture, or gating off), "
+    "regions (only where the picture changed and around the faces followed), quiet (nothing to look at).",
+    ["camera", "kind"],
+)
+DETECTOR_LOOKED_SHARE = Gauge(
+    "streamproxy_detector_looked_share",
+    "Share of the picture the last live detector run looked at (1 on a whole look).",
+    ["camera"],
+)
 RECONNECTS = Counter(
     "streamproxy_reconnects",
     "Reconnects to the camera after a failure or stall.",
@@ -257,6 +270,8 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_tracks_active",
     "streamproxy_fail_closed_frames_total",
     "streamproxy_widened_frames_total",
+    "streamproxy_detector_looks_total",
+    "streamproxy_detector_looked_share",
     "streamproxy_reconnects_total",
     "streamproxy_camera_up",
     "streamproxy_camera_state",
@@ -294,6 +309,7 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     FACES_MASKED,
     TRACKS_ACTIVE,
     WIDENED_FRAMES,
+    DETECTOR_LOOKED_SHARE,
     RECONNECTS,
     CAMERA_UP,
     INPUT_FPS,
@@ -308,6 +324,7 @@ _PER_CAMERA_AND: Final[tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]] = (
     (CAMERA_STATE, CAMERA_STATES),
     (VIEWERS, PROTOCOLS),
     (BYTES_OUT, OUT_PROTOCOLS),
+    (DETECTOR_LOOKS, LOOK_KINDS),
 )
 
 
@@ -393,6 +410,8 @@ class CameraMetrics:
         self.faces_masked = FACES_MASKED.labels(camera=camera)
         self.tracks_active = TRACKS_ACTIVE.labels(camera=camera)
         self.widened = WIDENED_FRAMES.labels(camera=camera)
+        self.looks = {kind: DETECTOR_LOOKS.labels(camera=camera, kind=kind) for kind in LOOK_KINDS}
+        self.looked_share = DETECTOR_LOOKED_SHARE.labels(camera=camera)
         self.reconnects = RECONNECTS.labels(camera=camera)
         self.camera_up = CAMERA_UP.labels(camera=camera)
         self.input_fps = INPUT_FPS.labels(camera=camera)
@@ -473,6 +492,13 @@ class CameraMetrics:
     def widened_frame(self) -> None:
         """A frame's masks were grown past the face for safety (engine/anonymizer.py WIDE_MARGIN_FACES)."""
         self.widened.inc()
+
+    def look(self, kind: str, share: float) -> None:
+        """One live detector run looked at `share` of the picture ("whole", "regions" or "quiet")."""
+        counter = self.looks.get(kind)
+        if counter is not None:
+            counter.inc()
+        self.looked_share.set(share)
 
     def detection(self, seconds: float, faces: int) -> None:
         """One detector run took `seconds` and found `faces` faces."""

@@ -36,6 +36,7 @@ import av
 import numpy as np
 
 from streamproxy.config import EngineConfig
+from streamproxy.engine.change import ChangeGate, GateSettings, LookPlan
 from streamproxy.engine.detect import FaceDetector, create_detector
 from streamproxy.engine.obfuscate import (
     fill_zones,
@@ -149,6 +150,16 @@ class PendingFrame:
         )
 
 
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's luma plane as a (height x width) uint8 view, without conversion where it is plane 0."""
+    if frame.format.name in ("yuv420p", "yuvj420p", "nv12", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"):
+        plane = frame.planes[0]
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        return rows[:, : plane.width]
+    gray: np.ndarray = frame.to_ndarray(format="gray")
+    return gray
+
+
 def _merged(masks: tuple[Box, ...], more: list[Box]) -> tuple[Box, ...]:
     """`masks` with `more` added; one that mostly overlaps a mask widens it instead (the same face
     from the tracker and the temporal fill: one blur of the union, not two of nearly the same area)."""
@@ -171,6 +182,8 @@ class EngineEvents(Protocol):
 
     def widened_frame(self) -> None: ...
 
+    def look(self, kind: str, share: float) -> None: ...
+
 
 @dataclass
 class EngineStats:
@@ -184,6 +197,15 @@ class EngineStats:
     dropped_frames: int = 0  # failed closed with fail_closed.action = drop
     widened_frames: int = 0  # masks grown past the face for safety (WIDE_MARGIN_FACES)
     detector_ms_total: float = 0.0
+    # Live change gating (engine/change.py): runs by what they looked at, and the picture looked at.
+    whole_looks: int = 0
+    region_looks: int = 0
+    quiet_runs: int = 0  # nothing changed and no face followed: nothing to look at
+    looked_share_total: float = 0.0  # sum over runs of the share of the picture looked at
+    # CPU of this thread (time.thread_time) in the detector calls and in the change gate's
+    # comparisons: where a camera's worker time goes (bench/profile_live.py).
+    detect_cpu_s: float = 0.0
+    observe_cpu_s: float = 0.0
     events: EngineEvents | None = field(default=None, repr=False, compare=False)
 
     def detector_ran(self, ms: float, faces: int) -> None:
@@ -193,6 +215,18 @@ class EngineStats:
         self.faces_detected += faces
         if self.events is not None:
             self.events.detection(ms / 1000, faces)
+
+    def looked(self, kind: str, share: float) -> None:
+        """One live run's look: "whole", "regions" or "quiet", covering `share` of the picture."""
+        if kind == "whole":
+            self.whole_looks += 1
+        elif kind == "regions":
+            self.region_looks += 1
+        else:
+            self.quiet_runs += 1
+        self.looked_share_total += share
+        if self.events is not None:
+            self.events.look(kind, share)
 
     def frame_widened(self) -> None:
         """One frame whose masks were grown past the face for safety (WIDE_MARGIN_FACES)."""
@@ -221,6 +255,7 @@ class Anonymizer:
         detect_phase: float = 0.0,
         max_unmasked_frames: int = 0,
         events: EngineEvents | None = None,
+        change_gate: GateSettings | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = name or "-"
@@ -246,6 +281,9 @@ class Anonymizer:
         self._since_run: int | None = None
         self._run_masks: dict[int, Box] = {}
         self._run_t: float | None = None
+        # Change gating (live only, engine/change.py): where the next run must look.
+        self._gate_settings = change_gate
+        self._gate: ChangeGate | None = None
         # Bulk video (push_offline): frames waiting for later frames, and their tracklets.
         self._offline: list[_OfflineHeld] = []
         self._fill: TemporalFill | None = None
@@ -256,24 +294,34 @@ class Anonymizer:
                 self.detector_error = str(err)
                 log.error("%s: detector unavailable, every frame will be failed closed: %s", self.name, err)
 
-    def _detect(self, run: bool, frame: av.VideoFrame | None, img: np.ndarray | None) -> tuple[
-        list[Detection] | None, float, FailClosedReason | None
-    ]:
-        """Run the detector when due. Returns (detections or None if not run, ms, failure reason)."""
+    def _detect(
+        self,
+        run: bool,
+        frame: av.VideoFrame | None,
+        img: np.ndarray | None,
+        regions: tuple[tuple[int, int, int, int], ...] | None = None,
+    ) -> tuple[list[Detection] | None, float, FailClosedReason | None]:
+        """Run the detector when due (on `regions` of `frame` only, when given). Returns (detections
+        or None if not run, ms, failure reason)."""
         if self.detector is None:
             return None, 0.0, "model_missing"
         if not run and not self._detector_failing:
             return None, 0.0, None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            dets = self.detector.detect_frame(frame) if frame is not None else self.detector.detect_bgr(img)  # type: ignore[arg-type]
+            if regions is not None and frame is not None:
+                dets = self.detector.detect_regions(frame, regions)  # type: ignore[attr-defined]
+            else:
+                dets = self.detector.detect_frame(frame) if frame is not None else self.detector.detect_bgr(img)  # type: ignore[arg-type]
         except Exception as err:
             ms = (time.perf_counter() - t0) * 1000
+            self.stats.detect_cpu_s += time.thread_time() - c0
             if not self._detector_failing:
                 log.error("%s: detector failed, failing closed: %s", self.name, err, exc_info=True)
             self._detector_failing = True
             return None, ms, "detector_error"
         ms = (time.perf_counter() - t0) * 1000
+        self.stats.detect_cpu_s += time.thread_time() - c0
         if self._detector_failing:
             log.warning("%s: detector recovered", self.name)
         self._detector_failing = False
@@ -444,6 +492,7 @@ class Anonymizer:
         if self._held and (self._held[0].frame.width, self._held[0].frame.height) != (frame.width, frame.height):
             out += self.flush_pending()  # a new size resets the tracker: finish the old size's frames first
         self.stats.frames += 1
+        self._observe(frame)
         every = max(1, self.detect_every)
         if self._since_run is None:
             # Cameras of one process are spread over the cadence cycle (detect_phase): the first
@@ -479,10 +528,22 @@ class Anonymizer:
         """Detector on `frame`; then it and every frame waiting before it leave, masked."""
         self._since_run = 0
         held, self._held = self._held, []
-        dets, ms, reason = self._detect(True, frame, None)
+        plan = self._plan(frame, t)
+        dets: list[Detection] | None
+        reason: FailClosedReason | None
+        if plan is not None and not plan.looks:
+            dets, ms, reason = [], 0.0, None  # nothing changed, no face followed: nothing to look at
+        else:
+            regions = None if plan is None or plan.whole else plan.regions
+            dets, ms, reason = self._detect(True, frame, None, regions)
         if reason:
+            if self._gate is not None:
+                self._gate.reset()  # what the failed run should have looked at is looked at next time
             out = [self._fail_frame(h.frame, h.decoded_at, 0.0, reason) for h in held]
             return [*out, self._fail_frame(frame, decoded_at, ms, reason)]
+        if plan is not None and self._gate is not None:
+            self._gate.looked(plan, t)
+            self.stats.looked("whole" if plan.whole else "regions" if plan.regions else "quiet", plan.share)
         tracks = self._masks(dets, t, frame.width, frame.height)
         out = [self._finish(h.frame, h.decoded_at, *self._backfill(h, tracks, t)) for h in held]
         self._remember_run(tracks, t)
@@ -490,6 +551,29 @@ class Anonymizer:
         masks = [tr.mask for tr in tracks]
         out.append(self._finish(frame, decoded_at, masks, margin, faces=len(dets or []), ran=True, ms=ms))
         return out
+
+    # --- live: change gating (engine/change.py) ------------------------------------------------
+
+    def _observe(self, frame: av.VideoFrame) -> None:
+        """Every live frame: what changed since each part of the picture was last looked at."""
+        settings = self._gate_settings
+        if settings is None:
+            return
+        c0 = time.thread_time()
+        w, h = frame.width, frame.height
+        gate = self._gate
+        if gate is None or (gate.width, gate.height) != (w, h):
+            gate = self._gate = ChangeGate.for_frame(w, h, settings)
+        gate.observe(_luma(frame))
+        self.stats.observe_cpu_s += time.thread_time() - c0
+
+    def _plan(self, frame: av.VideoFrame, t: float) -> LookPlan | None:
+        """Where this run looks; None: the whole picture, ungated (no gate, or a detector whose
+        passes cannot be cut into regions)."""
+        gate = self._gate
+        if gate is None or not getattr(self.detector, "regions_supported", False):
+            return None
+        return gate.plan(t, self._tracker.predicted(t))
 
     def _backfill(self, held: _Held, tracks: list[Track], t_run: float) -> tuple[list[Box], float]:
         """Masks for a frame that waited: the tracker's prediction for it, each track's mask

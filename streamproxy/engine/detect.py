@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -362,6 +363,45 @@ class OnnxFaceDetector:
             return self._detect(w, h, scaled, lambda: scaled(w, h))
         finally:
             self.last_ms = (time.perf_counter() - t0) * 1000
+
+    def detect_regions(self, frame: av.VideoFrame, regions: Sequence[tuple[int, int, int, int]]) -> list[Detection]:
+        """Faces in some regions of a frame (x1, y1, x2, y2 in the frame's pixels), in frame coordinates.
+
+        The change gate's look (engine/change.py): the frame is scaled as for the whole-frame pass
+        (longer side `input_width`, the floor's scale) and each region is cut from that picture and
+        run on its own, so a face is seen at exactly the size the whole pass would see it. Only the
+        whole-frame pass is done this way; a detector with tiles, upscale or flip passes gets
+        whole-frame looks from the engine (`regions_supported`). Boxes of all regions are merged by
+        NMS (a face in two overlapping regions is one box)."""
+        t0 = time.perf_counter()
+        try:
+            w, h = int(frame.width), int(frame.height)
+            if w < 1 or h < 1:
+                raise ValueError(f"detect_regions got an empty frame {w}x{h}")
+            sw, sh = fit_size(w, h, self._input_width)
+            kx, ky = sw / w, sh / h
+            base: np.ndarray = frame.reformat(width=sw, height=sh, format="bgr24").to_ndarray()
+            parts = []
+            for x1, y1, x2, y2 in regions:
+                # On the detector's own grid (multiples of ALIGN in the scaled picture): a face meets
+                # the same anchors as in the whole-frame pass.
+                cx1, cy1 = int(x1 * kx) // ALIGN * ALIGN, int(y1 * ky) // ALIGN * ALIGN
+                cx2, cy2 = min(sw, _ceil_align(math.ceil(x2 * kx))), min(sh, _ceil_align(math.ceil(y2 * ky)))
+                if cx2 <= cx1 or cy2 <= cy1:
+                    continue
+                found = self._map(self._infer(base[cy1:cy2, cx1:cx2]), 1 / kx, 1 / ky, cx1 / kx, cy1 / ky)
+                parts.append(self._prune(self._tag(found, 0), w, h))
+            if not parts:
+                return []
+            faces = fuse_passes(np.concatenate(parts, axis=0), self.nms_iou, self.confirm_below, self.confirm_passes)
+            return [Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces]
+        finally:
+            self.last_ms = (time.perf_counter() - t0) * 1000
+
+    @property
+    def regions_supported(self) -> bool:
+        """Whether `detect_regions` sees what `detect_frame` would: one whole-frame pass, no more."""
+        return self.tiles <= 1 and self.upscale <= 1.0 and not any(u > 1.0 for u in self.upscales) and not self.flip
 
     # -- passes -------------------------------------------------------------------------------
 

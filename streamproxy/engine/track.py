@@ -164,6 +164,11 @@ class Tracker:
                 out.append(tr)
         return out
 
+    def predicted(self, t: float) -> list[Box]:
+        """Where every track (tentative ones too) may be at `t`: the prediction and where it was last
+        seen. For the change gate, which looks around each of them at every run."""
+        return [s.box_at(t).union(s.seen_box) for s in self._tracks]
+
     # --- association -------------------------------------------------------------------------
 
     def _associate(self, detections: list[Detection], t: float) -> None:

@@ -41,6 +41,7 @@ import av
 
 from streamproxy.config import AppConfig, CameraConfig, EngineConfig
 from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
+from streamproxy.engine.change import gate_settings
 from streamproxy.engine.detect import FaceDetector
 from streamproxy.hub import StreamHub
 from streamproxy.live.controller import (
@@ -277,6 +278,7 @@ class CameraPipeline:
             detect_phase=self._detect_phase,
             max_unmasked_frames=self.privacy.max_unmasked_frames,
             events=self.metrics,  # detector runs and fail-closed frames: counted by the engine
+            change_gate=gate_settings(self.privacy),
         )
 
     # --- lifecycle ---
@@ -526,15 +528,17 @@ class CameraPipeline:
         if c.overloaded:
             log.warning(
                 "%s: overloaded at the privacy floor: shedding frames, keeping %.0f%% (about %.1f of %.1f fps); "
-                "detect every %d frame(s) at width %d",
+                "detect every %d frame(s) at width %d (%s)",
                 self.name, c.keep_ratio * 100, c.keep_ratio * self._fps, self._fps, c.detect_every, c.input_width,
+                c.last_reason,
             )  # fmt: skip
         else:
             if was_overloaded:
                 log.warning("%s: no longer overloaded: every frame kept", self.name)
             log.info(
-                "%s: latency controller: detect every %d frame(s) at width %d", self.name, c.detect_every, c.input_width
-            )
+                "%s: latency controller: detect every %d frame(s) at width %d (%s)",
+                self.name, c.detect_every, c.input_width, c.last_reason,
+            )  # fmt: skip
         self.metrics.overloaded.set(1 if c.overloaded else 0)
 
     # --- encoder thread ---
