@@ -123,6 +123,8 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
             "ingest": {"read_timeout_s": 2, "backoff_max_s": 1, "backoff_initial_s": 0.2},
             "engine": engine,
             "latency_budget_ms": args.budget_ms,
+            # live_leak.py / profile_live.py: change gating and the floor's keys (`--no-gating`, `--min-face-px`)
+            **({"privacy": dict(args.privacy)} if getattr(args, "privacy", None) else {}),
             "sub_stream": {"enabled": getattr(args, "sub_stream", "on") == "on"},  # live_leak.py: on
             **({"encoder": {"bitrate_kbps": args.encoder_kbps}} if getattr(args, "encoder_kbps", None) else {}),
         }
