@@ -19,8 +19,10 @@ from typing import Any
 
 from streamproxy import metrics
 from streamproxy.config import AppConfig, CameraConfig
+from streamproxy.engine.ahead import usable_cores
+from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool_shape
 from streamproxy.hub import StreamHub
-from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.live.pipeline import CameraPipeline, live_engine_config
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp_server import RtspServer
 
@@ -145,6 +147,8 @@ class App:
         self.sub_hubs: dict[str, StreamHub] = {}  # camera -> its sub stream's hub ("<camera>/sub")
         self.pipelines: dict[str, CameraPipeline] = {}
         self.publishers: dict[str, Publisher] = {}  # cameras with a publish_url
+        # One detector for all cameras (engine/pool.py): pools by detector settings, sessions by cores.
+        self.detector_pools: dict[str, DetectorPool] = {}
         self.rtsp: RtspServer | None = None
         self.web: Any = None
         self.discovery: Any = None  # serve/onvif_discovery.py's responder, when ONVIF discovery is on
@@ -152,6 +156,30 @@ class App:
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
         self.alarm = DescriptorAlarm(self)
+
+    def _pooled_detector(self, cam: CameraConfig) -> PooledDetector | None:
+        """The camera's detector on the shared pool; None (a session of its own, made by its engine)
+        when its config sets detector.threads, or when its engine settings are refused (the pipeline
+        says why)."""
+        if self.cfg.engine_for(cam).detector.threads != 0:
+            return None
+        try:
+            det_cfg = live_engine_config(cam, self.cfg, len(self.cameras)).detector
+        except ValueError:
+            return None
+        key = pool_key(det_cfg)
+        pool = self.detector_pools.get(key)
+        if pool is None:
+            pooled = sum(1 for c in self.cameras if self.cfg.engine_for(c).detector.threads == 0)
+            sessions, threads = pool_shape(usable_cores(), pooled)
+            pool = self.detector_pools[key] = DetectorPool(
+                det_cfg, sessions, threads, name=f"detector-{len(self.detector_pools)}"
+            )
+            log.info(
+                "-: one %s detector for %d camera(s): %d session(s) of %d thread(s), earliest deadline first",
+                det_cfg.model, pooled, sessions, threads,
+            )  # fmt: skip
+        return PooledDetector(pool, det_cfg)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,7 +209,8 @@ class App:
             self.pipelines[cam.name] = await loop.run_in_executor(
                 None,
                 functools.partial(
-                    CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position, sub_hub=sub
+                    CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position, sub_hub=sub,
+                    detector=self._pooled_detector(cam),
                 ),
             )
             if cam.publish_url is not None:
@@ -238,6 +267,8 @@ class App:
             await self.rtsp.stop()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()))
+        for pool in self.detector_pools.values():
+            await loop.run_in_executor(None, pool.close)
         for hub in (*self.hubs.values(), *self.sub_hubs.values()):
             hub.close()
         self.alarm.uninstall(loop)

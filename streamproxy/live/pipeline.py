@@ -43,6 +43,7 @@ from streamproxy.config import AppConfig, CameraConfig, EngineConfig
 from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
 from streamproxy.engine.change import gate_settings
 from streamproxy.engine.detect import FaceDetector
+from streamproxy.engine.pool import PooledDetector
 from streamproxy.hub import StreamHub
 from streamproxy.live.controller import (
     FrameShedder,
@@ -271,10 +272,17 @@ class CameraPipeline:
 
     def _new_engine(self) -> Anonymizer:
         """The one place the camera's Anonymizer is made."""
+        detector = self._detector
+        if isinstance(detector, PooledDetector):
+            try:
+                detector.pool.check()
+            except Exception:
+                # The engine tries to load the model itself and reports it missing (fail closed, named).
+                detector = None
         return Anonymizer(
             self.engine_cfg,
             name=self.name,
-            detector=self._detector,
+            detector=detector,
             detect_phase=self._detect_phase,
             max_unmasked_frames=self.privacy.max_unmasked_frames,
             events=self.metrics,  # detector runs and fail-closed frames: counted by the engine
@@ -389,7 +397,20 @@ class CameraPipeline:
             self._count_drop("worker")  # its own reason: not the encoder, so the failure is looked for here
 
     def _flush_held(self, now: float) -> None:
+        oldest = self.engine.oldest_held_at
+        if oldest is not None:
+            self._set_deadline(oldest)
         self._release(self.engine.flush_pending(), now)
+
+    def _set_deadline(self, newest: float) -> None:
+        """Tell a shared detector (engine/pool.py) when this camera's next run must be done: when the
+        oldest frame that waits for it must go to the encoder."""
+        det = self._detector
+        if isinstance(det, PooledDetector):
+            eng = self._engine
+            held = eng.oldest_held_at if eng is not None else None
+            oldest = newest if held is None else min(held, newest)
+            det.deadline = self._last_start(oldest, detector_ahead=False)
 
     # --- the latency budget: decided here, and only here ---
     def _last_start(self, decoded_at: float, *, detector_ahead: bool) -> float:
@@ -431,6 +452,7 @@ class CameraPipeline:
             return
         # The camera's first frame makes the engine (`engine`): its detector loads now, not at start.
         self.engine.configure(self.controller.detect_every, self.controller.input_width)
+        self._set_deadline(df.decoded_at)
         t = df.pts_seconds if df.pts_seconds is not None else df.decoded_at
         self._release(self.engine.push_pending(frame, t, decoded_at=df.decoded_at), started)
 
