@@ -110,6 +110,9 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
     engine: dict[str, Any] = {}
     if args.input_width:
         engine["detector"] = {"input_width": args.input_width}
+    if getattr(args, "detector_threads", 0):
+        # A session of its own per camera with this many threads, not the shared pool (engine/pool.py).
+        engine.setdefault("detector", {})["threads"] = args.detector_threads
     return parse_config(
         {
             "cameras": [{"name": f"cam{i}", "url": s.url} for i, s in enumerate(sims)],

@@ -12,8 +12,9 @@ measured by bench/live.py and live_leak.py, which have viewers).
 CPU per stage, milliseconds of CPU per output frame of one camera, over `--seconds` after `--warmup`:
 * ingest: the camera's RTSP client thread (depacketize + H.264 decode), from /proc/self/task/<tid>/stat;
 * gate: the change gate's comparison of every frame (EngineStats.observe_cpu_s);
-* detector: the detector calls (EngineStats.detect_cpu_s; onnxruntime's own pool threads, if the
-  session has more than one, are in `native`);
+* detector: the detector calls: the shared pool's session threads (engine/pool.py; `--detector-threads`
+  N gives each camera a session of its own instead, measured in its worker: EngineStats.detect_cpu_s);
+  onnxruntime's own threads, where a session has more than one, are in `native`;
 * engine rest: the worker thread's other CPU (tracker, look-ahead, queues);
 * render: the encoder thread's copy + obfuscation (its CPU less the two encodes);
 * encode main / sub: libx264 for the main stream and the sub stream (the pipeline's own counters);
@@ -92,6 +93,8 @@ def role_of(name: str) -> str:
         return "ingest"
     if name == "app-thread":
         return "loop"
+    if name.startswith("detector-"):
+        return "pool"  # the shared detector's sessions (engine/pool.py)
     return "other-python"
 
 
@@ -99,6 +102,7 @@ def role_of(name: str) -> str:
 class Profile:
     n: int
     gating: bool
+    pooled: bool = True  # one detector pool for all cameras (engine/pool.py), or a session each
     window_s: float = 0.0
     fps_out: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
@@ -115,7 +119,7 @@ class Profile:
 
 
 def profile(clip: Any, stamp: Any, n: int, args: argparse.Namespace) -> Profile:
-    prof = Profile(n, not args.no_gating)
+    prof = Profile(n, not args.no_gating, pooled=not args.detector_threads)
     sims = [make_sim(clip, stamp, i, args) for i in range(n)]
     host: AppThread | None = None
     try:
@@ -172,7 +176,8 @@ def profile(clip: Any, stamp: Any, n: int, args: argparse.Namespace) -> Profile:
         ms = prof.ms_per_frame
         ms["ingest"] = by_role.get("ingest", 0.0) * per
         ms["gate"] = e["observe_cpu_s"] * per
-        ms["detector"] = e["detect_cpu_s"] * per
+        # The camera's own session (its worker's CPU in the calls), or the shared pool's threads.
+        ms["detector"] = (e["detect_cpu_s"] + by_role.get("pool", 0.0)) * per
         ms["engine rest"] = (by_role.get("worker", 0.0) - e["observe_cpu_s"] - e["detect_cpu_s"]) * per
         ms["render"] = (by_role.get("encoder", 0.0) - enc_main - enc_sub) * per
         ms["encode main"] = enc_main * per
@@ -215,7 +220,7 @@ def print_profiles(profiles: list[Profile], clip_name: str) -> None:
     stages = ["ingest", "gate", "detector", "engine rest", "render", "encode main", "encode sub", "loop", "native",
               "other", "total"]  # fmt: skip
     print(f"\nclip {clip_name}: CPU in ms per output frame of one camera (mean over cameras), {os.cpu_count()} CPUs")
-    head = f"{'N':>3} {'gating':>6} | " + " | ".join(f"{s:>11}" for s in stages)
+    head = f"{'N':>3} {'gating':>6} {'pool':>4} | " + " | ".join(f"{s:>11}" for s in stages)
     print(head + " | fps out per camera | cores (python) | looks whole/regions/quiet, share | RSS MB (+/camera)")
     print("-" * (len(head) + 100))
     for p in profiles:
@@ -223,7 +228,7 @@ def print_profiles(profiles: list[Profile], clip_name: str) -> None:
         looks = f"{p.looks.get('whole_looks', 0)}/{p.looks.get('region_looks', 0)}/{p.looks.get('quiet_runs', 0)}"
         per_cam = (p.rss_mb - p.rss_base_mb) / max(1, p.n)
         print(
-            f"{p.n:>3} {'on' if p.gating else 'off':>6} | {cells} | {','.join(f'{f:.1f}' for f in p.fps_out):>18} | "
+            f"{p.n:>3} {'on' if p.gating else 'off':>6} {'yes' if p.pooled else 'no':>4} | {cells} | {','.join(f'{f:.1f}' for f in p.fps_out):>18} | "
             f"{p.cores_used:.2f} ({p.python_cores:.2f}) | {looks}, {p.looked_share:.2f} | {p.rss_mb:.0f} (+{per_cam:.0f})"
         )
         if p.dropped:
@@ -244,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-ms", type=float, default=200.0)
     p.add_argument("--input-width", type=int, default=0)
     p.add_argument("--no-gating", action="store_true", help="privacy.change_gating: false")
+    p.add_argument(
+        "--detector-threads", type=int, default=0,
+        help="engine.detector.threads: > 0 gives each camera a session of its own (no shared pool)",
+    )
     p.add_argument("--full-scan-s", type=float, default=None, help="privacy.full_scan_s")
     p.add_argument("--min-face-px", type=float, default=None, help="privacy.min_face_px")
     p.add_argument("--sub-stream", choices=["on", "off"], default="on")
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_face_px is not None:
         args.privacy["min_face_px"] = args.min_face_px
     cache = outside_repo(args.cache_dir, "--cache-dir")
-    clip = load_clip(args.gt_dir, args.clip)
+    clip = load_clip(args.gt_dir, args.clip, cache)
     stamp = choose_stamp(clip)
     raw = stamped_raw(clip, stamp, cache)
     stamp.raw = str(raw)
