@@ -227,3 +227,30 @@ def test_while_shedding_a_larger_allowed_gap_is_taken_before_more_frames() -> No
     c.set_floor(FLOOR, 3)  # the runs got faster: frames may now wait for the next one
     run(c, 0.0, 3, latency_ms=60, work_ms=10)
     assert c.detect_every == 3 and c.keep_ratio == 0.4, c.setting
+
+
+def test_shedding_on_an_idle_worker_takes_frames_back_though_late_frames_are_lost() -> None:
+    """Shed to 40 % while the worker is busy 5 ms of its 100: the frames lost as late are late because
+    they wait longer between runs at the shed rate. Frames come back (every 5 s at most) instead of
+    shedding more; a busy worker with the same losses keeps shedding."""
+    c = controller(floor=FLOOR, max_every=2)
+    c.detect_every, c.input_width, c.keep_ratio = 2, FLOOR, 0.4
+    t = 0.0
+    kept = [c.keep_ratio]
+    for _ in range(35 * 25):
+        t += 0.04
+        c.dropped(t)  # a late frame lost on every frame
+        c.observe(190, t, 5, 100.0, 30)
+        if c.keep_ratio != kept[-1]:
+            kept.append(c.keep_ratio)
+    assert kept[0] == 0.4 and kept[-1] == 1.0 and kept == sorted(kept), kept
+    assert len(kept) <= 1 + 35 // 5, "at most one step every 5 s"
+
+    busy = controller(floor=FLOOR, max_every=2)
+    busy.detect_every, busy.input_width, busy.keep_ratio = 2, FLOOR, 0.4
+    t = 0.0
+    for _ in range(10 * 25):
+        t += 0.04
+        busy.dropped(t)
+        busy.observe(190, t, 60, 100.0, 70)
+    assert busy.keep_ratio <= 0.4

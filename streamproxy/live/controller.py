@@ -194,7 +194,8 @@ class LatencyController:
             self._bad_until[self.setting] = now + BAD_SETTING_S
             changed = self._back_off(shrink_first=spiky and util < BUSY_HIGH, util=util)
         elif idle_shedding and p95_work < interval_ms and now - self._last_change >= 5.0:
-            self.keep_ratio = 1.0 if self.keep_ratio / SHED_STEP > 0.99 else round(self.keep_ratio / SHED_STEP, 3)
+            keep = min(1.0, self.keep_ratio / SHED_STEP)
+            self.keep_ratio = 1.0 if keep > 0.99 else round(keep, 3)
             changed = True
         elif late and self.detect_every > 1 and util < LATE_STEP_BELOW and self.keep_ratio >= 1.0:
             # Late on an idle worker (and no frame shed: shedding says the CPU is short, even where
