@@ -239,8 +239,10 @@ def test_shedding_on_an_idle_worker_takes_frames_back_though_late_frames_are_los
     kept = [c.keep_ratio]
     for _ in range(35 * 25):
         t += 0.04
-        c.dropped(t)  # a late frame lost on every frame
-        c.observe(190, t, 5, 100.0, 30)
+        shed = c.keep_ratio < 1.0
+        if shed:
+            c.dropped(t - 0.01)  # a late frame lost on every frame, while frames wait long at the shed rate
+        c.observe(190 if shed else 80, t, 5 if shed else 12, 100.0 if shed else 40.0, 30)
         if c.keep_ratio != kept[-1]:
             kept.append(c.keep_ratio)
     assert kept[0] == 0.4 and kept[-1] == 1.0 and kept == sorted(kept), kept
