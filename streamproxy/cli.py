@@ -238,11 +238,16 @@ def _warn_capacity(cfg: AppConfig) -> None:
             camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, cfg.budget_for(cam))
         )
     cores = os.cpu_count() or 1
-    need = sum(lo.core_share for lo in loads)
+    need = sum(lo.fixed_core_share for lo in loads)
+    worst = sum(lo.core_share for lo in loads)
     usable = cores * USABLE_CPU_SHARE
     detail = ", ".join(f"{lo.name}: detector >= {lo.floor_width} px, every <= {lo.max_detect_every}" for lo in loads)
     print(f"privacy floor (assuming 1280x720 at 25 fps per camera): {detail}")
-    print(f"estimated CPU at full frame rate: {need:.1f} of {cores} cores")
+    print(
+        f"estimated CPU at full frame rate: {need:.1f} of {cores} cores as fixed cameras of a busy scene "
+        f"(change gating), up to {worst:.1f} where the whole picture changes (a moving or PTZ camera, a busy "
+        "crowd everywhere, or privacy.change_gating: false)"
+    )
     if need > usable:
         fps = 25.0 * usable / need
         print(
@@ -250,6 +255,13 @@ def _warn_capacity(cfg: AppConfig) -> None:
             f"{cores} cores (about {need:.1f} needed): expect about {fps:.0f} of 25 fps per camera, the rest "
             "shed and counted as frames_dropped_total{reason=\"overload\"}. Use fewer cameras, a larger "
             "privacy.min_face_px where faces are larger, or more cores.",
+            file=sys.stderr,
+        )
+    elif worst > usable:
+        print(
+            f"note: where the whole picture changes (moving or PTZ cameras, a crowd everywhere) these cameras "
+            f"need up to {worst:.1f} cores: frames would be shed, visibly (frames_dropped_total"
+            "{reason=\"overload\"}), never the protection.",
             file=sys.stderr,
         )
 

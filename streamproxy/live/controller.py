@@ -284,11 +284,20 @@ class FrameShedder:
 
 
 # --- capacity estimate (check-config) --------------------------------------------------------
-# CPU per frame, in core-milliseconds per megapixel, measured on this project's 2-core machine
-# (2026-12-01, dev_street 720p): decode ~4 + copy and obfuscate ~4 + libx264 encode ~9 ms per frame,
-# and one YuNet run at 1280x736 ~50 core-ms on one thread (68 on two); CenterFace ~5x YuNet.
-FRAME_CORE_MS_PER_MPIX = 18.0
-DETECT_CORE_MS_PER_MPIX = {"yunet": 60.0, "centerface": 300.0}
+# CPU per frame, in core-milliseconds per megapixel, measured on this project's 2-core machine with
+# bench/profile_live.py (2026-12-07, 4 dev_plaza cameras at 720p25 on the shared detector): ingest and
+# decode 1.2, change gate 0.65, engine 0.7, copy and obfuscate 1.9, libx264 main 3.7 and sub stream
+# 0.7, the rest ~1 ms per frame (~10 ms, 11 per megapixel); one YuNet look at the whole 1280x736
+# picture ~24 core-ms on one thread (26 per megapixel; 30 with the Python around it); CenterFace ~5x.
+FRAME_CORE_MS_PER_MPIX = 11.0
+DETECT_CORE_MS_PER_MPIX = {"yunet": 30.0, "centerface": 150.0}
+# Change gating on a fixed camera (engine/change.py): a run looks at GATED_LOOK_SHARE of the picture
+# on average, the rolling scan's tiles and the whole looks included (dev_plaza, a plaza with 5-10
+# walkers at all times, full_scan_s 1: 0.44; a quiet corridor looks at far less).
+GATED_LOOK_SHARE = 0.45
+# The cadence the controller settles at with several cameras on the reference machine (measured 2-3,
+# gated or not): it may go up to the floor's largest gap, but a longer wait costs latency it lacks.
+TYPICAL_EVERY = 2
 # The share of the machine the cameras may plan to use (the event loop, viewers and the OS need the rest).
 USABLE_CPU_SHARE = 0.85
 
@@ -298,7 +307,8 @@ class CameraLoad:
     name: str
     floor_width: int
     max_detect_every: int
-    core_share: float  # cores this camera needs at its floor, at full frame rate
+    core_share: float  # cores this camera needs at its floor, at full frame rate, looking at the whole picture
+    fixed_core_share: float  # the same for a fixed camera with change gating (= core_share without gating)
 
 
 def camera_load(
@@ -310,7 +320,9 @@ def camera_load(
     height: int = 720,
     fps: float = 25.0,
 ) -> CameraLoad:
-    """What one camera costs at its privacy floor (an estimate from measured per-pixel costs)."""
+    """What one camera costs at its privacy floor (an estimate from measured per-pixel costs): looking
+    at the whole picture every run (a moving camera, a scene that changes everywhere, or no change
+    gating), and as a fixed camera of a busy scene with change gating."""
     floor = privacy_floor(privacy, model, max(width, height))
     # Under load the controller may go down to the floor's width (never below): the cheapest it may run.
     det_w = floor.min_input_width
@@ -320,5 +332,9 @@ def camera_load(
     # The detector uses up to 2 threads: its wall time is about half its CPU time when they are free.
     hold = hold_frames_allowed(budget_ms, 1000.0 / fps, run_core_ms / 2, frame_core_ms / 2)
     every = floor.max_detect_every(hold)
-    share = fps * (frame_core_ms + run_core_ms / every) / 1000.0
-    return CameraLoad(name, floor.min_input_width, every, share)
+    typical = min(every, TYPICAL_EVERY)
+    share = fps * (frame_core_ms + run_core_ms / typical) / 1000.0
+    fixed = share
+    if privacy.change_gating:
+        fixed = fps * (frame_core_ms + run_core_ms * GATED_LOOK_SHARE / typical) / 1000.0
+    return CameraLoad(name, floor.min_input_width, every, share, fixed)
