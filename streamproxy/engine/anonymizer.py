@@ -19,10 +19,11 @@ Two ways in, one per kind of caller:
   waited, and a face seen at both runs is masked where it was between them (interpolated). So a
   face is masked from the first frame in which it is visible even though the detector runs only on
   every k-th frame: the price is latency (k-1 frame intervals at most, inside the budget), not
-  privacy. Why look-ahead and not a change map (detector on regions that changed since the last
-  run): a change map finds new regions only on a still camera. The shared street clip is filmed from
-  a moving bus, where every pixel changes every frame, and a PTZ camera or a camera in the wind is
-  no better: the map would call for the whole frame all the time.
+  privacy. Look-ahead alone serves every camera; on a fixed camera a run also need not look at the
+  whole picture: with change gating (engine/change.py, `change_gate`) every live frame is compared
+  with how each part of the picture looked at its last look, and a run looks at what changed, around
+  the tracks and at one tile of a rolling scan. A moving camera (the shared street clip, from a bus),
+  a PTZ turn or a lighting step changes everywhere and gets whole looks, as without it.
 """
 
 from __future__ import annotations
