@@ -28,6 +28,7 @@ core while frames are shed is GIL-bound), and the proxy's total CPU.
 
     .venv/bin/python bench/profile_live.py --cameras 1,2,4 --seconds 20
     .venv/bin/python bench/profile_live.py --cameras 4 --no-gating      # the same without change gating
+    .venv/bin/python bench/profile_live.py --cameras 1 --down 10        # + what 10 unreachable cameras cost
 
 Loopback only; every wait is bounded; simulators are stopped in `finally`. 2 shared cores: re-run
 before relying on a number.
@@ -199,6 +200,28 @@ def profile(clip: Any, stamp: Any, n: int, args: argparse.Namespace) -> Profile:
     return prof
 
 
+def down_cameras(n: int, seconds: float, args: argparse.Namespace) -> tuple[float, float, float]:
+    """N cameras that never answer (closed loopback ports): (CPU % of one core, RSS MB added, MB per
+    camera). What a camera that is down costs: its reconnect attempts and its slate, nothing more."""
+    from types import SimpleNamespace
+
+    from streamproxy_sim.camsim import free_port
+
+    fake = [SimpleNamespace(url=f"rtsp://127.0.0.1:{free_port()}/down{i}") for i in range(n)]
+    base = rss_mb()
+    host = AppThread(make_config(fake, args))  # type: ignore[arg-type]
+    try:
+        host.start()
+        time.sleep(3.0)  # start-up (the app, its servers) is not what a down camera costs
+        c0, t0 = _proc_cpu(), time.monotonic()
+        time.sleep(seconds)
+        cpu = (_proc_cpu() - c0) / (time.monotonic() - t0) * 100
+        added = rss_mb() - base
+    finally:
+        host.stop()
+    return cpu, added, added / max(1, n)
+
+
 def _engine_counters(p: Any) -> dict[str, float]:
     s = p.engine.stats
     return {
@@ -256,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-scan-s", type=float, default=None, help="privacy.full_scan_s")
     p.add_argument("--min-face-px", type=float, default=None, help="privacy.min_face_px")
     p.add_argument("--sub-stream", choices=["on", "off"], default="on")
+    p.add_argument("--down", type=int, default=0, help="also measure this many cameras that never answer")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     why = system_gst_available()
@@ -280,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{clip.name}: N={n} ({args.warmup:.0f} s warm-up + {args.seconds:.0f} s) ...", flush=True)
         profiles.append(profile(clip, stamp, n, args))
     print_profiles(profiles, clip.name)
+    if args.down:
+        cpu, added, per = down_cameras(args.down, args.seconds, args)
+        print(f"\n{args.down} cameras down (nothing listening): {cpu:.1f} % of one core, +{added:.0f} MB RSS ({per:.1f} MB each)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(x) for x in profiles], indent=1))
