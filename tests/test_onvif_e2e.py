@@ -182,11 +182,17 @@ async def test_wrong_password_is_not_authorized(onvif_host: tuple[SimCamera, Liv
     cam = onvif.ONVIFCamera("127.0.0.1", host.app.web.port, USER, "wrong", WSDL_DIR, no_cache=True)
     try:
         devicemgmt = await cam.create_devicemgmt_service()
+        # ONVIF Core's PRE_AUTH operations answer anyone: the client finds the media service...
+        await cam.update_xaddrs()  # GetSystemDateAndTime, GetServices
+        caps = await devicemgmt.GetCapabilities({"Category": "All"})
+        assert caps.Media.XAddr.endswith("/onvif/media_service")
+        # ...and is told NotAuthorized where it matters (not "no media endpoint").
         with pytest.raises(Fault) as err:
-            await devicemgmt.GetCapabilities({"Category": "All"})
+            await devicemgmt.GetDeviceInformation()
         assert any("NotAuthorized" in str(c) for c in err.value.subcodes or []), err.value
+        media = await cam.create_media_service()
         with pytest.raises(Fault) as err:
-            await devicemgmt.GetServices({"IncludeCapability": False})  # no media XAddr for a wrong password
+            await media.GetProfiles()
         assert any("NotAuthorized" in str(c) for c in err.value.subcodes or []), err.value
     finally:
         await cam.close()

@@ -85,7 +85,11 @@ async def test_real_client_adds_every_camera_over_media2() -> None:
                 camera, sub = p.Configurations.VideoSource.SourceToken, p.token.endswith("_sub")
                 enc = p.Configurations.VideoEncoder
                 size = (160, 120) if sub else (320, 240)  # webkit feeds the sub stream at half the size
-                assert (enc.Encoding, enc.Resolution.Width, enc.Resolution.Height, enc.Profile) == ("H264", *size, "Main")
+                # The stream's own profile (webkit's libx264 ultrafast: Constrained Baseline, ONVIF's Baseline)
+                # and the configured bitrate (encoder / sub_stream.bitrate_kbps).
+                assert (enc.Encoding, enc.Resolution.Width, enc.Resolution.Height, enc.Profile) == ("H264", *size, "Baseline")
+                kbps = app.cfg.sub_stream.bitrate_kbps if sub else app.cfg.encoder.bitrate_kbps
+                assert enc.RateControl.BitrateLimit == kbps
                 path = f"{camera}/sub" if sub else camera
                 for protocol in ("RtspUnicast", "RTSP"):
                     uri = await media2.GetStreamUri({"Protocol": protocol, "ProfileToken": p.token})
@@ -97,7 +101,7 @@ async def test_real_client_adds_every_camera_over_media2() -> None:
             assert any("InvalidArgVal" in str(c) for c in err.value.subcodes or []), err.value
             encoders = await media2.GetVideoEncoderConfigurations()
             assert [e.token for e in encoders] == TOKENS
-            assert {(e.Encoding, e.Profile) for e in encoders} == {("H264", "Main")}
+            assert {(e.Encoding, e.Profile) for e in encoders} == {("H264", "Baseline")}
             assert all(e.GovLength >= 1 and e.RateControl.FrameRateLimit > 0 for e in encoders)
             one = await media2.GetVideoEncoderConfigurations({"ProfileToken": "cam2_sub"})
             assert [(e.token, e.Resolution.Width) for e in one] == [("cam2_sub", 160)]

@@ -53,7 +53,7 @@ from xml.sax.saxutils import escape
 
 from streamproxy.config import AppConfig
 from streamproxy.serve.limits import LimitEvents
-from streamproxy.serve.onvif import DEVICE_PATH, camera_device, scopes
+from streamproxy.serve.onvif import DEVICE_PATH, camera_device, endpoint_reference, scopes
 from streamproxy.serve.onvif_soap import SOAP12, TDS, SoapFault, safe_parse
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,6 @@ BURST_TOTAL = 40
 MAX_SOURCES = 1024  # per-source buckets remembered (the oldest go first)
 MAX_MESSAGE_IDS = 512  # recent probe MessageIDs (retransmissions are answered once)
 METADATA_VERSION = 1  # the device's metadata never changes while it runs
-# EndpointReference: the same uuid for the same serial, across restarts and hosts (a VMS keys on it).
-_EPR_NAMESPACE = uuid.UUID("6b1e8c2e-1f52-5d0a-9d7e-0a5c1c0d15c0")
-
-
-def endpoint_reference(serial: str) -> str:
-    """`urn:uuid:<uuid5 of the serial>`: stable, so a VMS recognises the device after a restart."""
-    return uuid.uuid5(_EPR_NAMESPACE, f"onvif-device:{serial}").urn
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """One device as a WS-Discovery target service."""

@@ -55,6 +55,10 @@ class Profile(Protocol):
     def fps(self) -> float: ...
     @property
     def gov_length(self) -> int: ...
+    @property
+    def bitrate_kbps(self) -> int: ...
+    @property
+    def h264_profile(self) -> str: ...
 
 
 class Media2Host(Protocol):
@@ -191,15 +195,17 @@ class _Media2:
         )
 
     def vec_options(self, req: Request, request: web.Request) -> str:
-        # The one size, rate and GOP each profile's encoder makes: a VMS cannot choose another (Set is a no-op).
+        # The one size, rate, GOP, profile and bitrate each profile's encoder makes: a VMS cannot choose
+        # another (Set is a no-op).
         out = []
         for p in self._selected(req):
             out.append(
                 f'<tr2:Options GovLengthRange="{p.gov_length} {p.gov_length}" FrameRatesSupported="{p.fps:g}" '
-                'ProfilesSupported="Main" ConstantBitRateSupported="false" GuaranteedFrameRateSupported="false">'
+                f'ProfilesSupported="{p.h264_profile}" ConstantBitRateSupported="false" '
+                'GuaranteedFrameRateSupported="false">'
                 f"<tt:Encoding>H264</tt:Encoding>{range_xml('QualityRange', 0, 0)}<tt:ResolutionsAvailable>"
                 f"<tt:Width>{p.width}</tt:Width><tt:Height>{p.height}</tt:Height></tt:ResolutionsAvailable>"
-                f"{range_xml('BitrateRange', 0, 0)}</tr2:Options>"
+                f"{range_xml('BitrateRange', p.bitrate_kbps, p.bitrate_kbps)}</tr2:Options>"
             )
         return _resp("GetVideoEncoderConfigurationOptions", "".join(out))
 
@@ -269,14 +275,16 @@ def _empty(op: str) -> Handler:
 
 
 def _vec_xml(tag: str, p: Profile) -> str:
-    """tt:VideoEncoder2Configuration of a profile (token: the profile's). The bitrate is left 0 as in
-    ver10 (what the encoder holds to is the proxy's config, not something a VMS sets)."""
+    """tt:VideoEncoder2Configuration of a profile (token: the profile's), with the stream's H.264
+    profile and the encoder's target bitrate in kbit/s, as ver10 reports them (the proxy's config
+    sets them, not a VMS). ConstantBitRate is false: x264 holds the rate with a one-second VBV and
+    no filler, so a quiet picture takes less."""
     return (
-        f'<{tag} token={quoteattr(p.token)} GovLength="{p.gov_length}" Profile="Main">'
+        f'<{tag} token={quoteattr(p.token)} GovLength="{p.gov_length}" Profile="{p.h264_profile}">'
         f"<tt:Name>{escape(p.token)}</tt:Name><tt:UseCount>1</tt:UseCount><tt:Encoding>H264</tt:Encoding>"
         f"<tt:Resolution><tt:Width>{p.width}</tt:Width><tt:Height>{p.height}</tt:Height></tt:Resolution>"
         f'<tt:RateControl ConstantBitRate="false"><tt:FrameRateLimit>{p.fps:g}</tt:FrameRateLimit>'
-        "<tt:BitrateLimit>0</tt:BitrateLimit></tt:RateControl>"
+        f"<tt:BitrateLimit>{p.bitrate_kbps}</tt:BitrateLimit></tt:RateControl>"
         "<tt:Multicast><tt:Address><tt:Type>IPv4</tt:Type><tt:IPv4Address>0.0.0.0</tt:IPv4Address></tt:Address>"
         "<tt:Port>0</tt:Port><tt:TTL>0</tt:TTL><tt:AutoStart>false</tt:AutoStart></tt:Multicast>"
         f"<tt:Quality>0</tt:Quality></{tag}>"

@@ -195,6 +195,26 @@ def check_digest(token: UsernameToken, password: str) -> bool:
 
 # --- pieces of answers shared by the media services (ver10 onvif.py, ver20 onvif_media2.py) ---
 
+# ONVIF names an H.264 profile by its profile_idc (ITU-T H.264 A.2): tt:H264Profile (ver10) and
+# tt:VideoEncodingProfiles (ver20) both have Baseline, Main, Extended and High. Neither has Constrained
+# Baseline (Baseline with constraint_set1): it is reported as Baseline, which every client can decode it as.
+_H264_PROFILES = {66: "Baseline", 77: "Main", 88: "Extended"}
+
+
+def h264_profile(sps: bytes | None, preset: str) -> str:
+    """The ONVIF name of the profile a stream is encoded in: from its SPS (NAL header byte, then
+    profile_idc) once there is one, else what libx264 makes with `preset` (encoder.preset)."""
+    if sps is not None and len(sps) >= 2:
+        idc = sps[1]
+        if idc in _H264_PROFILES:
+            return _H264_PROFILES[idc]
+        if idc >= 100:  # High and its 10-bit/4:2:2/4:4:4 siblings: High is ONVIF's nearest
+            return "High"
+    # Before the first keyframe: ultrafast turns CABAC and the 8x8 transform off (Constrained Baseline,
+    # with bframes=0 as live/encode.py sets); every other preset keeps the 8x8 transform (High).
+    return "Baseline" if preset == "ultrafast" else "High"
+
+
 
 def range_xml(tag: str, lo: int, hi: int) -> str:
     """tt:<tag> with Min and Max."""
