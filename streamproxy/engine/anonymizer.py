@@ -558,8 +558,8 @@ class Anonymizer:
     def _observe(self, frame: av.VideoFrame) -> None:
         """Every live frame: what changed since each part of the picture was last looked at."""
         settings = self._gate_settings
-        if settings is None:
-            return
+        if settings is None or not getattr(self.detector, "regions_supported", False):
+            return  # no gating, or a detector whose passes cannot be cut into regions: whole looks
         c0 = time.thread_time()
         w, h = frame.width, frame.height
         gate = self._gate
