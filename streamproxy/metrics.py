@@ -30,10 +30,14 @@ import logging
 import re
 import threading
 import time
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Final, Literal, get_args
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from streamproxy import __version__
 from streamproxy.status import DropCounts
@@ -169,10 +173,9 @@ DETECTOR_LOOKED_SHARE = Gauge(
     "Share of the picture the last live detector run looked at (1 on a whole look).",
     ["camera"],
 )
-RECONNECTS = Counter(
-    "streamproxy_reconnects",
-    "Reconnects to the camera after a failure or stall.",
-    ["camera"],
+RECONNECTS_HELP = (
+    "Connection attempts to the camera after the first one (each after a failure, a stall or the "
+    "stream's end), as the camera's ingest counts them; the API's `reconnects` is the same number."
 )
 CAMERA_UP = Gauge(
     "streamproxy_camera_up",
@@ -310,7 +313,6 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     TRACKS_ACTIVE,
     WIDENED_FRAMES,
     DETECTOR_LOOKED_SHARE,
-    RECONNECTS,
     CAMERA_UP,
     INPUT_FPS,
     OUTPUT_FPS,
@@ -412,7 +414,8 @@ class CameraMetrics:
         self.widened = WIDENED_FRAMES.labels(camera=camera)
         self.looks = {kind: DETECTOR_LOOKS.labels(camera=camera, kind=kind) for kind in LOOK_KINDS}
         self.looked_share = DETECTOR_LOOKED_SHARE.labels(camera=camera)
-        self.reconnects = RECONNECTS.labels(camera=camera)
+        # Reconnects are counted where the attempt is made (the camera's source); this reads them.
+        self._reconnects_of: Callable[[], int] | None = None
         self.camera_up = CAMERA_UP.labels(camera=camera)
         self.input_fps = INPUT_FPS.labels(camera=camera)
         self.output_fps = OUTPUT_FPS.labels(camera=camera)
@@ -443,6 +446,7 @@ class CameraMetrics:
         self._published = 0
         self.state: CameraState = "connecting"
         self.set_state("connecting")
+        RECONNECTS.track(self)
 
     # -- per frame -----------------------------------------------------------------------------
     def frame_in(self, now: float | None = None) -> None:
@@ -519,8 +523,18 @@ class CameraMetrics:
             self.in_rate.reset()
             self.out_rate.reset()
 
-    def reconnect(self) -> None:
-        self.reconnects.inc()
+    def count_reconnects_of(self, read: Callable[[], int]) -> None:
+        """Take the camera's reconnects from `read` (its source's counter): the API's `reconnects` and
+        `streamproxy_reconnects_total` both read it, so the two can never disagree (they once did:
+        the source counted attempts, this class only the losses of a live session)."""
+        self._reconnects_of = read
+        RECONNECTS.track(self)
+
+    @property
+    def reconnects_total(self) -> int:
+        """Connection attempts after the first (0 until a source is attached)."""
+        read = self._reconnects_of
+        return read() if read is not None else 0
 
     def set_viewers(self, rtsp: int, webrtc: int) -> None:
         """Absolute viewer counts, from the fan-out hub when its viewer set changes."""
@@ -551,9 +565,55 @@ class CameraMetrics:
         return self._published
 
 
+class _Reconnects(Collector):
+    """`streamproxy_reconnects_total{camera}`, read at scrape time from each camera's `CameraMetrics`
+    (and through it from the source that counts the attempts), not a second tally kept beside it.
+
+    Held weakly: a camera's metrics live as long as its pipeline. Where a camera has several
+    `CameraMetrics` (a pipeline replaced, a test's spare one), the newest one with a source is read.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cameras: dict[str, weakref.ref[CameraMetrics]] = {}
+
+    def track(self, m: CameraMetrics) -> None:
+        with self._lock:
+            ref = self._cameras.get(m.camera)
+            cur = ref() if ref is not None else None
+            if cur is None or cur._reconnects_of is None or m._reconnects_of is not None:
+                self._cameras[m.camera] = weakref.ref(m)
+
+    def forget(self, camera: str) -> None:
+        with self._lock:
+            self._cameras.pop(camera, None)
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily("streamproxy_reconnects", RECONNECTS_HELP, labels=["camera"])
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily("streamproxy_reconnects", RECONNECTS_HELP, labels=["camera"])
+        with self._lock:
+            cameras = sorted(self._cameras.items())
+        for camera, ref in cameras:
+            m = ref()
+            if m is None:
+                continue
+            try:
+                family.add_metric([camera], m.reconnects_total)
+            except Exception:  # a broken reader must not take the whole scrape down
+                log.exception("%s: reading the reconnect count failed", camera)
+        yield family
+
+
+RECONNECTS: Final = _Reconnects()
+REGISTRY.register(RECONNECTS)
+
+
 def remove_camera(camera: str) -> None:
     """Delete every series of `camera` (it left the config), so it stops being exported."""
     check_camera_label(camera)
+    RECONNECTS.forget(camera)
     for metric in _PER_CAMERA:
         try:
             metric.remove(camera)

@@ -7,12 +7,66 @@ field names and their order here *are* the /api/cameras JSON the page (serve/web
 rename or reorder a field and the API changes.
 
 No URL ever appears here: camera and publish URLs may carry credentials. `PublisherStatus.url` is
-the redacted form, and the API leaves even that out.
+the redacted form, and the API leaves even that out. For the same reason a camera that is not live
+says why as one word of `REASONS` (`not_live_reason`), not the source's error text, which names the
+camera's address; the text is in the log.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final, Literal, get_args
+
+# Why a camera is not live (`PipelineStatus.reason`; the page shows it in words).
+Reason = Literal[
+    "connecting",  # the first attempt, nothing has failed yet
+    "unauthorized",  # the camera rejects our user/password, or wants one the URL lacks (401)
+    "forbidden",  # the camera answers 403
+    "not_found",  # no stream at the URL's path (404)
+    "refused",  # nothing listens at the camera's address and port
+    "unreachable",  # no answer: no route, name not resolved, timed out
+    "lossy",  # packets lost: no whole picture comes through
+    "stalled",  # connected, then no video for the read timeout
+    "disconnected",  # the camera closed or lost the connection, or ended the stream
+    "undecodable",  # video arrives but does not decode
+    "unsupported",  # not RTSP, no H.264/H.265 video, answers the client cannot follow
+    "error",  # anything else (the log has the text)
+    "stopped",
+]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+
+# The source's error texts (live/source.py `_describe`, the RTSP client's ClientError messages,
+# FFmpeg's for the pyav demuxer) -> the reason; the first that matches wins.
+_REASON_PATTERNS: Final[tuple[tuple[Reason, str], ...]] = (
+    ("refused", r"refused"),  # first: "cannot connect to host:401: Connection refused"
+    ("unauthorized", r"\b401\b|unauthori[sz]ed|credentials"),
+    ("forbidden", r"\b403\b|forbidden"),
+    ("not_found", r"\b404\b|not found"),
+    ("lossy", r"lossy|packet loss|packets? (were )?lost|% lost"),
+    ("undecodable", r"does not decode|undecodable"),
+    ("stalled", r"^stalled|no video for|no data for|no packet for"),
+    ("unreachable", r"no answer|timed out|no route|unreachable|name or service|name resolution|nodename"),
+    ("unsupported", r"offers no|no video stream|not rtsp|answers http|malformed|oversized|invalid data|session header"),
+    ("disconnected", r"connection lost|closed the connection|reset by peer|broken pipe|stream ended|end of file"),
+)
+_REASON_TEXTS: Final = tuple((reason, re.compile(pattern, re.IGNORECASE)) for reason, pattern in _REASON_PATTERNS)
+
+
+def not_live_reason(state: str, last_error: str | None) -> Reason | None:
+    """Why a camera in ingest `state` is not live, from its last failure's text; None while live."""
+    if state == "live":
+        return None
+    if state == "stopped":
+        return "stopped"
+    if state == "unauthorized":
+        return "unauthorized"
+    if not last_error:
+        return "connecting"
+    for reason, pattern in _REASON_TEXTS:
+        if pattern.search(last_error):
+            return reason
+    return "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +84,8 @@ class DropCounts:
 
 @dataclass(frozen=True, slots=True)
 class LatencyStatus:
-    """Proxy-added latency of the last frames (ms), and the budget it must stay in."""
+    """Proxy-added latency of the last frames (ms), and the budget it must stay in; p50/p99 are None
+    before the first frame and while the camera is not live."""
 
     p50: float | None
     p99: float | None
@@ -80,29 +135,34 @@ class SubStreamStatus:
 
 @dataclass(frozen=True, slots=True)
 class PipelineStatus:
-    """One camera's live pipeline (`CameraPipeline.snapshot()`)."""
+    """One camera's live pipeline (`CameraPipeline.snapshot()`).
+
+    While the camera is not live, what describes its live picture is None (`fps_camera`, `faces`,
+    `tracks`, latency p50/p99, `overloaded`) rather than the last session's values, and `reason`
+    says why; the rates `fps_in`/`fps_out` are measured, so they read 0 then; counters keep counting."""
 
     name: str
     state: str
+    reason: Reason | None  # why the camera is not live (None while it is)
     fps_in: float
     fps_out: float
-    fps_camera: float
+    fps_camera: float | None
     frames_in: int
     frames_out: int
     dropped: DropCounts
     fail_closed_frames: int
     widened_frames: int  # masks grown past the face for safety (over-masking chosen to avoid a leak)
-    faces: int
-    tracks: int
+    faces: int | None
+    tracks: int | None
     latency_ms: LatencyStatus
     # Overloaded: the camera cannot be carried at the privacy floor, so frames are shed.
-    overloaded: bool
+    overloaded: bool | None
     keep_ratio: float
     detector: DetectorStatus
     privacy_floor: FloorStatus | None
     resolution: tuple[int, int] | None
     viewers: ViewerCounts
-    reconnects: int
+    reconnects: int  # connection attempts after the first: streamproxy_reconnects_total, one count
     encode_cpu_s: float = 0.0  # the main stream encoder's CPU time
     sub_stream: SubStreamStatus | None = None
 

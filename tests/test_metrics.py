@@ -123,10 +123,12 @@ def test_state_up_viewers_bytes_and_reconnects() -> None:
     assert states == {"connecting": 0, "live": 1, "offline": 0, "stopped": 0}
     assert _value("streamproxy_camera_up", camera="state-cam") == 1
     m.set_state("offline")
-    m.reconnect()
+    attempts = [0]
+    m.count_reconnects_of(lambda: attempts[0])  # the source's counter: read, not copied
+    attempts[0] = 1
     assert _value("streamproxy_camera_up", camera="state-cam") == 0
     assert _value("streamproxy_camera_state", camera="state-cam", state="offline") == 1
-    assert _value("streamproxy_reconnects_total", camera="state-cam") == 1
+    assert _value("streamproxy_reconnects_total", camera="state-cam") == 1 == m.reconnects_total
     with pytest.raises(ValueError):
         m.set_state("exploded")  # type: ignore[arg-type]
     m.sent("webrtc", 1500)

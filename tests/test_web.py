@@ -22,7 +22,7 @@ from streamproxy.status import CameraStatus, FloorStatus
 
 # The /api/cameras entry as the page (serve/web/app.js), the benchmarks and users' scripts know it.
 API_KEYS = [
-    "name", "state", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
+    "name", "state", "reason", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
     "fail_closed_frames", "widened_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
     "privacy_floor", "resolution", "viewers", "reconnects", "encode_cpu_s", "sub_stream", "whep", "publish",
 ]  # fmt: skip

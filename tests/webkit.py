@@ -25,7 +25,7 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.http import WebServer
 from streamproxy.serve.webrtc import gather_hosts
-from streamproxy.status import DetectorStatus, DropCounts, LatencyStatus, PipelineStatus, ViewerCounts
+from streamproxy.status import DetectorStatus, DropCounts, LatencyStatus, PipelineStatus, Reason, ViewerCounts
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
@@ -46,27 +46,32 @@ class FakePipeline:
         self.hub = hub
         self.name = hub.name
         self.state = "live"
+        self.reason: Reason | None = None  # why it is not live, when a test takes it down
+        # What the live picture shows (None while down, as CameraPipeline.snapshot reports it).
+        self.faces, self.latency, self.overloaded = 0, (10.0, 20.0), False
         self.latest: av.VideoFrame | None = synthetic_frame(0)  # what a snapshot shows (None: nothing yet)
 
     def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
         return self.latest
 
     def snapshot(self) -> PipelineStatus:
+        live = self.state == "live"
         return PipelineStatus(
             name=self.name,
             state=self.state,
-            fps_in=25.0,
-            fps_out=25.0,
-            fps_camera=25.0,
+            reason=None if live else self.reason,
+            fps_in=25.0 if live else 0.0,
+            fps_out=25.0 if live else 0.0,
+            fps_camera=25.0 if live else None,
             frames_in=0,
             frames_out=0,
             dropped=DropCounts(),
             fail_closed_frames=0,
             widened_frames=0,
-            faces=0,
-            tracks=0,
-            latency_ms=LatencyStatus(10.0, 20.0, 150.0),
-            overloaded=False,
+            faces=self.faces if live else None,
+            tracks=self.faces if live else None,
+            latency_ms=LatencyStatus(*(self.latency if live else (None, None)), 150.0),
+            overloaded=self.overloaded if live else None,
             keep_ratio=1.0,
             detector=DetectorStatus("yunet", 1, 1280, 3, 1280, 1.0, None),
             privacy_floor=None,

@@ -63,6 +63,7 @@ from streamproxy.status import (
     PipelineStatus,
     SubStreamStatus,
     ViewerCounts,
+    not_live_reason,
 )
 from streamproxy.types import DecodedFrame, EncodedPacket
 
@@ -231,6 +232,7 @@ class CameraPipeline:
         self.latency = LatencyStats()
         make_source = source_factory if source_factory is not None else self._camera_source
         self.source = make_source(self._on_frame, self._on_state)
+        self.metrics.count_reconnects_of(lambda: self.source.reconnects)  # one count: API and Prometheus
         self._mailbox: queue.Queue[DecodedFrame] = queue.Queue(maxsize=MAILBOX_FRAMES)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -347,8 +349,6 @@ class CameraPipeline:
         if prev != state:
             log.info("%s: camera %s -> %s", self.name, prev, state)
         self.metrics.set_state(_METRIC_STATE.get(state, "offline"))
-        if state in ("reconnecting", "unauthorized") and prev == "live":
-            self.metrics.reconnect()
         if state == "live" and prev != "live":
             # A new session: the camera may have come back at another frame rate (other settings),
             # so its rate is measured afresh and the encoder may follow it at once.
@@ -682,29 +682,37 @@ class CameraPipeline:
 
     # --- state for the API ---
     def snapshot(self) -> PipelineStatus:
-        """The pipeline now, read from the single counters (the camera's metrics, the engine's stats)."""
+        """The pipeline now, read from the single counters (the camera's metrics, the engine's stats).
+        While the camera is not live, the last session's picture (its rate, faces, latency, overload)
+        is not reported as if current: those are None, and `reason` says why it is down."""
         c = self.controller
         floor = self.floor
         m = self.metrics
         eng = self._engine  # None until the camera's first frame: nothing counted yet
         now = time.monotonic()
+        live = self.state == "live"
+        # The source's last failure (CameraSource.last_error; a test's stand-in may have none).
+        reason = None if live else not_live_reason(self.state, getattr(self.source, "last_error", None))
         return PipelineStatus(
             name=self.name,
             state=self.state,
+            reason=reason,
             fps_in=round(m.in_rate.rate(now), 2),
             fps_out=round(m.out_rate.rate(now), 2),
-            fps_camera=round(self._fps, 2),
+            fps_camera=round(self._fps, 2) if live else None,
             frames_in=m.frames_in_total,
             frames_out=m.frames_out_total,
             dropped=m.drops(),
             fail_closed_frames=eng.stats.fail_closed_frames if eng is not None else 0,
             widened_frames=eng.stats.widened_frames if eng is not None else 0,
-            faces=self.faces_now,
-            tracks=self.tracks_now,
+            faces=self.faces_now if live else None,
+            tracks=self.tracks_now if live else None,
             latency_ms=LatencyStatus(
-                _r(self.latency.percentile(0.5)), _r(self.latency.percentile(0.99)), self.budget_ms
+                _r(self.latency.percentile(0.5)) if live else None,
+                _r(self.latency.percentile(0.99)) if live else None,
+                self.budget_ms,
             ),
-            overloaded=c.overloaded,
+            overloaded=c.overloaded if live else None,
             keep_ratio=c.keep_ratio,
             detector=DetectorStatus(
                 model=self.engine_cfg.detector.model,
@@ -725,7 +733,7 @@ class CameraPipeline:
             ),
             resolution=self._encoder_size,
             viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
-            reconnects=self.source.reconnects,
+            reconnects=m.reconnects_total,  # the source's count, as Prometheus reads it
             encode_cpu_s=round(self._encode_cpu_s, 3),
             sub_stream=self._sub_status(),
         )

@@ -1,5 +1,5 @@
-"""Viewer authentication: Digest (MD5, RFC 2617 without qop, as RTSP clients expect) and Basic,
-for the RTSP server and (Basic only) the HTTP server: one parser and one checker for both.
+"""Viewer authentication: Digest (MD5, RFC 2617) and Basic, for the RTSP server and the HTTP server
+(Basic for the page and the API; Digest as well for snapshots and ONVIF): one parser and one checker.
 
 What it guards against, and how:
 
@@ -13,6 +13,18 @@ What it guards against, and how:
   password right is answered 401 with `stale=TRUE` and a fresh nonce, and retries without
   asking its user (RFC 2617 3.2.1); a captured header replayed on another connection gets nothing.
   Only successful uses are stored, in a table capped at `MAX_BOUND_NONCES`.
+- **HTTP Digest** (`protocol="http"`: snapshots, ONVIF) cannot bind a nonce to a connection: HTTP
+  clients open new ones at will. Instead the challenge offers `qop="auth"` (RFC 7616; curl, browsers,
+  httpx, requests, gSOAP all answer it) and each use of a nonce carries a request counter `nc`
+  that the server accepts once: a captured header replayed, on any connection, is answered stale.
+  Counters may arrive a little out of order (parallel requests on several connections), so each
+  nonce keeps the highest `nc` seen and which of the `NC_WINDOW` below it were used (as IPsec's
+  anti-replay window does); older ones are stale. A client without qop (RFC 2069) can use a nonce
+  once, then gets `stale=TRUE` and a fresh one. A nonce stays usable while used at least every
+  `nonce_ttl_s`. The digest's `uri` must be the request's own target (the path and query it was
+  sent to), so a digest for one camera's snapshot or one ONVIF service opens no other. Only
+  successes are stored (capped at `MAX_BOUND_NONCES`); a nonce pushed out of a full table while
+  still fresh raises a floor: nonces issued up to then are stale, not usable again from zero.
 - **Telling users apart.** An unknown user name is checked against a random dummy password, through
   the same code, so the status, the headers and the work are those of a wrong password. Passwords
   and digests are compared in constant time (`hmac.compare_digest`, on SHA-256 of the passwords so
@@ -40,12 +52,14 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from streamproxy import metrics
 from streamproxy.config import User
@@ -57,6 +71,8 @@ NonceState = Literal["ok", "stale", "bad"]
 
 NONCE_TTL_S = 120.0  # a fresh nonce's life, and how long a bound one may go unused
 MAX_BOUND_NONCES = 4096  # nonces that authenticated a connection (only successes are stored)
+NC_WINDOW = 64  # HTTP Digest: how far below the highest request counter an unused one is still taken
+_NC_SPENT = 1 << 40  # the "highest nc" of a nonce used without qop: every counter is then too old
 MAX_FAILURES = 5  # failures within the window before an address is slowed down
 FAILURE_WINDOW_S = 60.0  # an address is forgotten after this long without a failure
 BACKOFF_BASE_S = 0.25  # the first delayed answer; each further failure doubles it...
@@ -64,6 +80,7 @@ BACKOFF_MAX_S = 4.0  # ...up to this
 MAX_CLIENTS = 4096  # addresses with recent failures that are remembered
 LOG_EVERY_S = 60.0  # at most one failure summary per address this often
 _SIG_CHARS = 24
+_NC = re.compile(r"[0-9a-fA-F]{1,8}")  # a Digest request counter (RFC 7616: 8 hex digits; some send fewer)
 
 
 def _md5(text: str) -> str:
@@ -152,6 +169,54 @@ class _Bound:
 
 
 @dataclass(slots=True)
+class _NonceUse:
+    """An HTTP Digest nonce that authenticated: its request counters seen (see the module doc)."""
+
+    issued_ms: int
+    last_used: float
+    high: int = 0  # the highest nc accepted (0: none yet)
+    seen: int = 0  # bit i: nc == high - 1 - i was accepted
+
+    def take(self, nc: int | None) -> bool:
+        """Accept the request counter `nc` (None: a use without qop) once; False for a replay."""
+        if nc is None:
+            if self.high or self.seen:
+                return False
+            self.high = _NC_SPENT  # used once without a counter: nothing more is accepted
+            return True
+        if nc > self.high:
+            shift = nc - self.high
+            self.seen = ((self.seen << shift) | (1 << (shift - 1))) & ((1 << NC_WINDOW) - 1)
+            self.high = nc
+            return True
+        back = self.high - nc
+        if back == 0 or back > NC_WINDOW or self.seen & (1 << (back - 1)):
+            return False
+        self.seen |= 1 << (back - 1)
+        return True
+
+
+def _origin_form(uri: str) -> str | None:
+    """`/path?query` of a request target in absolute form (`http://host/path?query`), else None."""
+    if "://" not in uri:
+        return None
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return None
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def same_target(digest_uri: str, target: str) -> bool:
+    """Whether a Digest `uri=` names the request's target (RFC 7616 3.4.6): the same string, or the
+    same path and query where one side is in absolute form (a client that went through a proxy)."""
+    if digest_uri == target:
+        return True
+    a, b = _origin_form(digest_uri) or digest_uri, _origin_form(target) or target
+    return a == b
+
+
+@dataclass(slots=True)
 class _Client:
     failures: int = 0
     last_failure: float = 0.0
@@ -200,6 +265,9 @@ class Authenticator:
         # Unknown users are checked against this, so that they cost and answer like a wrong password.
         self._dummy = secrets.token_urlsafe(24)
         self._bound: OrderedDict[str, _Bound] = OrderedDict()  # least recently used first
+        # HTTP Digest: nonces that authenticated, and their request counters (least recently used first).
+        self._used: OrderedDict[str, _NonceUse] = OrderedDict()
+        self._used_floor_ms = -1  # nonces issued at or before this are stale unless in `_used`
         self._clients: OrderedDict[str, _Client] = OrderedDict()  # least recently failed first
         self.failures = 0
         self._failure_metric = metrics.AUTH_FAILURES.labels(protocol=protocol)
@@ -217,14 +285,21 @@ class Authenticator:
         stamp = f"{int(self._clock() * 1000):x}.{secrets.token_hex(4)}"
         return stamp + self._sign(stamp, client)
 
-    def nonce_state(self, nonce: str, client: str = "", conn: str | None = None) -> NonceState:
-        """'ok', 'stale' (ours for this client, but expired or bound to another connection) or 'bad'."""
+    def _issued_ms(self, nonce: str, client: str) -> int | None:
+        """When we issued `nonce` to `client` (ms of our clock), or None when it is not ours for it."""
         stamp, sig = nonce[:-_SIG_CHARS], nonce[-_SIG_CHARS:]
         if not stamp or not _same(sig, self._sign(stamp, client)):
-            return "bad"
+            return None
         try:
-            issued_ms = int(stamp.partition(".")[0], 16)
+            return int(stamp.partition(".")[0], 16)
         except ValueError:
+            return None
+
+    def nonce_state(self, nonce: str, client: str = "", conn: str | None = None) -> NonceState:
+        """'ok', 'stale' (ours for this client, but expired or bound to another connection) or 'bad'.
+        RTSP's rule; HTTP Digest nonces follow `_take_http_nonce`."""
+        issued_ms = self._issued_ms(nonce, client)
+        if issued_ms is None:
             return "bad"
         now = self._clock()
         bound = self._bound.get(nonce)
@@ -247,9 +322,42 @@ class Authenticator:
                 break
             self._bound.popitem(last=False)
 
+    def _take_http_nonce(self, nonce: str, issued_ms: int, nc: int | None) -> bool:
+        """HTTP Digest: True when this use of `nonce` (request counter `nc`, None without qop) is
+        fresh and its first; it is then recorded. False: stale (expired, or a replay)."""
+        now = self._clock()
+        use = self._used.get(nonce)
+        if use is None:
+            age_ms = now * 1000 - issued_ms
+            if not 0 <= age_ms <= self.nonce_ttl_s * 1000 or issued_ms <= self._used_floor_ms:
+                return False
+            use = _NonceUse(issued_ms, now)
+        elif now - use.last_used > self.nonce_ttl_s:
+            return False
+        if not use.take(nc):
+            return False
+        use.last_used = now
+        self._used.pop(nonce, None)
+        self._used[nonce] = use  # most recently used last
+        while self._used:
+            oldest = next(iter(self._used.values()))
+            idle = now - oldest.last_used > self.nonce_ttl_s
+            if len(self._used) <= self.max_bound_nonces and not idle:
+                break
+            self._used.popitem(last=False)
+            if not idle:
+                # Forgotten while still usable: its counters could be replayed from zero, so every
+                # nonce issued up to it is stale from now on (its clients get a fresh one at no prompt).
+                self._used_floor_ms = max(self._used_floor_ms, oldest.issued_ms)
+        return True
+
     def challenge(self, stale: bool = False, client: str = "") -> list[tuple[str, str]]:
-        """WWW-Authenticate headers offering Digest first (clients pick the first they support) and Basic."""
+        """WWW-Authenticate headers offering Digest first (clients pick the first they support) and Basic.
+        HTTP's Digest offers qop="auth" (replays are refused by its request counter); RTSP's does
+        not (RTSP clients answer without qop, and one nonce serves a whole session there)."""
         digest = f'Digest realm="{self.realm}", nonce="{self.new_nonce(client)}", algorithm=MD5'
+        if self.protocol == "http":
+            digest += ', qop="auth"'
         if stale:
             digest += ", stale=TRUE"
         return [("WWW-Authenticate", digest), ("WWW-Authenticate", f'Basic realm="{self.realm}"')]
@@ -291,26 +399,41 @@ class Authenticator:
             return None, False
         if p.get("realm") != self.realm or p.get("algorithm", "MD5").upper() != "MD5":
             return None, False
-        # The digest must be for the camera this request is for: no replay onto another path.
-        req_path, dig_path = parse_path(uri), parse_path(d_uri)
-        if (req_path.name if req_path else "") != (dig_path.name if dig_path else ""):
-            return None, False
-        state = self.nonce_state(nonce, client, conn)
-        if state == "bad":
+        http = self.protocol == "http"
+        if http:
+            # The digest must be for this very request target: not another snapshot, not another service.
+            if not same_target(d_uri, uri):
+                return None, False
+        else:
+            # The digest must be for the camera this request is for: no replay onto another path
+            # (RTSP clients may sign a SETUP with the presentation's URI, so the camera is what counts).
+            req_path, dig_path = parse_path(uri), parse_path(d_uri)
+            if (req_path.name if req_path else "") != (dig_path.name if dig_path else ""):
+                return None, False
+        issued_ms = self._issued_ms(nonce, client)
+        if issued_ms is None:
             return None, False
         password = self._passwords.get(user)
         # An unknown user takes the same path as a wrong password (the dummy never matches).
         ha1 = _md5(f"{user}:{self.realm}:{self._dummy if password is None else password}")
         ha2 = _md5(f"{method}:{d_uri}")
         qop = p.get("qop")
+        nc: int | None = None
         if qop:
-            if qop.lower() != "auth":
+            nc_text, cnonce = p.get("nc", ""), p.get("cnonce", "")
+            if qop.lower() != "auth" or not cnonce or not _NC.fullmatch(nc_text) or int(nc_text, 16) == 0:
                 return None, False
-            expected = _md5(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:{qop}:{ha2}")
+            nc = int(nc_text, 16)
+            expected = _md5(f"{ha1}:{nonce}:{nc_text}:{cnonce}:{qop}:{ha2}")
         else:
             expected = _md5(f"{ha1}:{nonce}:{ha2}")
         if not _same(expected, response.lower()) or password is None:
             return None, False
+        if http:
+            # Right password: a replayed counter or an old nonce is stale (the client retries with a
+            # fresh nonce, no prompt); someone replaying a captured header gets no further.
+            return (user, False) if self._take_http_nonce(nonce, issued_ms, nc) else (None, True)
+        state = self.nonce_state(nonce, client, conn)
         if state == "stale":
             return None, True  # right password, old or foreign nonce: the client retries with a fresh one
         self._bind(nonce, conn)
@@ -441,3 +564,7 @@ class Authenticator:
     def bound_nonces(self) -> int:
         """Nonces bound to a connection in the table (bounded by `max_bound_nonces`)."""
         return len(self._bound)
+
+    def used_http_nonces(self) -> int:
+        """HTTP Digest nonces with their request counters in the table (bounded by `max_bound_nonces`)."""
+        return len(self._used)

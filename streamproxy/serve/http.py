@@ -23,11 +23,14 @@ once a second. WebRTC sessions have their own limits (serve/webrtc.py).
 
 Auth: when `server.users` is set, HTTP Basic (the RTSP users, checked by rtsp/auth.py's
 Authenticator: constant time, failures counted per address with back-off) guards the page, its
-assets, the API and WHEP; snapshots take HTTP Digest as well (what ONVIF clients fetch them with). /healthz and /readyz stay open: orchestrators probe them without
-credentials. /metrics stays open too unless `server.metrics_auth` is set: a default Prometheus
-scrape config has no credentials, and the exposition carries no picture and no camera URL, only
-counters and the camera names (the paths viewers ask for). Where those names are sensitive, set
-`metrics_auth: true` and give Prometheus `basic_auth`, or firewall the HTTP port to the scraper.
+assets, the API and WHEP; snapshots take HTTP Digest as well (what ONVIF clients fetch them with):
+with qop="auth", bound to the request's target and each request counter taken once, so a captured
+header opens neither another URI nor anything on a new connection (rtsp/auth.py). /healthz and
+/readyz stay open: orchestrators probe them without credentials. /metrics stays open too unless
+`server.metrics_auth` is set: a default Prometheus scrape config has no credentials, and the
+exposition carries no picture and no camera URL, only counters and the camera names (the paths
+viewers ask for). Where those names are sensitive, set `metrics_auth: true` and give Prometheus
+`basic_auth`, or firewall the HTTP port to the scraper.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from aiohttp import web
 from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
-from streamproxy.rtsp.auth import Authenticator
+from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.serve.http_limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.onvif import PATHS as ONVIF_PATHS
@@ -255,36 +258,37 @@ class WebServer:
         return self.webrtc.events if request.method == "POST" and request.path.endswith("/whep") else self.guard.events
 
     # --- auth ---
-    async def _authorized(self, request: web.Request) -> bool:
-        # The RTSP server's Basic parser and checker, with its failure counter and back-off.
+    async def _authorized(self, request: web.Request) -> AuthResult:
+        # The RTSP server's parser and checker, with its failure counter and back-off.
+        client = request.remote or "?"
         if _is_snapshot(request.path):
             # ONVIF clients (and NVRs) fetch snapshots with HTTP Digest: both schemes, one checker.
+            # The digest must be for the target as sent (raw_path: path and query, undecoded, as the
+            # client signed it); its nonce's request counter is taken once (rtsp/auth.py).
             try:
-                res = await self.auth.verify(
-                    "GET", request.path_qs, request.headers.get("Authorization"), request.remote or "?"
+                return await self.auth.verify(
+                    request.method, request.raw_path, request.headers.get("Authorization"), client
                 )
             except Exception:  # a Digest uri= that does not parse is a wrong credential, not a crash
-                return False
-            return res.user is not None
-        res = await self.auth.verify_basic(request.headers.get("Authorization"), request.remote or "?")
-        return res.user is not None
+                return AuthResult(None, True, self.auth.challenge(client=client))
+        return await self.auth.verify_basic(request.headers.get("Authorization"), client)
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (
-            self._users
-            and request.path not in self._open_paths
-            and request.method != "OPTIONS"  # preflights carry no credentials by design
-            and not await self._authorized(request)
-        ):
-            resp = web.Response(status=401, text="authentication required\n", headers=CORS_HEADERS)
-            if _is_snapshot(request.path):
-                for name, value in self.auth.challenge(client=request.remote or ""):
-                    resp.headers.add(name, value)
-            else:
-                resp.headers["WWW-Authenticate"] = f'Basic realm="{self.cfg.realm}", charset="UTF-8"'
-            return resp
-        return await handler(request)
+        if not self._users or request.path in self._open_paths or request.method == "OPTIONS":
+            # Probes and metrics (unless metrics_auth) are open; preflights carry no credentials by design.
+            return await handler(request)
+        res = await self._authorized(request)
+        if res.user is not None:
+            return await handler(request)
+        resp = web.Response(status=401, text="authentication required\n", headers=CORS_HEADERS)
+        if _is_snapshot(request.path):
+            # The checker's challenge: Digest (stale=TRUE after a replayed or expired nonce) and Basic.
+            for name, value in res.challenge or self.auth.challenge(client=request.remote or "?"):
+                resp.headers.add(name, value)
+        else:
+            resp.headers["WWW-Authenticate"] = f'Basic realm="{self.cfg.realm}", charset="UTF-8"'
+        return resp
 
     # --- page and API ---
     async def _index(self, request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,23 @@
   let session = null; // {camera, pc, location, statsTimer}
   let cameras = [];
 
+  // Why a camera is not live (the API's `reason`, streamproxy/status.py REASONS): a word and what it means.
+  const REASONS = {
+    connecting: ["connecting", "first connection to the camera under way"],
+    unauthorized: ["unauthorized", "the camera rejects the proxy's user name or password (check the camera URL)"],
+    forbidden: ["forbidden", "the camera refuses this user or address (HTTP 403)"],
+    not_found: ["not found", "the camera has no stream at the URL's path"],
+    refused: ["refused", "nothing listens at the camera's address and port"],
+    unreachable: ["unreachable", "no answer from the camera's address"],
+    lossy: ["lossy", "too many packets are lost for a whole picture to come through"],
+    stalled: ["stalled", "the camera stopped sending video"],
+    disconnected: ["disconnected", "the camera closed or lost the connection"],
+    undecodable: ["undecodable", "video arrives but does not decode"],
+    unsupported: ["unsupported", "not an RTSP stream with H.264/H.265 video the proxy can read"],
+    error: ["error", "see the proxy's log"],
+    stopped: ["stopped", "the camera's pipeline is stopped"],
+  };
+
   function uiState(pipelineState) {
     if (pipelineState === "live") return "live";
     if (pipelineState === "connecting" || pipelineState === "reconnecting") return "reconnecting";
@@ -34,7 +51,10 @@
   }
 
   function cardFor(cam) {
-    const lat = cam.latency_ms || {};
+    // Values that describe the live picture are shown only while it is live: a camera that is down
+    // shows "–" and why, never its last session's rate, faces or latency as if they were current.
+    const live = cam.state === "live";
+    const lat = (live && cam.latency_ms) || {};
     const viewers = cam.viewers || {};
     const st = uiState(cam.state);
     const card = document.createElement("button");
@@ -49,7 +69,7 @@
     badge.className = "badge " + st;
     badge.textContent = st;
     h.append(name, badge);
-    if (cam.overloaded) {
+    if (live && cam.overloaded) {
       // The camera cannot be carried at its privacy floor: frames are shed, never the protection.
       const over = document.createElement("span");
       over.className = "badge overloaded";
@@ -57,12 +77,22 @@
       over.title = "Not enough CPU to anonymize every frame at the privacy floor: frames are shed (dropped, counted).";
       h.append(over);
     }
+    const parts = [h];
+    if (!live) {
+      const code = cam.reason || (cam.state === "stopped" ? "stopped" : "connecting");
+      const [word, meaning] = REASONS[code] || [String(code), ""];
+      const reason = document.createElement("p");
+      reason.className = "reason";
+      reason.dataset.reason = code;
+      reason.textContent = meaning ? word + " — " + meaning : word;
+      parts.push(reason);
+    }
     const dl = document.createElement("dl");
     const rows = [
-      ["fps in / out", fmt(cam.fps_in, 1) + " / " + fmt(cam.fps_out, 1)],
+      ["fps in / out", live ? fmt(cam.fps_in, 1) + " / " + fmt(cam.fps_out, 1) : fmt(null)],
       ["viewers", "rtsp " + (viewers.rtsp ?? 0) + " · webrtc " + (viewers.webrtc ?? 0)],
-      ["faces masked", fmt(cam.tracks ?? cam.faces, 0)],
-      ["added latency", "p50 " + fmt(lat.p50, 0) + " ms · p99 " + fmt(lat.p99, 0) + " ms"],
+      ["faces masked", live ? fmt(cam.tracks ?? cam.faces, 0) : fmt(null)],
+      ["added latency", live ? "p50 " + fmt(lat.p50, 0) + " ms · p99 " + fmt(lat.p99, 0) + " ms" : fmt(null)],
     ];
     for (const [k, v] of rows) {
       const dt = document.createElement("dt");
@@ -71,7 +101,8 @@
       dd.textContent = v;
       dl.append(dt, dd);
     }
-    card.append(h, dl);
+    parts.push(dl);
+    card.append(...parts);
     card.addEventListener("click", () => play(cam.name));
     return card;
   }
