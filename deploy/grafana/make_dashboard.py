@@ -141,12 +141,19 @@ def build() -> dict[str, Any]:
                 (f"streamproxy_detector_input_width{{{CAM}}}", "{{camera}} input width"),
                 (f"streamproxy_detector_min_input_width{{{CAM}}}", "{{camera}} privacy floor width"),
                 (f"streamproxy_overloaded{{{CAM}}}", "{{camera}} overloaded (shedding frames)"),
+                (f"streamproxy_detector_looked_share{{{CAM}}}", "{{camera}} share of the picture looked at"),
+                (
+                    f"sum by (camera, kind) (rate(streamproxy_detector_looks_total{{{CAM}}}[{RI}]))",
+                    "{{camera}} {{kind}} looks/s",
+                ),
             ],
             "none",
             (8, 16, 8, 8),
             "What the latency controller chose: run the detector every N frames (frames wait for the "
             "next run, so no face goes unmasked), at this width, never below the privacy floor's "
-            "width. Overloaded = 1: the camera cannot be carried at its floor and whole frames are shed.",
+            "width. Overloaded = 1: the camera cannot be carried at its floor and whole frames are shed. "
+            "Change gating: the share of the picture the last run looked at, and runs per second by kind "
+            "(whole, regions: where the picture changed, around the faces and one scan tile; quiet).",
             overrides=[
                 {
                     "matcher": {"id": "byFrameRefID", "options": ref},
