@@ -263,3 +263,19 @@ def test_shedding_on_an_idle_worker_takes_frames_back_though_late_frames_are_los
         busy.dropped(t)
         busy.observe(190, t, 60, 100.0, 70)
     assert busy.keep_ratio <= 0.4
+
+
+def test_one_lost_frame_at_the_floor_is_jitter_two_are_overload() -> None:
+    """At the floor's cadence and width, one lost frame on a worker busy 60 % of the time does not shed
+    a fifth of the frames; two within 2 s do."""
+    c = controller(floor=FLOOR, max_every=2)
+    c.detect_every, c.input_width = 2, FLOOR
+    t = run(c, 0.0, 1.5, latency_ms=60, work_ms=24)
+    c.dropped(t)
+    t = run(c, t, 1.5, latency_ms=60, work_ms=24)
+    assert c.keep_ratio == 1.0, c.setting
+    t = run(c, t, 10.5, latency_ms=60, work_ms=24)  # quiet again
+    c.dropped(t)
+    c.dropped(t + 0.02)
+    run(c, t, 1.5, latency_ms=60, work_ms=24)
+    assert c.keep_ratio < 1.0, c.setting
