@@ -173,6 +173,17 @@ DETECTOR_LOOKED_SHARE = Gauge(
     "Share of the picture the last live detector run looked at (1 on a whole look).",
     ["camera"],
 )
+RTP_PACKETS_LOST = Counter(
+    "streamproxy_rtp_packets_lost",
+    "RTP packets from the camera that never arrived (gaps in sequence numbers), as the built-in client "
+    "counts them; over UDP the camera is switched to TCP when loss lets no whole picture through.",
+    ["camera"],
+)
+DAMAGED_FRAMES = Counter(
+    "streamproxy_damaged_frames",
+    "Camera frames (access units) dropped before the decoder because a packet of theirs was lost.",
+    ["camera"],
+)
 RECONNECTS_HELP = (
     "Connection attempts to the camera after the first one (each after a failure, a stall or the "
     "stream's end), as the camera's ingest counts them; the API's `reconnects` is the same number."
@@ -276,6 +287,8 @@ METRIC_NAMES: Final[list[str]] = [
     "streamproxy_detector_looks_total",
     "streamproxy_detector_looked_share",
     "streamproxy_reconnects_total",
+    "streamproxy_rtp_packets_lost_total",
+    "streamproxy_damaged_frames_total",
     "streamproxy_camera_up",
     "streamproxy_camera_state",
     "streamproxy_viewers",
@@ -313,6 +326,8 @@ _PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     TRACKS_ACTIVE,
     WIDENED_FRAMES,
     DETECTOR_LOOKED_SHARE,
+    RTP_PACKETS_LOST,
+    DAMAGED_FRAMES,
     CAMERA_UP,
     INPUT_FPS,
     OUTPUT_FPS,
@@ -414,6 +429,9 @@ class CameraMetrics:
         self.widened = WIDENED_FRAMES.labels(camera=camera)
         self.looks = {kind: DETECTOR_LOOKS.labels(camera=camera, kind=kind) for kind in LOOK_KINDS}
         self.looked_share = DETECTOR_LOOKED_SHARE.labels(camera=camera)
+        # Counted by the camera's source (live/source.py) on these same series, created here at 0.
+        self.rtp_packets_lost = RTP_PACKETS_LOST.labels(camera=camera)
+        self.damaged_frames = DAMAGED_FRAMES.labels(camera=camera)
         # Reconnects are counted where the attempt is made (the camera's source); this reads them.
         self._reconnects_of: Callable[[], int] | None = None
         self.camera_up = CAMERA_UP.labels(camera=camera)

@@ -134,6 +134,31 @@ class SubStreamStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LossStatus:
+    """Packet loss between the camera and the proxy, as the built-in RTSP client counts it (since start)."""
+
+    rtp_packets_lost: int  # gaps in RTP sequence numbers: streamproxy_rtp_packets_lost_total
+    damaged_frames: int  # access units dropped before the decoder for a lost packet: streamproxy_damaged_frames_total
+    percent: float | None  # RTP packets lost over the last seconds of the session; None while not measured
+    tcp_fallback: bool  # UDP lost too much: the camera is read over TCP until restart
+
+
+def loss_status(source: object) -> LossStatus | None:
+    """The camera source's loss counters (live/source.py CameraSource); None for a source without them."""
+    lost = getattr(source, "rtp_packets_lost", None)
+    damaged = getattr(source, "damaged_frames", None)
+    if not isinstance(lost, int) or not isinstance(damaged, int):
+        return None
+    percent = getattr(source, "loss_percent", None)
+    return LossStatus(
+        rtp_packets_lost=lost,
+        damaged_frames=damaged,
+        percent=float(percent) if isinstance(percent, (int, float)) else None,
+        tcp_fallback=getattr(source, "tcp_forced", False) is True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineStatus:
     """One camera's live pipeline (`CameraPipeline.snapshot()`).
 
@@ -165,6 +190,7 @@ class PipelineStatus:
     reconnects: int  # connection attempts after the first: streamproxy_reconnects_total, one count
     encode_cpu_s: float = 0.0  # the main stream encoder's CPU time
     sub_stream: SubStreamStatus | None = None
+    loss: LossStatus | None = None  # what the camera's RTP loses (built-in client: the pyav demuxer counts none)
 
 
 @dataclass(frozen=True, slots=True)

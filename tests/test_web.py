@@ -24,7 +24,7 @@ from streamproxy.status import CameraStatus, FloorStatus
 API_KEYS = [
     "name", "state", "reason", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
     "fail_closed_frames", "widened_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
-    "privacy_floor", "resolution", "viewers", "reconnects", "encode_cpu_s", "sub_stream", "whep", "publish",
+    "privacy_floor", "resolution", "viewers", "reconnects", "encode_cpu_s", "sub_stream", "loss", "whep", "publish",
 ]  # fmt: skip
 DETECTOR_KEYS = ["model", "detect_every", "input_width", "max_detect_every", "min_input_width", "keep_ratio", "error"]
 

@@ -270,6 +270,18 @@ def build() -> dict[str, Any]:
             "Cameras with publish_url: 1 while a RECORD session to the external server is up, and the "
             "frames pushed per second (0 for cameras that do not publish).",
         ),
+        _panel(
+            "Packet loss from the camera",
+            [
+                (f"sum by (camera) (increase(streamproxy_rtp_packets_lost_total{{{CAM}}}[{RI}]))", "{{camera}} RTP packets lost"),
+                (f"sum by (camera) (increase(streamproxy_damaged_frames_total{{{CAM}}}[{RI}]))", "{{camera}} frames damaged"),
+            ],
+            "none",
+            (0, 46, 24, 6),
+            "RTP packets from the camera that never arrived (sequence gaps) and the camera frames dropped before "
+            "the decoder for a lost packet (built-in client). A UDP camera whose loss lets no picture through is "
+            "switched to TCP (the log says so, the API's loss.tcp_fallback).",
+        ),
     ]
     for i, p in enumerate(panels, start=1):
         p["id"] = i

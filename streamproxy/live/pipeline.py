@@ -63,6 +63,7 @@ from streamproxy.status import (
     PipelineStatus,
     SubStreamStatus,
     ViewerCounts,
+    loss_status,
     not_live_reason,
 )
 from streamproxy.types import DecodedFrame, EncodedPacket
@@ -736,6 +737,7 @@ class CameraPipeline:
             reconnects=m.reconnects_total,  # the source's count, as Prometheus reads it
             encode_cpu_s=round(self._encode_cpu_s, 3),
             sub_stream=self._sub_status(),
+            loss=loss_status(self.source),
         )
 
     def _sub_status(self) -> SubStreamStatus | None:

@@ -42,6 +42,15 @@ Transport "auto": TCP first (no loss, passes NAT and firewalls, and it is what F
 anyway); when an attempt fails, the next one tries the other transport, and whichever transport
 last delivered frames is kept. FFmpeg's own default (UDP first, TCP after a 10 s UDP timeout) is
 too slow to be useful as a fallback.
+
+A lossy UDP camera (issue 20): the built-in client drops an access unit with a lost packet whole, so
+at 5 % loss an IDR of ~90 packets arrives whole 1 % of the time and the camera never showed a
+picture. Over UDP, packets that keep coming with loss but make no picture for UDP_FALLBACK_S (or the
+stall timeout, if shorter) end the session with a WARNING naming the loss, and the camera is read
+over TCP from then on, until restart (`tcp_forced`), whatever its configured transport. Damaged
+access units are not handed to the decoder. Packets that make no picture for the stall timeout
+(FIRST_PICTURE_S at least before a session's first picture: a long GOP) are a stall. The loss is
+counted (`rtp_packets_lost`, `damaged_frames`, `loss_percent`; /metrics and the API's `loss`).
 """
 
 from __future__ import annotations
@@ -58,9 +67,19 @@ from urllib.parse import unquote, urlsplit
 
 import av
 import av.container.core as _av_core
+from prometheus_client import Counter
 
 from streamproxy.config import IngestConfig, Transport, redact_url
-from streamproxy.rtsp.client import ClientError, ClientStalled, ClientStopped, ClientUnauthorized, RtspClient
+from streamproxy.metrics import DAMAGED_FRAMES, RTP_PACKETS_LOST, check_camera_label
+from streamproxy.rtsp.client import (
+    ClientError,
+    ClientLossy,
+    ClientStalled,
+    ClientStopped,
+    ClientUnauthorized,
+    RtspClient,
+)
+from streamproxy.rtsp.depay import Depacketizer
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Stalled, Supervisor, run_sync
 from streamproxy.types import DecodedFrame
 
@@ -78,6 +97,17 @@ DECODE_THREADS = 2  # slice threads: no added delay, and cameras encode several 
 # A session whose access units keep failing to decode (a camera sending junk RTP) is ended after this
 # many errors in a row with no picture for the read timeout: a new session brings fresh parameter sets.
 UNDECODABLE_AFTER = 50
+# Over UDP, a session that loses packets and has had no picture this long (or the stall timeout, if
+# shorter) is ended and the camera is read over TCP from then on, until restart (as FFmpeg and most
+# NVRs do): an access unit with a lost packet is dropped whole, and at 5 % loss an IDR of ~90 packets
+# arrives whole 1 % of the time, so such a camera would never show a picture over UDP.
+UDP_FALLBACK_S = 5.0
+# Packets that make no picture for the stall timeout are a stall; before a session's first picture the
+# bound is at least this, since the session may have joined mid-GOP and cameras' keyframe intervals
+# reach several seconds (a long-GOP camera that never got to its keyframe would otherwise never come up).
+FIRST_PICTURE_S = 12.0
+LOSS_WINDOW_S = 2.0  # `loss_percent` is measured over windows this long
+FLOWING_S = 1.0  # packets came this recently: the session makes progress (no picture is then a loss/stall)
 
 
 # --- interrupting a blocking PyAV read from another thread --------------------------------------
@@ -147,6 +177,10 @@ class _Stopped(Exception):
     pass
 
 
+class _NoPicture(Stalled):
+    """Packets arrive but no picture came for the stall timeout: a stall, with its own message."""
+
+
 def _secret_strings(url: str) -> list[str]:
     """Spellings of the URL's credentials that could appear in an FFmpeg error message.
 
@@ -198,6 +232,18 @@ class CameraSource:
         self.frames_in = 0
         self.reconnects = 0  # connection attempts after the first one
         self.decode_errors = 0
+        # Loss, as the built-in client sees it (the pyav demuxer does not say): RTP packets lost (sequence
+        # gaps), access units dropped before the decoder because a packet of theirs was lost, and the share
+        # of packets lost over the session's last LOSS_WINDOW_S (None before the first window / with pyav).
+        self.rtp_packets_lost = 0
+        self.rtp_packets_received = 0
+        self.damaged_frames = 0
+        self.loss_percent: float | None = None
+        self.tcp_forced = False  # UDP lost too much: TCP from now on, whatever the configured transport
+        self.udp_fallback_s = UDP_FALLBACK_S
+        self.first_picture_s = FIRST_PICTURE_S
+        self._counted = (0, 0, 0)  # the session depacketizer's (lost, received, dropped) already added up
+        self._loss_window = (0.0, 0, 0)  # (start, lost, received) of the current loss window
         self.last_error: str | None = None
         self.unauthorized = False  # the camera rejected our credentials on the last attempt
         self._logged_reason: str | None = None  # the failure last logged at WARNING (said once)
@@ -272,6 +318,8 @@ class CameraSource:
         return text
 
     def _pick_transport(self) -> Literal["tcp", "udp"]:
+        if self.tcp_forced:
+            return "tcp"
         if self.transport == "auto":
             return self._auto_next
         return self.transport
@@ -324,6 +372,7 @@ class CameraSource:
         if self.transport == "auto" and self.live_since is None:
             self._auto_next = "udp" if self._attempt_transport == "tcp" else "tcp"
         self.live_since = None
+        self.loss_percent = None  # measured while a session runs: no stale value while down
         self._set_state("unauthorized" if self.unauthorized else "reconnecting")
         # Said once: a camera that keeps failing the same way (wrong password, down for hours) gets
         # one WARNING, then DEBUG until the reason changes or it was live again in between, and a
@@ -355,7 +404,9 @@ class CameraSource:
         self._reported_at = now
 
     def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
-        if isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
+        if isinstance(err, _NoPicture):
+            msg = str(err)
+        elif isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
         elif isinstance(err, av.error.ExitError) and self.opened:
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
@@ -402,8 +453,19 @@ class CameraSource:
                 self._session_started(lambda: ctx.framerate)
                 time_base = Fraction(1, track.clock_rate)
                 started = False
-                # The client's read deadline is the stall timeout (it raises ClientStalled).
-                for au in client.access_units(self.ingest.read_timeout_s):
+                depay = client.depay
+                assert depay is not None
+                self._counted = (0, 0, 0)
+                self._loss_window = (time.monotonic(), 0, 0)
+                self.loss_percent = None
+
+                def watch() -> None:
+                    self._watch_picture(depay, transport, units.last_packet_at)
+
+                # The client's read deadline is the stall timeout (it raises ClientStalled) for a
+                # camera that goes silent; `watch` for one whose packets never make a picture.
+                units = client.access_units(self.ingest.read_timeout_s, watch)
+                for au in units:
                     attempt.progress()
                     if not started:
                         if not au.keyframe:
@@ -418,6 +480,58 @@ class CameraSource:
         except ClientStalled as err:
             attempt.stalled = True
             raise Stalled(str(err)) from None
+
+    def _take_loss(self, depay: Depacketizer, now: float) -> None:
+        """Add the session depacketizer's new losses to the camera's counters (and /metrics)."""
+        lost, received, dropped = depay.lost_packets, depay.received, depay.dropped_units
+        new_lost, new_received, new_dropped = (
+            lost - self._counted[0], received - self._counted[1], dropped - self._counted[2]
+        )  # fmt: skip
+        self._counted = (lost, received, dropped)
+        self.rtp_packets_received += new_received
+        if new_lost > 0:
+            self.rtp_packets_lost += new_lost
+            _inc(RTP_PACKETS_LOST, self.name, new_lost)
+        if new_dropped > 0:
+            self.damaged_frames += new_dropped
+            _inc(DAMAGED_FRAMES, self.name, new_dropped)
+        start, lost0, received0 = self._loss_window
+        if now - start >= LOSS_WINDOW_S:
+            self.loss_percent = round(_percent(lost - lost0, received - received0), 2)
+            self._loss_window = (now, lost, received)
+
+    def _watch_picture(self, depay: Depacketizer, transport: str, last_packet_at: float) -> None:
+        """Called by the client's read loop (every packet, at least every TICK_S): counts the loss, and
+        ends a session whose packets keep coming but make no picture: over UDP with loss, after
+        UDP_FALLBACK_S (or the stall timeout if shorter), to read the camera over TCP from then on;
+        otherwise after the stall timeout (FIRST_PICTURE_S at least before the first picture), as a stall."""
+        now = time.monotonic()
+        self._take_loss(depay, now)
+        stall_s = self.ingest.read_timeout_s
+        if self.frames_in_session == 0:
+            stall_s = max(stall_s, self.first_picture_s)
+        silent = now - self._picture_at
+        bound = min(self.udp_fallback_s, stall_s) if transport == "udp" else stall_s
+        if silent <= bound or now - last_packet_at > FLOWING_S:
+            return  # pictures come; or no packets either, which the client's own stall deadline ends
+        lost, damaged = depay.lost_packets, depay.dropped_units
+        loss = f"{_percent(lost, depay.received):.1f} % of RTP packets lost, {damaged} frames damaged"
+        if transport == "udp" and (lost or damaged):
+            self.tcp_forced = True
+            raise ClientLossy(
+                f"lossy over UDP: no picture for {silent:.1f} s ({loss}); reading the camera over TCP from now on"
+            )
+        if silent > stall_s:
+            if self._errors_in_row >= UNDECODABLE_AFTER:
+                raise self._undecodable()
+            detail = f" ({loss})" if lost or damaged else ""
+            raise _NoPicture(f"stalled: packets arrive but no picture for {stall_s:g} s{detail}")
+
+    def _undecodable(self) -> ClientError:
+        return ClientError(
+            f"camera's video does not decode ({self._errors_in_row} errors in a row, "
+            f"no picture for {self.ingest.read_timeout_s:g} s)"
+        )
 
     def _session_pyav(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
         stop = watch.abort
@@ -491,10 +605,7 @@ class CameraSource:
                 self._errors_in_row >= UNDECODABLE_AFTER
                 and time.monotonic() - self._picture_at > self.ingest.read_timeout_s
             ):
-                raise ClientError(
-                    f"camera's video does not decode ({self._errors_in_row} errors in a row, "
-                    f"no picture for {self.ingest.read_timeout_s:g} s)"
-                ) from None
+                raise self._undecodable() from None
             return
         if frames:
             self._errors_in_row = 0
@@ -529,3 +640,17 @@ class CameraSource:
             self.on_frame(decoded)
         except Exception:
             log.exception("%s: on_frame callback failed", self.name)
+
+
+def _percent(lost: int, received: int) -> float:
+    """Lost packets as a share of the packets sent (lost + received), in per cent."""
+    sent = lost + received
+    return 100.0 * lost / sent if sent > 0 and lost > 0 else 0.0
+
+
+def _inc(counter: Counter, camera: str, n: int) -> None:
+    """Add `n` to the camera's series of a per-camera counter (a name that is no label: not exported)."""
+    try:
+        counter.labels(camera=check_camera_label(camera)).inc(n)
+    except ValueError:
+        pass

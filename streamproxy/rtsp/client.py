@@ -33,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -66,6 +67,11 @@ class ClientStopped(Exception):
 
 class ClientStalled(ClientError):
     """Connected, but no video packet for the read timeout."""
+
+
+class ClientLossy(ClientError):
+    """RTP over UDP loses so many packets that no whole picture comes through: the camera is to be
+    read over TCP (interleaved), which loses nothing, instead."""
 
 
 class ClientUnauthorized(ClientError):
@@ -303,8 +309,13 @@ class RtspClient:
         self._playing = True
         return track
 
-    def access_units(self, read_timeout_s: float) -> AccessUnitIterator:
-        return AccessUnitIterator(self, read_timeout_s)
+    def access_units(
+        self, read_timeout_s: float, on_tick: Callable[[], None] | None = None
+    ) -> AccessUnitIterator:
+        """The session's access units; `on_tick` is called on every turn of the read loop (each
+        packet or batch of packets, at least every TICK_S), also while no whole access unit comes:
+        the caller's watchdog, which may raise to end the session."""
+        return AccessUnitIterator(self, read_timeout_s, on_tick)
 
     # --- RTSP messages ----------------------------------------------------------------------------
     def _connect(self, deadline: float) -> None:
@@ -650,15 +661,21 @@ class AccessUnitIterator:
     """Yields the camera's access units as they complete; keepalives are sent along the way.
 
     Raises ClientStalled when no video packet came for `read_timeout_s`, ClientStopped on stop,
-    ClientError when the camera ends the session.
+    ClientError when the camera ends the session; whatever `on_tick` raises. Packets that arrive but
+    never make a whole access unit (every one damaged by loss) are no stall here: the depacketizer
+    counts them (`lost_packets`, `dropped_units`) and the caller's `on_tick` decides (live/source.py:
+    no picture for the stall timeout is a stall; over UDP, loss is a reason to read over TCP).
     """
 
-    def __init__(self, client: RtspClient, read_timeout_s: float) -> None:
+    def __init__(
+        self, client: RtspClient, read_timeout_s: float, on_tick: Callable[[], None] | None = None
+    ) -> None:
         assert client.track is not None and client.depay is not None
         self.c = client
         self.track = client.track
         self.depay = client.depay
         self.read_timeout_s = read_timeout_s
+        self.on_tick = on_tick
         self._ready: list[AccessUnit] = []
         self._last_video = time.monotonic()
         self._next_keepalive = time.monotonic() + client.keepalive_interval_s
@@ -669,10 +686,17 @@ class AccessUnitIterator:
     def __iter__(self) -> AccessUnitIterator:
         return self
 
+    @property
+    def last_packet_at(self) -> float:
+        """time.monotonic() of the last video packet (or of the iterator's start)."""
+        return self._last_video
+
     def __next__(self) -> AccessUnit:
         c = self.c
         while not self._ready:
             c.check_stop()
+            if self.on_tick is not None:
+                self.on_tick()
             now = time.monotonic()
             if now - self._last_video > self.read_timeout_s:
                 raise ClientStalled(f"no video for {self.read_timeout_s:g} s")
