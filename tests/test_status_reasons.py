@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 from browserkit import Chromium, needs_chromium
+from pipekit import Rig, StubDetector, feed, settled, until
+from pipekit import make_cfg as pipeline_cfg
 from prometheus_client import REGISTRY
-from test_pipeline import Rig, StubDetector, feed, settled, until
-from test_pipeline import make_cfg as pipeline_cfg
 
 from streamproxy.config import parse_config
 from streamproxy.hub import StreamHub
