@@ -21,8 +21,12 @@ import re
 import socket
 import threading
 import time
-from typing import Literal
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, Literal
 
+import av
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -30,14 +34,26 @@ from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
 from streamproxy.live.source import CameraSource, _percent
 from streamproxy.metrics import CameraMetrics, render_latest
+from streamproxy.rtsp.client import RtspClient
 from streamproxy.rtsp.depay import Depacketizer, RtpPacket
 from streamproxy.rtsp.protocol import parse_request_head
 from streamproxy.rtsp.rtp import packetize_h264
 from streamproxy.status import LossStatus, loss_status, not_live_reason
 from streamproxy.types import DecodedFrame
-from tests.test_rtsp_client import one_keyframe
 
 Mode = Literal["lossy_udp", "damaged", "no_keyframe"]
+
+
+def one_keyframe(width: int = 320, height: int = 240) -> bytes:
+    """One H.264 IDR access unit (with SPS and PPS), Annex B."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"  # type: ignore[attr-defined]
+    enc.time_base = Fraction(1, 25)
+    enc.options = {"tune": "zerolatency", "preset": "ultrafast"}
+    frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="bgr24")
+    frame.pts = 0
+    data = b"".join(bytes(p) for p in enc.encode(frame))  # type: ignore[attr-defined]
+    return data + b"".join(bytes(p) for p in enc.encode(None))  # type: ignore[attr-defined]
 
 
 class LossyCamera:
@@ -305,3 +321,46 @@ def test_the_loss_families_are_exported_per_camera_and_read_by_the_api() -> None
 
     assert loss_status(Fake()) == LossStatus(7, 2, 1.5, True)
     assert loss_status(object()) is None  # a source without counters (a test's fake)
+
+
+# --- the simulated camera (GStreamer's RTSP server) with 5 % of its UDP packets lost ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_real_udp_camera_at_five_percent_loss_is_live_soon_and_its_loss_shows(
+    sim_camera_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's case: 5 % of RTP packets lost on the way (dropped as they leave the client's UDP
+    socket, seeded), default timings (UDP_FALLBACK_S, the stall timeout). The camera is live soon,
+    over UDP if a keyframe got through whole, else over TCP after the fallback; the loss is counted."""
+    cam = sim_camera_factory(width=1280, height=720)
+    rng = random.Random(20)
+    real_poll = RtspClient.poll_rtp_over_udp
+
+    def lossy_poll(self: RtspClient, timeout: float) -> list[bytes]:
+        return [p for p in real_poll(self, timeout) if rng.random() >= 0.05]
+
+    monkeypatch.setattr(RtspClient, "poll_rtp_over_udp", lossy_poll)
+    caplog.set_level(logging.WARNING, logger="streamproxy.live.source")
+    name = "lossy-sim"
+    CameraMetrics(name)
+    got: list[DecodedFrame] = []
+    src = CameraSource(name, cam.url, "udp", IngestConfig(), on_frame=got.append)
+    started = time.monotonic()
+    src.start()
+    try:
+        assert _wait(lambda: len(got) >= 1, 40.0), (src.state, src.last_error, src.rtp_packets_lost)
+        took = time.monotonic() - started
+        assert _wait(lambda: len(got) >= 25, 20.0)
+    finally:
+        src.stop()
+    print(
+        f"\n5 % loss: first picture after {took:.1f} s over {src.connected_transport}; "
+        f"{src.rtp_packets_lost} RTP packets lost, {src.damaged_frames} frames damaged; last error {src.last_error!r}"
+    )
+    assert src.rtp_packets_lost > 0 and src.damaged_frames > 0
+    assert _counter("streamproxy_rtp_packets_lost", name) == src.rtp_packets_lost
+    if src.connected_transport == "tcp":
+        assert src.tcp_forced and (src.last_error or "").startswith("lossy over UDP")
+        assert any("lossy over UDP" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
