@@ -130,6 +130,7 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     text = json.dumps(camera_json(CameraStatus(cam.name, f"/{cam.name}/whep", pipe.snapshot(), pub.snapshot())))
     out = json.loads(text)
     assert list(out) == API_KEYS
+    assert out["loss"] == {"rtp_packets_lost": 0, "damaged_frames": 0, "percent": None, "tcp_fallback": False}
     assert out["dropped"] == {"latency_budget": 0, "fail_closed": 0, "queue_full": 0, "encoder": 0, "worker": 0, "overload": 1}
     assert list(out["latency_ms"]) == ["p50", "p99", "budget"] and out["latency_ms"]["p50"] is None
     assert list(out["detector"]) == DETECTOR_KEYS
