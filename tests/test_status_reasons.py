@@ -33,7 +33,7 @@ from streamproxy.config import parse_config
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.serve.http import camera_json
-from streamproxy.status import REASONS, CameraStatus, not_live_reason
+from streamproxy.status import REASONS, CameraStatus, LossStatus, not_live_reason
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,6 +232,11 @@ async def test_page_shows_the_reason_and_no_stale_values() -> None:
         cam1.state = "live"
         back = await _card(browser, "cam1", "!card.reason")
         assert back["rows"]["faces masked"] == "3" and back["overloaded"]
+        # Packet loss shows where there was any: the rate now, the counts, the switch to TCP.
+        assert "packet loss" not in back["rows"]
+        cam1.loss = LossStatus(rtp_packets_lost=120, damaged_frames=7, percent=4.8, tcp_fallback=True)
+        lossy = await _card(browser, "cam1", "'packet loss' in card.rows")
+        assert lossy["rows"]["packet loss"] == "4.8 % now · 120 packets lost · 7 frames damaged · over TCP (UDP lost too much)"
         # The API the page read: nulls while down.
         async with aiohttp.ClientSession() as http, http.get(f"{base}/api/cameras") as r:
             cams = {c["name"]: c for c in await r.json()}

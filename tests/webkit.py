@@ -25,7 +25,15 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.http import WebServer
 from streamproxy.serve.webrtc import gather_hosts
-from streamproxy.status import DetectorStatus, DropCounts, LatencyStatus, PipelineStatus, Reason, ViewerCounts
+from streamproxy.status import (
+    DetectorStatus,
+    DropCounts,
+    LatencyStatus,
+    LossStatus,
+    PipelineStatus,
+    Reason,
+    ViewerCounts,
+)
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
@@ -49,6 +57,7 @@ class FakePipeline:
         self.reason: Reason | None = None  # why it is not live, when a test takes it down
         # What the live picture shows (None while down, as CameraPipeline.snapshot reports it).
         self.faces, self.latency, self.overloaded = 0, (10.0, 20.0), False
+        self.loss: LossStatus | None = None  # what the camera's RTP lost (None: a source that does not count)
         self.latest: av.VideoFrame | None = synthetic_frame(0)  # what a snapshot shows (None: nothing yet)
 
     def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
@@ -78,6 +87,7 @@ class FakePipeline:
             resolution=(WIDTH, HEIGHT),
             viewers=ViewerCounts(rtsp=self.hub.viewers("rtsp"), webrtc=self.hub.viewers("webrtc")),
             reconnects=0,
+            loss=self.loss,
         )
 class FakeApp:
     """The parts of streamproxy.app.App that WebServer uses."""

@@ -94,6 +94,13 @@
       ["faces masked", live ? fmt(cam.tracks ?? cam.faces, 0) : fmt(null)],
       ["added latency", live ? "p50 " + fmt(lat.p50, 0) + " ms · p99 " + fmt(lat.p99, 0) + " ms" : fmt(null)],
     ];
+    const loss = cam.loss;
+    if (loss && (loss.rtp_packets_lost > 0 || loss.damaged_frames > 0 || loss.tcp_fallback)) {
+      // Packets the camera's stream lost on the way (the built-in RTSP client counts them).
+      const now = live && loss.percent != null ? fmt(loss.percent, 1) + " % now · " : "";
+      const tcp = loss.tcp_fallback ? " · over TCP (UDP lost too much)" : "";
+      rows.push(["packet loss", now + loss.rtp_packets_lost + " packets lost · " + loss.damaged_frames + " frames damaged" + tcp]);
+    }
     for (const [k, v] of rows) {
       const dt = document.createElement("dt");
       dt.textContent = k;
