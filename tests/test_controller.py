@@ -159,13 +159,13 @@ def test_recovery_restores_the_frame_rate_first_then_the_picture_then_the_cadenc
 
 
 def test_long_frames_shrink_the_picture_first() -> None:
-    """Detector runs that take over 2.75 frame intervals would overflow the 3-frame mailbox: running
+    """Detector runs that take over 4.5 frame intervals would overflow the 5-frame mailbox: running
     the detector less often does not shorten one run, a smaller picture does."""
     c = controller(detect_every=3)
     t = 0.0
     for i in range(40):
         t += 0.04
-        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=130 if i % 3 == 0 else 8)
+        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=200 if i % 3 == 0 else 8)
     assert c.input_width < 1280 and c.detect_every == 3
 
 
@@ -174,7 +174,7 @@ def test_long_frames_at_the_floor_do_not_shrink_below_it() -> None:
     t = 0.0
     for i in range(400):
         t += 0.04
-        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=130 if i % 3 == 0 else 8)
+        c.observe(40, t, work_ms=20, interval_ms=40.0, frame_work_ms=200 if i % 3 == 0 else 8)
         assert c.input_width == FLOOR
     assert c.overloaded, "the CPU it needs is not there: frames are shed instead"
 

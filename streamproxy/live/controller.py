@@ -48,8 +48,8 @@ KEEP_UP_BELOW = 0.85
 LATE_STEP_BELOW = 0.5
 BAD_SETTING_S = 30.0
 # One push (a detector run and the release of its look-ahead group) longer than this many frame
-# intervals overflows the worker's mailbox (pipeline.MAILBOX_FRAMES = 3, less a margin).
-LONG_PUSH_FRAMES = 2.75  # a setting that overloaded the camera is not tried again for this long
+# intervals overflows the worker's mailbox (pipeline.MAILBOX_FRAMES = 5, less a margin).
+LONG_PUSH_FRAMES = 4.5  # a setting that overloaded the camera is not tried again for this long
 
 
 def align32_up(value: float) -> int:
@@ -106,7 +106,7 @@ class LatencyController:
       has per frame (the camera's frame interval, longer while frames are shed), or a frame lost. On a shared CPU a busy worker is one bad second away from
       dropping frames, which latency alone never shows;
     * long frames: p95 of the per-frame work above LONG_PUSH_FRAMES frame intervals (what the
-      worker's 3-frame mailbox absorbs), i.e. detector runs of several cameras colliding on the cores.
+      worker's 5-frame mailbox absorbs), i.e. detector runs of several cameras colliding on the cores.
     The other two cost a step: the detector runs less often, while the gap stays within what the floor and
     the budget allow (frames wait for the next run, so no face goes unmasked); then on a smaller
     picture, down to the floor's width (for long frames on a worker not busy on average the picture

@@ -76,9 +76,13 @@ _METRIC_STATE: dict[str, CameraState] = {
 }  # fmt: skip
 
 # Frames that may wait for the worker while it runs the detector and releases a look-ahead group
-# (a run push takes the run plus a few obfuscations: 45-90 ms for a 1280-px YuNet on 2 busy cores).
-# Overload is handled by shedding, before the mailbox, so depth here only absorbs one long push.
-MAILBOX_FRAMES = 3
+# (a run push takes the run plus a few obfuscations: 45-90 ms for a 1280-px YuNet on 2 busy cores,
+# more when the shared detector serves other cameras first). Overload is handled by shedding, before
+# the mailbox, so depth here only absorbs long pushes; a frame that waited too long is dropped as late
+# (`_late`), never sent late. 5, not 3: with 4 cameras on 2 cores one whole look landing on a
+# neighbour's run overflowed 3 and shed a fifth of that camera's frames (dev_plaza N=4: 0 of 3 runs
+# with every camera >= 24 fps at 3, the second run at 5: 24.1-24.5 on all four).
+MAILBOX_FRAMES = 5
 # Anonymized frames waiting for the encoder: a whole look-ahead group and then some. Full means the
 # encoder is slower than the camera; the newest frame is dropped (counted) rather than queued.
 ENCODE_QUEUE_FRAMES = 12
