@@ -116,10 +116,11 @@ class DetectorConfig(_Strict):
         0,
         ge=0,
         le=64,
-        description="onnxruntime intra-op threads per detector; 0 = auto (live: the cores shared "
-        "between the cameras, at most 2; bulk stills: 2; bulk video: one single-threaded session per "
-        "core, at most 4, each detecting a frame of its own ahead of the engine). A set value gives "
-        "bulk video one session with that many threads.",
+        description="onnxruntime intra-op threads per detector; 0 = auto (live: one detector shared by "
+        "the cameras, a single-threaded session per core once there are as many cameras, earliest "
+        "deadline first; fewer cameras get up to 2 threads; bulk stills: 2; bulk video: one single-threaded "
+        "session per core, at most 4, each detecting a frame of its own ahead of the engine). A set value "
+        "gives a live camera a session of its own, and bulk video one session, with that many threads.",
     )
     spinning: bool = Field(
         False,
