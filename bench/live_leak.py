@@ -980,7 +980,16 @@ def print_clip(clip: Clip, stamp: StampInfo, runs: list[Run], args: argparse.Nam
         for note in r.notes:
             print(f"  {name}: {note}")
     best = largest_n_ok(clip, runs)
-    at = next((r for r in runs if r.kind == "proxy" and r.n == best), None)
+    bulk = next((r for r in runs if r.kind == "bulk"), None)
+    # The run that held (with --cameras 4,4 the same N may run twice and hold only once).
+    at = next(
+        (
+            r
+            for r in runs
+            if r.kind == "proxy" and r.n == best and fps_held(clip, r) and leak_target(clip, r.n, r.score, bulk)[0]
+        ),
+        None,
+    )
     print(
         f"{clip.name}: largest N holding {clip.fps} fps on every camera (>= {FPS_HOLD * clip.fps:.1f} fps out of "
         f"each, and at the viewer) and the leak target at once: N={best if best is not None else 'none'}"
