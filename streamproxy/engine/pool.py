@@ -82,7 +82,6 @@ class DetectorPool:
         self._workers: list[threading.Thread] = []
         self._closed = False
         self.runs = 0
-        self.waited_s = 0.0  # time jobs spent queued (all cameras): how contended the pool is
 
     def check(self) -> None:
         """Raise models.ModelError now if the model file is missing (the engine reports it per camera)."""
@@ -93,7 +92,6 @@ class DetectorPool:
     def run(self, fn: Callable[[OnnxFaceDetector], T], deadline: float) -> T:
         """Run `fn` on a session; jobs wait in order of `deadline` (time.monotonic()), then arrival."""
         fut: Future[object] = Future()
-        queued = time.monotonic()
         with self._cv:
             if self._closed:
                 raise RuntimeError(f"{self.name}: detector pool is closed")
@@ -104,9 +102,7 @@ class DetectorPool:
                 t.start()
             heapq.heappush(self._heap, (deadline if math.isfinite(deadline) else math.inf, next(self._seq), fn, fut))
             self._cv.notify()
-        result = fut.result()
-        self.waited_s += max(0.0, getattr(fut, "started_at", queued) - queued)
-        return result  # type: ignore[return-value]
+        return fut.result()  # type: ignore[return-value]
 
     def _work(self) -> None:
         det: OnnxFaceDetector | None = None
@@ -119,7 +115,6 @@ class DetectorPool:
                 _deadline, _seq, fn, fut = heapq.heappop(self._heap)
             if not fut.set_running_or_notify_cancel():
                 continue
-            fut.started_at = time.monotonic()  # type: ignore[attr-defined]
             try:
                 if det is None:
                     det = self._factory(self.cfg)
