@@ -104,7 +104,7 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
 
     from streamproxy.config import EncoderConfig
     from streamproxy.live.encode import H264Encoder
-    from streamproxy.serve.http import WebServer
+    from streamproxy.serve.http.server import WebServer
     from streamproxy.types import EncodedPacket
     from streamproxy_sim.camsim import cached_clip, frame_bytes
 

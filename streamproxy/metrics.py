@@ -259,7 +259,7 @@ LIMIT_KINDS: Final[dict[str, tuple[str, ...]]] = {
 for _listener, _kinds in LIMIT_KINDS.items():
     for _kind in _kinds:
         LIMIT_REJECTIONS.labels(listener=_listener, limit=_kind)  # exported from 0, like AUTH_FAILURES
-# Not per camera: the service's event loop. Sampled when /metrics is scraped (serve/http.py); steady
+# Not per camera: the service's event loop. Sampled when /metrics is scraped (serve/http/server.py); steady
 # growth is a leak (a handler, session or reader task that never ends).
 ASYNCIO_TASKS = Gauge(
     "streamproxy_asyncio_tasks", "asyncio tasks alive on the service's event loop (sampled at scrape time)."

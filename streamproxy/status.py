@@ -2,8 +2,8 @@
 
 Frozen dataclasses, built on request from the single counters (the camera's `CameraMetrics`, the
 engine's `EngineStats`, the publisher's own) and never written to: a snapshot is a picture of one
-moment, not a second tally. `serve/http.py` serialises them with `dataclasses.asdict`, so the
-field names and their order here *are* the /api/cameras JSON the page (serve/web/app.js) reads:
+moment, not a second tally. `serve/http/server.py` serialises them with `dataclasses.asdict`, so the
+field names and their order here *are* the /api/cameras JSON the page (serve/http/web/app.js) reads:
 rename or reorder a field and the API changes.
 
 No URL ever appears here: camera and publish URLs may carry credentials. `PublisherStatus.url` is

@@ -25,7 +25,7 @@ import pytest
 from streamproxy.config import EncoderConfig, LimitsConfig, ServerConfig, User
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
-from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp.server import RtspServer
 
 W, H, FPS = 320, 240, 25.0
 USER, PASSWORD = "viewer", "pa:ss w0rd"

@@ -21,7 +21,7 @@ ROOMS: list[tuple[str, set[str]]] = [
     ("rtsp", {"rtsp"}),
     ("live", {"live"}),
     ("serve", {"serve"}),
-    ("top", {"app", "cli", "anonymize", "demo", "__main__"}),
+    ("top", {"app", "cli", "anonymize", "__main__"}),
 ]
 RANK = {name: i for i, (name, _) in enumerate(ROOMS)}
 # What the test and demo tools may not be: imported by the product (the demo imports them lazily,
@@ -101,6 +101,33 @@ def test_imports_flow_one_way() -> None:
     assert not wrong, "imports against the one-way rule (ARCHITECTURE.md):\n" + "\n".join(wrong)
 
 
+# Inside serve/, a room per protocol, lowest first (serve/__init__.py): http/ sits on top of the others.
+SERVE_ROOMS = ["limits", "rtsp", "onvif", "webrtc", "publish", "http"]
+
+
+def serve_room(module: str) -> str:
+    """'streamproxy.serve.onvif.soap' -> 'onvif'; 'streamproxy.serve.webrtc' -> 'webrtc'."""
+    room = module.split(".")[2]
+    assert room in SERVE_ROOMS, f"{module}: in no room of serve/ (add it to serve/__init__.py and SERVE_ROOMS)"
+    return room
+
+
+def test_serve_rooms_import_one_way() -> None:
+    wrong = []
+    for path in sorted((PKG / "serve").rglob("*.py")):
+        me = module_name(path)
+        if me == "streamproxy.serve":
+            continue
+        mine = SERVE_ROOMS.index(serve_room(me))
+        for line, target, _ in imports(path):
+            if not target.startswith("streamproxy.serve."):
+                continue
+            theirs = SERVE_ROOMS.index(serve_room(target))
+            if theirs > mine:
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: {serve_room(me)} imports {target}, a room above it")
+    assert not wrong, "serve/ rooms importing against the order of serve/__init__.py:\n" + "\n".join(wrong)
+
+
 def test_the_protocol_library_knows_neither_stages_nor_the_hub() -> None:
     """rtsp/ speaks RTSP/RTP/SDP; what it serves or reads is handed to it by serve/ and live/."""
     wrong = []
@@ -158,3 +185,19 @@ def test_no_test_module_imports_another() -> None:
                 names = [node.module]
             wrong += [f"tests/{path.name}:{node.lineno}: imports {n}" for n in names if n.startswith("test_")]
     assert not wrong, "test modules importing test modules:\n" + "\n".join(wrong)
+
+
+def test_the_wheel_carries_the_product_not_the_tools() -> None:
+    """The packages setuptools puts in the wheel (pyproject's find rule): every room of the product,
+    the page's assets with it, and nothing of the simulator or the demo (streamproxy_sim)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    rule = project["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(where=str(ROOT), include=rule["include"]))
+    assert not {p for p in shipped if p.startswith(TOOLS)}
+    assert {"streamproxy", "streamproxy.serve.http", "streamproxy.serve.onvif", "streamproxy.engine"} <= shipped
+    assert "serve/http/web/*" in project["tool"]["setuptools"]["package-data"]["streamproxy"]
+    assert (PKG / "serve" / "http" / "web" / "index.html").is_file()

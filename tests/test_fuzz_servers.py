@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from streamproxy.config import ServerConfig
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.rtsp.protocol import MAX_HEAD_BYTES, MAX_LINE_BYTES
-from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp.server import RtspServer
 
 pytestmark = pytest.mark.timeout(120)
 

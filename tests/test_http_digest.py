@@ -1,4 +1,4 @@
-"""HTTP Digest on snapshots and ONVIF (rtsp/auth.py with protocol="http", serve/http.py): a digest is
+"""HTTP Digest on snapshots and ONVIF (rtsp/auth.py with protocol="http", serve/http/server.py): a digest is
 for its own request target only, each request counter of a nonce is taken once (a captured header
 replayed, on any connection, gets a stale 401), nonces expire, the table is bounded and a nonce it
 forgot is not usable again; on loopback: real clients (aiohttp's DigestAuthMiddleware, curl) get in,

@@ -25,7 +25,7 @@ from webkit import WhepClient, make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
-from streamproxy.serve.http_limits import GuardedRequestHandler
+from streamproxy.serve.http.limits import GuardedRequestHandler
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
 
 # An address no socket here uses: only a hand-made `Peer` carries it (TEST-NET-1, RFC 5737).
@@ -145,7 +145,7 @@ async def test_idle_flood_over_the_limit_still_serves_healthz_and_a_whep_viewer(
         port = port_of(base)
         before = rejections("http", "connections")
         t0 = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="streamproxy.serve.http_limits"):
+        with caplog.at_level(logging.INFO, logger="streamproxy.serve.http.limits"):
             flood = await open_idle(port, IDLE_FLOOD)
         lines = [r for r in caplog.records if "limit connections" in r.getMessage()]
         assert 1 <= len(lines) <= time.monotonic() - t0 + 2, len(lines)  # one a second, with a count

@@ -30,13 +30,13 @@ from rtspkit import RawRtsp, pyav_read, serve
 from streamproxy import metrics
 from streamproxy.app import App, DescriptorAlarm
 from streamproxy.rtsp.protocol import RtspError, RtspRequest
-from streamproxy.serve.rtsp_server import _Connection
+from streamproxy.serve.rtsp.server import _Connection
 
 pytestmark = pytest.mark.timeout(120)
 
 FLOOD = 2000
 SLOWLORIS = 300
-LOGGER = "streamproxy.serve.rtsp_server"
+LOGGER = "streamproxy.serve.rtsp.server"
 
 
 def _metric(limit: str, listener: str = "rtsp") -> float:
@@ -373,7 +373,7 @@ import asyncio, json, logging, resource, sys, time
 from types import SimpleNamespace
 from streamproxy.app import DescriptorAlarm
 from streamproxy.config import LimitsConfig, ServerConfig
-from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp.server import RtspServer
 
 lines = []
 class Count(logging.Handler):

@@ -1,4 +1,4 @@
-"""ONVIF device and media services (serve/onvif.py) on loopback: a real client (onvif-zeep-async with its
+"""ONVIF device and media services (serve/onvif/service.py) on loopback: a real client (onvif-zeep-async with its
 bundled WSDL), every answer validated against the ONVIF schemas (lxml), WS-Security and HTTP auth, and
 hostile SOAP input answered with faults while the service keeps answering."""
 
@@ -21,7 +21,7 @@ from webkit import make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig, OnvifConfig
 from streamproxy.rtsp.auth import parse_auth_params
-from streamproxy.serve.onvif import REPEAT_GRACE_S
+from streamproxy.serve.onvif.service import REPEAT_GRACE_S
 
 onvif = pytest.importorskip("onvif")
 etree = pytest.importorskip("lxml.etree")
@@ -306,7 +306,7 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
     )
     async with serving(onvif_cfg(), feed=False) as (_app, _server, base):
         url = base + "/onvif/media_service"
-        caplog.set_level(logging.INFO, "streamproxy.serve.onvif")
+        caplog.set_level(logging.INFO, "streamproxy.serve.onvif.service")
         async with aiohttp.ClientSession() as s:
             for _ in range(3):
                 status, el, _ = await post(s, url, soap(set_vec))

@@ -41,8 +41,8 @@ from webkit import make_cfg, serving, wait_for
 
 from streamproxy.config import AppConfig, EncoderConfig, OnvifConfig
 from streamproxy.live.encode import H264Encoder
-from streamproxy.serve import onvif as onvif_mod
-from streamproxy.serve.onvif import (
+from streamproxy.serve.onvif import service as onvif_mod
+from streamproxy.serve.onvif.service import (
     MAX_REPEATS,
     PRE_AUTH_OPERATIONS,
     REPEAT_GRACE_S,
@@ -52,7 +52,7 @@ from streamproxy.serve.onvif import (
     _resolv_conf,
     endpoint_reference,
 )
-from streamproxy.serve.onvif_soap import UsernameToken, h264_profile
+from streamproxy.serve.onvif.soap import UsernameToken, h264_profile
 
 onvif = pytest.importorskip("onvif")
 etree = pytest.importorskip("lxml.etree")
@@ -246,9 +246,9 @@ def test_used_tokens_are_bounded_and_a_forgotten_fresh_token_stays_refused() -> 
 
 
 def test_one_record_for_every_device_of_the_process() -> None:
-    """Each OnvifService's authenticator holds the process's one record (serve/http.py makes one
+    """Each OnvifService's authenticator holds the process's one record (serve/http/server.py makes one
     service for the multi-channel device and one per camera with an onvif_port)."""
-    from streamproxy.serve.onvif import OnvifService, camera_device
+    from streamproxy.serve.onvif.service import OnvifService, camera_device
 
     class App:
         def __init__(self) -> None:

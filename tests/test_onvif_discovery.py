@@ -1,4 +1,4 @@
-"""WS-Discovery of the ONVIF device (serve/onvif_discovery.py), on loopback only.
+"""WS-Discovery of the ONVIF device (serve/onvif/discovery.py), on loopback only.
 
 No datagram leaves the machine: the responder binds 127.0.0.1 on a free port, joins the group on the
 loopback interface with multicast TTL 0, and its Hello/Bye go to a 127.0.0.1 test socket (the
@@ -24,8 +24,7 @@ import pytest
 from webkit import make_cfg, serving
 
 from streamproxy.config import AppConfig, ConfigError, OnvifConfig, parse_config
-from streamproxy.serve.onvif import scopes
-from streamproxy.serve.onvif_discovery import (
+from streamproxy.serve.onvif.discovery import (
     DN,
     MAX_DATAGRAM_BYTES,
     MAX_REPLY_BYTES,
@@ -35,6 +34,7 @@ from streamproxy.serve.onvif_discovery import (
     endpoint_reference,
     route_source,
 )
+from streamproxy.serve.onvif.service import scopes
 
 onvif = pytest.importorskip("onvif")
 etree = pytest.importorskip("lxml.etree")
@@ -372,7 +372,7 @@ async def test_a_port_that_cannot_be_bound_turns_discovery_off(caplog: pytest.Lo
         port = holder.getsockname()[1]
         r = DiscoveryResponder(discovery_cfg(port=port, hello=True), 8080, bind_host="127.0.0.1",
                                announce_to=holder.getsockname())
-        with caplog.at_level(logging.ERROR, "streamproxy.serve.onvif_discovery"):
+        with caplog.at_level(logging.ERROR, "streamproxy.serve.onvif.discovery"):
             await r.start()
         assert r.port == 0
         assert "WS-Discovery off: cannot bind" in caplog.text

@@ -1,4 +1,4 @@
-"""ONVIF Media2 (ver20, serve/onvif_media2.py) on loopback: GetServices lists it, a real client
+"""ONVIF Media2 (ver20, serve/onvif/media2.py) on loopback: GetServices lists it, a real client
 (onvif-zeep-async's service class with ONVIF's Media2 WSDL, tests/onvif_ver20_wsdl/) adds every camera
 over it, every answer validates against the ver20 media schema (lxml), auth and faults as in ver10."""
 
@@ -264,7 +264,7 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
     ]
     async with serving(onvif_cfg(), feed=False) as (_app, _server, base):
         url = base + "/onvif/media2_service"
-        caplog.set_level(logging.INFO, "streamproxy.serve.onvif")
+        caplog.set_level(logging.INFO, "streamproxy.serve.onvif.service")
         async with aiohttp.ClientSession() as s:
             for _ in range(3):
                 status, el = await post(s, url, soap(set_vec))

@@ -25,7 +25,7 @@ from streamproxy.rtsp.protocol import (
     safe_uri,
 )
 from streamproxy.rtsp.rtp import RtpStream, packetize_h264
-from streamproxy.serve.rtsp_server import build_sdp
+from streamproxy.serve.rtsp.server import build_sdp
 from streamproxy.types import EncodedPacket
 
 

@@ -33,8 +33,8 @@ from rtspkit import (
 from streamproxy.config import ServerConfig, User
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.rtsp.rtp import PayloadCache, sdes_cname
-from streamproxy.serve.rtsp_server import RtspServer
-from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
+from streamproxy.serve.rtsp.server import RtspServer
+from streamproxy.serve.rtsp.session import RtspSession, TcpOutput, UdpOutput
 from streamproxy.types import EncodedPacket
 
 pytestmark = pytest.mark.timeout(90)

@@ -32,12 +32,12 @@ from prometheus_client import REGISTRY
 from streamproxy.config import parse_config
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
-from streamproxy.serve.http import camera_json
+from streamproxy.serve.http.server import camera_json
 from streamproxy.status import REASONS, CameraStatus, LossStatus, not_live_reason
 
 pytestmark = pytest.mark.timeout(60)
 
-APP_JS = Path(__file__).resolve().parents[1] / "streamproxy" / "serve" / "web" / "app.js"
+APP_JS = Path(__file__).resolve().parents[1] / "streamproxy" / "serve" / "http" / "web" / "app.js"
 
 
 # --- the reason words ---

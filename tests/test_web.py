@@ -16,11 +16,11 @@ from streamproxy.config import parse_config
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.metrics import CameraMetrics
-from streamproxy.serve.http import camera_json
+from streamproxy.serve.http.server import camera_json
 from streamproxy.serve.publish import Publisher
 from streamproxy.status import CameraStatus, FloorStatus
 
-# The /api/cameras entry as the page (serve/web/app.js), the benchmarks and users' scripts know it.
+# The /api/cameras entry as the page (serve/http/web/app.js), the benchmarks and users' scripts know it.
 API_KEYS = [
     "name", "state", "reason", "fps_in", "fps_out", "fps_camera", "frames_in", "frames_out", "dropped",
     "fail_closed_frames", "widened_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",

@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
-from streamproxy.serve.http import WebServer
+from streamproxy.serve.http.server import WebServer
 from streamproxy.serve.webrtc import gather_hosts
 from streamproxy.status import (
     DetectorStatus,

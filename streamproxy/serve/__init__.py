@@ -1,2 +1,13 @@
-"""What viewers talk to: our RTSP server (rtsp_server.py, rtsp_session.py), WebRTC/WHEP (webrtc.py),
-push to an external server (publish.py), HTTP page, API and metrics (http.py, web/)."""
+"""What viewers talk to, a room per protocol (MediaMTX's internal/servers/<proto>/), lowest first:
+
+* `limits.py`   over-limit events of any listener (counted, logged at most once a second);
+* `rtsp/`       the embedded RTSP server (`server.py`) and one viewer session (`session.py`);
+* `onvif/`      the ONVIF device: SOAP (`soap.py`), device+media ver10 (`service.py`), Media2
+                (`media2.py`), WS-Discovery (`discovery.py`);
+* `webrtc.py`   WebRTC/WHEP sessions (aiortc packetizes the shared H.264 packets);
+* `publish.py`  push to an external RTSP server (ANNOUNCE/RECORD);
+* `http/`       the HTTP listener on top: page (`web/`), JSON API, /metrics, WHEP and ONVIF routes
+                (`server.py`), its connection limits (`limits.py`).
+
+A sub-room imports only from those before it in this list (tests/test_architecture.py).
+"""

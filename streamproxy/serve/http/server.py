@@ -2,7 +2,7 @@
 
 Routes
   GET  /                               the page (static/index.html)
-  GET  /static/{file}                  page assets (package data streamproxy/serve/web/*)
+  GET  /static/{file}                  page assets (package data streamproxy/serve/http/web/*)
   GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials)
   GET  /api/cameras/{camera}/snapshot.jpg  JPEG of the newest anonymized frame (or the slate); 503 if none
   GET  /healthz                        200 "ok" while the process serves HTTP
@@ -11,12 +11,12 @@ Routes
   POST /{camera}/whep                  WHEP: SDP offer in, 201 + SDP answer + Location out
   DELETE /{camera}/whep/{session}      WHEP: end the session
   OPTIONS /{camera}/whep[/{session}]   CORS preflight
-  POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif.py)
+  POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif/service.py)
   POST /onvif/media_service            ONVIF media service (ver10); ONVIF authenticates on its own
-  POST /onvif/media2_service           ONVIF media2 service (ver20, serve/onvif_media2.py)
+  POST /onvif/media2_service           ONVIF media2 service (ver20, serve/onvif/media2.py)
 Per camera with `cameras[].onvif_port`: the ONVIF paths and that camera's snapshot on its own port.
 
-Limits (`server.limits`, serve/http_limits.py): connections in total and per client address, idle
+Limits (`server.limits`, serve/http/limits.py): connections in total and per client address, idle
 and slow-request timeouts, head and body size (a WHEP offer is a body); refusals are 503/408/413/431
 with the reason, counted in streamproxy_limit_rejections_total{listener="http"} and logged at most
 once a second. WebRTC sessions have their own limits (serve/webrtc.py).
@@ -51,12 +51,12 @@ from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.rtsp.auth import Authenticator, AuthResult
-from streamproxy.serve.http_limits import HttpGuard
+from streamproxy.serve.http.limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
-from streamproxy.serve.onvif import PATHS as ONVIF_PATHS
-from streamproxy.serve.onvif import OnvifService, camera_device
+from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
+from streamproxy.serve.onvif.service import OnvifService, camera_device
 from streamproxy.serve.publish import Publisher
-from streamproxy.serve.rtsp_server import RtspServer
+from streamproxy.serve.rtsp.server import RtspServer
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
 from streamproxy.status import CameraStatus, PipelineStatus
 
@@ -127,7 +127,7 @@ def _jpeg(frame: av.VideoFrame) -> bytes:
 def _load_static() -> dict[str, bytes]:
     """The page assets, read once from package data (works from a wheel, no network needed)."""
     out: dict[str, bytes] = {}
-    root = resources.files("streamproxy.serve") / "web"
+    root = resources.files("streamproxy.serve.http") / "web"
     if not root.is_dir():
         log.warning("web assets missing from the package: the page is unavailable")
         return out

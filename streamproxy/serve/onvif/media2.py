@@ -1,7 +1,7 @@
 """ONVIF Media2 (ver20, tr2) for clients that prefer it, answered from the ver10 service's profiles.
 
 Recent NVRs and VMS (Milestone, Nx, Hikvision) switch to Media2 when GetServices lists it. This module
-adds the Media2 operations a VMS uses while adding a camera to serve/onvif.py's OnvifService (its op
+adds the Media2 operations a VMS uses while adding a camera to serve/onvif/service.py's OnvifService (its op
 table, auth, faults and profiles): `register(service, snapshot_path)` is called once at the end of
 OnvifService.__init__, and GetServices lists `MEDIA2_PATH` with `capabilities(service)`. Dispatch is by
 the body's namespace, so the path only tells a client where to send.
@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
-from streamproxy.serve.onvif_soap import Request, range_xml, receiver, sender, video_source_configuration_xml
+from streamproxy.serve.onvif.soap import Request, range_xml, receiver, sender, video_source_configuration_xml
 
 TR2 = "http://www.onvif.org/ver20/media/wsdl"
 MEDIA2_PATH = "/onvif/media2_service"

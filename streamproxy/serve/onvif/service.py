@@ -1,7 +1,7 @@
 """ONVIF Profile S device and media services (ver10), served under the HTTP server.
 
 Routes (when `onvif.enabled`): POST /onvif/device_service, /onvif/media_service and /onvif/media2_service
-(ver20: serve/onvif_media2.py registers its operations here). An operation
+(ver20: serve/onvif/media2.py registers its operations here). An operation
 is dispatched by the namespace of its Body element, not by the path: a VMS that sends a media call to
 the device XAddr (several do) gets the same answer.
 
@@ -51,8 +51,8 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import sub_stream_size
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.rtsp.protocol import log_text
-from streamproxy.serve import onvif_media2
-from streamproxy.serve.onvif_soap import (
+from streamproxy.serve.onvif import media2 as onvif_media2
+from streamproxy.serve.onvif.soap import (
     CONTENT_TYPE,
     TDS,
     TRT,
@@ -626,7 +626,7 @@ class OnvifService:
         )
 
     def _endpoint_reference(self, req: Request, request: web.Request) -> str:
-        # The same uuid WS-Discovery announces for this device (serve/onvif_discovery.py).
+        # The same uuid WS-Discovery announces for this device (serve/onvif/discovery.py).
         guid = endpoint_reference(self.cfg.onvif.device.serial + self.device.serial_suffix)
         return _resp("tds", "GetEndpointReference", f"<tds:GUID>{escape(guid)}</tds:GUID>")
 
@@ -839,7 +839,7 @@ def _discovery_mode(cfg: AppConfig) -> str:
 
 
 def scopes(o: OnvifConfig, name: str | None = None) -> list[str]:
-    """The device's scopes: GetScopes and WS-Discovery (serve/onvif_discovery.py) answer the same list.
+    """The device's scopes: GetScopes and WS-Discovery (serve/onvif/discovery.py) answer the same list.
     `name`: a per-camera device's name scope (default onvif.scopes.name)."""
     return [
         "onvif://www.onvif.org/Profile/Streaming",

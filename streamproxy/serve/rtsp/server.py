@@ -48,7 +48,7 @@ from streamproxy.rtsp.protocol import (
 )
 from streamproxy.rtsp.rtp import PayloadCache
 from streamproxy.serve.limits import LimitEvents, Throttled
-from streamproxy.serve.rtsp_session import RtspSession, TcpOutput, UdpOutput
+from streamproxy.serve.rtsp.session import RtspSession, TcpOutput, UdpOutput
 
 log = logging.getLogger(__name__)
 

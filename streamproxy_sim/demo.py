@@ -1,4 +1,7 @@
-"""`streamproxy demo`: a simulated camera with real faces plus the proxy, for a first look.
+"""`streamproxy demo` (scripts/demo.sh): a simulated camera with real faces plus the proxy, for a first look.
+
+It lives with the simulator it drives, in the source checkout's tools (streamproxy_sim), not in the
+product's wheel: the product's CLI imports it lazily and says what is missing when it is not there.
 
 The camera is GStreamer's RTSP server (the same simulator the tests use) looping a clip built from a
 photo that a package ships (scikit-image's astronaut), or a video file the user passes.
@@ -16,16 +19,15 @@ from pathlib import Path
 
 from streamproxy.app import App
 from streamproxy.config import parse_config
+from streamproxy_sim.camsim import SimCamera, build_clip, free_port
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        # The simulated camera is a test and demo tool, not part of the product (ARCHITECTURE.md).
-        import skimage  # noqa: F401  (the face photo of the demo clip)
-
-        from streamproxy_sim.camsim import SimCamera, build_clip, free_port
+        # The face photo of the demo clip comes from the demo extra.
+        import skimage  # noqa: F401
     except ImportError as err:
         print(
             f"streamproxy demo: the simulated camera needs the demo extra ({err.name} is missing): "

@@ -1,6 +1,6 @@
 """WS-Discovery (April 2005, as ONVIF uses it): a VMS's "search for devices" finds the proxy.
 
-The proxy is one multi-channel ONVIF NetworkVideoTransmitter on the HTTP port (serve/onvif.py), and
+The proxy is one multi-channel ONVIF NetworkVideoTransmitter on the HTTP port (serve/onvif/service.py), and
 each camera with `cameras[].onvif_port` is one more, single-channel, on its own port. Each is a
 WS-Discovery target service of its own: its own EndpointReference (from its serial), scopes (a
 camera's name scope is the camera) and XAddr. `DiscoveryResponder` is an asyncio datagram protocol
@@ -53,8 +53,8 @@ from xml.sax.saxutils import escape
 
 from streamproxy.config import AppConfig
 from streamproxy.serve.limits import LimitEvents
-from streamproxy.serve.onvif import DEVICE_PATH, camera_device, endpoint_reference, scopes
-from streamproxy.serve.onvif_soap import SOAP12, TDS, SoapFault, safe_parse
+from streamproxy.serve.onvif.service import DEVICE_PATH, camera_device, endpoint_reference, scopes
+from streamproxy.serve.onvif.soap import SOAP12, TDS, SoapFault, safe_parse
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
     """The WS-Discovery target services of the ONVIF devices: `await start()`, `await stop()`.
 
     `camera_ports`: camera -> bound port of the cameras that are devices of their own
-    (serve/http.py's `WebServer.camera_ports`, read once here: that dict empties when the web server
+    (serve/http/server.py's `WebServer.camera_ports`, read once here: that dict empties when the web server
     stops, and the Bye still names every device). `bind_host` and `announce_to` exist for tests
     (loopback only): production binds the wildcard address (multicast probes arrive addressed to
     the group, directed ones to this host) and announces to the group on the configured port.

@@ -1,0 +1,1 @@
+"""The embedded RTSP server (server.py) and one viewer session on it (session.py)."""
