@@ -852,6 +852,16 @@ class AppConfig(_Strict):
         return cam.transport if cam.transport is not None else self.ingest.transport
 
 
+def sub_stream_size(cfg: SubStreamConfig, width: int, height: int) -> tuple[int, int]:
+    """The sub stream's size for a camera frame of width x height: the configured width (and height,
+    or the camera's aspect ratio), never larger than the camera, even sides. Here beside
+    `AppConfig.sub_stream_for`: the encoder (live/encode.py) makes it, ONVIF announces it before then."""
+    w = min(cfg.width, width)
+    h = cfg.height if cfg.height is not None else round(w * height / max(1, width))
+    h = min(h, height)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
