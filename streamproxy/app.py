@@ -19,8 +19,8 @@ from typing import Any
 
 from streamproxy import metrics
 from streamproxy.config import AppConfig, CameraConfig
-from streamproxy.engine.ahead import usable_cores
 from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool_shape
+from streamproxy.host import usable_cores
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline, live_engine_config
 from streamproxy.serve.publish import Publisher

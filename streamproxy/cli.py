@@ -24,6 +24,7 @@ from streamproxy.config import (
     default_model_dir,
     load_config,
 )
+from streamproxy.host import usable_cores
 
 log = logging.getLogger("streamproxy")
 
@@ -226,8 +227,6 @@ def _live_objects_problems(cfg: AppConfig) -> list[str]:
 
 def _warn_capacity(cfg: AppConfig) -> None:
     """Warn when the cameras cannot all be carried at their privacy floor on this machine."""
-    import os
-
     from streamproxy.live.controller import USABLE_CPU_SHARE, camera_load
 
     cams = [c for c in cfg.cameras if c.enabled]
@@ -237,7 +236,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
         loads.append(
             camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, cfg.budget_for(cam))
         )
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     need = sum(lo.fixed_core_share for lo in loads)
     worst = sum(lo.core_share for lo in loads)
     usable = cores * USABLE_CPU_SHARE

@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
     import av
+
+# Both face models and the text model downsample by 32: a detector input's sides are multiples of it.
+ALIGN = 32
+
+
+def align32(value: float, rounding: Literal["nearest", "up"] = "nearest") -> int:
+    """A detector-input side on the 32-px grid, at least 32: the nearest multiple (a setting, such as
+    `input_width`, from the controller or the config) or the next one up (padding a picture so that
+    nothing of it is cut off)."""
+    steps = math.ceil(value / ALIGN) if rounding == "up" else round(value / ALIGN)
+    return max(ALIGN, steps * ALIGN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,12 +198,11 @@ def test_shedding_keeps_the_ratio_evenly(ratio: float) -> None:
 def test_check_config_warns_when_the_cameras_cannot_fit_at_their_floor(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import os
-
+    from streamproxy import cli
     from streamproxy.cli import _warn_capacity
     from streamproxy.config import parse_config
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
 
     def cfg(n: int, **privacy: float | bool) -> object:
         cams = [{"name": f"c{i}", "url": f"rtsp://127.0.0.1/{i}"} for i in range(n)]

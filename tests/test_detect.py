@@ -27,12 +27,11 @@ from streamproxy.engine.detect import (
     create_detector,
     fit_size,
     nms,
-    round_to_align,
     tile_rects,
 )
 from streamproxy.engine.models import MODELS as MODEL_SPECS
 from streamproxy.engine.models import ModelError
-from streamproxy.types import Box, Detection
+from streamproxy.types import Box, Detection, align32
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -81,10 +80,15 @@ def assert_found(dets: list[Detection], faces: list[Box], min_iou: float = 0.4) 
 
 
 def test_round_and_fit() -> None:
-    assert round_to_align(640) == 640
-    assert round_to_align(650) == 640
-    assert round_to_align(1000) == 992
-    assert round_to_align(1) == 32
+    assert align32(640) == 640
+    assert align32(650) == 640
+    assert align32(1000) == 992
+    assert align32(1) == 32
+    # "up": padding, so nothing is cut off; never below 32 either.
+    assert align32(640, "up") == 640
+    assert align32(641, "up") == 672
+    assert align32(0, "up") == 32
+    assert align32(1279.5, "up") == 1280
     assert fit_size(1280, 720, 640) == (640, 360)
     assert fit_size(333, 517, 640) == (412, 640)  # the longer side gets the target
 

@@ -17,7 +17,6 @@ latency controller and the per-frame deadline decide.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import deque
@@ -30,6 +29,7 @@ import numpy as np
 
 from streamproxy.config import DetectorConfig
 from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy.host import usable_cores
 from streamproxy.types import Detection
 
 if TYPE_CHECKING:
@@ -42,14 +42,6 @@ log = logging.getLogger(__name__)
 MAX_SESSIONS = 4
 
 _Job = tuple[Callable[[OnnxFaceDetector], list[Detection]], Future[tuple[list[Detection], float]]]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def ahead_sessions(cfg: DetectorConfig, detect_every: int) -> int:

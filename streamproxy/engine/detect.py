@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,15 +28,14 @@ import onnxruntime as ort
 
 from streamproxy.config import DetectorConfig
 from streamproxy.engine.models import MODELS, atomic_write, model_path
-from streamproxy.types import Box, Detection
+from streamproxy.host import usable_cores
+from streamproxy.types import ALIGN, Box, Detection, align32
 
 if TYPE_CHECKING:
     import av
 
 log = logging.getLogger(__name__)
 
-ALIGN = 32  # both models downsample by 32: input sides must be multiples of it
-MIN_SIDE = 32
 MAX_SIDE = 8192  # a guard against absurd settings allocating gigabytes
 MAX_CANDIDATES = 5000  # top-scoring raw boxes kept before NMS, bounds NMS cost on noisy images
 
@@ -59,15 +57,6 @@ class FaceDetector(Protocol):
     def detect_bgr(self, img: np.ndarray) -> list[Detection]: ...
 
     def detect_frame(self, frame: av.VideoFrame) -> list[Detection]: ...
-
-
-def round_to_align(value: float) -> int:
-    """Nearest multiple of 32, at least 32."""
-    return max(MIN_SIDE, round(value / ALIGN) * ALIGN)
-
-
-def _ceil_align(value: int) -> int:
-    return max(MIN_SIDE, -(-value // ALIGN) * ALIGN)
 
 
 def fit_size(width: int, height: int, target: int) -> tuple[int, int]:
@@ -237,7 +226,7 @@ def _edit_dims(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
 
 def _session_options(cfg: DetectorConfig) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.threads or min(2, os.cpu_count() or 1)
+    so.intra_op_num_threads = cfg.threads or min(2, usable_cores())
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -305,7 +294,7 @@ class OnnxFaceDetector:
         self.verify_min_px = cfg.verify_min_px
         self._verifier: OnnxFaceDetector | None = None  # the other model, loaded on the first second look
         self.last_ms = 0.0
-        self._input_width = round_to_align(cfg.input_width)
+        self._input_width = align32(cfg.input_width)
         self._blob: np.ndarray | None = None
         t0 = time.perf_counter()
         data = _dynamic_model_bytes(path, self.model, self.input_name, self.dynamic_batch)
@@ -330,7 +319,7 @@ class OnnxFaceDetector:
 
     @input_width.setter
     def input_width(self, value: int) -> None:
-        self._input_width = min(MAX_SIDE, round_to_align(value))
+        self._input_width = min(MAX_SIDE, align32(value))
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -386,7 +375,7 @@ class OnnxFaceDetector:
                 # On the detector's own grid (multiples of ALIGN in the scaled picture): a face meets
                 # the same anchors as in the whole-frame pass.
                 cx1, cy1 = int(x1 * kx) // ALIGN * ALIGN, int(y1 * ky) // ALIGN * ALIGN
-                cx2, cy2 = min(sw, _ceil_align(math.ceil(x2 * kx))), min(sh, _ceil_align(math.ceil(y2 * ky)))
+                cx2, cy2 = min(sw, align32(math.ceil(x2 * kx), "up")), min(sh, align32(math.ceil(y2 * ky), "up"))
                 if cx2 <= cx1 or cy2 <= cy1:
                     continue
                 found = self._map(self._infer(base[cy1:cy2, cx1:cx2]), 1 / kx, 1 / ky, cx1 / kx, cy1 / ky)
@@ -433,7 +422,7 @@ class OnnxFaceDetector:
                 continue
             # A second whole-frame pass, magnified: the small faces. The first pass keeps the big
             # faces, which a magnified pass can lose (they outgrow the model's largest anchors).
-            uw, uh = fit_size(width, height, min(MAX_SIDE, round_to_align(target * up)))
+            uw, uh = fit_size(width, height, min(MAX_SIDE, align32(target * up)))
             whole(scaled(uw, uh))
         tile_pass = len(results)  # all tiles are one pass: a face on a seam is seen by two tiles
 
@@ -566,7 +555,7 @@ class OnnxFaceDetector:
     def _infer(self, img: np.ndarray) -> np.ndarray:
         """Raw detections (N x 5: x1, y1, x2, y2, score) of one BGR image, in its pixel coordinates."""
         h, w = img.shape[:2]
-        ph, pw = _ceil_align(h), _ceil_align(w)
+        ph, pw = align32(h, "up"), align32(w, "up")
         if ph > MAX_SIDE or pw > MAX_SIDE:
             raise ValueError(f"detector input {pw}x{ph} exceeds {MAX_SIDE} px")
         blob = self._blob

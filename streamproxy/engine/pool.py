@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from streamproxy.config import DetectorConfig
-from streamproxy.engine.detect import OnnxFaceDetector, create_detector, round_to_align
-from streamproxy.types import Detection
+from streamproxy.engine.detect import OnnxFaceDetector, create_detector
+from streamproxy.types import Detection, align32
 
 if TYPE_CHECKING:
     import av
@@ -140,7 +140,7 @@ class PooledDetector:
         self.model: str = cfg.model
         self.threshold = cfg.threshold
         self.upscale = cfg.upscale
-        self._input_width = round_to_align(cfg.input_width)
+        self._input_width = align32(cfg.input_width)
         self._regions = cfg.tiles <= 1 and cfg.upscale <= 1.0 and not any(u > 1.0 for u in cfg.upscales) and not cfg.flip
         self.last_ms = 0.0
         # When this camera's next run must be done (time.monotonic()); set by the pipeline before
@@ -153,7 +153,7 @@ class PooledDetector:
 
     @input_width.setter
     def input_width(self, value: int) -> None:
-        self._input_width = round_to_align(value)
+        self._input_width = align32(value)
 
     @property
     def regions_supported(self) -> bool:

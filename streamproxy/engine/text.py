@@ -20,7 +20,6 @@ masked in every frame, including the ones the detector never looked at.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from streamproxy.engine.obfuscate import (
     obfuscated_frame,
     planes_from_bgr,
 )
-from streamproxy.types import Box, Detection, Plane, Planes
+from streamproxy.host import usable_cores
+from streamproxy.types import Box, Detection, Plane, Planes, align32
 
 if TYPE_CHECKING:
     import av
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL = "ppocr_det"
-ALIGN = 32
 # input_width 0: the picture's own longer side, clamped. Below 960 px plates of a 540p street clip
 # vanish from the map; above 1920 the cost (~area) buys little for text that big.
 AUTO_MIN_SIDE, AUTO_MAX_SIDE = 960, 1920
@@ -57,10 +56,6 @@ MIN_SIDE_PX = 3.0  # DB's min_size: thinner regions (detector pixels) are noise
 # this many region widths and their sizes within a factor of MATCH_SIZE_RATIO.
 MATCH_CENTRE_WIDTHS = 1.5
 MATCH_SIZE_RATIO = 2.0
-
-
-def _ceil_align(v: int) -> int:
-    return max(ALIGN, -(-v // ALIGN) * ALIGN)
 
 
 def text_obfuscation(cfg: ObfuscationConfig) -> ObfuscationConfig:
@@ -81,7 +76,7 @@ class TextDetector:
         self._input_width = cfg.input_width
         path = model_path(MODEL, model_dir)
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        so.intra_op_num_threads = threads or min(2, usable_cores())
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -108,7 +103,7 @@ class TextDetector:
             raise ValueError(f"text detector got an empty picture {width}x{height}")
         longer = max(width, height)
         target = self._input_width or min(AUTO_MAX_SIDE, max(AUTO_MIN_SIDE, longer))
-        target = max(ALIGN, round(target / ALIGN) * ALIGN)
+        target = align32(target)
         s = target / longer
         return max(1, round(width * s)), max(1, round(height * s))
 
@@ -145,7 +140,7 @@ class TextDetector:
 
     def _detect(self, rgb: np.ndarray, width: int, height: int) -> list[Detection]:
         h, w = rgb.shape[:2]
-        ph, pw = _ceil_align(h), _ceil_align(w)
+        ph, pw = align32(h, "up"), align32(w, "up")
         blob = np.zeros((1, 3, ph, pw), np.float32)  # 0 after normalising = mid grey padding
         norm = rgb.astype(np.float32) * (2.0 / 255.0) - 1.0
         blob[0, :, :h, :w] = norm.transpose(2, 0, 1)
@@ -211,19 +206,9 @@ def mask_text_image(img: np.ndarray, detector: TextDetector, cfg: EngineConfig) 
 # --- videos: cadence with look-ahead ---------------------------------------------------------
 
 
-def _grown(b: Box, side: float) -> Box:
-    return Box(b.x1 - side, b.y1 - side, b.x2 + side, b.y2 + side)
-
-
 def grow_region(b: Box, margin: float) -> Box:
     """A text box grown by `margin` region heights per side (at least 2 px)."""
-    return _grown(b, max(2.0, margin * b.height))
-
-
-def _lerp(a: Box, b: Box, f: float) -> Box:
-    return Box(
-        a.x1 + (b.x1 - a.x1) * f, a.y1 + (b.y1 - a.y1) * f, a.x2 + (b.x2 - a.x2) * f, a.y2 + (b.y2 - a.y2) * f
-    )
+    return b.grown(max(2.0, margin * b.height))
 
 
 @dataclass(slots=True)
@@ -365,7 +350,7 @@ class TextMasker:
         masks: list[Box] = []
         for r in self._regions:
             if r.prev is not None and r.missed == 0:
-                masks.append(self._margin(_lerp(r.prev, r.box, f), 1.0))
+                masks.append(self._margin(r.prev.lerp(r.box, f), 1.0))
             else:
                 masks.append(self._margin(r.box, 2.0))
         return masks

@@ -19,11 +19,11 @@ visibly, instead of the protection.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from streamproxy.config import PrivacyConfig
+from streamproxy.types import align32
 
 # Smallest face, in detector-input pixels, the model masks reliably (see the module docstring).
 # CenterFace was not measured this way; its recall of small faces is lower than YuNet's on the WIDER
@@ -52,10 +52,6 @@ BAD_SETTING_S = 30.0
 LONG_PUSH_FRAMES = 4.5  # a setting that overloaded the camera is not tried again for this long
 
 
-def align32_up(value: float) -> int:
-    return math.ceil(value / 32.0) * 32
-
-
 @dataclass(frozen=True, slots=True)
 class PrivacyFloor:
     """What the controller may never go below, for one camera at one frame size."""
@@ -75,7 +71,7 @@ def privacy_floor(privacy: PrivacyConfig, model: str, frame_long_side: int) -> P
     A 1280x720 camera with the default 18-px smallest face needs the detector at 1280 (native); a
     1920x1080 camera at 1920; min_face_px 36 halves both."""
     need = frame_long_side * DETECTOR_MIN_FACE_PX.get(model, 18.0) / privacy.min_face_px
-    width = min(MAX_DETECTOR_SIDE, align32_up(need))
+    width = min(MAX_DETECTOR_SIDE, align32(need, "up"))
     return PrivacyFloor(privacy.min_face_px, width, privacy.max_unmasked_frames)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -44,6 +43,7 @@ from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
 from streamproxy.engine.change import gate_settings
 from streamproxy.engine.detect import FaceDetector
 from streamproxy.engine.pool import PooledDetector
+from streamproxy.host import usable_cores
 from streamproxy.hub import StreamHub
 from streamproxy.live.controller import (
     FrameShedder,
@@ -141,7 +141,7 @@ def live_engine_config(cam: CameraConfig, cfg: AppConfig, cameras: int = 1) -> E
         # One camera on 2 cores gets both: its worker thread, not the CPU, is what limits it
         # (measured, 720p25 at the 1280-px floor: 20.5 fps on two threads, 14 on one, the
         # process using ~1 core either way).
-        share = max(1, min(2, (os.cpu_count() or 1) // max(1, cameras)))
+        share = max(1, min(2, usable_cores() // max(1, cameras)))
         engine_cfg = engine_cfg.model_copy(
             update={"detector": engine_cfg.detector.model_copy(update={"threads": share})}
         )
