@@ -19,12 +19,12 @@ from streamproxy.config import (
     ConfigError,
     DetectorConfig,
     EngineConfig,
-    SecretFilter,
     config_secrets,
     default_model_dir,
     load_config,
 )
 from streamproxy.host import usable_cores
+from streamproxy.redact import SecretFilter
 
 log = logging.getLogger("streamproxy")
 

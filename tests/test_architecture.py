@@ -16,7 +16,7 @@ PKG = ROOT / "streamproxy"
 
 # Lowest first. A module may import its own room and the rooms before it, never one after it.
 ROOMS: list[tuple[str, set[str]]] = [
-    ("ground", {"__init__", "types", "config", "host", "metrics", "status", "h264", "hub", "supervisor"}),
+    ("ground", {"__init__", "types", "config", "redact", "host", "metrics", "status", "h264", "hub", "supervisor"}),
     ("engine", {"engine"}),
     ("rtsp", {"rtsp"}),
     ("live", {"live"}),

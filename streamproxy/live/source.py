@@ -63,14 +63,15 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, Literal, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import av
 import av.container.core as _av_core
 from prometheus_client import Counter
 
-from streamproxy.config import IngestConfig, Transport, redact_url
+from streamproxy.config import IngestConfig, Transport
 from streamproxy.metrics import DAMAGED_FRAMES, RTP_PACKETS_LOST, check_camera_label
+from streamproxy.redact import redact_url, scrub, url_secrets
 from streamproxy.rtsp.client import (
     ClientError,
     ClientLossy,
@@ -181,23 +182,6 @@ class _NoPicture(Stalled):
     """Packets arrive but no picture came for the stall timeout: a stall, with its own message."""
 
 
-def _secret_strings(url: str) -> list[str]:
-    """Spellings of the URL's credentials that could appear in an FFmpeg error message.
-
-    The whole user:password part in any case; the password alone only when it is long enough not
-    to garble ordinary words (a 2-letter password is no secret anyway). The user name alone is not
-    treated as secret.
-    """
-    parts = urlsplit(url)
-    out: set[str] = set()
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        out |= {userinfo, unquote(userinfo)}
-    if parts.password:
-        out |= {p for p in (parts.password, unquote(parts.password)) if len(p) >= 4}
-    return sorted(out, key=len, reverse=True)
-
-
 class CameraSource:
     """One camera's ingest thread. `start()`/`stop()` are idempotent; counters are read any time.
 
@@ -226,7 +210,7 @@ class CameraSource:
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._secrets = _secret_strings(url)
+        self._secrets = url_secrets(url)  # what an FFmpeg or client error might quote of it
         self._auto_next: Literal["tcp", "udp"] = "tcp"
         # Counters (written by the ingest thread only).
         self.frames_in = 0
@@ -310,12 +294,6 @@ class CameraSource:
                 self.on_state(self.name, state)
             except Exception:
                 log.exception("%s: on_state callback failed", self.name)
-
-    def _redact(self, text: str) -> str:
-        text = text.replace(self.url, self.safe_url)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def _pick_transport(self) -> Literal["tcp", "udp"]:
         if self.tcp_forced:
@@ -419,7 +397,7 @@ class CameraSource:
             msg = str(err)
         else:
             msg = f"{type(err).__name__}: {err}"
-        return self._redact(msg)
+        return scrub(msg, self._secrets)
 
     def _session(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
         """One connection: open, decode until the stream ends or fails. Raises on failure."""

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from streamproxy.config import redact_url, url_secrets
+from streamproxy.redact import redact_url, url_secrets
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
 from streamproxy.metrics import CameraMetrics
