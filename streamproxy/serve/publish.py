@@ -36,10 +36,10 @@ from urllib.parse import urlsplit
 
 import av
 
-from streamproxy.redact import redact_url, url_secrets
 from streamproxy.h264 import CLOCK_RATE, START_CODE, has_sps
 from streamproxy.hub import CodecInfo, StreamHub, Subscription
 from streamproxy.metrics import CameraMetrics
+from streamproxy.redact import redact_url, url_secrets
 from streamproxy.status import PublisherStatus
 from streamproxy.supervisor import Attempt, Backoff, Outcome, Supervisor, run_async
 from streamproxy.types import EncodedPacket
