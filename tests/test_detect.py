@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from streamproxy.config import DetectorConfig
-from streamproxy.engine import detect
+from streamproxy.engine import detect, models
 from streamproxy.engine.detect import (
     CenterFaceDetector,
     FaceDetector,
@@ -143,7 +143,7 @@ def test_the_edited_model_is_kept_and_a_new_process_starts_without_onnx(
 ) -> None:
     d, kept = _copy_model(model_dir, model, tmp_path)
     cls = type(make(d, model, input_width=640))
-    edit = detect._edit_dims(d / MODEL_SPECS[model].filename, cls.input_name, cls.dynamic_batch)
+    edit = models._edit_dims(d / MODEL_SPECS[model].filename, cls.input_name, cls.dynamic_batch)
     if hashlib.sha256(edit).hexdigest() != MODEL_SPECS[model].dynamic_sha256:
         import onnx
 
@@ -176,8 +176,8 @@ def test_a_kept_model_that_is_not_the_pinned_edit_is_made_again(
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF  # one flipped byte (or a planted model): refused, made again
     kept.write_bytes(bytes(bad))
-    detect._dynamic_models.clear()
-    with caplog.at_level(logging.WARNING, logger="streamproxy.engine.detect"):
+    models._dynamic_models.clear()
+    with caplog.at_level(logging.WARNING, logger="streamproxy.engine.models"):
         dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
     assert "is not the pinned edit" in caplog.text
     assert len(dets) == 1 and dets[0].box.iou(FACE) > 0.75
@@ -189,7 +189,7 @@ def test_an_edit_that_differs_from_the_pin_is_used_but_not_kept(
 ) -> None:
     """Another onnx version could serialise the edit differently: the detector still starts."""
     d, kept = _copy_model(model_dir, "yunet", tmp_path)
-    monkeypatch.setitem(detect.MODELS, "yunet", dataclasses.replace(MODEL_SPECS["yunet"], dynamic_sha256="0" * 64))
+    monkeypatch.setitem(models.MODELS, "yunet", dataclasses.replace(MODEL_SPECS["yunet"], dynamic_sha256="0" * 64))
     dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
     assert len(dets) == 1 and not kept.exists()
 
@@ -202,7 +202,7 @@ def test_a_read_only_model_folder_still_starts(
     def refuse(path: Path, data: bytes) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(detect, "atomic_write", refuse)
+    monkeypatch.setattr(models, "atomic_write", refuse)
     dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
     assert len(dets) == 1 and not kept.exists()
 

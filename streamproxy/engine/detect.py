@@ -13,10 +13,8 @@ The latency controller may change `input_width` between calls.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from streamproxy.config import DetectorConfig
-from streamproxy.engine.models import MODELS, atomic_write, model_path
+from streamproxy.engine.models import dynamic_model_bytes, model_path
 from streamproxy.host import usable_cores
 from streamproxy.types import ALIGN, Box, Detection, align32
 
@@ -154,76 +152,6 @@ def fuse_passes(
     return kept[:, :5].astype(np.float64)
 
 
-# Edited model bytes per (model, file): editing a 7 MB protobuf takes a while; do it once per process.
-_dynamic_models: dict[tuple[str, str, int], bytes] = {}
-_dynamic_lock = threading.Lock()
-
-
-def _dynamic_model_bytes(path: Path, model: str, input_name: str, dynamic_batch: bool) -> bytes:
-    """The model with symbolic input H/W (and outputs' dims), so it runs at any multiple-of-32 size.
-
-    The files declare fixed shapes (YuNet 1x3x640x640, CenterFace 10x3x32x32) and
-    onnx.tools.update_model_dims refuses to change fixed dims; editing the protobuf works.
-    CenterFace lists its weights as graph inputs too: only `input_name` is touched.
-
-    The edited model is kept beside the original (`<name>.dynamic.onnx`) and loaded from there only
-    when it hashes to the SHA-256 pinned for it (`ModelSpec.dynamic_sha256`), like the original:
-    importing the `onnx` package to make it costs ~0.9 s of every start (mostly `ml_dtypes`), a
-    third of a short bulk job. Otherwise the edit is made here, and kept when it matches the pin
-    (another `onnx` version could write other bytes: then it is used from memory only, every start).
-    """
-    st = path.stat()
-    key = (input_name, str(path), st.st_mtime_ns)
-    with _dynamic_lock:
-        cached = _dynamic_models.get(key)
-        if cached is not None:
-            return cached
-        pinned = MODELS[model].dynamic_sha256
-        kept = path.with_name(f"{path.stem}.dynamic.onnx")
-        try:
-            data = kept.read_bytes()
-        except OSError:
-            data = b""
-        if not data or hashlib.sha256(data).hexdigest() != pinned:
-            if data:
-                log.warning("detector: %s is not the pinned edit of %s; making it again", kept, path.name)
-            data = _edit_dims(path, input_name, dynamic_batch)
-            if hashlib.sha256(data).hexdigest() == pinned:
-                try:
-                    atomic_write(kept, data)
-                except OSError as err:  # a read-only model folder: the edit is made at every start
-                    log.debug("detector: cannot keep %s (%s)", kept, err.strerror)
-            else:
-                log.info("detector: the edited %s differs from the pinned one (another onnx version?); "
-                         "not kept, made at every start", path.name)  # fmt: skip
-        _dynamic_models[key] = data
-        return data
-
-
-def _edit_dims(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
-    import onnx  # here, not at module level: see _dynamic_model_bytes
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    inputs = [i for i in graph.input if i.name == input_name]
-    if len(inputs) != 1:
-        raise RuntimeError(f"{path}: no graph input named {input_name!r}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise RuntimeError(f"{path}: input {input_name!r} is not NCHW")
-    if dynamic_batch:
-        dims[0].dim_param = "batch"
-    dims[2].dim_param = "height"
-    dims[3].dim_param = "width"
-    for out in graph.output:
-        for i, d in enumerate(out.type.tensor_type.shape.dim):
-            d.dim_param = f"{out.name}_d{i}"
-    # Stale intermediate shapes from the fixed size would contradict the new ones.
-    del graph.value_info[:]
-    data: bytes = model.SerializeToString()
-    return data
-
-
 def _session_options(cfg: DetectorConfig) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads or min(2, usable_cores())
@@ -297,7 +225,7 @@ class OnnxFaceDetector:
         self._input_width = align32(cfg.input_width)
         self._blob: np.ndarray | None = None
         t0 = time.perf_counter()
-        data = _dynamic_model_bytes(path, self.model, self.input_name, self.dynamic_batch)
+        data = dynamic_model_bytes(path, self.model, self.input_name, self.dynamic_batch)
         self.session = ort.InferenceSession(
             data, sess_options=_session_options(cfg), providers=["CPUExecutionProvider"]
         )
@@ -656,4 +584,4 @@ def prepare_models(model_dir: Path, names: list[str] | None = None) -> None:
     service whose model folder is read-only at run time still starts without the `onnx` package."""
     for name, cls in _DETECTORS.items():
         if names is None or name in names:
-            _dynamic_model_bytes(model_path(name, model_dir), name, cls.input_name, cls.dynamic_batch)
+            dynamic_model_bytes(model_path(name, model_dir), name, cls.input_name, cls.dynamic_batch)

