@@ -233,10 +233,10 @@ def live_engine(det: RegionDetector, every: int = 2, full_scan_s: float = 1.0) -
 def run_live(eng: Anonymizer, frames: list[np.ndarray]) -> dict[int, AnonymizedFrame]:
     out: dict[int, AnonymizedFrame] = {}
     for i, img in enumerate(frames):
-        for res in eng.push(to_frame(img, i), i / FPS, decoded_at=float(i)):
-            out[int(res.decoded_at)] = res
-    for res in eng.flush():
-        out[int(res.decoded_at)] = res
+        for pending in eng.push_pending(to_frame(img, i), i / FPS, decoded_at=float(i)):
+            out[int(pending.decoded_at)] = pending.render()
+    for pending in eng.flush_pending():
+        out[int(pending.decoded_at)] = pending.render()
     return out
 
 
@@ -348,7 +348,7 @@ def test_a_detector_with_extra_passes_gets_whole_looks(model_dir: Path) -> None:
     eng = Anonymizer(EngineConfig(detect_every=1), detector=det, change_gate=SETTINGS)
     still = background(W, H, seed=5)
     for i in range(3):
-        eng.push(to_frame(still, i), i / FPS, float(i))
+        eng.push_pending(to_frame(still, i), i / FPS, float(i))
     assert eng.stats.detector_runs == 3 and eng.stats.region_looks == 0
 
 

@@ -1,4 +1,8 @@
-"""The engine on real faces: masks them, keeps masking through detector misses, and fails closed."""
+"""The engine on real faces: masks them, keeps masking through detector misses, and fails closed.
+
+Video frames go the live way in (`push_pending`, rendered as the encoder thread would); with the
+detector on every frame (or failing) each frame leaves at once.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from facekit import background, changed_fraction, paste_face
 from streamproxy.config import DetectorConfig, EngineConfig
 from streamproxy.engine.anonymizer import Anonymizer
 from streamproxy.engine.detect import create_detector
-from streamproxy.types import Detection
+from streamproxy.types import AnonymizedFrame, Detection
 
 
 class ScriptedDetector:
@@ -55,13 +59,19 @@ def _bgr(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="bgr24")
 
 
+def _live(eng: Anonymizer, frame: av.VideoFrame, t: float) -> AnonymizedFrame:
+    """One frame the live way, the detector due on it (detect_every 1, or failing): it leaves at once."""
+    (pending,) = eng.push_pending(frame, t)
+    return pending.render()
+
+
 def test_masks_a_real_face_in_a_video_frame(detector: object) -> None:
     img = background(640, 360)
     box = paste_face(img, 250, 80, 120)
     frame = _frame(img)
     assert detector.detect_frame(frame), "the test photo must show a detectable face"  # type: ignore[attr-defined]
     eng = Anonymizer(EngineConfig(), detector=detector)  # type: ignore[arg-type]
-    res = eng.process_frame(frame, 0.0)
+    res = _live(eng, frame, 0.0)
     assert res.frame is not None and not res.fail_closed and res.faces == 1
     out = _bgr(res.frame)
     assert changed_fraction(_bgr(frame), out, box) > 0.8
@@ -81,7 +91,7 @@ def test_moving_face_stays_masked_through_detector_misses(detector: object) -> N
         img = background(640, 360)
         box = paste_face(img, 40 + i * 8, 60 + i, 110)
         frame = _frame(img)
-        res = eng.process_frame(frame, i / fps)
+        res = _live(eng, frame, i / fps)
         assert res.frame is not None and not res.fail_closed
         out = _bgr(res.frame)
         frac = changed_fraction(_bgr(frame), out, box)
@@ -95,9 +105,9 @@ def test_mask_expires_after_coast_time(detector: object) -> None:
     eng = Anonymizer(cfg, detector=scripted)  # type: ignore[arg-type]
     img = background(640, 360)
     paste_face(img, 250, 80, 120)
-    assert eng.process_frame(_frame(img), 0.0).tracks == 1
-    assert eng.process_frame(_frame(img), 0.1).tracks == 1  # coasting
-    assert eng.process_frame(_frame(img), 1.0).tracks == 0  # coast time over
+    assert _live(eng, _frame(img), 0.0).tracks == 1
+    assert _live(eng, _frame(img), 0.1).tracks == 1  # coasting
+    assert _live(eng, _frame(img), 1.0).tracks == 0  # coast time over
 
 
 @pytest.mark.parametrize("every", [1, 3])
@@ -108,7 +118,7 @@ def test_fail_closed_when_the_detector_raises(detector: object, every: int) -> N
     box = paste_face(img, 250, 80, 120)
     for i in range(6):
         frame = _frame(img)
-        res = eng.process_frame(frame, i / 25)
+        res = _live(eng, frame, i / 25)  # a failing detector runs on every frame, whatever the cadence
         assert res.fail_closed and res.fail_reason == "detector_error"
         assert res.frame is not None
         out = _bgr(res.frame)
@@ -122,7 +132,7 @@ def test_fail_closed_drop_action(detector: object) -> None:
     eng = Anonymizer(cfg, detector=ScriptedDetector(detector, fail=None))  # type: ignore[arg-type]
     img = background(320, 240)
     paste_face(img, 100, 50, 80)
-    res = eng.process_frame(_frame(img), 0.0)
+    res = _live(eng, _frame(img), 0.0)
     assert res.frame is None and res.fail_closed
     out, _faces, failed = eng.process_image(img)
     assert out is None and failed
@@ -134,10 +144,13 @@ def test_recovers_after_detector_failure(detector: object) -> None:
     eng = Anonymizer(EngineConfig(detect_every=5), detector=scripted)  # type: ignore[arg-type]
     img = background(640, 360)
     paste_face(img, 250, 80, 120)
-    results = [eng.process_frame(_frame(img), i / 25) for i in range(4)]
-    # Failing runs are retried on every frame (not only every 5th), so the first good run ends fail-closed mode.
-    assert [r.fail_closed for r in results] == [True, True, False, False]
-    assert results[2].detector_ran and results[2].tracks == 1
+    released = [[p.render() for p in eng.push_pending(_frame(img), i / 25)] for i in range(4)]
+    # Failing runs are retried on every frame (not only every 5th), so the first good run ends
+    # fail-closed mode; then the cadence holds frame 3 for the next run.
+    assert [[r.fail_closed for r in out] for out in released] == [[True], [True], [False], []]
+    assert released[2][0].detector_ran and released[2][0].tracks == 1
+    (last,) = [p.render() for p in eng.flush_pending()]
+    assert not last.fail_closed and last.tracks == 1
 
 
 def test_missing_model_fails_closed(tmp_path: Path) -> None:
@@ -147,7 +160,7 @@ def test_missing_model_fails_closed(tmp_path: Path) -> None:
     img = background(320, 240)
     box = paste_face(img, 100, 50, 80)
     frame = _frame(img)
-    res = eng.process_frame(frame, 0.0)
+    res = _live(eng, frame, 0.0)
     assert res.fail_closed and res.fail_reason == "model_missing" and res.frame is not None
     assert changed_fraction(_bgr(frame), _bgr(res.frame), box) > 0.9
 
@@ -173,7 +186,12 @@ def test_detect_phase_spreads_cameras_over_the_cadence_cycle(detector: object) -
     for phase in (0.0, 0.5):
         scripted = ScriptedDetector(detector, fail=set())
         eng = Anonymizer(EngineConfig(detect_every=4), detector=scripted, detect_phase=phase)  # type: ignore[arg-type]
-        ran[phase] = [i for i in range(8) if eng.process_frame(_frame(img), i / 25).detector_ran]
+        ran[phase] = []
+        for i in range(8):
+            before = eng.stats.detector_runs
+            eng.push_pending(_frame(img), i / 25)
+            if eng.stats.detector_runs > before:
+                ran[phase].append(i)
     assert ran[0.0] == [0, 4] and ran[0.5] == [2, 6]
 
 

@@ -1,4 +1,4 @@
-"""Look-ahead (Anonymizer.push/flush) on scripted frames: a face is masked from its first frame.
+"""Look-ahead (Anonymizer.push_pending/flush_pending) on scripted frames: a face is masked from its first frame.
 
 The detector is a stand-in that reports the face wherever the script put it, but only on the frames
 it is run on: what these tests check is which frames get a mask, which is the engine's logic.
@@ -57,15 +57,24 @@ def to_frame(img: np.ndarray, i: int) -> av.VideoFrame:
     return f
 
 
+def push(eng: Anonymizer, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[AnonymizedFrame]:
+    """The live way in, each released frame rendered (as the pipeline's encoder thread does)."""
+    return [p.render() for p in eng.push_pending(frame, t, decoded_at)]
+
+
+def flush(eng: Anonymizer) -> list[AnonymizedFrame]:
+    return [p.render() for p in eng.flush_pending()]
+
+
 def run_live(eng: Anonymizer, imgs: list[np.ndarray]) -> list[tuple[int, AnonymizedFrame]]:
     """Push every frame; returns (input index, output) in output order, flushing at the end."""
     out: list[tuple[int, AnonymizedFrame]] = []
     pending: list[int] = []
     for i, img in enumerate(imgs):
         pending.append(i)
-        for res in eng.push(to_frame(img, i), i / FPS, decoded_at=float(i)):
+        for res in push(eng, to_frame(img, i), i / FPS, decoded_at=float(i)):
             out.append((int(res.decoded_at), res))
-    for res in eng.flush():
+    for res in flush(eng):
         out.append((int(res.decoded_at), res))
     return out
 
@@ -91,11 +100,9 @@ def test_a_face_appearing_between_detector_runs_is_masked_in_its_first_frame() -
     for i in range(4, 12):
         assert masked(imgs[i], by_index[i], boxes[i]) > 0.9, f"frame {i}: face visible"
 
-    # Without look-ahead (one frame in, one out) the same cadence sends frames 4 and 5 raw:
-    # what this test guards against.
-    det2 = ScriptDetector(boxes)
-    eng2 = engine(det2, every=3)
-    raw = [eng2.process_frame(to_frame(img, i), i / FPS) for i, img in enumerate(imgs)]
+    # Without look-ahead (frames leave on the tracker's prediction: max_unmasked_frames) the same
+    # cadence sends frames 4 and 5 raw: what this test guards against.
+    raw = dict(run_live(engine(ScriptDetector(boxes), every=3, unmasked=2), imgs))
     assert masked(imgs[4], raw[4], boxes[4]) < 0.2 and masked(imgs[5], raw[5], boxes[5]) < 0.2
 
 
@@ -112,11 +119,11 @@ def test_a_face_between_two_runs_is_masked_on_its_path() -> None:
 def test_no_face_no_mask_and_the_frames_wait_for_the_run() -> None:
     imgs, boxes = clip({}, 6)
     eng = engine(ScriptDetector(boxes), every=3)
-    released = [len(eng.push(to_frame(img, i), i / FPS, float(i))) for i, img in enumerate(imgs)]
+    released = [len(push(eng, to_frame(img, i), i / FPS, float(i))) for i, img in enumerate(imgs)]
     # Frame 0 runs at once (first run), 1-2 wait for the run on 3, 4-5 stay waiting.
     assert released == [1, 0, 0, 3, 0, 0]
     assert eng.held == 2 and eng.oldest_held_at == 4.0
-    rest = eng.flush()
+    rest = flush(eng)
     assert [r.decoded_at for r in rest] == [4.0, 5.0] and eng.held == 0
     for i, res in zip((4, 5), rest, strict=True):
         assert res.frame is not None
@@ -126,7 +133,7 @@ def test_no_face_no_mask_and_the_frames_wait_for_the_run() -> None:
 def test_max_unmasked_frames_lets_frames_out_on_prediction() -> None:
     imgs, boxes = clip({}, 6)
     eng = engine(ScriptDetector(boxes), every=3, unmasked=1)
-    released = [len(eng.push(to_frame(img, i), i / FPS, float(i))) for i, img in enumerate(imgs)]
+    released = [len(push(eng, to_frame(img, i), i / FPS, float(i))) for i, img in enumerate(imgs)]
     assert released == [1, 1, 0, 2, 1, 0]
 
 
@@ -160,11 +167,11 @@ def test_drop_action_drops_the_waiting_frames_too() -> None:
 def test_a_new_frame_size_releases_the_frames_of_the_old_one_first() -> None:
     imgs, boxes = clip({}, 3)
     eng = engine(ScriptDetector(boxes), every=3)
-    eng.push(to_frame(imgs[0], 0), 0.0, 0.0)
-    assert eng.push(to_frame(imgs[1], 1), 0.04, 1.0) == []
+    push(eng, to_frame(imgs[0], 0), 0.0, 0.0)
+    assert push(eng, to_frame(imgs[1], 1), 0.04, 1.0) == []
     small = av.VideoFrame.from_ndarray(np.zeros((180, 320, 3), np.uint8), format="bgr24").reformat(format="yuv420p")
     small.pts = 2
-    out = eng.push(small, 0.08, 2.0)
+    out = push(eng, small, 0.08, 2.0)
     assert [r.decoded_at for r in out][:1] == [1.0], "the old size's waiting frame left first"
     assert all(r.frame is not None for r in out)
 

@@ -3,27 +3,33 @@
 Used by every output: bulk files (anonymize.py), live RTSP/WebRTC (pipeline.py). One Anonymizer per
 stream; it is not thread-safe and is driven from one worker thread at a time.
 
-Fail closed: the only way a frame leaves `process_frame` or `push` with faces unmasked is a face the
-detector and the tracker both missed. Any failure of the detector (exception, missing model) makes
-the engine obfuscate the whole frame, or drop it, and count it — until the detector succeeds again.
+Fail closed: the only way a frame leaves the engine with faces unmasked is a face the detector and
+the tracker both missed. Any failure of the detector (exception, missing model) makes the engine
+obfuscate the whole frame, or drop it, and count it — until the detector succeeds again.
 
-Two ways in, one per kind of caller:
-* `process_frame`: one frame in, one out; the detector runs on every `detect_every`-th frame and the
-  tracker predicts in between (bulk mode, where time is no object, runs it on every frame);
+Three ways in, one per kind of caller:
+* `process_image` (stills): one picture, detected whole, no history;
 * `push_offline` / `flush_offline` (bulk video): every frame waits up to a second for the frames
   after it, so that a face is masked from both directions in time (engine/temporal.py: weak
   detections confirmed by a confident one of the same face, tracklets extended before their first
   and after their last detection, gaps interpolated);
-* `push` / `flush` (live): look-ahead. A frame the detector does not run on waits for the next run,
-  on a later frame; a face first found there is masked back along its path in the frames that
-  waited, and a face seen at both runs is masked where it was between them (interpolated). So a
-  face is masked from the first frame in which it is visible even though the detector runs only on
-  every k-th frame: the price is latency (k-1 frame intervals at most, inside the budget), not
-  privacy. Look-ahead alone serves every camera; on a fixed camera a run also need not look at the
-  whole picture: with change gating (engine/change.py, `change_gate`) every live frame is compared
-  with how each part of the picture looked at its last look, and a run looks at what changed, around
-  the tracks and at one tile of a rolling scan. A moving camera (the shared street clip, from a bus),
-  a PTZ turn or a lighting step changes everywhere and gets whole looks, as without it.
+* `push_pending` / `flush_pending` (live): look-ahead. A frame the detector does not run on waits
+  for the next run, on a later frame; a face first found there is masked back along its path in the
+  frames that waited, and a face seen at both runs is masked where it was between them
+  (interpolated). So a face is masked from the first frame in which it is visible even though the
+  detector runs only on every k-th frame: the price is latency (k-1 frame intervals at most, inside
+  the budget), not privacy. Look-ahead alone serves every camera; on a fixed camera a run also need
+  not look at the whole picture: with change gating (engine/change.py, `change_gate`) every live
+  frame is compared with how each part of the picture looked at its last look, and a run looks at
+  what changed, around the tracks and at one tile of a rolling scan. A moving camera (the shared
+  street clip, from a bus), a PTZ turn or a lighting step changes everywhere and gets whole looks,
+  as without it.
+
+The live and bulk video ways hand out `PendingFrame`s: the masks are decided here, the pixels are
+obfuscated by `render()` in the thread that sends the frame on (`push_offline` renders at once).
+
+Look-ahead (frames held here for the next detector run) is not detection ahead (engine/ahead.py:
+bulk video's worker threads that run the detector on frames before the engine asks for them).
 """
 
 from __future__ import annotations
@@ -271,11 +277,9 @@ class Anonymizer:
         # The last detector run failed: every frame is failed closed until one succeeds, since the
         # tracker's masks are no longer backed by fresh detections.
         self._detector_failing = False
-        self.last_fail_reason = ""
         self.detector: FaceDetector | None = detector
         self.detector_error: str = ""
-        self.active_tracks = 0
-        # Look-ahead (push/flush): frames waiting for the next detector run, frames since the last
+        # Look-ahead (push_pending/flush_pending): frames waiting for the next detector run, frames since the last
         # run (None before the first), and the masks of the last run by track id (interpolation).
         self.max_unmasked_frames = max_unmasked_frames
         self._held: list[_Held] = []
@@ -335,13 +339,10 @@ class Anonymizer:
                 log.info("%s: frame size changed %s -> %s, tracker reset", self.name, self._frame_size, (w, h))
             self._tracker.reset()
             self._frame_size = (w, h)
-        tracks = self._tracker.update(dets, t, w, h)
-        self.active_tracks = len(tracks)
-        return tracks
+        return self._tracker.update(dets, t, w, h)
 
     def _count_fail(self, reason: FailClosedReason) -> bool:
         """Count a frame failed closed. Returns True if the action says it must be dropped."""
-        self.last_fail_reason = reason
         drop = self.cfg.fail_closed.action == "drop"
         self.stats.failed_closed(reason, drop)
         return drop
@@ -352,36 +353,6 @@ class Anonymizer:
             return True
         obfuscate_whole(planes, self.cfg.obfuscation)
         return False
-
-    def process_frame(
-        self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0, force_detect: bool = False
-    ) -> AnonymizedFrame:
-        """Anonymize one decoded video frame. `t` is the frame's time in seconds (for motion/coasting).
-
-        The decoder's frame is never modified (decoders keep reference frames): the output is a new frame.
-        """
-        index = self.stats.frames
-        self.stats.frames += 1
-        every = max(1, self.detect_every)
-        run = force_detect or (index + int(self.detect_phase * every)) % every == 0
-        dets, ms, reason = self._detect(run, frame, None)
-        planes, buf = planes_from_yuv420(frame)
-        fill_zones(planes, self.cfg.privacy_zones)
-        if reason:
-            drop = self._fail_closed(planes, reason)
-            out = None if drop else frame_from_planes(buf, frame)
-            return AnonymizedFrame(out, decoded_at, 0, 0, True, ms, True, reason)
-        tracks = self._masks(dets, t, frame.width, frame.height)
-        obfuscate(planes, [tr.mask for tr in tracks], self.cfg.obfuscation)
-        return AnonymizedFrame(
-            frame=frame_from_planes(buf, frame),
-            decoded_at=decoded_at,
-            faces=len(dets) if dets is not None else 0,
-            tracks=len(tracks),
-            detector_ran=dets is not None,
-            detector_ms=ms,
-            fail_closed=False,
-        )
 
     # --- bulk video: both directions in time (engine/temporal.py) ---------------------------
 
@@ -397,8 +368,8 @@ class Anonymizer:
         """Bulk video: take one frame; return the frames that may be written now, in order.
 
         One result per frame pushed, in push order (`frame` None: dropped, failing closed); call
-        `flush_offline` after the last. The detector runs as in `process_frame` and must report
-        candidates down to `temporal.WEAK_THRESHOLD`; `strong` (default: the configured threshold)
+        `flush_offline` after the last. The detector runs on every `detect_every`-th frame (bulk mode:
+        every frame; and on every frame while it is failing) and must report candidates down to `temporal.WEAK_THRESHOLD`; `strong` (default: the configured threshold)
         is the score the forward tracker and a tracklet's confirmation need. A frame leaves once
         `temporal.WINDOW_S` of later frames have been detected (fewer when they would exceed
         `temporal.WINDOW_MAX_BYTES`), masked by the tracker and by the temporal fill.
@@ -478,10 +449,6 @@ class Anonymizer:
         """`decoded_at` of the oldest waiting frame (its deadline is the caller's business)."""
         return self._held[0].decoded_at if self._held else None
 
-    def push(self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[AnonymizedFrame]:
-        """`push_pending`, each frame rendered here (tests, and callers with one thread)."""
-        return [p.render() for p in self.push_pending(frame, t, decoded_at)]
-
     def push_pending(self, frame: av.VideoFrame, t: float, decoded_at: float = 0.0) -> list[PendingFrame]:
         """Live path: take one frame; return the frames that may leave now, in order (often none).
 
@@ -511,10 +478,6 @@ class Anonymizer:
         else:
             self._held.append(_Held(frame, t, decoded_at, masks, margin))
         return out
-
-    def flush(self) -> list[AnonymizedFrame]:
-        """`flush_pending`, each frame rendered here."""
-        return [p.render() for p in self.flush_pending()]
 
     def flush_pending(self) -> list[PendingFrame]:
         """Run the detector now, on the newest waiting frame, and release every waiting frame.
