@@ -17,8 +17,6 @@ fail-closed frames are the engine's: its `EngineStats` feeds `detection` / `fail
     m.detector_seconds.observe(dt)    # one detector run
     m.drop("latency_budget")          # a frame that will never leave
     m.frame_out(added_latency_s)      # a frame handed to the encoder/viewers
-    ...
-    remove_camera("lobby")            # camera removed from the config
 
 The HTTP layer serves `render_latest()` on /metrics. The default registry is used, so the
 process_* / python_* collectors of prometheus_client come along.
@@ -34,7 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Final, Literal, get_args
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -44,23 +42,18 @@ from streamproxy.status import DropCounts
 
 log = logging.getLogger(__name__)
 
-try:
-    # `*_created` series double the number of series and no dashboard uses them.
-    from prometheus_client import disable_created_metrics
-
-    disable_created_metrics()
-except ImportError:  # pragma: no cover - prometheus_client < 0.18
-    pass
+# `*_created` series double the number of series and no dashboard uses them.
+disable_created_metrics()
 
 DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "worker", "queue_full", "overload"]
 FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
-Protocol = Literal["rtsp", "webrtc"]  # viewers
+ViewerProtocol = Literal["rtsp", "webrtc"]  # viewers
 OutProtocol = Literal["rtsp", "webrtc", "publish"]  # where bytes go: viewers, or the publish_url server
 CameraState = Literal["connecting", "live", "offline", "stopped"]
 
 DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
 FAIL_CLOSED_REASONS: Final[tuple[FailClosedReason, ...]] = get_args(FailClosedReason)
-PROTOCOLS: Final[tuple[Protocol, ...]] = get_args(Protocol)
+VIEWER_PROTOCOLS: Final[tuple[ViewerProtocol, ...]] = get_args(ViewerProtocol)
 OUT_PROTOCOLS: Final[tuple[OutProtocol, ...]] = get_args(OutProtocol)
 CAMERA_STATES: Final[tuple[CameraState, ...]] = get_args(CameraState)
 
@@ -312,38 +305,6 @@ NOT_PER_CAMERA: Final[frozenset[str]] = frozenset(
     }
 )
 
-_PER_CAMERA: Final[tuple[Counter | Gauge | Histogram, ...]] = (
-    FRAMES_IN,
-    FRAMES_OUT,
-    ADDED_LATENCY,
-    DETECTOR_SECONDS,
-    DETECTOR_CADENCE,
-    DETECTOR_INPUT_WIDTH,
-    DETECTOR_MIN_INPUT_WIDTH,
-    OVERLOADED,
-    FACES_DETECTED,
-    FACES_MASKED,
-    TRACKS_ACTIVE,
-    WIDENED_FRAMES,
-    DETECTOR_LOOKED_SHARE,
-    RTP_PACKETS_LOST,
-    DAMAGED_FRAMES,
-    CAMERA_UP,
-    INPUT_FPS,
-    OUTPUT_FPS,
-    PUBLISH_UP,
-    PUBLISH_PACKETS,
-)
-# Families with a second label, and every value that second label can take.
-_PER_CAMERA_AND: Final[tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]] = (
-    (FRAMES_DROPPED, DROP_REASONS),
-    (FAIL_CLOSED_FRAMES, FAIL_CLOSED_REASONS),
-    (CAMERA_STATE, CAMERA_STATES),
-    (VIEWERS, PROTOCOLS),
-    (BYTES_OUT, OUT_PROTOCOLS),
-    (DETECTOR_LOOKS, LOOK_KINDS),
-)
-
 
 def check_camera_label(name: str) -> str:
     """Return `name` if it may be a label value; raise ValueError (without echoing it) otherwise."""
@@ -443,7 +404,9 @@ class CameraMetrics:
         self.fail_closed: dict[FailClosedReason, Counter] = {
             r: FAIL_CLOSED_FRAMES.labels(camera=camera, reason=r) for r in FAIL_CLOSED_REASONS
         }
-        self.viewers: dict[Protocol, Gauge] = {p: VIEWERS.labels(camera=camera, protocol=p) for p in PROTOCOLS}
+        self.viewers: dict[ViewerProtocol, Gauge] = {
+            p: VIEWERS.labels(camera=camera, protocol=p) for p in VIEWER_PROTOCOLS
+        }
         self.bytes_out: dict[OutProtocol, Counter] = {
             p: BYTES_OUT.labels(camera=camera, protocol=p) for p in OUT_PROTOCOLS
         }
@@ -602,10 +565,6 @@ class _Reconnects(Collector):
             if cur is None or cur._reconnects_of is None or m._reconnects_of is not None:
                 self._cameras[m.camera] = weakref.ref(m)
 
-    def forget(self, camera: str) -> None:
-        with self._lock:
-            self._cameras.pop(camera, None)
-
     def describe(self) -> Iterable[Metric]:
         yield CounterMetricFamily("streamproxy_reconnects", RECONNECTS_HELP, labels=["camera"])
 
@@ -626,23 +585,6 @@ class _Reconnects(Collector):
 
 RECONNECTS: Final = _Reconnects()
 REGISTRY.register(RECONNECTS)
-
-
-def remove_camera(camera: str) -> None:
-    """Delete every series of `camera` (it left the config), so it stops being exported."""
-    check_camera_label(camera)
-    RECONNECTS.forget(camera)
-    for metric in _PER_CAMERA:
-        try:
-            metric.remove(camera)
-        except KeyError:
-            pass
-    for metric, values in _PER_CAMERA_AND:
-        for value in values:
-            try:
-                metric.remove(camera, value)
-            except KeyError:
-                pass
 
 
 def render_latest(accept: str = "") -> tuple[bytes, str]:

@@ -14,7 +14,6 @@ from streamproxy.metrics import (
     NOT_PER_CAMERA,
     CameraMetrics,
     RateMeter,
-    remove_camera,
     render_latest,
 )
 
@@ -191,18 +190,6 @@ def test_rate_meter_windows() -> None:
     assert g._value.get() == pytest.approx(2.0)
     r.tick(now=5.0)  # a stall reads as the average over the gap
     assert g._value.get() == pytest.approx(0.25)
-
-
-def test_remove_camera_drops_every_series() -> None:
-    m = CameraMetrics("gone-cam")
-    m.frame_in()
-    m.set_state("live")
-    assert 'camera="gone-cam"' in render_latest()[0].decode()
-    remove_camera("gone-cam")
-    assert 'camera="gone-cam"' not in render_latest()[0].decode()
-    remove_camera("gone-cam")  # idempotent
-    CameraMetrics("gone-cam")  # and can come back
-    assert _value("streamproxy_frames_in_total", camera="gone-cam") == 0
 
 
 def test_buckets_are_dense_where_budgets_are() -> None:
