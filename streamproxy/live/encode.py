@@ -23,7 +23,7 @@ import av
 import av.video.frame
 import numpy as np
 
-from streamproxy.config import EncoderConfig, SubStreamConfig
+from streamproxy.config import EncoderConfig, SubStreamConfig, sub_stream_size
 from streamproxy.h264 import CLOCK_RATE, parameter_sets
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.types import EncodedPacket
@@ -135,9 +135,6 @@ class H264Encoder:
         self.height = height - (height % 2)
         self.fps = fps if fps and fps > 0 else 25.0
         self.gop = max(1, round(cfg.gop_seconds * self.fps))
-        self.frames_in = 0
-        self.packets_out = 0
-        self.keyframes_forced = 0
         self._last_pts = -1
         self._last_actual = -1
         self._interval = CLOCK_RATE / self.fps  # recent frame interval, 90 kHz ticks
@@ -255,11 +252,9 @@ class H264Encoder:
         frame.time_base = self._ctx.time_base
         if force_keyframe:
             frame.pict_type = av.video.frame.PictureType.I
-            self.keyframes_forced += 1
         else:
             frame.pict_type = av.video.frame.PictureType.NONE
         self._pending[pts] = decoded_at
-        self.frames_in += 1
         try:
             packets = self._ctx.encode(frame)
         finally:
@@ -282,7 +277,6 @@ class H264Encoder:
             key = bool(p.is_keyframe)
             if key and self._codec_info is None:
                 self._set_codec_info(data)
-            self.packets_out += 1
             out.append(
                 EncodedPacket(
                     data=data,
@@ -326,15 +320,6 @@ class H264Encoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def sub_stream_size(cfg: SubStreamConfig, width: int, height: int) -> tuple[int, int]:
-    """The sub stream's size for a camera frame of width x height: the configured width (and height,
-    or the camera's aspect ratio), never larger than the camera, even sides."""
-    w = min(cfg.width, width)
-    h = cfg.height if cfg.height is not None else round(w * height / max(1, width))
-    h = min(h, height)
-    return max(2, w - w % 2), max(2, h - h % 2)
 
 
 class SubStreamEncoder:
