@@ -57,6 +57,8 @@ import numpy as np
 
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
 from streamproxy.live.encode import H264Encoder
+from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.live.source import CameraSource
 from streamproxy_sim.camsim import SimCamera, SimMode, free_port, read_stamp, system_gst_available
 from streamproxy_sim.harness import AppThread
 
@@ -263,12 +265,19 @@ def set_sim_mode(sim: SimCamera, mode: SimMode) -> None:
     sim.start()
 
 
+def camera_source(pipe: CameraPipeline) -> CameraSource:
+    """The pipeline's real camera ingest, whose frame callback these measurements tap."""
+    src = pipe.source
+    assert isinstance(src, CameraSource), src
+    return src
+
+
 def swap_to_live(host: AppThread, sims: list[SimCamera], res: StepResult) -> None:
     """Camera 0 becomes a live, stamped simulator; wait until the proxy shows its stamped frames."""
     set_sim_mode(sims[0], "live")
     back = time.monotonic()
     stamped: list[float] = []
-    src = host.app.pipelines["cam0"].source if host.app is not None else None
+    src = camera_source(host.app.pipelines["cam0"]) if host.app is not None else None
     if src is None:
         res.notes.append("swap to live: no pipeline cam0")
         return
@@ -336,7 +345,7 @@ def proxy_step(sims: list[SimCamera], args: argparse.Namespace, res: StepResult,
         if not args.no_g2g:
             # Where the glass-to-glass time goes: capture -> the proxy's decoder (ingest), measured
             # inside the proxy on camera 0 while the viewer runs.
-            src = pipes[0].source
+            src = camera_source(pipes[0])
             orig_on_frame = src.on_frame
 
             def on_frame(df: Any) -> None:

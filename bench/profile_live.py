@@ -148,9 +148,9 @@ def profile(clip: Any, stamp: Any, n: int, args: argparse.Namespace) -> Profile:
         total_frames = max(1, sum(frames))
         for a, b in zip(after, before, strict=True):
             for k, v in asdict(a.dropped).items():
-                d = int(v) - int(asdict(b.dropped).get(k, 0))
-                if d:
-                    prof.dropped[k] = prof.dropped.get(k, 0) + d
+                more = int(v) - int(asdict(b.dropped).get(k, 0))
+                if more:
+                    prof.dropped[k] = prof.dropped.get(k, 0) + more
         prof.detect_every = [a.detector.detect_every for a in after]
         prof.keep_ratio = [a.keep_ratio for a in after]
         prof.controller = [p.controller.last_reason for p in pipes]

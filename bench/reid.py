@@ -158,10 +158,12 @@ def render_gt(
         boxes.setdefault(int(fi), []).append(Box(x, y, x + w, y + h).scaled(cfg.box_factor))
     with av.open(str(clip_path)) as src, av.open(str(out), "w") as dst:
         sin = src.streams.video[0]
-        vout = dst.add_stream("libx264", rate=sin.average_rate)
+        rate = sin.average_rate
+        assert rate is not None, f"{clip_path}: the clip declares no frame rate"
+        vout = dst.add_stream("libx264", rate=rate)
         vout.width, vout.height, vout.pix_fmt = sin.width, sin.height, "yuv420p"
         vout.options = {"preset": "superfast", "crf": "21"}  # what `streamproxy anonymize` writes
-        tb = 1 / sin.average_rate
+        tb = 1 / rate
         for i, fr in enumerate(src.decode(sin)):
             of = obfuscated_frame(fr, boxes.get(i, []), cfg)
             of.pts, of.time_base = i, tb

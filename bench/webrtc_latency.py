@@ -100,7 +100,7 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
 
     With no ingest, detection or encoding running, the service's CPU is the viewers' cost alone.
     """
-    from test_webrtc import FakeApp, make_cfg
+    from webkit import FakeApp, make_cfg
 
     from streamproxy.config import EncoderConfig
     from streamproxy.live.encode import H264Encoder
@@ -126,7 +126,7 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
     cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
     app = FakeApp(cfg)
     hub = app.hubs["cam"]
-    server = WebServer(app)  # type: ignore[arg-type]
+    server = WebServer(app)  # type: ignore[arg-type]  # a stand-in: only the parts of App the server uses
     await server.start()
     stop = asyncio.Event()
 
@@ -180,7 +180,7 @@ def camera_direct(url: str, seconds: float) -> dict[str, Any]:
 
 # --- phase: browser ------------------------------------------------------------------------------
 async def browser_phase(base: str, seconds: float, plays: int, width: int) -> dict[str, Any]:
-    from test_browser import Chromium, play
+    from browserkit import Chromium, play
 
     from streamproxy_sim.camsim import STAMP_COLS, STAMP_ROWS, stamp_block
 
@@ -232,7 +232,7 @@ async def browser_phase(base: str, seconds: float, plays: int, width: int) -> di
 async def viewers_child(base: str, count: int, seconds: float) -> None:
     """Runs in the child process: `count` WHEP viewers; prints one JSON line of results."""
     import aiohttp
-    from test_webrtc import WhepClient
+    from webkit import WhepClient
 
     from streamproxy_sim.camsim import read_stamp
 
