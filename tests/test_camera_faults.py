@@ -38,7 +38,9 @@ from prometheus_client import REGISTRY
 
 from streamproxy.config import AppConfig
 from streamproxy.engine.detect import OnnxFaceDetector
+from streamproxy.live.encode import H264Encoder
 from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.live.source import CameraSource
 from streamproxy.supervisor import STABLE_S
 from streamproxy_sim.camsim import SimCamera, free_port, read_stamp, system_gst_available
 from streamproxy_sim.fakecam import Behaviour, FakeCamera
@@ -151,6 +153,13 @@ class Rig:
         assert self.host.app is not None
         return self.host.app.pipelines["cam"]
 
+    @property
+    def source(self) -> CameraSource:
+        """The pipeline's camera: the real RTSP ingest, whose errors and sessions these tests read."""
+        src = self.pipeline.source
+        assert isinstance(src, CameraSource), src
+        return src
+
     def start_camera(self, **settings: Any) -> float:
         """The real camera on the port (a new process with these settings); returns when it listens."""
         self.stop_camera()
@@ -182,7 +191,7 @@ class Rig:
         wait_until(
             lambda: len(v.live_after(since)) >= 20 or not v.is_alive(),
             timeout,
-            f"live video again ({self.pipeline.snapshot().state}, {self.pipeline.source.last_error})",
+            f"live video again ({self.pipeline.snapshot().state}, {self.source.last_error})",
         )
         assert v.is_alive() and v.error is None, v.error
         return v.live_after(since)[0].t - since
@@ -250,7 +259,7 @@ def slate_then_live(rig: Rig, v: Viewer, fault: float, during: Callable[[], None
 
 
 def test_garbage_and_an_http_page_instead_of_rtsp(rig: Rig, viewer: Viewer) -> None:
-    src = rig.pipeline.source
+    src = rig.source
     fault = time.monotonic()
     with rig.fake("garbage") as fake:
         slate_then_live(rig, viewer, fault)
@@ -269,7 +278,7 @@ def test_401_backs_off_to_the_cap_and_says_so_once(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="streamproxy.live.source")
     # Up for a stable session first, so that the back-off starts over at its initial wait.
-    src = rig.pipeline.source
+    src = rig.source
     wait_until(
         lambda: src.live_since is not None and time.monotonic() - src.live_since > STABLE_S + 0.5,
         STABLE_S + 5,
@@ -282,7 +291,7 @@ def test_401_backs_off_to_the_cap_and_says_so_once(
         time.sleep(8.0)
         snap = rig.pipeline.snapshot()
         offline = REGISTRY.get_sample_value("streamproxy_camera_state", {"camera": "cam", "state": "offline"})
-        last_error = rig.pipeline.source.last_error or ""
+        last_error = rig.source.last_error or ""
         conns = list(fake.connections)
     assert snap.state == "unauthorized" and offline == 1.0, (snap.state, offline)
     assert "rejects our credentials" in last_error and CAM_PASSWORD not in last_error, last_error
@@ -310,7 +319,7 @@ def test_401_backs_off_to_the_cap_and_says_so_once(
 
 
 def test_junk_rtp_does_not_break_the_ingest(rig: Rig, viewer: Viewer) -> None:
-    src = rig.pipeline.source
+    src = rig.source
     fault = time.monotonic()
     with rig.fake("junk_rtp") as fake:
         slate_then_live(rig, viewer, fault)
@@ -363,11 +372,11 @@ def test_stalled_camera_resumes(rig: Rig, viewer: Viewer) -> None:
     back = time.monotonic()
     took = rig.back_to_live(viewer, back)
     print(f"\nstalled camera (SIGSTOP 4 s): live again {took:.2f} s after SIGCONT")
-    assert rig.pipeline.source.reconnects >= 1
+    assert rig.source.reconnects >= 1
 
 
 def test_camera_closes_after_describe(rig: Rig, viewer: Viewer) -> None:
-    src = rig.pipeline.source
+    src = rig.source
     fault = time.monotonic()
     with rig.fake("close_after_describe") as fake:
         slate_then_live(rig, viewer, fault)
@@ -406,8 +415,9 @@ def test_gop_follows_the_camera_frame_rate(model_dir: Path, sim_camera_factory: 
                 if time.monotonic() - t0 > 11:
                     break
         enc = pipe._encoder
-        assert enc is not None
+        assert isinstance(enc, H264Encoder), enc
         fps_camera = pipe.snapshot().fps_camera
+        assert fps_camera is not None
     finally:
         host.stop()
     # The first keyframe is the viewer's join (forced); the GOP's own ones follow.

@@ -9,7 +9,7 @@ import pytest
 
 from streamproxy.h264 import START_CODE
 from streamproxy.rtsp.client import ClientError, _Auth, parse_sdp
-from streamproxy.rtsp.depay import Depacketizer, RtpPacket, parse_rtp
+from streamproxy.rtsp.depay import AccessUnit, Depacketizer, RtpPacket, parse_rtp
 from streamproxy.rtsp.rtp import packetize_h264
 
 SPS = b"\x67\x42\xc0\x1f\xaa"
@@ -22,8 +22,8 @@ def rtp(payload: bytes, seq: int, ts: int, marker: bool = False, ssrc: int = 1, 
     return RtpPacket(payload_type=pt, marker=marker, seq=seq & 0xFFFF, timestamp=ts & 0xFFFFFFFF, ssrc=ssrc, payload=payload)
 
 
-def feed(d: Depacketizer, payloads: list[tuple[bytes, bool]], seq: int, ts: int) -> list:  # type: ignore[type-arg]
-    out = []
+def feed(d: Depacketizer, payloads: list[tuple[bytes, bool]], seq: int, ts: int) -> list[AccessUnit]:
+    out: list[AccessUnit] = []
     for i, (p, marker) in enumerate(payloads):
         out += d.push(rtp(p, seq + i, ts, marker))
     return out

@@ -54,9 +54,9 @@ def test_a_camera_down_is_summarised_not_logged_per_attempt(
     assert len([m for m in info if "connecting to" in m]) == 1, info  # the first attempt only
     assert len(warnings) == 1 and "refused" in warnings[0].lower(), warnings
     assert len(repeats) >= 20
-    summaries = [m for m in info if SUMMARY.search(m)]
+    summaries = [found for m in info if (found := SUMMARY.search(m))]
     assert len(summaries) == 1, info  # at stop: it stands for every repeat
-    assert sum(int(SUMMARY.search(m).group(1)) for m in summaries) == len(repeats)  # type: ignore[union-attr]
+    assert sum(int(found.group(1)) for found in summaries) == len(repeats)
     # Everything said at INFO or above: the states (connecting, reconnecting, stopped), the first
     # attempt, the first failure and the summary, whatever the number of attempts.
     assert len(info) + len(warnings) <= 6, info + warnings

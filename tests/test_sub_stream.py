@@ -236,6 +236,7 @@ def test_broken_detector_sub_stream_and_snapshot_fail_closed(
     status, body = _get(f"http://127.0.0.1:{host.app.web.port}/api/cameras/cam/snapshot.jpg")
     if status == 200:  # the whole frame obfuscated (fail_closed.action obfuscate) ...
         img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None, "the snapshot is a JPEG"
         assert _faces(judge, img) == 0
     else:  # ... or nothing recent enough to show
         assert status == 503
