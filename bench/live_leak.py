@@ -85,6 +85,7 @@ import av
 import cv2
 import numpy as np
 
+from streamproxy import metrics
 from streamproxy_sim.camsim import (
     STAMP_COLS,
     STAMP_ROWS,
@@ -748,6 +749,12 @@ def _sum_drops(total: dict[str, int], after: dict[str, int], before: dict[str, i
             total[k] = total.get(k, 0) + d
 
 
+def _slow_viewer_drops(camera: str) -> int:
+    """The camera's slow-viewer drops, as the one place that counts them exports them."""
+    labels = {"camera": camera, "reason": "slow_viewer"}
+    return int(metrics.REGISTRY.get_sample_value("streamproxy_frames_dropped_total", labels) or 0)
+
+
 def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.Namespace) -> Run:
     run = Run("proxy", n=n)
     sims = [make_sim(clip, stamp, i, args) for i in range(n)]
@@ -771,8 +778,7 @@ def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.
         if not viewer.first.wait(20):
             run.notes.append("viewer: no frame from the proxy within 20 s")
         time.sleep(args.warmup)  # the latency controller settles (it changes at most once a second)
-        hub0 = app.hubs.get("cam0")
-        slow0 = int(getattr(hub0, "dropped_slow_viewer", 0))
+        slow0 = _slow_viewer_drops("cam0")
         before = [p.snapshot() for p in pipes]
         cpu = CpuWindow(sims)
         viewer_cpu0 = viewer.cpu_s()
@@ -797,7 +803,7 @@ def proxy_step(clip: Clip, stamp: StampInfo, n: int, work: Path, args: argparse.
             _sum_drops(run.dropped_all, asdict(a.dropped), asdict(b.dropped))
             if i == 0:
                 _sum_drops(run.dropped_cam0, asdict(a.dropped), asdict(b.dropped))
-        slow = int(getattr(hub0, "dropped_slow_viewer", 0)) - slow0
+        slow = _slow_viewer_drops("cam0") - slow0
         if slow:
             run.dropped_cam0["slow_viewer"] = slow
             run.dropped_all["slow_viewer"] = run.dropped_all.get("slow_viewer", 0) + slow

@@ -201,7 +201,7 @@ class App:
                     hub.viewers("rtsp") + (sub.viewers("rtsp") if sub is not None else 0), hub.viewers("webrtc")
                 )
                 h.on_sent = m.sent
-                h.on_slow_viewer_drop = lambda n, m=m: m.drop("slow_viewer", n)
+                h.on_slow_viewer_drop = lambda _protocol, n, m=m: m.drop("slow_viewer", n)
             self.hubs[cam.name] = hub
             if sub is not None:
                 self.sub_hubs[cam.name] = sub

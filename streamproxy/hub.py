@@ -1,8 +1,10 @@
 """Fan-out of one camera's encoded stream to its viewers (MediaMTX's "path": one publisher, many readers).
 
 One encode per camera is shared by every viewer, RTSP and WebRTC alike. Each viewer has its own
-bounded buffer: a viewer that does not keep up drops frames until the next keyframe (and counts
-them) instead of slowing the camera or the other viewers. Everything here runs on the event loop.
+bounded buffer: a viewer that does not keep up drops frames until the next keyframe instead of
+slowing the camera or the other viewers; `on_slow_viewer_drop` reports them (the app counts them once,
+in the camera's `streamproxy_frames_dropped_total{reason="slow_viewer"}`). Everything here runs on
+the event loop.
 
 Each viewer also has its own clock. The encoder's timestamps jump back when it restarts (the camera
 changed resolution, or reconnected), and a viewer that joined late should not start at an
@@ -22,14 +24,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from streamproxy.h264 import CLOCK_RATE
+from streamproxy.metrics import OutProtocol
 from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
-
-Protocol = Literal["rtsp", "webrtc", "publish"]  # publish: push to an external server (publish.py)
 
 DEFAULT_FRAME_INTERVAL = 3000  # 90 kHz ticks (30 fps): the step after a jump back while the hub has no codec
 
@@ -53,7 +53,7 @@ class Subscription:
     """One viewer's view of a stream: a bounded queue that starts and restarts at keyframes, and a
     forward-only clock (see the module docstring) that starts at `clock_base`."""
 
-    def __init__(self, hub: StreamHub, protocol: Protocol, maxsize: int, clock_base: int = 0) -> None:
+    def __init__(self, hub: StreamHub, protocol: OutProtocol, maxsize: int, clock_base: int = 0) -> None:
         self.hub = hub
         self.protocol = protocol
         self._maxsize = maxsize
@@ -61,8 +61,6 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._need_keyframe = True  # a decoder can only start at a keyframe
         self.closed = False
-        self.dropped = 0  # frames this viewer lost because it was too slow
-        self.sent = 0
         self.clock_base = clock_base
         self._offset: int | None = None  # this viewer's pts = encoder pts + offset
         self._last_pts: int | None = None
@@ -76,10 +74,8 @@ class Subscription:
             # Too slow: throw away what is queued and wait for the next keyframe, so the viewer
             # resumes with a clean picture instead of a smeared one.
             lost = len(self._queue) + 1
-            self.dropped += lost
-            self.hub.dropped_slow_viewer += lost
             if self.hub.on_slow_viewer_drop is not None:
-                self.hub.on_slow_viewer_drop(lost)
+                self.hub.on_slow_viewer_drop(self.protocol, lost)
             self._queue.clear()
             self._need_keyframe = True
             self.hub.request_keyframe(slow_viewer=True)
@@ -100,7 +96,6 @@ class Subscription:
 
     def _take(self) -> EncodedPacket:
         pkt = self._queue.popleft()
-        self.sent += 1
         if self.hub.on_sent is not None:
             self.hub.on_sent(self.protocol, len(pkt.data))
         return self._retime(pkt)
@@ -179,13 +174,12 @@ class StreamHub:
         self.keyframes_forced = 0
         self.keyframe_requests_coalesced = 0
         self._last_slow_request = -math.inf
-        self.packets_out = 0
-        self.bytes_out = 0
-        self.dropped_slow_viewer = 0
+        self.packets_out = 0  # read by bench/webrtc_latency.py (the hub's packet rate)
         self._codec_waiters: list[asyncio.Future[CodecInfo]] = []
         self.on_viewers_changed: Callable[[StreamHub], None] | None = None
-        self.on_sent: Callable[[Protocol, int], None] | None = None  # bytes handed to one viewer
-        self.on_slow_viewer_drop: Callable[[int], None] | None = None  # frames one slow viewer lost
+        self.on_sent: Callable[[OutProtocol, int], None] | None = None  # bytes handed to one viewer
+        # Frames one slow viewer of `protocol` lost: the only place they are counted.
+        self.on_slow_viewer_drop: Callable[[OutProtocol, int], None] | None = None
 
     # --- publisher side (the pipeline) ---
     def set_codec(self, codec: CodecInfo) -> None:
@@ -204,10 +198,7 @@ class StreamHub:
                 self._keyframe_in_flight = False
                 self._keyframe_deferred = False
         for sub in list(self._subs):
-            before = len(sub._queue)
             sub._offer(pkt)
-            if len(sub._queue) > before:
-                self.bytes_out += len(pkt.data)
 
     def request_keyframe(self, slow_viewer: bool = False) -> None:
         """Ask the encoder for a keyframe (a viewer joined, lost packets or fell behind).
@@ -267,7 +258,7 @@ class StreamHub:
         self._codec_waiters.append(fut)
         return await asyncio.wait_for(fut, timeout)
 
-    def subscribe(self, protocol: Protocol, clock_base: int = 0) -> Subscription:
+    def subscribe(self, protocol: OutProtocol, clock_base: int = 0) -> Subscription:
         """A new viewer; its first packet carries pts90k == clock_base (a resumed RTSP session
         continues its timeline from there)."""
         sub = Subscription(self, protocol, self.buffer_packets, clock_base)
@@ -283,5 +274,5 @@ class StreamHub:
             if self.on_viewers_changed:
                 self.on_viewers_changed(self)
 
-    def viewers(self, protocol: Protocol | None = None) -> int:
+    def viewers(self, protocol: OutProtocol | None = None) -> int:
         return sum(1 for s in self._subs if protocol is None or s.protocol == protocol)

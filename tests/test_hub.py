@@ -114,11 +114,13 @@ def test_each_viewer_has_its_own_clock_and_shares_the_data() -> None:
 
 def test_an_overflow_drops_to_the_next_keyframe_and_the_clock_keeps_the_lost_time() -> None:
     h = hub(buffer_packets=2)
+    lost: list[tuple[str, int]] = []
+    h.on_slow_viewer_drop = lambda protocol, n: lost.append((protocol, n))
     sub = h.subscribe("rtsp")
     assert take(h, sub, [pkt(0, True)]) == [0]
     for pts in (3600, 7200, 10_800):  # the third: too slow, everything queued goes
         h.publish(pkt(pts))
-    assert sub.dropped == 3 and sub.get_nowait() is None
+    assert lost == [("rtsp", 3)] and sub.get_nowait() is None  # reported once, with the viewer's protocol
     h.publish(pkt(14_400))  # not a keyframe: still waiting
     assert sub.get_nowait() is None
     h.publish(pkt(18_000, True))

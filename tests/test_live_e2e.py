@@ -39,6 +39,7 @@ from livekit import (
     visible_faces,
 )
 
+from streamproxy import metrics
 from streamproxy.engine.detect import OnnxFaceDetector
 from streamproxy_sim.camsim import SimCamera
 
@@ -182,21 +183,30 @@ def test_stalled_viewer_does_not_stall_another(shared: tuple[SimCamera, LiveHost
         assert st == 200
         # From here on this viewer never reads again.
         time.sleep(1.0)
-        v = Viewer(_authed(host), max_s=8)
+        v = Viewer(_authed(host), max_s=60)
         v.start()
-        v.done(20)
+        assert v.wait_for(lambda fr: len(fr) >= 1, 15), v.error
+        # The healthy viewer against what the pipeline published in the same window (not against the
+        # clock: on a loaded machine the camera and the pipeline slow down too, and that is no fault).
+        t0, out0 = time.monotonic(), host.snapshot().frames_out
+        time.sleep(5.0)
+        t1, out1 = time.monotonic(), host.snapshot().frames_out
+        v.finish(20)
         assert v.error is None, v.error
-        got = live(v.frames)
-        assert v.opened_at is not None and len(got) >= 2
-        span = got[-1].t - got[0].t
-        fps = (len(got) - 1) / span if span > 0 else 0.0
+        got = [f for f in v.frames if t0 < f.t <= t1]
+        published = out1 - out0
         gaps = [b.t - a.t for a, b in itertools.pairwise(got)]
-        print(
-            f"\nhealthy viewer next to a stalled one: {fps:.1f} fps, max gap {max(gaps) * 1000:.0f} ms, "
-            f"slow-viewer drops {host.app.hubs['cam'].dropped_slow_viewer}"
+        slow = metrics.REGISTRY.get_sample_value(
+            "streamproxy_frames_dropped_total", {"camera": "cam", "reason": "slow_viewer"}
         )
-        assert fps >= 15, f"healthy viewer got {fps:.1f} fps"
-        assert max(gaps) < 1.0
+        print(
+            f"\nhealthy viewer next to a stalled one: {len(got)} of {published} frames published meanwhile, "
+            f"max gap {max(gaps, default=0.0) * 1000:.0f} ms, slow-viewer drops (both viewers) {slow}"
+        )
+        assert published >= 10, "the pipeline hardly published: the window measures nothing"
+        # Catches the stalled viewer holding up the fan-out (a blocking send, a shared queue): the healthy
+        # one then gets a fraction of the frames. The slack is the frames still in flight at t1.
+        assert len(got) >= 0.8 * published, f"healthy viewer got {len(got)} of {published} frames"
     finally:
         s.close()
 

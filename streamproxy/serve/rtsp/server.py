@@ -164,8 +164,6 @@ class RtspServer:
         self._reaper: asyncio.Task[None] | None = None
         self._payloads = PayloadCache()
         self._stopping = False
-        self.requests = 0
-        self.auth_failures = 0
 
     # --- lifecycle ---
     async def start(self) -> None:
@@ -472,7 +470,6 @@ class RtspServer:
                     extra = [("Server", SERVER_NAME), *headers, ("Connection", "close")]
                     await self._send(conn, format_response(status, cseq, extra))
                     return
-            self.requests += 1
             conn.requests += 1
             await self._send(conn, format_response(status, cseq, [("Server", SERVER_NAME), *headers], body))
             conn.last_activity = time.monotonic()
@@ -522,7 +519,6 @@ class RtspServer:
         auth = req.header("authorization")
         res = await self.auth.verify(req.method, req.uri, auth, peer.rpartition(":")[0], peer, name)
         if res.user is None:
-            self.auth_failures += res.failed
             raise RtspError(401, "authentication required", res.challenge)
 
     def _hub(self, req: RtspRequest) -> StreamHub:

@@ -76,7 +76,6 @@ class UdpOutput:
         self.rtcp_addr = (client_ip, client_ports[1])
         self.client_ports = client_ports
         self.server_ports = server_ports
-        self.dropped = 0
 
     def transport_header(self, ssrc: int) -> str:
         c, s = self.client_ports, self.server_ports
@@ -88,7 +87,6 @@ class UdpOutput:
             raise ConnectionResetError("UDP socket closed")
         # Not in the DatagramTransport stub, but every asyncio datagram transport has it.
         if t.get_write_buffer_size() > self.MAX_BUFFERED:  # type: ignore[attr-defined]
-            self.dropped += len(packets)
             return
         for p in packets:
             t.sendto(p, self.rtp_addr)
@@ -128,7 +126,6 @@ class RtspSession:
         self.first_packet_at: float | None = None
         self.started = False  # PLAYed at least once: a SETUP never followed by PLAY can be reclaimed
         self.closed = False
-        self.dropped = 0  # frames this viewer lost because it was slow (summed over PLAYs)
 
     @property
     def tcp(self) -> bool:
@@ -181,7 +178,6 @@ class RtspSession:
         sub, task = self.sub, self.task
         self.sub, self.task = None, None
         if sub is not None:
-            self.dropped += sub.dropped
             sub.close()
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -200,8 +196,8 @@ class RtspSession:
                 self.output.rtcp(self.bye())
         self.output.close()
         log.info(
-            "%s: RTSP session %s closed (%s): %d RTP packets, %d frames dropped for slowness",
-            self.name, self.id, reason or "teardown", self.rtp.packets, self.dropped,
+            "%s: RTSP session %s closed (%s): %d RTP packets",
+            self.name, self.id, reason or "teardown", self.rtp.packets,
         )
 
     async def _send_loop(self, sub: Subscription) -> None:
