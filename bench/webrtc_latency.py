@@ -86,6 +86,7 @@ async def service(width: int, height: int, fps: int) -> Any:
         )
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"rtsp_port": 0, "http_port": 0})})
         async with running_app(cfg) as app:
+            assert app.web is not None  # App.start made it (and it listens)
             base = f"http://127.0.0.1:{app.web.port}"
             # Let the pipeline warm up (first detections, latency controller settling).
             await asyncio.sleep(3)
@@ -126,7 +127,7 @@ async def replay_service(width: int, height: int, fps: int) -> Any:
     cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
     app = FakeApp(cfg)
     hub = app.hubs["cam"]
-    server = WebServer(app)  # type: ignore[arg-type]  # a stand-in: only the parts of App the server uses
+    server = WebServer(app)
     await server.start()
     stop = asyncio.Event()
 

@@ -292,6 +292,7 @@ async def live_service(camera_url: str) -> AsyncIterator[tuple[Any, str]]:
     # Ports 0 (any free port): not a valid config value, so set after validation.
     cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"rtsp_port": 0, "http_port": 0})})
     async with running_app(cfg) as app:
+        assert app.web is not None  # App.start made it (and it listens)
         yield app, f"http://127.0.0.1:{app.web.port}"
 
 
