@@ -37,7 +37,8 @@ What it guards against, and how:
   whatever the number of connections. Correct credentials are never refused (a NAT-shared
   address must not lock its other users out); a success resets the address. The table of
   addresses is capped at `MAX_CLIENTS` and forgets an address after `failure_window_s` without
-  failures. Each failure counts in `streamproxy_auth_failures_total{protocol}`; the log gets one
+  failures. Each failure is reported to `on_failure` (the servers pass the Prometheus counter
+  `streamproxy_auth_failures_total{protocol}`: this library knows no metrics); the log gets one
   summary line per address per minute at most, never one per attempt.
 
 Credentials never reach a log line.
@@ -58,11 +59,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-from streamproxy import metrics
-from streamproxy.config import User
 from streamproxy.rtsp.protocol import log_text, parse_path
 
 log = logging.getLogger(__name__)
@@ -225,6 +224,16 @@ class _Client:
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class Credentials(Protocol):
+    """A viewer's user name and password (the config's `User`; the library does not import the config)."""
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def password(self) -> str: ...
+
+
 class Authenticator:
     """Checks Authorization headers against the configured users; counts failures per address.
 
@@ -235,11 +244,12 @@ class Authenticator:
 
     def __init__(
         self,
-        users: Sequence[User],
+        users: Sequence[Credentials],
         realm: str,
         nonce_ttl_s: float = NONCE_TTL_S,
         *,
         protocol: Literal["rtsp", "http"] = "rtsp",
+        on_failure: Callable[[], None] | None = None,
         max_failures: int = MAX_FAILURES,
         failure_window_s: float = FAILURE_WINDOW_S,
         backoff_base_s: float = BACKOFF_BASE_S,
@@ -270,7 +280,7 @@ class Authenticator:
         self._used_floor_ms = -1  # nonces issued at or before this are stale unless in `_used`
         self._clients: OrderedDict[str, _Client] = OrderedDict()  # least recently failed first
         self.failures = 0
-        self._failure_metric = metrics.AUTH_FAILURES.labels(protocol=protocol)
+        self.on_failure = on_failure  # told of each failure, as it is counted (the servers: the metric)
 
     @property
     def enabled(self) -> bool:
@@ -534,7 +544,8 @@ class Authenticator:
     def _record_failure(self, key: str, client: str, name: str) -> float:
         now = self._clock()
         self.failures += 1
-        self._failure_metric.inc()
+        if self.on_failure is not None:
+            self.on_failure()
         rec = self._clients.pop(key, None) or _Client()
         self._clients[key] = rec  # most recently failed last
         rec.failures += 1

@@ -47,6 +47,7 @@ import av
 import cv2
 from aiohttp import web
 
+from streamproxy import metrics
 from streamproxy.config import AppConfig
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline
@@ -150,7 +151,9 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._static = _load_static()
         self._users = {u.username: u.password for u in self.cfg.users}
-        self.auth = Authenticator(self.cfg.users, self.cfg.realm, protocol="http")
+        self.auth = Authenticator(
+            self.cfg.users, self.cfg.realm, protocol="http", on_failure=metrics.AUTH_FAILURES.labels(protocol="http").inc
+        )
         self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
         self.onvif = OnvifService(app) if app.cfg.onvif.enabled else None
         # Cameras that are ONVIF devices of their own (cameras[].onvif_port): camera -> (port, service).

@@ -46,6 +46,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
+from streamproxy import metrics
 from streamproxy.config import AppConfig, OnvifConfig, User
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import sub_stream_size
@@ -242,8 +243,9 @@ class OnvifAuthenticator(Authenticator):
         used: UsedTokens | None = None,
         device: str = "*",
         name: str = "onvif",
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(users, realm, protocol="http")
+        super().__init__(users, realm, protocol="http", on_failure=on_failure)
         self._wall = clock
         self.used = used if used is not None else USED_TOKENS
         self.device = device
@@ -324,7 +326,11 @@ class OnvifService:
         self.cfg = app.cfg
         self.device = device or OnvifDevice()
         self.auth = OnvifAuthenticator(
-            app.cfg.server.users, app.cfg.server.realm, device=self.device.key, name=self.device.log_name
+            app.cfg.server.users,
+            app.cfg.server.realm,
+            device=self.device.key,
+            name=self.device.log_name,
+            on_failure=metrics.AUTH_FAILURES.labels(protocol="http").inc,
         )
         self._logged_sets: set[tuple[str, str]] = set()
         self._logged_unsupported: set[str] = set()

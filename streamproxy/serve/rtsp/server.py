@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from streamproxy import metrics
 from streamproxy.config import LimitsConfig, ServerConfig
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.rtsp import sdp
@@ -148,7 +149,7 @@ class RtspServer:
         self.describe_wait_s = describe_wait_s
         self.write_timeout_s = write_timeout_s
         self.tcp_sndbuf = tcp_sndbuf
-        self.auth = Authenticator(cfg.users, cfg.realm)
+        self.auth = Authenticator(cfg.users, cfg.realm, on_failure=metrics.AUTH_FAILURES.labels(protocol="rtsp").inc)
         self.port = 0
         self.udp_ports: tuple[int, int] | None = None
         self.sessions: dict[str, RtspSession] = {}
