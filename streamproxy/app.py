@@ -1,14 +1,14 @@
 """The live service's lifecycle (uvicorn's shape): signals → startup → serve → graceful shutdown.
 
-Owns one StreamHub and one CameraPipeline per camera, the RTSP server, and the HTTP server
-(web page, API, WHEP, metrics). A second Ctrl+C forces the exit.
+Owns one `Camera` per camera (camera.py: its hubs, metrics, pipeline and publisher), the shared
+detector pools, the RTSP server, the HTTP server (web page, API, WHEP, metrics, ONVIF), the cameras'
+own ONVIF devices and WS-Discovery. A second Ctrl+C forces the exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import hashlib
 import logging
 import os
@@ -18,11 +18,15 @@ from collections.abc import Coroutine
 from typing import Any
 
 from streamproxy import metrics
+from streamproxy.camera import Camera
 from streamproxy.config import AppConfig, CameraConfig
 from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool_shape
 from streamproxy.host import usable_cores
 from streamproxy.hub import StreamHub
 from streamproxy.live.pipeline import CameraPipeline, live_engine_config
+from streamproxy.serve.http.server import WebServer
+from streamproxy.serve.onvif.device import CameraDevices
+from streamproxy.serve.onvif.discovery import DiscoveryResponder
 from streamproxy.serve.publish import Publisher
 from streamproxy.serve.rtsp.server import RtspServer
 
@@ -122,7 +126,7 @@ class DescriptorAlarm:
             port = sock.getsockname()[1] if sock is not None else None
         except (OSError, IndexError, TypeError):
             pass
-        web_port = getattr(self.app.web, "port", None)
+        web_port = self.app.web.port if self.app.web is not None else None
         if port is not None and web_port is not None and port == web_port:
             return "http"
         return "rtsp"
@@ -140,22 +144,45 @@ def cameras_for_shard(cfg: AppConfig, index: int, count: int) -> list[CameraConf
 
 
 class App:
+    """The service: what serve/ reads of it is its `cfg`, `cameras`, `rtsp_port` and `ready`
+    (serve/http/server.py's `Service`, serve/onvif/service.py's `OnvifHost`)."""
+
     def __init__(self, cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> None:
         self.cfg = cfg
-        self.cameras = cameras_for_shard(cfg, shard_index, shard_count)
-        self.hubs: dict[str, StreamHub] = {}
-        self.sub_hubs: dict[str, StreamHub] = {}  # camera -> its sub stream's hub ("<camera>/sub")
-        self.pipelines: dict[str, CameraPipeline] = {}
-        self.publishers: dict[str, Publisher] = {}  # cameras with a publish_url
+        self.assigned = cameras_for_shard(cfg, shard_index, shard_count)  # what this replica runs
+        self.cameras: dict[str, Camera] = {}  # the running ones, in config order, as `start` makes them
         # One detector for all cameras (engine/pool.py): pools by detector settings, sessions by cores.
         self.detector_pools: dict[str, DetectorPool] = {}
         self.rtsp: RtspServer | None = None
-        self.web: Any = None
-        self.discovery: Any = None  # serve/onvif/discovery.py's responder, when ONVIF discovery is on
+        self.web: WebServer | None = None
+        self.devices: CameraDevices | None = None  # cameras that are ONVIF devices of their own
+        self.discovery: DiscoveryResponder | None = None  # when ONVIF discovery is on
         self.ready = False
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
         self.alarm = DescriptorAlarm(self)
+
+    # Each camera's parts, by camera: for tests and benchmarks (the service reads them through `cameras`).
+    @property
+    def hubs(self) -> dict[str, StreamHub]:
+        return {name: c.hub for name, c in self.cameras.items()}
+
+    @property
+    def sub_hubs(self) -> dict[str, StreamHub]:
+        return {name: c.sub_hub for name, c in self.cameras.items() if c.sub_hub is not None}
+
+    @property
+    def pipelines(self) -> dict[str, CameraPipeline]:
+        return {name: c.pipeline for name, c in self.cameras.items()}
+
+    @property
+    def publishers(self) -> dict[str, Publisher]:
+        return {name: c.publisher for name, c in self.cameras.items() if c.publisher is not None}
+
+    @property
+    def rtsp_port(self) -> int | None:
+        """The RTSP server's bound port; None until it listens."""
+        return self.rtsp.port if self.rtsp is not None and self.rtsp.port else None
 
     def _pooled_detector(self, cam: CameraConfig) -> PooledDetector | None:
         """The camera's detector on the shared pool; None (a session of its own, made by its engine)
@@ -164,13 +191,13 @@ class App:
         if self.cfg.engine_for(cam).detector.threads != 0:
             return None
         try:
-            det_cfg = live_engine_config(cam, self.cfg, len(self.cameras)).detector
+            det_cfg = live_engine_config(cam, self.cfg, len(self.assigned)).detector
         except ValueError:
             return None
         key = pool_key(det_cfg)
         pool = self.detector_pools.get(key)
         if pool is None:
-            pooled = sum(1 for c in self.cameras if self.cfg.engine_for(c).detector.threads == 0)
+            pooled = sum(1 for c in self.assigned if self.cfg.engine_for(c).detector.threads == 0)
             sessions, threads = pool_shape(usable_cores(), pooled)
             pool = self.detector_pools[key] = DetectorPool(
                 det_cfg, sessions, threads, name=f"detector-{len(self.detector_pools)}"
@@ -184,75 +211,32 @@ class App:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.alarm.install(loop)
-        for position, cam in enumerate(self.cameras):
-            server = self.cfg.server
-            hub = StreamHub(cam.name, server.viewer_buffer_packets, server.limits.keyframe_min_interval_s)
-            sub = (
-                StreamHub(f"{cam.name}/sub", server.viewer_buffer_packets, server.limits.keyframe_min_interval_s)
-                if self.cfg.sub_stream_for(cam) is not None
-                else None
+        host = self.cfg.server.host
+        for position, cam in enumerate(self.assigned):
+            self.cameras[cam.name] = await Camera.create(
+                cam, self.cfg, cameras=len(self.assigned), position=position, detector=self._pooled_detector(cam)
             )
-            m = metrics.CameraMetrics(cam.name)
-            # The camera's viewers are those of both its streams; bytes and slow-viewer drops likewise.
-            for h in (hub, sub):
-                if h is None:
-                    continue
-                h.on_viewers_changed = lambda _h, m=m, hub=hub, sub=sub: m.set_viewers(
-                    hub.viewers("rtsp") + (sub.viewers("rtsp") if sub is not None else 0), hub.viewers("webrtc")
-                )
-                h.on_sent = m.sent
-                h.on_slow_viewer_drop = lambda _protocol, n, m=m: m.drop("slow_viewer", n)
-            self.hubs[cam.name] = hub
-            if sub is not None:
-                self.sub_hubs[cam.name] = sub
-            # Off the loop (the config is checked there); the detector session loads on the camera's first frame.
-            self.pipelines[cam.name] = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    CameraPipeline, cam, self.cfg, hub, loop, m, len(self.cameras), position, sub_hub=sub,
-                    detector=self._pooled_detector(cam),
-                ),
-            )
-            if cam.publish_url is not None:
-                self.publishers[cam.name] = Publisher(
-                    hub,
-                    cam.publish_url,
-                    backoff_initial_s=self.cfg.ingest.backoff_initial_s,
-                    backoff_max_s=self.cfg.ingest.backoff_max_s,
-                    metrics=m,
-                )
         self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
-        await _listen("RTSP", self.cfg.server.host, self.cfg.server.rtsp_port, self.rtsp.start())
-        from streamproxy.serve.http.server import WebServer
-
+        await _listen("RTSP", host, self.cfg.server.rtsp_port, self.rtsp.start())
         self.web = WebServer(self)
-        await _listen("HTTP", self.cfg.server.host, self.cfg.server.http_port, self.web.start())
-        for camera, (port, _service) in self.web.camera_devices.items():
-            await _listen(f"{camera}'s ONVIF device", self.cfg.server.host, port, self.web.start_camera_device(camera))
+        await _listen("HTTP", host, self.cfg.server.http_port, self.web.start())
+        self.devices = CameraDevices(self)
+        for name, (port, _service) in self.devices.services.items():
+            await _listen(f"{name}'s ONVIF device", host, port, self.devices.start(name, self.web))
         if self.cfg.onvif.enabled and self.cfg.onvif.discovery.enabled:
-            from streamproxy.serve.onvif.discovery import DiscoveryResponder
-
             self.discovery = DiscoveryResponder(  # XAddrs need the bound HTTP port
                 self.cfg,
                 self.web.port,
-                camera_ports=self.web.camera_ports,  # cameras that are devices of their own are announced too
+                camera_ports=self.devices.ports,  # cameras that are devices of their own are announced too
                 bind_host=self.cfg.onvif.discovery.bind,
             )
             await self.discovery.start()
-        for p in self.pipelines.values():
-            p.start()
-        for pub in self.publishers.values():
-            pub.start()
+        for camera in self.cameras.values():
+            camera.start()
         self.ready = True
         self.ready_event.set()
-        log.info(
-            "serving %d camera(s): rtsp://%s:%d/<camera>, http://%s:%d/",
-            len(self.pipelines),
-            self.cfg.server.host,
-            self.rtsp.port,
-            self.cfg.server.host,
-            self.web.port,
-        )
+        log.info("serving %d camera(s): rtsp://%s:%d/<camera>, http://%s:%d/",
+                 len(self.cameras), host, self.rtsp.port, host, self.web.port)  # fmt: skip
 
     async def stop(self) -> None:
         """Stop whatever is running; also after a start that failed half-way."""
@@ -260,25 +244,28 @@ class App:
         if self.discovery is not None:
             await self.discovery.stop()  # the Bye first: VMSs learn at once that the device is leaving
         # Publishers first, while the stream still flows: their servers get a TEARDOWN (bounded).
-        await asyncio.gather(*(pub.stop(timeout=5.0) for pub in self.publishers.values()))
+        await asyncio.gather(*(c.stop_publishing(timeout=5.0) for c in self.cameras.values()))
+        if self.devices is not None:
+            await self.devices.stop()  # before the HTTP server: they share its guard, which it ends
         if self.web is not None:
             await self.web.stop()
         if self.rtsp is not None:
             await self.rtsp.stop()
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()))
+        await asyncio.gather(*(loop.run_in_executor(None, c.stop_pipeline) for c in self.cameras.values()))
         for pool in self.detector_pools.values():
             await loop.run_in_executor(None, pool.close)
-        for hub in (*self.hubs.values(), *self.sub_hubs.values()):
-            hub.close()
+        for camera in self.cameras.values():
+            camera.close()
         self.alarm.uninstall(loop)
 
     def stream_hub(self, path: str) -> StreamHub | None:
         """The hub of an RTSP path: `<camera>` or `<camera>/sub` (rtsp/protocol.py's parse_path)."""
-        camera, _, variant = path.partition("/")
-        if variant == "sub":
-            return self.sub_hubs.get(camera)
-        return None if variant else self.hubs.get(camera)
+        name, _, variant = path.partition("/")
+        camera = self.cameras.get(name)
+        if camera is None or variant not in ("", "sub"):
+            return None
+        return camera.sub_hub if variant == "sub" else camera.hub
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -330,9 +317,9 @@ async def _listen(what: str, host: str, port: int, start: Coroutine[Any, Any, No
 
 def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
     app = App(cfg, shard_index, shard_count)
-    if not app.cameras:
+    if not app.assigned:
         log.warning("no camera is assigned to shard %d of %d", shard_index, shard_count)
-    raise_fd_limit(cfg, len(app.cameras))
+    raise_fd_limit(cfg, len(app.assigned))
     try:
         asyncio.run(app.serve())
     except OSError as err:

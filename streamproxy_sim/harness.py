@@ -73,6 +73,6 @@ class AppThread:
         return time.monotonic() - t0
 
     def rtsp_url(self, path: str, user: str | None = None, password: str | None = None) -> str:
-        assert self.app is not None and self.app.rtsp is not None
+        assert self.app is not None and self.app.rtsp_port is not None
         auth = f"{user}:{password}@" if user is not None else ""
-        return f"rtsp://{auth}127.0.0.1:{self.app.rtsp.port}/{path}"
+        return f"rtsp://{auth}127.0.0.1:{self.app.rtsp_port}/{path}"

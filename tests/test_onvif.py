@@ -328,9 +328,9 @@ async def test_a_camera_as_a_device_of_its_own() -> None:
     cfg = onvif_cfg()
     cams = [c.model_copy(update={"onvif_port": 0}) if c.name == "cam2" else c for c in cfg.cameras]
     cfg = cfg.model_copy(update={"cameras": cams})
-    async with serving(cfg) as (app, server, base):
+    async with serving(cfg) as (app, _server, base):
         assert await wait_for(lambda: all(h.codec is not None for h in app.sub_hubs.values()), 20)
-        own = f"http://127.0.0.1:{server.camera_ports['cam2']}"
+        own = f"http://127.0.0.1:{app.devices.ports['cam2']}"
         async with aiohttp.ClientSession() as s:
             _, el, _ = await post(s, own + "/onvif/media_service", soap("<trt:GetProfiles/>"))
             validate(el)

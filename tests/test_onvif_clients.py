@@ -247,14 +247,14 @@ def test_used_tokens_are_bounded_and_a_forgotten_fresh_token_stays_refused() -> 
 
 def test_one_record_for_every_device_of_the_process() -> None:
     """Each OnvifService's authenticator holds the process's one record (serve/http/server.py makes one
-    service for the multi-channel device and one per camera with an onvif_port)."""
+    service for the multi-channel device, serve/onvif/device.py one per camera with an onvif_port)."""
     from streamproxy.serve.onvif.service import OnvifService, camera_device
 
-    class App:
+    class App:  # an OnvifHost with no camera running
         def __init__(self) -> None:
             self.cfg = onvif_cfg()
-            self.hubs: dict[str, Any] = {}
-            self.sub_hubs: dict[str, Any] = {}
+            self.cameras: dict[str, Any] = {}
+            self.rtsp_port: int | None = None
 
     main, own = OnvifService(App()), OnvifService(App(), camera_device("cam2"))
     assert main.auth.used is own.auth.used is onvif_mod.USED_TOKENS
@@ -346,7 +346,7 @@ async def test_libonvif_adds_the_device_20_of_20_with_host_without_port() -> Non
         # accepted as repeats, none refused.
         assert used.repeats - repeats0 >= 20 * 12 and used.refused == refused0
         # The camera's own device: its port in its addresses.
-        own = server.camera_ports["cam2"]
+        own = app.devices.ports["cam2"]
         answers = await libonvif_add(own, "cam2_main")
         assert answers[1].findtext(f".//{{{TT}}}Media/{{{TT}}}XAddr") == f"http://127.0.0.1:{own}/onvif/media_service"
         assert answers[9].findtext(f".//{{{TT}}}Uri") == f"http://127.0.0.1:{own}/api/cameras/cam2/snapshot.jpg"
@@ -404,8 +404,8 @@ async def test_onvif_zeep_async_adds_the_device_20_of_20() -> None:
 
 
 async def test_a_token_is_used_up_on_every_device_and_from_every_address() -> None:
-    async with serving(onvif_cfg(own_port="cam2"), feed=False) as (_app, server, base):
-        own = f"http://127.0.0.1:{server.camera_ports['cam2']}"
+    async with serving(onvif_cfg(own_port="cam2"), feed=False) as (app, _server, base):
+        own = f"http://127.0.0.1:{app.devices.ports['cam2']}"
         other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
         async with aiohttp.ClientSession() as s, aiohttp.ClientSession(connector=other) as s2:
             for first, then in ((base, own), (own, base)):
@@ -450,8 +450,8 @@ PRE_AUTH_REQUESTS = {
 
 async def test_pre_auth_operations_answer_without_credentials_and_nothing_else_does() -> None:
     assert set(PRE_AUTH_REQUESTS) == PRE_AUTH_OPERATIONS
-    async with serving(onvif_cfg(own_port="cam2"), feed=False) as (app, server, base):
-        own = f"http://127.0.0.1:{server.camera_ports['cam2']}"
+    async with serving(onvif_cfg(own_port="cam2"), feed=False) as (app, _server, base):
+        own = f"http://127.0.0.1:{app.devices.ports['cam2']}"
         async with aiohttp.ClientSession() as s:
             for (ns, op), (path, xml) in PRE_AUTH_REQUESTS.items():
                 for header in ("", token_header(USER, "wrong"), token_header("nobody", PASSWORD)):

@@ -410,10 +410,10 @@ def _by_epr(matches: list[Any]) -> dict[str, Any]:
 
 async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
     async with serving(own_device_cfg(), feed=False) as (app, server, _base):
-        own_port = server.camera_ports["cam2"]
+        own_port = app.devices.ports["cam2"]
         assert own_port not in (0, server.port)
         main_epr, cam2_epr = endpoint_reference("streamproxy-0001"), endpoint_reference("streamproxy-0001-cam2")
-        async with responder(app.cfg, server.port, camera_ports=server.camera_ports) as (r, _sink), prober() as p:
+        async with responder(app.cfg, server.port, camera_ports=app.devices.ports) as (r, _sink), prober() as p:
             to = ("127.0.0.1", r.port)
             message_id = p.probe(to, [QName(DN, "NetworkVideoTransmitter")])
             data = await p.next()

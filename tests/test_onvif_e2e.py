@@ -100,7 +100,8 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
     app = host.app
     assert app is not None and app.discovery is not None and app.discovery.port > 0
     xaddrs = await asyncio.to_thread(_probe, app.discovery.port)
-    own_port = app.web.camera_ports["cam"]
+    assert app.web is not None and app.devices is not None
+    own_port = app.devices.ports["cam"]
     assert xaddrs == [f"http://127.0.0.1:{port}/onvif/device_service" for port in (app.web.port, own_port)]
 
     device = urlsplit(xaddrs[0])

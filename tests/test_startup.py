@@ -58,7 +58,7 @@ async def test_http_port_in_use_stops_the_rtsp_server_already_listening(model_di
     assert _refused(app.rtsp.port)  # ... and was stopped: its port is closed
     assert not app.ready
     assert not _service_threads()
-    assert len(app.pipelines) == 2 and not any(p.source.running for p in app.pipelines.values())
+    assert len(app.cameras) == 2 and not any(c.pipeline.source.running for c in app.cameras.values())
 
 
 async def test_rtsp_port_in_use_starts_nothing(model_dir: Path) -> None:

@@ -210,7 +210,7 @@ async def test_page_shows_the_reason_and_no_stale_values() -> None:
         serving(make_cfg(cameras=("cam1", "cam2")), feed=False) as (app, _server, base),
         Chromium() as browser,
     ):
-        cam1, cam2 = app.pipelines["cam1"], app.pipelines["cam2"]
+        cam1, cam2 = app.cameras["cam1"], app.cameras["cam2"]
         cam1.faces, cam1.overloaded = 3, True
         cam2.state, cam2.reason = "unauthorized", "unauthorized"
         await browser.goto(f"{base}/", "window.streamproxy")

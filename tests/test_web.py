@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import socket
@@ -12,13 +11,11 @@ import pytest
 from prometheus_client import REGISTRY
 from webkit import make_cfg, serving
 
+from streamproxy.camera import Camera
 from streamproxy.config import parse_config
-from streamproxy.hub import StreamHub
-from streamproxy.live.pipeline import CameraPipeline
-from streamproxy.metrics import CameraMetrics
 from streamproxy.serve.http.server import camera_json
-from streamproxy.serve.publish import Publisher
 from streamproxy.status import CameraStatus, FloorStatus
+from streamproxy.view import CameraView
 
 # The /api/cameras entry as the page (serve/http/web/app.js), the benchmarks and users' scripts know it.
 API_KEYS = [
@@ -32,7 +29,9 @@ DETECTOR_KEYS = ["model", "detect_every", "input_width", "max_detect_every", "mi
 @pytest.mark.timeout(30)
 async def test_page_api_health_metrics() -> None:
     async with serving(make_cfg(cameras=("cam1", "cam2")), feed=False) as (app, server, base):
-        assert server.port > 0
+        # The port it reports (asked for any: http_port 0) is the one it holds: binding it again fails.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
+            s.bind(("127.0.0.1", server.port))
         async with aiohttp.ClientSession() as http:
             r = await http.get(f"{base}/")
             assert r.status == 200 and r.content_type == "text/html"
@@ -115,19 +114,20 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
         }
     )
     cam = cfg.cameras[0]
-    assert cam.publish_url is not None
-    hub = StreamHub(cam.name, 8)
-    m = CameraMetrics(cam.name)
-    # Never started: nothing connects; the snapshot is what the API would serve before the first frame.
-    pipe = CameraPipeline(cam, cfg, hub, asyncio.get_running_loop(), m)
-    pub = Publisher(hub, cam.publish_url, metrics=m)
+    # The camera as App makes it, never started: nothing connects; its status is what the API would
+    # serve before the first frame (read through status.CameraView, as serve/http/server.py does).
+    camera = await Camera.create(cam, cfg, cameras=1, position=0, detector=None)
+    view: CameraView = camera
+    m = camera.metrics
     m.frame_in()
     m.frame_in()
     m.drop("overload")
     m.drop("slow_viewer", 2)
-    pipe.engine.stats.failed_closed("detector_error", dropped=False)
-    pipe.engine.stats.frame_widened()
-    text = json.dumps(camera_json(CameraStatus(cam.name, f"/{cam.name}/whep", pipe.snapshot(), pub.snapshot())))
+    camera.pipeline.engine.stats.failed_closed("detector_error", dropped=False)
+    camera.pipeline.engine.stats.frame_widened()
+    status = CameraStatus(cam.name, f"/{cam.name}/whep", view.snapshot(), view.publisher_status())
+    camera.close()
+    text = json.dumps(camera_json(status))
     out = json.loads(text)
     assert list(out) == API_KEYS
     assert out["loss"] == {"rtp_packets_lost": 0, "damaged_frames": 0, "percent": None, "tcp_fallback": False}
@@ -149,6 +149,29 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     assert prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
     # A snapshot that failed: the entry still names the camera and its WHEP endpoint.
     assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {"name": "gone", "state": "unknown", "whep": "/gone/whep"}
+
+
+
+async def test_a_cameras_viewers_and_slow_viewer_drops_are_those_of_both_its_streams() -> None:
+    """camera.Camera wires its hubs to its one tally: RTSP viewers of the main and the sub stream
+    count together, WebRTC ones (main stream only) apart; slow-viewer drops of either land in it."""
+    cfg = make_cfg(cameras=("both-cam",))
+    camera = await Camera.create(cfg.cameras[0], cfg, cameras=1, position=0, detector=None)
+    assert camera.sub_hub is not None  # on by default
+    prom = REGISTRY.get_sample_value
+    try:
+        subs = [camera.hub.subscribe("rtsp"), camera.sub_hub.subscribe("rtsp"), camera.hub.subscribe("webrtc")]
+        assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "rtsp"}) == 2
+        assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "webrtc"}) == 1
+        assert camera.hubs() == (camera.hub, camera.sub_hub) and camera.publisher_status() is None
+        subs[1].close()
+        assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "rtsp"}) == 1
+        assert camera.sub_hub.on_slow_viewer_drop is not None
+        camera.sub_hub.on_slow_viewer_drop("rtsp", 3)
+        assert prom("streamproxy_frames_dropped_total", {"camera": "both-cam", "reason": "slow_viewer"}) == 3
+    finally:
+        camera.close()
+    assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "rtsp"}) == 0
 
 
 @pytest.mark.timeout(30)

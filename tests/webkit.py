@@ -1,8 +1,9 @@
 """The web side under test without a camera: a hub fed by the project's H.264 encoder with synthetic
-frames, the real HTTP server around stand-ins for the app and its pipelines, and an aiortc WHEP client.
+frames, the real HTTP server around stand-ins for the app and its cameras, and an aiortc WHEP client.
 
 * `make_cfg(users=None, cameras=("cam1",))`: a loopback config (ICE on 127.0.0.1 only).
-* `serving(cfg)`: async context manager -> (FakeApp, WebServer, base URL), hubs fed at FPS.
+* `serving(cfg)`: async context manager -> (FakeApp, WebServer, base URL), hubs fed at FPS; the
+  cameras that are ONVIF devices of their own listen too (`app.devices.ports`), as App starts them.
 * `WhepClient`: a real aiortc viewer; `wait_for(cond, timeout)`: poll a condition.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from streamproxy.config import AppConfig, EncoderConfig, parse_config
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.http.server import WebServer
+from streamproxy.serve.onvif.device import CameraDevices
 from streamproxy.serve.webrtc import gather_hosts
 from streamproxy.status import (
     DetectorStatus,
@@ -31,6 +33,7 @@ from streamproxy.status import (
     LatencyStatus,
     LossStatus,
     PipelineStatus,
+    PublisherStatus,
     Reason,
     ViewerCounts,
 )
@@ -47,11 +50,13 @@ def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...]
             },
         }
     )
-class FakePipeline:
-    """Stands in for CameraPipeline: only what the web server reads."""
+class FakeCamera:
+    """Stands in for camera.Camera (a status.CameraView) and its pipeline: what the serving side reads,
+    and what a test sets to change it (`state`, `reason`, `faces`, `latency`, `loss`, `latest`)."""
 
-    def __init__(self, hub: StreamHub) -> None:
+    def __init__(self, hub: StreamHub, sub_hub: StreamHub | None = None) -> None:
         self.hub = hub
+        self.sub_hub = sub_hub
         self.name = hub.name
         self.state = "live"
         self.reason: Reason | None = None  # why it is not live, when a test takes it down
@@ -62,6 +67,9 @@ class FakePipeline:
 
     def latest_frame(self, max_age_s: float) -> av.VideoFrame | None:
         return self.latest
+
+    def publisher_status(self) -> PublisherStatus | None:
+        return None  # no publish_url
 
     def snapshot(self) -> PipelineStatus:
         live = self.state == "live"
@@ -79,7 +87,7 @@ class FakePipeline:
             widened_frames=0,
             faces=self.faces if live else None,
             tracks=self.faces if live else None,
-            latency_ms=LatencyStatus(*(self.latency if live else (None, None)), 150.0),
+            latency_ms=LatencyStatus(*self.latency, 150.0) if live else LatencyStatus(None, None, 150.0),
             overloaded=self.overloaded if live else None,
             keep_ratio=1.0,
             detector=DetectorStatus("yunet", 1, 1280, 3, 1280, 1.0, None),
@@ -90,22 +98,37 @@ class FakePipeline:
             loss=self.loss,
         )
 class FakeApp:
-    """The parts of streamproxy.app.App that WebServer uses."""
+    """The service as serve/ reads it (serve/http/server.py's `Service`, so ONVIF's `OnvifHost` too),
+    over fake cameras; `hubs`, `sub_hubs` and `pipelines` are the tests' handles, named as App's."""
 
     def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
-        self.hubs = {c.name: StreamHub(c.name, cfg.server.viewer_buffer_packets) for c in cfg.cameras}
         # Sub streams as the App makes them: a hub "<camera>/sub" for each camera that has one.
-        self.sub_hubs = {
-            c.name: StreamHub(f"{c.name}/sub", cfg.server.viewer_buffer_packets)
+        self.cameras: dict[str, FakeCamera] = {
+            c.name: FakeCamera(
+                StreamHub(c.name, cfg.server.viewer_buffer_packets),
+                StreamHub(f"{c.name}/sub", cfg.server.viewer_buffer_packets)
+                if cfg.sub_stream_for(c) is not None
+                else None,
+            )
             for c in cfg.cameras
-            if cfg.sub_stream_for(c) is not None
         }
-        self.pipelines: dict[str, Any] = {n: FakePipeline(h) for n, h in self.hubs.items()}
         self.ready = True
-        self.publishers: dict[str, Any] = {}
-        self.rtsp = None
-        self.rtsp: Any = None
+        self.rtsp_port: int | None = None  # no RTSP server: ONVIF answers the configured port
+        self.devices = CameraDevices(self)
+
+    @property
+    def hubs(self) -> dict[str, StreamHub]:
+        return {n: c.hub for n, c in self.cameras.items()}
+
+    @property
+    def sub_hubs(self) -> dict[str, StreamHub]:
+        return {n: c.sub_hub for n, c in self.cameras.items() if c.sub_hub is not None}
+
+    @property
+    def pipelines(self) -> Mapping[str, FakeCamera]:
+        return self.cameras  # the fake camera is its pipeline too
+
 def synthetic_frame(i: int) -> av.VideoFrame:
     y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None] * 200 + 20
     x = np.zeros((1, WIDTH), np.float32)
@@ -144,13 +167,14 @@ async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[Fake
     stop = asyncio.Event()
     tasks = [asyncio.create_task(feed_hub(h, stop)) for h in app.hubs.values()] if feed else []
     tasks += [asyncio.create_task(feed_hub(h, stop, 10, scale=2)) for h in app.sub_hubs.values()] if feed else []
-    server = WebServer(app)  # type: ignore[arg-type]
+    server = WebServer(app)
     await server.start()
-    for camera in server.camera_devices:  # cameras that are ONVIF devices of their own, as App starts them
-        await server.start_camera_device(camera)
+    for camera in app.devices.services:  # cameras that are ONVIF devices of their own, as App starts them
+        await app.devices.start(camera, server)
     try:
         yield app, server, f"http://127.0.0.1:{server.port}"
     finally:
+        await app.devices.stop()
         await server.stop()
         stop.set()
         await asyncio.gather(*tasks)

@@ -14,7 +14,8 @@ Routes
   POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif/service.py)
   POST /onvif/media_service            ONVIF media service (ver10); ONVIF authenticates on its own
   POST /onvif/media2_service           ONVIF media2 service (ver20, serve/onvif/media2.py)
-Per camera with `cameras[].onvif_port`: the ONVIF paths and that camera's snapshot on its own port.
+A camera with `cameras[].onvif_port` is also a device on a port of its own (serve/onvif/device.py),
+which this server lends its limits, users and snapshot handler (`application`, `listen`, `snapshot`).
 
 Limits (`server.limits`, serve/http/limits.py): connections in total and per client address, idle
 and slow-request timeouts, head and body size (a WHEP offer is a body); refusals are 503/408/413/431
@@ -38,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from importlib import resources
 from typing import Any, Protocol
@@ -49,30 +50,35 @@ from aiohttp import web
 
 from streamproxy import metrics
 from streamproxy.config import AppConfig
-from streamproxy.hub import StreamHub
-from streamproxy.live.pipeline import CameraPipeline
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.serve.http.limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
-from streamproxy.serve.onvif.service import OnvifService, camera_device
-from streamproxy.serve.publish import Publisher
-from streamproxy.serve.rtsp.server import RtspServer
+from streamproxy.serve.onvif.service import OnvifService
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
 from streamproxy.status import CameraStatus, PipelineStatus
+from streamproxy.view import CameraView
 
 
 class Service(Protocol):
-    """What the HTTP side reads of the running service (`app.App` is one). A protocol, not the App
-    class: the HTTP room may not import the room that composes it (ARCHITECTURE.md)."""
+    """What the HTTP side reads of the running service (`app.App` is one; so is the ONVIF side's
+    `OnvifHost`, a part of it). A protocol, not the App class: the HTTP room may not import the room
+    that composes it (ARCHITECTURE.md). Read-only: plain attributes satisfy it as well as properties."""
 
-    cfg: AppConfig
-    pipelines: dict[str, CameraPipeline]
-    publishers: dict[str, Publisher]
-    hubs: dict[str, StreamHub]
-    sub_hubs: dict[str, StreamHub]
-    rtsp: RtspServer | None
-    ready: bool
+    @property
+    def cfg(self) -> AppConfig: ...
+
+    @property
+    def cameras(self) -> Mapping[str, CameraView]:
+        """The running cameras, in config order."""
+
+    @property
+    def rtsp_port(self) -> int | None:
+        """The RTSP server's bound port; None until it listens."""
+
+    @property
+    def ready(self) -> bool:
+        """Config, models and listeners are up (/readyz)."""
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +162,6 @@ class WebServer:
         )
         self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
         self.onvif = OnvifService(app) if app.cfg.onvif.enabled else None
-        # Cameras that are ONVIF devices of their own (cameras[].onvif_port): camera -> (port, service).
-        self.camera_devices: dict[str, tuple[int, OnvifService]] = {
-            c.name: (c.onvif_port, OnvifService(app, camera_device(c.name)))
-            for c in app.cfg.cameras
-            if self.onvif is not None and c.onvif_port is not None and c.name in app.hubs
-        }
-        self.camera_ports: dict[str, int] = {}  # bound ports of those devices
-        self._camera_runners: list[web.AppRunner] = []
         if self.onvif is not None:
             # ONVIF checks its own credentials (WS-Security or HTTP Digest/Basic) and answers SOAP faults;
             # GetSystemDateAndTime must answer without any.
@@ -171,15 +169,20 @@ class WebServer:
         self.web_app = self._build()
 
     # --- lifecycle ---
-    def _build(self) -> web.Application:
+    def application(self) -> web.Application:
+        """A new aiohttp application behind this server's guard and auth (a camera's own ONVIF device
+        port is one too: serve/onvif/device.py)."""
         # The guard's middleware first: it ends the request timer and reads the body within the limits.
-        wa = web.Application(
+        return web.Application(
             middlewares=[self.guard.middleware, self._auth_middleware], client_max_size=self.cfg.limits.max_body_bytes
         )
+
+    def _build(self) -> web.Application:
+        wa = self.application()
         wa.router.add_get("/", self._index)
         wa.router.add_get("/static/{name}", self._static_file)
         wa.router.add_get("/api/cameras", self._cameras)
-        wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", self._snapshot)
+        wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", self.snapshot)
         wa.router.add_get("/healthz", self._healthz)
         wa.router.add_get("/readyz", self._readyz)
         wa.router.add_get("/metrics", self._metrics)
@@ -192,47 +195,10 @@ class WebServer:
                 wa.router.add_post(path, self.onvif.handle)
         return wa
 
-    def _build_camera_device(self, camera: str, service: OnvifService) -> web.Application:
-        """One camera as an ONVIF device: the SOAP services and that camera's snapshot, nothing else."""
-        wa = web.Application(
-            middlewares=[self.guard.middleware, self._auth_middleware], client_max_size=self.cfg.limits.max_body_bytes
-        )
-        for path in ONVIF_PATHS:
-            wa.router.add_post(path, service.handle)
-
-        async def snapshot(request: web.Request) -> web.StreamResponse:
-            if request.match_info["camera"] != camera:
-                raise web.HTTPNotFound(text="not found\n")
-            return await self._snapshot(request)
-
-        wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", snapshot)
-        return wa
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        runner = web.AppRunner(self.web_app, handle_signals=False, **self.guard.handler_kwargs())
-        await runner.setup()
-        site = self.guard.site(runner, self.cfg.host, self.cfg.http_port if self.cfg.http_port else 0)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        sockets = site.sockets
-        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.http_port
-        log.info("http: listening on %s:%d", self.cfg.host, self.port)
-
-    async def start_camera_device(self, camera: str) -> None:
-        """Listen for one camera's own ONVIF device (cameras[].onvif_port), after `start`."""
-        if camera in self.camera_ports:
-            return
-        port, service = self.camera_devices[camera]
-        # The same connection limits as the HTTP port (one guard: they count together).
-        runner = web.AppRunner(
-            self._build_camera_device(camera, service), handle_signals=False, **self.guard.handler_kwargs()
-        )
+    async def listen(self, app: web.Application, port: int) -> tuple[web.AppRunner, int]:
+        """Serve `app` on `port` (0: any free one) under this server's connection limits (one guard:
+        every port lent them counts together); its runner and bound port. Raises OSError."""
+        runner = web.AppRunner(app, handle_signals=False, **self.guard.handler_kwargs())
         await runner.setup()
         site = self.guard.site(runner, self.cfg.host, port)
         try:
@@ -240,17 +206,18 @@ class WebServer:
         except BaseException:
             await runner.cleanup()
             raise
-        self._camera_runners.append(runner)
-        socks = site.sockets
-        self.camera_ports[camera] = socks[0].getsockname()[1] if socks else port
-        log.info("%s: ONVIF device of its own on %s:%d", camera, self.cfg.host, self.camera_ports[camera])
+        sockets = site.sockets
+        return runner, sockets[0].getsockname()[1] if sockets else port
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._runner, self.port = await self.listen(self.web_app, self.cfg.http_port)
+        log.info("http: listening on %s:%d", self.cfg.host, self.port)
 
     async def stop(self) -> None:
+        """After the ports it lent (serve/onvif/device.py) closed: their guard ends here."""
         await self.webrtc.close_all()
-        runners, self._camera_runners = self._camera_runners, []
-        self.camera_ports.clear()
-        for r in runners:
-            await r.cleanup()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -313,27 +280,26 @@ class WebServer:
         )
 
     async def _cameras(self, request: web.Request) -> web.StreamResponse:
-        out = [camera_json(self._camera_status(name, p)) for name, p in self.app.pipelines.items()]
+        out = [camera_json(self._camera_status(name, c)) for name, c in self.app.cameras.items()]
         return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
 
-    def _camera_status(self, name: str, pipeline: CameraPipeline) -> CameraStatus:
+    def _camera_status(self, name: str, camera: CameraView) -> CameraStatus:
         try:
-            snap: PipelineStatus | None = pipeline.snapshot()
+            snap: PipelineStatus | None = camera.snapshot()
         except Exception:
             log.exception("%s: snapshot failed", name)
             snap = None
-        publisher = self.app.publishers.get(name)
-        return CameraStatus(name, f"/{name}/whep", snap, publisher.snapshot() if publisher is not None else None)
+        return CameraStatus(name, f"/{name}/whep", snap, camera.publisher_status())
 
-    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+    async def snapshot(self, request: web.Request) -> web.StreamResponse:
         """The newest frame that left for the encoder: anonymized, or the slate. Fail closed: when there
         is none recent enough (just started, or the pipeline stalled), 503, never an older or raw one."""
         camera = request.match_info["camera"]
-        pipeline = self.app.pipelines.get(camera)
-        if pipeline is None:
+        view = self.app.cameras.get(camera)
+        if view is None:
             raise web.HTTPNotFound(text=f"no camera {camera!r}\n")
         slate_interval = 1.0 / max(0.5, self.app.cfg.slate.fps)
-        frame = pipeline.latest_frame(max_age_s=max(SNAPSHOT_MAX_AGE_S, 3 * slate_interval))
+        frame = view.latest_frame(max_age_s=max(SNAPSHOT_MAX_AGE_S, 3 * slate_interval))
         if frame is None:
             return web.Response(
                 status=503, text="no anonymized frame yet\n", headers={"Retry-After": "1", "Cache-Control": "no-store"}
@@ -350,9 +316,9 @@ class WebServer:
         if self.app.ready:
             return web.Response(text="ready\n")
         reasons = []
-        if not self.app.pipelines:
+        if not self.app.cameras:
             reasons.append("no camera pipeline yet (starting?)")
-        if self.app.rtsp is None or not getattr(self.app.rtsp, "port", None):
+        if not self.app.rtsp_port:
             reasons.append("RTSP listener not up")
         if self._runner is None:
             reasons.append("HTTP listener not up")
@@ -361,10 +327,6 @@ class WebServer:
         return web.Response(status=503, text="not ready: " + "; ".join(reasons) + "\n")
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        try:
-            from streamproxy import metrics
-        except ImportError:
-            raise web.HTTPNotFound(text="metrics not available\n") from None
         # Sampled at scrape time: a task leak (a handler or session that never ends) shows as growth.
         metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         body, ctype = metrics.render_latest(request.headers.get("Accept", ""))
@@ -378,8 +340,8 @@ class WebServer:
 
     async def _whep_post(self, request: web.Request) -> web.StreamResponse:
         camera = request.match_info["camera"]
-        hub = self.app.hubs.get(camera)
-        if hub is None:
+        view = self.app.cameras.get(camera)
+        if view is None:
             raise web.HTTPNotFound(text=f"no camera {camera!r}\n", headers=CORS_HEADERS)
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n", headers=CORS_HEADERS)
@@ -388,7 +350,7 @@ class WebServer:
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="unreadable SDP offer\n", headers=CORS_HEADERS) from None
         try:
-            sid, answer = await self.webrtc.create_session(hub, offer, client=request.remote or "?")
+            sid, answer = await self.webrtc.create_session(view.hub, offer, client=request.remote or "?")
         except WhepError as err:
             log.info("%s: WHEP offer refused: %s", camera, err.message)
             return web.Response(status=err.status, text=err.message + "\n", headers=CORS_HEADERS)
@@ -405,7 +367,7 @@ class WebServer:
     async def _whep_delete(self, request: web.Request) -> web.StreamResponse:
         camera = request.match_info["camera"]
         sid = request.match_info["session"]
-        if camera not in self.app.hubs or self.webrtc.get(camera, sid) is None:
+        if camera not in self.app.cameras or self.webrtc.get(camera, sid) is None:
             raise web.HTTPNotFound(text="no such session\n", headers=CORS_HEADERS)
         await self.webrtc.close_session(sid)
         return web.Response(status=200, text="closed\n", headers=CORS_HEADERS)

@@ -119,8 +119,8 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
     """The WS-Discovery target services of the ONVIF devices: `await start()`, `await stop()`.
 
     `camera_ports`: camera -> bound port of the cameras that are devices of their own
-    (serve/http/server.py's `WebServer.camera_ports`, read once here: that dict empties when the web server
-    stops, and the Bye still names every device). `bind_host` and `announce_to` exist for tests
+    (serve/onvif/device.py's `CameraDevices.ports`, read once here: that dict empties when the devices
+    stop, and the Bye still names every device). `bind_host` and `announce_to` exist for tests
     (loopback only): production binds the wildcard address (multicast probes arrive addressed to
     the group, directed ones to this host) and announces to the group on the configured port.
     """

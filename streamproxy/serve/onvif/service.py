@@ -37,7 +37,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,9 +47,7 @@ from xml.sax.saxutils import escape, quoteattr
 from aiohttp import web
 
 from streamproxy import metrics
-from streamproxy.config import AppConfig, OnvifConfig, User
-from streamproxy.hub import StreamHub
-from streamproxy.live.encode import sub_stream_size
+from streamproxy.config import AppConfig, OnvifConfig, User, sub_stream_size
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.rtsp.protocol import log_text
 from streamproxy.serve.onvif import media2 as onvif_media2
@@ -72,6 +70,7 @@ from streamproxy.serve.onvif.soap import (
     username_token,
     video_source_configuration_xml,
 )
+from streamproxy.view import CameraView
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +109,19 @@ _EPR_NAMESPACE = uuid.UUID("6b1e8c2e-1f52-5d0a-9d7e-0a5c1c0d15c0")
 
 
 class OnvifHost(Protocol):
-    """What the ONVIF service reads of the running service (http.py's Service is one)."""
+    """What the ONVIF service reads of the running service (`app.App` is one, and serve/http/server.py's
+    `Service`, which asks for more). Read-only: plain attributes satisfy it as well as properties."""
 
-    cfg: AppConfig
-    hubs: dict[str, StreamHub]
-    sub_hubs: dict[str, StreamHub]  # cameras with a sub stream
+    @property
+    def cfg(self) -> AppConfig: ...
+
+    @property
+    def cameras(self) -> Mapping[str, CameraView]:
+        """The running cameras, in config order (the video sources)."""
+
+    @property
+    def rtsp_port(self) -> int | None:
+        """The RTSP server's bound port; None until it listens."""
 
 
 def endpoint_reference(serial: str) -> str:
@@ -124,7 +131,7 @@ def endpoint_reference(serial: str) -> str:
 
 
 def snapshot_path(camera: str) -> str:
-    """The HTTP path of a camera's snapshot (served by http.py)."""
+    """The HTTP path of a camera's snapshot (served by serve/http/server.py, and by a device port: device.py)."""
     return f"/api/cameras/{quote(camera, safe='')}/snapshot.jpg"
 
 
@@ -141,7 +148,7 @@ class StreamProfile:
     gov_length: int  # frames between keyframes (encoder.gop_seconds at this rate)
     session_timeout_s: int
     bitrate_kbps: int  # the encoder's target (encoder.bitrate_kbps, sub_stream.bitrate_kbps)
-    h264_profile: str  # ONVIF's name of the stream's H.264 profile (onvif_soap.h264_profile)
+    h264_profile: str  # ONVIF's name of the stream's H.264 profile (soap.h264_profile)
 
 
 @dataclass(slots=True)
@@ -484,19 +491,17 @@ class OnvifService:
         return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
     def _rtsp_port(self) -> int:
-        rtsp = getattr(self.app, "rtsp", None)
-        port = getattr(rtsp, "port", 0) if rtsp is not None else 0
-        return int(port) if port else self.cfg.server.rtsp_port
+        return self.app.rtsp_port or self.cfg.server.rtsp_port
 
     def cameras(self) -> list[str]:
         """The cameras this device serves (the video sources), in config order."""
         only = self.device.cameras
-        return [c for c in self.app.hubs if only is None or c in only]
+        return [c for c in self.app.cameras if only is None or c in only]
 
     def profiles(self, camera: str) -> list[StreamProfile]:
         """The camera's media profiles: the main stream, then the sub stream if it has one."""
-        hub = self.app.hubs.get(camera)
-        codec = hub.codec if hub is not None else None
+        view = self.app.cameras.get(camera)
+        codec = view.hub.codec if view is not None else None
         if codec is not None:
             w, h, fps = codec.width, codec.height, codec.fps
         else:  # not seen yet: what a viewer gets now is the slate
@@ -508,7 +513,7 @@ class OnvifService:
         profile = h264_profile(codec.sps if codec is not None else None, enc.preset)
         out = [StreamProfile(camera, f"{camera}_main", "", w, h, fps, max(1, round(gop_s * fps)), timeout,
                              enc.bitrate_kbps, profile)]  # fmt: skip
-        sub_hub = self.app.sub_hubs.get(camera)
+        sub_hub = view.sub_hub if view is not None else None
         if sub_hub is not None:
             sub_codec = sub_hub.codec
             cam_cfg = next((c for c in self.cfg.cameras if c.name == camera), None)
