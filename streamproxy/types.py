@@ -2,13 +2,16 @@
 
 A frame's journey, and which value carries it between stages:
 
-    source.py   -> DecodedFrame      (a decoded av.VideoFrame + when it left the decoder)
-    detect.py   -> list[Detection]   (face boxes in full-frame pixel coordinates)
-    track.py    -> list[Track]       (smoothed, coasting, speed-grown mask boxes)
-    obfuscate.py   edits Planes in place (YUV 4:2:0 for video, BGR for still images)
-    engine.py   -> AnonymizedFrame   (the frame that may leave, and what happened to it)
-    encode.py   -> EncodedPacket     (one H.264 access unit, shared by every viewer)
-    stream.py      fans EncodedPackets out to viewers (RTSP, WebRTC)
+    live/source.py        -> DecodedFrame     (a decoded av.VideoFrame + when it left the decoder)
+    engine/detect.py      -> list[Detection]  (face boxes in full-frame pixel coordinates)
+    engine/track.py       -> list[Track]      (smoothed, coasting, speed-grown mask boxes)
+    engine/anonymizer.py  -> PendingFrame     (masks decided; defined there: its render() is the only
+                                               way to the pixels, so it lives with the engine)
+    PendingFrame.render   -> AnonymizedFrame  (the frame that may leave, and what happened to it;
+                                               engine/obfuscate.py edits its Planes in place: YUV 4:2:0
+                                               for video, BGR for still images)
+    live/encode.py        -> EncodedPacket    (one H.264 access unit, shared by every viewer)
+    hub.py                   fans EncodedPackets out to viewers (RTSP, WebRTC, publish)
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ class AnonymizedFrame:
     detector_ms: float
     fail_closed: bool  # True when the whole frame was obfuscated or dropped because detection failed
     fail_reason: str = ""
-    widened: bool = False  # a mask was grown past the face for safety (see engine/masks.py: WIDE_MARGIN_FACES)
+    widened: bool = False  # a mask was grown past the face for safety (engine/anonymizer.py: WIDE_MARGIN_FACES)
 
 
 @dataclass(frozen=True, slots=True)

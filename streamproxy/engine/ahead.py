@@ -1,4 +1,6 @@
-"""Bulk video: the detector runs ahead of the engine, on several frames at once.
+"""Bulk video, detection ahead: the detector runs ahead of the engine, on several frames at once.
+
+(Not look-ahead, which holds live frames for the next detector run: see engine/__init__.py.)
 
 Why: YuNet at 1280x736 is memory-bound on a small machine. On the 2-core reference machine one
 session on 2 threads took 34 ms for 55 ms of CPU per frame, one on 1 thread 38 ms for 38 ms. Two

@@ -9,8 +9,8 @@ the camera must protect (`privacy` in the config):
   at every width, faces of 13-15 px 18 %, and below that the leak depends on the face, not the
   width), so a camera whose smallest face is F px wide needs `frame width x 18 / F`;
 * how long a newly visible face may stay unmasked sets the largest gap between detector runs: frames
-  wait (look-ahead, engine.py) for a detector run on themselves or a later frame, so the gap may grow
-  by as many frames as can wait inside the latency budget, plus `max_unmasked_frames`.
+  wait (look-ahead, engine/anonymizer.py) for a detector run on themselves or a later frame, so the
+  gap may grow by as many frames as can wait inside the latency budget, plus `max_unmasked_frames`.
 
 Below that floor a face leaks, so the controller never goes there: when the CPU cannot carry the
 camera at the floor it sheds whole frames (counted as `overload`), and the output frame rate falls,
@@ -46,10 +46,11 @@ BUSY_HIGH = 0.95
 KEEP_UP_BELOW = 0.85
 # Latency alone lowers the cadence only on a worker this idle (see observe).
 LATE_STEP_BELOW = 0.5
+# A setting that overloaded the camera is not tried again for this long.
 BAD_SETTING_S = 30.0
 # One push (a detector run and the release of its look-ahead group) longer than this many frame
 # intervals overflows the worker's mailbox (pipeline.MAILBOX_FRAMES = 5, less a margin).
-LONG_PUSH_FRAMES = 4.5  # a setting that overloaded the camera is not tried again for this long
+LONG_PUSH_FRAMES = 4.5
 
 
 @dataclass(frozen=True, slots=True)

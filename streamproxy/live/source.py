@@ -31,7 +31,7 @@ so this module gives each ingest thread an "abort" flag that PyAV's own interrup
 (see `_AbortableClock`); `stop()` returns within a fraction of a second even when the camera is
 frozen mid-stream.
 
-Low-delay open for the pyav demuxer (FACTS.md): probesize=32, analyzeduration=0, flags=low_delay, and NOT
+Low-delay open for the pyav demuxer: probesize=32, analyzeduration=0, flags=low_delay, and NOT
 fflags=nobuffer (it discards the keyframe read while probing and the first picture stalls ~1 s).
 Decoding uses slice threading only: frame threading adds a frame of delay per thread.
 
@@ -239,7 +239,6 @@ class CameraSource:
         self.resolution: tuple[int, int] | None = None
         self.connected_transport: str | None = None
         self.live_since: float | None = None  # time.monotonic() of the current session's first frame
-        self.last_frame_at: float | None = None
         self.frames_in_session = 0
         self.opened = False
         self._errors_in_row = 0  # decode errors since the last decoded picture
@@ -384,9 +383,8 @@ class CameraSource:
     def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
         if isinstance(err, _NoPicture):
             msg = str(err)
-        elif isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and watch.tripped):
-            msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
-        elif isinstance(err, av.error.ExitError) and self.opened:
+        elif isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and (watch.tripped or self.opened)):
+            # Our stall deadline, or FFmpeg's interrupted read once the stream was open.
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
         elif not self.opened and (
             isinstance(err, av.error.ExitError) or elapsed >= 0.9 * self.ingest.open_timeout_s
@@ -604,7 +602,6 @@ class CameraSource:
         decoded = DecodedFrame(frame=frame, decoded_at=now, pts_seconds=pts)
         self.frames_in += 1
         self.frames_in_session += 1
-        self.last_frame_at = now
         if self.live_since is None:
             self.live_since = now
             self._logged_reason = None  # live again: the next failure is news
