@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from metrickit import limit_counts, limit_hits
 from rtspkit import RawRtsp, pyav_read, serve
 
 from streamproxy import metrics
@@ -109,14 +110,14 @@ async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
     fd_headroom(2 * FLOOD + 200)  # 2,000 client sockets here, up to as many in the server before the limits held
     caplog.set_level(logging.INFO, LOGGER)
     other = "connections" if kind == "connections_per_client" else "connections_per_client"
-    hit0, other0 = _metric(kind), _metric(other)
+    hit0, before = _metric(kind), limit_counts("rtsp")
     async with serve(limits={**limits, "idle_timeout_s": 60}) as (server, _, url):
         t0 = time.monotonic()
         socks = await _connect_many(server.port, FLOOD)
         try:
             # Every connection was accepted (and most reclaimed by a later one) once the server counted
             # as many reclaims as it holds fewer than were made.
-            assert await _wait(lambda: server.limit_events.counts.get(kind, 0) >= FLOOD - HELD, 20)
+            assert await _wait(lambda: _metric(kind) - hit0 >= FLOOD - HELD, 20)
             flood_s = time.monotonic() - t0
             assert len(server._conns) <= HELD and len(server._by_addr.get("127.0.0.1", ())) <= HELD
             # The viewer comes from the flood's own address: it reclaims one of those idle connections.
@@ -135,9 +136,8 @@ async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
         finally:
             for s in socks:
                 s.close()
-    hits = server.limit_events.counts
+    hits = limit_hits("rtsp", before)
     assert hits[kind] >= FLOOD - HELD + 1 and other not in hits, hits  # + 1: the viewer's own reclaim
-    assert _metric(kind) - hit0 == hits[kind] and _metric(other) == other0
     elapsed = time.monotonic() - t0
     lines = _limit_lines(caplog, kind)
     assert 1 <= len(lines) <= elapsed + 2, (len(lines), elapsed)  # at most one a second, with a count
@@ -181,7 +181,6 @@ async def test_slowloris_connections_are_closed_by_request_timeout(
         print(f"\n{SLOWLORIS} slowloris connections closed after {took:.1f} s (request_timeout_s 1)")
         assert not open_, f"{len(open_)} still open after {took:.1f} s"
         assert took < 15  # well before the 60 s they held before; the timeout is 1 s
-        assert server.limit_events.counts["request_timeout"] == SLOWLORIS
     assert _metric("request_timeout") - before == SLOWLORIS
     assert 1 <= len(_limit_lines(caplog, "request_timeout")) <= took + 2
 
@@ -222,7 +221,7 @@ async def _setup_tcp(raw: RawRtsp, url: str) -> tuple[int, str]:
 @pytest.mark.slow
 async def test_session_limit_453_reclaims_a_setup_without_play(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, LOGGER)
-    sessions0, setup0 = _metric("sessions"), _metric("setup_timeout")
+    before = limit_counts("rtsp")
     async with serve(limits={"max_rtsp_sessions": 2, "setup_timeout_s": 1.0}) as (server, _, url):
         a, b, c = [await RawRtsp.connect(server.port) for _ in range(3)]
         await a.play_tcp(url)
@@ -243,9 +242,8 @@ async def test_session_limit_453_reclaims_a_setup_without_play(caplog: pytest.Lo
         assert len(await a.read_interleaved(20)) >= 20 and server.viewers() == 1  # the player is untouched
         for r in (a, b, c, d):
             r.close()
-    hits = server.limit_events.counts
-    assert hits["sessions"] == 2 and hits["setup_timeout"] == 1, hits
-    assert _metric("sessions") - sessions0 == 2 and _metric("setup_timeout") - setup0 == 1
+    hits = limit_hits("rtsp", before)
+    assert hits.get("sessions") == 2 and hits.get("setup_timeout") == 1, hits
     assert _limit_lines(caplog, "sessions") and _limit_lines(caplog, "setup_timeout")
 
 
@@ -328,7 +326,7 @@ async def test_a_udp_session_is_not_another_addresses() -> None:
 
 
 async def test_request_and_body_size_limits_come_from_the_config() -> None:
-    size0, body0 = _metric("request_size"), _metric("body_size")
+    before = limit_counts("rtsp")
     async with serve(limits={"max_request_bytes": 2048, "max_body_bytes": 1024}) as (server, _, url):
         raw = await RawRtsp.connect(server.port)
         status, hdrs, _ = await raw.request("OPTIONS", "*", {"X-Pad": "a" * 3000})  # a line under 8 KiB
@@ -339,8 +337,7 @@ async def test_request_and_body_size_limits_come_from_the_config() -> None:
         status, hdrs, _ = await raw.request("SET_PARAMETER", url, {"Content-Length": "2000"})
         assert status == 413 and hdrs["connection"] == ["close"]
         raw.close()
-    assert server.limit_events.counts == {"request_size": 1, "body_size": 1}
-    assert _metric("request_size") - size0 == 1 and _metric("body_size") - body0 == 1
+    assert limit_hits("rtsp", before) == {"request_size": 1, "body_size": 1}
 
 
 # --- descriptors ---

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from metrickit import limit_counts, limit_hits
 from webkit import make_cfg, serving
 
 from streamproxy.config import AppConfig, ConfigError, OnvifConfig, parse_config
@@ -162,7 +163,9 @@ async def test_probe_finds_the_device_and_its_xaddr_answers_onvif() -> None:
             service = Service(match.getTypes(), match.getScopes(), match.getXAddrs(), match.getEPR(), 0)
             assert matchesFilter(service, [QName(DN, "NetworkVideoTransmitter")],
                                  [Scope("onvif://www.onvif.org/name/streamproxy")])
-            assert r.answered == 1
+            # Answered once: the next answer is the next probe's (a second one to the first would come first).
+            good = p.probe(("127.0.0.1", r.port))
+            assert parseSOAPMessage((await p.next()).decode(), "127.0.0.1").getRelatesTo() == good
 
         # The XAddr is the device service: a real ONVIF client reads the device through it.
         url = urlsplit(match.getXAddrs()[0])
@@ -205,6 +208,7 @@ NOT_MATCHING: list[tuple[list[Any], list[Any]]] = [
 
 
 async def test_probes_match_by_types_and_scopes_and_others_get_no_answer() -> None:
+    before = limit_counts("wsd")
     async with responder(discovery_cfg(), 8080) as (r, _sink), prober() as p:
         to = ("127.0.0.1", r.port)
         for types, scps in MATCHING:
@@ -217,8 +221,7 @@ async def test_probes_match_by_types_and_scopes_and_others_get_no_answer() -> No
             good = p.probe(to)
             env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
             assert env.getRelatesTo() == good, (types, scps)
-        assert r.answered == len(MATCHING) + len(NOT_MATCHING)
-        assert not r.events.counts  # a non-matching probe is no error
+        assert not limit_hits("wsd", before)  # a non-matching probe is no error
 
 
 def _probe_xml(header: str, body: str) -> bytes:
@@ -255,6 +258,7 @@ OTHERS: list[bytes] = [
 
 
 async def test_malformed_and_huge_datagrams_are_dropped_and_counted() -> None:
+    before = limit_counts("wsd")
     async with responder(discovery_cfg(), 8080) as (r, _sink), prober() as p:
         to = ("127.0.0.1", r.port)
         for _name, data in BAD_DATAGRAMS:
@@ -264,12 +268,12 @@ async def test_malformed_and_huge_datagrams_are_dropped_and_counted() -> None:
         good = p.probe(to)
         env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
         assert env.getRelatesTo() == good  # nothing answered before it, and the responder still answers
-        assert r.events.counts.get("datagram_size") == 1
+        hits = limit_hits("wsd", before)
+        assert hits.get("datagram_size") == 1
         # Every bad one but the huge one (dropped unparsed), the bad scope and the undeclared prefix
         # (well-formed probes that match nothing) counts as malformed.
-        assert r.events.counts.get("malformed") == len(BAD_DATAGRAMS) - 3
-        assert "error" not in r.events.counts  # no datagram reached an unexpected exception
-        assert r.answered == 1
+        assert hits.get("malformed") == len(BAD_DATAGRAMS) - 3
+        assert "error" not in hits  # no datagram reached an unexpected exception
 
 
 async def test_a_retransmitted_probe_is_answered_once() -> None:
@@ -288,29 +292,29 @@ async def test_a_retransmitted_probe_is_answered_once() -> None:
 async def test_answers_are_rate_limited_per_source_and_in_total() -> None:
     now = [1000.0]
     cfg = discovery_cfg()
+    before = limit_counts("wsd")
     async with responder(cfg, 8080, rate_per_source=1.0, burst_per_source=3, rate_total=1.0, burst_total=5,
                          clock=lambda: now[0]) as (r, _sink), prober() as a, prober("127.0.0.2") as b:
         to = ("127.0.0.1", r.port)
         sent_a = [a.probe(to) for _ in range(6)]
         answers_a = [parseSOAPMessage((await a.next()).decode(), "").getRelatesTo() for _ in range(3)]
         assert answers_a == sent_a[:3]  # the burst, then nothing while the clock stands still
-        assert await _quiet(r, {"rate_per_source": 3})
+        assert await _quiet(before, {"rate_per_source": 3})
         # Another source has its own bucket, but the total allows only 2 more.
         sent_b = [b.probe(to) for _ in range(3)]
         answers_b = [parseSOAPMessage((await b.next()).decode(), "").getRelatesTo() for _ in range(2)]
         assert answers_b == sent_b[:2]
-        assert await _quiet(r, {"rate_per_source": 3, "rate": 1})
+        assert await _quiet(before, {"rate_per_source": 3, "rate": 1})
         now[0] += 10.0  # the buckets refill
         good = a.probe(to)
         assert parseSOAPMessage((await a.next()).decode(), "").getRelatesTo() == good
         assert a.inbox.queue.empty() and b.inbox.queue.empty()
-        assert r.answered == 6
 
 
-async def _quiet(r: DiscoveryResponder, counts: dict[str, int]) -> bool:
-    """Wait (bounded) until the responder has refused exactly these."""
+async def _quiet(before: dict[str, float], counts: dict[str, int]) -> bool:
+    """Wait (bounded) until the responder has refused exactly these since `before` (limit_counts)."""
     for _ in range(200):
-        if r.events.counts == counts:
+        if limit_hits("wsd", before) == counts:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -413,6 +417,7 @@ async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
         own_port = app.devices.ports["cam2"]
         assert own_port not in (0, server.port)
         main_epr, cam2_epr = endpoint_reference("streamproxy-0001"), endpoint_reference("streamproxy-0001-cam2")
+        before = limit_counts("wsd")
         async with responder(app.cfg, server.port, camera_ports=app.devices.ports) as (r, _sink), prober() as p:
             to = ("127.0.0.1", r.port)
             message_id = p.probe(to, [QName(DN, "NetworkVideoTransmitter")])
@@ -448,8 +453,7 @@ async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
             good = p.probe(to)
             env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
             assert env.getRelatesTo() == good
-            assert r.answered == 5
-            assert not r.events.counts
+            assert not limit_hits("wsd", before)
 
         # The camera's XAddr is its own device: the serial its EPR comes from, the scopes it was found by.
         cam = onvif.ONVIFCamera("127.0.0.1", own_port, "vms", "s3cret-pass", WSDL_DIR, no_cache=True)
@@ -465,6 +469,7 @@ async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
 async def test_one_probe_is_one_unit_of_the_rate_limit_however_many_devices_match() -> None:
     now = [1000.0]
     ports = {"cam2": 9002, "cam3": 9003}
+    before = limit_counts("wsd")
     async with responder(discovery_cfg(), 8080, camera_ports=ports, rate_per_source=1.0, burst_per_source=2,
                          clock=lambda: now[0]) as (r, _sink), prober() as p:
         to = ("127.0.0.1", r.port)
@@ -473,8 +478,8 @@ async def test_one_probe_is_one_unit_of_the_rate_limit_however_many_devices_matc
             env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
             assert env.getRelatesTo() == mid
             assert len(env.getProbeResolveMatches()) == 3
-        assert await _quiet(r, {"rate_per_source": 1})  # the third probe: over the burst of 2 probes
-        assert r.answered == 2 and p.inbox.queue.empty()
+        assert await _quiet(before, {"rate_per_source": 1})  # the third probe: over the burst of 2 probes
+        assert p.inbox.queue.empty()  # ...and not answered
 
 
 async def test_many_devices_are_split_over_several_probe_matches() -> None:
@@ -495,7 +500,6 @@ async def test_many_devices_are_split_over_several_probe_matches() -> None:
         assert numbers == list(range(1, len(numbers) + 1))  # no MessageNumber skipped
         assert eprs == [endpoint_reference("streamproxy-0001")] + [
             endpoint_reference(f"streamproxy-0001-{c}") for c in ports]
-        assert r.answered == 1
 
 
 async def test_hello_and_bye_for_every_device() -> None:

@@ -24,13 +24,11 @@ class LimitEvents:
         self.listener = listener
         self.log = logger
         self.interval_s = interval_s
-        self.counts: dict[str, int] = {}  # every event by kind, for tests and stats
         self._pending: dict[str, tuple[int, str]] = {}  # kind -> (events not yet logged, last detail)
         self._last_line: dict[str, float] = {}
 
     def hit(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
-        metrics.LIMIT_REJECTIONS.labels(listener=self.listener, limit=kind).inc()
-        self.counts[kind] = self.counts.get(kind, 0) + 1
+        metrics.LIMIT_REJECTIONS.labels(listener=self.listener, limit=kind).inc()  # the one tally
         n, _ = self._pending.get(kind, (0, ""))
         self._pending[kind] = (n + 1, detail)
         self._maybe_log(kind, time.monotonic(), level)

@@ -157,7 +157,6 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             epr = endpoint_reference(cfg.onvif.device.serial + device.serial_suffix)
             self.targets.append(Target(camera, epr, tuple(scopes(cfg.onvif, device.name)), port))
         self.events = LimitEvents("wsd", log)
-        self.answered = 0  # probes answered (tests read it)
         self.port = 0  # the bound UDP port
         self._transport: asyncio.DatagramTransport | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -330,7 +329,6 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         if delay <= 0:
             for payload in payloads:
                 self._send(payload, addr)
-            self.answered += 1
             return
         loop = asyncio.get_running_loop()
 
@@ -338,7 +336,6 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             self._pending.discard(handle)
             for payload in payloads:
                 self._send(payload, addr)
-            self.answered += 1
 
         handle = loop.call_later(delay, send)
         self._pending.add(handle)
