@@ -343,7 +343,7 @@ async def test_metrics_open_by_default_behind_auth_when_asked(metrics_auth: bool
         async with aiohttp.ClientSession() as http:
             r = await http.get(f"{base}/metrics")
             assert r.status == (401 if metrics_auth else 200)
-            r = await http.get(f"{base}/metrics", auth=aiohttp.BasicAuth("alice", "s3cret"))
+            r = await http.get(f"{base}/metrics", headers={"Authorization": basic("alice", "s3cret")})
             assert r.status == 200 and "streamproxy_auth_failures_total" in await r.text()
             for path in ("/healthz", "/readyz"):
                 assert (await http.get(f"{base}{path}")).status == 200, path
@@ -357,7 +357,7 @@ async def test_http_answers_alike_for_unknown_user_and_wrong_password() -> None:
         async with aiohttp.ClientSession() as http:
             answers = []
             for user in ("alice", "mallory"):
-                r = await http.get(f"{base}/api/cameras", auth=aiohttp.BasicAuth(user, "wrong"))
+                r = await http.get(f"{base}/api/cameras", headers={"Authorization": basic(user, "wrong")})
                 answers.append((r.status, r.headers.get("WWW-Authenticate"), await r.text()))
             assert answers[0] == answers[1] and answers[0][0] == 401
         assert server.auth.failures == 2 and _metric("http") - before == 2

@@ -10,6 +10,7 @@ there), /metrics, /api/cameras, `check-config` and `run` on good and bad configs
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 import subprocess
@@ -98,12 +99,12 @@ async def test_service_output_carries_no_secret(
                 assert time.monotonic() < deadline, f"camera saw {len(cam.connections)} connection(s) in 60 s"
                 await asyncio.sleep(0.1)
             base = f"http://127.0.0.1:{app.web.port}"
-            auth = aiohttp.BasicAuth("viewer", VIEWER_PW)
+            auth = {"Authorization": "Basic " + base64.b64encode(f"viewer:{VIEWER_PW}".encode()).decode()}
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{base}/metrics") as r:
                     assert r.status == 200
                     metrics_text = await r.text()
-                async with http.get(f"{base}/api/cameras", auth=auth) as r:
+                async with http.get(f"{base}/api/cameras", headers=auth) as r:
                     assert r.status == 200
                     api_text = await r.text()
                 async with http.get(f"{base}/api/cameras") as r:
