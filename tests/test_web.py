@@ -77,11 +77,11 @@ async def test_auth_guards_page_api_and_whep_but_not_probes() -> None:
                 r = await http.get(f"{base}{path}")
                 assert r.status == 401, path
                 assert r.headers["WWW-Authenticate"] == 'Basic realm="streamproxy", charset="UTF-8"'
-                r = await http.get(f"{base}{path}", auth=aiohttp.BasicAuth("bob", "s3cret"))
+                r = await http.get(f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("bob", "s3cret")})
                 assert r.status == 401, path
                 r = await http.get(f"{base}{path}", headers={"Authorization": "Basic !!notbase64"})
                 assert r.status == 401, path
-                r = await http.get(f"{base}{path}", auth=aiohttp.BasicAuth("alice", "s3cret"))
+                r = await http.get(f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")})
                 assert r.status == 200, path
             for path in ("/healthz", "/readyz", "/metrics"):
                 assert (await http.get(f"{base}{path}")).status == 200, path

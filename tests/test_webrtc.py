@@ -114,21 +114,24 @@ async def test_whep_requires_auth_when_users_are_configured() -> None:
     cfg = make_cfg(users=[{"username": "alice", "password": "s3cret"}])
     async with serving(cfg) as (_app, server, base), aiohttp.ClientSession() as http:
         client = WhepClient()
+        # aiohttp.BasicAuth is deprecated (aiohttp 4 drops it): the header as a client sends it.
+        wrong = {"Authorization": aiohttp.encode_basic_auth("alice", "wrong")}
+        right = {"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
         try:
             r = await client.connect(http, f"{base}/cam1/whep")
             assert r.status == 401
             assert r.headers["WWW-Authenticate"].startswith("Basic ")
-            r = await client.connect(http, f"{base}/cam1/whep", auth=aiohttp.BasicAuth("alice", "wrong"))
+            r = await client.connect(http, f"{base}/cam1/whep", headers=wrong)
             assert r.status == 401
             assert server.webrtc.count() == 0
-            r = await client.connect(http, f"{base}/cam1/whep", auth=aiohttp.BasicAuth("alice", "s3cret"))
+            r = await client.connect(http, f"{base}/cam1/whep", headers=right)
             assert r.status == 201
             frames = await client.receive(3, timeout=20)
             assert len(frames) >= 3
             assert client.location is not None
             r = await http.delete(f"{base}{client.location}")
             assert r.status == 401
-            r = await http.delete(f"{base}{client.location}", auth=aiohttp.BasicAuth("alice", "s3cret"))
+            r = await http.delete(f"{base}{client.location}", headers=right)
             assert r.status == 200
         finally:
             await client.close()

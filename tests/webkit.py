@@ -202,7 +202,8 @@ class WhepClient:
 
     async def connect(self, session: aiohttp.ClientSession, url: str, **kw: Any) -> aiohttp.ClientResponse:
         sdp = await self.offer()
-        resp = await session.post(url, data=sdp, headers={"Content-Type": "application/sdp"}, **kw)
+        headers = {"Content-Type": "application/sdp", **kw.pop("headers", {})}
+        resp = await session.post(url, data=sdp, headers=headers, **kw)
         if resp.status == 201:
             self.location = resp.headers["Location"]
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=await resp.text(), type="answer"))
