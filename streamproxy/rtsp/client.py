@@ -18,6 +18,10 @@ A broken camera fails fast and says how (issue 12): a port that answers HTTP or 
 RTSP (MAX_GARBAGE_BYTES before any answer), a 401 to our credentials (`ClientUnauthorized`, which
 the ingest reports once and backs off from), malformed numbers in the SDP or headers. Interleaved
 data whose length lied is skipped up to the next `$` frame: the session goes on.
+
+`RecordClient` is the same client the other way round (go2rtc's client also `Announce`s): it pushes
+the proxy's stream to a media server (serve/publish.py) with ANNOUNCE/SETUP mode=record/RECORD and
+the RTP packetizer of our RTSP server (rtp.py), over TCP interleaved, rtsp:// or rtsps://.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import os
 import random
 import re
+import secrets
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,7 +49,8 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 from streamproxy.rtsp import sdp
 from streamproxy.rtsp.auth import parse_auth_params
 from streamproxy.rtsp.depay import AccessUnit, Codec, Depacketizer, parse_rtp
-from streamproxy.rtsp.rtp import sdes_cname
+from streamproxy.rtsp.rtp import SR_INTERVAL_S, RtpStream, access_unit_payloads, sdes_cname
+from streamproxy.types import EncodedPacket
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +230,9 @@ class _Auth:
 class RtspClient:
     """One RTSP session with a camera. Use as a context manager: `open()`, then `access_units()`."""
 
+    peer = "camera"  # who is at the other end, as errors name it
+    schemes: tuple[str, ...] = ("rtsp",)  # rtsps:// cameras are read by FFmpeg (live/source.py)
+
     def __init__(
         self,
         url: str,
@@ -230,15 +241,16 @@ class RtspClient:
         stop: threading.Event,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "rtsp" or not parts.hostname:
-            raise ClientError("the built-in client reads rtsp:// URLs only")
+        if parts.scheme not in self.schemes or not parts.hostname:
+            raise ClientError(f"the built-in client reads {' or '.join(s + '://' for s in self.schemes)} URLs only")
         self.host = parts.hostname
-        self.port = parts.port or 554
+        self.tls = parts.scheme == "rtsps"
+        self.port = parts.port or (322 if self.tls else 554)
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         if parts.port:
             netloc += f":{parts.port}"
         # Requests never carry the credentials in the URL: they go in the Authorization header.
-        self.url = urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))
+        self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         self._auth = _Auth(unquote(parts.username), unquote(parts.password or "")) if parts.username else None
         self.transport = transport
         self.open_timeout_s = open_timeout_s
@@ -326,11 +338,13 @@ class RtspClient:
             sock.settimeout(max(0.05, min(deadline - time.monotonic(), 3.0)))
             try:
                 sock.connect(addr)
-            except OSError as err:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls:
+                    sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
+            except OSError as err:  # ssl.SSLError included
                 sock.close()
                 last = err
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(TICK_S)
             self._sock = sock
             self._sources.add(sock.getpeername()[0])
@@ -342,7 +356,7 @@ class RtspClient:
         if self.stop.is_set():
             raise ClientStopped
 
-    def _format(self, method: str, uri: str, headers: list[tuple[str, str]]) -> bytes:
+    def _format(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
         self._cseq += 1
         lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self._cseq}", f"User-Agent: {USER_AGENT}"]
         if self._session is not None:
@@ -352,15 +366,23 @@ class RtspClient:
             if auth is not None:
                 lines.append(f"Authorization: {auth}")
         lines += [f"{k}: {v}" for k, v in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
 
     def _request(
-        self, method: str, uri: str, headers: list[tuple[str, str]], deadline: float, allow_fail: bool = False
+        self,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        deadline: float,
+        allow_fail: bool = False,
+        body: bytes = b"",
     ) -> Response | None:
         for attempt in range(3):
             assert self._sock is not None
             try:
-                self._sock.sendall(self._format(method, uri, headers))
+                self._sock.sendall(self._format(method, uri, headers, body))
             except OSError as err:
                 raise ClientError(f"{method}: connection lost ({err.strerror or err})") from None
             resp = self._read_response(self._cseq, deadline, method)
@@ -375,13 +397,13 @@ class RtspClient:
             if resp.status == 401:
                 if self._auth is not None:
                     raise ClientUnauthorized(
-                        f"camera rejects our credentials: {method} answered 401 {resp.reason}"
-                        " (check the camera's user and password)"
+                        f"{self.peer} rejects our credentials: {method} answered 401 {resp.reason}"
+                        f" (check the {self.peer}'s user and password)"
                     )
                 raise ClientUnauthorized(
-                    f"camera requires credentials: {method} answered 401 {resp.reason} (the URL needs user:password@)"
+                    f"{self.peer} requires credentials: {method} answered 401 {resp.reason} (the URL needs user:password@)"
                 )
-            hint = " (check the camera's path)" if resp.status == 404 else ""
+            hint = f" (check the {self.peer}'s path)" if resp.status == 404 else ""
             raise ClientError(f"{method} answered {resp.status} {resp.reason}{hint}")
         raise ClientError(f"{method}: authentication failed")
 
@@ -415,7 +437,7 @@ class RtspClient:
             except OSError as err:
                 raise ClientError(f"connection lost ({err.strerror or err})") from None
             if not data:
-                raise ClientError("the camera closed the connection")
+                raise ClientError(f"the {self.peer} closed the connection")
             self._buf += data
             return
 
@@ -446,7 +468,7 @@ class RtspClient:
                 return channel, data
             if buf.startswith(b"HTTP/"):
                 # Some other service on the camera's port (a web page, a proxy): not a camera.
-                raise ClientError("the camera's port answers HTTP, not RTSP (wrong port?)")
+                raise ClientError(f"the {self.peer}'s port answers HTTP, not RTSP (wrong port?)")
             if not buf.startswith(b"RTSP/") and not _could_be_request(buf):
                 # Not a message start: skip to one (a camera's stray bytes, or interleaved data
                 # whose length lied, must not wedge us nor end the session).
@@ -457,15 +479,15 @@ class RtspClient:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_MESSAGE_BYTES or (not self._answered and len(buf) > MAX_GARBAGE_BYTES):
-                    raise ClientError("camera sent an oversized RTSP message" if self._answered else _NOT_RTSP)
+                    raise ClientError(f"{self.peer} sent an oversized RTSP message" if self._answered else self._not_rtsp())
                 return None
             resp = _parse_head(bytes(buf[:end]).decode("utf-8", "replace"))
             try:
                 length = int(resp.header("content-length") or "0")
             except ValueError:
-                raise ClientError("camera sent a malformed RTSP message (bad Content-Length)") from None
+                raise ClientError(f"{self.peer} sent a malformed RTSP message (bad Content-Length)") from None
             if length > MAX_MESSAGE_BYTES or length < 0:
-                raise ClientError("camera sent an oversized RTSP message")
+                raise ClientError(f"{self.peer} sent an oversized RTSP message")
             if len(buf) < end + 4 + length:
                 return None
             resp.body = bytes(buf[end + 4 : end + 4 + length])
@@ -483,7 +505,10 @@ class RtspClient:
             return
         self._garbage += n
         if self._garbage > MAX_GARBAGE_BYTES:
-            raise ClientError(_NOT_RTSP)
+            raise ClientError(self._not_rtsp())
+
+    def _not_rtsp(self) -> str:
+        return f"the {self.peer}'s port does not answer RTSP (garbage instead of a response)"
 
     def _transport_header(self) -> str:
         if self.transport == "tcp":
@@ -629,7 +654,16 @@ class RtspClient:
             log.debug("RTCP receiver report not sent: %s", err)  # UDP: the next one may pass
 
 
-_NOT_RTSP = "the camera's port does not answer RTSP (garbage instead of a response)"
+def _tls_context() -> ssl.SSLContext:
+    """rtsps://: encryption without checking the server's certificate, as FFmpeg's rtsps (the
+    publisher's transport before this client) does by default: media servers mostly run with
+    self-signed certificates. The credentials still go as Digest when the server offers it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 MAX_REQUEST_LINE = 256  # a request from the camera (ANNOUNCE, ...) whose first line is longer is junk
 _REQUEST_LINE = re.compile(rb"[A-Z][A-Z_]{0,19} [\x21-\x7e]+ RTSP/1\.\d")
 _REQUEST_PREFIX = re.compile(rb"[A-Z][A-Z_]{0,19}( [\x21-\x7e]*( R(T(S(P(/(1(\.\d?)?)?)?)?)?)?)?)?")
@@ -750,3 +784,125 @@ class AccessUnitIterator:
             return
         self._last_video = time.monotonic()
         self._ready += self.depay.push(pkt)
+
+
+class RecordClient(RtspClient):
+    """The other direction: push one H.264 stream to a server that records (MediaMTX, gst-rtsp-server).
+
+    RFC 2326 §10.11 ANNOUNCE (our SDP), §10.4 SETUP with `mode=record` over TCP interleaved (the one
+    transport that crosses NAT and firewalls, and loses nothing), RECORD; then RTP `$`-framed on
+    channel 0 and RTCP sender reports on channel 1 (MediaMTX takes the stream's wall-clock timing
+    from them), keepalives within the session timeout, TEARDOWN at `close`. The packetizer and the
+    RTP/RTCP state are those of our RTSP server's sessions (rtp.py): one way to cut H.264 into RTP.
+
+    Blocking, for one thread (the publisher's). Writes have their own timeout (`write_timeout_s`,
+    nothing written for that long: the server stopped reading), and `abort` may be called from any
+    other thread: it shuts the socket down, which ends a blocked write or read at once. What the
+    server sends while we record (its RTCP receiver reports, keepalive answers) is read without
+    waiting, between writes; its end of the connection ends the session there.
+    """
+
+    peer = "server"
+    schemes = ("rtsp", "rtsps")
+
+    def __init__(self, url: str, timeout_s: float, cname: str = USER_AGENT) -> None:
+        super().__init__(url, "tcp", timeout_s, threading.Event())
+        self.write_timeout_s = timeout_s
+        self.rtp = RtpStream(secrets.randbits(32), secrets.randbits(16), secrets.randbits(32), cname=cname)
+        self._recording = False
+        self._next_report = 0.0
+        self._next_keepalive = math.inf
+        self._next_read = 0.0
+
+    def record(self, describe: Callable[[str], bytes], control: str) -> None:
+        """Connect, ANNOUNCE the SDP that `describe(local address)` builds, SETUP its track `control`
+        for recording, RECORD. Raises ClientError (ClientUnauthorized on a 401) / ClientStopped."""
+        deadline = time.monotonic() + self.open_timeout_s
+        self._connect(deadline)
+        assert self._sock is not None
+        options = self._request("OPTIONS", self.url, [], deadline, allow_fail=True)
+        if "GET_PARAMETER" in ((options.header("public") or "").upper() if options is not None else ""):
+            self._keepalive_method = "GET_PARAMETER"
+        body = describe(str(self._sock.getsockname()[0]))
+        self._request("ANNOUNCE", self.url, [("Content-Type", "application/sdp")], deadline, body=body)
+        transport = f"RTP/AVP/TCP;unicast;interleaved={self._interleaved[0]}-{self._interleaved[1]};mode=record"
+        resp = self._request("SETUP", _join(self.url, control), [("Transport", transport)], deadline)
+        assert resp is not None
+        self._take_session(resp)
+        self._take_transport(resp.header("transport") or "")
+        self._request("RECORD", self.url, [("Range", "npt=0.000-")], deadline)
+        self._recording = True
+        self._next_keepalive = time.monotonic() + self.keepalive_interval_s
+        self._sock.settimeout(self.write_timeout_s)  # from here on, the socket's timeout is the write's
+
+    def send(self, pkt: EncodedPacket) -> int:
+        """Write one access unit as RTP (with an RTCP SR and a keepalive when due); bytes written."""
+        self._check_stop()
+        if not self._recording or self._sock is None:
+            raise ClientError("not recording")
+        now = time.monotonic()
+        if now >= self._next_read:
+            self._read_pending()
+            self._next_read = now + TICK_S
+        parts = [self.rtp.frame_tcp(pkt, access_unit_payloads(pkt.data), self._interleaved[0])]
+        if now >= self._next_report:
+            report = self.rtp.sender_report()  # after frame_tcp: it maps the time of what was sent
+            if report is not None:
+                parts.append(b"$" + bytes([self._interleaved[1]]) + struct.pack("!H", len(report)) + report)
+            self._next_report = now + SR_INTERVAL_S
+        if now >= self._next_keepalive:
+            parts.append(self._format(self._keepalive_method, self.url, []))
+            self._next_keepalive = now + self.keepalive_interval_s
+        data = b"".join(parts)
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise ClientError(f"the server stopped reading (nothing written for {self.write_timeout_s:g} s)") from None
+        except OSError as err:
+            self._check_stop()  # our own abort: say so rather than "connection lost"
+            raise ClientError(f"connection lost ({err.strerror or err})") from None
+        return len(data)
+
+    def abort(self) -> None:
+        """End the session now, from any thread: a blocked write or read fails at once.
+
+        shutdown(), not close(): the connection ends for the thread that is using the socket, and
+        the descriptor stays ours until that thread closes it (a closed number could be reused)."""
+        self.stop.set()
+        sock = self._sock
+        if sock is not None:
+            try:
+                # The plain socket's shutdown also for TLS: SSLSocket.shutdown would drop its TLS
+                # state under the thread that is writing through it.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected (any more)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise ClientStopped("publish session aborted")
+
+    def _read_pending(self) -> None:
+        """Take in what the server sent meanwhile, without waiting: RTCP receiver reports and
+        keepalive answers are dropped; the server's end of the connection or of the session raises."""
+        sock = self._sock
+        assert sock is not None
+        sock.setblocking(False)
+        try:
+            while len(self._buf) < MAX_MESSAGE_BYTES:
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                    break
+                except OSError as err:
+                    self._check_stop()
+                    raise ClientError(f"connection lost ({err.strerror or err})") from None
+                if not data:
+                    self._check_stop()
+                    raise ClientError("the server closed the connection")
+                self._buf += data
+        finally:
+            sock.settimeout(self.write_timeout_s)
+        while (msg := self._take_message()) is not None:
+            if isinstance(msg, Response) and msg.status == 454:  # Session Not Found: it timed us out
+                raise ClientError(f"the server ended the session ({msg.status} {msg.reason})")

@@ -25,6 +25,7 @@ from streamproxy.types import EncodedPacket
 PAYLOAD_TYPE = 96
 MAX_PAYLOAD = 1400  # RTP payload bytes: 1412-byte packets fit a 1500-byte Ethernet MTU with UDP/IP
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
+SR_INTERVAL_S = 2.0  # RTCP sender reports: often enough for lip-sync/latency tools, negligible cost
 
 _RTP_HEADER = struct.Struct("!BBHII")
 _TCP_RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length, then the RTP header
