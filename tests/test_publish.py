@@ -3,7 +3,9 @@
 The server is GStreamer's gst-rtsp-server in RECORD mode (`streamproxy_sim/gst/gst_record.py`, run by
 Debian's /usr/bin/python3), which depayloads and decodes what it receives with avdec_h264 and
 reports each decoded frame: a FRAME line is proof of decodable H.264 on the far side. Everything
-binds 127.0.0.1; every wait is bounded.
+binds 127.0.0.1; every wait is bounded. The publisher's RTSP client itself (ANNOUNCE/RECORD, a 401
+answered with Digest, sender reports, a server that stops reading, rtsps) is tested against a
+scripted server in test_rtsp_client.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RECORD_SCRIPT = Path(__file__).resolve().parent.parent / "streamproxy_sim" / "gst" / "gst_record.py"
 W, H = 320, 240
+LATE_S = 0.5  # a Feeder frame begun this long after its slot is late (the camera lost its pace)
 USER, PASSWORD = "pub", "pa55-w0rd"
 
 
@@ -50,11 +54,11 @@ class RecordServer:
     """gst_record.py in a child process; counts the frames it decoded from what was published."""
 
     def __init__(self, port: int | None = None, path: str = "pub", dump: Path | None = None,
-                 user: str | None = None, password: str | None = None) -> None:  # fmt: skip
+                 user: str | None = None, password: str | None = None, auth: str = "basic") -> None:  # fmt: skip
         self.port = port if port is not None else free_port()
         self.path = path
         self.dump = dump
-        self.user, self.password = user, password
+        self.user, self.password, self.auth = user, password, auth
         self.frames = 0
         self.sizes: set[str] = set()
         self.dumped: tuple[Path, int, int] | None = None
@@ -73,7 +77,7 @@ class RecordServer:
         if self.dump is not None:
             cmd += ["--dump", str(self.dump), "--dump-at", "15"]
         if self.user is not None:
-            cmd += ["--user", self.user, "--password", self.password or ""]
+            cmd += ["--user", self.user, "--password", self.password or "", "--auth", self.auth]
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,  # never written: EOF when this process dies, and the server exits
@@ -188,10 +192,21 @@ class Feeder:
         self.fps = fps
         self.size = (width, height)
         self.frames = 0
+        # Frames begun more than LATE_S after their slot on the feeder's schedule. It catches up
+        # after a hiccup (no sleep while behind), so a busy box makes few; an event loop blocked
+        # for seconds (by a publisher) makes most frames of the block late.
+        self.late = 0
+        self._t0 = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def late_slots(self) -> int:
+        """Frames begun late, and slots already more than LATE_S overdue that are not begun yet (a
+        loop that is blocked right now has not begun them: they count as late all the same)."""
+        overdue = math.ceil((time.monotonic() - LATE_S - self._t0) * self.fps) - self.frames
+        return self.late + max(0, overdue)
 
     def resize(self, width: int, height: int) -> None:
         self.size = (width, height)
@@ -206,8 +221,10 @@ class Feeder:
 
     async def _run(self) -> None:
         enc: H264Encoder | None = None
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         while True:
+            if time.monotonic() - (t0 + self.frames / self.fps) > LATE_S:
+                self.late += 1
             w, h = self.size
             if enc is None or (enc.width, enc.height) != (w, h):
                 kbps = self.noise_kbps or 500
@@ -254,7 +271,8 @@ def test_config_publish_url_validated() -> None:
             parse_config({"cameras": [{**base, "publish_url": bad}]})
 
 
-def testhas_sps() -> None:
+def test_has_sps() -> None:
+    """The first access unit of a session carries SPS/PPS in-band (publish._with_parameter_sets)."""
     assert has_sps(b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce")
     assert not has_sps(b"\x00\x00\x00\x01\x41\x9a")
     assert not has_sps(b"")
@@ -293,7 +311,8 @@ async def test_unreachable_server_backs_off_without_touching_the_hub(
 async def test_publishes_decodable_h264_and_restarts_on_resize(
     record_server_factory: Callable[..., RecordServer], tmp_path: Path
 ) -> None:
-    server = record_server_factory(dump=tmp_path / "frame.i420", user=USER, password=PASSWORD)
+    # Digest: the server answers our first ANNOUNCE with a challenge (the app test below: Basic).
+    server = record_server_factory(dump=tmp_path / "frame.i420", user=USER, password=PASSWORD, auth="digest")
     hub = StreamHub("cam", 50)
     feeder = Feeder(hub)
     feeder.start()
@@ -328,8 +347,8 @@ async def test_publishes_decodable_h264_and_restarts_on_resize(
 async def test_aborting_one_session_spares_another_camera_on_the_same_server(
     record_server_factory: Callable[..., RecordServer],
 ) -> None:
-    """Several cameras usually publish to one media server: the stall watchdog's abort() must shut
-    only its own session's connection (sessions connect one at a time, so each knows its socket)."""
+    """Several cameras usually publish to one media server: the stall watchdog's abort() ends only
+    its own session (it shuts down that session's own socket), and that one reconnects."""
     server = record_server_factory()
     hubs = [StreamHub(f"cam{i}", 50) for i in range(2)]
     feeders = [Feeder(h) for h in hubs]
@@ -346,7 +365,7 @@ async def test_aborting_one_session_spares_another_camera_on_the_same_server(
         assert all(p.up for p in pubs) and [p.sessions for p in pubs] == [1, 1]
         session = pubs[0]._current
         assert session is not None
-        assert session.abort() == 1  # exactly one connection: its own
+        session.abort()
         for _ in range(400):  # <= 20 s
             if pubs[0].sessions >= 2:
                 break
@@ -423,16 +442,19 @@ async def test_stalled_server_costs_only_the_publisher(
     try:
         pub.start()
         assert await _wait_frames(server, 25, 20), list(server.lines)
-        frames0, t0, dropped0 = feeder.frames, time.monotonic(), lost.get("rtsp", 0)
+        frames0, late0, t0, dropped0 = feeder.frames, feeder.late_slots(), time.monotonic(), lost.get("rtsp", 0)
         server.pause()
         # Detected once the socket buffers are full (a few MB here) and a write times out.
         assert await _until(lambda: not pub.up, 45), pub.snapshot()
         stall_s = time.monotonic() - t0
-        fps = (feeder.frames - frames0) / stall_s
-        assert fps > 22, f"the camera slowed to {fps:.1f} fps while the publish server stalled"
+        made, late = feeder.frames - frames0, feeder.late_slots() - late0
+        # Counts, not a wall-clock rate: the camera kept its pace if hardly any of its frames was
+        # late. A publisher that blocked the loop until its write timed out (io_timeout_s, 2 s)
+        # makes ~40 late in a window of 5-10 s (125-250 frames); a busy box, hardly any.
+        assert made > 0 and late * 10 <= made, f"{late} of {made} camera frames late while the publish server stalled"
         assert lost.get("rtsp", 0) == dropped0, "another viewer lost frames to the stalled publish server"
         log.info(
-            "stall detected after %.1f s (%s); camera at %.1f fps meanwhile", stall_s, pub.last_error, fps
+            "stall detected after %.1f s (%s); %d camera frames meanwhile, %d late", stall_s, pub.last_error, made, late
         )
         server.resume()
         before = server.frames

@@ -90,6 +90,7 @@ def main():
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--auth", choices=("basic", "digest"), default="basic", help="with --user: how the publisher must sign")
     p.add_argument("--dump", help="write one decoded frame here (raw I420)")
     p.add_argument("--dump-at", type=int, default=10, help="which decoded frame to write (1-based)")
     p.add_argument("--exit-on-stdin-eof", action="store_true")
@@ -130,7 +131,7 @@ def main():
     factory.connect("media-configure", on_media_configure)
 
     if args.user is not None:
-        set_auth(server, factory, args.user, args.password, "publisher", "basic")
+        set_auth(server, factory, args.user, args.password, "publisher", args.auth)
 
     mount = "/" + args.path.strip("/")
     server.get_mount_points().add_factory(mount, factory)
