@@ -108,7 +108,7 @@ def test_a_worker_error_fails_that_frame_closed_and_the_video_goes_on(
     pool = DetectAhead(cfg.detector, 2)
     jobs, errors = collect_jobs([src], tmp_path / "out")
     assert not errors
-    [res] = list(iter_results(jobs, cfg, keep_audio=False, detector=pool))  # type: ignore[arg-type]
+    [res] = list(iter_results(jobs, cfg, keep_audio=False, detector=pool))
     assert res.ok, res.error
     assert (res.frames, res.fail_closed_frames) == (12, 1)
     out = [f.to_ndarray(format="bgr24") for f in _frames(tmp_path / "out" / "v.mp4")]

@@ -54,6 +54,7 @@ def test_images_keep_format_size_and_layout_and_lose_faces(inputs: Path, tmp_pat
         o = out / "in" / name
         assert o.exists(), f"{o} missing"
         img = cv2.imread(str(o))
+        assert img is not None, "the written image reads back"
         assert img.shape == (360, 480, 3)
         assert detector.detect_bgr(img) == [], f"a face is still detectable in {name}"  # type: ignore[attr-defined]
     assert not (out / "in" / "notes.txt").exists()
@@ -139,7 +140,9 @@ def test_fail_closed_with_a_detector_that_raises(inputs: Path, tmp_path: Path, d
     assert all(r.ok for r in results)
     assert [r.fail_closed_frames for r in results] == [1, 8]
     src_img = cv2.imread(str(inputs / "face.png"))
+    assert src_img is not None, "the written image reads back"
     out_img = cv2.imread(str(tmp_path / "out" / "face.png"))
+    assert out_img is not None, "the written image reads back"
     assert changed_fraction(src_img, out_img, paste_face(background(480, 360), 150, 60, 140)) > 0.9
     with av.open(str(tmp_path / "out" / "v.mp4")) as b:
         frames = [f.to_ndarray(format="bgr24") for f in b.decode(video=0)]
@@ -178,6 +181,7 @@ def test_exif_rotated_photo_is_searched_upright(tmp_path: Path, detector: object
     r = run_cli("anonymize", src, "-o", tmp_path / "out", "-q")
     assert r.returncode == 0, r.stderr
     out = cv2.imread(str(tmp_path / "out" / "phone.jpg"), cv2.IMREAD_UNCHANGED)
+    assert out is not None, "the written image reads back"
     assert out.shape == upright_img.shape  # written upright (EXIF, with its GPS and serials, is not copied)
     assert changed_fraction(upright_img, out, box, tol=12) > 0.8
     assert detector.detect_bgr(out) == []  # type: ignore[attr-defined]

@@ -227,7 +227,7 @@ def to_frame(img: np.ndarray, i: int) -> av.VideoFrame:
 
 def live_engine(det: RegionDetector, every: int = 2, full_scan_s: float = 1.0) -> Anonymizer:
     settings = GateSettings(min_face_px=18.0, threshold=12.0, full_scan_s=full_scan_s)
-    return Anonymizer(EngineConfig(detect_every=every), detector=det, change_gate=settings)  # type: ignore[arg-type]
+    return Anonymizer(EngineConfig(detect_every=every), detector=det, change_gate=settings)
 
 
 def run_live(eng: Anonymizer, frames: list[np.ndarray]) -> dict[int, AnonymizedFrame]:
@@ -314,7 +314,7 @@ def test_a_detector_failure_fails_closed_and_the_next_look_is_whole() -> None:
 def test_gating_off_looks_at_the_whole_picture_every_run() -> None:
     still = background(W, H, seed=5)
     det = RegionDetector({})
-    eng = Anonymizer(EngineConfig(detect_every=1), detector=det)  # type: ignore[arg-type]
+    eng = Anonymizer(EngineConfig(detect_every=1), detector=det)
     run_live(eng, [still] * 5)
     assert [k for _, k in det.looks] == ["whole"] * 5
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from streamproxy.config import (
 from streamproxy.redact import rtsp_url_problem
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "streamproxy.example.yaml"
-MINIMAL = {
+MINIMAL: dict[str, Any] = {
     "cameras": [{"name": "lobby", "url": "rtsp://user:pass@192.0.2.10:554/stream1"}],
     "server": {"rtsp_port": 8554, "http_port": 8080},
 }

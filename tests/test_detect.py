@@ -48,7 +48,7 @@ def astronaut() -> np.ndarray:
 
 def make(model_dir: Path, model: str, **kw: object) -> OnnxFaceDetector:
     # threads=1: the test machine is shared; the numbers do not matter here.
-    return create_detector(DetectorConfig(model=model, model_dir=model_dir, threads=1, **kw))  # type: ignore[arg-type]
+    return create_detector(DetectorConfig(model=model, model_dir=model_dir, threads=1, **kw))
 
 
 def place(

@@ -157,7 +157,7 @@ def test_drop_action_drops_the_waiting_frames_too() -> None:
     imgs, boxes = clip({}, 4)
     det = ScriptDetector(boxes, fail_at={3})
     eng = Anonymizer(
-        EngineConfig(detect_every=3, fail_closed={"action": "drop"}),  # type: ignore[arg-type]
+        EngineConfig(detect_every=3, fail_closed={"action": "drop"}),
         detector=det,  # type: ignore[arg-type]
     )
     out = run_live(eng, imgs)

@@ -93,7 +93,7 @@ def test_yuv_only_mask_pixels_change(style: str, shape: str, size: tuple[int, in
     src_before = [bytes(p) for p in src.planes]
     planes, buf = planes_from_yuv420(src)
     before = plane_arrays(planes)
-    cfg = ObfuscationConfig(style=style, shape=shape)  # type: ignore[arg-type]
+    cfg = ObfuscationConfig(style=style, shape=shape)
     masks = [m for m in MASKS if m.x1 < w]
     obfuscate(planes, masks, cfg)
     for free, a, p in zip(outside_masks(planes, masks), before, planes.planes, strict=True):
@@ -132,7 +132,7 @@ def test_bgr_only_mask_pixels_change(style: str, shape: str) -> None:
     before = img.copy()
     planes = planes_from_bgr(img)
     masks = [m for m in MASKS]
-    obfuscate(planes, masks, ObfuscationConfig(style=style, shape=shape))  # type: ignore[arg-type]
+    obfuscate(planes, masks, ObfuscationConfig(style=style, shape=shape))
     free = outside_masks(planes, masks)[0]
     assert np.array_equal(before[free], img[free])
     assert not np.array_equal(before, img)
@@ -160,7 +160,7 @@ def test_empty_mask_list_changes_nothing() -> None:
     planes, _ = planes_from_yuv420(noise_frame(320, 240))
     before = plane_arrays(planes)
     for style in STYLES:
-        obfuscate(planes, [], ObfuscationConfig(style=style))  # type: ignore[arg-type]
+        obfuscate(planes, [], ObfuscationConfig(style=style))
     assert all(np.array_equal(a, p.data) for a, p in zip(before, planes.planes, strict=True))
 
 
@@ -372,7 +372,7 @@ def test_obfuscate_whole_leaves_no_detail(style: str, size: tuple[int, int]) -> 
     src = noise_frame(w, h)
     planes, _ = planes_from_yuv420(src)
     before = plane_arrays(planes)
-    obfuscate_whole(planes, ObfuscationConfig(style=style))  # type: ignore[arg-type]
+    obfuscate_whole(planes, ObfuscationConfig(style=style))
     for a, p in zip(before, planes.planes, strict=True):
         d = p.data
         # Changed nearly everywhere, and at most 16 blocks along any row (~16 * h / w down a column).
@@ -419,7 +419,7 @@ def test_detector_finds_no_face_after_obfuscation(
     face = Box(180, 62, 270, 176).mapped(scale, scale)
     found = det.detect_bgr(img)  # type: ignore[attr-defined]
     assert any(d.box.iou(face) > 0.3 for d in found), "sanity: the face is found before obfuscation"
-    cfg = ObfuscationConfig(style=style)  # type: ignore[arg-type]
+    cfg = ObfuscationConfig(style=style)
     obfuscate(planes_from_bgr(img), [face.scaled(cfg.mask_scale)], cfg)
     for test_img in (img, unsharp(img)):
         left = [d for d in det.detect_bgr(test_img) if d.box.intersection(face) > 0.3 * face.area]  # type: ignore[attr-defined]

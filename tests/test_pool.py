@@ -110,11 +110,11 @@ def test_each_camera_runs_with_its_own_settings() -> None:
     pool = DetectorPool(DetectorConfig(), sessions=1, factory=Session)  # type: ignore[arg-type]
     a = PooledDetector(pool, DetectorConfig(input_width=1280, threshold=0.25))
     b = PooledDetector(pool, DetectorConfig(input_width=1920, threshold=0.3))
-    seen = []
+    seen = []  # the stand-in session answers its settings, not detections
     for cam in (a, b, a):
-        seen.append(cam._run(lambda s: [(s.input_width, s.threshold)]))  # type: ignore[arg-type,list-item,return-value]
+        seen.append(cam._run(lambda s: [(s.input_width, s.threshold)]))  # type: ignore[list-item]
     b.input_width = 960  # the latency controller's setting, as the engine's configure() sets it
-    seen.append(b._run(lambda s: [(s.input_width, s.threshold)]))  # type: ignore[arg-type,list-item,return-value]
+    seen.append(b._run(lambda s: [(s.input_width, s.threshold)]))  # type: ignore[list-item]
     pool.close()
     assert seen == [[(1280, 0.25)], [(1920, 0.3)], [(1280, 0.25)], [(960, 0.3)]]
 

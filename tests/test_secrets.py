@@ -98,6 +98,7 @@ async def test_service_output_carries_no_secret(
             while len(cam.connections) < 3 or app.pipelines["lobby"].source.reconnects < 2:
                 assert time.monotonic() < deadline, f"camera saw {len(cam.connections)} connection(s) in 60 s"
                 await asyncio.sleep(0.1)
+            assert app.web is not None
             base = f"http://127.0.0.1:{app.web.port}"
             auth = {"Authorization": "Basic " + base64.b64encode(f"viewer:{VIEWER_PW}".encode()).decode()}
             async with aiohttp.ClientSession() as http:

@@ -84,7 +84,7 @@ def engine(det: ScoreDetector, coast: float = 0.0) -> Anonymizer:
     # coast 0: the forward tracker masks only the frames it detects on, so what else is masked is
     # the temporal fill's doing.
     cfg = EngineConfig.model_validate({"tracker": {"coast_seconds": coast}})
-    return Anonymizer(cfg, detector=det)  # type: ignore[arg-type]
+    return Anonymizer(cfg, detector=det)
 
 
 def test_masks_before_the_first_and_after_the_last_detection_within_the_window() -> None:
@@ -149,7 +149,7 @@ def test_broken_detector_drops_when_told_to() -> None:
     img, box = scene()
     det = ScoreDetector(box, {}, fail_at=frozenset({3}))
     cfg = EngineConfig.model_validate({"fail_closed": {"action": "drop"}})
-    out = run_offline(Anonymizer(cfg, detector=det), img, 8)  # type: ignore[arg-type]
+    out = run_offline(Anonymizer(cfg, detector=det), img, 8)
     assert [i for i, r in enumerate(out) if r.frame is None] == [3]
 
 
@@ -176,7 +176,7 @@ def test_bulk_video_with_a_broken_detector_fails_closed(tmp_path: Path, fail_at:
     make_video(video, frames=30, audio=False)
     jobs, errors = collect_jobs([video], tmp_path / "out")
     assert not errors
-    (res,) = list(iter_results(jobs, EngineConfig(), detector=Broken()))  # type: ignore[arg-type]
+    (res,) = list(iter_results(jobs, EngineConfig(), detector=Broken()))
     assert res.ok and res.frames == 30 and res.fail_closed_frames == len(fail_at)
     with av.open(str(tmp_path / "out" / "v.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 30

@@ -115,12 +115,14 @@ def test_image_text_masked_only_with_plates(tmp_path: Path, model_dir: Path) -> 
     (res,) = iter_results(jobs, EngineConfig.model_validate({"detector": {"input_width": 640}}))
     assert res.ok and res.text_regions == 0
     out = cv2.imread(str(tmp_path / "faces" / "street.png"))
+    assert out is not None, "the written image reads back"
     assert changed_fraction(img, out, ink) == 0.0  # without plates the text is left as it is
 
     jobs, _ = collect_jobs([src], tmp_path / "plates")
     (res,) = iter_results(jobs, plates_cfg())
     assert res.ok and res.text_regions >= 1 and res.fail_closed_frames == 0
     out = cv2.imread(str(tmp_path / "plates" / "street.png"))
+    assert out is not None, "the written image reads back"
     assert changed_fraction(img, out, ink) > 0.8
     assert hf_energy(out, ink) < energy / 20, (hf_energy(out, ink), energy)
     # The rest of the picture is left alone.
@@ -180,7 +182,7 @@ class _ScriptedDetector:
         return Box(40.0 + 10 * i, 100.0, 140.0 + 10 * i, 130.0)
 
     def detect_frame(self, frame: av.VideoFrame) -> list[Detection]:
-        i = int(frame.pts)
+        i = int(frame.pts or 0)
         self.calls.append(i)
         if i in self.fail_at:
             raise RuntimeError("broken on purpose")
@@ -204,7 +206,7 @@ def test_masker_interpolates_between_runs_and_keeps_order() -> None:
     frames = _frames(14)
     outs = []
     for f in frames:
-        got = masker.push(f, f.pts / 25)
+        got = masker.push(f, (f.pts or 0) / 25)
         assert len(masker._waiting) <= 3  # bounded look-ahead: detect_every - 1
         outs += got
     outs += masker.flush()
@@ -222,7 +224,7 @@ def test_broken_text_detector_fails_closed() -> None:
     frames = _frames(10)
     outs = []
     for f in frames:
-        outs += masker.push(f, f.pts / 25)
+        outs += masker.push(f, (f.pts or 0) / 25)
     outs += masker.flush()
     # Run on 4 fails: 1..4 (waiting for it) are obfuscated whole; the detector then runs on every frame
     # until it works again (5), and the cadence resumes from there.
@@ -256,6 +258,7 @@ def test_broken_text_detector_fails_closed_in_bulk(tmp_path: Path, model_dir: Pa
     assert [r.ok for r in results] == [True, True]
     assert [r.fail_closed_frames for r in results] == [1, 7]
     out = cv2.imread(str(tmp_path / "out" / "a.png"))
+    assert out is not None, "the written image reads back"
     assert changed_fraction(img, out, Box(0, 0, W, H), tol=6) > 0.8
     src, dst = decode(video), decode(tmp_path / "out" / "v.mp4")
     assert len(dst) == 7
