@@ -44,13 +44,13 @@ from streamproxy.types import DecodedFrame, EncodedPacket
 
 def one_keyframe(width: int = 320, height: int = 240) -> bytes:
     enc = av.CodecContext.create("libx264", "w")
-    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"  # type: ignore[attr-defined]
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base = Fraction(1, 25)
     enc.options = {"tune": "zerolatency", "preset": "ultrafast"}
     frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="bgr24")
     frame.pts = 0
-    data = b"".join(bytes(p) for p in enc.encode(frame))  # type: ignore[attr-defined]
-    return data + b"".join(bytes(p) for p in enc.encode(None))  # type: ignore[attr-defined]
+    data = b"".join(bytes(p) for p in enc.encode(frame))
+    return data + b"".join(bytes(p) for p in enc.encode(None))
 
 
 def _md5(s: str) -> str:
