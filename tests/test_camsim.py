@@ -353,11 +353,18 @@ def test_replay_camera_serves_the_clip_at_the_frame_rate(
                 t_first = time.monotonic()
             frames.append(frame)
             t_last = time.monotonic()
-            if t_last - t_first >= 3.0 or t_last > deadline:
+            if len(frames) > 3 * 25 or t_last > deadline:
                 break
-    assert frames and frames[0].key_frame  # a new client starts at a keyframe
-    fps = (len(frames) - 1) / (t_last - t_first)
-    assert 20 <= fps <= 30, fps
+    assert len(frames) > 3 * 25 and frames[0].key_frame  # a new client starts at a keyframe
+    # The stream's own clock (RTP timestamps) says 25 fps: one frame every 40 ms.
+    media = [float(f.time) for f in frames if f.time is not None]  # the first may come without one
+    assert len(media) >= 3 * 25, len(media)
+    assert float(np.median(np.diff(media))) == pytest.approx(1 / 25, rel=0.1), media
+    # ...and the camera keeps to it instead of pushing the clip as fast as it is read: the frames come
+    # no faster than their clock (a loaded machine only makes them later, never earlier). Slack: the
+    # first frames may come as a backlog.
+    media_s, wall_s = media[-1] - media[0], t_last - t_first
+    assert wall_s >= 0.8 * media_s - 0.2, f"3 s of clip came in {wall_s:.2f} s: not paced"
     for f in frames[::15]:
         y = f.to_ndarray(format="gray").astype(np.float32)
         assert camsim.read_stamp(y.astype(np.uint8)) is None  # replay frames carry no barcode

@@ -140,7 +140,9 @@ async def test_idle_flood_over_the_limit_still_serves_healthz_and_a_whep_viewer(
     caplog: pytest.LogCaptureFixture, fd_headroom: Callable[[int], None]
 ) -> None:
     fd_headroom(IDLE_FLOOD + 512 + 200)  # client sockets here, the server's up to its limit
-    cfg = limits_cfg(max_connections=512, max_connections_per_client=10_000)
+    # No timeout frees a slot during the test: whoever gets in, gets in past a full flood.
+    cfg = limits_cfg(max_connections=512, max_connections_per_client=10_000, request_timeout_s=300,
+                     idle_timeout_s=3600)  # fmt: skip
     async with serving(cfg) as (_app, server, base):
         port = port_of(base)
         before = rejections("http", "connections")
@@ -154,9 +156,11 @@ async def test_idle_flood_over_the_limit_still_serves_healthz_and_a_whep_viewer(
             assert server.guard.connections() <= 512
             # The oldest idle ones were closed for the newer ones: the flood itself is reclaimed.
             assert rejections("http", "connections") - before >= IDLE_FLOOD - 512
-            status, took = await get(base, "/healthz")
-            assert status == 200 and took < 5, (status, took)
-            healthz_s = took
+            status, healthz_s = await get(base, "/healthz")
+            assert status == 200, status
+            # ...while the flood still holds the limit: /healthz got in by reclaiming an idle
+            # connection, not by waiting for the flood to go (catches a newcomer that queues).
+            assert server.guard.connections() >= 512 - 2, server.guard.connections()
             # A WebRTC viewer: its POST reclaims an idle connection too, then media flows over UDP.
             client = WhepClient()
             try:
@@ -167,7 +171,9 @@ async def test_idle_flood_over_the_limit_still_serves_healthz_and_a_whep_viewer(
                     frames = await client.receive(3, timeout=20)
                     viewer_s = time.monotonic() - t0
                     assert len(frames) >= 3
-                    assert viewer_s < 15  # the target is 1 s; a wide margin for a busy 2-core machine
+                    # Media while the flood still fills the listener (the target, 1 s, is measured
+                    # by the print below, not asserted: on a loaded machine it is the machine's).
+                    assert server.guard.connections() >= 512 - 2, server.guard.connections()
             finally:
                 await client.close()
             print(f"\n{IDLE_FLOOD} idle HTTP connections (limit 512): /healthz in {healthz_s * 1000:.0f} ms, "
@@ -284,13 +290,11 @@ async def test_idle_keepalive_connection_is_closed_after_idle_timeout() -> None:
         used.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: stays open after it
         head = await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
         assert status_of(head) == 200
-        t0 = time.monotonic()
         try:
             assert await closed_by_server(silent, 6) == 3
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(reader.read(), 6) == b""
-            took = time.monotonic() - t0
-            assert took < 5, took
+            # Closed by the idle timeout (not by anything else), all four: the count says which limit.
             assert rejections("http", "idle_timeout") >= before + 4
             assert server.guard.connections() == 0
         finally:
@@ -305,11 +309,12 @@ async def test_slowloris_connections_are_closed_by_the_request_timeout() -> None
         port = port_of(base)
         before = rejections("http", "request_timeout")
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
-        closed_at: list[float] = []
-        t0 = time.monotonic()
+        # How many bytes each had sent when the server closed it (60: it never was).
+        closed_after: list[int] = []
 
         async def slow() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            i = 0
             try:
                 for i in range(60):  # one byte every 0.2 s: 12 s unless closed
                     if reader.at_eof():
@@ -317,24 +322,27 @@ async def test_slowloris_connections_are_closed_by_the_request_timeout() -> None
                     writer.write(head[i : i + 1])
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(reader.read(65536), 0.2)
-                closed_at.append(time.monotonic() - t0)
+                else:
+                    i = 60
+                closed_after.append(i)
             except ConnectionError:
-                closed_at.append(time.monotonic() - t0)
+                closed_after.append(i)
             finally:
                 writer.close()
 
         tasks = [asyncio.create_task(slow()) for _ in range(300)]
         try:
             await asyncio.sleep(0.5)
-            status, took = await get(base, "/healthz")
-            assert status == 200 and took < 5
+            status, _ = await get(base, "/healthz")
+            assert status == 200
             await asyncio.wait_for(asyncio.gather(*tasks), 40)
         finally:
             for t in tasks:
                 t.cancel()
-        assert len(closed_at) == 300
-        # Closed by the server at ~request_timeout (their own loop would have run 12 s).
-        assert max(closed_at) < 3 * timeout_s + 3, max(closed_at)
+        assert len(closed_after) == 300
+        # Every one closed by the server before its head was out (at one byte per 0.2 s, the request
+        # timeout comes after ~5 bytes); one the server never closed ran out its 60 bytes.
+        assert max(closed_after) < 60, sorted(closed_after)[-5:]
         assert rejections("http", "request_timeout") >= before + 300
         assert server.guard.connections() == 0
 
@@ -443,6 +451,18 @@ async def test_200_half_open_whep_sessions_do_not_lock_a_viewer_out() -> None:
     # No setup timeout during the test: the flood's sessions stay until reclaimed for an offer.
     cfg = limits_cfg(max_webrtc_sessions=64, setup_timeout_s=300)
     async with serving(cfg) as (app, server, base):
+        # The same viewer's first frame without the flood, on this machine at this moment: the ruler.
+        calm = WhepClient()
+        try:
+            async with aiohttp.ClientSession() as http:
+                t0 = time.monotonic()
+                r = await calm.connect(http, f"{base}/cam1/whep")
+                assert r.status == 201, await r.text()
+                assert len(await calm.receive(1, timeout=20)) == 1
+                calm_s = time.monotonic() - t0
+        finally:
+            await calm.close()
+        assert await wait_for(lambda: server.webrtc.count() == 0, 10)
         attacker = WhepClient()
         offer = await attacker.offer()  # one offer, posted 200 times, answers never used
         sdp = {"Content-Type": "application/sdp"}
@@ -474,9 +494,11 @@ async def test_200_half_open_whep_sessions_do_not_lock_a_viewer_out() -> None:
                 frames = await viewer.receive(1, timeout=20)
                 took = time.monotonic() - t0
             assert len(frames) == 1
-            print(f"\n200 half-open WHEP sessions: a viewer's first frame {took * 1000:.0f} ms after its POST")
-            # ~0.3-0.5 s on an idle machine; a wide margin for a busy one.
-            assert took < 8, took
+            print(f"\n200 half-open WHEP sessions: a viewer's first frame {took * 1000:.0f} ms after its POST "
+                  f"({calm_s * 1000:.0f} ms without them)")  # fmt: skip
+            # The flood costs the viewer no wait of its own (a setup timeout, a queue behind the
+            # half-open sessions would): a few times the calm time, plus a second for a busy machine.
+            assert took < 3 * calm_s + 1.0, (took, calm_s)
             assert app.hubs["cam1"].viewers("webrtc") == 1
         finally:
             await viewer.close()

