@@ -84,10 +84,18 @@ def test_frames_flow_and_faces_are_masked(
     print(f"\nproxy output: best face score {best:.2f} (camera's faces: 0.9+)")
     assert sum(visible_faces(scores)) == 0, f"faces visible in proxy output: {scores}"
     lat = sorted(f.wall_ms - f.stamp for f in got if f.stamp is not None)
+    snap = host.snapshot()
+    added = snap.latency_ms
     print(
-        f"\nglass-to-glass via proxy (test load): median {lat[len(lat) // 2]:.0f} ms over {len(lat)} frames"
+        f"\nglass-to-glass via proxy (test load): median {lat[len(lat) // 2]:.0f} ms over {len(lat)} frames; "
+        f"proxy-added p50 {added.p50} ms, p99 {added.p99} ms (budget {added.budget:.0f} ms)"
     )
-    assert host.snapshot().fail_closed_frames == 0
+    # The budget holds: a frame that would leave late is dropped before its encode, so what is left
+    # over the budget is the encode running longer than its recent mean and the hop to the event loop.
+    # Half the budget again covers that on a loaded 2-core machine; a budget not enforced (frames held
+    # for whole detector cadences, a late frame let through) shows as a p99 of several budgets.
+    assert added.p99 is not None and added.p99 <= 1.5 * added.budget, added
+    assert snap.fail_closed_frames == 0
 
 
 def _ffprobe(url: str, transport: str) -> subprocess.CompletedProcess[str]:
