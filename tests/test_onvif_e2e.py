@@ -201,4 +201,5 @@ async def test_wrong_password_is_not_authorized(onvif_host: tuple[SimCamera, Liv
     url = f"http://127.0.0.1:{host.app.web.port}/api/cameras/cam/snapshot.jpg"
     with pytest.raises(urllib.error.HTTPError) as http_err:
         await asyncio.to_thread(urllib.request.urlopen, url, timeout=10)
+    http_err.value.close()  # the error holds the response's socket: closed now, not by a later test's GC
     assert http_err.value.code == 401
