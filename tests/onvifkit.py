@@ -72,7 +72,7 @@ def fault_codes(el: Any) -> list[str]:
     return [v.text.split(":")[-1] for v in el.iter(f"{{{SOAP12}}}Value")]
 
 
-class _Wildcards(etree.Resolver):  # type: ignore[misc]
+class _Wildcards(etree.Resolver):
     """Serves the schema files with their wildcards as `##other` (see `wsdl_schema`)."""
 
     def resolve(self, url: str, pubid: str, context: Any) -> Any:

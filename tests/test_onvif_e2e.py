@@ -122,7 +122,7 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
             uris[p.token] = got.Uri
             size = (p.VideoEncoderConfiguration.Resolution.Width, p.VideoEncoderConfiguration.Resolution.Height)
             assert size == ((W, H) if p.token == "cam_main" else (SUB_W, SUB_W * H // W)), (p.token, size)
-        rtsp = app.rtsp.port
+        rtsp = app.rtsp_port
         assert uris == {"cam_main": f"rtsp://127.0.0.1:{rtsp}/cam", "cam_sub": f"rtsp://127.0.0.1:{rtsp}/cam/sub"}
         snap_uri = (await media.GetSnapshotUri({"ProfileToken": "cam_main"})).Uri
         assert snap_uri == f"http://127.0.0.1:{app.web.port}/api/cameras/cam/snapshot.jpg"
@@ -179,7 +179,7 @@ def test_ffprobe_reads_both_onvif_uris(onvif_host: tuple[SimCamera, LiveHost]) -
 
 async def test_wrong_password_is_not_authorized(onvif_host: tuple[SimCamera, LiveHost]) -> None:
     _sim, host = onvif_host
-    assert host.app is not None
+    assert host.app is not None and host.app.web is not None
     cam = onvif.ONVIFCamera("127.0.0.1", host.app.web.port, USER, "wrong", WSDL_DIR, no_cache=True)
     try:
         devicemgmt = await cam.create_devicemgmt_service()

@@ -13,6 +13,7 @@ from clikit import run_cli, start_cli, wait_ready, write_config
 
 from streamproxy.app import App, ListenError
 from streamproxy.config import AppConfig, parse_config
+from streamproxy.live.source import CameraSource
 
 # Threads the service runs per camera (pipeline worker, ingest, publisher) and for the app.
 SERVICE_THREADS = ("pipeline-", "ingest-", "publish-", "app-thread")
@@ -58,7 +59,10 @@ async def test_http_port_in_use_stops_the_rtsp_server_already_listening(model_di
     assert _refused(app.rtsp.port)  # ... and was stopped: its port is closed
     assert not app.ready
     assert not _service_threads()
-    assert len(app.cameras) == 2 and not any(c.pipeline.source.running for c in app.cameras.values())
+    assert len(app.cameras) == 2
+    for camera in app.cameras.values():
+        source = camera.pipeline.source
+        assert isinstance(source, CameraSource) and not source.running
 
 
 async def test_rtsp_port_in_use_starts_nothing(model_dir: Path) -> None:

@@ -286,6 +286,7 @@ async def test_whole_service_real_cameras_reasons_on_the_page(model_dir: Path, d
             update={"server": cfg.server.model_copy(update={"rtsp_port": 0, "http_port": 0})}
         )
         async with running_app(cfg) as app, Chromium() as browser:
+            assert app.web is not None  # App.start made it
             base = f"http://127.0.0.1:{app.web.port}"
             await browser.goto(f"{base}/", "window.streamproxy")
             for camera, reason in (("locked", "unauthorized"), ("nopath", "not_found"), ("gone", "refused")):
