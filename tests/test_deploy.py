@@ -285,7 +285,7 @@ def test_dashboard_queries_run_on_a_real_prometheus(tmp_path: Path) -> None:
                 f"--web.listen-address=127.0.0.1:{pport}",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # never read (a pipe left unread and unclosed: a ResourceWarning)
         )
         try:
             # Feed frames while Prometheus scrapes, so that rate() windows hold changing samples.

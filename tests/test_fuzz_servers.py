@@ -653,6 +653,8 @@ def test_socket_fuzzer_with_live_viewer(
             rounds += 1
             for _ in range(8):  # RTSP: several requests per connection while it stays open
                 request, malformed, open_ended = next(rtsp_cases)
+                if conn is not None and conn.closed:
+                    conn.close()  # the server ended it: our socket too (else it leaks: a ResourceWarning)
                 conn = conn if conn is not None and not conn.closed else Conn(rtsp_port)
                 conn.send(request, bytewise=rng.random() < 0.03 and len(request) < 400)
                 sent["rtsp"] += 1
