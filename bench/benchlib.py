@@ -96,8 +96,17 @@ def ffprobe_frame_count(path: Path, timeout_s: float = 120) -> int | None:
     try:
         proc = subprocess.run(
             [
-                "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-                "-show_entries", "stream=nb_read_frames,width,height", "-of", "json", str(path),
+                "ffprobe",
+                "-v",
+                "error",
+                "-count_frames",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=nb_read_frames,width,height",
+                "-of",
+                "json",
+                str(path),
             ],
             capture_output=True,
             timeout=timeout_s,
@@ -134,7 +143,9 @@ OVERMASK_FRAME_LIMIT = 0.10  # "frames over 10 %"
 
 
 def overmask_keep(
-    shape: tuple[int, int], faces: list[tuple[float, float, float, float]], exclude: list[tuple[int, int, int, int]]
+    shape: tuple[int, int],
+    faces: list[tuple[float, float, float, float]],
+    exclude: list[tuple[int, int, int, int]],
 ) -> Any:
     """Bool map of the pixels that count: outside every grown face box (x, y, w, h) and every
     excluded rectangle (x0, y0, x1, y1)."""

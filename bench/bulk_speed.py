@@ -131,11 +131,23 @@ DEFAULT_DEFACE = ["default", "scale640=--scale 640x360"]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
-    ap.add_argument("--frames", type=int, default=250, help="input length in frames (25 fps); default %(default)s")
-    ap.add_argument("--ours", action="append", default=None, metavar="NAME=ARGS",
-                    help=f"our configuration (repeatable); default {DEFAULT_OURS}")
-    ap.add_argument("--deface", action="append", default=None, metavar="NAME=ARGS",
-                    help=f"deface configuration (repeatable); default {DEFAULT_DEFACE}")
+    ap.add_argument(
+        "--frames", type=int, default=250, help="input length in frames (25 fps); default %(default)s"
+    )
+    ap.add_argument(
+        "--ours",
+        action="append",
+        default=None,
+        metavar="NAME=ARGS",
+        help=f"our configuration (repeatable); default {DEFAULT_OURS}",
+    )
+    ap.add_argument(
+        "--deface",
+        action="append",
+        default=None,
+        metavar="NAME=ARGS",
+        help=f"deface configuration (repeatable); default {DEFAULT_DEFACE}",
+    )
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--no-deface", action="store_true")
     ap.add_argument("--timeout", type=float, default=300, help="per configuration, seconds")
@@ -173,15 +185,24 @@ def main() -> int:
                     out_dir = work / f"ours-{name}"
                     print(f"# running ours:{name} {' '.join(args)}", flush=True)
                     res = run_timed(
-                        [str(OURS_BIN), "anonymize", str(src), "--output", str(out_dir), "-q", *args], a.timeout
+                        [str(OURS_BIN), "anonymize", str(src), "--output", str(out_dir), "-q", *args],
+                        a.timeout,
                     )
                     out = out_dir / src.name
                     note = "" if res.ok else f"rc {res.rc}: {res.output_tail[-300:]}"
-                    rows.append(Row(f"ours:{name}", res.wall_s if res.ok else None,
-                                    ffprobe_frame_count(out) if out.exists() else None, note))
+                    rows.append(
+                        Row(
+                            f"ours:{name}",
+                            res.wall_s if res.ok else None,
+                            ffprobe_frame_count(out) if out.exists() else None,
+                            note,
+                        )
+                    )
                     if res.ok:
                         # the CLI's own summary line (faces, fail-closed frames) is worth keeping next to the time
-                        rows[-1].note = res.output_tail.strip().splitlines()[-1][:120] if res.output_tail.strip() else ""
+                        rows[-1].note = (
+                            res.output_tail.strip().splitlines()[-1][:120] if res.output_tail.strip() else ""
+                        )
 
         if not a.no_deface:
             ok, msg = deface_available()
@@ -194,8 +215,14 @@ def main() -> int:
                     print(f"# running deface:{name} {' '.join(args)}", flush=True)
                     res = run_timed([str(DEFACE_BIN), str(src), "-o", str(out), *args], a.timeout)
                     note = "" if res.ok else f"rc {res.rc}: {res.output_tail[-300:]}"
-                    rows.append(Row(f"deface:{name}", res.wall_s if res.ok else None,
-                                    ffprobe_frame_count(out) if out.exists() else None, note))
+                    rows.append(
+                        Row(
+                            f"deface:{name}",
+                            res.wall_s if res.ok else None,
+                            ffprobe_frame_count(out) if out.exists() else None,
+                            note,
+                        )
+                    )
 
     ref = next((r.wall_s for r in rows if r.name == "deface:default" and r.wall_s), None)
     print()
@@ -203,15 +230,17 @@ def main() -> int:
     table = []
     for r in rows:
         fps = n_in / r.wall_s if (r.wall_s and n_in) else None
-        table.append([
-            r.name,
-            f"{r.wall_s:.1f}" if r.wall_s else "FAILED",
-            f"{fps:.1f}" if fps else "-",
-            f"{fps / FPS:.2f}" if fps else "-",
-            f"{ref / r.wall_s:.2f}x" if (ref and r.wall_s) else "-",
-            f"{r.frames_out}/{n_in}" + ("" if r.frames_out == n_in else " MISMATCH"),
-            r.note,
-        ])
+        table.append(
+            [
+                r.name,
+                f"{r.wall_s:.1f}" if r.wall_s else "FAILED",
+                f"{fps:.1f}" if fps else "-",
+                f"{fps / FPS:.2f}" if fps else "-",
+                f"{ref / r.wall_s:.2f}x" if (ref and r.wall_s) else "-",
+                f"{r.frames_out}/{n_in}" + ("" if r.frames_out == n_in else " MISMATCH"),
+                r.note,
+            ]
+        )
     widths = [max(len(x[i]) for x in [head, *table]) for i in range(len(head))]
     print(" | ".join(h.ljust(widths[i]) for i, h in enumerate(head)))
     print("-+-".join("-" * w for w in widths))

@@ -131,7 +131,11 @@ def make_config(sims: list[SimCamera], args: argparse.Namespace) -> AppConfig:
             # live_leak.py / profile_live.py: change gating and the floor's keys (`--no-gating`, `--min-face-px`)
             **({"privacy": dict(args.privacy)} if getattr(args, "privacy", None) else {}),
             "sub_stream": {"enabled": getattr(args, "sub_stream", "on") == "on"},  # live_leak.py: on
-            **({"encoder": {"bitrate_kbps": args.encoder_kbps}} if getattr(args, "encoder_kbps", None) else {}),
+            **(
+                {"encoder": {"bitrate_kbps": args.encoder_kbps}}
+                if getattr(args, "encoder_kbps", None)
+                else {}
+            ),
         }
     )
 
@@ -490,8 +494,10 @@ def print_table(results: list[StepResult], args: argparse.Namespace) -> None:
         split = f"{_f(pct(r.g2g_ingest, 0.5))} + {_f(pct(r.g2g_added, 0.5))}"
         print(f"{r.n:>2} | {gp:>20} | {gd:>21} | {tf:>24} | {_f(r.camera_back, '{:.2f}'):>22} | {split:>32}")
     print()
-    print(f"sub stream ({args.sub_stream}; 640 wide, <= 10 fps): encoder CPU over the window, % of one core "
-          "(thread CPU time; target: sub <= 25 % of main)")
+    print(
+        f"sub stream ({args.sub_stream}; 640 wide, <= 10 fps): encoder CPU over the window, % of one core "
+        "(thread CPU time; target: sub <= 25 % of main)"
+    )
     for r in results:
         if r.window_s <= 0:
             continue
@@ -529,7 +535,7 @@ def leak_at_load(path: Path | None) -> dict[int, tuple[float | None, float | Non
 
 
 def print_leak(results: list[StepResult], args: argparse.Namespace) -> None:
-    """"Cameras at full frame rate" is only quoted with the leak measured at that load."""
+    """ "Cameras at full frame rate" is only quoted with the leak measured at that load."""
     leaks = leak_at_load(args.leak_json)
     print()
     if not leaks:
@@ -577,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         "(x264 per frame); glass-to-glass, first frame and restart always use a live stamped camera 0",
     )
     p.add_argument(
-        "--sub-stream", choices=["on", "off"], default="on", help="encode each camera's sub stream (the default)"
+        "--sub-stream",
+        choices=["on", "off"],
+        default="on",
+        help="encode each camera's sub stream (the default)",
     )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(

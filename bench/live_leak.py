@@ -594,7 +594,10 @@ def run_scorer(clip: Clip, anonymized: Path, gt_path: Path, work: Path, args: ar
 
 
 def overmask_received(
-    clip: Clip, received: dict[int, np.ndarray], stamp: StampInfo, reference: dict[int, np.ndarray] | None = None
+    clip: Clip,
+    received: dict[int, np.ndarray],
+    stamp: StampInfo,
+    reference: dict[int, np.ndarray] | None = None,
 ) -> Overmask:
     """Over-masking (benchlib: the shared score_overmask.py's measure) of the frames a viewer received;
     the frame-index stamp's corner, which the camera itself changed, is left out. Against `reference`
@@ -617,8 +620,13 @@ def overmask_received(
 
 
 def score_received(
-    clip: Clip, received: dict[int, np.ndarray], work: Path, label: str, args: argparse.Namespace,
-    stamp: StampInfo | None = None, reference: dict[int, np.ndarray] | None = None,
+    clip: Clip,
+    received: dict[int, np.ndarray],
+    work: Path,
+    label: str,
+    args: argparse.Namespace,
+    stamp: StampInfo | None = None,
+    reference: dict[int, np.ndarray] | None = None,
 ) -> Score:
     missing = set(range(clip.frames)) - set(received)
     gt = dict(clip.gt)
@@ -683,7 +691,13 @@ def bulk_step(clip: Clip, work: Path, args: argparse.Namespace) -> Run:
     try:
         run.score = run_scorer(clip, out, clip.gt_path, work, args)
         om = run_timed(
-            [str(VENV_PYTHON), str(args.gt_dir / "score_overmask.py"), str(clip.mp4), str(out), str(clip.gt_path)],
+            [
+                str(VENV_PYTHON),
+                str(args.gt_dir / "score_overmask.py"),
+                str(clip.mp4),
+                str(out),
+                str(clip.gt_path),
+            ],
             args.scorer_timeout,
         )
         run.score.overmask = parse_overmask(om.output_tail)
@@ -992,14 +1006,21 @@ def print_clip(clip: Clip, stamp: StampInfo, runs: list[Run], args: argparse.Nam
         (
             r
             for r in runs
-            if r.kind == "proxy" and r.n == best and fps_held(clip, r) and leak_target(clip, r.n, r.score, bulk)[0]
+            if r.kind == "proxy"
+            and r.n == best
+            and fps_held(clip, r)
+            and leak_target(clip, r.n, r.score, bulk)[0]
         ),
         None,
     )
     print(
         f"{clip.name}: largest N holding {clip.fps} fps on every camera (>= {FPS_HOLD * clip.fps:.1f} fps out of "
         f"each, and at the viewer) and the leak target at once: N={best if best is not None else 'none'}"
-        + (f" (leak {_p(at.score.leak)} %, over-masking {at.score.overmask.text()})" if at is not None else "")
+        + (
+            f" (leak {_p(at.score.leak)} %, over-masking {at.score.overmask.text()})"
+            if at is not None
+            else ""
+        )
     )
 
 
@@ -1043,7 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--bitrate", type=int, default=6000, help="camera (replay encode) bitrate, kbps")
     p.add_argument(
-        "--encoder-kbps", type=int, default=None,
+        "--encoder-kbps",
+        type=int,
+        default=None,
         help="the proxy's encoder bitrate (default: the product's); raise it (with --bitrate) so that "
         "re-encoding does not count as over-masking",
     )

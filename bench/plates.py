@@ -89,7 +89,9 @@ def _ocr_worker(spec_path: str) -> None:
 def ocr(python: str, video: Path, mode: str, frames: list[int], regions: dict[str, list[list[float]]]) -> Any:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"video": str(video), "mode": mode, "frames": frames, "regions": regions}, f)
-    proc = subprocess.run([python, __file__, "--ocr-worker", f.name], capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [python, __file__, "--ocr-worker", f.name], capture_output=True, text=True, timeout=3600
+    )
     Path(f.name).unlink()
     if proc.returncode != 0:
         raise SystemExit(f"OCR worker failed:\n{proc.stderr[-2000:]}")
@@ -99,7 +101,9 @@ def ocr(python: str, video: Path, mode: str, frames: list[int], regions: dict[st
 # --- the bench ---------------------------------------------------------------------------------------
 
 
-def anonymize(clip: Path, out: Path, objects: str, text_width: int, text_every: int | None) -> dict[str, float]:
+def anonymize(
+    clip: Path, out: Path, objects: str, text_width: int, text_every: int | None
+) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from streamproxy.anonymize import collect_jobs, iter_results
     from streamproxy.cli import _engine_from_args, build_parser
@@ -143,7 +147,10 @@ def masked_fractions(
     res: dict[str, list[float]] = {}
     for i in frames:
         for x1, y1, x2, y2 in regions[str(i)]:
-            d = np.abs(a[i][int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] - b[i][int(y1) : int(y2) + 1, int(x1) : int(x2) + 1])
+            d = np.abs(
+                a[i][int(y1) : int(y2) + 1, int(x1) : int(x2) + 1]
+                - b[i][int(y1) : int(y2) + 1, int(x1) : int(x2) + 1]
+            )
             res.setdefault(str(i), []).append(float((d.max(axis=2) > 8).mean()))
     return res
 
@@ -186,10 +193,15 @@ def main() -> int:
         _ocr_worker(args.ocr_worker)
         return 0
     if not args.clip.exists():
-        print(f"plates: {args.clip} not found (the shared evaluation data); nothing to measure", file=sys.stderr)
+        print(
+            f"plates: {args.clip} not found (the shared evaluation data); nothing to measure", file=sys.stderr
+        )
         return 1
     if not Path(args.ocr_python).exists():
-        print(f"plates: no OCR venv at {args.ocr_python}; see the setup line in this file's docstring", file=sys.stderr)
+        print(
+            f"plates: no OCR venv at {args.ocr_python}; see the setup line in this file's docstring",
+            file=sys.stderr,
+        )
         return 1
     import av
 

@@ -242,13 +242,19 @@ def _proc_cpu() -> float:
 def print_profiles(profiles: list[Profile], clip_name: str) -> None:
     stages = ["ingest", "gate", "detector", "engine rest", "render", "encode main", "encode sub", "loop", "native",
               "other", "total"]  # fmt: skip
-    print(f"\nclip {clip_name}: CPU in ms per output frame of one camera (mean over cameras), {os.cpu_count()} CPUs")
+    print(
+        f"\nclip {clip_name}: CPU in ms per output frame of one camera (mean over cameras), {os.cpu_count()} CPUs"
+    )
     head = f"{'N':>3} {'gating':>6} {'pool':>4} | " + " | ".join(f"{s:>11}" for s in stages)
-    print(head + " | fps out per camera | cores (python) | looks whole/regions/quiet, share | RSS MB (+/camera)")
+    print(
+        head + " | fps out per camera | cores (python) | looks whole/regions/quiet, share | RSS MB (+/camera)"
+    )
     print("-" * (len(head) + 100))
     for p in profiles:
         cells = " | ".join(f"{p.ms_per_frame.get(s, 0.0):>11.2f}" for s in stages)
-        looks = f"{p.looks.get('whole_looks', 0)}/{p.looks.get('region_looks', 0)}/{p.looks.get('quiet_runs', 0)}"
+        looks = (
+            f"{p.looks.get('whole_looks', 0)}/{p.looks.get('region_looks', 0)}/{p.looks.get('quiet_runs', 0)}"
+        )
         per_cam = (p.rss_mb - p.rss_base_mb) / max(1, p.n)
         print(
             f"{p.n:>3} {'on' if p.gating else 'off':>6} {'yes' if p.pooled else 'no':>4} | {cells} | {','.join(f'{f:.1f}' for f in p.fps_out):>18} | "
@@ -273,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-width", type=int, default=0)
     p.add_argument("--no-gating", action="store_true", help="privacy.change_gating: false")
     p.add_argument(
-        "--detector-threads", type=int, default=0,
+        "--detector-threads",
+        type=int,
+        default=0,
         help="engine.detector.threads: > 0 gives each camera a session of its own (no shared pool)",
     )
     p.add_argument("--full-scan-s", type=float, default=None, help="privacy.full_scan_s")
@@ -306,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     print_profiles(profiles, clip.name)
     if args.down:
         cpu, added, per = down_cameras(args.down, args.seconds, args)
-        print(f"\n{args.down} cameras down (nothing listening): {cpu:.1f} % of one core, +{added:.0f} MB RSS ({per:.1f} MB each)")
+        print(
+            f"\n{args.down} cameras down (nothing listening): {cpu:.1f} % of one core, +{added:.0f} MB RSS ({per:.1f} MB each)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(x) for x in profiles], indent=1))

@@ -145,7 +145,12 @@ def load_dlib(eval_dir: Path) -> list[EvalImage]:
                 if b.get("ignore") == "1":
                     continue
                 boxes.setdefault(file, []).append(
-                    Face(int(b.get("left", 0)), int(b.get("top", 0)), int(b.get("width", 0)), int(b.get("height", 0)))
+                    Face(
+                        int(b.get("left", 0)),
+                        int(b.get("top", 0)),
+                        int(b.get("width", 0)),
+                        int(b.get("height", 0)),
+                    )
                 )
     out = []
     for p in sorted(root.glob("*.jpg")):
@@ -204,7 +209,9 @@ def find_output(out_dir: Path, stem: str, tool: str) -> Path | None:
         cand = out_dir / f"{stem}_anonymized.png"
         return cand if cand.exists() else None
     # our CLI mirrors the input folder under --output (out/<input dir name>/<file>): search recursively
-    hits = sorted(p for p in out_dir.rglob(f"{stem}.*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    hits = sorted(
+        p for p in out_dir.rglob(f"{stem}.*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+    )
     # prefer a lossless output when a tool writes several
     hits.sort(key=lambda p: p.suffix.lower() != ".png")
     return hits[0] if hits else None
@@ -222,7 +229,9 @@ def run_config(cfg: Config, input_dir: Path, work: Path, timeout_s: float) -> tu
     else:
         out_dir = work / cfg.name
         out_dir.mkdir(parents=True)
-        res = run_timed([str(OURS_BIN), "anonymize", str(input_dir), "--output", str(out_dir), *cfg.args], timeout_s)
+        res = run_timed(
+            [str(OURS_BIN), "anonymize", str(input_dir), "--output", str(out_dir), *cfg.args], timeout_s
+        )
     err = "" if res.ok else f"rc {res.rc}: {res.output_tail[-600:]}"
     return out_dir, res.wall_s, err
 
@@ -234,7 +243,9 @@ def read_bgr(path: Path) -> np.ndarray:
     return np.asarray(img)
 
 
-def score(cfg: Config, images: list[EvalImage], input_dir: Path, out_dir: Path, save_dir: Path | None) -> ConfigResult:
+def score(
+    cfg: Config, images: list[EvalImage], input_dir: Path, out_dir: Path, save_dir: Path | None
+) -> ConfigResult:
     r = ConfigResult(cfg, images=len(images))
     for im in images:
         inp = read_bgr(input_dir / f"{im.stem}.png")
@@ -287,9 +298,19 @@ def recall_str(faces: list[tuple[float, bool]], lo: float = 0, hi: float = float
 
 
 def print_table(results: list[ConfigResult]) -> None:
-    head = ["config", "WIDER recall"] + [f"W {b[0]}" for b in BUCKETS] + [
-        "dlib recall", "FP% WIDER", "FP% dlib", "dogs %", "wall s", "s/image", "no output",
-    ]
+    head = (
+        ["config", "WIDER recall"]
+        + [f"W {b[0]}" for b in BUCKETS]
+        + [
+            "dlib recall",
+            "FP% WIDER",
+            "FP% dlib",
+            "dogs %",
+            "wall s",
+            "s/image",
+            "no output",
+        ]
+    )
     n_images = max(1, max((r.images for r in results), default=1))
     rows = []
     for r in results:
@@ -344,17 +365,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
     ap.add_argument(
-        "--ours", action="append", default=None, metavar="NAME=ARGS",
+        "--ours",
+        action="append",
+        default=None,
+        metavar="NAME=ARGS",
         help=f"our configuration (repeatable); default: {DEFAULT_OURS}. Options our CLI lacks are dropped with a note.",
     )
-    ap.add_argument("--deface", action="append", default=None, metavar="NAME=ARGS",
-                    help=f"deface configuration (repeatable); default: {DEFAULT_DEFACE}")
+    ap.add_argument(
+        "--deface",
+        action="append",
+        default=None,
+        metavar="NAME=ARGS",
+        help=f"deface configuration (repeatable); default: {DEFAULT_DEFACE}",
+    )
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--no-deface", action="store_true")
-    ap.add_argument("--ours-common", default="--style blur --mask-scale 1.3",
-                    help="args given to every ours configuration (default: %(default)s)")
+    ap.add_argument(
+        "--ours-common",
+        default="--style blur --mask-scale 1.3",
+        help="args given to every ours configuration (default: %(default)s)",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="per configuration, seconds")
-    ap.add_argument("--save-vis", type=Path, default=None, help="write mask overlays here (e.g. bench/out/recall)")
+    ap.add_argument(
+        "--save-vis", type=Path, default=None, help="write mask overlays here (e.g. bench/out/recall)"
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
@@ -384,7 +418,11 @@ def main() -> int:
                 while i < len(common):
                     # drop a common option (and its value) our CLI does not know rather than failing the run
                     opt = common[i]
-                    val = common[i + 1 : i + 2] if i + 1 < len(common) and not common[i + 1].startswith("--") else []
+                    val = (
+                        common[i + 1 : i + 2]
+                        if i + 1 < len(common) and not common[i + 1].startswith("--")
+                        else []
+                    )
                     if opt in help_text:
                         common_ok += [opt, *val]
                     i += 1 + len(val)
@@ -397,12 +435,16 @@ def main() -> int:
         else:
             configs += [parse_cfg(s, "deface") for s in (a.deface or DEFAULT_DEFACE)]
 
-    print(f"# recall benchmark: {sum(1 for im in images if im.dataset == 'wider')} WIDER images, "
-          f"{sum(len([f for f in im.faces if f.valid]) for im in images if im.dataset == 'wider')} valid WIDER faces, "
-          f"{sum(1 for im in images if im.dataset == 'dlib')} dlib images, "
-          f"{sum(len(im.faces) for im in images if im.dataset == 'dlib')} dlib faces; {cpu_note()}")
-    print(f"# mask: max|diff|>{TOL}, close {CLOSE_KERNEL}x{CLOSE_KERNEL} ellipse, fill enclosed holes <= {HOLE_MAX} px;"
-          f" face anonymized when >= {COVER_MIN:.0%} of its box is masked; FP outside GT boxes grown x{FP_GROW} per side")
+    print(
+        f"# recall benchmark: {sum(1 for im in images if im.dataset == 'wider')} WIDER images, "
+        f"{sum(len([f for f in im.faces if f.valid]) for im in images if im.dataset == 'wider')} valid WIDER faces, "
+        f"{sum(1 for im in images if im.dataset == 'dlib')} dlib images, "
+        f"{sum(len(im.faces) for im in images if im.dataset == 'dlib')} dlib faces; {cpu_note()}"
+    )
+    print(
+        f"# mask: max|diff|>{TOL}, close {CLOSE_KERNEL}x{CLOSE_KERNEL} ellipse, fill enclosed holes <= {HOLE_MAX} px;"
+        f" face anonymized when >= {COVER_MIN:.0%} of its box is masked; FP outside GT boxes grown x{FP_GROW} per side"
+    )
 
     results: list[ConfigResult] = []
     with tempfile.TemporaryDirectory(prefix="sp-recall-") as tmp:

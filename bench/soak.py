@@ -1117,7 +1117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=120.0)
     p.add_argument("--recover-s", type=float, default=3.0, help="target: a restart recovered within this")
     p.add_argument("--fd-slack", type=int, default=10, help="target: descriptor floor growth at most this")
-    p.add_argument("--task-slack", type=int, default=10, help="target: asyncio task floor growth at most this")
+    p.add_argument(
+        "--task-slack", type=int, default=10, help="target: asyncio task floor growth at most this"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (config, service log)")

@@ -84,7 +84,9 @@ async def service(width: int, height: int, fps: int) -> Any:
                 "server": {"host": "127.0.0.1", "ice_hosts": ["127.0.0.1"]},
             }
         )
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"rtsp_port": 0, "http_port": 0})})
+        cfg = cfg.model_copy(
+            update={"server": cfg.server.model_copy(update={"rtsp_port": 0, "http_port": 0})}
+        )
         async with running_app(cfg) as app:
             assert app.web is not None  # App.start made it (and it listens)
             base = f"http://127.0.0.1:{app.web.port}"
@@ -359,7 +361,9 @@ def main() -> int:
     ap.add_argument("--base", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_viewers:
-        asyncio.run(asyncio.wait_for(viewers_child(args.base, args.child_viewers, args.seconds), args.seconds + 30))
+        asyncio.run(
+            asyncio.wait_for(viewers_child(args.base, args.child_viewers, args.seconds), args.seconds + 30)
+        )
         return 0
     report = asyncio.run(asyncio.wait_for(main_async(args), 600))
     args.out.parent.mkdir(parents=True, exist_ok=True)

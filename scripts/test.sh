@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every test: install, then ruff + mypy on the package + the whole pytest suite (slow end-to-end
+# Every test: install, then ruff (lint and format), mypy (package, simulator, tests and bench:
+# pyproject's [tool.mypy] files) and the whole pytest suite, warnings as errors (slow end-to-end
 # tests included; locally `.venv/bin/pytest -m "not slow"` skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 .venv/bin/ruff check streamproxy streamproxy_sim tests bench
+.venv/bin/ruff format --check streamproxy streamproxy_sim tests bench
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -q -ra "$@"

@@ -119,11 +119,15 @@ def collect_jobs(paths: list[Path], output: Path) -> tuple[list[Job], list[FileR
         if kind is None:
             return
         if dst.resolve() == src.resolve():
-            errors.append(FileResult(src, None, False, error="output would overwrite the input; pick another --output"))
+            errors.append(
+                FileResult(src, None, False, error="output would overwrite the input; pick another --output")
+            )
             return
         if dst.resolve() in claimed:
             errors.append(
-                FileResult(src, None, False, error=f"output {dst} is already the output of {claimed[dst.resolve()]}")
+                FileResult(
+                    src, None, False, error=f"output {dst} is already the output of {claimed[dst.resolve()]}"
+                )
             )
             return
         claimed[dst.resolve()] = src
@@ -213,7 +217,9 @@ def anonymize_image(
         depth = None
         work = img
     if anonymizer.detector is not None:
-        anonymizer.detector.input_width = image_detector_width(anonymizer.cfg, max(work.shape[:2]), input_width)
+        anonymizer.detector.input_width = image_detector_width(
+            anonymizer.cfg, max(work.shape[:2]), input_width
+        )
     out, faces, failed = anonymizer.process_image(work)
     regions = 0
     if out is not None and text is not None and not failed:
@@ -507,8 +513,6 @@ def iter_results(
         yield res
 
 
-
-
 # One libx264 thread up to 1080p: x264's frame threads cost half again the CPU per frame (720p
 # superfast: 24 vs 16 ms) and in bulk mode the CPU, not the encoder's delay, is what runs short; one
 # thread keeps well ahead of detection (16 ms of the ~55 ms a 720p frame takes). Larger pictures
@@ -529,7 +533,9 @@ HELPER_NICE = 5
 
 def _lower_priority() -> None:
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE)
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE
+        )
     except (AttributeError, OSError) as err:  # not Linux, or not allowed: the same work, unordered
         log.debug("bulk video: helper thread priority unchanged (%s)", err)
 

@@ -98,7 +98,11 @@ class DescriptorAlarm:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if not (isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCE and "accept" in context.get("message", "")):
+        if not (
+            isinstance(exc, OSError)
+            and exc.errno in _OUT_OF_RESOURCE
+            and "accept" in context.get("message", "")
+        ):
             if self._previous is not None:
                 self._previous(loop, context)
             else:
@@ -214,7 +218,11 @@ class App:
         host = self.cfg.server.host
         for position, cam in enumerate(self.assigned):
             self.cameras[cam.name] = await Camera.create(
-                cam, self.cfg, cameras=len(self.assigned), position=position, detector=self._pooled_detector(cam)
+                cam,
+                self.cfg,
+                cameras=len(self.assigned),
+                position=position,
+                detector=self._pooled_detector(cam),
             )
         self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
         await _listen("RTSP", host, self.cfg.server.rtsp_port, self.rtsp.start())

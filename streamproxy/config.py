@@ -78,7 +78,9 @@ class DetectorConfig(_Strict):
         description="If > 1: an extra whole-frame pass at upscale x input_width for small faces "
         "(about upscale^2 the cost of the first pass). 0 = off.",
     )
-    tile_overlap: float = Field(0.15, ge=0.0, le=0.5, description="Overlap between tiles, fraction of a tile.")
+    tile_overlap: float = Field(
+        0.15, ge=0.0, le=0.5, description="Overlap between tiles, fraction of a tile."
+    )
     nms_iou: float = Field(0.4, ge=0.05, le=0.95, description="IoU above which overlapping boxes merge.")
     upscales: list[float] = Field(
         default_factory=list,
@@ -96,7 +98,9 @@ class DetectorConfig(_Strict):
         description="A box scoring under this counts only when at least `confirm_passes` passes "
         "(scales, flips, tiles) found it. 0 = off; only meaningful with more than one pass.",
     )
-    confirm_passes: int = Field(2, ge=2, le=16, description="Passes that must agree on a box under confirm_below.")
+    confirm_passes: int = Field(
+        2, ge=2, le=16, description="Passes that must agree on a box under confirm_below."
+    )
     verify_min_px: float = Field(
         0.0,
         ge=0.0,
@@ -109,7 +113,10 @@ class DetectorConfig(_Strict):
         0.12, ge=0.01, le=0.99, description="Score the second look's model must give a box for it to count."
     )
     verify_skip: float = Field(
-        0.9, ge=0.01, le=1.0, description="Boxes scoring at least this skip the second look (kept as they are)."
+        0.9,
+        ge=0.01,
+        le=1.0,
+        description="Boxes scoring at least this skip the second look (kept as they are).",
     )
     threads: int = Field(
         0,
@@ -126,7 +133,9 @@ class DetectorConfig(_Strict):
         description="onnxruntime thread spinning. Off by default: with several sessions on a small "
         "machine spinning threads starve each other.",
     )
-    model_dir: Path = Field(default_factory=default_model_dir, description="Where `models fetch` stores models.")
+    model_dir: Path = Field(
+        default_factory=default_model_dir, description="Where `models fetch` stores models."
+    )
 
     @field_validator("model_dir")
     @classmethod
@@ -290,7 +299,9 @@ Point = tuple[float, float]
 class PrivacyZone(_Strict):
     name: str = Field("zone", description="Label for logs.")
     points: list[Point] = Field(
-        ..., min_length=3, description="Polygon vertices in pixels of the camera's frame, or 0..1 if `relative`."
+        ...,
+        min_length=3,
+        description="Polygon vertices in pixels of the camera's frame, or 0..1 if `relative`.",
     )
     relative: bool = Field(False, description="Points are fractions of width/height instead of pixels.")
 
@@ -373,12 +384,14 @@ class EngineConfig(_Strict):
     )
     objects: list[ObjectKind] = Field(
         default_factory=_faces_only,
-        description="What is masked: faces always; \"plates\" adds the text detector, which masks licence "
+        description='What is masked: faces always; "plates" adds the text detector, which masks licence '
         "plates and every other text region it finds (street signs, shop names, house numbers). Bulk mode "
         "(`streamproxy anonymize --objects faces,plates`); live cameras refuse it when its cost does not "
         "fit the latency budget.",
     )
-    text: TextConfig = Field(default_factory=lambda: TextConfig(), description="The text detector of \"plates\".")
+    text: TextConfig = Field(
+        default_factory=lambda: TextConfig(), description='The text detector of "plates".'
+    )
 
     detector: DetectorConfig = Field(default_factory=lambda: DetectorConfig())
     tracker: TrackerConfig = Field(default_factory=lambda: TrackerConfig())
@@ -397,7 +410,7 @@ class EngineConfig(_Strict):
     @classmethod
     def _faces_always(cls, v: list[str]) -> list[str]:
         if "faces" not in v:
-            raise ValueError("must include \"faces\" (faces are always masked); e.g. [faces, plates]")
+            raise ValueError('must include "faces" (faces are always masked); e.g. [faces, plates]')
         if len(set(v)) != len(v):
             raise ValueError("each object may be listed once")
         return v
@@ -471,7 +484,9 @@ class CameraConfig(_Strict):
     url: str = Field(..., description="Camera RTSP URL (credentials allowed; never logged).")
     transport: Transport | None = Field(None, description="RTSP transport to the camera; default: server's.")
     enabled: bool = Field(True, description="Set false to keep a camera in the file but not run it.")
-    latency_budget_ms: float | None = Field(None, ge=20, le=5000, description="Override of the global budget.")
+    latency_budget_ms: float | None = Field(
+        None, ge=20, le=5000, description="Override of the global budget."
+    )
     # Section overrides merge key by key into the global section (see `merge_override`).
     detector: DetectorConfig | None = Field(
         None, description="Per-camera engine.detector keys (the others keep the global values)."
@@ -482,7 +497,9 @@ class CameraConfig(_Strict):
     quality: Quality | None = Field(None, description="Per-camera engine.quality (the floor still holds).")
     privacy: PrivacyConfig | None = Field(None, description="Per-camera privacy floor keys.")
     privacy_zones: list[PrivacyZone] = Field(default_factory=list, description="Areas always filled.")
-    sub_stream: SubStreamConfig | None = Field(None, description="Per-camera sub_stream keys (enabled: false: none).")
+    sub_stream: SubStreamConfig | None = Field(
+        None, description="Per-camera sub_stream keys (enabled: false: none)."
+    )
     onvif_port: int | None = Field(
         None, ge=0, le=65535,
         description="With onvif.enabled: this camera is also an ONVIF device of its own on this HTTP port "
@@ -531,15 +548,19 @@ class LimitsConfig(_Strict):
         512, ge=1, le=100_000, description="TCP connections per listener (RTSP, HTTP), all clients together."
     )
     max_connections_per_client: int = Field(
-        128, ge=1, le=100_000, description="TCP connections per listener from one client address (an NVR may "
-        "hold one per camera)."
+        128,
+        ge=1,
+        le=100_000,
+        description="TCP connections per listener from one client address (an NVR may hold one per camera).",
     )
     request_timeout_s: float = Field(
         10.0, ge=0.5, le=300, description="A request's head (and body) must arrive within this (slowloris)."
     )
     idle_timeout_s: float = Field(
-        60.0, ge=1, le=3600, description="A connection with no session and no request in progress is closed "
-        "after this."
+        60.0,
+        ge=1,
+        le=3600,
+        description="A connection with no session and no request in progress is closed after this.",
     )
     max_request_bytes: int = Field(
         16 * 1024, ge=1024, le=1024 * 1024, description="Request line + headers of one RTSP or HTTP request."
@@ -548,14 +569,22 @@ class LimitsConfig(_Strict):
         64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Body of one request (WHEP offer, RTSP body)."
     )
     max_rtsp_sessions: int = Field(256, ge=1, le=100_000, description="RTSP sessions, all cameras together.")
-    max_webrtc_sessions: int = Field(64, ge=1, le=10_000, description="WebRTC (WHEP) sessions, all cameras together.")
+    max_webrtc_sessions: int = Field(
+        64, ge=1, le=10_000, description="WebRTC (WHEP) sessions, all cameras together."
+    )
     setup_timeout_s: float = Field(
-        10.0, ge=1, le=300, description="A session that is not playing within this (RTSP SETUP without PLAY, "
-        "WHEP without ICE/DTLS) is reclaimed."
+        10.0,
+        ge=1,
+        le=300,
+        description="A session that is not playing within this (RTSP SETUP without PLAY, "
+        "WHEP without ICE/DTLS) is reclaimed.",
     )
     keyframe_min_interval_s: float = Field(
-        1.0, ge=0, le=60, description="Forced keyframes per camera at most one per this (joins, PLIs and slow "
-        "viewers coalesced; 0: no limit)."
+        1.0,
+        ge=0,
+        le=60,
+        description="Forced keyframes per camera at most one per this (joins, PLIs and slow "
+        "viewers coalesced; 0: no limit).",
     )
 
 
@@ -566,7 +595,8 @@ class ServerConfig(_Strict):
         8080, ge=0, le=65535, description="HTTP port (web page, API, WHEP, metrics; 0: any free port)."
     )
     users: list[User] = Field(
-        default_factory=list, description="If set, RTSP and WebRTC viewers must authenticate (Digest or Basic)."
+        default_factory=list,
+        description="If set, RTSP and WebRTC viewers must authenticate (Digest or Basic).",
     )
     realm: str = Field("streamproxy", description="Auth realm.")
     metrics_auth: bool = Field(
@@ -576,7 +606,9 @@ class ServerConfig(_Strict):
     )
     rtp_port_min: int = Field(30000, ge=1024, le=65535, description="UDP ports for RTP/RTCP to viewers.")
     rtp_port_max: int = Field(30999, ge=1024, le=65535)
-    session_timeout_s: float = Field(60.0, ge=5, le=3600, description="RTSP session timeout without keepalive.")
+    session_timeout_s: float = Field(
+        60.0, ge=5, le=3600, description="RTSP session timeout without keepalive."
+    )
     viewer_buffer_packets: int = Field(
         50, ge=4, le=1000, description="Per-viewer buffer; a slower viewer drops until the next keyframe."
     )
@@ -584,9 +616,13 @@ class ServerConfig(_Strict):
         default_factory=list,
         description="Host addresses offered as WebRTC ICE candidates (empty = all of this host's addresses).",
     )
-    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig(), description="Connection, request "
-        "and session limits of the RTSP and HTTP servers.")
-    stun_servers: list[str] = Field(default_factory=list, description="STUN URLs (none contacted by default).")
+    limits: LimitsConfig = Field(
+        default_factory=lambda: LimitsConfig(),
+        description="Connection, request and session limits of the RTSP and HTTP servers.",
+    )
+    stun_servers: list[str] = Field(
+        default_factory=list, description="STUN URLs (none contacted by default)."
+    )
     turn_servers: list[str] = Field(default_factory=list, description="TURN URLs (turn:user:pass@host:port).")
 
     @model_validator(mode="after")
@@ -675,7 +711,9 @@ class SubStreamConfig(_Strict):
     profile. A camera's `sub_stream:` keys override these, key by key (`enabled: false` turns it off).
     """
 
-    enabled: bool = Field(True, description="Encode a sub stream for every camera (a camera may turn it off).")
+    enabled: bool = Field(
+        True, description="Encode a sub stream for every camera (a camera may turn it off)."
+    )
     width: int = Field(640, ge=64, le=1920, description="Width; the height follows the camera's aspect.")
     height: int | None = Field(
         None, ge=64, le=1080, description="Height (unset: from the width and the camera's aspect ratio)."
@@ -701,7 +739,9 @@ class OnvifDeviceInfo(_Strict):
     model: str = Field("anonymizing-proxy", min_length=1, max_length=64, description="Model shown.")
     firmware: str = Field("1.0", min_length=1, max_length=64, description="Firmware version shown.")
     serial: str = Field(
-        "streamproxy-0001", min_length=1, max_length=64,
+        "streamproxy-0001",
+        min_length=1,
+        max_length=64,
         description="Serial number: a VMS keys the device by it; give every proxy its own.",
     )
     hardware: str = Field("streamproxy", min_length=1, max_length=64, description="Hardware id (and scope).")
@@ -723,14 +763,19 @@ class OnvifDiscoveryConfig(_Strict):
 
     enabled: bool = Field(True, description="Answer WS-Discovery probes while onvif.enabled (false: never).")
     port: int = Field(
-        3702, ge=0, le=65535, description="UDP port of the probes (3702, the WS-Discovery port; 0: any, for tests)."
+        3702,
+        ge=0,
+        le=65535,
+        description="UDP port of the probes (3702, the WS-Discovery port; 0: any, for tests).",
     )
     interface: str = Field(
         "0.0.0.0",
         description="IPv4 address of the interface that joins 239.255.255.250 and sends Hello/Bye "
         "(0.0.0.0: the kernel's default multicast interface).",
     )
-    multicast_ttl: int = Field(1, ge=0, le=255, description="TTL of Hello/Bye (1: this link only, 0: this host).")
+    multicast_ttl: int = Field(
+        1, ge=0, le=255, description="TTL of Hello/Bye (1: this link only, 0: this host)."
+    )
     bind: str = Field(
         "0.0.0.0",
         description="Address the UDP socket binds: 0.0.0.0 receives multicast probes; a unicast address "
@@ -757,8 +802,10 @@ class OnvifDiscoveryConfig(_Strict):
     @classmethod
     def _hosts(cls, v: list[str]) -> list[str]:
         for host in v:
-            if not host or len(host) > 253 or not (
-                is_ip_address(host) or all(c.isascii() and (c.isalnum() or c in "-.") for c in host)
+            if (
+                not host
+                or len(host) > 253
+                or not (is_ip_address(host) or all(c.isascii() and (c.isalnum() or c in "-.") for c in host))
             ):
                 raise ValueError(f"{host!r} is not a host name or an IP address (no scheme, no port)")
         return v
@@ -773,7 +820,8 @@ class OnvifConfig(_Strict):
     device: OnvifDeviceInfo = Field(default_factory=lambda: OnvifDeviceInfo())
     scopes: OnvifScopes = Field(default_factory=lambda: OnvifScopes())
     discovery: OnvifDiscoveryConfig = Field(
-        default_factory=lambda: OnvifDiscoveryConfig(), description="WS-Discovery: how a VMS finds the device."
+        default_factory=lambda: OnvifDiscoveryConfig(),
+        description="WS-Discovery: how a VMS finds the device.",
     )
 
 
@@ -786,7 +834,8 @@ class AppConfig(_Strict):
     encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig())
     slate: SlateConfig = Field(default_factory=lambda: SlateConfig())
     sub_stream: SubStreamConfig = Field(
-        default_factory=lambda: SubStreamConfig(), description="The low-resolution second stream of each camera."
+        default_factory=lambda: SubStreamConfig(),
+        description="The low-resolution second stream of each camera.",
     )
     latency_budget_ms: float = Field(
         200.0,
@@ -797,7 +846,9 @@ class AppConfig(_Strict):
         "with a ~40 ms run on 2 cores; at 150 ms only every other frame.",
     )
     logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
-    onvif: OnvifConfig = Field(default_factory=lambda: OnvifConfig(), description="ONVIF device (off by default).")
+    onvif: OnvifConfig = Field(
+        default_factory=lambda: OnvifConfig(), description="ONVIF device (off by default)."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:

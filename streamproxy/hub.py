@@ -112,7 +112,9 @@ class Subscription:
             # last one, and the new encoder's spacing from there on.
             step = self._frame_interval()
             self._offset += last + step - pts
-            log.debug("%s: %s viewer: encoder clock went back %d ticks", self.hub.name, self.protocol, last - pts)
+            log.debug(
+                "%s: %s viewer: encoder clock went back %d ticks", self.hub.name, self.protocol, last - pts
+            )
             pts = last + step
         self._last_pts = pts
         nxt = pkt.next_pts90k + self._offset if pkt.next_pts90k is not None else None

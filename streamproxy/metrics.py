@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 # `*_created` series double the number of series and no dashboard uses them.
 disable_created_metrics()
 
-DropReason = Literal["latency_budget", "fail_closed", "slow_viewer", "encoder", "worker", "queue_full", "overload"]
+DropReason = Literal[
+    "latency_budget", "fail_closed", "slow_viewer", "encoder", "worker", "queue_full", "overload"
+]
 FailClosedReason = Literal["detector_error", "detector_timeout", "model_missing"]
 ViewerProtocol = Literal["rtsp", "webrtc"]  # viewers
 OutProtocol = Literal["rtsp", "webrtc", "publish"]  # where bytes go: viewers, or the publish_url server
@@ -123,7 +125,7 @@ DETECTOR_MIN_INPUT_WIDTH = Gauge(
 OVERLOADED = Gauge(
     "streamproxy_overloaded",
     "1 while the camera cannot be carried at its privacy floor and frames are shed "
-    "(frames_dropped_total{reason=\"overload\"}); the output frame rate is then below the camera's.",
+    '(frames_dropped_total{reason="overload"}); the output frame rate is then below the camera\'s.',
     ["camera"],
 )
 FACES_DETECTED = Counter(
@@ -464,7 +466,9 @@ class CameraMetrics:
         """The pipeline's drops by reason (slow_viewer is the hub's, per viewer: not among them)."""
         with self._lock:
             d = dict(self._drops)
-        return DropCounts(d["latency_budget"], d["fail_closed"], d["queue_full"], d["encoder"], d["worker"], d["overload"])
+        return DropCounts(
+            d["latency_budget"], d["fail_closed"], d["queue_full"], d["encoder"], d["worker"], d["overload"]
+        )
 
     def fail_closed_frame(self, reason: FailClosedReason) -> None:
         """A frame was fully obfuscated or dropped because detection failed for `reason`.

@@ -47,10 +47,18 @@ _REASON_PATTERNS: Final[tuple[tuple[Reason, str], ...]] = (
     ("undecodable", r"does not decode|undecodable"),
     ("stalled", r"^stalled|no video for|no data for|no packet for"),
     ("unreachable", r"no answer|timed out|no route|unreachable|name or service|name resolution|nodename"),
-    ("unsupported", r"offers no|no video stream|not rtsp|answers http|malformed|oversized|invalid data|session header"),
-    ("disconnected", r"connection lost|closed the connection|reset by peer|broken pipe|stream ended|end of file"),
+    (
+        "unsupported",
+        r"offers no|no video stream|not rtsp|answers http|malformed|oversized|invalid data|session header",
+    ),
+    (
+        "disconnected",
+        r"connection lost|closed the connection|reset by peer|broken pipe|stream ended|end of file",
+    ),
 )
-_REASON_TEXTS: Final = tuple((reason, re.compile(pattern, re.IGNORECASE)) for reason, pattern in _REASON_PATTERNS)
+_REASON_TEXTS: Final = tuple(
+    (reason, re.compile(pattern, re.IGNORECASE)) for reason, pattern in _REASON_PATTERNS
+)
 
 
 def not_live_reason(state: str, last_error: str | None) -> Reason | None:
@@ -138,7 +146,9 @@ class LossStatus:
     """Packet loss between the camera and the proxy, as the built-in RTSP client counts it (since start)."""
 
     rtp_packets_lost: int  # gaps in RTP sequence numbers: streamproxy_rtp_packets_lost_total
-    damaged_frames: int  # access units dropped before the decoder for a lost packet: streamproxy_damaged_frames_total
+    damaged_frames: (
+        int  # access units dropped before the decoder for a lost packet: streamproxy_damaged_frames_total
+    )
     percent: float | None  # RTP packets lost over the last seconds of the session; None while not measured
     tcp_fallback: bool  # UDP lost too much: the camera is read over TCP until restart
 
@@ -190,7 +200,9 @@ class PipelineStatus:
     reconnects: int  # connection attempts after the first: streamproxy_reconnects_total, one count
     encode_cpu_s: float = 0.0  # the main stream encoder's CPU time
     sub_stream: SubStreamStatus | None = None
-    loss: LossStatus | None = None  # what the camera's RTP loses (built-in client: the pyav demuxer counts none)
+    loss: LossStatus | None = (
+        None  # what the camera's RTP loses (built-in client: the pyav demuxer counts none)
+    )
 
 
 @dataclass(frozen=True, slots=True)

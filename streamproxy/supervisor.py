@@ -241,7 +241,9 @@ async def run_async(
                 await asyncio.wait_for(stop.wait(), wait)
 
 
-async def _watch(task: asyncio.Future[Outcome], a: Attempt, on_stall: Callable[[Attempt], None] | None) -> None:
+async def _watch(
+    task: asyncio.Future[Outcome], a: Attempt, on_stall: Callable[[Attempt], None] | None
+) -> None:
     """Wait for the attempt; past its deadline, stall it: on_stall, then cancel after a grace."""
     while not task.done():
         if a.stall_timeout_s is None:

@@ -92,7 +92,9 @@ class Box:
 
     def union(self, other: Box) -> Box:
         """The smallest box holding both."""
-        return Box(min(self.x1, other.x1), min(self.y1, other.y1), max(self.x2, other.x2), max(self.y2, other.y2))
+        return Box(
+            min(self.x1, other.x1), min(self.y1, other.y1), max(self.x2, other.x2), max(self.y2, other.y2)
+        )
 
     def lerp(self, other: Box, f: float) -> Box:
         """The box a fraction `f` of the way from this one to `other` (each corner on its line)."""
@@ -105,7 +107,9 @@ class Box:
 
     def mapped(self, scale_x: float, scale_y: float, dx: float = 0.0, dy: float = 0.0) -> Box:
         """Map into another coordinate system: x' = x * scale_x + dx (detector input -> frame)."""
-        return Box(self.x1 * scale_x + dx, self.y1 * scale_y + dy, self.x2 * scale_x + dx, self.y2 * scale_y + dy)
+        return Box(
+            self.x1 * scale_x + dx, self.y1 * scale_y + dy, self.x2 * scale_x + dx, self.y2 * scale_y + dy
+        )
 
     def clipped(self, width: int, height: int) -> Box:
         return Box(
@@ -187,7 +191,9 @@ class AnonymizedFrame:
     detector_ms: float
     fail_closed: bool  # True when the whole frame was obfuscated or dropped because detection failed
     fail_reason: str = ""
-    widened: bool = False  # a mask was grown past the face for safety (engine/anonymizer.py: WIDE_MARGIN_FACES)
+    widened: bool = (
+        False  # a mask was grown past the face for safety (engine/anonymizer.py: WIDE_MARGIN_FACES)
+    )
 
 
 @dataclass(frozen=True, slots=True)

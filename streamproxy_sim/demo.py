@@ -37,7 +37,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
 
     if shutil.which("/usr/bin/python3") is None:
-        print("streamproxy demo: Debian's python3 with GStreamer is needed: run scripts/setup.sh", file=sys.stderr)
+        print(
+            "streamproxy demo: Debian's python3 with GStreamer is needed: run scripts/setup.sh",
+            file=sys.stderr,
+        )
         return 1
     cam_port = free_port()
     tmpdir = tempfile.mkdtemp(prefix="streamproxy-demo-")

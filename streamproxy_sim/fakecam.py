@@ -58,7 +58,9 @@ HTTP_PAGE = (
 class FakeCamera:
     """One misbehaving camera on 127.0.0.1:`port` (a free one when None). A context manager."""
 
-    def __init__(self, behaviour: Behaviour, port: int | None = None, path: str = "cam", seed: int = 12) -> None:
+    def __init__(
+        self, behaviour: Behaviour, port: int | None = None, path: str = "cam", seed: int = 12
+    ) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
         self.behaviour: Behaviour = behaviour
@@ -180,7 +182,9 @@ class FakeCamera:
             self.requests.append(method)
         return method, cseq
 
-    def _answer(self, conn: socket.socket, cseq: str, status: str, headers: list[str], body: bytes = b"") -> None:
+    def _answer(
+        self, conn: socket.socket, cseq: str, status: str, headers: list[str], body: bytes = b""
+    ) -> None:
         lines = [f"RTSP/1.0 {status}", f"CSeq: {cseq}", *headers]
         if body:
             lines.append(f"Content-Length: {len(body)}")
@@ -200,13 +204,20 @@ class FakeCamera:
             elif method == "DESCRIBE":
                 base = f"rtsp://127.0.0.1:{self.port}/{self.path}/"
                 self._answer(
-                    conn, cseq, "200 OK", ["Content-Type: application/sdp", f"Content-Base: {base}"], SDP.encode()
+                    conn,
+                    cseq,
+                    "200 OK",
+                    ["Content-Type: application/sdp", f"Content-Base: {base}"],
+                    SDP.encode(),
                 )
                 if self.behaviour == "close_after_describe":
                     return
             elif method == "SETUP":
                 self._answer(
-                    conn, cseq, "200 OK", ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", "Session: 4711;timeout=60"]
+                    conn,
+                    cseq,
+                    "200 OK",
+                    ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", "Session: 4711;timeout=60"],
                 )
             elif method == "PLAY":
                 self._answer(conn, cseq, "200 OK", ["Session: 4711", "Range: npt=0.000-"])
@@ -226,9 +237,15 @@ class FakeCamera:
             elif kind == 1:  # an FU-A start that is cut short (and never ended)
                 payload = bytes([0x7C, 0x80 | rng.choice((1, 5))]) + rng.randbytes(rng.randrange(0, 40))
             elif kind == 2:  # an FU-A fragment without its start, or a 1-byte FU-A
-                payload = bytes([0x7C, rng.choice((0x00, 0x40))])[: rng.randrange(1, 3)] + rng.randbytes(rng.randrange(0, 200))
+                payload = bytes([0x7C, rng.choice((0x00, 0x40))])[: rng.randrange(1, 3)] + rng.randbytes(
+                    rng.randrange(0, 200)
+                )
             elif kind == 3:  # a STAP-A whose sizes lie
-                payload = b"\x18" + struct.pack("!H", rng.randrange(0, 65536)) + rng.randbytes(rng.randrange(0, 300))
+                payload = (
+                    b"\x18"
+                    + struct.pack("!H", rng.randrange(0, 65536))
+                    + rng.randbytes(rng.randrange(0, 300))
+                )
             else:  # an IDR slice of random bytes (no SPS/PPS ever came)
                 payload = b"\x65" + rng.randbytes(rng.randrange(1, 1400))
             # Whole "pictures" (marker set) reach the decoder; fragments mostly end damaged units.

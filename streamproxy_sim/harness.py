@@ -36,7 +36,9 @@ class AppThread:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="app-thread", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._main()), name="app-thread", daemon=True
+        )
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()

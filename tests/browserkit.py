@@ -226,7 +226,9 @@ class Chromium(BrowserDriver):
             args = data["params"].get("args", [])
             self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         data = await self._exchange(method, params or {}, timeout)
         if "error" in data:
             raise CdpError(f"{method}: {data['error']}")
@@ -363,7 +365,9 @@ async def check_no_face_end_to_end(
                 weak.extend(round(f.score, 2) for f in faces)
                 grabbed.append(sum(1 for f in faces if f.score >= FACE_SCORE))
                 await asyncio.sleep(0.3)
-            assert sum(st is not None for st in stamps) >= 5, f"live barcode unreadable in most grabs: {stamps}"
+            assert sum(st is not None for st in stamps) >= 5, (
+                f"live barcode unreadable in most grabs: {stamps}"
+            )
             snap = app.pipelines["door"].snapshot()
             assert snap.state == "live", snap
             assert grabbed == [0] * len(grabbed), f"faces visible in {who}: {grabbed} (scores {weak})"

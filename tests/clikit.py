@@ -17,7 +17,9 @@ CLI = [sys.executable, "-m", "streamproxy.cli", "run", "--config"]
 
 
 def write_config(directory: Path, url: str, rtsp: int, http: int, model_dir: Path | None = None) -> Path:
-    detector = f"\nengine:\n  detector:\n    input_width: 640\n    model_dir: {model_dir}\n" if model_dir else "\n"
+    detector = (
+        f"\nengine:\n  detector:\n    input_width: 640\n    model_dir: {model_dir}\n" if model_dir else "\n"
+    )
     cfg = directory / "streamproxy.yaml"
     cfg.write_text(
         f"cameras:\n  - name: lobby\n    url: {url}\n"

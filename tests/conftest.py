@@ -100,8 +100,12 @@ def fd_headroom() -> Callable[[int], None]:
     def ensure(need: int) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < need:
-            pytest.skip(f"the hard open-files limit {hard} is below the {need} this flood needs (client + server)")
+            pytest.skip(
+                f"the hard open-files limit {hard} is below the {need} this flood needs (client + server)"
+            )
         if soft != resource.RLIM_INFINITY and soft < need:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard))
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard)
+            )
 
     return ensure

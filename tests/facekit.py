@@ -32,7 +32,9 @@ def background(width: int, height: int, seed: int = 1) -> np.ndarray:
     """A textured background that is not a face (smooth gradient + mild noise)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)), np.full_like(xx, 120)], axis=2)
+    base = np.stack(
+        [(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)), np.full_like(xx, 120)], axis=2
+    )
     noise = rng.integers(-12, 12, size=(height, width, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
@@ -66,7 +68,9 @@ def changed_fraction(before: np.ndarray, after: np.ndarray, box: Box, tol: int =
     return float((diff > tol).mean()) if diff.size else 0.0
 
 
-def make_video(path: Path, frames: int = 30, fps: int = 25, audio: bool = True, size: tuple[int, int] = (640, 360)) -> list:
+def make_video(
+    path: Path, frames: int = 30, fps: int = 25, audio: bool = True, size: tuple[int, int] = (640, 360)
+) -> list:
     """A short video of the real face moving over a background, with a tone if `audio`."""
     boxes = []
     w, h = size

@@ -19,4 +19,6 @@ def limit_counts(listener: str) -> dict[str, float]:
 
 
 def limit_hits(listener: str, before: dict[str, float]) -> dict[str, int]:
-    return {k: int(v - before.get(k, 0.0)) for k, v in limit_counts(listener).items() if v != before.get(k, 0.0)}
+    return {
+        k: int(v - before.get(k, 0.0)) for k, v in limit_counts(listener).items() if v != before.get(k, 0.0)
+    }

@@ -108,4 +108,6 @@ def wsdl_schema(path: str, patch: bool = False) -> Any:
         return etree.XMLSchema(tree)
     parser = etree.XMLParser()
     parser.resolvers.add(_Wildcards())
-    return etree.XMLSchema(etree.ElementTree(etree.fromstring(_other(etree.tostring(root)), parser, base_url=path)))
+    return etree.XMLSchema(
+        etree.ElementTree(etree.fromstring(_other(etree.tostring(root)), parser, base_url=path))
+    )

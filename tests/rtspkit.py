@@ -29,12 +29,16 @@ from streamproxy.serve.rtsp.server import RtspServer
 
 W, H, FPS = 320, 240, 25.0
 USER, PASSWORD = "viewer", "pa:ss w0rd"
+
+
 def gradient_frame(i: int, w: int, h: int, noise: bool) -> av.VideoFrame:
     y = (np.add.outer(np.arange(h), np.arange(w)) + i * 4).astype(np.uint8)
     if noise:  # incompressible: a high bitrate that fills socket buffers quickly
         y = np.random.default_rng(i).integers(0, 255, (h, w), dtype=np.uint8)
     uv = np.full((h // 2, w), 128, np.uint8)
     return av.VideoFrame.from_ndarray(np.vstack([y, uv]), format="yuv420p")
+
+
 class Camera:
     """Publishes a synthetic stream into a hub, honouring keyframe requests."""
 
@@ -76,6 +80,8 @@ class Camera:
                 await self.task
         with self._enc_lock:
             self.enc.close()
+
+
 @contextlib.asynccontextmanager
 async def serve(
     users: list[User] | None = None,
@@ -103,10 +109,15 @@ async def serve(
     finally:
         await server.stop()
         await cam.stop()
+
+
 async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
     """Run a client without blocking the event loop that serves it."""
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -115,12 +126,18 @@ async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
         await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
 def with_creds(url: str, user: str, password: str) -> str:
     from urllib.parse import quote
 
     return url.replace("rtsp://", f"rtsp://{quote(user, safe='')}:{quote(password, safe='')}@")
+
+
 need_ffmpeg = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffmpeg not installed")
 need_gst = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer not installed")
+
+
 class RawRtsp:
     """A minimal RTSP client on a raw socket: exact control over what is sent and read."""
 
@@ -160,7 +177,9 @@ class RawRtsp:
                 first = await self.reader.readexactly(1)
                 if first == b"$":
                     hdr = await self.reader.readexactly(3)
-                    self.binary.append((hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big"))))
+                    self.binary.append(
+                        (hdr[0], await self.reader.readexactly(int.from_bytes(hdr[1:], "big")))
+                    )
                     continue
                 head = (first + await self.reader.readuntil(b"\r\n\r\n")).decode()
                 lines = head.split("\r\n")
@@ -202,6 +221,8 @@ class RawRtsp:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
 def pyav_read(url: str, frames: int, transport: str = "tcp", low_delay: bool = True) -> dict[str, float]:
     """Open with PyAV, decode `frames` frames; times from just before open."""
     opts = {"rtsp_transport": transport}

@@ -103,7 +103,11 @@ def test_a_worker_error_fails_that_frame_closed_and_the_video_goes_on(
 
     monkeypatch.setattr(OnnxFaceDetector, "detect_frame", breaks_on_one)
     cfg = EngineConfig.model_validate(
-        {"detector": {"model_dir": str(model_dir)}, "obfuscation": {"style": "solid"}, "fail_closed": {"action": "obfuscate"}}
+        {
+            "detector": {"model_dir": str(model_dir)},
+            "obfuscation": {"style": "solid"},
+            "fail_closed": {"action": "obfuscate"},
+        }
     )
     pool = DetectAhead(cfg.detector, 2)
     jobs, errors = collect_jobs([src], tmp_path / "out")
@@ -135,7 +139,9 @@ def test_a_batch_detects_ahead_on_workers_at_the_engines_priority(
     real = OnnxFaceDetector.detect_frame
 
     def record(self: OnnxFaceDetector, frame: av.VideoFrame) -> Any:
-        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        seen.append(
+            (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        )
         return real(self, frame)
 
     monkeypatch.setattr(OnnxFaceDetector, "detect_frame", record)

@@ -44,7 +44,9 @@ def inputs(tmp_path: Path) -> Path:
     return src
 
 
-def test_images_keep_format_size_and_layout_and_lose_faces(inputs: Path, tmp_path: Path, detector: object) -> None:
+def test_images_keep_format_size_and_layout_and_lose_faces(
+    inputs: Path, tmp_path: Path, detector: object
+) -> None:
     out = tmp_path / "out"
     before = {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()}
     r = run_cli("anonymize", inputs, "--output", out, "-q")
@@ -117,7 +119,9 @@ def test_never_overwrites_the_input(tmp_path: Path) -> None:
 def test_missing_model_names_the_fix(tmp_path: Path) -> None:
     img = background(64, 64)
     cv2.imwrite(str(tmp_path / "a.png"), img)
-    r = run_cli("anonymize", tmp_path / "a.png", "-o", tmp_path / "o", "--model-dir", tmp_path / "nomodels", "-q")
+    r = run_cli(
+        "anonymize", tmp_path / "a.png", "-o", tmp_path / "o", "--model-dir", tmp_path / "nomodels", "-q"
+    )
     assert r.returncode == 2 and "streamproxy models fetch" in r.stderr
 
 
@@ -209,4 +213,6 @@ def test_decode_and_encode_threads_run_below_the_engine() -> None:
     with stages.running(lambda: record("decode"), lambda: record("encode")):
         assert stages.get(stages.decoded) is None  # the producer ended
     assert seen == {"decode": min(19, engine + HELPER_NICE), "encode": min(19, engine + HELPER_NICE)}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == engine  # the engine's own is untouched
+    assert (
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == engine
+    )  # the engine's own is untouched

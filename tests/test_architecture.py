@@ -16,7 +16,22 @@ PKG = ROOT / "streamproxy"
 
 # Lowest first. A module may import its own room and the rooms before it, never one after it.
 ROOMS: list[tuple[str, set[str]]] = [
-    ("ground", {"__init__", "types", "config", "redact", "host", "metrics", "status", "view", "h264", "hub", "supervisor"}),
+    (
+        "ground",
+        {
+            "__init__",
+            "types",
+            "config",
+            "redact",
+            "host",
+            "metrics",
+            "status",
+            "view",
+            "h264",
+            "hub",
+            "supervisor",
+        },
+    ),
     ("engine", {"engine"}),
     ("rtsp", {"rtsp"}),
     ("live", {"live"}),
@@ -108,7 +123,9 @@ SERVE_ROOMS = ["limits", "rtsp", "onvif", "webrtc", "publish", "http"]
 def serve_room(module: str) -> str:
     """'streamproxy.serve.onvif.soap' -> 'onvif'; 'streamproxy.serve.webrtc' -> 'webrtc'."""
     room = module.split(".")[2]
-    assert room in SERVE_ROOMS, f"{module}: in no room of serve/ (add it to serve/__init__.py and SERVE_ROOMS)"
+    assert room in SERVE_ROOMS, (
+        f"{module}: in no room of serve/ (add it to serve/__init__.py and SERVE_ROOMS)"
+    )
     return room
 
 
@@ -124,7 +141,9 @@ def test_serve_rooms_import_one_way() -> None:
                 continue
             theirs = SERVE_ROOMS.index(serve_room(target))
             if theirs > mine:
-                wrong.append(f"{path.relative_to(ROOT)}:{line}: {serve_room(me)} imports {target}, a room above it")
+                wrong.append(
+                    f"{path.relative_to(ROOT)}:{line}: {serve_room(me)} imports {target}, a room above it"
+                )
     assert not wrong, "serve/ rooms importing against the order of serve/__init__.py:\n" + "\n".join(wrong)
 
 
@@ -133,7 +152,9 @@ def test_the_protocol_library_knows_neither_stages_nor_the_hub() -> None:
     wrong = []
     for path in sorted((PKG / "rtsp").rglob("*.py")):
         for line, target, _ in imports(path):
-            if target.startswith(("streamproxy.hub", "streamproxy.engine", "streamproxy.live", "streamproxy.serve")):
+            if target.startswith(
+                ("streamproxy.hub", "streamproxy.engine", "streamproxy.live", "streamproxy.serve")
+            ):
                 wrong.append(f"{path.relative_to(ROOT)}:{line}: {target}")
     assert not wrong, "rtsp/ imports beyond the protocol:\n" + "\n".join(wrong)
 
@@ -201,6 +222,11 @@ def test_the_wheel_carries_the_product_not_the_tools() -> None:
     rule = project["tool"]["setuptools"]["packages"]["find"]
     shipped = set(find_packages(where=str(ROOT), include=rule["include"]))
     assert not {p for p in shipped if p.startswith(TOOLS)}
-    assert {"streamproxy", "streamproxy.serve.http", "streamproxy.serve.onvif", "streamproxy.engine"} <= shipped
+    assert {
+        "streamproxy",
+        "streamproxy.serve.http",
+        "streamproxy.serve.onvif",
+        "streamproxy.engine",
+    } <= shipped
     assert "serve/http/web/*" in project["tool"]["setuptools"]["package-data"]["streamproxy"]
     assert (PKG / "serve" / "http" / "web" / "index.html").is_file()

@@ -263,7 +263,9 @@ def test_garbage_and_an_http_page_instead_of_rtsp(rig: Rig, viewer: Viewer) -> N
     fault = time.monotonic()
     with rig.fake("garbage") as fake:
         slate_then_live(rig, viewer, fault)
-        wait_until(lambda: "does not answer RTSP" in (src.last_error or ""), 10, f"garbage named: {src.last_error}")
+        wait_until(
+            lambda: "does not answer RTSP" in (src.last_error or ""), 10, f"garbage named: {src.last_error}"
+        )
         assert len(fake.connections) >= 1
     with rig.fake("http"):
         wait_until(lambda: "HTTP" in (src.last_error or ""), 10, f"HTTP named: {src.last_error}")
@@ -296,7 +298,9 @@ def test_401_backs_off_to_the_cap_and_says_so_once(
     assert snap.state == "unauthorized" and offline == 1.0, (snap.state, offline)
     assert "rejects our credentials" in last_error and CAM_PASSWORD not in last_error, last_error
     gaps = [b - a for a, b in itertools.pairwise(conns)]
-    print(f"\n401 camera: {len(conns)} attempts in {conns[-1] - conns[0]:.1f} s, gaps {[round(g, 2) for g in gaps]}")
+    print(
+        f"\n401 camera: {len(conns)} attempts in {conns[-1] - conns[0]:.1f} s, gaps {[round(g, 2) for g in gaps]}"
+    )
     assert len(gaps) >= 4, gaps
     # It backs off: the waits grow (±10 % jitter, plus the attempt itself) up to the cap, never beyond.
     # The cap is the 401's own (longer than a camera that is down gets).
@@ -328,7 +332,9 @@ def test_junk_rtp_does_not_break_the_ingest(rig: Rig, viewer: Viewer) -> None:
         # The junk reached the decoder (random "IDR" slices): the session that only brings errors
         # is ended (a new one brings fresh parameter sets), and the ingest thread lives on.
         wait_until(lambda: src.decode_errors > errors_before, 10, "decode errors")
-        wait_until(lambda: "does not decode" in (src.last_error or ""), 15, f"undecodable named: {src.last_error}")
+        wait_until(
+            lambda: "does not decode" in (src.last_error or ""), 15, f"undecodable named: {src.last_error}"
+        )
         assert src.running, "the ingest thread survived the junk"
         assert "PLAY" in fake.requests
         print(f"\njunk RTP: {src.decode_errors - errors_before} decode errors; last error {src.last_error!r}")
@@ -390,7 +396,9 @@ def test_camera_closes_after_describe(rig: Rig, viewer: Viewer) -> None:
 # --- the encoder runs at the camera's frame rate -----------------------------------------------------------
 
 
-def test_gop_follows_the_camera_frame_rate(model_dir: Path, sim_camera_factory: Callable[..., SimCamera]) -> None:
+def test_gop_follows_the_camera_frame_rate(
+    model_dir: Path, sim_camera_factory: Callable[..., SimCamera]
+) -> None:
     sim = sim_camera_factory(width=W, height=H, fps=15)
     host = AppThread(make_config(sim.url, model_dir))
     host.start()
@@ -423,7 +431,9 @@ def test_gop_follows_the_camera_frame_rate(model_dir: Path, sim_camera_factory: 
     # The first keyframe is the viewer's join (forced); the GOP's own ones follow.
     spacing = [round(b - a, 2) for a, b in itertools.pairwise(keyframes[1:])]
     frames = [b - a for a, b in itertools.pairwise(key_at[1:])]
-    print(f"\n15 fps camera: encoder at {enc.fps:.2f} fps, GOP {enc.gop}, keyframe spacing {spacing} s, {frames} frames")
+    print(
+        f"\n15 fps camera: encoder at {enc.fps:.2f} fps, GOP {enc.gop}, keyframe spacing {spacing} s, {frames} frames"
+    )
     assert abs(fps_camera - 15) < 1.5 and abs(enc.fps - 15) < 1.5 and enc.gop == round(2.0 * enc.fps)
     assert len(frames) >= 3, keyframes
     # gop_seconds (2 s) x 15 fps = 30 frames; a 25 fps assumption made it 50 (3.3 s). Counted in

@@ -165,7 +165,9 @@ def _ffprobe(url: str, transport: str, cam: SimCamera | None = None) -> dict[str
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:
         said = err.stderr.decode(errors="replace")[-1500:] if isinstance(err.stderr, bytes) else err.stderr
-        busiest = subprocess.run(["ps", "-eo", "pcpu,etimes,args", "--sort=-pcpu"], capture_output=True, text=True)
+        busiest = subprocess.run(
+            ["ps", "-eo", "pcpu,etimes,args", "--sort=-pcpu"], capture_output=True, text=True
+        )
         raise ProbeTimeout(
             f"ffprobe got nothing from {url} in 25 s; it said:\n{said}\n"
             f"the camera said:\n{cam.log_tail() if cam else '?'}\n"
@@ -486,14 +488,26 @@ print("eos", push(frame()))
 print("counts", push.pushed, push.flushing)
 p.set_state(Gst.State.NULL)
 """
-    r = subprocess.run([camsim.SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [camsim.SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:5] == ["ok taken", "flushing dropped", "after taken", "eos over", "counts 2 1"], r.stdout
-    assert "appsrc flushing after 1 frames" in r.stderr and "push-buffer eos after 2 frames" in r.stderr, r.stderr
+    assert r.stdout.split("\n")[:5] == [
+        "ok taken",
+        "flushing dropped",
+        "after taken",
+        "eos over",
+        "counts 2 1",
+    ], r.stdout
+    assert "appsrc flushing after 1 frames" in r.stderr and "push-buffer eos after 2 frames" in r.stderr, (
+        r.stderr
+    )
 
 
 @pytest.mark.timeout(60)
-def test_frames_are_stamped_with_the_running_time_never_before_the_base_time(_sim_gst_available: None) -> None:
+def test_frames_are_stamped_with_the_running_time_never_before_the_base_time(
+    _sim_gst_available: None,
+) -> None:
     """Why the feeder stamps frames itself: appsrc's do-timestamp, given a frame after the pipeline's
     clock came but before the base time did (the window of a pipeline's first PLAYING), stamps it with
     the clock's absolute time, and the syncing RTP sink then waits hours for it (a camera whose first
@@ -535,9 +549,13 @@ pts = sink.emit("try-pull-sample", 10 * Gst.SECOND).get_buffer().pts
 print("pts", 0 <= pts < 10 * Gst.SECOND)
 p.set_state(Gst.State.NULL)
 """
-    r = subprocess.run([camsim.SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [camsim.SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     assert r.returncode == 0, r.stderr
     # do-timestamp: the frame's time is the clock's absolute time at the push (the running time there
     # was 0), as far ahead of the running time as the machine has been up.
-    assert r.stdout.split("\n")[:4] == ["do-timestamp True", "window dropped", "running taken", "pts True"], r.stdout
+    assert r.stdout.split("\n")[:4] == ["do-timestamp True", "window dropped", "running taken", "pts True"], (
+        r.stdout
+    )
     assert "the clock came before the base time; frame dropped" in r.stderr, r.stderr

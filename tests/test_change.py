@@ -84,7 +84,9 @@ def test_a_slow_fade_adds_up_against_the_last_look_not_the_previous_frame() -> N
         a = i / steps
         img = (still * (1 - a) + with_face * a).astype(np.uint8)
         y = luma(img)
-        assert int(np.abs(small(y) - prev).max()) <= SETTINGS.threshold, "each step alone is under the threshold"
+        assert int(np.abs(small(y) - prev).max()) <= SETTINGS.threshold, (
+            "each step alone is under the threshold"
+        )
         prev = small(y)
         g.observe(y)
         plan = g.plan(i / FPS)
@@ -208,7 +210,9 @@ class RegionDetector:
         box = self.boxes.get(i)
         return [Detection(box, 0.9)] if box is not None else []
 
-    def detect_regions(self, frame: av.VideoFrame, regions: tuple[tuple[int, int, int, int], ...]) -> list[Detection]:
+    def detect_regions(
+        self, frame: av.VideoFrame, regions: tuple[tuple[int, int, int, int], ...]
+    ) -> list[Detection]:
         i = int(frame.pts or 0)
         self.looks.append((i, "regions"))
         self._check(i)
@@ -359,6 +363,8 @@ def test_the_threshold_is_the_configured_one(threshold: float) -> None:
     g.observe(luma(still))
     g.looked(g.plan(0.0), 0.0)
     brighter = still.copy()
-    brighter[300:400, 300:400] = np.clip(brighter[300:400, 300:400].astype(np.int16) + 9, 0, 255).astype(np.uint8)
+    brighter[300:400, 300:400] = np.clip(brighter[300:400, 300:400].astype(np.int16) + 9, 0, 255).astype(
+        np.uint8
+    )
     g.observe(luma(brighter))
     assert g.plan(0.04).looks == (threshold < 9)

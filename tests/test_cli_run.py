@@ -56,7 +56,17 @@ def test_demo_serves_anonymized_video(
         args += ["--source", str(src)]
     rtsp, http = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproxy.cli", "demo", "--rtsp-port", str(rtsp), "--http-port", str(http), *args],
+        [
+            sys.executable,
+            "-m",
+            "streamproxy.cli",
+            "demo",
+            "--rtsp-port",
+            str(rtsp),
+            "--http-port",
+            str(http),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -67,12 +67,25 @@ def test_minimal_config_from_the_issue() -> None:
         ({"engine": {"detector": {"model": "yolo"}}}, "engine.detector.model"),
         ({"engine": {"obfuscation": {"style": "swirl"}}}, "engine.obfuscation.style"),
         ({"latency_budget_ms": 1}, "latency_budget_ms"),
-        ({"cameras": [{"name": "a", "url": "rtsp://x/1"}, {"name": "a", "url": "rtsp://x/2"}]}, "cameras[1].name"),
+        (
+            {"cameras": [{"name": "a", "url": "rtsp://x/1"}, {"name": "a", "url": "rtsp://x/2"}]},
+            "cameras[1].name",
+        ),
         ({"cameras": []}, "cameras"),
         ({"cameras": [{"name": "a", "url": "rtsp://x/1", "onvif_port": 8080}]}, "cameras[0].onvif_port"),
-        ({"cameras": [{"name": "a", "url": "rtsp://x/1", "onvif_port": 9001},
-                      {"name": "b", "url": "rtsp://x/2", "onvif_port": 9001}]}, "cameras[1].onvif_port"),
-        ({"cameras": [{"name": "a", "url": "rtsp://x/1", "sub_stream": {"fps": 0}}]}, "cameras[0].sub_stream.fps"),
+        (
+            {
+                "cameras": [
+                    {"name": "a", "url": "rtsp://x/1", "onvif_port": 9001},
+                    {"name": "b", "url": "rtsp://x/2", "onvif_port": 9001},
+                ]
+            },
+            "cameras[1].onvif_port",
+        ),
+        (
+            {"cameras": [{"name": "a", "url": "rtsp://x/1", "sub_stream": {"fps": 0}}]},
+            "cameras[0].sub_stream.fps",
+        ),
         ({"sub_stream": {"width": 10}}, "sub_stream.width"),
     ],
 )
@@ -167,7 +180,10 @@ def test_keep_audio_is_gone() -> None:
     """Audio is never forwarded: asking for it is an error naming the key; the old `false` still loads."""
     with pytest.raises(ConfigError) as err:
         parse_config({**MINIMAL, "ingest": {"keep_audio": True}})
-    assert str(err.value) == "ingest.keep_audio: audio is never forwarded (speech is personal data); remove this key"
+    assert (
+        str(err.value)
+        == "ingest.keep_audio: audio is never forwarded (speech is personal data); remove this key"
+    )
     cfg = parse_config({**MINIMAL, "ingest": {"keep_audio": False, "read_timeout_s": 2}})
     assert cfg.ingest.read_timeout_s == 2 and not hasattr(cfg.ingest, "keep_audio")
 
@@ -232,7 +248,10 @@ def test_good_urls_pass(url: str) -> None:
 def test_listener_ports_must_differ() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({**MINIMAL, "server": {"rtsp_port": 8554, "http_port": 8554}})
-    assert str(err.value) == "server.http_port: port 8554 is also server.rtsp_port; every listener needs its own port"
+    assert (
+        str(err.value)
+        == "server.http_port: port 8554 is also server.rtsp_port; every listener needs its own port"
+    )
     parse_config({**MINIMAL, "server": {"rtsp_port": 0, "http_port": 0}})  # 0: any free port, twice is fine
     # The RTP range is UDP: a TCP listener inside it does not collide.
     parse_config({**MINIMAL, "server": {"rtsp_port": 30000, "http_port": 8080}})
@@ -243,7 +262,9 @@ def test_listener_ports_must_differ() -> None:
 def test_all_errors_at_once_one_line_each(tmp_path: Path) -> None:
     """A bad camera URL and a port clash are both reported, each on its own line naming the file."""
     p = tmp_path / "c.yaml"
-    p.write_text("cameras:\n  - name: a\n    url: rtsp://u:pw@cam:99999/s\nserver:\n  rtsp_port: 80\n  http_port: 80\n")
+    p.write_text(
+        "cameras:\n  - name: a\n    url: rtsp://u:pw@cam:99999/s\nserver:\n  rtsp_port: 80\n  http_port: 80\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert sorted(str(err.value).splitlines()) == [
@@ -323,8 +344,14 @@ def test_obfuscation_settings_a_face_matcher_defeats_are_refused_with_the_reason
 def test_obfuscation_bounds_accept_every_allowed_extreme() -> None:
     from streamproxy.config import MAX_SAMPLES_ACROSS_FACE, MIN_BLUR_STRENGTH
 
-    for obf in ({"style": "pixelate", "pixel_blocks": 3}, {"style": "pixelate", "pixel_blocks": MAX_SAMPLES_ACROSS_FACE},
-                {"blur_strength": MIN_BLUR_STRENGTH}, {"blur_strength": 2.0}, {"mask_scale": 1.0}, {"mask_scale": 3.0}):
+    for obf in (
+        {"style": "pixelate", "pixel_blocks": 3},
+        {"style": "pixelate", "pixel_blocks": MAX_SAMPLES_ACROSS_FACE},
+        {"blur_strength": MIN_BLUR_STRENGTH},
+        {"blur_strength": 2.0},
+        {"mask_scale": 1.0},
+        {"mask_scale": 3.0},
+    ):
         cfg = parse_config({**MINIMAL, "engine": {"obfuscation": obf}})
         assert cfg.engine.obfuscation.model_dump(include=set(obf)) == obf
     d = parse_config(MINIMAL).engine.obfuscation
@@ -336,12 +363,18 @@ def test_check_config_and_anonymize_refuse_fine_pixelation(tmp_path: Path) -> No
     cfg.write_text(
         "cameras:\n  - name: lobby\n    url: rtsp://192.0.2.10/s\nengine:\n  obfuscation:\n    pixel_blocks: 8\n"
     )
-    r = subprocess.run([sys.executable, "-m", "streamproxy", "check-config", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 1 and "engine.obfuscation.pixel_blocks" in r.stderr and "face matcher" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "check-config", str(cfg)], capture_output=True, text=True
+    )
+    assert (
+        r.returncode == 1 and "engine.obfuscation.pixel_blocks" in r.stderr and "face matcher" in r.stderr
+    ), r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "streamproxy", "anonymize", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "o"),
          "--pixel-blocks", "8", "--blur-strength", "0.1"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
-    assert "--pixel-blocks: at most 4 blocks" in r.stderr and "--blur-strength: at least 0.25" in r.stderr, r.stderr
+    assert "--pixel-blocks: at most 4 blocks" in r.stderr and "--blur-strength: at least 0.25" in r.stderr, (
+        r.stderr
+    )

@@ -18,7 +18,9 @@ from streamproxy.live.controller import (
 FLOOR = 1280
 
 
-def controller(detect_every: int = 1, width: int = 1280, floor: int = 640, max_every: int = 3) -> LatencyController:
+def controller(
+    detect_every: int = 1, width: int = 1280, floor: int = 640, max_every: int = 3
+) -> LatencyController:
     return LatencyController(
         budget_ms=150,
         detect_every=detect_every,
@@ -56,7 +58,9 @@ def run(c: LatencyController, t0: float, seconds: float, latency_ms: float, work
         (4, "yunet", 3840, 3840),  # capped at the detector's largest side
     ],
 )
-def test_floor_width_follows_from_the_smallest_face(min_face: float, model: str, side: int, width: int) -> None:
+def test_floor_width_follows_from_the_smallest_face(
+    min_face: float, model: str, side: int, width: int
+) -> None:
     floor = privacy_floor(PrivacyConfig(min_face_px=min_face), model, side)
     assert floor.min_input_width == width
     assert floor.min_input_width % 32 == 0

@@ -19,7 +19,14 @@ P_SLICE = b"\x41\x9a\x02\x03"
 
 
 def rtp(payload: bytes, seq: int, ts: int, marker: bool = False, ssrc: int = 1, pt: int = 96) -> RtpPacket:
-    return RtpPacket(payload_type=pt, marker=marker, seq=seq & 0xFFFF, timestamp=ts & 0xFFFFFFFF, ssrc=ssrc, payload=payload)
+    return RtpPacket(
+        payload_type=pt,
+        marker=marker,
+        seq=seq & 0xFFFF,
+        timestamp=ts & 0xFFFFFFFF,
+        ssrc=ssrc,
+        payload=payload,
+    )
 
 
 def feed(d: Depacketizer, payloads: list[tuple[bytes, bool]], seq: int, ts: int) -> list[AccessUnit]:

@@ -114,7 +114,7 @@ def family_of(series: str, families: set[str]) -> str | None:
 
 def test_promql_name_extraction() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (camera, le) (rate(streamproxy_added_latency_seconds_bucket'
+        "histogram_quantile(0.99, sum by (camera, le) (rate(streamproxy_added_latency_seconds_bucket"
         '{camera=~"$camera", reason!="x"}[$__rate_interval]))) / on (camera) group_left up offset 5m'
     )
     assert promql_metric_names(expr) == {"streamproxy_added_latency_seconds_bucket", "up"}
@@ -185,8 +185,13 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     assert variables["camera"]["multi"] and variables["camera"]["includeAll"]
     exprs = "\n".join(e for _, e in _dashboard_exprs())
     for q in ("0.5", "0.99"):
-        assert f"histogram_quantile({q}, sum by (camera, le) (rate(streamproxy_added_latency_seconds_bucket" in exprs
-        assert f"histogram_quantile({q}, sum by (camera, le) (rate(streamproxy_detector_seconds_bucket" in exprs
+        assert (
+            f"histogram_quantile({q}, sum by (camera, le) (rate(streamproxy_added_latency_seconds_bucket"
+            in exprs
+        )
+        assert (
+            f"histogram_quantile({q}, sum by (camera, le) (rate(streamproxy_detector_seconds_bucket" in exprs
+        )
     for needle in (
         "streamproxy_input_fps", "streamproxy_output_fps", "sum by (camera, reason) (rate(streamproxy_frames_dropped_total",
         "streamproxy_fail_closed_frames_total", "sum by (protocol) (streamproxy_viewers", "streamproxy_detector_cadence",
@@ -300,7 +305,9 @@ def test_dashboard_queries_run_on_a_real_prometheus(tmp_path: Path) -> None:
                 m.sent("rtsp", 10_000)
                 time.sleep(0.2)
                 with contextlib.suppress(OSError, ValueError):
-                    res = _prom_query(pport, 'count_over_time(streamproxy_frames_in_total{camera="promtest"}[30s])')
+                    res = _prom_query(
+                        pport, 'count_over_time(streamproxy_frames_in_total{camera="promtest"}[30s])'
+                    )
                     if res.get("status") == "success" and res["data"]["result"]:
                         ready = float(res["data"]["result"][0]["value"][1]) >= 4
                 if ready:
@@ -386,14 +393,21 @@ def test_k8s_statefulset_shards_over_a_headless_service() -> None:
     spec = sts["spec"]
     assert spec["serviceName"] == svc["metadata"]["name"]
     labels = spec["template"]["metadata"]["labels"]
-    for sel in (spec["selector"]["matchLabels"], svc["spec"]["selector"], objs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]):
+    for sel in (
+        spec["selector"]["matchLabels"],
+        svc["spec"]["selector"],
+        objs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+    ):
         assert sel.items() <= labels.items()
     assert spec["replicas"] == _shard_count(sts), "spec.replicas and --shard-count must be equal"
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert "--shard-index=$(SHARD_INDEX)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
-    assert env["SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert (
+        env["SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"rtsp": 8554, "http": 8080}
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
@@ -467,7 +481,11 @@ def _dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile_builds_models_in_and_runs_unprivileged() -> None:
     instrs = _dockerfile()
     args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for i, rest in instrs if i == "ARG" and "=" in rest}
-    froms = [rest.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "")) for i, rest in instrs if i == "FROM"]
+    froms = [
+        rest.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", ""))
+        for i, rest in instrs
+        if i == "FROM"
+    ]
     assert froms and all(f == "python:3.11-slim-bookworm" for f in froms)
     runs = " ".join(rest for i, rest in instrs if i == "RUN")
     assert "pip install ." in runs
@@ -490,7 +508,9 @@ def test_dockerfile_builds_models_in_and_runs_unprivileged() -> None:
 def test_dockerfile_copies_exist_and_are_not_dockerignored() -> None:
     ignore_file = ROOT / ".dockerignore"
     ignored = [
-        line.strip().lstrip("/") for line in ignore_file.read_text().splitlines() if line.strip() and not line.startswith("#")
+        line.strip().lstrip("/")
+        for line in ignore_file.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
     ]
     for instr, rest in _dockerfile():
         if instr != "COPY" or rest.startswith("--from"):

@@ -147,7 +147,9 @@ def test_the_edited_model_is_kept_and_a_new_process_starts_without_onnx(
     if hashlib.sha256(edit).hexdigest() != MODEL_SPECS[model].dynamic_sha256:
         import onnx
 
-        pytest.skip(f"onnx {onnx.__version__} writes another edit than the pinned one (the next test covers that)")
+        pytest.skip(
+            f"onnx {onnx.__version__} writes another edit than the pinned one (the next test covers that)"
+        )
     assert kept.read_bytes() == edit
     code = (
         "import json, sys, cv2\n"
@@ -189,7 +191,9 @@ def test_an_edit_that_differs_from_the_pin_is_used_but_not_kept(
 ) -> None:
     """Another onnx version could serialise the edit differently: the detector still starts."""
     d, kept = _copy_model(model_dir, "yunet", tmp_path)
-    monkeypatch.setitem(models.MODELS, "yunet", dataclasses.replace(MODEL_SPECS["yunet"], dynamic_sha256="0" * 64))
+    monkeypatch.setitem(
+        models.MODELS, "yunet", dataclasses.replace(MODEL_SPECS["yunet"], dynamic_sha256="0" * 64)
+    )
     dets = make(d, "yunet", input_width=640).detect_bgr(astronaut)
     assert len(dets) == 1 and not kept.exists()
 

@@ -22,7 +22,9 @@ from streamproxy.types import AnonymizedFrame, Detection
 class ScriptedDetector:
     """Wraps the real detector; misses (returns []) or raises on chosen calls."""
 
-    def __init__(self, real: object | None, miss: set[int] = frozenset(), fail: set[int] | None = None) -> None:  # type: ignore[assignment]
+    def __init__(
+        self, real: object | None, miss: frozenset[int] | set[int] = frozenset(), fail: set[int] | None = None
+    ) -> None:
         self.real = real
         self.miss = miss
         self.fail = fail

@@ -100,7 +100,9 @@ def _burn(stop_at: float) -> None:
 def burners() -> Iterator[None]:
     """One busy process per core for at most 120 s: the CPU the proxy expects is not there."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_burn, args=(time.monotonic() + 120,), daemon=True) for _ in range(mp.cpu_count())]
+    procs = [
+        ctx.Process(target=_burn, args=(time.monotonic() + 120,), daemon=True) for _ in range(mp.cpu_count())
+    ]
     for p in procs:
         p.start()
     try:
@@ -130,7 +132,9 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
 
     sim = SimCamera(width=W, height=H, fps=FPS, clip=raw, mode="replay", bitrate_kbps=3000).start()
     # The floor's own settings only: a 3 s read timeout and the default back-off.
-    cfg = make_config(sim.url, model_dir, ingest={"read_timeout_s": 3, "backoff_max_s": 2, "backoff_initial_s": 0.5})
+    cfg = make_config(
+        sim.url, model_dir, ingest={"read_timeout_s": 3, "backoff_max_s": 2, "backoff_initial_s": 0.5}
+    )
     host = AppThread(cfg)
     try:
         app = host.start()

@@ -138,7 +138,12 @@ class FakeClock:
 
 
 def run_encoder(
-    h: StreamHub, clock: FakeClock, seconds: float, on_frame: object = None, fps: int = 25, latency_frames: int = 2
+    h: StreamHub,
+    clock: FakeClock,
+    seconds: float,
+    on_frame: object = None,
+    fps: int = 25,
+    latency_frames: int = 2,
 ) -> list[bool]:
     """A camera's encoder in simulated time: it takes the hub's keyframe request once per frame (no
     keyframe otherwise: a GOP longer than the run), and its packets reach the hub `latency_frames`

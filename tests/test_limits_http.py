@@ -39,7 +39,9 @@ def limits_cfg(**limits: Any) -> AppConfig:
 
 
 def rejections(listener: str, limit: str) -> float:
-    v = REGISTRY.get_sample_value("streamproxy_limit_rejections_total", {"listener": listener, "limit": limit})
+    v = REGISTRY.get_sample_value(
+        "streamproxy_limit_rejections_total", {"listener": listener, "limit": limit}
+    )
     return v or 0.0
 
 
@@ -389,6 +391,7 @@ async def test_oversized_head_and_body_are_refused_and_counted() -> None:
         async with aiohttp.ClientSession() as http:
             r = await http.post(f"{base}/cam1/whep", data=b"v=0\r\n" + b"a" * 9000, headers=sdp)
             assert r.status == 413
+
             # Chunked, no Content-Length: refused while it is read.
             async def chunks() -> Any:
                 for _ in range(10):
@@ -514,7 +517,9 @@ async def test_a_session_that_never_connects_is_reclaimed_after_setup_timeout() 
             before = rejections("webrtc", "setup_timeout")
             async with aiohttp.ClientSession() as http:
                 for _ in range(3):
-                    r = await http.post(f"{base}/cam1/whep", data=offer, headers={"Content-Type": "application/sdp"})
+                    r = await http.post(
+                        f"{base}/cam1/whep", data=offer, headers={"Content-Type": "application/sdp"}
+                    )
                     assert r.status == 201
             assert server.webrtc.count() == 3
             assert await wait_for(lambda: server.webrtc.count() == 0, 10)
@@ -567,7 +572,9 @@ async def test_vp8_only_offer_is_told_no_h264() -> None:
         for ln in offer.splitlines():
             if ln.startswith("m=video"):
                 ln = " ".join([*ln.split()[:3], "97"])
-            if ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) and not ln.split(":", 1)[1].startswith("97 "):
+            if ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) and not ln.split(":", 1)[1].startswith(
+                "97 "
+            ):
                 continue
             lines.append(ln)
         vp8 = "\r\n".join(lines) + "\r\n"

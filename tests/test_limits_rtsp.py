@@ -45,7 +45,9 @@ def _metric(limit: str, listener: str = "rtsp") -> float:
 
 
 def _limit_lines(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and f" limit {kind}: " in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.name == LOGGER and f" limit {kind}: " in r.getMessage()
+    ]
 
 
 async def _connect_many(port: int, count: int) -> list[socket.socket]:
@@ -107,7 +109,9 @@ HELD = 150  # the binding limit in both cases below
 async def test_idle_flood_is_reclaimed_and_a_viewer_still_gets_its_stream_fast(
     caplog: pytest.LogCaptureFixture, kind: str, limits: dict[str, int], fd_headroom: Callable[[int], None]
 ) -> None:
-    fd_headroom(2 * FLOOD + 200)  # 2,000 client sockets here, up to as many in the server before the limits held
+    fd_headroom(
+        2 * FLOOD + 200
+    )  # 2,000 client sockets here, up to as many in the server before the limits held
     caplog.set_level(logging.INFO, LOGGER)
     other = "connections" if kind == "connections_per_client" else "connections_per_client"
     hit0, before = _metric(kind), limit_counts("rtsp")
@@ -214,7 +218,9 @@ async def test_idle_connection_closed_but_a_playing_tcp_session_never() -> None:
 
 
 async def _setup_tcp(raw: RawRtsp, url: str) -> tuple[int, str]:
-    status, hdrs, _ = await raw.request("SETUP", url + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
+    status, hdrs, _ = await raw.request(
+        "SETUP", url + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
+    )
     return status, hdrs["session"][0].split(";")[0] if "session" in hdrs else ""
 
 
@@ -312,7 +318,9 @@ async def test_a_udp_session_is_not_another_addresses() -> None:
         touched = sess.last_activity
         stranger = conn("::1")  # another address; as a string only, no socket talks to it
         setup = req("SETUP", url + "/trackID=0", transport="RTP/AVP;unicast;client_port=50000-50001")
-        for request in [req(m) for m in ("OPTIONS", "GET_PARAMETER", "SET_PARAMETER", "PLAY", "PAUSE", "TEARDOWN")]:
+        for request in [
+            req(m) for m in ("OPTIONS", "GET_PARAMETER", "SET_PARAMETER", "PLAY", "PAUSE", "TEARDOWN")
+        ]:
             with pytest.raises(RtspError) as err:
                 await server._dispatch(stranger, request)
             assert err.value.status == 454, request.method
@@ -354,12 +362,16 @@ def test_descriptor_alarm_counts_and_logs_once_a_second(caplog: pytest.LogCaptur
     try:
         err = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         for _ in range(5000):  # as asyncio reports them: one per failed accept()
-            loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": err})
+            loop.call_exception_handler(
+                {"message": "socket.accept() out of system resource", "exception": err}
+            )
         loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
     finally:
         alarm.uninstall(loop)
         loop.close()
-    lines = [r for r in caplog.records if r.name == "streamproxy.app" and "out of descriptors" in r.getMessage()]
+    lines = [
+        r for r in caplog.records if r.name == "streamproxy.app" and "out of descriptors" in r.getMessage()
+    ]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING and lines[0].exc_info is None
     assert alarm.count == 5000 and _metric("descriptors") - before == 5000
     assert len(others) == 1 and others[0]["message"] == "something else"  # the rest is passed on
@@ -402,7 +414,9 @@ asyncio.run(main())
 def test_out_of_descriptors_logs_one_line_a_second_and_sheds_idle_connections() -> None:
     """A real EMFILE: a server process with 64 descriptors, flooded from here."""
     seconds = 3.0
-    proc = subprocess.Popen([sys.executable, "-c", _EMFILE_SCRIPT, str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMFILE_SCRIPT, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     socks: list[socket.socket] = []
     try:
         assert proc.stdout is not None

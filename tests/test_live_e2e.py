@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 
 @pytest.fixture(scope="module")
 def shared(model_dir: Path) -> Iterator[tuple[SimCamera, LiveHost]]:
-    with camera_and_host(lambda url: make_config(url, model_dir, [{"username": USER, "password": PASSWORD}])) as pair:
+    with camera_and_host(
+        lambda url: make_config(url, model_dir, [{"username": USER, "password": PASSWORD}])
+    ) as pair:
         yield pair
 
 

@@ -127,7 +127,9 @@ def test_no_face_no_mask_and_the_frames_wait_for_the_run() -> None:
     assert [r.decoded_at for r in rest] == [4.0, 5.0] and eng.held == 0
     for i, res in zip((4, 5), rest, strict=True):
         assert res.frame is not None
-        assert np.array_equal(res.frame.to_ndarray(format="bgr24"), to_frame(imgs[i], i).to_ndarray(format="bgr24"))
+        assert np.array_equal(
+            res.frame.to_ndarray(format="bgr24"), to_frame(imgs[i], i).to_ndarray(format="bgr24")
+        )
 
 
 def test_max_unmasked_frames_lets_frames_out_on_prediction() -> None:
@@ -169,7 +171,9 @@ def test_a_new_frame_size_releases_the_frames_of_the_old_one_first() -> None:
     eng = engine(ScriptDetector(boxes), every=3)
     push(eng, to_frame(imgs[0], 0), 0.0, 0.0)
     assert push(eng, to_frame(imgs[1], 1), 0.04, 1.0) == []
-    small = av.VideoFrame.from_ndarray(np.zeros((180, 320, 3), np.uint8), format="bgr24").reformat(format="yuv420p")
+    small = av.VideoFrame.from_ndarray(np.zeros((180, 320, 3), np.uint8), format="bgr24").reformat(
+        format="yuv420p"
+    )
     small.pts = 2
     out = push(eng, small, 0.08, 2.0)
     assert [r.decoded_at for r in out][:1] == [1.0], "the old size's waiting frame left first"

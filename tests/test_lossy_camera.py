@@ -150,7 +150,10 @@ class LossyCamera:
                         "a=rtpmap:96 H264/90000\r\n"
                         f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\na=control:track1\r\n"
                     ).encode()
-                    extra += [f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/", "Content-Type: application/sdp"]
+                    extra += [
+                        f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/",
+                        "Content-Type: application/sdp",
+                    ]
                 elif req.method == "SETUP":
                     transport = req.header("transport") or ""
                     m = re.search(r"client_port=(\d+)-(\d+)", transport)
@@ -200,7 +203,9 @@ def _wait(pred: object, timeout: float) -> bool:
     return False
 
 
-def _source(name: str, url: str, transport: Literal["tcp", "udp", "auto"], got: list[DecodedFrame]) -> CameraSource:
+def _source(
+    name: str, url: str, transport: Literal["tcp", "udp", "auto"], got: list[DecodedFrame]
+) -> CameraSource:
     ingest = IngestConfig(read_timeout_s=2.0, backoff_initial_s=0.1, backoff_max_s=0.5, open_timeout_s=5)
     src = CameraSource(name, url, transport, ingest, on_frame=got.append)
     src.udp_fallback_s = 1.0
@@ -239,7 +244,9 @@ def test_a_lossy_udp_camera_is_switched_to_tcp_and_comes_up(
             assert _counter("streamproxy_rtp_packets_lost", name) == src.rtp_packets_lost
             assert _counter("streamproxy_damaged_frames", name) == src.damaged_frames
             status = loss_status(src)
-            assert status is not None and status.tcp_fallback and status.rtp_packets_lost == src.rtp_packets_lost
+            assert (
+                status is not None and status.tcp_fallback and status.rtp_packets_lost == src.rtp_packets_lost
+            )
             # Over TCP nothing is lost: the loss counters stop growing.
             lost = src.rtp_packets_lost
             n = len(got)
@@ -249,7 +256,9 @@ def test_a_lossy_udp_camera_is_switched_to_tcp_and_comes_up(
         finally:
             src.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(w.startswith(f"{name}: lossy over UDP") and "% of RTP packets lost" in w for w in warnings), warnings
+    assert any(w.startswith(f"{name}: lossy over UDP") and "% of RTP packets lost" in w for w in warnings), (
+        warnings
+    )
 
 
 def test_a_tcp_camera_whose_packets_make_no_picture_is_a_stall_that_names_the_loss() -> None:

@@ -51,7 +51,9 @@ def test_every_family_is_exported_with_samples_for_a_camera() -> None:
     for name in METRIC_NAMES:
         if name in NOT_PER_CAMERA:
             continue
-        assert re.search(rf'^{name}(_bucket|_sum|_count)?{{[^}}]*camera="names-cam"', text, re.MULTILINE), name
+        assert re.search(rf'^{name}(_bucket|_sum|_count)?{{[^}}]*camera="names-cam"', text, re.MULTILINE), (
+            name
+        )
     assert re.search(r'^streamproxy_build_info\{version="[^"]+"\} 1\.0$', text, re.MULTILINE)
     # The default process collector comes along (Linux).
     assert "process_cpu_seconds_total" in exposed
@@ -99,8 +101,19 @@ def test_frame_counters_latency_and_drops() -> None:
     assert _value("streamproxy_added_latency_seconds_count", camera="count-cam") == 3
     assert _value("streamproxy_added_latency_seconds_sum", camera="count-cam") == pytest.approx(0.237)
     assert _value("streamproxy_added_latency_seconds_bucket", camera="count-cam", le="0.05") == 2
-    drops = {r: _value("streamproxy_frames_dropped_total", camera="count-cam", reason=r) for r in metrics.DROP_REASONS}
-    assert drops == {"latency_budget": 1, "fail_closed": 0, "slow_viewer": 3, "encoder": 0, "worker": 0, "queue_full": 0, "overload": 0}
+    drops = {
+        r: _value("streamproxy_frames_dropped_total", camera="count-cam", reason=r)
+        for r in metrics.DROP_REASONS
+    }
+    assert drops == {
+        "latency_budget": 1,
+        "fail_closed": 0,
+        "slow_viewer": 3,
+        "encoder": 0,
+        "worker": 0,
+        "queue_full": 0,
+        "overload": 0,
+    }
     assert _value("streamproxy_fail_closed_frames_total", camera="count-cam", reason="detector_timeout") == 1
     assert _value("streamproxy_fail_closed_frames_total", camera="count-cam", reason="model_missing") == 0
     assert _value("streamproxy_detector_seconds_count", camera="count-cam") == 2
@@ -118,7 +131,9 @@ def test_state_up_viewers_bytes_and_reconnects() -> None:
     assert m.state == "connecting"
     assert _value("streamproxy_camera_up", camera="state-cam") == 0
     m.set_state("live")
-    states = {s: _value("streamproxy_camera_state", camera="state-cam", state=s) for s in metrics.CAMERA_STATES}
+    states = {
+        s: _value("streamproxy_camera_state", camera="state-cam", state=s) for s in metrics.CAMERA_STATES
+    }
     assert states == {"connecting": 0, "live": 1, "offline": 0, "stopped": 0}
     assert _value("streamproxy_camera_up", camera="state-cam") == 1
     m.set_state("offline")
@@ -167,8 +182,14 @@ def test_counts_read_back_are_the_exported_ones() -> None:
     assert m.frames_in_total == 26 == _value("streamproxy_frames_in_total", camera="readback-cam")
     assert m.frames_out_total == 2 == _value("streamproxy_frames_out_total", camera="readback-cam")
     drops = m.drops()
-    assert drops.overload == 2 == _value("streamproxy_frames_dropped_total", camera="readback-cam", reason="overload")
-    assert (drops.latency_budget, drops.fail_closed, drops.queue_full, drops.encoder, drops.worker) == (0,) * 5
+    assert (
+        drops.overload
+        == 2
+        == _value("streamproxy_frames_dropped_total", camera="readback-cam", reason="overload")
+    )
+    assert (drops.latency_budget, drops.fail_closed, drops.queue_full, drops.encoder, drops.worker) == (
+        0,
+    ) * 5
     assert not hasattr(drops, "slow_viewer")
     # One fps meter: the API's number is the gauge's, and reads 0 once events stop for two windows.
     assert m.in_rate.rate(now=2001.0) == pytest.approx(25.0, rel=0.01)

@@ -313,7 +313,9 @@ def test_the_old_bounds_keep_more_samples(
     monkeypatch.setattr(obfuscate_module, "MAX_SAMPLES_ACROSS_FACE", 64)
     monkeypatch.setattr(obfuscate_module, "BLUR_MAX_SAMPLES", 6.0)
     img, face = astronaut_gray(1.0)
-    cfg = ObfuscationConfig.model_construct(**{**ObfuscationConfig().model_dump(), **settings, "mask_scale": 1.0})
+    cfg = ObfuscationConfig.model_construct(
+        **{**ObfuscationConfig().model_dump(), **settings, "mask_scale": 1.0}
+    )
     out = img.copy()
     obfuscate(planes_from_bgr(out), [face.scaled(cfg.box_factor)], cfg)
     assert samples_kept(img, out, face) >= kept_at_least > MAX_SAMPLES_ACROSS_FACE

@@ -132,7 +132,10 @@ async def test_real_client_adds_every_camera() -> None:
                 size = (160, 120) if sub else (320, 240)
                 assert (enc.Encoding, enc.Resolution.Width, enc.Resolution.Height) == ("H264", *size)
                 uri = await media.GetStreamUri(
-                    {"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": p.token}
+                    {
+                        "StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}},
+                        "ProfileToken": p.token,
+                    }
                 )
                 path = f"{camera}/sub" if sub else camera
                 assert uri.Uri == f"rtsp://127.0.0.1:{app.cfg.server.rtsp_port}/{path}"
@@ -168,19 +171,26 @@ async def test_every_answer_validates_against_the_onvif_schemas() -> None:
         async with aiohttp.ClientSession() as s:
             for cam, kind in ((c, k) for c in CAMERAS for k in ("main", "sub")):
                 for op in read_ops(f"{cam}_{kind}", cam):
-                    url = base + ("/onvif/media_service" if op.startswith("<trt:") else "/onvif/device_service")
+                    url = base + (
+                        "/onvif/media_service" if op.startswith("<trt:") else "/onvif/device_service"
+                    )
                     t0 = time.perf_counter()
                     status, el, _ = await post(s, url, soap(op, token_header("vms", "s3cret-pass")))
                     times.append((time.perf_counter() - t0) * 1000)
                     assert status == 200, (op, etree.tostring(el)[:400])
                     validate(el)
             # Spot checks of content (the schema says the shape, not the values).
-            _, el, _ = await post(s, base + "/onvif/media_service", soap(read_ops("cam2_main", "cam2")[-6],
-                                                                         token_header("vms", "s3cret-pass")))
+            _, el, _ = await post(
+                s,
+                base + "/onvif/media_service",
+                soap(read_ops("cam2_main", "cam2")[-6], token_header("vms", "s3cret-pass")),
+            )
             assert el.findtext(".//{http://www.onvif.org/ver10/schema}Uri") == "rtsp://127.0.0.1:8554/cam2"
         assert server.onvif is not None  # onvif.enabled
-        print(f"\nONVIF answers on loopback: median {statistics.median(times):.1f} ms, max {max(times):.1f} ms, "
-              f"n={len(times)} (target ≤ 50 ms); server-side last {server.onvif.last_ms:.2f} ms")
+        print(
+            f"\nONVIF answers on loopback: median {statistics.median(times):.1f} ms, max {max(times):.1f} ms, "
+            f"n={len(times)} (target ≤ 50 ms); server-side last {server.onvif.last_ms:.2f} ms"
+        )
         assert statistics.median(times) < 500  # wide: a busy 2-core box; the print shows the real figure
 
 
@@ -191,7 +201,9 @@ async def test_stream_uri_uses_the_host_the_client_reached() -> None:
             hdrs = {"Content-Type": "application/soap+xml", "Host": "proxy.example:8080"}
             status, el, _ = await post(s, base + "/onvif/media_service", soap(op), hdrs)
             assert status == 200
-            assert el.findtext(".//{http://www.onvif.org/ver10/schema}Uri") == "rtsp://proxy.example:8554/cam1"
+            assert (
+                el.findtext(".//{http://www.onvif.org/ver10/schema}Uri") == "rtsp://proxy.example:8554/cam1"
+            )
             # Before any frame the answers carry the slate's size.
             _, el, _ = await post(s, base + "/onvif/media_service", soap("<trt:GetVideoSources/>"))
             assert el.findtext(".//{http://www.onvif.org/ver10/schema}Width") == "1280"
@@ -213,8 +225,10 @@ async def test_auth_without_users_open_with_users_closed() -> None:
             ha1 = hashlib.md5(f"vms:{p['realm']}:s3cret-pass".encode()).hexdigest()
             ha2 = hashlib.md5(b"POST:/onvif/device_service").hexdigest()
             answer = hashlib.md5(f"{ha1}:{p['nonce']}:{ha2}".encode()).hexdigest()
-            digest = (f'Digest username="vms", realm="{p["realm"]}", nonce="{p["nonce"]}", '
-                      f'uri="/onvif/device_service", response="{answer}"')
+            digest = (
+                f'Digest username="vms", realm="{p["realm"]}", nonce="{p["nonce"]}", '
+                f'uri="/onvif/device_service", response="{answer}"'
+            )
             hdrs = {"Content-Type": "application/soap+xml", "Authorization": digest}
             status, el, _ = await post(s, url, soap("<tds:GetDeviceInformation/>"), hdrs)
             assert status == 200, etree.tostring(el)
@@ -223,7 +237,9 @@ async def test_auth_without_users_open_with_users_closed() -> None:
             assert (await post(s, url, soap("<tds:GetDeviceInformation/>"), hdrs))[0] == 200
             # A wrong token: 400 NotAuthorized; an unknown user the same.
             for user, pw in (("vms", "nope"), ("ghost", "s3cret-pass")):
-                status, el, _ = await post(s, url, soap("<tds:GetDeviceInformation/>", token_header(user, pw)))
+                status, el, _ = await post(
+                    s, url, soap("<tds:GetDeviceInformation/>", token_header(user, pw))
+                )
                 assert status == 400 and fault_codes(el) == ["Sender", "NotAuthorized"]
     async with serving(onvif_cfg(), feed=False) as (_app, _server, base):
         async with aiohttp.ClientSession() as s:
@@ -245,7 +261,9 @@ async def test_replayed_or_stale_token_is_refused() -> None:
             status, el, _ = await post(s, url, soap("<tds:GetScopes/>", header))
             assert status == 400 and fault_codes(el) == ["Sender", "NotAuthorized"]
             old = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            status, el, _ = await post(s, url, soap("<tds:GetScopes/>", token_header("vms", "s3cret-pass", old)))
+            status, el, _ = await post(
+                s, url, soap("<tds:GetScopes/>", token_header("vms", "s3cret-pass", old))
+            )
             assert status == 400 and fault_codes(el) == ["Sender", "NotAuthorized"]
             # A clear-text password token is refused too (PasswordDigest only over plain HTTP).
             text = token_header("vms", "s3cret-pass").replace("#PasswordDigest", "#PasswordText")
@@ -263,24 +281,54 @@ async def test_hostile_input_gets_faults_and_the_service_keeps_answering() -> No
         b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><x>&xxe;</x></s:Body></s:Envelope>'
     )
     cases: list[tuple[str, bytes, dict[str, str] | None, int, list[str]]] = [
-        ("malformed", b"<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope'><s:Body>", None, 400,
-         ["Sender", "WellFormed"]),
+        (
+            "malformed",
+            b"<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope'><s:Body>",
+            None,
+            400,
+            ["Sender", "WellFormed"],
+        ),
         ("not xml", b"\x00\xff garbage", None, 400, ["Sender", "WellFormed"]),
         ("entity bomb", bomb, None, 400, ["Sender", "WellFormed"]),
         ("external entity", external, None, 400, ["Sender", "WellFormed"]),
         ("big body", soap("<tds:GetScopes/>" + " " * 40_000), None, 400, ["Sender", "InvalidArgVal"]),
         ("unknown operation", soap("<tds:SystemReboot/>"), None, 500, ["Receiver", "ActionNotSupported"]),
-        ("ptz namespace", soap("<GetNodes xmlns='http://www.onvif.org/ver20/ptz/wsdl'/>"), None, 500,
-         ["Receiver", "ActionNotSupported"]),
-        ("snapshot of no profile", soap("<trt:GetSnapshotUri><trt:ProfileToken>nope</trt:ProfileToken>"
-                                        "</trt:GetSnapshotUri>"), None, 400, ["Sender", "InvalidArgVal", "NoProfile"]),
-        ("unknown profile", soap("<trt:GetProfile><trt:ProfileToken>nope</trt:ProfileToken></trt:GetProfile>"),
-         None, 400, ["Sender", "InvalidArgVal", "NoProfile"]),
-        ("soap 1.1", b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
-                     b'<GetScopes xmlns="http://www.onvif.org/ver10/device/wsdl"/></e:Body></e:Envelope>',
-         None, 500, ["VersionMismatch"]),
-        ("no body element", b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>', None, 400,
-         ["Sender", "InvalidArgVal"]),
+        (
+            "ptz namespace",
+            soap("<GetNodes xmlns='http://www.onvif.org/ver20/ptz/wsdl'/>"),
+            None,
+            500,
+            ["Receiver", "ActionNotSupported"],
+        ),
+        (
+            "snapshot of no profile",
+            soap("<trt:GetSnapshotUri><trt:ProfileToken>nope</trt:ProfileToken></trt:GetSnapshotUri>"),
+            None,
+            400,
+            ["Sender", "InvalidArgVal", "NoProfile"],
+        ),
+        (
+            "unknown profile",
+            soap("<trt:GetProfile><trt:ProfileToken>nope</trt:ProfileToken></trt:GetProfile>"),
+            None,
+            400,
+            ["Sender", "InvalidArgVal", "NoProfile"],
+        ),
+        (
+            "soap 1.1",
+            b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+            b'<GetScopes xmlns="http://www.onvif.org/ver10/device/wsdl"/></e:Body></e:Envelope>',
+            None,
+            500,
+            ["VersionMismatch"],
+        ),
+        (
+            "no body element",
+            b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>',
+            None,
+            400,
+            ["Sender", "InvalidArgVal"],
+        ),
         ("empty body", b"", None, 400, ["Sender", "WellFormed"]),
         ("no content-type", soap("<tds:GetScopes/>"), {}, 200, []),
     ]
@@ -313,11 +361,15 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
                 status, el, _ = await post(s, url, soap(set_vec))
                 assert status == 200 and el.tag == f"{{{TRT}}}SetVideoEncoderConfigurationResponse"
                 validate(el)
-            status, el, _ = await post(s, url, soap("<trt:CreateProfile><trt:Name>cam2</trt:Name></trt:CreateProfile>"))
+            status, el, _ = await post(
+                s, url, soap("<trt:CreateProfile><trt:Name>cam2</trt:Name></trt:CreateProfile>")
+            )
             assert status == 200 and el.find(f"{{{TRT}}}Profile").get("token") == "cam2_main"
             validate(el)
-            add = ("<trt:AddVideoEncoderConfiguration><trt:ProfileToken>cam2_main</trt:ProfileToken>"
-                   "<trt:ConfigurationToken>cam2_main</trt:ConfigurationToken></trt:AddVideoEncoderConfiguration>")
+            add = (
+                "<trt:AddVideoEncoderConfiguration><trt:ProfileToken>cam2_main</trt:ProfileToken>"
+                "<trt:ConfigurationToken>cam2_main</trt:ConfigurationToken></trt:AddVideoEncoderConfiguration>"
+            )
             assert (await post(s, url, soap(add)))[0] == 200
         lines = [r.getMessage() for r in caplog.records if "stream unchanged" in r.getMessage()]
         assert lines.count("cam1: ONVIF SetVideoEncoderConfiguration accepted, stream unchanged") == 1
@@ -339,12 +391,19 @@ async def test_a_camera_as_a_device_of_its_own() -> None:
             _, el, _ = await post(s, own + "/onvif/media_service", soap("<trt:GetVideoSources/>"))
             assert [v.get("token") for v in el] == ["cam2"]
             _, el, _ = await post(s, own + "/onvif/device_service", soap("<tds:GetDeviceInformation/>"))
-            assert el.findtext(f"{{{TDS}}}SerialNumber") == "streamproxy-0001-cam2"  # a VMS keys devices by it
+            assert (
+                el.findtext(f"{{{TDS}}}SerialNumber") == "streamproxy-0001-cam2"
+            )  # a VMS keys devices by it
             _, el, _ = await post(s, own + "/onvif/device_service", soap("<tds:GetScopes/>"))
-            assert "onvif://www.onvif.org/name/cam2" in [i.text for i in el.iter("{http://www.onvif.org/ver10/schema}ScopeItem")]
+            assert "onvif://www.onvif.org/name/cam2" in [
+                i.text for i in el.iter("{http://www.onvif.org/ver10/schema}ScopeItem")
+            ]
             # The other camera is not a profile there, its snapshot not served there.
-            status, el, _ = await post(s, own + "/onvif/media_service", soap(
-                "<trt:GetProfile><trt:ProfileToken>cam1_main</trt:ProfileToken></trt:GetProfile>"))
+            status, el, _ = await post(
+                s,
+                own + "/onvif/media_service",
+                soap("<trt:GetProfile><trt:ProfileToken>cam1_main</trt:ProfileToken></trt:GetProfile>"),
+            )
             assert status == 400 and fault_codes(el) == ["Sender", "InvalidArgVal", "NoProfile"]
             async with s.get(own + "/api/cameras/cam1/snapshot.jpg") as resp:
                 assert resp.status == 404
@@ -358,8 +417,11 @@ async def test_a_camera_as_a_device_of_its_own() -> None:
     # Stopped: the camera's port is closed too.
     async with aiohttp.ClientSession() as s:
         with pytest.raises(aiohttp.ClientConnectionError):
-            await s.post(own + "/onvif/device_service", data=soap("<tds:GetScopes/>"),
-                         timeout=aiohttp.ClientTimeout(total=5))
+            await s.post(
+                own + "/onvif/device_service",
+                data=soap("<tds:GetScopes/>"),
+                timeout=aiohttp.ClientTimeout(total=5),
+            )
 
 
 async def test_off_by_default() -> None:

@@ -59,13 +59,17 @@ etree = pytest.importorskip("lxml.etree")
 from zeep.exceptions import Fault  # noqa: E402  (zeep comes with onvif-zeep-async)
 
 WSDL_DIR = os.path.join(os.path.dirname(onvif.__file__), "wsdl")
-MEDIA2_WSDL = os.path.join(os.path.dirname(__file__), "onvif_ver20_wsdl", "ver20", "media", "wsdl", "media.wsdl")
+MEDIA2_WSDL = os.path.join(
+    os.path.dirname(__file__), "onvif_ver20_wsdl", "ver20", "media", "wsdl", "media.wsdl"
+)
 USER, PASSWORD = "vms", "s3cret-pass"
 USERS = [{"username": USER, "password": PASSWORD}]
 CAMERAS = ("cam1", "cam2")
 
 
-def onvif_cfg(users: list[dict[str, str]] | None = USERS, own_port: str | None = None, **update: Any) -> AppConfig:
+def onvif_cfg(
+    users: list[dict[str, str]] | None = USERS, own_port: str | None = None, **update: Any
+) -> AppConfig:
     """Two cameras, ONVIF on; `own_port`: that camera is also a device of its own (any free port)."""
     cfg = make_cfg(users=users, cameras=CAMERAS)
     cams = [c.model_copy(update={"onvif_port": 0}) if c.name == own_port else c for c in cfg.cameras]
@@ -105,7 +109,7 @@ def libonvif_token(user: str, password: str, t: float, same_created: bool = Fals
     digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest()).decode()
     return (
         f'<SOAP-ENV:Header><wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}" SOAP-ENV:mustUnderstand="1">'
-        f"<wsse:UsernameToken><wsse:Username>{user}</wsse:Username><wsse:Password Type=\"http://docs.oasis-open"
+        f'<wsse:UsernameToken><wsse:Username>{user}</wsse:Username><wsse:Password Type="http://docs.oasis-open'
         f'.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest">{digest}\n</wsse:Password>'
         '<wsse:Nonce EncodingType="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security'
         f'-1.0#Base64Binary">{base64.b64encode(nonce).decode()}\n</wsse:Nonce><wsu:Created>{created}</wsu:Created>'
@@ -151,14 +155,30 @@ def libonvif_ops(profile: str) -> list[tuple[str, str, bool]]:
         (dev, "<tds:GetHostname/>", True),
         (media, "<trt:GetProfiles/>", True),
         (media, f"<trt:GetProfile><trt:ProfileToken>{profile}</trt:ProfileToken></trt:GetProfile>", True),
-        (media, "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport><tt:Protocol>"
-                f"RTSP</tt:Protocol></tt:Transport></trt:StreamSetup><trt:ProfileToken>{profile}</trt:ProfileToken>"
-                "</trt:GetStreamUri>", True),
-        (media, f"<trt:GetVideoEncoderConfiguration><trt:ConfigurationToken>{profile}</trt:ConfigurationToken>"
-                "</trt:GetVideoEncoderConfiguration>", True),
-        (media, f"<trt:GetVideoEncoderConfigurationOptions><trt:ConfigurationToken>{profile}"
-                "</trt:ConfigurationToken></trt:GetVideoEncoderConfigurationOptions>", True),
-        (media, f"<trt:GetSnapshotUri><trt:ProfileToken>{profile}</trt:ProfileToken></trt:GetSnapshotUri>", True),
+        (
+            media,
+            "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport><tt:Protocol>"
+            f"RTSP</tt:Protocol></tt:Transport></trt:StreamSetup><trt:ProfileToken>{profile}</trt:ProfileToken>"
+            "</trt:GetStreamUri>",
+            True,
+        ),
+        (
+            media,
+            f"<trt:GetVideoEncoderConfiguration><trt:ConfigurationToken>{profile}</trt:ConfigurationToken>"
+            "</trt:GetVideoEncoderConfiguration>",
+            True,
+        ),
+        (
+            media,
+            f"<trt:GetVideoEncoderConfigurationOptions><trt:ConfigurationToken>{profile}"
+            "</trt:ConfigurationToken></trt:GetVideoEncoderConfigurationOptions>",
+            True,
+        ),
+        (
+            media,
+            f"<trt:GetSnapshotUri><trt:ProfileToken>{profile}</trt:ProfileToken></trt:GetSnapshotUri>",
+            True,
+        ),
         (dev, "<tds:GetNetworkInterfaces/>", True),
         (dev, "<tds:GetNetworkDefaultGateway/>", True),
         (dev, "<tds:GetDNS/>", True),
@@ -190,7 +210,7 @@ def zoneminder_token(user: str, password: str, n: int) -> str:
     digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest()).decode()
     return (
         f'<s:Header><wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}"><wsse:UsernameToken>'
-        f"<wsse:Username>{user}</wsse:Username><wsse:Password Type=\"http://docs.oasis-open.org/wss/2004/01/"
+        f'<wsse:Username>{user}</wsse:Username><wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/'
         f'oasis-200401-wss-username-token-profile-1.0#PasswordDigest">{digest}</wsse:Password>'
         f"<wsse:Nonce>{base64.b64encode(nonce).decode()}</wsse:Nonce><wsu:Created>{created}</wsu:Created>"
         "</wsse:UsernameToken></wsse:Security></s:Header>"
@@ -306,7 +326,9 @@ def test_host_network_reads(tmp_path: Path) -> None:
     assert _prefix_length("172.16.0.1", route) == 32  # on no connected route: the address alone
     assert _prefix_length("127.0.0.1", route) == 8
     conf = tmp_path / "resolv.conf"
-    conf.write_text("# x\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver bogus\nsearch lan example.org\n")
+    conf.write_text(
+        "# x\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver bogus\nsearch lan example.org\n"
+    )
     servers, domains = _resolv_conf(conf)
     assert [str(s) for s in servers] == ["192.0.2.53", "fe80::53"] and domains == ["lan", "example.org"]
 
@@ -329,10 +351,14 @@ async def test_libonvif_adds_the_device_20_of_20_with_host_without_port() -> Non
             if run == 0:
                 caps = answers[1]
                 assert caps.findtext(f".//{{{TT}}}Media/{{{TT}}}XAddr") == (
-                    f"http://127.0.0.1:{server.port}/onvif/media_service")
+                    f"http://127.0.0.1:{server.port}/onvif/media_service"
+                )
                 snap = answers[9].findtext(f".//{{{TT}}}Uri")
                 assert snap == f"http://127.0.0.1:{server.port}/api/cameras/cam1/snapshot.jpg"
-                assert answers[6].findtext(f".//{{{TT}}}Uri") == f"rtsp://127.0.0.1:{app.cfg.server.rtsp_port}/cam1"
+                assert (
+                    answers[6].findtext(f".//{{{TT}}}Uri")
+                    == f"rtsp://127.0.0.1:{app.cfg.server.rtsp_port}/cam1"
+                )
                 gateway = answers[11]
                 assert gateway.tag == f"{{{TDS}}}GetNetworkDefaultGatewayResponse"
                 for el in answers[1:]:
@@ -348,8 +374,13 @@ async def test_libonvif_adds_the_device_20_of_20_with_host_without_port() -> Non
         # The camera's own device: its port in its addresses.
         own = app.devices.ports["cam2"]
         answers = await libonvif_add(own, "cam2_main")
-        assert answers[1].findtext(f".//{{{TT}}}Media/{{{TT}}}XAddr") == f"http://127.0.0.1:{own}/onvif/media_service"
-        assert answers[9].findtext(f".//{{{TT}}}Uri") == f"http://127.0.0.1:{own}/api/cameras/cam2/snapshot.jpg"
+        assert (
+            answers[1].findtext(f".//{{{TT}}}Media/{{{TT}}}XAddr")
+            == f"http://127.0.0.1:{own}/onvif/media_service"
+        )
+        assert (
+            answers[9].findtext(f".//{{{TT}}}Uri") == f"http://127.0.0.1:{own}/api/cameras/cam2/snapshot.jpg"
+        )
 
 
 async def test_zoneminder_probes_30_of_30() -> None:
@@ -360,12 +391,18 @@ async def test_zoneminder_probes_30_of_30() -> None:
         async with aiohttp.ClientSession() as s:
             ops = [
                 ("/onvif/device_service", "<tds:GetSystemDateAndTime/>"),
-                ("/onvif/device_service", "<tds:GetCapabilities><tds:Category>All</tds:Category></tds:GetCapabilities>"),
+                (
+                    "/onvif/device_service",
+                    "<tds:GetCapabilities><tds:Category>All</tds:Category></tds:GetCapabilities>",
+                ),
                 ("/onvif/device_service", "<tds:GetDeviceInformation/>"),
                 ("/onvif/media_service", "<trt:GetProfiles/>"),
-                ("/onvif/media_service", "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>"
-                 "<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>"
-                 "<trt:ProfileToken>cam1_main</trt:ProfileToken></trt:GetStreamUri>"),
+                (
+                    "/onvif/media_service",
+                    "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>"
+                    "<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>"
+                    "<trt:ProfileToken>cam1_main</trt:ProfileToken></trt:GetStreamUri>",
+                ),
             ]
             ok = 0
             for probe in range(30):
@@ -410,13 +447,19 @@ async def test_a_token_is_used_up_on_every_device_and_from_every_address() -> No
         async with aiohttp.ClientSession() as s, aiohttp.ClientSession(connector=other) as s2:
             for first, then in ((base, own), (own, base)):
                 header = token_header(USER, PASSWORD)
-                assert (await post(s, first + "/onvif/device_service", soap("<tds:GetScopes/>", header)))[0] == 200
+                assert (await post(s, first + "/onvif/device_service", soap("<tds:GetScopes/>", header)))[
+                    0
+                ] == 200
                 # The very token on the other device, at once and from the same address: refused.
-                status, el, _ = await post(s, then + "/onvif/device_service", soap("<tds:GetScopes/>", header))
+                status, el, _ = await post(
+                    s, then + "/onvif/device_service", soap("<tds:GetScopes/>", header)
+                )
                 assert status == 400 and fault_codes(el) == ["Sender", "NotAuthorized"], then
             # Replayed from another address, on the same device, at once: refused.
             header = token_header(USER, PASSWORD)
-            assert (await post(s, base + "/onvif/media_service", soap("<trt:GetProfiles/>", header)))[0] == 200
+            assert (await post(s, base + "/onvif/media_service", soap("<trt:GetProfiles/>", header)))[
+                0
+            ] == 200
             status, el, _ = await post(s2, base + "/onvif/media_service", soap("<trt:GetProfiles/>", header))
             assert status == 400 and fault_codes(el) == ["Sender", "NotAuthorized"]
             # A token sent with a PRE_AUTH operation is used up there: it opens nothing afterwards.
@@ -460,7 +503,9 @@ async def test_pre_auth_operations_answer_without_credentials_and_nothing_else_d
                     validate(el)
             _, el, _ = await post(s, own + "/onvif/device_service", soap("<tds:GetEndpointReference/>"))
             serial = app.cfg.onvif.device.serial
-            assert el.findtext(f"{{{TDS}}}GUID") == endpoint_reference(serial + "-cam2")  # what discovery says
+            assert el.findtext(f"{{{TDS}}}GUID") == endpoint_reference(
+                serial + "-cam2"
+            )  # what discovery says
             _, el, _ = await post(s, base + "/onvif/device_service", soap("<tds:GetEndpointReference/>"))
             assert el.findtext(f"{{{TDS}}}GUID") == endpoint_reference(serial)
             # Everything else: 401 without credentials, 400 with wrong ones.
@@ -503,35 +548,60 @@ async def test_the_encoder_configuration_is_the_streams() -> None:
         "sub_stream": base_cfg.sub_stream.model_copy(update={"bitrate_kbps": 450}),
     })  # fmt: skip
     async with serving(cfg) as (app, _server, base):
-        assert await wait_for(lambda: all(h.codec is not None for h in [*app.hubs.values(), *app.sub_hubs.values()]), 20)
+        assert await wait_for(
+            lambda: all(h.codec is not None for h in [*app.hubs.values(), *app.sub_hubs.values()]), 20
+        )
         codec = app.hubs["cam1"].codec
         assert codec is not None
         sps = codec.sps
         assert sps[1] == 66 and sps[2] & 0x40, sps[:4].hex()  # what the stream is: Constrained Baseline
         want = {"cam1_main": 2500, "cam1_sub": 450, "cam2_main": 2500, "cam2_sub": 450}
         async with aiohttp.ClientSession() as s:
-            _, el, _ = await post(s, base + "/onvif/media_service",
-                                  soap("<trt:GetVideoEncoderConfigurations/>", token_header(USER, PASSWORD)))
+            _, el, _ = await post(
+                s,
+                base + "/onvif/media_service",
+                soap("<trt:GetVideoEncoderConfigurations/>", token_header(USER, PASSWORD)),
+            )
             validate(el)
-            got = {c.get("token"): (c.findtext(f"{{{TT}}}H264/{{{TT}}}H264Profile"),
-                                    int(c.findtext(f"{{{TT}}}RateControl/{{{TT}}}BitrateLimit"))) for c in el}
+            got = {
+                c.get("token"): (
+                    c.findtext(f"{{{TT}}}H264/{{{TT}}}H264Profile"),
+                    int(c.findtext(f"{{{TT}}}RateControl/{{{TT}}}BitrateLimit")),
+                )
+                for c in el
+            }
             assert got == {t: ("Baseline", k) for t, k in want.items()}
-            _, el, _ = await post(s, base + "/onvif/media_service", soap(
-                "<trt:GetVideoEncoderConfigurationOptions><trt:ConfigurationToken>cam1_sub</trt:ConfigurationToken>"
-                "</trt:GetVideoEncoderConfigurationOptions>", token_header(USER, PASSWORD)))
+            _, el, _ = await post(
+                s,
+                base + "/onvif/media_service",
+                soap(
+                    "<trt:GetVideoEncoderConfigurationOptions><trt:ConfigurationToken>cam1_sub</trt:ConfigurationToken>"
+                    "</trt:GetVideoEncoderConfigurationOptions>",
+                    token_header(USER, PASSWORD),
+                ),
+            )
             validate(el)
             assert [p.text for p in el.iter(f"{{{TT}}}H264ProfilesSupported")] == ["Baseline", "Baseline"]
             rng = el.find(f".//{{{TT}}}Extension/{{{TT}}}H264/{{{TT}}}BitrateRange")
             assert (rng.findtext(f"{{{TT}}}Min"), rng.findtext(f"{{{TT}}}Max")) == ("450", "450")
-            _, el, _ = await post(s, base + "/onvif/media2_service",
-                                  soap("<tr2:GetVideoEncoderConfigurations/>", token_header(USER, PASSWORD)))
+            _, el, _ = await post(
+                s,
+                base + "/onvif/media2_service",
+                soap("<tr2:GetVideoEncoderConfigurations/>", token_header(USER, PASSWORD)),
+            )
             validate(el)
             got = {c.get("token"): (c.get("Profile"), int(c.findtext(f"{{{TT}}}RateControl/{{{TT}}}BitrateLimit")))
                    for c in el}  # fmt: skip
             assert got == {t: ("Baseline", k) for t, k in want.items()}
-            _, el, _ = await post(s, base + "/onvif/media2_service", soap(
-                "<tr2:GetVideoEncoderConfigurationOptions><tr2:ConfigurationToken>cam2_main</tr2:ConfigurationToken>"
-                "</tr2:GetVideoEncoderConfigurationOptions>", token_header(USER, PASSWORD)))
+            _, el, _ = await post(
+                s,
+                base + "/onvif/media2_service",
+                soap(
+                    "<tr2:GetVideoEncoderConfigurationOptions><tr2:ConfigurationToken>cam2_main</tr2:ConfigurationToken>"
+                    "</tr2:GetVideoEncoderConfigurationOptions>",
+                    token_header(USER, PASSWORD),
+                ),
+            )
             validate(el)
             opt = el[0]
             assert opt.get("ProfilesSupported") == "Baseline"
@@ -543,8 +613,18 @@ async def test_read_only_device_calls_answer_valid_and_truthful() -> None:
         url = base + "/onvif/device_service"
         async with aiohttp.ClientSession() as s:
             answers = {}
-            for op in ("GetNetworkDefaultGateway", "GetNetworkProtocols", "GetNetworkInterfaces", "GetDNS",
-                       "GetNTP", "GetScopes", "GetHostname", "GetRelayOutputs", "GetWsdlUrl", "GetDiscoveryMode"):
+            for op in (
+                "GetNetworkDefaultGateway",
+                "GetNetworkProtocols",
+                "GetNetworkInterfaces",
+                "GetDNS",
+                "GetNTP",
+                "GetScopes",
+                "GetHostname",
+                "GetRelayOutputs",
+                "GetWsdlUrl",
+                "GetDiscoveryMode",
+            ):
                 status, el, _ = await post(s, url, soap(f"<tds:{op}/>", token_header(USER, PASSWORD)))
                 assert status == 200 and el.tag == f"{{{TDS}}}{op}Response", (op, etree.tostring(el)[:300])
                 validate(el)
@@ -560,4 +640,5 @@ async def test_read_only_device_calls_answer_valid_and_truthful() -> None:
         assert iface.findtext(f".//{{{TT}}}PrefixLength") == "8"
         servers, _domains = _resolv_conf()
         assert [a.text for a in answers["GetDNS"].iter(f"{{{TT}}}IPv4Address")] == [
-            str(a) for a in servers if a.version == 4]
+            str(a) for a in servers if a.version == 4
+        ]

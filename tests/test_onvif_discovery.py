@@ -84,7 +84,9 @@ class Prober:
             return
         self.transport.sendto(data, to)
 
-    def probe(self, to: tuple[str, int], types: list[Any] | None = None, scopes: list[Any] | None = None) -> str:
+    def probe(
+        self, to: tuple[str, int], types: list[Any] | None = None, scopes: list[Any] | None = None
+    ) -> str:
         env = constructProbe(types or [], scopes or [])
         self.send(createSOAPMessage(env).encode(), to)
         return str(env.getMessageId())
@@ -104,13 +106,20 @@ async def prober(host: str = "127.0.0.1") -> AsyncIterator[Prober]:
 
 
 @asynccontextmanager
-async def responder(cfg: AppConfig, http_port: int, **kw: Any) -> AsyncIterator[tuple[DiscoveryResponder, Prober]]:
+async def responder(
+    cfg: AppConfig, http_port: int, **kw: Any
+) -> AsyncIterator[tuple[DiscoveryResponder, Prober]]:
     """The responder on 127.0.0.1 and a sink for its Hello/Bye (also on loopback); rate limits out of
     the way unless a test sets them."""
     unlimited = {"rate_per_source": 1e6, "burst_per_source": 1000, "rate_total": 1e6, "burst_total": 1000}
     async with prober() as sink:
-        r = DiscoveryResponder(cfg, http_port, bind_host="127.0.0.1", announce_to=sink.addr,
-                               **{"reply_delay_s": 0.0, **unlimited, **kw})
+        r = DiscoveryResponder(
+            cfg,
+            http_port,
+            bind_host="127.0.0.1",
+            announce_to=sink.addr,
+            **{"reply_delay_s": 0.0, **unlimited, **kw},
+        )
         await r.start()
         try:
             yield r, sink
@@ -157,12 +166,17 @@ async def test_probe_finds_the_device_and_its_xaddr_answers_onvif() -> None:
             assert match.getXAddrs() == [xaddr]
             assert match.getEPR() == endpoint_reference("streamproxy-0001")
             assert [(t.getNamespace(), t.getLocalname()) for t in match.getTypes()] == [
-                (DN, "NetworkVideoTransmitter"), (TDS, "Device")]
+                (DN, "NetworkVideoTransmitter"),
+                (TDS, "Device"),
+            ]
             assert [s.getValue() for s in match.getScopes()] == scopes(app.cfg.onvif)
             # The client's own filter accepts the answer for what an ONVIF VMS asks.
             service = Service(match.getTypes(), match.getScopes(), match.getXAddrs(), match.getEPR(), 0)
-            assert matchesFilter(service, [QName(DN, "NetworkVideoTransmitter")],
-                                 [Scope("onvif://www.onvif.org/name/streamproxy")])
+            assert matchesFilter(
+                service,
+                [QName(DN, "NetworkVideoTransmitter")],
+                [Scope("onvif://www.onvif.org/name/streamproxy")],
+            )
             # Answered once: the next answer is the next probe's (a second one to the first would come first).
             good = p.probe(("127.0.0.1", r.port))
             assert parseSOAPMessage((await p.next()).decode(), "127.0.0.1").getRelatesTo() == good
@@ -190,7 +204,10 @@ MATCHING: list[tuple[list[Any], list[Any]]] = [
     ([], [Scope("onvif://www.onvif.org/location")]),  # a segment-wise prefix
     ([], [Scope("onvif://www.onvif.org/name/stream%70roxy")]),  # escapes decoded before comparing
     ([], [Scope("onvif://www.onvif.org/hardware/streamproxy", f"{WSD}/strcmp0")]),
-    ([QName(DN, "NetworkVideoTransmitter")], [Scope("onvif://www.onvif.org/type/video_encoder", f"{WSD}/rfc2396")]),
+    (
+        [QName(DN, "NetworkVideoTransmitter")],
+        [Scope("onvif://www.onvif.org/type/video_encoder", f"{WSD}/rfc2396")],
+    ),
 ]
 NOT_MATCHING: list[tuple[list[Any], list[Any]]] = [
     ([QName(DPWS, "Device")], []),  # what a Windows host probes for: same local name, other namespace
@@ -225,8 +242,10 @@ async def test_probes_match_by_types_and_scopes_and_others_get_no_answer() -> No
 
 
 def _probe_xml(header: str, body: str) -> bytes:
-    return (f'<s:Envelope xmlns:s="{SOAP12}" xmlns:a="{WSA}" xmlns:d="{WSD}"><s:Header>{header}</s:Header>'
-            f"<s:Body>{body}</s:Body></s:Envelope>").encode()
+    return (
+        f'<s:Envelope xmlns:s="{SOAP12}" xmlns:a="{WSA}" xmlns:d="{WSD}"><s:Header>{header}</s:Header>'
+        f"<s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
 
 
 PROBE_HEADER = f"<a:Action>{WSD}/Probe</a:Action><a:To>urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>"
@@ -235,23 +254,44 @@ BAD_DATAGRAMS: list[tuple[str, bytes]] = [
     ("garbage", b"\x00\xff garbage \xfe"),
     ("truncated", _probe_xml(PROBE_HEADER, "<d:Probe/>")[:60]),
     ("huge", b"<a>" + b"x" * (MAX_DATAGRAM_BYTES * 4) + b"</a>"),
-    ("billion laughs", b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
-                       b"<l>&b;&b;&b;</l>"),
-    ("external entity", b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>'),
+    (
+        "billion laughs",
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+        b"<l>&b;&b;&b;</l>",
+    ),
+    (
+        "external entity",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
+    ),
     ("deep", b"<a>" * 1000 + b"</a>" * 1000),
     ("soap 1.1", b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body/></e:Envelope>'),
     ("no MessageID", _probe_xml(PROBE_HEADER, "<d:Probe/>")),
-    ("huge MessageID", _probe_xml(PROBE_HEADER + f"<a:MessageID>urn:{'x' * 1000}</a:MessageID>", "<d:Probe/>")),
-    ("bad scope URI", _probe_xml(PROBE_HEADER + "<a:MessageID>urn:uuid:1</a:MessageID>",
-                                 "<d:Probe><d:Scopes>http://[::1 onvif://\x7f</d:Scopes></d:Probe>")),
-    ("undeclared type prefix", _probe_xml(PROBE_HEADER + "<a:MessageID>urn:uuid:2</a:MessageID>",
-                                          "<d:Probe><d:Types>zz:Printer</d:Types></d:Probe>")),
+    (
+        "huge MessageID",
+        _probe_xml(PROBE_HEADER + f"<a:MessageID>urn:{'x' * 1000}</a:MessageID>", "<d:Probe/>"),
+    ),
+    (
+        "bad scope URI",
+        _probe_xml(
+            PROBE_HEADER + "<a:MessageID>urn:uuid:1</a:MessageID>",
+            "<d:Probe><d:Scopes>http://[::1 onvif://\x7f</d:Scopes></d:Probe>",
+        ),
+    ),
+    (
+        "undeclared type prefix",
+        _probe_xml(
+            PROBE_HEADER + "<a:MessageID>urn:uuid:2</a:MessageID>",
+            "<d:Probe><d:Types>zz:Printer</d:Types></d:Probe>",
+        ),
+    ),
 ]
 # Other WS-Discovery traffic on the group: ignored without a count.
 OTHERS: list[bytes] = [
-    _probe_xml(f"<a:Action>{WSD}/Hello</a:Action><a:MessageID>urn:uuid:3</a:MessageID>",
-               "<d:Hello><a:EndpointReference><a:Address>urn:uuid:4</a:Address></a:EndpointReference>"
-               "<d:MetadataVersion>1</d:MetadataVersion></d:Hello>"),
+    _probe_xml(
+        f"<a:Action>{WSD}/Hello</a:Action><a:MessageID>urn:uuid:3</a:MessageID>",
+        "<d:Hello><a:EndpointReference><a:Address>urn:uuid:4</a:Address></a:EndpointReference>"
+        "<d:MetadataVersion>1</d:MetadataVersion></d:Hello>",
+    ),
     _probe_xml(f"<a:Action>{WSD}/Resolve</a:Action><a:MessageID>urn:uuid:5</a:MessageID>", "<d:Resolve/>"),
     _probe_xml(f"<a:Action>{WSD}/Hello</a:Action><a:MessageID>urn:uuid:6</a:MessageID>", "<d:Probe/>"),
 ]
@@ -293,8 +333,19 @@ async def test_answers_are_rate_limited_per_source_and_in_total() -> None:
     now = [1000.0]
     cfg = discovery_cfg()
     before = limit_counts("wsd")
-    async with responder(cfg, 8080, rate_per_source=1.0, burst_per_source=3, rate_total=1.0, burst_total=5,
-                         clock=lambda: now[0]) as (r, _sink), prober() as a, prober("127.0.0.2") as b:
+    async with (
+        responder(
+            cfg,
+            8080,
+            rate_per_source=1.0,
+            burst_per_source=3,
+            rate_total=1.0,
+            burst_total=5,
+            clock=lambda: now[0],
+        ) as (r, _sink),
+        prober() as a,
+        prober("127.0.0.2") as b,
+    ):
         to = ("127.0.0.1", r.port)
         sent_a = [a.probe(to) for _ in range(6)]
         answers_a = [parseSOAPMessage((await a.next()).decode(), "").getRelatesTo() for _ in range(3)]
@@ -361,10 +412,17 @@ async def test_configured_xaddrs_hosts_and_a_stable_endpoint_reference() -> None
         p.probe(("127.0.0.1", r.port))
         env = parseSOAPMessage((await p.next()).decode(), "127.0.0.1")
         (match,) = env.getProbeResolveMatches()
-        assert match.getXAddrs() == ["http://proxy.example:8081/onvif/device_service",
-                                     "http://[fd00::2]:8081/onvif/device_service"]
-    other = cfg.model_copy(update={"onvif": cfg.onvif.model_copy(
-        update={"device": cfg.onvif.device.model_copy(update={"serial": "other-0002"})})})
+        assert match.getXAddrs() == [
+            "http://proxy.example:8081/onvif/device_service",
+            "http://[fd00::2]:8081/onvif/device_service",
+        ]
+    other = cfg.model_copy(
+        update={
+            "onvif": cfg.onvif.model_copy(
+                update={"device": cfg.onvif.device.model_copy(update={"serial": "other-0002"})}
+            )
+        }
+    )
     assert endpoint_reference("streamproxy-0001") == DiscoveryResponder(cfg, 1).epr  # same serial, same uuid
     assert DiscoveryResponder(other, 1).epr != DiscoveryResponder(cfg, 1).epr
     assert endpoint_reference("x").startswith("urn:uuid:")
@@ -374,8 +432,12 @@ async def test_a_port_that_cannot_be_bound_turns_discovery_off(caplog: pytest.Lo
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:  # no SO_REUSEADDR: the port is taken
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
-        r = DiscoveryResponder(discovery_cfg(port=port, hello=True), 8080, bind_host="127.0.0.1",
-                               announce_to=holder.getsockname())
+        r = DiscoveryResponder(
+            discovery_cfg(port=port, hello=True),
+            8080,
+            bind_host="127.0.0.1",
+            announce_to=holder.getsockname(),
+        )
         with caplog.at_level(logging.ERROR, "streamproxy.serve.onvif.discovery"):
             await r.start()
         assert r.port == 0
@@ -392,10 +454,20 @@ def test_route_source_sends_nothing_and_names_the_local_side() -> None:
 def test_discovery_config_defaults_and_errors() -> None:
     d = OnvifConfig().discovery
     assert (d.enabled, d.port, d.interface, d.multicast_ttl, d.hello, d.xaddrs_hosts) == (
-        True, 3702, "0.0.0.0", 1, True, [])
+        True,
+        3702,
+        "0.0.0.0",
+        1,
+        True,
+        [],
+    )
     base = {"cameras": [{"name": "cam1", "url": "rtsp://127.0.0.1:1/cam1"}]}
-    for bad, key in (({"interface": "eth0"}, "interface"), ({"xaddrs_hosts": ["http://proxy"]}, "xaddrs_hosts"),
-                     ({"multicast_ttl": 256}, "multicast_ttl"), ({"bogus": 1}, "bogus")):
+    for bad, key in (
+        ({"interface": "eth0"}, "interface"),
+        ({"xaddrs_hosts": ["http://proxy"]}, "xaddrs_hosts"),
+        ({"multicast_ttl": 256}, "multicast_ttl"),
+        ({"bogus": 1}, "bogus"),
+    ):
         with pytest.raises(ConfigError, match=key):
             parse_config({**base, "onvif": {"enabled": True, "discovery": bad}})
 
@@ -403,8 +475,16 @@ def test_discovery_config_defaults_and_errors() -> None:
 def own_device_cfg(**keys: Any) -> AppConfig:
     """cam1 on the multi-channel device only, cam2 also a device of its own (onvif_port 0: a free port)."""
     cfg = discovery_cfg(USERS, **keys)
-    cfg = cfg.model_copy(update={"cameras": [*cfg.cameras, cfg.cameras[0].model_copy(
-        update={"name": "cam2", "url": "rtsp://127.0.0.1:1/cam2", "onvif_port": 0})]})
+    cfg = cfg.model_copy(
+        update={
+            "cameras": [
+                *cfg.cameras,
+                cfg.cameras[0].model_copy(
+                    update={"name": "cam2", "url": "rtsp://127.0.0.1:1/cam2", "onvif_port": 0}
+                ),
+            ]
+        }
+    )
     return cfg
 
 
@@ -416,9 +496,15 @@ async def test_a_camera_of_its_own_is_a_second_target_service() -> None:
     async with serving(own_device_cfg(), feed=False) as (app, server, _base):
         own_port = app.devices.ports["cam2"]
         assert own_port not in (0, server.port)
-        main_epr, cam2_epr = endpoint_reference("streamproxy-0001"), endpoint_reference("streamproxy-0001-cam2")
+        main_epr, cam2_epr = (
+            endpoint_reference("streamproxy-0001"),
+            endpoint_reference("streamproxy-0001-cam2"),
+        )
         before = limit_counts("wsd")
-        async with responder(app.cfg, server.port, camera_ports=app.devices.ports) as (r, _sink), prober() as p:
+        async with (
+            responder(app.cfg, server.port, camera_ports=app.devices.ports) as (r, _sink),
+            prober() as p,
+        ):
             to = ("127.0.0.1", r.port)
             message_id = p.probe(to, [QName(DN, "NetworkVideoTransmitter")])
             data = await p.next()
@@ -470,8 +556,17 @@ async def test_one_probe_is_one_unit_of_the_rate_limit_however_many_devices_matc
     now = [1000.0]
     ports = {"cam2": 9002, "cam3": 9003}
     before = limit_counts("wsd")
-    async with responder(discovery_cfg(), 8080, camera_ports=ports, rate_per_source=1.0, burst_per_source=2,
-                         clock=lambda: now[0]) as (r, _sink), prober() as p:
+    async with (
+        responder(
+            discovery_cfg(),
+            8080,
+            camera_ports=ports,
+            rate_per_source=1.0,
+            burst_per_source=2,
+            clock=lambda: now[0],
+        ) as (r, _sink),
+        prober() as p,
+    ):
         to = ("127.0.0.1", r.port)
         sent = [p.probe(to) for _ in range(3)]
         for mid in sent[:2]:
@@ -499,7 +594,8 @@ async def test_many_devices_are_split_over_several_probe_matches() -> None:
         assert len(numbers) > 1  # really split
         assert numbers == list(range(1, len(numbers) + 1))  # no MessageNumber skipped
         assert eprs == [endpoint_reference("streamproxy-0001")] + [
-            endpoint_reference(f"streamproxy-0001-{c}") for c in ports]
+            endpoint_reference(f"streamproxy-0001-{c}") for c in ports
+        ]
 
 
 async def test_hello_and_bye_for_every_device() -> None:
@@ -517,8 +613,10 @@ async def test_hello_and_bye_for_every_device() -> None:
                 validate(data, f"{WSD}/Hello")
                 hellos.append(parseSOAPMessage(data.decode(), "127.0.0.1"))
             assert [h.getEPR() for h in hellos] == [main_epr, cam2_epr]
-            assert [h.getXAddrs() for h in hellos] == [["http://127.0.0.1:8080/onvif/device_service"],
-                                                       ["http://127.0.0.1:9002/onvif/device_service"]]
+            assert [h.getXAddrs() for h in hellos] == [
+                ["http://127.0.0.1:8080/onvif/device_service"],
+                ["http://127.0.0.1:9002/onvif/device_service"],
+            ]
             assert [s.getValue() for s in hellos[1].getScopes()] == scopes(cfg.onvif, "cam2")
         finally:
             await r.stop()

@@ -50,7 +50,9 @@ def onvif_config(url: str, model_dir: Path) -> AppConfig:
     cfg = make_config(url, model_dir, [{"username": USER, "password": PASSWORD}],
                       sub_stream={"width": SUB_W, "fps": SUB_FPS}, onvif_port=0)  # fmt: skip
     discovery = {"port": 0, "bind": "127.0.0.1", "interface": "127.0.0.1", "multicast_ttl": 0, "hello": False}
-    return cfg.model_copy(update={"onvif": OnvifConfig.model_validate({"enabled": True, "discovery": discovery})})
+    return cfg.model_copy(
+        update={"onvif": OnvifConfig.model_validate({"enabled": True, "discovery": discovery})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,9 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
     assert xaddrs == [f"http://127.0.0.1:{port}/onvif/device_service" for port in (app.web.port, own_port)]
 
     device = urlsplit(xaddrs[0])
-    cam = onvif.ONVIFCamera(device.hostname, device.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True)
+    cam = onvif.ONVIFCamera(
+        device.hostname, device.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True
+    )
     try:
         await cam.update_xaddrs()
         devicemgmt = await cam.create_devicemgmt_service()
@@ -117,13 +121,22 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
         uris: dict[str, str] = {}
         for p in profiles:
             got = await media.GetStreamUri(
-                {"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": p.token}
+                {
+                    "StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}},
+                    "ProfileToken": p.token,
+                }
             )
             uris[p.token] = got.Uri
-            size = (p.VideoEncoderConfiguration.Resolution.Width, p.VideoEncoderConfiguration.Resolution.Height)
+            size = (
+                p.VideoEncoderConfiguration.Resolution.Width,
+                p.VideoEncoderConfiguration.Resolution.Height,
+            )
             assert size == ((W, H) if p.token == "cam_main" else (SUB_W, SUB_W * H // W)), (p.token, size)
         rtsp = app.rtsp_port
-        assert uris == {"cam_main": f"rtsp://127.0.0.1:{rtsp}/cam", "cam_sub": f"rtsp://127.0.0.1:{rtsp}/cam/sub"}
+        assert uris == {
+            "cam_main": f"rtsp://127.0.0.1:{rtsp}/cam",
+            "cam_sub": f"rtsp://127.0.0.1:{rtsp}/cam/sub",
+        }
         snap_uri = (await media.GetSnapshotUri({"ProfileToken": "cam_main"})).Uri
         assert snap_uri == f"http://127.0.0.1:{app.web.port}/api/cameras/cam/snapshot.jpg"
         jpeg = await cam.get_snapshot("cam_main")  # HTTP Digest, as the client fetches it from a camera
@@ -131,13 +144,18 @@ async def test_a_vms_discovers_adds_and_plays_every_profile(
         await cam.close()
     # The camera's own device (the second XAddr) offers the same two profiles and stream URIs.
     own = urlsplit(xaddrs[1])
-    single = onvif.ONVIFCamera(own.hostname, own.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True)
+    single = onvif.ONVIFCamera(
+        own.hostname, own.port, USER, PASSWORD, WSDL_DIR, no_cache=True, adjust_time=True
+    )
     try:
         await single.update_xaddrs()
         media = await single.create_media_service()
         assert [p.token for p in await media.GetProfiles()] == ["cam_main", "cam_sub"]
         got = await media.GetStreamUri(
-            {"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": "cam_sub"}
+            {
+                "StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}},
+                "ProfileToken": "cam_sub",
+            }
         )
         assert got.Uri == uris["cam_sub"]
     finally:

@@ -22,7 +22,9 @@ from onvif.client import ONVIFService  # noqa: E402  (onvif-zeep-async, skipped 
 from zeep.exceptions import Fault  # noqa: E402  (zeep comes with onvif-zeep-async)
 
 WSDL_DIR = os.path.join(os.path.dirname(onvif.__file__), "wsdl")  # ver10 (device service)
-MEDIA2_WSDL = os.path.join(os.path.dirname(__file__), "onvif_ver20_wsdl", "ver20", "media", "wsdl", "media.wsdl")
+MEDIA2_WSDL = os.path.join(
+    os.path.dirname(__file__), "onvif_ver20_wsdl", "ver20", "media", "wsdl", "media.wsdl"
+)
 USERS = [{"username": "vms", "password": "s3cret-pass"}]
 CAMERAS = ("cam1", "cam2")
 TOKENS = ["cam1_main", "cam1_sub", "cam2_main", "cam2_sub"]
@@ -58,7 +60,12 @@ async def media2_service(cam: Any, user: str, password: str) -> Any:
     """onvif-zeep-async's ONVIFService on the Media2 XAddr GetServices gave (what a create_media2_service
     would build: WS-Security PasswordDigest with the device's clock offset, the ver20 WSDL)."""
     service = ONVIFService(
-        cam.xaddrs[TR2], user, password, MEDIA2_WSDL, no_cache=True, dt_diff=cam.dt_diff,
+        cam.xaddrs[TR2],
+        user,
+        password,
+        MEDIA2_WSDL,
+        no_cache=True,
+        dt_diff=cam.dt_diff,
         binding_name=f"{{{TR2}}}Media2Binding",
     )
     await service.setup()
@@ -69,8 +76,9 @@ async def test_real_client_adds_every_camera_over_media2() -> None:
     async with serving(onvif_cfg(USERS)) as (app, server, _base):
         assert await wait_for(lambda: all(h.codec is not None for h in app.hubs.values()), 20)
         assert await wait_for(lambda: all(h.codec is not None for h in app.sub_hubs.values()), 20)
-        cam = onvif.ONVIFCamera("127.0.0.1", server.port, "vms", "s3cret-pass", WSDL_DIR, no_cache=True,
-                                adjust_time=True)
+        cam = onvif.ONVIFCamera(
+            "127.0.0.1", server.port, "vms", "s3cret-pass", WSDL_DIR, no_cache=True, adjust_time=True
+        )
         media2 = None
         try:
             await cam.update_xaddrs()  # authless GetSystemDateAndTime, then GetServices
@@ -87,7 +95,11 @@ async def test_real_client_adds_every_camera_over_media2() -> None:
                 size = (160, 120) if sub else (320, 240)  # webkit feeds the sub stream at half the size
                 # The stream's own profile (webkit's libx264 ultrafast: Constrained Baseline, ONVIF's Baseline)
                 # and the configured bitrate (encoder / sub_stream.bitrate_kbps).
-                assert (enc.Encoding, enc.Resolution.Width, enc.Resolution.Height, enc.Profile) == ("H264", *size, "Baseline")
+                assert (enc.Encoding, enc.Resolution.Width, enc.Resolution.Height, enc.Profile) == (
+                    "H264",
+                    *size,
+                    "Baseline",
+                )
                 kbps = app.cfg.sub_stream.bitrate_kbps if sub else app.cfg.encoder.bitrate_kbps
                 assert enc.RateControl.BitrateLimit == kbps
                 path = f"{camera}/sub" if sub else camera
@@ -131,6 +143,7 @@ async def test_real_client_wrong_password_is_not_authorized() -> None:
 
 def read_ops() -> list[str]:
     """Every Media2 read a VMS sends while adding a camera (cam2's profiles), each must validate."""
+
     def get(op: str, inner: str = "") -> str:
         return f"<tr2:{op}>{inner}</tr2:{op}>"
 
@@ -150,8 +163,13 @@ def read_ops() -> list[str]:
         get("GetVideoEncoderConfigurationOptions", "<tr2:ProfileToken>cam2_sub</tr2:ProfileToken>"),
         get("GetVideoEncoderConfigurationOptions"),
         get("GetVideoEncoderInstances", "<tr2:ConfigurationToken>cam2_main</tr2:ConfigurationToken>"),
-        get("GetStreamUri", "<tr2:Protocol>RtspUnicast</tr2:Protocol><tr2:ProfileToken>cam2_sub</tr2:ProfileToken>"),
-        get("GetStreamUri", "<tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>cam2_main</tr2:ProfileToken>"),
+        get(
+            "GetStreamUri",
+            "<tr2:Protocol>RtspUnicast</tr2:Protocol><tr2:ProfileToken>cam2_sub</tr2:ProfileToken>",
+        ),
+        get(
+            "GetStreamUri", "<tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>cam2_main</tr2:ProfileToken>"
+        ),
         get("GetSnapshotUri", "<tr2:ProfileToken>cam2_main</tr2:ProfileToken>"),
         get("GetAudioSourceConfigurations"),
         get("GetAudioEncoderConfigurations"),
@@ -175,8 +193,12 @@ async def test_every_media2_answer_validates_against_the_ver20_schema() -> None:
                 validate(el)
                 answers[op] = el
             # GetServices lists Media2 with its capabilities, valid by both schemas.
-            services = "<tds:GetServices><tds:IncludeCapability>true</tds:IncludeCapability></tds:GetServices>"
-            status, el = await post(s, base + "/onvif/device_service", soap(services, token_header("vms", "s3cret-pass")))
+            services = (
+                "<tds:GetServices><tds:IncludeCapability>true</tds:IncludeCapability></tds:GetServices>"
+            )
+            status, el = await post(
+                s, base + "/onvif/device_service", soap(services, token_header("vms", "s3cret-pass"))
+            )
             assert status == 200
             validate(el)
             media2 = [sv for sv in el if sv.findtext(f"{{{TDS}}}Namespace") == TR2]
@@ -188,8 +210,10 @@ async def test_every_media2_answer_validates_against_the_ver20_schema() -> None:
         ops = read_ops()
 
         def profiles(op: str) -> list[tuple[str | None, list[str]]]:
-            return [(p.get("token"), [etree.QName(c).localname for c in p.iterfind(f"{{{TR2}}}Configurations/*")])
-                    for p in answers[op]]
+            return [
+                (p.get("token"), [etree.QName(c).localname for c in p.iterfind(f"{{{TR2}}}Configurations/*")])
+                for p in answers[op]
+            ]
 
         assert profiles(ops[1]) == [(t, []) for t in TOKENS]  # no Type: no configurations
         assert profiles(ops[2]) == [(t, ["VideoSource", "VideoEncoder"]) for t in TOKENS]
@@ -209,21 +233,48 @@ async def test_faults_auth_and_host_header() -> None:
     async with serving(onvif_cfg(USERS), feed=False) as (_app, _server, base):
         url = base + "/onvif/media2_service"
         cases = [
-            ("<tr2:GetStreamUri><tr2:Protocol>RtspOverHttp</tr2:Protocol><tr2:ProfileToken>cam1_main"
-             "</tr2:ProfileToken></tr2:GetStreamUri>", 400, ["Sender", "InvalidArgVal", "InvalidStreamSetup"]),
-            ("<tr2:GetStreamUri><tr2:Protocol>RtspMulticast</tr2:Protocol><tr2:ProfileToken>cam1_main"
-             "</tr2:ProfileToken></tr2:GetStreamUri>", 400, ["Sender", "InvalidArgVal", "InvalidStreamSetup"]),
-            ("<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>nope</tr2:ProfileToken>"
-             "</tr2:GetStreamUri>", 400, ["Sender", "InvalidArgVal", "NoProfile"]),
-            ("<tr2:GetProfiles><tr2:Token>nope</tr2:Token></tr2:GetProfiles>", 400,
-             ["Sender", "InvalidArgVal", "NoProfile"]),
-            ("<tr2:GetVideoEncoderConfigurations><tr2:ConfigurationToken>nope</tr2:ConfigurationToken>"
-             "</tr2:GetVideoEncoderConfigurations>", 400, ["Sender", "InvalidArgVal", "NoConfig"]),
-            ("<tr2:GetVideoSourceConfigurations><tr2:ConfigurationToken>cam1_main</tr2:ConfigurationToken>"
-             "</tr2:GetVideoSourceConfigurations>", 400, ["Sender", "InvalidArgVal", "NoConfig"]),
+            (
+                "<tr2:GetStreamUri><tr2:Protocol>RtspOverHttp</tr2:Protocol><tr2:ProfileToken>cam1_main"
+                "</tr2:ProfileToken></tr2:GetStreamUri>",
+                400,
+                ["Sender", "InvalidArgVal", "InvalidStreamSetup"],
+            ),
+            (
+                "<tr2:GetStreamUri><tr2:Protocol>RtspMulticast</tr2:Protocol><tr2:ProfileToken>cam1_main"
+                "</tr2:ProfileToken></tr2:GetStreamUri>",
+                400,
+                ["Sender", "InvalidArgVal", "InvalidStreamSetup"],
+            ),
+            (
+                "<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>nope</tr2:ProfileToken>"
+                "</tr2:GetStreamUri>",
+                400,
+                ["Sender", "InvalidArgVal", "NoProfile"],
+            ),
+            (
+                "<tr2:GetProfiles><tr2:Token>nope</tr2:Token></tr2:GetProfiles>",
+                400,
+                ["Sender", "InvalidArgVal", "NoProfile"],
+            ),
+            (
+                "<tr2:GetVideoEncoderConfigurations><tr2:ConfigurationToken>nope</tr2:ConfigurationToken>"
+                "</tr2:GetVideoEncoderConfigurations>",
+                400,
+                ["Sender", "InvalidArgVal", "NoConfig"],
+            ),
+            (
+                "<tr2:GetVideoSourceConfigurations><tr2:ConfigurationToken>cam1_main</tr2:ConfigurationToken>"
+                "</tr2:GetVideoSourceConfigurations>",
+                400,
+                ["Sender", "InvalidArgVal", "NoConfig"],
+            ),
             ("<tr2:GetOSDs/>", 500, ["Receiver", "ActionNotSupported"]),
-            ("<tr2:StartMulticastStreaming><tr2:ProfileToken>cam1_main</tr2:ProfileToken>"
-             "</tr2:StartMulticastStreaming>", 500, ["Receiver", "ActionNotSupported"]),
+            (
+                "<tr2:StartMulticastStreaming><tr2:ProfileToken>cam1_main</tr2:ProfileToken>"
+                "</tr2:StartMulticastStreaming>",
+                500,
+                ["Receiver", "ActionNotSupported"],
+            ),
         ]
         async with aiohttp.ClientSession() as s:
             for op, want_status, want_codes in cases:
@@ -235,13 +286,15 @@ async def test_faults_auth_and_host_header() -> None:
             status, el = await post(s, url, soap("<tr2:GetProfiles/>", token_header("vms", "nope")))
             assert (status, fault_codes(el)) == (400, ["Sender", "NotAuthorized"])
             # The URIs carry the host the client reached us by.
-            op = ("<tr2:GetSnapshotUri><tr2:ProfileToken>cam1_sub</tr2:ProfileToken></tr2:GetSnapshotUri>")
+            op = "<tr2:GetSnapshotUri><tr2:ProfileToken>cam1_sub</tr2:ProfileToken></tr2:GetSnapshotUri>"
             hdrs = {"Content-Type": "application/soap+xml", "Host": "proxy.example:8080"}
             status, el = await post(s, url, soap(op, token_header("vms", "s3cret-pass")), hdrs)
             assert status == 200
             assert el.findtext(f"{{{TR2}}}Uri") == "http://proxy.example:8080/api/cameras/cam1/snapshot.jpg"
-            op = ("<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>cam1_sub</tr2:ProfileToken>"
-                  "</tr2:GetStreamUri>")
+            op = (
+                "<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>cam1_sub</tr2:ProfileToken>"
+                "</tr2:GetStreamUri>"
+            )
             status, el = await post(s, url, soap(op, token_header("vms", "s3cret-pass")), hdrs)
             assert el.findtext(f"{{{TR2}}}Uri") == "rtsp://proxy.example:8554/cam1/sub"
 
@@ -277,9 +330,13 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
                 if "CreateProfile" in op:
                     assert el.findtext(f"{{{TR2}}}Token") == "cam2_main"
             # Nothing changed: the profiles are what they were.
-            status, el = await post(s, url, soap("<tr2:GetProfiles><tr2:Type>All</tr2:Type></tr2:GetProfiles>"))
+            status, el = await post(
+                s, url, soap("<tr2:GetProfiles><tr2:Type>All</tr2:Type></tr2:GetProfiles>")
+            )
             assert [p.get("token") for p in el] == TOKENS
-            assert el.findtext(f".//{{{TR2}}}VideoEncoder/{{{TT}}}Resolution/{{{TT}}}Width") == "1280"  # the slate
+            assert (
+                el.findtext(f".//{{{TR2}}}VideoEncoder/{{{TT}}}Resolution/{{{TT}}}Width") == "1280"
+            )  # the slate
         lines = [r.getMessage() for r in caplog.records if "stream unchanged" in r.getMessage()]
         assert lines.count("cam1: ONVIF SetVideoEncoderConfiguration accepted, stream unchanged") == 1
         for op in ("CreateProfile", "AddConfiguration", "RemoveConfiguration", "DeleteProfile"):
@@ -289,6 +346,7 @@ async def test_set_calls_are_accepted_and_logged_once(caplog: pytest.LogCaptureF
 def test_the_schema_check_fails_a_malformed_answer() -> None:
     """The ver20 validator is not a rubber stamp: an encoder configuration without its required
     Encoding, or a stream URI answer without its Uri, fails it."""
+
     def vec(inner: str) -> Any:
         return etree.fromstring(
             f'<tr2:GetVideoEncoderConfigurationsResponse xmlns:tr2="{TR2}" xmlns:tt="{TT}">'
@@ -303,5 +361,9 @@ def test_the_schema_check_fails_a_malformed_answer() -> None:
     with pytest.raises(AssertionError, match="invalid"):
         validate(etree.fromstring(f'<tr2:GetStreamUriResponse xmlns:tr2="{TR2}"/>'))
     with pytest.raises(AssertionError, match="invalid"):  # a ver10 element where ver20 wants its own
-        validate(etree.fromstring(f'<tr2:GetSnapshotUriResponse xmlns:tr2="{TR2}" xmlns:tt="{TT}">'
-                                  "<tt:Uri>http://x/</tt:Uri></tr2:GetSnapshotUriResponse>"))
+        validate(
+            etree.fromstring(
+                f'<tr2:GetSnapshotUriResponse xmlns:tr2="{TR2}" xmlns:tt="{TT}">'
+                "<tt:Uri>http://x/</tt:Uri></tr2:GetSnapshotUriResponse>"
+            )
+        )

@@ -128,7 +128,9 @@ def test_a_camera_on_a_broken_pool_fails_its_frames_closed() -> None:
 
     pool = DetectorPool(DetectorConfig(), sessions=1, factory=factory)  # type: ignore[arg-type]
     eng = Anonymizer(EngineConfig(detect_every=1), detector=PooledDetector(pool, DetectorConfig()))
-    frame = av.VideoFrame.from_ndarray(np.full((360, 640, 3), 90, np.uint8), format="bgr24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(np.full((360, 640, 3), 90, np.uint8), format="bgr24").reformat(
+        format="yuv420p"
+    )
     out = [p.render() for p in eng.push_pending(frame, 0.0, 0.0)]
     pool.close()
     assert len(out) == 1 and out[0].fail_closed and out[0].fail_reason == "detector_error"
@@ -136,7 +138,8 @@ def test_a_camera_on_a_broken_pool_fails_its_frames_closed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cores", "cameras", "shape"), [(2, 1, (1, 2)), (2, 4, (2, 1)), (2, 2, (2, 1)), (8, 3, (3, 2)), (1, 6, (1, 1))]
+    ("cores", "cameras", "shape"),
+    [(2, 1, (1, 2)), (2, 4, (2, 1)), (2, 2, (2, 1)), (8, 3, (3, 2)), (1, 6, (1, 1))],
 )
 def test_pool_shape(cores: int, cameras: int, shape: tuple[int, int]) -> None:
     assert pool_shape(cores, cameras) == shape
@@ -144,6 +147,8 @@ def test_pool_shape(cores: int, cameras: int, shape: tuple[int, int]) -> None:
 
 def test_cameras_share_a_pool_unless_their_detector_differs_beyond_per_run_settings() -> None:
     base = DetectorConfig(input_width=1280, threshold=0.25)
-    assert pool_key(base) == pool_key(base.model_copy(update={"input_width": 1920, "threshold": 0.3, "threads": 2}))
+    assert pool_key(base) == pool_key(
+        base.model_copy(update={"input_width": 1920, "threshold": 0.3, "threads": 2})
+    )
     assert pool_key(base) != pool_key(base.model_copy(update={"model": "centerface"}))
     assert pool_key(base) != pool_key(base.model_copy(update={"tiles": 2}))

@@ -442,7 +442,12 @@ async def test_stalled_server_costs_only_the_publisher(
     try:
         pub.start()
         assert await _wait_frames(server, 25, 20), list(server.lines)
-        frames0, late0, t0, dropped0 = feeder.frames, feeder.late_slots(), time.monotonic(), lost.get("rtsp", 0)
+        frames0, late0, t0, dropped0 = (
+            feeder.frames,
+            feeder.late_slots(),
+            time.monotonic(),
+            lost.get("rtsp", 0),
+        )
         server.pause()
         # Detected once the socket buffers are full (a few MB here) and a write times out.
         assert await _until(lambda: not pub.up, 45), pub.snapshot()
@@ -451,10 +456,16 @@ async def test_stalled_server_costs_only_the_publisher(
         # Counts, not a wall-clock rate: the camera kept its pace if hardly any of its frames was
         # late. A publisher that blocked the loop until its write timed out (io_timeout_s, 2 s)
         # makes ~40 late in a window of 5-10 s (125-250 frames); a busy box, hardly any.
-        assert made > 0 and late * 10 <= made, f"{late} of {made} camera frames late while the publish server stalled"
+        assert made > 0 and late * 10 <= made, (
+            f"{late} of {made} camera frames late while the publish server stalled"
+        )
         assert lost.get("rtsp", 0) == dropped0, "another viewer lost frames to the stalled publish server"
         log.info(
-            "stall detected after %.1f s (%s); %d camera frames meanwhile, %d late", stall_s, pub.last_error, made, late
+            "stall detected after %.1f s (%s); %d camera frames meanwhile, %d late",
+            stall_s,
+            pub.last_error,
+            made,
+            late,
         )
         server.resume()
         before = server.frames

@@ -35,10 +35,21 @@ def test_presets_resolve_to_the_documented_settings() -> None:
     bal_v, bal_i = quality_detector(det, "balanced", "video"), quality_detector(det, "balanced", "image")
     # balanced video is the single 1280-px pass the bulk speed target was measured with (bulk video
     # adds the second look: BULK_VIDEO_SECOND_LOOK; live cameras do not)
-    assert (bal_v.input_width, bal_v.upscale, bal_v.flip, bal_v.tiles, bal_v.verify_min_px) == (1280, 0.0, False, 1, 0.0)
+    assert (bal_v.input_width, bal_v.upscale, bal_v.flip, bal_v.tiles, bal_v.verify_min_px) == (
+        1280,
+        0.0,
+        False,
+        1,
+        0.0,
+    )
     assert BULK_VIDEO_SECOND_LOOK == {"verify_min_px": 20.0, "verify_score": 0.12}
     assert (bal_i.threshold, bal_i.upscale, bal_i.upscales, bal_i.flip) == (0.3, 2.0, [1.5], True)
-    assert (bal_i.confirm_below, bal_i.confirm_passes, bal_i.verify_min_px, bal_i.verify_score) == (0.4, 2, 20.0, 0.12)
+    assert (bal_i.confirm_below, bal_i.confirm_passes, bal_i.verify_min_px, bal_i.verify_score) == (
+        0.4,
+        2,
+        20.0,
+        0.12,
+    )
     best_v, best_i = quality_detector(det, "best", "video"), quality_detector(det, "best", "image")
     assert (best_v.upscale, best_v.flip) == (1.5, True)
     assert (best_i.threshold, best_i.tiles, best_i.flip, best_i.upscales) == (0.25, 2, True, [1.5])
@@ -151,7 +162,11 @@ def test_best_finds_a_small_face_that_fast_misses(model_dir: Path, face_width: i
     def hits(quality: str) -> int:
         det = _image_detector(model_dir, quality, 1024)
         boxes = det.detect_bgr(img)  # type: ignore[attr-defined]
-        return sum(1 for d in boxes if d.box.x1 < gt.x2 and d.box.x2 > gt.x1 and d.box.y1 < gt.y2 and d.box.y2 > gt.y1)
+        return sum(
+            1
+            for d in boxes
+            if d.box.x1 < gt.x2 and d.box.x2 > gt.x1 and d.box.y1 < gt.y2 and d.box.y2 > gt.y1
+        )
 
     assert hits("fast") == 0
     assert hits("best") == 1
@@ -159,7 +174,9 @@ def test_best_finds_a_small_face_that_fast_misses(model_dir: Path, face_width: i
 
 def test_second_look_scores_a_face_high_and_a_background_patch_low(model_dir: Path) -> None:
     img = astronaut_bgr()
-    centerface = create_detector(DetectorConfig(model="centerface", threshold=0.05, model_dir=model_dir, threads=1))
+    centerface = create_detector(
+        DetectorConfig(model="centerface", threshold=0.05, model_dir=model_dir, threads=1)
+    )
     boxes = np.array([[178.0, 63.0, 268.0, 176.0], [380.0, 380.0, 470.0, 493.0]])  # the face; her suit
     face, patch = centerface.crop_scores(img, boxes)
     assert face > 0.5 and patch < 0.12
@@ -185,7 +202,9 @@ def test_second_look_leaves_weak_candidates_to_the_temporal_fill(model_dir: Path
 
     verifier = Verifier()
     det._verifier = verifier  # type: ignore[assignment]  # a stand-in: _second_look only calls crop_scores
-    faces = np.array([[0, 0, 30, 40, 0.2], [100, 0, 130, 40, 0.6], [200, 0, 230, 40, 0.95], [300, 0, 310, 12, 0.5]])
+    faces = np.array(
+        [[0, 0, 30, 40, 0.2], [100, 0, 130, 40, 0.6], [200, 0, 230, 40, 0.95], [300, 0, 310, 12, 0.5]]
+    )
     kept = det._second_look(faces, lambda: np.zeros((64, 64, 3), np.uint8))
     assert verifier.seen == [[100, 0, 130, 40]]  # the 0.6 box only: not the weak, sure or small ones
     assert kept[:, 4].tolist() == [0.2, 0.95, 0.5]

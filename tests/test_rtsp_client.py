@@ -140,7 +140,9 @@ class ScriptedCamera:
                 extra: list[str] = []
                 body = b""
                 status = "200 OK"
-                if req.method != "OPTIONS" and not self._authorized(req.method, req.uri, req.header("authorization")):
+                if req.method != "OPTIONS" and not self._authorized(
+                    req.method, req.uri, req.header("authorization")
+                ):
                     status = "401 Unauthorized"
                     extra.append('WWW-Authenticate: Digest realm="cam", nonce="n0nce", qop="auth"')
                 elif req.method == "OPTIONS":
@@ -152,7 +154,10 @@ class ScriptedCamera:
                         "a=rtpmap:96 H264/90000\r\n"
                         f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\na=control:track1\r\n"
                     ).encode()
-                    extra += [f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/", "Content-Type: application/sdp"]
+                    extra += [
+                        f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/",
+                        "Content-Type: application/sdp",
+                    ]
                 elif req.method == "SETUP":
                     extra += [
                         "Transport: RTP/AVP/TCP;unicast;interleaved=0-1",
@@ -445,11 +450,17 @@ def test_record_announces_our_sdp_with_digest_and_sends_rtp_sender_reports_keepa
     assert srv.challenged == 1 and srv.auth_failures == 0
     assert "pa55" not in str(srv.requests)  # the URL's credentials go in Authorization only
     assert srv.requests[3][1] == f"rtsp://127.0.0.1:{srv.port}/pub/trackID=0"
-    assert "mode=record" in srv.transport and "RTP/AVP/TCP" in srv.transport and "interleaved=0-1" in srv.transport
+    assert (
+        "mode=record" in srv.transport
+        and "RTP/AVP/TCP" in srv.transport
+        and "interleaved=0-1" in srv.transport
+    )
     desc = sdp.parse(srv.announced.decode())
     (media,) = desc.media
     assert media.encoding("96") == ("H264", "90000") and media.control == "trackID=0"
-    assert media.params("96")["sprop-parameter-sets"] == ",".join(base64.b64encode(x).decode() for x in (sps, pps))
+    assert media.params("96")["sprop-parameter-sets"] == ",".join(
+        base64.b64encode(x).decode() for x in (sps, pps)
+    )
     assert "OPTIONS" in srv.methods()[5:-1]  # the keepalive (the server does not list GET_PARAMETER)
     # The RTP depacketizes back into the access units that were sent, stamped 3600 ticks apart.
     depay = Depacketizer("h264", [sps, pps])

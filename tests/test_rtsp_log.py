@@ -95,7 +95,9 @@ async def test_crafted_paths_write_no_line_the_server_did_not_write(
                 assert status == (404 if auth != "wrong" else 401)
         # Credentials in the URL, one with a CR LF in the user name.
         for userinfo in (f"{USER}:x", "u%0d%0aforged:x"):
-            status, _, _ = await raw.request("DESCRIBE", f"rtsp://{userinfo}@127.0.0.1:{server.port}/{FORGED}", headers)
+            status, _, _ = await raw.request(
+                "DESCRIBE", f"rtsp://{userinfo}@127.0.0.1:{server.port}/{FORGED}", headers
+            )
             assert status in (401, 404)
         raw.close()
         for request in RAW_REQUESTS:
@@ -108,7 +110,9 @@ async def test_crafted_paths_write_no_line_the_server_did_not_write(
     if auth != "wrong":
         unknown = [ln for ln in lines if "for unknown path" in ln]
         assert unknown, lines
-        assert any("zz\\r\\n2026-12-07 06:00:00 ERROR streamproxy.app: forged" in ln for ln in unknown), unknown
+        assert any("zz\\r\\n2026-12-07 06:00:00 ERROR streamproxy.app: forged" in ln for ln in unknown), (
+            unknown
+        )
     else:
         failed = [ln for ln in lines if "authentication failed" in ln]
         assert failed and all(ln.isprintable() for ln in failed), failed
@@ -121,7 +125,9 @@ def _count(line: str) -> int:
     return int(m.group(1)) if m else 1
 
 
-async def test_a_flood_of_unknown_and_malformed_requests_is_summarised(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_flood_of_unknown_and_malformed_requests_is_summarised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, "streamproxy")
     n_unknown, n_malformed, batch = 3000, 1000, 100
     async with serve() as (server, _, url):

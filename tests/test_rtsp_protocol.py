@@ -64,7 +64,8 @@ def test_lf_only_and_mixed_line_endings() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["rtsp://[::1", "rtsp://h:99999/cam1", "rtsp://h:abc/cam1", "rtsp://u:p@[::1/x", "rtsp://\uff03h/x"]
+    "uri",
+    ["rtsp://[::1", "rtsp://h:99999/cam1", "rtsp://h:abc/cam1", "rtsp://u:p@[::1/x", "rtsp://\uff03h/x"],
 )
 def test_malformed_uri_is_400(uri: str) -> None:
     with pytest.raises(RtspError) as err:
@@ -112,7 +113,9 @@ def test_content_length_errors_close(value: str, status: int) -> None:
 
 
 def test_format_response_strips_line_breaks() -> None:
-    out = format_response(400, "1\r\nX-Injected: yes", [("Session", "a\nX-Two: b"), ("X\r", "v\0")], reason="Bad\n")
+    out = format_response(
+        400, "1\r\nX-Injected: yes", [("Session", "a\nX-Two: b"), ("X\r", "v\0")], reason="Bad\n"
+    )
     head = out[: out.index(b"\r\n\r\n")]
     assert len(head.split(b"\r\n")) == 4 and b"\n" not in head.replace(b"\r\n", b"") and b"\0" not in head
 
@@ -159,7 +162,11 @@ def test_parse_transport() -> None:
     # First supported alternative wins; multicast is skipped.
     v = parse_transport("RTP/AVP;multicast,RTP/AVP/UDP;unicast;client_port=6000")
     assert v.client_port == (6000, 6001)
-    for bad in ("RTP/SAVP;unicast;client_port=1-2", "RTP/AVP;multicast", "RTP/AVP;unicast;mode=record;client_port=1-2"):
+    for bad in (
+        "RTP/SAVP;unicast;client_port=1-2",
+        "RTP/AVP;multicast",
+        "RTP/AVP;unicast;mode=record;client_port=1-2",
+    ):
         with pytest.raises(RtspError) as err:
             parse_transport(bad)
         assert err.value.status == 461
@@ -188,7 +195,10 @@ def test_auth_digest_and_basic() -> None:
     other = "rtsp://127.0.0.1:8554/cam2"
     assert auth.check("DESCRIBE", uri, _digest(auth, "alice", "s3cret", "DESCRIBE", other))[0] is None
     # Forged nonce.
-    assert auth.check("DESCRIBE", uri, _digest(auth, "alice", "s3cret", "DESCRIBE", uri, "abc" + "0" * 24))[0] is None
+    assert (
+        auth.check("DESCRIBE", uri, _digest(auth, "alice", "s3cret", "DESCRIBE", uri, "abc" + "0" * 24))[0]
+        is None
+    )
     basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     assert auth.check("PLAY", uri, basic) == ("alice", False)
     assert auth.check("PLAY", uri, "Basic " + base64.b64encode(b"alice:nope").decode())[0] is None
@@ -232,7 +242,9 @@ def test_packetize_single_and_fu_a() -> None:
 
 def test_rtp_headers_and_sender_report() -> None:
     rtp = RtpStream(ssrc=0x11223344, seq=65535, ts_base=1000)
-    pkt = EncodedPacket(data=b"\x00\x00\x01\x65abc", pts90k=5000, keyframe=True, decoded_at=1.0, encoded_at=1.0)
+    pkt = EncodedPacket(
+        data=b"\x00\x00\x01\x65abc", pts90k=5000, keyframe=True, decoded_at=1.0, encoded_at=1.0
+    )
     payloads = packetize_h264(pkt.data)
     (p,) = rtp.packets_udp(pkt, payloads)
     v, pt, seq, ts, ssrc = struct.unpack("!BBHII", p[:12])

@@ -52,8 +52,19 @@ pytestmark = pytest.mark.timeout(90)
 async def test_ffprobe_reports_h264_size(transport: str) -> None:
     async with serve() as (_, _, url):
         rc, out, err = await run(
-            "ffprobe", "-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0",
-            "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0", url, timeout=20,
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+            url,
+            timeout=20,
         )
     assert rc == 0, err
     assert out.strip() == f"h264,{W},{H}"
@@ -67,7 +78,18 @@ async def test_ffmpeg_decodes_frames(transport: str) -> None:
         counts: list[int] = []  # the hub's RTSP viewer count at every join and leave
         hub.on_viewers_changed = lambda h: counts.append(h.viewers("rtsp"))
         rc, out, err = await run(
-            "ffmpeg", "-v", "error", "-rtsp_transport", transport, "-i", url, "-frames:v", "25", "-f", "framecrc", "-",
+            "ffmpeg",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-i",
+            url,
+            "-frames:v",
+            "25",
+            "-f",
+            "framecrc",
+            "-",
             timeout=30,
         )
         # ffmpeg was one viewer while it read; once it quit (TEARDOWN, or its connection closed) it is none.
@@ -86,8 +108,20 @@ async def test_ffmpeg_decodes_frames(transport: str) -> None:
 async def test_gstreamer_decodes_frames(transport: str) -> None:
     async with serve() as (_, _, url):
         _rc, out, err = await run(
-            "gst-launch-1.0", "rtspsrc", f"location={url}", f"protocols={transport}", "latency=0", "!",
-            "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!", "fakesink", "num-buffers=25",
+            "gst-launch-1.0",
+            "rtspsrc",
+            f"location={url}",
+            f"protocols={transport}",
+            "latency=0",
+            "!",
+            "rtph264depay",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "fakesink",
+            "num-buffers=25",
             timeout=30,
         )
     # EOS after 25 decoded buffers is the proof; gst-launch may still report a race of its own
@@ -101,8 +135,10 @@ async def test_pyav_decodes_at_full_rate_and_first_frame_is_fast(transport: str)
     async with serve() as (_, _, url):
         res = await asyncio.to_thread(pyav_read, url, 50, transport)
     assert res["frames"] == 50 and (res["width"], res["height"]) == (W, H)
-    print(f"\nPyAV over {transport}: first frame {res['first_frame_s'] * 1000:.0f} ms after open, "
-          f"50 frames in {res['total_s']:.2f} s")
+    print(
+        f"\nPyAV over {transport}: first frame {res['first_frame_s'] * 1000:.0f} ms after open, "
+        f"50 frames in {res['total_s']:.2f} s"
+    )
     assert res["first_frame_s"] < 1.5  # a keyframe is forced when a viewer joins: no GOP wait (GOP is 4 s)
     assert res["total_s"] < 50 / FPS + 2.5
 
@@ -117,7 +153,9 @@ async def test_unknown_path_is_404() -> None:
         status, _, _ = await raw.request("DESCRIBE", url.replace("cam1", "nope"))
         assert status == 404
         status, _, _ = await raw.request(
-            "SETUP", url.replace("cam1", "nope") + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"}
+            "SETUP",
+            url.replace("cam1", "nope") + "/trackID=0",
+            {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"},
         )
         assert status == 404
         raw.close()
@@ -131,7 +169,7 @@ def _auth_failures() -> float:
 
 
 def _digest_header(uri: str, method: str, challenge: str, user: str, password: str) -> str:
-    params = dict(p.strip().split("=", 1) for p in challenge[len("Digest "):].split(","))
+    params = dict(p.strip().split("=", 1) for p in challenge[len("Digest ") :].split(","))
     realm, nonce = params["realm"].strip('"'), params["nonce"].strip('"')
 
     def md5(s: str) -> str:
@@ -174,17 +212,31 @@ async def test_auth_required_and_checked() -> None:
         good_digest = _digest_header(url, "DESCRIBE", digest_challenge, USER, PASSWORD)
         assert (await raw.request("DESCRIBE", url, {"Authorization": good_digest}))[0] == 200
         raw.close()
-        assert _auth_failures() - failures0 == 2  # the wrong Basic and the wrong Digest; no credentials is no failure
+        assert (
+            _auth_failures() - failures0 == 2
+        )  # the wrong Basic and the wrong Digest; no credentials is no failure
 
         # Real clients: wrong credentials fail, right ones decode (ffmpeg answers the Digest challenge).
-        rc, _, err = await run("ffprobe", "-v", "error", "-rtsp_transport", "tcp", with_creds(url, USER, "nope"),
-                               timeout=15)
+        rc, _, err = await run(
+            "ffprobe", "-v", "error", "-rtsp_transport", "tcp", with_creds(url, USER, "nope"), timeout=15
+        )
         assert rc != 0 and "401" in err
         rc, _, err = await run("ffprobe", "-v", "error", "-rtsp_transport", "tcp", url, timeout=15)
         assert rc != 0 and "401" in err
         rc, out, err = await run(
-            "ffmpeg", "-v", "error", "-rtsp_transport", "tcp", "-i", with_creds(url, USER, PASSWORD),
-            "-frames:v", "25", "-f", "framecrc", "-", timeout=30,
+            "ffmpeg",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            with_creds(url, USER, PASSWORD),
+            "-frames:v",
+            "25",
+            "-f",
+            "framecrc",
+            "-",
+            timeout=30,
         )
         assert rc == 0, err
         assert len([ln for ln in out.splitlines() if ln and not ln.startswith("#")]) == 25
@@ -195,8 +247,22 @@ async def test_auth_required_and_checked() -> None:
 async def test_gstreamer_with_credentials() -> None:
     async with serve(users=[User(username=USER, password="secret")]) as (_, _, url):
         _rc, out, err = await run(
-            "gst-launch-1.0", "rtspsrc", f"location={url}", f"user-id={USER}", "user-pw=secret", "protocols=tcp",
-            "latency=0", "!", "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!", "fakesink", "num-buffers=10",
+            "gst-launch-1.0",
+            "rtspsrc",
+            f"location={url}",
+            f"user-id={USER}",
+            "user-pw=secret",
+            "protocols=tcp",
+            "latency=0",
+            "!",
+            "rtph264depay",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "fakesink",
+            "num-buffers=10",
             timeout=30,
         )
     assert 'Got EOS from element "pipeline0"' in out, out + err
@@ -225,7 +291,9 @@ async def test_raw_protocol_errors_and_keepalive() -> None:
         status, _, _ = await raw.request("SETUP", url + "/trackID=0", {"Transport": "RTP/SAVP;multicast"})
         assert status == 461
         assert (await raw.request("SETUP", url + "/trackID=0"))[0] == 400
-        assert (await raw.request("SETUP", url + "/trackID=9", {"Transport": "RTP/AVP/TCP;unicast"}))[0] == 404
+        assert (await raw.request("SETUP", url + "/trackID=9", {"Transport": "RTP/AVP/TCP;unicast"}))[
+            0
+        ] == 404
         await raw.send_raw(b"NONSENSE\r\nCSeq: 5\r\n\r\n")
         status, hdrs, _ = await raw.response()
         assert status == 400 and hdrs["cseq"] == ["5"]
@@ -279,7 +347,11 @@ async def test_describe_503_when_camera_never_seen() -> None:
 @pytest.mark.slow
 async def test_stalled_viewer_does_not_stall_others(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TcpOutput, "HIGH_WATER", 16 * 1024)
-    async with serve(buffer_packets=8, kbps=3000, noise=True, write_timeout_s=4.0, tcp_sndbuf=16384) as (server, hub, url):
+    async with serve(buffer_packets=8, kbps=3000, noise=True, write_timeout_s=4.0, tcp_sndbuf=16384) as (
+        server,
+        hub,
+        url,
+    ):
         lost: dict[OutProtocol, int] = {}
         hub.on_slow_viewer_drop = lambda protocol, n: lost.__setitem__(protocol, lost.get(protocol, 0) + n)
         stalled = await RawRtsp.connect(server.port, rcvbuf=4096, limit=4096)
@@ -312,8 +384,9 @@ async def test_stop_with_viewers_is_clean_and_fast(monkeypatch: pytest.MonkeyPat
         udp = await RawRtsp.connect(server.port)
         await udp.request("DESCRIBE", url)
         port = random.randrange(40000, 60000, 2)
-        status, _, _ = await udp.request("SETUP", url + "/trackID=0",
-                                         {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"})
+        status, _, _ = await udp.request(
+            "SETUP", url + "/trackID=0", {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"}
+        )
         assert status == 200
         await viewers[0].read_interleaved(5)
         assert hub.viewers() == 3
@@ -323,7 +396,9 @@ async def test_stop_with_viewers_is_clean_and_fast(monkeypatch: pytest.MonkeyPat
         await server.stop()
         took = time.monotonic() - t0
         await server.stop()  # idempotent
-        assert took < server_mod.STOP_FLUSH_S, f"stop waited {took:.1f} s: it cut a reading viewer at the deadline"
+        assert took < server_mod.STOP_FLUSH_S, (
+            f"stop waited {took:.1f} s: it cut a reading viewer at the deadline"
+        )
         assert hub.viewers() == 0 and server.sessions == {}
         await asyncio.sleep(0.05)
         leftover = {t for t in asyncio.all_tasks() if not t.done()} - before
@@ -341,8 +416,9 @@ async def test_udp_session_times_out_without_keepalive() -> None:
         raw = await RawRtsp.connect(server.port)
         await raw.request("DESCRIBE", url)
         port = random.randrange(40000, 60000, 2)
-        status, hdrs, _ = await raw.request("SETUP", url + "/trackID=0",
-                                            {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"})
+        status, hdrs, _ = await raw.request(
+            "SETUP", url + "/trackID=0", {"Transport": f"RTP/AVP;unicast;client_port={port}-{port + 1}"}
+        )
         assert status == 200 and "server_port=" in hdrs["transport"][0]
         session = hdrs["session"][0].split(";")[0]
         assert (await raw.request("PLAY", url, {"Session": session}))[0] == 200

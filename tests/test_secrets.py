@@ -64,7 +64,12 @@ def _config(cam_port: int, pub_port: int, model_dir: Path, demuxer: str) -> AppC
                 "http_port": 0,
                 "users": [{"username": "viewer", "password": VIEWER_PW}],
             },
-            "ingest": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "open_timeout_s": 2, "demuxer": demuxer},
+            "ingest": {
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.2,
+                "open_timeout_s": 2,
+                "demuxer": demuxer,
+            },
             "engine": {"detector": {"input_width": 320, "model_dir": str(model_dir)}},
         }
     )
@@ -85,7 +90,11 @@ def dead_port() -> Iterator[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("demuxer", ["builtin", "pyav"])
 async def test_service_output_carries_no_secret(
-    model_dir: Path, dead_port: int, demuxer: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    model_dir: Path,
+    dead_port: int,
+    demuxer: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     from streamproxy_sim.harness import running_app
 
@@ -207,7 +216,9 @@ def test_bad_config_errors_carry_no_secret(
     from streamproxy.cli import main
 
     cfg = _write(tmp_path / "bad.yaml", BAD_CONFIGS[case])
-    assert main(["check-config", str(cfg)] if command == "check-config" else ["run", "--config", str(cfg)]) == 1
+    assert (
+        main(["check-config", str(cfg)] if command == "check-config" else ["run", "--config", str(cfg)]) == 1
+    )
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert lines and all(line.startswith(f"invalid config: {cfg}: ") for line in lines), err
@@ -284,7 +295,9 @@ def test_crash_traceback_carries_no_secret(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-c", CRASH, str(cfg), url], capture_output=True, text=True, timeout=60
     )  # fmt: skip
-    assert r.returncode == 1 and "Traceback" in r.stderr and "RuntimeError: could not open" in r.stderr, r.stderr
+    assert r.returncode == 1 and "Traceback" in r.stderr and "RuntimeError: could not open" in r.stderr, (
+        r.stderr
+    )
     assert "rtsp://***@127.0.0.1:554/user=***&password=***&channel=1?token=***" in r.stderr, r.stderr
     assert not leaks(r.stderr), r.stderr
 
@@ -375,7 +388,14 @@ def test_redact_text_and_url_secrets() -> None:
     assert redact_text(f"open {url} (401)") == "open rtsp://***@cam/user=***&password=***?token=*** (401)"
     assert redact_text("ffmpeg: password=Pathsecret failed") == "ffmpeg: password=*** failed"
     secrets = url_secrets(url)
-    for s in ("admin:pw%21x", "admin:pw!x", "password=Pathsecret", "Pathsecret", "token=Toksecret", "Toksecret"):
+    for s in (
+        "admin:pw%21x",
+        "admin:pw!x",
+        "password=Pathsecret",
+        "Pathsecret",
+        "token=Toksecret",
+        "Toksecret",
+    ):
         assert s in secrets
     assert "admin" not in secrets  # a user name alone is no secret: scrubbing it would garble words
     assert "pw!x" in secrets and secrets == sorted(secrets, key=len, reverse=True)
@@ -386,7 +406,9 @@ def test_secret_filter_scrubs_messages_and_tracebacks() -> None:
     try:
         raise ValueError("bad token Toksecret")
     except ValueError:
-        rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "%s: %s", ("cam", "Viewersecret"), sys.exc_info())
+        rec = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "%s: %s", ("cam", "Viewersecret"), sys.exc_info()
+        )
     assert guard.filter(rec)
     assert rec.getMessage() == "cam: ***"
     assert rec.exc_text is not None and "ValueError: bad token ***" in rec.exc_text

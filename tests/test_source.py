@@ -222,7 +222,12 @@ def test_frames_flow(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("codec", "demuxer", "transport"),
-    [("h265", "builtin", "tcp"), ("h265", "builtin", "udp"), ("h265", "pyav", "tcp"), ("h264", "pyav", "udp")],
+    [
+        ("h265", "builtin", "tcp"),
+        ("h265", "builtin", "udp"),
+        ("h265", "pyav", "tcp"),
+        ("h264", "pyav", "udp"),
+    ],
 )
 def test_every_codec_through_both_demuxers(
     sim_camera_factory: Callable[..., SimCamera],

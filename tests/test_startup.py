@@ -83,7 +83,9 @@ def test_run_with_port_in_use_exits_1_with_one_line(model_dir: Path, tmp_path: P
     assert "Traceback" not in out, out
     errors = [line for line in out.splitlines() if " ERROR " in line]
     assert len(errors) == 1, out
-    assert errors[0].endswith(f"cannot start: RTSP server cannot listen on 127.0.0.1:{rtsp}: Address already in use")
+    assert errors[0].endswith(
+        f"cannot start: RTSP server cannot listen on 127.0.0.1:{rtsp}: Address already in use"
+    )
 
 
 def test_run_with_a_bad_config_exits_1_with_one_line_and_listens_nowhere(tmp_path: Path) -> None:
@@ -126,7 +128,9 @@ def _request(sock: socket.socket, text: str) -> str:
     return buf.decode(errors="replace")
 
 
-def test_sigterm_with_a_viewer_sends_rtcp_bye_closes_cleanly_and_exits_0(model_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_with_a_viewer_sends_rtcp_bye_closes_cleanly_and_exits_0(
+    model_dir: Path, tmp_path: Path
+) -> None:
     """`streamproxy run`, a viewer PLAYing over TCP (the camera is down: no RTP yet), SIGTERM: the
     viewer gets an RTCP BYE and a clean close (FIN, not RST), and the process exits 0 within seconds."""
     import signal

@@ -236,7 +236,10 @@ async def test_page_shows_the_reason_and_no_stale_values() -> None:
         assert "packet loss" not in back["rows"]
         cam1.loss = LossStatus(rtp_packets_lost=120, damaged_frames=7, percent=4.8, tcp_fallback=True)
         lossy = await _card(browser, "cam1", "'packet loss' in card.rows")
-        assert lossy["rows"]["packet loss"] == "4.8 % now · 120 packets lost · 7 frames damaged · over TCP (UDP lost too much)"
+        assert (
+            lossy["rows"]["packet loss"]
+            == "4.8 % now · 120 packets lost · 7 frames damaged · over TCP (UDP lost too much)"
+        )
         # The API the page read: nulls while down.
         async with aiohttp.ClientSession() as http, http.get(f"{base}/api/cameras") as r:
             cams = {c["name"]: c for c in await r.json()}

@@ -115,7 +115,9 @@ async def test_snapshot_endpoint_auth_and_fail_closed() -> None:
                 assert resp.status == 200 and resp.content_type == "image/jpeg"
                 img = cv2.imdecode(np.frombuffer(await resp.read(), np.uint8), cv2.IMREAD_COLOR)
                 assert img is not None and img.shape[:2] == (240, 320)
-            async with s.get(url, headers={"Authorization": "Basic " + base64.b64encode(b"vms:no").decode()}) as resp:
+            async with s.get(
+                url, headers={"Authorization": "Basic " + base64.b64encode(b"vms:no").decode()}
+            ) as resp:
                 assert resp.status == 401
             # No anonymized frame recent enough: 503, never anything else.
             app.pipelines["cam1"].latest = None
@@ -155,7 +157,9 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def sub_host(model_dir: Path) -> Any:
-    with camera_and_host(lambda url: make_config(url, model_dir, sub_stream={"width": SUB_W, "fps": SUB_FPS})) as pair:
+    with camera_and_host(
+        lambda url: make_config(url, model_dir, sub_stream={"width": SUB_W, "fps": SUB_FPS})
+    ) as pair:
         yield pair
 
 
@@ -173,7 +177,9 @@ def test_sub_stream_plays_scaled_thinned_and_masked(sub_host: Any, judge: OnnxFa
     assert {(f.width, f.height) for f in frames} == {(SUB_W, SUB_W * H // W)}
     times = [float(f.pts * f.time_base) for f in frames if f.pts is not None and f.time_base is not None]
     rate = (len(times) - 1) / (times[-1] - times[0])
-    print(f"\nsub stream: {frames[0].width}x{frames[0].height}, {rate:.2f} fps by its timestamps (ceiling {SUB_FPS})")
+    print(
+        f"\nsub stream: {frames[0].width}x{frames[0].height}, {rate:.2f} fps by its timestamps (ceiling {SUB_FPS})"
+    )
     # By the stream's own timestamps (not the wall clock): never above the ceiling (20 % for jitter).
     # Overload shedding thins the sub stream with the main one (a busy 2-core box may shed half or
     # more), so the lower bound only says frames flow.

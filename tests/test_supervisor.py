@@ -41,7 +41,9 @@ def test_a_cap_below_the_first_wait_is_the_first_wait() -> None:
     assert waits(b, [0, 0]) == [2.0, 2.0]
 
 
-def test_a_failure_with_its_own_cap_doubles_up_to_it_and_the_next_other_failure_is_back_under_the_cap() -> None:
+def test_a_failure_with_its_own_cap_doubles_up_to_it_and_the_next_other_failure_is_back_under_the_cap() -> (
+    None
+):
     b = Backoff(0.5, 2.0, stable_s=5.0, uniform=lambda lo, hi: 1.0)
     assert [round(b.next_wait(0, 60.0), 3) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
     assert waits(b, [0, 0]) == [2.0, 2.0], "a camera down (not 401) again: the normal cap at once"
@@ -63,6 +65,7 @@ def test_the_supervisor_asks_the_failure_for_its_cap() -> None:
 
 
 # --- the loop: run_sync (ingest's thread) and run_async (publish's task) --------------------------
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -199,7 +202,9 @@ async def test_async_stall_calls_on_stall_which_unblocks_the_attempt() -> None:
         events.append("on_stall")
         unblock.set()
 
-    await run_async(sup, attempt, asyncio.Event(), lambda a, err, wait: ends.append((a.number, err)), on_stall)
+    await run_async(
+        sup, attempt, asyncio.Event(), lambda a, err, wait: ends.append((a.number, err)), on_stall
+    )
     assert events == ["blocked", "on_stall", "cleanup"]
     assert len(ends) == 1 and isinstance(ends[0][1], Stalled) and sup.stalls == 1
 

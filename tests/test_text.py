@@ -54,7 +54,11 @@ def hf_energy(img: np.ndarray, box: Box) -> float:
 def plates_cfg(**text: object) -> EngineConfig:
     # 640 px keeps the detector at ~0.2 s a run on a busy 2-core machine; the plate is large.
     return EngineConfig.model_validate(
-        {"objects": ["faces", "plates"], "text": {"input_width": 640, **text}, "detector": {"input_width": 640}}
+        {
+            "objects": ["faces", "plates"],
+            "text": {"input_width": 640, **text},
+            "detector": {"input_width": 640},
+        }
     )
 
 
@@ -81,7 +85,9 @@ def test_model_is_pinned_and_hash_checked(model_dir: Path, tmp_path: Path) -> No
     data = bytearray((model_dir / spec.filename).read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other hash
     (bad / spec.filename).write_bytes(bytes(data))
-    cfg = plates_cfg().model_copy(update={"detector": plates_cfg().detector.model_copy(update={"model_dir": bad})})
+    cfg = plates_cfg().model_copy(
+        update={"detector": plates_cfg().detector.model_copy(update={"model_dir": bad})}
+    )
     with pytest.raises(ModelError, match="SHA-256"):
         create_text_detector(cfg)
     with pytest.raises(ModelError, match="models fetch"):
@@ -234,7 +240,9 @@ def test_broken_text_detector_fails_closed() -> None:
     whole = Box(0, 0, 320, 240)
     for f, o in zip(frames[1:5], outs[1:5], strict=True):
         assert o.frame is not None
-        assert changed_fraction(f.to_ndarray(format="bgr24"), o.frame.to_ndarray(format="bgr24"), whole, 6) > 0.8
+        assert (
+            changed_fraction(f.to_ndarray(format="bgr24"), o.frame.to_ndarray(format="bgr24"), whole, 6) > 0.8
+        )
 
 
 def test_broken_text_detector_fails_closed_in_bulk(tmp_path: Path, model_dir: Path) -> None:
@@ -289,7 +297,7 @@ def _config(tmp_path: Path, engine: str) -> Path:
 @pytest.mark.parametrize(
     ("engine", "needle"),
     [
-        ("  objects: [plates]\n", "engine.objects: must include \"faces\""),
+        ("  objects: [plates]\n", 'engine.objects: must include "faces"'),
         ("  objects: [faces, cars]\n", "engine.objects"),
         ("  objects: [faces, faces]\n", "engine.objects: each object may be listed once"),
         ("  text:\n    detect_every: 0\n", "engine.text.detect_every"),
@@ -315,6 +323,8 @@ def test_live_camera_with_plates_is_refused_with_the_measured_cost(tmp_path: Pat
     load_config(cfg)  # valid as a config: bulk mode may use it
     r = run_cli("check-config", cfg)
     assert r.returncode == 1, r.stderr
-    assert "cam: engine.objects" in r.stderr and "ms per run" in r.stderr and "bulk mode" in r.stderr, r.stderr
+    assert "cam: engine.objects" in r.stderr and "ms per run" in r.stderr and "bulk mode" in r.stderr, (
+        r.stderr
+    )
     ok = _config(tmp_path, f"  objects: [faces]\n  detector:\n    model_dir: {model_dir}\n")
     assert run_cli("check-config", ok).returncode == 0

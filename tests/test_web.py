@@ -23,7 +23,15 @@ API_KEYS = [
     "fail_closed_frames", "widened_frames", "faces", "tracks", "latency_ms", "overloaded", "keep_ratio", "detector",
     "privacy_floor", "resolution", "viewers", "reconnects", "encode_cpu_s", "sub_stream", "loss", "whep", "publish",
 ]  # fmt: skip
-DETECTOR_KEYS = ["model", "detect_every", "input_width", "max_detect_every", "min_input_width", "keep_ratio", "error"]
+DETECTOR_KEYS = [
+    "model",
+    "detect_every",
+    "input_width",
+    "max_detect_every",
+    "min_input_width",
+    "keep_ratio",
+    "error",
+]
 
 
 @pytest.mark.timeout(30)
@@ -77,11 +85,15 @@ async def test_auth_guards_page_api_and_whep_but_not_probes() -> None:
                 r = await http.get(f"{base}{path}")
                 assert r.status == 401, path
                 assert r.headers["WWW-Authenticate"] == 'Basic realm="streamproxy", charset="UTF-8"'
-                r = await http.get(f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("bob", "s3cret")})
+                r = await http.get(
+                    f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("bob", "s3cret")}
+                )
                 assert r.status == 401, path
                 r = await http.get(f"{base}{path}", headers={"Authorization": "Basic !!notbase64"})
                 assert r.status == 401, path
-                r = await http.get(f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")})
+                r = await http.get(
+                    f"{base}{path}", headers={"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
+                )
                 assert r.status == 200, path
             for path in ("/healthz", "/readyz", "/metrics"):
                 assert (await http.get(f"{base}{path}")).status == 200, path
@@ -109,7 +121,11 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     cfg = parse_config(
         {
             "cameras": [
-                {"name": "shape-cam", "url": "rtsp://127.0.0.1:1/cam", "publish_url": "rtsp://u:pw0rd@127.0.0.1:1/out"}
+                {
+                    "name": "shape-cam",
+                    "url": "rtsp://127.0.0.1:1/cam",
+                    "publish_url": "rtsp://u:pw0rd@127.0.0.1:1/out",
+                }
             ]
         }
     )
@@ -131,7 +147,14 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     out = json.loads(text)
     assert list(out) == API_KEYS
     assert out["loss"] == {"rtp_packets_lost": 0, "damaged_frames": 0, "percent": None, "tcp_fallback": False}
-    assert out["dropped"] == {"latency_budget": 0, "fail_closed": 0, "queue_full": 0, "encoder": 0, "worker": 0, "overload": 1}
+    assert out["dropped"] == {
+        "latency_budget": 0,
+        "fail_closed": 0,
+        "queue_full": 0,
+        "encoder": 0,
+        "worker": 0,
+        "overload": 1,
+    }
     assert list(out["latency_ms"]) == ["p50", "p99", "budget"] and out["latency_ms"]["p50"] is None
     assert list(out["detector"]) == DETECTOR_KEYS
     assert out["privacy_floor"] is None and out["resolution"] is None
@@ -146,10 +169,15 @@ async def test_api_entry_keeps_its_shape_and_reads_the_single_counters() -> None
     assert out["frames_in"] == 2 == prom("streamproxy_frames_in_total", {"camera": "shape-cam"})
     assert out["fail_closed_frames"] == 1
     assert out["widened_frames"] == 1 == prom("streamproxy_widened_frames_total", {"camera": "shape-cam"})
-    assert prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
+    assert (
+        prom("streamproxy_fail_closed_frames_total", {"camera": "shape-cam", "reason": "detector_error"}) == 1
+    )
     # A snapshot that failed: the entry still names the camera and its WHEP endpoint.
-    assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {"name": "gone", "state": "unknown", "whep": "/gone/whep"}
-
+    assert camera_json(CameraStatus("gone", "/gone/whep", None)) == {
+        "name": "gone",
+        "state": "unknown",
+        "whep": "/gone/whep",
+    }
 
 
 async def test_a_cameras_viewers_and_slow_viewer_drops_are_those_of_both_its_streams() -> None:
@@ -160,7 +188,11 @@ async def test_a_cameras_viewers_and_slow_viewer_drops_are_those_of_both_its_str
     assert camera.sub_hub is not None  # on by default
     prom = REGISTRY.get_sample_value
     try:
-        subs = [camera.hub.subscribe("rtsp"), camera.sub_hub.subscribe("rtsp"), camera.hub.subscribe("webrtc")]
+        subs = [
+            camera.hub.subscribe("rtsp"),
+            camera.sub_hub.subscribe("rtsp"),
+            camera.hub.subscribe("webrtc"),
+        ]
         assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "rtsp"}) == 2
         assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "webrtc"}) == 1
         assert camera.hubs() == (camera.hub, camera.sub_hub) and camera.publisher_status() is None

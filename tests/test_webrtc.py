@@ -96,7 +96,9 @@ async def test_whep_errors() -> None:
             assert r.status == 404
             r = await http.post(f"{base}/cam1/whep", data="hello", headers=sdp_headers)
             assert r.status == 400
-            r = await http.post(f"{base}/cam1/whep", data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=sdp_headers)
+            r = await http.post(
+                f"{base}/cam1/whep", data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=sdp_headers
+            )
             assert r.status == 400
             r = await http.post(f"{base}/cam1/whep", data=offer, headers={"Content-Type": "text/plain"})
             assert r.status == 415
@@ -141,7 +143,10 @@ def test_ice_servers_from_config() -> None:
     cfg = make_cfg().server
     assert ice_servers(cfg) == []  # nothing is contacted by default (no Google STUN)
     cfg = cfg.model_copy(
-        update={"stun_servers": ["stun:stun.example:3478"], "turn_servers": ["turn:bob:p%40ss@turn.example:3478"]}
+        update={
+            "stun_servers": ["stun:stun.example:3478"],
+            "turn_servers": ["turn:bob:p%40ss@turn.example:3478"],
+        }
     )
     servers = ice_servers(cfg)
     assert servers[0].urls == "stun:stun.example:3478"

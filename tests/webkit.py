@@ -39,6 +39,8 @@ from streamproxy.status import (
 )
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
+
+
 def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
     return parse_config(
         {
@@ -50,6 +52,8 @@ def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...]
             },
         }
     )
+
+
 class FakeCamera:
     """Stands in for camera.Camera (a status.CameraView) and its pipeline: what the serving side reads,
     and what a test sets to change it (`state`, `reason`, `faces`, `latency`, `loss`, `latest`)."""
@@ -97,6 +101,8 @@ class FakeCamera:
             reconnects=0,
             loss=self.loss,
         )
+
+
 class FakeApp:
     """The service as serve/ reads it (serve/http/server.py's `Service`, so ONVIF's `OnvifHost` too),
     over fake cameras; `hubs`, `sub_hubs` and `pipelines` are the tests' handles, named as App's."""
@@ -129,6 +135,7 @@ class FakeApp:
     def pipelines(self) -> Mapping[str, FakeCamera]:
         return self.cameras  # the fake camera is its pipeline too
 
+
 def synthetic_frame(i: int) -> av.VideoFrame:
     y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None] * 200 + 20
     x = np.zeros((1, WIDTH), np.float32)
@@ -136,6 +143,8 @@ def synthetic_frame(i: int) -> av.VideoFrame:
     col = (i * 8) % (WIDTH - 40)
     img[100:140, col : col + 40] = (0, 0, 255)  # a moving red block: every frame differs
     return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+
+
 async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS, scale: int = 1) -> None:
     """A live camera's encode loop in miniature: honours the hub's keyframe requests (`scale` 2: a
     sub stream at half the size)."""
@@ -160,13 +169,17 @@ async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS, scale:
                 await asyncio.wait_for(stop.wait(), max(0.0, delay))
     finally:
         enc.close()
+
+
 @contextlib.asynccontextmanager
 async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[FakeApp, WebServer, str]]:
     cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
     app = FakeApp(cfg)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(feed_hub(h, stop)) for h in app.hubs.values()] if feed else []
-    tasks += [asyncio.create_task(feed_hub(h, stop, 10, scale=2)) for h in app.sub_hubs.values()] if feed else []
+    tasks += (
+        [asyncio.create_task(feed_hub(h, stop, 10, scale=2)) for h in app.sub_hubs.values()] if feed else []
+    )
     server = WebServer(app)
     await server.start()
     for camera in app.devices.services:  # cameras that are ONVIF devices of their own, as App starts them
@@ -178,6 +191,8 @@ async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[Fake
         await server.stop()
         stop.set()
         await asyncio.gather(*tasks)
+
+
 class WhepClient:
     """A WHEP viewer built on aiortc (recvonly, non-trickle)."""
 
@@ -225,6 +240,8 @@ class WhepClient:
 
     async def close(self) -> None:
         await self.pc.close()
+
+
 async def wait_for(cond: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

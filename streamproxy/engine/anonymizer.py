@@ -136,7 +136,9 @@ class PendingFrame:
     def render(self) -> AnonymizedFrame:
         frame = self._frame
         if self.fail_closed and self._drop:
-            return AnonymizedFrame(None, self.decoded_at, 0, 0, True, self.detector_ms, True, self.fail_reason)
+            return AnonymizedFrame(
+                None, self.decoded_at, 0, 0, True, self.detector_ms, True, self.fail_reason
+            )
         planes, buf = planes_from_yuv420(frame)
         fill_zones(planes, self._cfg.privacy_zones)
         if self.fail_closed:
@@ -317,7 +319,9 @@ class Anonymizer:
             if regions is not None and frame is not None:
                 dets = self.detector.detect_regions(frame, regions)  # type: ignore[attr-defined]
             else:
-                dets = self.detector.detect_frame(frame) if frame is not None else self.detector.detect_bgr(img)  # type: ignore[arg-type]
+                dets = (
+                    self.detector.detect_frame(frame) if frame is not None else self.detector.detect_bgr(img)  # type: ignore[arg-type]
+                )
         except Exception as err:
             ms = (time.perf_counter() - t0) * 1000
             self.stats.detect_cpu_s += time.thread_time() - c0
@@ -336,7 +340,9 @@ class Anonymizer:
     def _masks(self, dets: list[Detection] | None, t: float, w: int, h: int) -> list[Track]:
         if self._frame_size != (w, h):
             if self._frame_size is not None:
-                log.info("%s: frame size changed %s -> %s, tracker reset", self.name, self._frame_size, (w, h))
+                log.info(
+                    "%s: frame size changed %s -> %s, tracker reset", self.name, self._frame_size, (w, h)
+                )
             self._tracker.reset()
             self._frame_size = (w, h)
         return self._tracker.update(dets, t, w, h)
@@ -390,7 +396,9 @@ class Anonymizer:
         dets, ms, reason = self._detect((index + int(self.detect_phase * every)) % every == 0, frame, None)
         if reason:
             drop = self._count_fail(reason)
-            self._offline.append(_OfflineHeld(frame, index, t, decoded_at, (), 0.0, 0, True, ms, reason, drop))
+            self._offline.append(
+                _OfflineHeld(frame, index, t, decoded_at, (), 0.0, 0, True, ms, reason, drop)
+            )
         else:
             sure = None if dets is None else [d for d in dets if d.score >= thr]
             tracks = self._masks(sure, t, frame.width, frame.height)
@@ -457,7 +465,10 @@ class Anonymizer:
         when the cadence says so, and on every frame while it is failing or missing.
         """
         out: list[PendingFrame] = []
-        if self._held and (self._held[0].frame.width, self._held[0].frame.height) != (frame.width, frame.height):
+        if self._held and (self._held[0].frame.width, self._held[0].frame.height) != (
+            frame.width,
+            frame.height,
+        ):
             out += self.flush_pending()  # a new size resets the tracker: finish the old size's frames first
         self.stats.frames += 1
         self._observe(frame)

@@ -190,7 +190,9 @@ class ChangeGate:
             # Around a face being followed: its own neighbourhood, not a cell grid's (a 16-px face
             # far away would otherwise cost a 128-px crop), unless a change region holds it already.
             size = max(box.width, box.height, 1.0)
-            r = _int_rect(box.grown(max(TRACK_GROW_FACES * size, MIN_TRACK_CONTEXT_PX)), self.width, self.height)
+            r = _int_rect(
+                box.grown(max(TRACK_GROW_FACES * size, MIN_TRACK_CONTEXT_PX)), self.width, self.height
+            )
             if r is not None and not any(_inside(r, o) for o in regions):
                 regions.append(r)
         regions += [self.tiles[i].rect for i in due]
@@ -239,7 +241,9 @@ class ChangeGate:
         if done.any():
             f = CELL_SMALL
             for r, col in zip(*np.nonzero(done), strict=True):
-                self._ref[r * f : (r + 1) * f, col * f : (col + 1) * f] = latest[r * f : (r + 1) * f, col * f : (col + 1) * f]
+                self._ref[r * f : (r + 1) * f, col * f : (col + 1) * f] = latest[
+                    r * f : (r + 1) * f, col * f : (col + 1) * f
+                ]
             self._marked &= ~done
 
     def reset(self) -> None:

@@ -281,7 +281,9 @@ class OnnxFaceDetector:
         finally:
             self.last_ms = (time.perf_counter() - t0) * 1000
 
-    def detect_regions(self, frame: av.VideoFrame, regions: Sequence[tuple[int, int, int, int]]) -> list[Detection]:
+    def detect_regions(
+        self, frame: av.VideoFrame, regions: Sequence[tuple[int, int, int, int]]
+    ) -> list[Detection]:
         """Faces in some regions of a frame (x1, y1, x2, y2 in the frame's pixels), in frame coordinates.
 
         The change gate's look (engine/change.py): the frame is scaled as for the whole-frame pass
@@ -303,22 +305,34 @@ class OnnxFaceDetector:
                 # On the detector's own grid (multiples of ALIGN in the scaled picture): a face meets
                 # the same anchors as in the whole-frame pass.
                 cx1, cy1 = int(x1 * kx) // ALIGN * ALIGN, int(y1 * ky) // ALIGN * ALIGN
-                cx2, cy2 = min(sw, align32(math.ceil(x2 * kx), "up")), min(sh, align32(math.ceil(y2 * ky), "up"))
+                cx2, cy2 = (
+                    min(sw, align32(math.ceil(x2 * kx), "up")),
+                    min(sh, align32(math.ceil(y2 * ky), "up")),
+                )
                 if cx2 <= cx1 or cy2 <= cy1:
                     continue
                 found = self._map(self._infer(base[cy1:cy2, cx1:cx2]), 1 / kx, 1 / ky, cx1 / kx, cy1 / ky)
                 parts.append(self._prune(self._tag(found, 0), w, h))
             if not parts:
                 return []
-            faces = fuse_passes(np.concatenate(parts, axis=0), self.nms_iou, self.confirm_below, self.confirm_passes)
-            return [Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces]
+            faces = fuse_passes(
+                np.concatenate(parts, axis=0), self.nms_iou, self.confirm_below, self.confirm_passes
+            )
+            return [
+                Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces
+            ]
         finally:
             self.last_ms = (time.perf_counter() - t0) * 1000
 
     @property
     def regions_supported(self) -> bool:
         """Whether `detect_regions` sees what `detect_frame` would: one whole-frame pass, no more."""
-        return self.tiles <= 1 and self.upscale <= 1.0 and not any(u > 1.0 for u in self.upscales) and not self.flip
+        return (
+            self.tiles <= 1
+            and self.upscale <= 1.0
+            and not any(u > 1.0 for u in self.upscales)
+            and not self.flip
+        )
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -379,7 +393,9 @@ class OnnxFaceDetector:
                     tw, th = max(1, round((x2 - x1) * s)), max(1, round((y2 - y1) * s))
                     big = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_LINEAR)
                     results.append(
-                        self._tag(self._map(self._infer(big), (x2 - x1) / tw, (y2 - y1) / th, x1, y1), tile_pass)
+                        self._tag(
+                            self._map(self._infer(big), (x2 - x1) / tw, (y2 - y1) / th, x1, y1), tile_pass
+                        )
                     )
 
         # The candidate cap is per pass (per tile): a crowd photo gives thousands of raw boxes per pass,
@@ -390,7 +406,9 @@ class OnnxFaceDetector:
         faces = fuse_passes(dets, self.nms_iou, self.confirm_below, self.confirm_passes)
         if self.verify_min_px > 0.0:
             faces = self._second_look(faces, full)
-        return [Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces]
+        return [
+            Detection(Box(float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4])) for d in faces
+        ]
 
     # -- second look --------------------------------------------------------------------------
 

@@ -168,7 +168,9 @@ def _coarsen(roi: np.ndarray, cell: float, smooth: bool) -> np.ndarray:
     # of the size and enlarged: the result is as smooth, at half the cost (measured).
     sw, sh = max(2, w // 4), max(2, h // 4)
     k = max(3, (int(cell) // 4) | 1)
-    soft = cv2.blur(cv2.resize(small, (sw, sh), interpolation=cv2.INTER_LINEAR), (k, k), borderType=cv2.BORDER_REPLICATE)
+    soft = cv2.blur(
+        cv2.resize(small, (sw, sh), interpolation=cv2.INTER_LINEAR), (k, k), borderType=cv2.BORDER_REPLICATE
+    )
     return cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

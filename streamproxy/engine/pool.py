@@ -45,7 +45,9 @@ _Job = tuple[float, int, Callable[[OnnxFaceDetector], object], Future[object]]
 def pool_key(cfg: DetectorConfig) -> str:
     """Cameras whose detector settings differ only in what a run sets (input width, threshold,
     threads) share a pool; any other difference (model, tiles, flip, ...) gets a pool of its own."""
-    return cfg.model_copy(update={"input_width": 640, "threshold": 0.5, "threads": 1, "upscale": 0.0}).model_dump_json()
+    return cfg.model_copy(
+        update={"input_width": 640, "threshold": 0.5, "threads": 1, "upscale": 0.0}
+    ).model_dump_json()
 
 
 def pool_shape(cores: int, cameras: int) -> tuple[int, int]:
@@ -100,7 +102,9 @@ class DetectorPool:
                 t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._workers)}", daemon=True)
                 self._workers.append(t)
                 t.start()
-            heapq.heappush(self._heap, (deadline if math.isfinite(deadline) else math.inf, next(self._seq), fn, fut))
+            heapq.heappush(
+                self._heap, (deadline if math.isfinite(deadline) else math.inf, next(self._seq), fn, fut)
+            )
             self._cv.notify()
         return fut.result()  # type: ignore[return-value]
 
@@ -141,7 +145,9 @@ class PooledDetector:
         self.threshold = cfg.threshold
         self.upscale = cfg.upscale
         self._input_width = align32(cfg.input_width)
-        self._regions = cfg.tiles <= 1 and cfg.upscale <= 1.0 and not any(u > 1.0 for u in cfg.upscales) and not cfg.flip
+        self._regions = (
+            cfg.tiles <= 1 and cfg.upscale <= 1.0 and not any(u > 1.0 for u in cfg.upscales) and not cfg.flip
+        )
         self.last_ms = 0.0
         # When this camera's next run must be done (time.monotonic()); set by the pipeline before
         # each push. Without one (tests, a single camera), runs are served in arrival order.
@@ -175,7 +181,9 @@ class PooledDetector:
     def detect_frame(self, frame: av.VideoFrame) -> list[Detection]:
         return self._run(lambda det: det.detect_frame(frame))
 
-    def detect_regions(self, frame: av.VideoFrame, regions: Sequence[tuple[int, int, int, int]]) -> list[Detection]:
+    def detect_regions(
+        self, frame: av.VideoFrame, regions: Sequence[tuple[int, int, int, int]]
+    ) -> list[Detection]:
         return self._run(lambda det: det.detect_regions(frame, regions))
 
     def detect_bgr(self, img: np.ndarray) -> list[Detection]:

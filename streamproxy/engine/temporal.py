@@ -240,7 +240,11 @@ class TemporalFill:
         keep: list[_Tracklet] = []
         for tl in self._tracklets:
             last = tl.last
-            if last.index < before_index and before_t - last.t > EXTEND_S + _EPS and now_t - last.t > LINK_GAP_S:
+            if (
+                last.index < before_index
+                and before_t - last.t > EXTEND_S + _EPS
+                and now_t - last.t > LINK_GAP_S
+            ):
                 continue
             k = bisect.bisect_left([e.index for e in tl.entries], before_index)
             if k > 1:

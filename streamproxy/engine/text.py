@@ -86,7 +86,9 @@ class TextDetector:
         t0 = time.perf_counter()
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
-        log.info("text detector: %s loaded from %s in %.0f ms", MODEL, path, (time.perf_counter() - t0) * 1000)
+        log.info(
+            "text detector: %s loaded from %s in %.0f ms", MODEL, path, (time.perf_counter() - t0) * 1000
+        )
 
     @property
     def input_width(self) -> int:
@@ -112,7 +114,9 @@ class TextDetector:
         t0 = time.perf_counter()
         try:
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3):
-                raise ValueError(f"text detector needs a uint8 HxW(xC) image, got {getattr(img, 'shape', img)!r}")
+                raise ValueError(
+                    f"text detector needs a uint8 HxW(xC) image, got {getattr(img, 'shape', img)!r}"
+                )
             if img.ndim == 2:
                 rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
             elif img.shape[2] == 4:
@@ -360,7 +364,9 @@ class TextMasker:
             return TextOut(None, 0, False)
         if not masks:
             return TextOut(frame, 0, False)
-        return TextOut(obfuscated_frame(frame, masks, text_obfuscation(self.cfg.obfuscation)), len(masks), False)
+        return TextOut(
+            obfuscated_frame(frame, masks, text_obfuscation(self.cfg.obfuscation)), len(masks), False
+        )
 
     def _fail(self, frame: av.VideoFrame | None) -> TextOut:
         if frame is None:
@@ -374,7 +380,9 @@ class TextMasker:
 # --- live cameras -----------------------------------------------------------------------------
 
 
-def live_refusal(camera: str, cfg: EngineConfig, budget_ms: float, size: tuple[int, int] = (1280, 720)) -> str:
+def live_refusal(
+    camera: str, cfg: EngineConfig, budget_ms: float, size: tuple[int, int] = (1280, 720)
+) -> str:
     """Why a live camera may not run with `objects: plates`, with the detector's measured cost.
 
     Live text masking would have to fit a detector run of this cost into the latency budget at the
@@ -384,14 +392,16 @@ def live_refusal(camera: str, cfg: EngineConfig, budget_ms: float, size: tuple[i
     try:
         det = create_text_detector(cfg)
     except Exception as err:
-        return f"{camera}: engine.objects: \"plates\" needs the text detector: {err}"
+        return f'{camera}: engine.objects: "plates" needs the text detector: {err}'
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     det.detect_bgr(img)
     det.detect_bgr(img)
     ms = det.last_ms
     tw, th = det.work_size(*size)
-    log.info("%s: text detector %.0f ms per run at %dx%d (live budget %.0f ms)", camera, ms, tw, th, budget_ms)
+    log.info(
+        "%s: text detector %.0f ms per run at %dx%d (live budget %.0f ms)", camera, ms, tw, th, budget_ms
+    )
     verdict = (
         f"more than the camera's whole latency budget of {budget_ms:.0f} ms"
         if ms > budget_ms
@@ -399,7 +409,7 @@ def live_refusal(camera: str, cfg: EngineConfig, budget_ms: float, size: tuple[i
         "budget beside the face detector's privacy floor)"
     )
     return (
-        f"{camera}: engine.objects: \"plates\" is for bulk mode (streamproxy anonymize --objects faces,plates): "
+        f'{camera}: engine.objects: "plates" is for bulk mode (streamproxy anonymize --objects faces,plates): '
         f"the text detector took {ms:.0f} ms per run at {tw}x{th} on this machine, {verdict}. "
-        "Remove \"plates\" from engine.objects for live cameras (or use privacy_zones for fixed text)."
+        'Remove "plates" from engine.objects for live cameras (or use privacy_zones for fixed text).'
     )

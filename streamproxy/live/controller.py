@@ -240,7 +240,11 @@ class LatencyController:
         if self.input_width < self.max_input_width and util < 0.5:
             width = min(self.max_input_width, int(self.input_width / 0.75) // 32 * 32 + 32)
             step = (self.detect_every, width, 1.0)
-        elif self.input_width >= self.max_input_width and self.detect_every > self.base_detect_every and util < 0.45:
+        elif (
+            self.input_width >= self.max_input_width
+            and self.detect_every > self.base_detect_every
+            and util < 0.45
+        ):
             step = (self.detect_every - 1, self.input_width, 1.0)
         if step is not None and self._bad_until.get(step, 0.0) <= now:
             self.detect_every, self.input_width, self.keep_ratio = step
@@ -257,7 +261,9 @@ class LatencyController:
         elif self.keep_ratio > MIN_KEEP and may_shed:
             # At the floor and still short of CPU: shed whole frames, never the protection. Aim at
             # the share of frames the measured load says fits (at most one step a second).
-            target = self.keep_ratio * KEEP_UP_BELOW / util if util > BUSY_HIGH else self.keep_ratio * SHED_STEP
+            target = (
+                self.keep_ratio * KEEP_UP_BELOW / util if util > BUSY_HIGH else self.keep_ratio * SHED_STEP
+            )
             self.keep_ratio = round(max(MIN_KEEP, min(self.keep_ratio * 0.95, target)), 3)
         else:
             return False
@@ -309,7 +315,9 @@ class CameraLoad:
     name: str
     floor_width: int
     max_detect_every: int
-    core_share: float  # cores this camera needs at its floor, at full frame rate, looking at the whole picture
+    core_share: (
+        float  # cores this camera needs at its floor, at full frame rate, looking at the whole picture
+    )
     fixed_core_share: float  # the same for a fixed camera with change gating (= core_share without gating)
 
 

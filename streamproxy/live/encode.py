@@ -38,7 +38,9 @@ class FrameEncoder(Protocol):
     @property
     def codec_info(self) -> CodecInfo | None: ...
 
-    def encode(self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False) -> list[EncodedPacket]: ...
+    def encode(
+        self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False
+    ) -> list[EncodedPacket]: ...
 
 
 class VideoEncoder(FrameEncoder, Protocol):
@@ -91,7 +93,9 @@ class StreamOutput:
         """Encode `frame` with `enc` (a keyframe when forced or when a viewer asked the hub for one)
         and hand what comes out to the hub. Call from one thread at a time."""
         # A forced keyframe leaves a viewer's request standing for the next frame, as it always did.
-        packets = enc.encode(frame, decoded_at, force_keyframe=force_keyframe or self.hub.take_keyframe_request())
+        packets = enc.encode(
+            frame, decoded_at, force_keyframe=force_keyframe or self.hub.take_keyframe_request()
+        )
         info = enc.codec_info
         if info is not None and info != self._announced:
             self._announced = info
@@ -179,7 +183,14 @@ class H264Encoder:
         self._try_extradata()
         log.info(
             "%s: H.264 encoder %dx%d @ %.2f fps, %d kbit/s, GOP %d, preset %s, threads %d",
-            name or "-", self.width, self.height, self.fps, kbps, self.gop, cfg.preset, cfg.threads,
+            name or "-",
+            self.width,
+            self.height,
+            self.fps,
+            kbps,
+            self.gop,
+            cfg.preset,
+            cfg.threads,
         )
 
     @property
@@ -382,7 +393,9 @@ class SubStreamEncoder:
             return True
         return False
 
-    def encode(self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False) -> list[EncodedPacket]:
+    def encode(
+        self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False
+    ) -> list[EncodedPacket]:
         """Scale and encode one frame that was `due`. Returns the access units (normally one)."""
         t0 = time.thread_time()
         try:

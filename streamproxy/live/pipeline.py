@@ -262,7 +262,9 @@ class CameraPipeline:
     def _camera_source(self, on_frame: OnFrame, on_state: OnState) -> FrameSource:
         """The default source: the camera itself (RTSP, reconnecting and decoding on its own thread)."""
         cam, cfg = self.cam, self.cfg
-        return CameraSource(cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=on_frame, on_state=on_state)
+        return CameraSource(
+            cam.name, cam.url, cfg.transport_for(cam), cfg.ingest, on_frame=on_frame, on_state=on_state
+        )
 
     @property
     def engine(self) -> Anonymizer:
@@ -302,7 +304,9 @@ class CameraPipeline:
             return
         self._started = True
         self._worker = threading.Thread(target=self._work, name=f"pipeline-{self.name}", daemon=True)
-        self._encode_thread = threading.Thread(target=self._encode_loop, name=f"encode-{self.name}", daemon=True)
+        self._encode_thread = threading.Thread(
+            target=self._encode_loop, name=f"encode-{self.name}", daemon=True
+        )
         self._encode_thread.start()
         self._worker.start()
         self.source.start()
@@ -482,7 +486,9 @@ class CameraPipeline:
         self._busy_worker.add(done, done - started)
         if results:
             # The busier of the two threads sets the pace (its share of the wall clock).
-            self._adapt(oldest_ms, work_ms, max(self._busy_worker.share(done), self._busy_encoder.share(done)))
+            self._adapt(
+                oldest_ms, work_ms, max(self._busy_worker.share(done), self._busy_encoder.share(done))
+            )
 
     def _account(self, res: PendingFrame) -> None:
         if res.detector_ran and not res.fail_closed:
@@ -629,7 +635,9 @@ class CameraPipeline:
                 if wrong_rate:
                     log.info("%s: camera runs at %.2f fps, not %.2f: new encoder", self.name, fps, enc.fps)
                 else:
-                    log.info("%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height))
+                    log.info(
+                        "%s: resolution %s -> %s, new encoder", self.name, self._encoder_size, (width, height)
+                    )
                 enc.close()
             enc = self._encoder = self._make_encoder(self.cfg.encoder, width, height, fps, self.name)
             self._encoder_size = (width, height)

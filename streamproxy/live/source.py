@@ -307,9 +307,9 @@ class CameraSource:
             Backoff(self.ingest.backoff_initial_s, self.ingest.backoff_max_s),
             stall_timeout_s=self.ingest.read_timeout_s,
             # Many cameras lock an account after a few wrong passwords: a 401 is retried slowly.
-            cap_for=lambda err: self.ingest.unauthorized_backoff_max_s
-            if isinstance(err, ClientUnauthorized)
-            else None,
+            cap_for=lambda err: (
+                self.ingest.unauthorized_backoff_max_s if isinstance(err, ClientUnauthorized) else None
+            ),
         )
         try:
             run_sync(
@@ -383,7 +383,9 @@ class CameraSource:
     def _describe(self, err: BaseException, watch: _Watch, elapsed: float) -> str:
         if isinstance(err, _NoPicture):
             msg = str(err)
-        elif isinstance(err, Stalled) or (isinstance(err, av.error.ExitError) and (watch.tripped or self.opened)):
+        elif isinstance(err, Stalled) or (
+            isinstance(err, av.error.ExitError) and (watch.tripped or self.opened)
+        ):
             # Our stall deadline, or FFmpeg's interrupted read once the stream was open.
             msg = f"stalled: no data for {self.ingest.read_timeout_s:g} s"
         elif not self.opened and (
@@ -410,7 +412,9 @@ class CameraSource:
         level = logging.INFO if self._logged_reason is None else logging.DEBUG
         log.log(level, "%s: connecting to %s over %s", self.name, self.safe_url, transport)
 
-    def _session_builtin(self, transport: Literal["tcp", "udp"], stop: threading.Event, attempt: Attempt) -> None:
+    def _session_builtin(
+        self, transport: Literal["tcp", "udp"], stop: threading.Event, attempt: Attempt
+    ) -> None:
         """Our RTSP client receives, PyAV decodes: each frame is decoded on its last RTP packet."""
         self.frames_in_session = 0
         self.opened = False

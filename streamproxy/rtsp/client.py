@@ -132,7 +132,9 @@ def parse_sdp(text: str, base: str) -> VideoTrack:
             codec: Codec = "h264" if name == "H264" else "h265"
             payload_type, clock_rate = _number(pt, 0, 127), _number(rate, 1, 10**7) if rate else 90000
             if payload_type is None or clock_rate is None:
-                raise ClientError(f"camera's SDP has a malformed {name} track (payload type {pt!r}, rate {rate!r})")
+                raise ClientError(
+                    f"camera's SDP has a malformed {name} track (payload type {pt!r}, rate {rate!r})"
+                )
             url = base if m.control in (None, "*") else _join(base, str(m.control))
             return VideoTrack(
                 codec=codec,
@@ -169,7 +171,9 @@ def _b64(text: str) -> bytes:
 
 def _parameter_sets(codec: Codec, params: dict[str, str]) -> tuple[bytes, ...]:
     if codec == "h264":
-        return tuple(b for b in (_b64(s) for s in params.get("sprop-parameter-sets", "").split(",") if s) if b)
+        return tuple(
+            b for b in (_b64(s) for s in params.get("sprop-parameter-sets", "").split(",") if s) if b
+        )
     out: list[bytes] = []
     for key in ("sprop-vps", "sprop-sps", "sprop-pps"):
         out += [b for b in (_b64(s) for s in params.get(key, "").split(",") if s) if b]
@@ -242,7 +246,9 @@ class RtspClient:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in self.schemes or not parts.hostname:
-            raise ClientError(f"the built-in client reads {' or '.join(s + '://' for s in self.schemes)} URLs only")
+            raise ClientError(
+                f"the built-in client reads {' or '.join(s + '://' for s in self.schemes)} URLs only"
+            )
         self.host = parts.hostname
         self.tls = parts.scheme == "rtsps"
         self.port = parts.port or (322 if self.tls else 554)
@@ -332,7 +338,9 @@ class RtspClient:
     # --- RTSP messages ----------------------------------------------------------------------------
     def _connect(self, deadline: float) -> None:
         last: OSError | None = None
-        for family, kind, proto, _name, addr in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+        for family, kind, proto, _name, addr in socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        ):
             self._check_stop()
             sock = socket.socket(family, kind, proto)
             sock.settimeout(max(0.05, min(deadline - time.monotonic(), 3.0)))
@@ -387,8 +395,13 @@ class RtspClient:
                 raise ClientError(f"{method}: connection lost ({err.strerror or err})") from None
             resp = self._read_response(self._cseq, deadline, method)
             if resp.status == 401 and self._auth is not None and attempt < 2:
-                stale = self._auth.scheme is not None and "stale=true" in " ".join(resp.all("www-authenticate")).lower()
-                if (self._auth.scheme is None or stale) and self._auth.challenge(resp.all("www-authenticate")):
+                stale = (
+                    self._auth.scheme is not None
+                    and "stale=true" in " ".join(resp.all("www-authenticate")).lower()
+                )
+                if (self._auth.scheme is None or stale) and self._auth.challenge(
+                    resp.all("www-authenticate")
+                ):
                     continue  # answer the challenge (or a renewed nonce) once
             if 200 <= resp.status < 300:
                 return resp
@@ -427,8 +440,10 @@ class RtspClient:
         while True:
             self._check_stop()
             if time.monotonic() > deadline:
-                raise ClientStalled(f"no answer to {what} within the timeout") if self._playing else ClientError(
-                    f"no answer to {what} within {self.open_timeout_s:g} s"
+                raise (
+                    ClientStalled(f"no answer to {what} within the timeout")
+                    if self._playing
+                    else ClientError(f"no answer to {what} within {self.open_timeout_s:g} s")
                 )
             try:
                 data = self._sock.recv(RECV_BYTES)
@@ -479,7 +494,9 @@ class RtspClient:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_MESSAGE_BYTES or (not self._answered and len(buf) > MAX_GARBAGE_BYTES):
-                    raise ClientError(f"{self.peer} sent an oversized RTSP message" if self._answered else self._not_rtsp())
+                    raise ClientError(
+                        f"{self.peer} sent an oversized RTSP message" if self._answered else self._not_rtsp()
+                    )
                 return None
             resp = _parse_head(bytes(buf[:end]).decode("utf-8", "replace"))
             try:
@@ -645,7 +662,9 @@ class RtspClient:
             return
         try:
             if self._udp is None:
-                self._sock.sendall(b"$" + bytes([self._interleaved[1]]) + struct.pack("!H", len(packet)) + packet)
+                self._sock.sendall(
+                    b"$" + bytes([self._interleaved[1]]) + struct.pack("!H", len(packet)) + packet
+                )
             elif self._server_rtcp_port is not None:
                 self._udp[1].sendto(packet, (self._sock.getpeername()[0], self._server_rtcp_port))
         except OSError as err:
@@ -747,7 +766,10 @@ class AccessUnitIterator:
                     self._on_rtp(data)
             else:
                 # The loop above decides between stall and keepalive when nothing came in time.
-                deadline = min(self._last_video + self.read_timeout_s, self._next_keepalive, self._next_report) + 0.01
+                deadline = (
+                    min(self._last_video + self.read_timeout_s, self._next_keepalive, self._next_report)
+                    + 0.01
+                )
                 packet_in = c.next_rtp_over_tcp(deadline)
                 if packet_in is not None:
                     self._on_rtp(packet_in)
@@ -825,7 +847,9 @@ class RecordClient(RtspClient):
             self._keepalive_method = "GET_PARAMETER"
         body = describe(str(self._sock.getsockname()[0]))
         self._request("ANNOUNCE", self.url, [("Content-Type", "application/sdp")], deadline, body=body)
-        transport = f"RTP/AVP/TCP;unicast;interleaved={self._interleaved[0]}-{self._interleaved[1]};mode=record"
+        transport = (
+            f"RTP/AVP/TCP;unicast;interleaved={self._interleaved[0]}-{self._interleaved[1]};mode=record"
+        )
         resp = self._request("SETUP", _join(self.url, control), [("Transport", transport)], deadline)
         assert resp is not None
         self._take_session(resp)
@@ -857,7 +881,9 @@ class RecordClient(RtspClient):
         try:
             self._sock.sendall(data)
         except TimeoutError:
-            raise ClientError(f"the server stopped reading (nothing written for {self.write_timeout_s:g} s)") from None
+            raise ClientError(
+                f"the server stopped reading (nothing written for {self.write_timeout_s:g} s)"
+            ) from None
         except OSError as err:
             self._check_stop()  # our own abort: say so rather than "connection lost"
             raise ClientError(f"connection lost ({err.strerror or err})") from None

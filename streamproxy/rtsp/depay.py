@@ -176,7 +176,12 @@ class Depacketizer:
             if len(p) < 2:
                 self._damaged = True
                 return
-            self._fragment(start=bool(p[1] & 0x80), end=bool(p[1] & 0x40), header=bytes([(p[0] & 0xE0) | (p[1] & 0x1F)]), body=p[2:])
+            self._fragment(
+                start=bool(p[1] & 0x80),
+                end=bool(p[1] & 0x40),
+                header=bytes([(p[0] & 0xE0) | (p[1] & 0x1F)]),
+                body=p[2:],
+            )
         else:  # STAP-B, MTAP, FU-B: interleaved mode, which no camera we know of uses
             self.unsupported_packets += 1
             self._damaged = True

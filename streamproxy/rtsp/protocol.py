@@ -58,7 +58,12 @@ class RtspError(Exception):
     """
 
     def __init__(
-        self, status: int, detail: str = "", headers: list[tuple[str, str]] | None = None, *, close: bool = False
+        self,
+        status: int,
+        detail: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}".rstrip(": "))
         self.status = status
@@ -296,7 +301,9 @@ def log_text(text: str, limit: int = LOG_TEXT_MAX) -> str:
     if cut:
         text = text[:limit]
     if not text.isprintable() or "\\" in text:
-        text = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+        text = "".join(
+            c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text
+        )
     return text + "..." if cut else text
 
 

@@ -57,7 +57,12 @@ def packetize_h264(data: bytes, max_payload: int = MAX_PAYLOAD) -> Payloads:
             end = min(pos + chunk, n)
             start_bit = 0x80 if pos == 0 else 0
             end_bit = 0x40 if end == n else 0
-            out.append((fu_indicator + bytes([start_bit | end_bit | nal_type]) + body[pos:end], last_nal and end == n))
+            out.append(
+                (
+                    fu_indicator + bytes([start_bit | end_bit | nal_type]) + body[pos:end],
+                    last_nal and end == n,
+                )
+            )
             pos = end
     return tuple(out)
 
@@ -134,7 +139,9 @@ class RtpStream:
         out = []
         seq = self.seq
         for payload, marker in payloads:
-            out.append(_RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc) + payload)
+            out.append(
+                _RTP_HEADER.pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc) + payload
+            )
             seq = (seq + 1) & 0xFFFF
         self.seq = seq
         return out
@@ -147,7 +154,14 @@ class RtpStream:
         for payload, marker in payloads:
             parts.append(
                 _TCP_RTP_HEADER.pack(
-                    b"$", channel, 12 + len(payload), 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, self.ssrc
+                    b"$",
+                    channel,
+                    12 + len(payload),
+                    0x80,
+                    (0x80 if marker else 0) | PAYLOAD_TYPE,
+                    seq,
+                    ts,
+                    self.ssrc,
                 )
             )
             parts.append(payload)
@@ -165,7 +179,15 @@ class RtpStream:
         ntp_sec = int(ntp) & 0xFFFFFFFF
         ntp_frac = int((ntp - int(ntp)) * (1 << 32)) & 0xFFFFFFFF
         sr = _SR.pack(
-            0x80, 200, 6, self.ssrc, ntp_sec, ntp_frac, rtp_now, self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
+            0x80,
+            200,
+            6,
+            self.ssrc,
+            ntp_sec,
+            ntp_frac,
+            rtp_now,
+            self.packets & 0xFFFFFFFF,
+            self.octets & 0xFFFFFFFF,
         )
         return sr + sdes_cname(self.ssrc, self.cname)
 

@@ -178,7 +178,9 @@ class Publisher:
 
     # --- the loop ---
     async def _run(self) -> None:
-        sup = Supervisor(Backoff(self.backoff_initial_s, self.backoff_max_s), stall_timeout_s=self.io_timeout_s)
+        sup = Supervisor(
+            Backoff(self.backoff_initial_s, self.backoff_max_s), stall_timeout_s=self.io_timeout_s
+        )
         await run_async(sup, self._attempt, self._stopping, self._ended, on_stall=self._stalled)
 
     def _ended(self, attempt: Attempt, err: BaseException | None, wait: float) -> None:
@@ -226,7 +228,9 @@ class Publisher:
         try:
             # The server takes the session before the hub is subscribed: a subscription forces a
             # keyframe on every viewer, and one that idles through a long connect would overflow.
-            await worker.call(lambda: client.record(lambda local_ip: build_sdp(self.name, codec, local_ip), TRACK))
+            await worker.call(
+                lambda: client.record(lambda local_ip: build_sdp(self.name, codec, local_ip), TRACK)
+            )
             attempt.progress()
             sub = self.hub.subscribe("publish")
             first = True

@@ -146,7 +146,11 @@ def h264_preferences() -> list[Any]:
     stream's actual level/profile within the negotiated H.264 session in practice.
     """
     caps = RTCRtpSender.getCapabilities("video").codecs
-    h264 = [c for c in caps if c.mimeType.lower() == "video/h264" and c.parameters.get("packetization-mode") == "1"]
+    h264 = [
+        c
+        for c in caps
+        if c.mimeType.lower() == "video/h264" and c.parameters.get("packetization-mode") == "1"
+    ]
     h264.sort(key=lambda c: 0 if str(c.parameters.get("profile-level-id", "")).startswith("42e0") else 1)
     rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
     return h264 + rtx
@@ -279,9 +283,7 @@ class WebRtcGateway:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except Exception as err:  # aiortc raises ValueError/OperationError/... on bad SDP
                 raise _offer_error(session, "cannot use the offer", err) from err
-            if not any(
-                c.mimeType.lower() == "video/h264" for c in getattr(transceiver, "_codecs", [])
-            ):
+            if not any(c.mimeType.lower() == "video/h264" for c in getattr(transceiver, "_codecs", [])):
                 raise WhepError(400, "the offer has no H.264 (packetization-mode=1) for video")
             try:
                 answer = await pc.createAnswer()
@@ -318,13 +320,19 @@ class WebRtcGateway:
         if len(mine) >= self.max_per_client:
             victim = next((s for s in mine if not s.connected), None)  # the oldest first
             if victim is None:
-                self.events.hit("sessions", f"refused {client}: {len(mine)} WebRTC sessions from this address")
+                self.events.hit(
+                    "sessions", f"refused {client}: {len(mine)} WebRTC sessions from this address"
+                )
                 raise WhepError(503, "too many WebRTC viewers from this address")
-            self.events.hit("sessions", f"reclaimed a WebRTC session of {client} that never connected, for a new one")
+            self.events.hit(
+                "sessions", f"reclaimed a WebRTC session of {client} that never connected, for a new one"
+            )
         elif len(self.sessions) >= self.max_sessions:
             victim = next((s for s in self.sessions.values() if not s.connected), None)
             if victim is None:
-                self.events.hit("sessions", f"refused {client}: {len(self.sessions)} WebRTC sessions, all playing")
+                self.events.hit(
+                    "sessions", f"refused {client}: {len(self.sessions)} WebRTC sessions, all playing"
+                )
                 raise WhepError(503, "too many WebRTC viewers")
             self.events.hit("sessions", f"reclaimed a WebRTC session of {victim.client} that never connected, "
                             f"for {client}")  # fmt: skip

@@ -92,7 +92,6 @@ def log(msg):
     print(f"gst_camera: {msg}", file=sys.stderr, flush=True)
 
 
-
 TAKEN, DROPPED, OVER = "taken", "dropped", "over"  # what became of one pushed frame
 
 
@@ -323,10 +322,7 @@ def launch_line(args):
     caps = f"video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1"
     # Live source, timestamped with the pipeline clock on push; a 2-frame leaky queue inside appsrc
     # drops old frames (like a real sensor) instead of building latency while nobody consumes.
-    src = (
-        "appsrc name=src is-live=true format=time max-buffers=2 leaky-type=downstream "
-        f'caps="{caps}"'
-    )
+    src = f'appsrc name=src is-live=true format=time max-buffers=2 leaky-type=downstream caps="{caps}"'
     gop = max(1, args.fps * 2)
     if args.codec == "h265":
         enc = (

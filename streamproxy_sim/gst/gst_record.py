@@ -90,7 +90,12 @@ def main():
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--user")
     p.add_argument("--password")
-    p.add_argument("--auth", choices=("basic", "digest"), default="basic", help="with --user: how the publisher must sign")
+    p.add_argument(
+        "--auth",
+        choices=("basic", "digest"),
+        default="basic",
+        help="with --user: how the publisher must sign",
+    )
     p.add_argument("--dump", help="write one decoded frame here (raw I420)")
     p.add_argument("--dump-at", type=int, default=10, help="which decoded frame to write (1-based)")
     p.add_argument("--exit-on-stdin-eof", action="store_true")

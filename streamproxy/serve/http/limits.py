@@ -150,7 +150,11 @@ class HttpGuard:
     def _oldest_idle(self, client: str | None) -> GuardedRequestHandler | None:
         best: GuardedRequestHandler | None = None
         for c in self._conns:
-            if c.idle and (client is None or c.client == client) and (best is None or c.idle_since < best.idle_since):
+            if (
+                c.idle
+                and (client is None or c.client == client)
+                and (best is None or c.idle_since < best.idle_since)
+            ):
                 best = c
         return best
 
@@ -197,7 +201,10 @@ class HttpGuard:
             async with asyncio.timeout(lim.request_timeout_s):
                 await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
         except web.HTTPRequestEntityTooLarge:
-            events.hit("body_size", f"{client}: {request.method} {request.path}: body over {lim.max_body_bytes} bytes")
+            events.hit(
+                "body_size",
+                f"{client}: {request.method} {request.path}: body over {lim.max_body_bytes} bytes",
+            )
             return _closing(413, f"request body over {lim.max_body_bytes} bytes\n")
         except TimeoutError:
             self.hit("request_timeout", f"{client}: {request.method} {request.path}: body not complete "
@@ -229,7 +236,9 @@ class GuardedRequestHandler(RequestHandler):
         "idle_since",
     )  # fmt: skip
 
-    def __init__(self, manager: web.Server, *, guard: HttpGuard, loop: asyncio.AbstractEventLoop, **kw: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, guard: HttpGuard, loop: asyncio.AbstractEventLoop, **kw: Any
+    ) -> None:
         super().__init__(manager, loop=loop, **kw)
         self.guard = guard
         self.client = "?"
@@ -324,7 +333,9 @@ class GuardedRequestHandler(RequestHandler):
         self._head_bytes = 0
         self._head_tail = b""
         self._cancel_timers()
-        self._request_timer = self._evloop.call_later(self.guard.limits.request_timeout_s, self._on_request_timeout)
+        self._request_timer = self._evloop.call_later(
+            self.guard.limits.request_timeout_s, self._on_request_timeout
+        )
 
     def _set_idle(self) -> None:
         self.idle = True
@@ -335,7 +346,9 @@ class GuardedRequestHandler(RequestHandler):
     def _on_request_timeout(self) -> None:
         self._request_timer = None
         lim = self.guard.limits
-        self.guard.hit("request_timeout", f"{self.client}: request not complete within {lim.request_timeout_s:g} s")
+        self.guard.hit(
+            "request_timeout", f"{self.client}: request not complete within {lim.request_timeout_s:g} s"
+        )
         self._refuse(408, "Request Timeout", "request too slow\n")
 
     def _on_idle_timeout(self) -> None:
@@ -343,7 +356,9 @@ class GuardedRequestHandler(RequestHandler):
         if not self.idle:
             return
         # Routine for a keep-alive connection a client forgot: counted, logged only at DEBUG.
-        self.guard.hit("idle_timeout", f"{self.client}: idle {self.guard.limits.idle_timeout_s:g} s", logging.DEBUG)
+        self.guard.hit(
+            "idle_timeout", f"{self.client}: idle {self.guard.limits.idle_timeout_s:g} s", logging.DEBUG
+        )
         self.guard.release(self)
         self.force_close()
 

@@ -80,6 +80,7 @@ class Service(Protocol):
     def ready(self) -> bool:
         """Config, models and listeners are up (/readyz)."""
 
+
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -125,7 +126,9 @@ def _is_snapshot(path: str) -> bool:
 
 
 def _jpeg(frame: av.VideoFrame) -> bytes:
-    ok, buf = cv2.imencode(".jpg", frame.to_ndarray(format="bgr24"), [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
+    ok, buf = cv2.imencode(
+        ".jpg", frame.to_ndarray(format="bgr24"), [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return bytes(buf)
@@ -158,7 +161,10 @@ class WebServer:
         self._static = _load_static()
         self._users = {u.username: u.password for u in self.cfg.users}
         self.auth = Authenticator(
-            self.cfg.users, self.cfg.realm, protocol="http", on_failure=metrics.AUTH_FAILURES.labels(protocol="http").inc
+            self.cfg.users,
+            self.cfg.realm,
+            protocol="http",
+            on_failure=metrics.AUTH_FAILURES.labels(protocol="http").inc,
         )
         self._open_paths = OPEN_PATHS - {"/metrics"} if self.cfg.metrics_auth else OPEN_PATHS
         self.onvif = OnvifService(app) if app.cfg.onvif.enabled else None
@@ -174,7 +180,8 @@ class WebServer:
         port is one too: serve/onvif/device.py)."""
         # The guard's middleware first: it ends the request timer and reads the body within the limits.
         return web.Application(
-            middlewares=[self.guard.middleware, self._auth_middleware], client_max_size=self.cfg.limits.max_body_bytes
+            middlewares=[self.guard.middleware, self._auth_middleware],
+            client_max_size=self.cfg.limits.max_body_bytes,
         )
 
     def _build(self) -> web.Application:
@@ -225,7 +232,11 @@ class WebServer:
 
     def _body_events(self, request: web.Request) -> LimitEvents:
         # A WHEP offer too big is the WebRTC listener's limit (body_size), any other body HTTP's.
-        return self.webrtc.events if request.method == "POST" and request.path.endswith("/whep") else self.guard.events
+        return (
+            self.webrtc.events
+            if request.method == "POST" and request.path.endswith("/whep")
+            else self.guard.events
+        )
 
     # --- auth ---
     async def _authorized(self, request: web.Request) -> AuthResult:
@@ -302,11 +313,15 @@ class WebServer:
         frame = view.latest_frame(max_age_s=max(SNAPSHOT_MAX_AGE_S, 3 * slate_interval))
         if frame is None:
             return web.Response(
-                status=503, text="no anonymized frame yet\n", headers={"Retry-After": "1", "Cache-Control": "no-store"}
+                status=503,
+                text="no anonymized frame yet\n",
+                headers={"Retry-After": "1", "Cache-Control": "no-store"},
             )
         body = await asyncio.get_running_loop().run_in_executor(None, _jpeg, frame)
         return web.Response(
-            body=body, content_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+            body=body,
+            content_type="image/jpeg",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
         )
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
@@ -344,7 +359,9 @@ class WebServer:
         if view is None:
             raise web.HTTPNotFound(text=f"no camera {camera!r}\n", headers=CORS_HEADERS)
         if request.content_type != "application/sdp":
-            raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n", headers=CORS_HEADERS)
+            raise web.HTTPUnsupportedMediaType(
+                text="Content-Type must be application/sdp\n", headers=CORS_HEADERS
+            )
         try:
             offer = await request.text()  # read (within the size and time limits) by the guard
         except UnicodeDecodeError:

@@ -69,9 +69,13 @@ ACTION_BYE = f"{WSD}/Bye"
 TO_DISCOVERY = "urn:schemas-xmlsoap-org:ws:2005:04:discovery"  # To of multicast messages
 TO_ANONYMOUS = f"{WSA}/role/anonymous"  # To of a reply to the sender
 # Scope matching rules: the prefix rule (2005/04 names it after RFC 2396, WS-Discovery 1.1 after 3986).
-PREFIX_RULES = frozenset({
-    f"{WSD}/rfc2396", f"{WSD}/rfc3986", "http://docs.oasis-open.org/ws-dd/ns/discovery/2009/01/rfc3986",
-})
+PREFIX_RULES = frozenset(
+    {
+        f"{WSD}/rfc2396",
+        f"{WSD}/rfc3986",
+        "http://docs.oasis-open.org/ws-dd/ns/discovery/2009/01/rfc3986",
+    }
+)
 EXACT_RULES = frozenset({f"{WSD}/strcmp0", "http://docs.oasis-open.org/ws-dd/ns/discovery/2009/01/strcmp0"})
 # The types we are: ONVIF's NetworkVideoTransmitter (some clients write it in the device namespace) and Device.
 OUR_TYPES = frozenset({(DN, "NetworkVideoTransmitter"), (TDS, "NetworkVideoTransmitter"), (TDS, "Device")})
@@ -87,6 +91,8 @@ BURST_TOTAL = 40
 MAX_SOURCES = 1024  # per-source buckets remembered (the oldest go first)
 MAX_MESSAGE_IDS = 512  # recent probe MessageIDs (retransmissions are answered once)
 METADATA_VERSION = 1  # the device's metadata never changes while it runs
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One device as a WS-Discovery target service."""
@@ -180,8 +186,12 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             try:
                 sock.bind((self.bind_host, self.dcfg.port))
             except OSError as err:
-                log.error("onvif: WS-Discovery off: cannot bind udp %s:%d: %s", self.bind_host, self.dcfg.port,
-                          err.strerror or err)
+                log.error(
+                    "onvif: WS-Discovery off: cannot bind udp %s:%d: %s",
+                    self.bind_host,
+                    self.dcfg.port,
+                    err.strerror or err,
+                )
                 sock.close()
                 return
             iface = socket.inet_aton(self.dcfg.interface)
@@ -193,16 +203,25 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
             except OSError as err:
                 # Directed (unicast) probes are still answered; a VMS can also add the device by address.
-                log.warning("onvif: WS-Discovery cannot join %s on %s (%s): only directed probes are answered",
-                            MULTICAST_GROUP, self.dcfg.interface, err)
+                log.warning(
+                    "onvif: WS-Discovery cannot join %s on %s (%s): only directed probes are answered",
+                    MULTICAST_GROUP,
+                    self.dcfg.interface,
+                    err,
+                )
             sock.setblocking(False)
             self._closed = loop.create_future()
             await loop.create_datagram_endpoint(lambda: self, sock=sock)
         except BaseException:
             sock.close()
             raise
-        log.info("onvif: WS-Discovery on udp/%d (group %s on %s), device %s", self.port, MULTICAST_GROUP,
-                 self.dcfg.interface, self.epr)
+        log.info(
+            "onvif: WS-Discovery on udp/%d (group %s on %s), device %s",
+            self.port,
+            MULTICAST_GROUP,
+            self.dcfg.interface,
+            self.epr,
+        )
         for t in self.targets[1:]:
             log.info("%s: WS-Discovery device %s (port %d)", t.camera, t.epr, t.port)
         if self.dcfg.hello:
@@ -292,7 +311,9 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
             wanted = (scopes_el.text or "").split()
             matches = [t for t in self.targets if scopes_match(wanted, list(t.scopes), rule)]
             if not matches:
-                log.debug("onvif: WS-Discovery probe for scopes %r from %s: no match", scopes_el.text, addr[0])
+                log.debug(
+                    "onvif: WS-Discovery probe for scopes %r from %s: no match", scopes_el.text, addr[0]
+                )
                 return
         if not self._allowed(addr[0]):  # one probe is one unit of the budget, however many devices match
             return
@@ -311,7 +332,9 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
                 self._sources.popitem(last=False)
         self._sources.move_to_end(source)
         if not bucket.take(self.rate_per_source, self.burst_per_source, now):
-            self.events.hit("rate_per_source", f"probes from {source} over {self.rate_per_source:g}/s not answered")
+            self.events.hit(
+                "rate_per_source", f"probes from {source} over {self.rate_per_source:g}/s not answered"
+            )
             return False
         if not self._total.take(self.rate_total, self.burst_total, now):
             self.events.hit("rate", f"probes over {self.rate_total:g}/s in total not answered ({source})")
@@ -401,12 +424,15 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
         return [self._probe_matches_message(relates_to, c) for c in chunks]
 
     def _probe_matches_message(self, relates_to: str, matches: list[str], number: int | None = None) -> bytes:
-        return _envelope(self._header(ACTION_PROBE_MATCHES, TO_ANONYMOUS, relates_to, number),
-                         f"<d:ProbeMatches>{''.join(matches)}</d:ProbeMatches>")
+        return _envelope(
+            self._header(ACTION_PROBE_MATCHES, TO_ANONYMOUS, relates_to, number),
+            f"<d:ProbeMatches>{''.join(matches)}</d:ProbeMatches>",
+        )
 
     def _hello(self, t: Target, hosts: list[str]) -> bytes:
-        return _envelope(self._header(ACTION_HELLO, TO_DISCOVERY),
-                         f"<d:Hello>{self._device(t, hosts)}</d:Hello>")
+        return _envelope(
+            self._header(ACTION_HELLO, TO_DISCOVERY), f"<d:Hello>{self._device(t, hosts)}</d:Hello>"
+        )
 
     def _bye(self, t: Target) -> bytes:
         return _envelope(
@@ -453,7 +479,11 @@ def types_namespaces(data: bytes) -> dict[str, str]:
 
     def start(name: str, attrs: dict[str, str]) -> None:
         scope = stack[-1]
-        decls = {k[6:] if k.startswith("xmlns:") else "": v for k, v in attrs.items() if k.partition(":")[0] == "xmlns"}
+        decls = {
+            k[6:] if k.startswith("xmlns:") else "": v
+            for k, v in attrs.items()
+            if k.partition(":")[0] == "xmlns"
+        }
         if decls:
             scope = {**scope, **decls}
         stack.append(scope)

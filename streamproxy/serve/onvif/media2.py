@@ -103,13 +103,21 @@ def register(host: Media2Host, snapshot_path: Callable[[str], str]) -> None:
     }
     # No audio ever leaves the proxy (speech is personal data), no metadata or analytics stream.
     for op in (
-        "GetAudioSourceConfigurations", "GetAudioEncoderConfigurations", "GetAudioOutputConfigurations",
-        "GetAudioDecoderConfigurations", "GetMetadataConfigurations", "GetAnalyticsConfigurations",
+        "GetAudioSourceConfigurations",
+        "GetAudioEncoderConfigurations",
+        "GetAudioOutputConfigurations",
+        "GetAudioDecoderConfigurations",
+        "GetMetadataConfigurations",
+        "GetAnalyticsConfigurations",
     ):
         ops[op] = _empty(op)
     for op in (
-        "SetVideoEncoderConfiguration", "SetVideoSourceConfiguration", "AddConfiguration",
-        "RemoveConfiguration", "DeleteProfile", "SetSynchronizationPoint",
+        "SetVideoEncoderConfiguration",
+        "SetVideoSourceConfiguration",
+        "AddConfiguration",
+        "RemoveConfiguration",
+        "DeleteProfile",
+        "SetSynchronizationPoint",
     ):
         ops[op] = m.accepted(op)
     for op, handler in ops.items():
@@ -186,12 +194,14 @@ class _Media2:
         cams = self._selected_cameras(req)
         p = self._main(cams[0])
         n = sum(len(self.host.profiles(c)) for c in cams)
-        sources = "".join(f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams)
+        sources = "".join(
+            f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams
+        )
         return _resp(
             "GetVideoSourceConfigurationOptions",
             f'<tr2:Options MaximumNumberOfProfiles="{n}"><tt:BoundsRange>{range_xml("XRange", 0, 0)}'
-            f'{range_xml("YRange", 0, 0)}{range_xml("WidthRange", p.width, p.width)}'
-            f'{range_xml("HeightRange", p.height, p.height)}</tt:BoundsRange>{sources}</tr2:Options>',
+            f"{range_xml('YRange', 0, 0)}{range_xml('WidthRange', p.width, p.width)}"
+            f"{range_xml('HeightRange', p.height, p.height)}</tt:BoundsRange>{sources}</tr2:Options>",
         )
 
     def vec_options(self, req: Request, request: web.Request) -> str:
@@ -221,8 +231,11 @@ class _Media2:
         p = self.host._find_profile(req.text("ProfileToken"))
         protocol = req.text("Protocol") or ""
         if protocol not in PROTOCOLS:
-            raise sender(f"{protocol or 'no protocol'} is not offered: {' or '.join(PROTOCOLS)}",
-                         "InvalidArgVal", "InvalidStreamSetup")
+            raise sender(
+                f"{protocol or 'no protocol'} is not offered: {' or '.join(PROTOCOLS)}",
+                "InvalidArgVal",
+                "InvalidStreamSetup",
+            )
         host = self.host._host(request)
         hostname = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
         uri = f"rtsp://{hostname}:{self.host._rtsp_port()}/{quote(p.camera)}{p.path}"
@@ -270,8 +283,6 @@ def _resp(op: str, inner: str) -> str:
 
 def _empty(op: str) -> Handler:
     return lambda req, request: f"<tr2:{op}Response {_XMLNS}/>"
-
-
 
 
 def _vec_xml(tag: str, p: Profile) -> str:

@@ -281,7 +281,10 @@ class OnvifAuthenticator(Authenticator):
             return
         log.warning(
             "%s: ONVIF UsernameToken replay refused (user %s, from %s); %d since the last report",
-            self.name, log_text(token.username), client, self._replays_unlogged,
+            self.name,
+            log_text(token.username),
+            client,
+            self._replays_unlogged,
         )
         self._replays_unlogged = 0
         self._replay_logged = now
@@ -346,8 +349,12 @@ class OnvifService:
             (TDS, "GetSystemDateAndTime"): self._system_date_and_time,
             (TDS, "GetCapabilities"): self._capabilities,
             (TDS, "GetServices"): self._services,
-            (TDS, "GetServiceCapabilities"): lambda r, h: _resp("tds", "GetServiceCapabilities", _DEVICE_CAPS),
-            (TDS, "GetWsdlUrl"): lambda r, h: _resp("tds", "GetWsdlUrl", f"<tds:WsdlUrl>{WSDL_URL}</tds:WsdlUrl>"),
+            (TDS, "GetServiceCapabilities"): lambda r, h: _resp(
+                "tds", "GetServiceCapabilities", _DEVICE_CAPS
+            ),
+            (TDS, "GetWsdlUrl"): lambda r, h: _resp(
+                "tds", "GetWsdlUrl", f"<tds:WsdlUrl>{WSDL_URL}</tds:WsdlUrl>"
+            ),
             (TDS, "GetEndpointReference"): self._endpoint_reference,
             (TDS, "GetDeviceInformation"): self._device_information,
             (TDS, "GetScopes"): self._scopes,
@@ -357,22 +364,30 @@ class OnvifService:
             (TDS, "GetNetworkProtocols"): self._network_protocols,
             (TDS, "GetDNS"): self._dns,
             # The host's clock is the host's business (its own NTP client): nothing configured here.
-            (TDS, "GetNTP"): lambda r, h: _resp("tds", "GetNTP", "<tds:NTPInformation><tt:FromDHCP>false"
-                                                "</tt:FromDHCP></tds:NTPInformation>"),
+            (TDS, "GetNTP"): lambda r, h: _resp(
+                "tds", "GetNTP", "<tds:NTPInformation><tt:FromDHCP>false</tt:FromDHCP></tds:NTPInformation>"
+            ),
             # No relay outputs (an encoder of anonymized streams switches nothing): an empty list.
             (TDS, "GetRelayOutputs"): lambda r, h: "<tds:GetRelayOutputsResponse/>",
-            (TDS, "GetDiscoveryMode"): lambda r, h: _resp("tds", "GetDiscoveryMode", "<tds:DiscoveryMode>"
-                                                          f"{_discovery_mode(self.cfg)}</tds:DiscoveryMode>"),
+            (TDS, "GetDiscoveryMode"): lambda r, h: _resp(
+                "tds",
+                "GetDiscoveryMode",
+                f"<tds:DiscoveryMode>{_discovery_mode(self.cfg)}</tds:DiscoveryMode>",
+            ),
             (TRT, "GetServiceCapabilities"): self._media_capabilities,
             (TRT, "GetProfiles"): self._profiles,
             (TRT, "GetProfile"): self._profile,
             (TRT, "GetVideoSources"): self._video_sources,
             (TRT, "GetVideoSourceConfigurations"): self._vsc_list("GetVideoSourceConfigurations"),
-            (TRT, "GetCompatibleVideoSourceConfigurations"): self._vsc_list("GetCompatibleVideoSourceConfigurations"),
+            (TRT, "GetCompatibleVideoSourceConfigurations"): self._vsc_list(
+                "GetCompatibleVideoSourceConfigurations"
+            ),
             (TRT, "GetVideoSourceConfiguration"): self._vsc_one,
             (TRT, "GetVideoSourceConfigurationOptions"): self._vsc_options,
             (TRT, "GetVideoEncoderConfigurations"): self._vec_list("GetVideoEncoderConfigurations"),
-            (TRT, "GetCompatibleVideoEncoderConfigurations"): self._vec_list("GetCompatibleVideoEncoderConfigurations"),
+            (TRT, "GetCompatibleVideoEncoderConfigurations"): self._vec_list(
+                "GetCompatibleVideoEncoderConfigurations"
+            ),
             (TRT, "GetVideoEncoderConfiguration"): self._vec_one,
             (TRT, "GetVideoEncoderConfigurationOptions"): self._vec_options,
             (TRT, "GetGuaranteedNumberOfVideoEncoderInstances"): self._guaranteed,
@@ -381,19 +396,35 @@ class OnvifService:
         }
         # No audio ever leaves the proxy (speech is personal data), no metadata or analytics stream.
         for op in (
-            "GetAudioSources", "GetAudioSourceConfigurations", "GetAudioEncoderConfigurations",
-            "GetAudioOutputs", "GetAudioOutputConfigurations", "GetAudioDecoderConfigurations",
-            "GetCompatibleAudioSourceConfigurations", "GetCompatibleAudioEncoderConfigurations",
-            "GetCompatibleAudioOutputConfigurations", "GetCompatibleAudioDecoderConfigurations",
-            "GetMetadataConfigurations", "GetCompatibleMetadataConfigurations",
-            "GetVideoAnalyticsConfigurations", "GetCompatibleVideoAnalyticsConfigurations",
+            "GetAudioSources",
+            "GetAudioSourceConfigurations",
+            "GetAudioEncoderConfigurations",
+            "GetAudioOutputs",
+            "GetAudioOutputConfigurations",
+            "GetAudioDecoderConfigurations",
+            "GetCompatibleAudioSourceConfigurations",
+            "GetCompatibleAudioEncoderConfigurations",
+            "GetCompatibleAudioOutputConfigurations",
+            "GetCompatibleAudioDecoderConfigurations",
+            "GetMetadataConfigurations",
+            "GetCompatibleMetadataConfigurations",
+            "GetVideoAnalyticsConfigurations",
+            "GetCompatibleVideoAnalyticsConfigurations",
         ):
             self._ops[(TRT, op)] = _empty(op)
         for op in (
-            "SetVideoEncoderConfiguration", "SetVideoSourceConfiguration", "AddVideoEncoderConfiguration",
-            "AddVideoSourceConfiguration", "RemoveVideoEncoderConfiguration", "RemoveVideoSourceConfiguration",
-            "RemoveAudioEncoderConfiguration", "RemoveAudioSourceConfiguration", "RemoveMetadataConfiguration",
-            "RemovePTZConfiguration", "RemoveVideoAnalyticsConfiguration", "DeleteProfile",
+            "SetVideoEncoderConfiguration",
+            "SetVideoSourceConfiguration",
+            "AddVideoEncoderConfiguration",
+            "AddVideoSourceConfiguration",
+            "RemoveVideoEncoderConfiguration",
+            "RemoveVideoSourceConfiguration",
+            "RemoveAudioEncoderConfiguration",
+            "RemoveAudioSourceConfiguration",
+            "RemoveMetadataConfiguration",
+            "RemovePTZConfiguration",
+            "RemoveVideoAnalyticsConfiguration",
+            "DeleteProfile",
             "SetSynchronizationPoint",
         ):
             self._ops[(TRT, op)] = self._accepted(op)
@@ -517,7 +548,9 @@ class OnvifService:
         if sub_hub is not None:
             sub_codec = sub_hub.codec
             cam_cfg = next((c for c in self.cfg.cameras if c.name == camera), None)
-            sub_cfg = (self.cfg.sub_stream_for(cam_cfg) if cam_cfg is not None else None) or self.cfg.sub_stream
+            sub_cfg = (
+                self.cfg.sub_stream_for(cam_cfg) if cam_cfg is not None else None
+            ) or self.cfg.sub_stream
             if sub_codec is not None:
                 sw, sh = sub_codec.width, sub_codec.height
             else:  # before its first frame: the size the sub stream will have for the main one
@@ -585,14 +618,18 @@ class OnvifService:
 
     def _capabilities(self, req: Request, request: web.Request) -> str:
         host = self._host(request)
-        categories = {el.text.strip() for el in req.element if el.text and el.tag.endswith("}Category")} or {"All"}
+        categories = {el.text.strip() for el in req.element if el.text and el.tag.endswith("}Category")} or {
+            "All"
+        }
         parts = []
         if categories & {"All", "Device"}:
             parts.append(self._device_caps_xml(host))
         if categories & {"All", "Media"}:
             parts.append(self._media_caps_xml(host))
         if not parts:
-            raise receiver(f"no {', '.join(sorted(categories))} service", "ActionNotSupported", "NoSuchService")
+            raise receiver(
+                f"no {', '.join(sorted(categories))} service", "ActionNotSupported", "NoSuchService"
+            )
         return _resp("tds", "GetCapabilities", f"<tds:Capabilities>{''.join(parts)}</tds:Capabilities>")
 
     def _services(self, req: Request, request: web.Request) -> str:
@@ -600,7 +637,8 @@ class OnvifService:
         include = (req.text("IncludeCapability") or "false").lower() in ("true", "1")
         out = []
         for ns, path, caps in (
-            (TDS, DEVICE_PATH, _DEVICE_CAPS), (TRT, MEDIA_PATH, self._media_caps_inner()),
+            (TDS, DEVICE_PATH, _DEVICE_CAPS),
+            (TRT, MEDIA_PATH, self._media_caps_inner()),
             (onvif_media2.TR2, onvif_media2.MEDIA2_PATH, onvif_media2.capabilities(self)),
         ):
             cap = f"<tds:Capabilities>{caps}</tds:Capabilities>" if include else ""
@@ -631,7 +669,8 @@ class OnvifService:
     def _hostname(self, req: Request, request: web.Request) -> str:
         name = escape(socket.gethostname() or "streamproxy")
         return _resp(
-            "tds", "GetHostname",
+            "tds",
+            "GetHostname",
             f"<tds:HostnameInformation><tt:FromDHCP>false</tt:FromDHCP><tt:Name>{name}</tt:Name>"
             "</tds:HostnameInformation>",
         )
@@ -654,7 +693,8 @@ class OnvifService:
                 "</tt:Manual><tt:DHCP>false</tt:DHCP></tt:Config></tt:IPv4>"
             )
         return _resp(
-            "tds", "GetNetworkInterfaces",
+            "tds",
+            "GetNetworkInterfaces",
             '<tds:NetworkInterfaces token="eth0"><tt:Enabled>true</tt:Enabled><tt:Info><tt:Name>eth0</tt:Name>'
             f"<tt:HwAddress>00:00:00:00:00:00</tt:HwAddress></tt:Info>{ipv4}</tds:NetworkInterfaces>",
         )
@@ -673,7 +713,8 @@ class OnvifService:
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         http_port = sock[1] if sock else self.cfg.server.http_port
         return _resp(
-            "tds", "GetNetworkProtocols",
+            "tds",
+            "GetNetworkProtocols",
             f"<tds:NetworkProtocols><tt:Name>HTTP</tt:Name><tt:Enabled>true</tt:Enabled><tt:Port>{http_port}"
             "</tt:Port></tds:NetworkProtocols><tds:NetworkProtocols><tt:Name>RTSP</tt:Name><tt:Enabled>true"
             f"</tt:Enabled><tt:Port>{self._rtsp_port()}</tt:Port></tds:NetworkProtocols>",
@@ -686,7 +727,11 @@ class OnvifService:
         for ip in servers:
             kind = "IPv6" if ip.version == 6 else "IPv4"
             body += f"<tt:DNSManual><tt:Type>{kind}</tt:Type><tt:{kind}Address>{ip}</tt:{kind}Address></tt:DNSManual>"
-        return _resp("tds", "GetDNS", f"<tds:DNSInformation><tt:FromDHCP>false</tt:FromDHCP>{body}</tds:DNSInformation>")
+        return _resp(
+            "tds",
+            "GetDNS",
+            f"<tds:DNSInformation><tt:FromDHCP>false</tt:FromDHCP>{body}</tds:DNSInformation>",
+        )
 
     # --- media service ---
     def _media_caps_inner(self) -> str:
@@ -708,10 +753,14 @@ class OnvifService:
         )
 
     def _profiles(self, req: Request, request: web.Request) -> str:
-        return _resp("trt", "GetProfiles", "".join(self._profile_xml("Profiles", p) for p in self._all_profiles()))
+        return _resp(
+            "trt", "GetProfiles", "".join(self._profile_xml("Profiles", p) for p in self._all_profiles())
+        )
 
     def _profile(self, req: Request, request: web.Request) -> str:
-        return _resp("trt", "GetProfile", self._profile_xml("Profile", self._find_profile(req.text("ProfileToken"))))
+        return _resp(
+            "trt", "GetProfile", self._profile_xml("Profile", self._find_profile(req.text("ProfileToken")))
+        )
 
     def _create_profile(self, req: Request, request: web.Request) -> str:
         # No new encoder exists: answer the profile of the camera the name or token points at (else
@@ -749,13 +798,19 @@ class OnvifService:
         token = req.text("ConfigurationToken")
         profile = req.text("ProfileToken")
         cams = (
-            [self._camera_of_source(token)] if token else
-            [self._find_profile(profile).camera] if profile else self.cameras()
+            [self._camera_of_source(token)]
+            if token
+            else [self._find_profile(profile).camera]
+            if profile
+            else self.cameras()
         )
         p = self.profiles(cams[0])[0]
-        sources = "".join(f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams)
+        sources = "".join(
+            f"<tt:VideoSourceTokensAvailable>{escape(c)}</tt:VideoSourceTokensAvailable>" for c in cams
+        )
         return _resp(
-            "trt", "GetVideoSourceConfigurationOptions",
+            "trt",
+            "GetVideoSourceConfigurationOptions",
             f"<trt:Options><tt:BoundsRange>{range_xml('XRange', 0, 0)}{range_xml('YRange', 0, 0)}"
             f"{range_xml('WidthRange', p.width, p.width)}{range_xml('HeightRange', p.height, p.height)}"
             f"</tt:BoundsRange>{sources}</trt:Options>",
@@ -793,7 +848,8 @@ class OnvifService:
             "</tt:H264ProfilesSupported>"
         )
         return _resp(
-            "trt", "GetVideoEncoderConfigurationOptions",
+            "trt",
+            "GetVideoEncoderConfigurationOptions",
             f"<trt:Options>{range_xml('QualityRange', 0, 0)}<tt:H264>{h264}</tt:H264><tt:Extension><tt:H264>{h264}"
             f"{range_xml('BitrateRange', p.bitrate_kbps, p.bitrate_kbps)}</tt:H264></tt:Extension></trt:Options>",
         )
@@ -801,7 +857,8 @@ class OnvifService:
     def _guaranteed(self, req: Request, request: web.Request) -> str:
         self._find_profile(req.text("ConfigurationToken"))  # the token is a profile's VEC token
         return _resp(
-            "trt", "GetGuaranteedNumberOfVideoEncoderInstances",
+            "trt",
+            "GetGuaranteedNumberOfVideoEncoderInstances",
             "<trt:TotalNumber>1</trt:TotalNumber><trt:H264>1</trt:H264>",
         )
 
@@ -810,23 +867,27 @@ class OnvifService:
         stream = req.text("Stream") or "RTP-Unicast"
         protocol = req.text("Protocol") or "RTSP"
         if stream != "RTP-Unicast" or protocol not in ("UDP", "TCP", "RTSP"):
-            raise sender(f"{stream} over {protocol} is not offered: RTP-Unicast over RTSP (UDP or TCP)",
-                         "InvalidArgVal", "InvalidStreamSetup")
+            raise sender(
+                f"{stream} over {protocol} is not offered: RTP-Unicast over RTSP (UDP or TCP)",
+                "InvalidArgVal",
+                "InvalidStreamSetup",
+            )
         host = self._host(request)
         hostname = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
         uri = f"rtsp://{hostname}:{self._rtsp_port()}/{quote(p.camera)}{p.path}"
         return _resp(
-            "trt", "GetStreamUri",
+            "trt",
+            "GetStreamUri",
             f"<trt:MediaUri><tt:Uri>{escape(uri)}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>"
             "<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>",
         )
-
 
     def _snapshot_uri(self, req: Request, request: web.Request) -> str:
         p = self._find_profile(req.text("ProfileToken"))
         uri = _url(self._host(request), snapshot_path(p.camera))
         return _resp(
-            "trt", "GetSnapshotUri",
+            "trt",
+            "GetSnapshotUri",
             f"<trt:MediaUri><tt:Uri>{escape(uri)}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>"
             "<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>",
         )
@@ -892,7 +953,9 @@ def _ipv4_routes(path: Path = PROC_ROUTE) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _default_gateways(route: Path = PROC_ROUTE, route6: Path = PROC_IPV6_ROUTE) -> tuple[list[str], list[str]]:
+def _default_gateways(
+    route: Path = PROC_ROUTE, route6: Path = PROC_IPV6_ROUTE
+) -> tuple[list[str], list[str]]:
     """The host's default gateways: (IPv4, IPv6), each in the order the kernel lists them, no repeats."""
     v4 = [str(ipaddress.IPv4Address(gw)) for dest, gw, flags, mask in _ipv4_routes(route)
           if dest == 0 and mask == 0 and flags & _RTF_GATEWAY and gw]  # fmt: skip
@@ -929,7 +992,9 @@ def _prefix_length(addr: str, route: Path = PROC_ROUTE) -> int:
     return best if best > 0 else 32
 
 
-def _resolv_conf(path: Path = RESOLV_CONF) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], list[str]]:
+def _resolv_conf(
+    path: Path = RESOLV_CONF,
+) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], list[str]]:
     """The host's name servers and search domains (resolv.conf's `nameserver`, `search`/`domain`)."""
     try:
         lines = path.read_text().splitlines()
@@ -959,8 +1024,6 @@ def _resp(prefix: str, op: str, inner: str) -> str:
 
 def _url(host: str, path: str) -> str:
     return f"http://{host}{path}"
-
-
 
 
 def _vec_xml(tag: str, p: StreamProfile) -> str:

@@ -132,7 +132,9 @@ class Request:
 def parse_envelope(data: bytes) -> Request:
     root = safe_parse(data)
     if root.tag == f"{{{SOAP11}}}Envelope":
-        raise SoapFault("VersionMismatch", (), "SOAP 1.2 envelopes only (http://www.w3.org/2003/05/soap-envelope)")
+        raise SoapFault(
+            "VersionMismatch", (), "SOAP 1.2 envelopes only (http://www.w3.org/2003/05/soap-envelope)"
+        )
     if root.tag != f"{{{SOAP12}}}Envelope":
         raise sender("not a SOAP 1.2 envelope", "InvalidArgVal")
     header = root.find(f"{{{SOAP12}}}Header")
@@ -213,7 +215,6 @@ def h264_profile(sps: bytes | None, preset: str) -> str:
     # Before the first keyframe: ultrafast turns CABAC and the 8x8 transform off (Constrained Baseline,
     # with bframes=0 as live/encode.py sets); every other preset keeps the 8x8 transform (High).
     return "Baseline" if preset == "ultrafast" else "High"
-
 
 
 def range_xml(tag: str, lo: int, hi: int) -> str:

@@ -149,7 +149,9 @@ class RtspServer:
         self.describe_wait_s = describe_wait_s
         self.write_timeout_s = write_timeout_s
         self.tcp_sndbuf = tcp_sndbuf
-        self.auth = Authenticator(cfg.users, cfg.realm, on_failure=metrics.AUTH_FAILURES.labels(protocol="rtsp").inc)
+        self.auth = Authenticator(
+            cfg.users, cfg.realm, on_failure=metrics.AUTH_FAILURES.labels(protocol="rtsp").inc
+        )
         self.port = 0
         self.udp_ports: tuple[int, int] | None = None
         self.sessions: dict[str, RtspSession] = {}
@@ -182,7 +184,9 @@ class RtspServer:
         self._reaper = asyncio.create_task(self._reap_loop(), name="rtsp-session-reaper")
         log.info(
             "-: RTSP server listening on %s:%d (UDP %s, auth %s)",
-            self.cfg.host, self.port, f"{self.udp_ports[0]}-{self.udp_ports[1]}" if self.udp_ports else "off",
+            self.cfg.host,
+            self.port,
+            f"{self.udp_ports[0]}-{self.udp_ports[1]}" if self.udp_ports else "off",
             "on" if self.auth.enabled else "off",
         )
 
@@ -207,7 +211,8 @@ class RtspServer:
             return
         log.warning(
             "-: no free UDP port pair in %d-%d: RTSP over UDP disabled (TCP still works)",
-            self.cfg.rtp_port_min, self.cfg.rtp_port_max,
+            self.cfg.rtp_port_min,
+            self.cfg.rtp_port_max,
         )
 
     async def stop(self) -> None:
@@ -299,7 +304,9 @@ class RtspServer:
                     "request_timeout", f"{conn.peer}: request not complete within {lim.request_timeout_s:g} s, "
                     "closed"
                 )  # fmt: skip
-                await self._drop(conn, format_response(408, None, [("Server", SERVER_NAME), ("Connection", "close")]))
+                await self._drop(
+                    conn, format_response(408, None, [("Server", SERVER_NAME), ("Connection", "close")])
+                )
             elif conn.idle() and now - conn.last_activity > lim.idle_timeout_s:
                 self.limit_events.hit(
                     "idle_timeout", f"{conn.peer}: idle for {lim.idle_timeout_s:g} s without a session, closed",
@@ -366,7 +373,9 @@ class RtspServer:
                 conn.writer.write(format_response(503, None, head, reason=f"Service Unavailable ({why})"))
                 conn.writer.transport.close()
                 return False
-            self.limit_events.hit(kind, f"{limit} connections held: {victim.peer}'s idle one closed for {conn.peer}")
+            self.limit_events.hit(
+                kind, f"{limit} connections held: {victim.peer}'s idle one closed for {conn.peer}"
+            )
             await self._drop(victim)
         self._conns.add(conn)
         self._by_addr.setdefault(conn.addr, set()).add(conn)
@@ -376,7 +385,9 @@ class RtspServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        conn = _Connection(reader, writer, peer, str(peername[0]) if peername else "?", task=asyncio.current_task())
+        conn = _Connection(
+            reader, writer, peer, str(peername[0]) if peername else "?", task=asyncio.current_task()
+        )
         if self._stopping or self._server is None:
             writer.transport.abort()
             return
@@ -458,7 +469,9 @@ class RtspServer:
                     cseq = find_cseq(head)
                 status, headers, body, after = err.status, err.headers, b"", None
                 if err.status == 413:
-                    self.limit_events.hit("body_size", f"{conn.peer}: body over {lim.max_body_bytes} bytes (413)")
+                    self.limit_events.hit(
+                        "body_size", f"{conn.peer}: body over {lim.max_body_bytes} bytes (413)"
+                    )
                 elif err.detail in _SIZE_ERRORS:
                     self.limit_events.hit("request_size", f"{conn.peer}: {err.detail} ({err.status})")
                 elif err.status == 453:
@@ -615,8 +628,13 @@ class RtspServer:
         if isinstance(output, UdpOutput):
             self._udp_peers[output.rtp_addr] = sess
             self._udp_peers[output.rtcp_addr] = sess
-        log.info("%s: RTSP session %s from %s over %s", hub.name, sess.id, conn.peer, "TCP" if spec.tcp else "UDP")
-        headers = [("Transport", output.transport_header(sess.rtp.ssrc)), ("Session", self._session_header(sess))]
+        log.info(
+            "%s: RTSP session %s from %s over %s", hub.name, sess.id, conn.peer, "TCP" if spec.tcp else "UDP"
+        )
+        headers = [
+            ("Transport", output.transport_header(sess.rtp.ssrc)),
+            ("Session", self._session_header(sess)),
+        ]
         return 200, headers, b"", None
 
     async def _room_for_session(self, conn: _Connection) -> None:
@@ -630,7 +648,9 @@ class RtspServer:
         if victim is None:
             self.limit_events.hit("sessions", f"{conn.peer} refused: {limit} sessions playing (453)")
             raise RtspError(453, "too many RTSP sessions")
-        self.limit_events.hit("sessions", f"{limit} sessions: {victim.id} (never played) reclaimed for {conn.peer}")
+        self.limit_events.hit(
+            "sessions", f"{limit} sessions: {victim.id} (never played) reclaimed for {conn.peer}"
+        )
         await self._end_session(victim, "reclaimed for a new viewer (max_rtsp_sessions)")
 
     def _play(self, req: RtspRequest, sess: RtspSession) -> _Response:

@@ -29,7 +29,9 @@ class TcpOutput:
     # Above this much unsent data the sender waits for the socket (bounded by write_timeout_s).
     HIGH_WATER = 512 * 1024
 
-    def __init__(self, writer: asyncio.StreamWriter, channels: tuple[int, int], write_timeout_s: float) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, channels: tuple[int, int], write_timeout_s: float
+    ) -> None:
         self.writer = writer
         self.rtp_channel, self.rtcp_channel = channels
         self.write_timeout_s = write_timeout_s
@@ -79,7 +81,9 @@ class UdpOutput:
 
     def transport_header(self, ssrc: int) -> str:
         c, s = self.client_ports, self.server_ports
-        return f"RTP/AVP;unicast;client_port={c[0]}-{c[1]};server_port={s[0]}-{s[1]};ssrc={ssrc:08X};mode=play"
+        return (
+            f"RTP/AVP;unicast;client_port={c[0]}-{c[1]};server_port={s[0]}-{s[1]};ssrc={ssrc:08X};mode=play"
+        )
 
     def send(self, packets: list[bytes]) -> None:
         t = self.rtp_transport
@@ -117,7 +121,9 @@ class RtspSession:
         self.payloads = payloads
         self.timeout_s = timeout_s
         self.owner = owner  # the connection that created it; its loss ends the session
-        self.rtp = RtpStream(secrets.randbits(32), secrets.randbits(16), secrets.randbits(32), cname=f"streamproxy-{self.name}")
+        self.rtp = RtpStream(
+            secrets.randbits(32), secrets.randbits(16), secrets.randbits(32), cname=f"streamproxy-{self.name}"
+        )
         self.state = "ready"
         self.sub: Subscription | None = None
         self.task: asyncio.Task[None] | None = None
@@ -197,7 +203,10 @@ class RtspSession:
         self.output.close()
         log.info(
             "%s: RTSP session %s closed (%s): %d RTP packets",
-            self.name, self.id, reason or "teardown", self.rtp.packets,
+            self.name,
+            self.id,
+            reason or "teardown",
+            self.rtp.packets,
         )
 
     async def _send_loop(self, sub: Subscription) -> None:
@@ -214,7 +223,12 @@ class RtspSession:
                 now = time.monotonic()
                 if self.first_packet_at is None:
                     self.first_packet_at = now
-                    log.debug("%s: session %s first frame after %.0f ms", self.name, self.id, (now - self.created) * 1000)
+                    log.debug(
+                        "%s: session %s first frame after %.0f ms",
+                        self.name,
+                        self.id,
+                        (now - self.created) * 1000,
+                    )
                 if now >= next_sr:
                     report = self.rtp.sender_report()
                     if report is not None:
