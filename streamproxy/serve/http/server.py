@@ -3,8 +3,12 @@
 Routes
   GET  /                               the page (static/index.html)
   GET  /static/{file}                  page assets (package data streamproxy/serve/http/web/*)
-  GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials)
-  GET  /api/cameras/{camera}/snapshot.jpg  JPEG of the newest anonymized frame (or the slate); 503 if none
+  GET  /api/cameras                    JSON list of the pipelines' snapshots (never URLs or credentials),
+                                       each with its privacy state in words (`privacy`)
+  GET  /api/cameras/{camera}/snapshot.jpg  JPEG of the newest anonymized frame (or the slate); 503 if none;
+                                       `?w=320`: a tile of at most that width (the page's grid), each
+                                       encoded once per frame and size for every viewer; ETag / 304
+  GET  /api/history[?since=N][&camera=C]  each camera's last 10 minutes, sampled every 2 s (history.py)
   GET  /healthz                        200 "ok" while the process serves HTTP
   GET  /readyz                         200 when config, models and listeners are up; 503 with reasons
   GET  /metrics                        Prometheus exposition
@@ -37,10 +41,13 @@ viewers ask for). Where those names are sensitive, set `metrics_auth: true` and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Protocol
 
@@ -51,6 +58,7 @@ from aiohttp import web
 from streamproxy import metrics
 from streamproxy.config import AppConfig
 from streamproxy.rtsp.auth import Authenticator, AuthResult
+from streamproxy.serve.http.history import SAMPLE_S, History, privacy_state
 from streamproxy.serve.http.limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
@@ -119,19 +127,55 @@ def camera_json(status: CameraStatus) -> dict[str, Any]:
 
 SNAPSHOT_MAX_AGE_S = 5.0  # an older frame is not "the latest" any more: the pipeline is stuck
 SNAPSHOT_QUALITY = 85
+# Tiles (`?w=`): a requested width is rounded up to one of these, so that every viewer's request
+# lands on a picture already encoded; wider asks get the full frame. Scaling a 720p frame to 320 px
+# and encoding it costs about 0.3 ms (libswscale straight to BGR, then libjpeg): done on the loop,
+# cheaper than a hop to a thread; the full frame (2 ms at 720p) goes to a thread.
+TILE_WIDTHS = (160, 320, 480, 640)
+TILE_QUALITY = 70
+PICTURE_IDLE_S = 10.0  # a camera's cached pictures nobody asked for in this long are let go
 
 
 def _is_snapshot(path: str) -> bool:
     return path.startswith("/api/cameras/") and path.endswith("/snapshot.jpg")
 
 
-def _jpeg(frame: av.VideoFrame) -> bytes:
-    ok, buf = cv2.imencode(
-        ".jpg", frame.to_ndarray(format="bgr24"), [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY]
-    )
+def _jpeg(frame: av.VideoFrame, width: int = 0) -> bytes:
+    """The frame as a JPEG, full size (`width` 0) or scaled to `width` (aspect kept, even height)."""
+    if width and width < frame.width:
+        height = max(2, round(frame.height * width / frame.width / 2) * 2)
+        img = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
+        quality = TILE_QUALITY
+    else:
+        img, quality = frame.to_ndarray(format="bgr24"), SNAPSHOT_QUALITY
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return bytes(buf)
+
+
+def tile_width(asked: int, frame_width: int) -> int:
+    """The width a `?w=` request is served at: the next TILE_WIDTHS step, 0 (full size) past them or
+    at the frame's own width (never scaled up)."""
+    for w in TILE_WIDTHS:
+        if asked <= w:
+            return w if w < frame_width else 0
+    return 0
+
+
+@dataclass(slots=True)
+class _Pictures:
+    """One camera's newest frame as JPEGs, by width (0: full size), each encoded once for every viewer.
+
+    Keyed by the frame object itself (held here, so its identity cannot be reused by another frame):
+    while the pipeline's newest frame is this one, every request is answered from here. Holds at most
+    one frame per camera beyond the pipeline's own, and none once nobody has asked for PICTURE_IDLE_S.
+    """
+
+    frame: av.VideoFrame
+    seq: int  # this frame's number for the camera: its ETag
+    used: float
+    jpegs: dict[int, bytes] = field(default_factory=dict)
 
 
 def _load_static() -> dict[str, bytes]:
@@ -145,6 +189,21 @@ def _load_static() -> dict[str, bytes]:
         if entry.is_file() and "." + entry.name.rsplit(".", 1)[-1] in STATIC_TYPES:
             out[entry.name] = entry.read_bytes()
     return out
+
+
+def _etags(header: str | None) -> set[str]:
+    """The entity tags of an If-None-Match header (weak ones compare as strong: same frame, same bytes)."""
+    if not header:
+        return set()
+    return {t.strip().removeprefix("W/") for t in header.split(",")}
+
+
+def _pipeline_status(name: str, camera: CameraView) -> PipelineStatus | None:
+    try:
+        return camera.snapshot()
+    except Exception:
+        log.exception("%s: snapshot failed", name)
+        return None
 
 
 class WebServer:
@@ -172,6 +231,14 @@ class WebServer:
             # ONVIF checks its own credentials (WS-Security or HTTP Digest/Basic) and answers SOAP faults;
             # GetSystemDateAndTime must answer without any.
             self._open_paths = self._open_paths | set(ONVIF_PATHS)
+        # Each camera's last minutes (the page's plots) and its newest pictures as JPEGs (the grid).
+        self.history = History()
+        self._sampler: asyncio.Task[None] | None = None
+        self._pictures: dict[str, _Pictures] = {}
+        self._picture_seq = 0
+        self._boot = os.urandom(4).hex()  # ETags of an earlier run never match this one's
+        self.encodes = 0  # JPEGs encoded (read by tests: one per frame and size, however many viewers)
+        self._fail_closed_action = {c.name: app.cfg.engine_for(c).fail_closed.action for c in app.cfg.cameras}
         self.web_app = self._build()
 
     # --- lifecycle ---
@@ -190,6 +257,7 @@ class WebServer:
         wa.router.add_get("/static/{name}", self._static_file)
         wa.router.add_get("/api/cameras", self._cameras)
         wa.router.add_get("/api/cameras/{camera}/snapshot.jpg", self.snapshot)
+        wa.router.add_get("/api/history", self._history)
         wa.router.add_get("/healthz", self._healthz)
         wa.router.add_get("/readyz", self._readyz)
         wa.router.add_get("/metrics", self._metrics)
@@ -221,10 +289,16 @@ class WebServer:
             return
         self._runner, self.port = await self.listen(self.web_app, self.cfg.http_port)
         log.info("http: listening on %s:%d", self.cfg.host, self.port)
+        self._sampler = asyncio.create_task(self._sample_loop(), name="http-history")
 
     async def stop(self) -> None:
         """After the ports it lent (serve/onvif/device.py) closed: their guard ends here."""
         await self.webrtc.close_all()
+        if self._sampler is not None:
+            sampler, self._sampler = self._sampler, None
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -291,24 +365,67 @@ class WebServer:
         )
 
     async def _cameras(self, request: web.Request) -> web.StreamResponse:
-        out = [camera_json(self._camera_status(name, c)) for name, c in self.app.cameras.items()]
+        out = []
+        for name, camera in self.app.cameras.items():
+            status = self._camera_status(name, camera)
+            entry = camera_json(status)
+            level, text = privacy_state(
+                status.pipeline,
+                self._fail_closed_action.get(name, "obfuscate"),
+                self.history.recent_failed_closed(name),
+            )
+            entry["privacy"] = {"level": level, "text": text}
+            out.append(entry)
         return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
 
     def _camera_status(self, name: str, camera: CameraView) -> CameraStatus:
+        return CameraStatus(name, f"/{name}/whep", _pipeline_status(name, camera), camera.publisher_status())
+
+    async def _history(self, request: web.Request) -> web.StreamResponse:
+        """The plots' data: every camera's ticks after `since` (one request for the whole grid)."""
         try:
-            snap: PipelineStatus | None = camera.snapshot()
-        except Exception:
-            log.exception("%s: snapshot failed", name)
-            snap = None
-        return CameraStatus(name, f"/{name}/whep", snap, camera.publisher_status())
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be a number\n") from None
+        names = list(self.app.cameras)
+        only = request.query.get("camera")
+        if only is not None:
+            if only not in self.app.cameras:
+                raise web.HTTPNotFound(text=f"no camera {only!r}\n")
+            names = [only]
+        return web.json_response(self.history.since(since, names), headers={"Cache-Control": "no-store"})
+
+    async def _sample_loop(self) -> None:
+        """A history tick every SAMPLE_S while the server runs (`stop` cancels it)."""
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_S)
+
+    def sample(self) -> None:
+        """One history tick of every camera; cached pictures nobody asked for lately are let go."""
+        statuses = {name: _pipeline_status(name, c) for name, c in self.app.cameras.items()}
+        now = time.monotonic()
+        self.history.record(statuses, time.time(), now)
+        for name in [n for n, p in self._pictures.items() if now - p.used > PICTURE_IDLE_S]:
+            del self._pictures[name]
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:
         """The newest frame that left for the encoder: anonymized, or the slate. Fail closed: when there
-        is none recent enough (just started, or the pipeline stalled), 503, never an older or raw one."""
+        is none recent enough (just started, or the pipeline stalled), 503, never an older or raw one.
+
+        `?w=N`: a tile at most N px wide (TILE_WIDTHS). Each picture is encoded once per frame and
+        width and shared by every viewer; its ETag names the frame, so a viewer that already has it
+        gets a 304 (nothing encoded or sent). `no-store`: no cache keeps a picture past its frame."""
         camera = request.match_info["camera"]
         view = self.app.cameras.get(camera)
         if view is None:
             raise web.HTTPNotFound(text=f"no camera {camera!r}\n")
+        asked = request.query.get("w")
+        width = 0
+        if asked is not None:
+            width = int(asked) if asked.isdecimal() and len(asked) <= 5 else 0
+            if width < 1:
+                raise web.HTTPBadRequest(text="w must be a width in pixels\n")
         slate_interval = 1.0 / max(0.5, self.app.cfg.slate.fps)
         frame = view.latest_frame(max_age_s=max(SNAPSHOT_MAX_AGE_S, 3 * slate_interval))
         if frame is None:
@@ -317,12 +434,27 @@ class WebServer:
                 text="no anonymized frame yet\n",
                 headers={"Retry-After": "1", "Cache-Control": "no-store"},
             )
-        body = await asyncio.get_running_loop().run_in_executor(None, _jpeg, frame)
-        return web.Response(
-            body=body,
-            content_type="image/jpeg",
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-        )
+        if width:
+            width = tile_width(width, frame.width)
+        now = time.monotonic()
+        pictures = self._pictures.get(camera)
+        if pictures is None or pictures.frame is not frame:
+            self._picture_seq += 1
+            pictures = self._pictures[camera] = _Pictures(frame, self._picture_seq, now)
+        pictures.used = now
+        etag = f'"{self._boot}-{pictures.seq}-{width}"'
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "ETag": etag}
+        if etag in _etags(request.headers.get("If-None-Match")):
+            return web.Response(status=304, headers=headers)
+        body = pictures.jpegs.get(width)
+        if body is None:
+            if width:
+                body = _jpeg(frame, width)  # a tile: cheaper here than the hop to a thread
+            else:
+                body = await asyncio.get_running_loop().run_in_executor(None, _jpeg, frame)
+            pictures.jpegs[width] = body
+            self.encodes += 1
+        return web.Response(body=body, content_type="image/jpeg", headers=headers)
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")
