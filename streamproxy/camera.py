@@ -2,7 +2,7 @@
 a `publish_url`, its publisher, wired together here and nowhere else.
 
 `App` makes one per camera it serves and reaches a camera's parts only through it. The serving side
-(HTTP, WebRTC, ONVIF) reads it as a `status.CameraView`: it may not import this room, which composes
+(HTTP, WebRTC, ONVIF) reads it as a `view.CameraView`: it may not import this room, which composes
 the live path and the publisher (ARCHITECTURE.md).
 """
 
