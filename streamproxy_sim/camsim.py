@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -370,6 +370,11 @@ def _decode_source(source: Path, f: object, width: int, height: int, n_frames: i
     return written
 
 
+def clip_cache_dir() -> Path:
+    """Where built clips are cached (per user, in the temporary directory: they are rebuilt in seconds)."""
+    return Path(tempfile.gettempdir()) / f"streamproxy-camsim-{os.getuid()}"
+
+
 def clip_cache_path(
     width: int,
     height: int,
@@ -378,7 +383,7 @@ def clip_cache_path(
     faces: int,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"streamproxy-camsim-{os.getuid()}"
+    base = Path(cache_dir) if cache_dir else clip_cache_dir()
     return base / f"clip-v2-{width}x{height}-{fps:g}fps-{seconds:g}s-{faces}f.i420"
 
 
@@ -411,7 +416,31 @@ def encode_clip(
     fps: int,
     bitrate_kbps: int = 3000,
 ) -> Path:
-    """Encode a raw I420 clip once with libx264 into a replay file (atomically); return its path.
+    """Encode a raw I420 clip once with libx264 into a replay file (atomically); return its path."""
+    raw = Path(raw_clip)
+    size = frame_bytes(width, height)
+    n_frames = raw.stat().st_size // size
+    if n_frames == 0 or raw.stat().st_size % size:
+        raise ValueError(f"{raw}: not a whole number of {width}x{height} I420 frames")
+
+    def frames() -> Iterator[np.ndarray]:
+        with open(raw, "rb") as src:
+            for _ in range(n_frames):
+                yield np.frombuffer(src.read(size), np.uint8).reshape(height * 3 // 2, width)
+
+    return encode_frames(frames(), out, width, height, fps, bitrate_kbps)
+
+
+def encode_frames(
+    frames: Iterable[np.ndarray],
+    out: str | os.PathLike[str],
+    width: int,
+    height: int,
+    fps: int,
+    bitrate_kbps: int = 3000,
+) -> Path:
+    """Encode I420 frames ((H*3/2, W) uint8 each, `bgr_to_i420`'s layout) with libx264 into a replay
+    file (atomically); return its path. Frames come one at a time: a clip never has to sit in memory.
 
     The settings mirror the live simulator's x264enc (tune zerolatency, preset ultrafast, 2 sliced
     threads, CBR-like rate with a 600 ms VBV, a keyframe every 2 s, no B-frames), so the proxy decodes
@@ -421,11 +450,6 @@ def encode_clip(
     """
     import av
 
-    raw = Path(raw_clip)
-    size = frame_bytes(width, height)
-    n_frames = raw.stat().st_size // size
-    if n_frames == 0 or raw.stat().st_size % size:
-        raise ValueError(f"{raw}: not a whole number of {width}x{height} I420 frames")
     gop = 2 * fps
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -460,17 +484,20 @@ def encode_clip(
             written += 1
             keyframes += key
 
+    n_frames = 0
     try:
-        with open(tmp, "wb") as f, open(raw, "rb") as src:
+        with open(tmp, "wb") as f:
             f.write(REPLAY_MAGIC)
-            for i in range(n_frames):
-                buf = np.frombuffer(src.read(size), np.uint8).reshape(height * 3 // 2, width)
+            for buf in frames:
+                if buf.shape != (height * 3 // 2, width):
+                    raise ValueError(f"frame {n_frames}: shape {buf.shape}, expected I420 {width}x{height}")
                 frame = av.VideoFrame.from_ndarray(buf, format="yuv420p")
-                frame.pts = i
+                frame.pts = n_frames
                 put(f, ctx.encode(frame))
+                n_frames += 1
             put(f, ctx.encode(None))
-        if written != n_frames:
-            raise RuntimeError(f"{raw}: encoder gave {written} access units for {n_frames} frames")
+        if n_frames == 0 or written != n_frames:
+            raise RuntimeError(f"{dest}: encoder gave {written} access units for {n_frames} frames")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -587,6 +614,7 @@ class SimCamera:
         switch_to: tuple[int, int, float] | None = None,
         auth: AuthMethod = "basic",
         mode: SimMode = "live",
+        replay_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.path = path.strip("/")
@@ -604,10 +632,14 @@ class SimCamera:
             )
         if mode == "replay" and switch_to is not None:
             raise ValueError("replay mode cannot switch resolution mid-stream; use mode='live'")
+        if replay_file is not None and mode != "replay":
+            raise ValueError("replay_file is a pre-encoded clip: it needs mode='replay'")
         # live: the server encodes every frame (x264enc) and stamps the wall-clock barcode;
         # replay: the clip is encoded once here and the server only packetizes it (no barcode).
         self.mode: SimMode = mode
         self.clip = Path(clip) if clip is not None else None
+        # An already encoded replay file (encode_frames' output, e.g. the demo's plaza): served as is.
+        self.replay_file = Path(replay_file) if replay_file is not None else None
         self.faces, self.seconds = faces, seconds
         self.bitrate_kbps = bitrate_kbps
         self.start_timeout_s = start_timeout_s
@@ -649,7 +681,9 @@ class SimCamera:
         return self.clip
 
     def command(self) -> list[str]:
-        if self.mode == "replay":
+        if self.replay_file is not None:
+            source = ["--replay", str(self.replay_file)]
+        elif self.mode == "replay":
             replay = cached_replay(self._clip_path(), self.width, self.height, self.fps, self.bitrate_kbps)
             source = ["--replay", str(replay)]
         else:
