@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -559,3 +560,85 @@ p.set_state(Gst.State.NULL)
         r.stdout
     )
     assert "the clock came before the base time; frame dropped" in r.stderr, r.stderr
+
+
+# --- the demo's plaza (streamproxy_sim/plaza.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plaza_video() -> Path:
+    from streamproxy_sim import plaza
+
+    video = plaza.find_video()
+    if video is None:
+        pytest.skip(f"the plaza video (opencv-doc's vtest.avi) is not here: {plaza.FETCH_COMMAND} fetches it")
+    return video
+
+
+def test_plaza_faces_stay_in_the_picture_move_and_loop() -> None:
+    from streamproxy_sim import plaza
+
+    n = plaza.N_FRAMES
+    truth = [plaza.face_boxes(i) for i in range(n)]
+    # Two or three faces; one in the second half of the dissolve at the loop point, which shows the
+    # second before the couple walks into the picture.
+    assert all(len(faces) >= 2 for faces in truth[: n - 13]) and all(truth)
+    for faces in truth:
+        for f in faces:
+            b = f.box
+            assert 0 <= b.x1 < b.x2 <= plaza.WIDTH and 0 <= b.y1 < b.y2 <= plaza.HEIGHT, f
+            assert b.width >= 26  # above the privacy floor (18 px at 1280 wide), with a margin
+    # The faces walk: the woman crosses the lawn (hundreds of pixels), at walking pace (no jumps).
+    woman = [next((f.box for f in faces if f.walker.startswith("woman")), None) for faces in truth]
+    path = [b for b in woman if b is not None]
+    assert max(b.cx for b in path) - min(b.cx for b in path) > 500
+    steps = [abs(a.cx - b.cx) + abs(a.cy - b.cy) for a, b in itertools.pairwise(path)]
+    assert max(steps) < 40
+    # The loop: a face on both sides of the wrap moves no more than a step.
+    last = {f.walker: f.box for f in truth[-1]}
+    for f in truth[0]:
+        if f.walker in last:
+            assert abs(f.box.cx - last[f.walker].cx) + abs(f.box.cy - last[f.walker].cy) < 40
+    assert plaza.face_boxes(n + 7) == truth[7]
+
+
+def _replay_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+    """BGR frames at these indices of a replay file (its access units decoded in order)."""
+    out: dict[int, np.ndarray] = {}
+    codec = av.CodecContext.create("h264", "r")
+    n = 0
+    for data, _ in camsim.read_access_units(path):
+        for frame in codec.decode(av.Packet(data)):
+            if n in indices:
+                out[n] = frame.to_ndarray(format="bgr24")
+            n += 1
+        if len(out) == len(indices):
+            break
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_plaza_clip_shows_its_faces_to_the_detector(plaza_video: Path, model_dir: Path) -> None:
+    """The demo camera's clip as the camera serves it (encoded): the real detector finds every whole
+    pasted face where the ground truth says, at the live detector's resolution and a stricter score."""
+    from streamproxy.config import DetectorConfig
+    from streamproxy.engine.detect import create_detector
+    from streamproxy_sim import plaza
+
+    clip = plaza.cached_replay(plaza_video)
+    units = camsim.read_access_units(clip)
+    assert len(units) == plaza.N_FRAMES and units[0][1]  # one access unit a frame, from a keyframe
+    indices = {0, 60, 120, 180, 240}  # 240: inside the dissolve at the loop point
+    frames = _replay_frames(clip, indices)
+    det = create_detector(DetectorConfig(model="yunet", model_dir=model_dir, threads=1, input_width=1280))
+    judged = 0
+    for i in sorted(indices):
+        assert frames[i].shape == (plaza.HEIGHT, plaza.WIDTH, 3)
+        found = det.detect_bgr(frames[i])
+        for face in plaza.face_boxes(i):
+            if face.occluded:
+                continue
+            best = max((d.box.iou(face.box) for d in found), default=0.0)
+            assert best > 0.5, (i, face, found)
+            judged += 1
+    assert judged >= 2 * len(indices)
