@@ -2,53 +2,69 @@
 # Installs the Debian 12 packages streamproxy needs, idempotently: when every package is already
 # installed it changes nothing and touches no network (no `apt-get update`).
 #
-#   scripts/install-system-deps.sh           install what is missing
-#   scripts/install-system-deps.sh --check   only report; exit 1 when something is missing
+#   scripts/install-system-deps.sh           the demo's packages (scripts/demo.sh, scripts/setup.sh)
+#   scripts/install-system-deps.sh --test    the demo's and the tests' (scripts/test.sh, CI)
+#   ... --check                              only report; exit 1 when something is missing
+#   ... --list                               print the package names, one a line
 #
 # Runs as root (CI) or through sudo. What each package is for:
+#   the demo (and the tests):
 #   python3-venv                    the project's virtualenv (.venv)
-#   ffmpeg                          ffprobe/ffmpeg: real RTSP clients in tests and the demo
 #   python3-gi, python3-gst-1.0,    the simulated camera: GStreamer's RTSP server, run by
 #   gir1.2-gst-rtsp-server-1.0      Debian's /usr/bin/python3 (streamproxy_sim/gst/gst_camera.py)
+#   gstreamer1.0-rtsp               the gst-rtsp-server library
 #   gstreamer1.0-plugins-base       appsrc, videoconvert
 #   gstreamer1.0-plugins-good       rtph264pay/rtph265pay, rtspsrc (GStreamer as a viewer)
 #   gstreamer1.0-plugins-ugly       x264enc (the camera's H.264 encoder)
-#   gstreamer1.0-plugins-bad        x265enc (the camera's optional H.265), h264parse for GStreamer viewers
-#   gstreamer1.0-rtsp               the gst-rtsp-server library
+#   gstreamer1.0-plugins-bad        h264parse (the demo camera's pre-encoded clip), x265enc (H.265);
+#                                   Debian's gst-rtsp-server depends on it anyway
+#   fonts-dejavu-core               text on the "camera offline" slate
+#   the tests only:
+#   ffmpeg                          ffprobe/ffmpeg/ffplay: real RTSP clients
 #   gstreamer1.0-libav              avdec_h264 (GStreamer as a decoding viewer)
 #   gstreamer1.0-tools              gst-launch-1.0, gst-inspect-1.0
 #   chromium, chromium-driver       the WebRTC viewer in browser tests
 #   firefox-esr                     the second WebRTC viewer in browser tests (tests/test_firefox.py)
 #   prometheus                      promtool: checks the /metrics exposition
-#   fonts-dejavu-core               text on the "camera offline" slate
+# The demo camera's scene (OpenCV's sample video) is not a package here: scripts/fetch-plaza-video.sh.
 set -euo pipefail
 
 PACKAGES=(
   python3-venv
-  ffmpeg
   python3-gi
   python3-gst-1.0
   gir1.2-gst-rtsp-server-1.0
+  gstreamer1.0-rtsp
   gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly
   gstreamer1.0-plugins-bad
-  gstreamer1.0-rtsp
+  fonts-dejavu-core
+)
+TEST_PACKAGES=(
+  ffmpeg
   gstreamer1.0-libav
   gstreamer1.0-tools
   chromium
   chromium-driver
   firefox-esr
   prometheus
-  fonts-dejavu-core
 )
 
 check_only=0
-case "${1:-}" in
-  --check) check_only=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+list_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=1 ;;
+    --list) list_only=1 ;;
+    --test) PACKAGES+=("${TEST_PACKAGES[@]}") ;;
+    *) echo "usage: $0 [--test] [--check | --list]" >&2; exit 2 ;;
+  esac
+done
+if [ "$list_only" = 1 ]; then
+  printf '%s\n' "${PACKAGES[@]}"
+  exit 0
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -44,7 +44,7 @@ def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (scripts/install-system-deps.sh installs it)")
+        pytest.skip(f"{name} is not installed (scripts/install-system-deps.sh --test installs it)")
     return path
 
 
@@ -580,3 +580,22 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
     m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)
     assert m, r.stdout[-500:] + r.stderr
     assert float(m.group(1)) <= 2.0, r.stdout
+
+
+# --- the set-up scripts ---------------------------------------------------------------------------
+
+
+def test_the_demo_installs_only_what_it_needs() -> None:
+    """scripts/demo.sh's Debian packages are the camera simulator's; browsers, Prometheus and the
+    ffmpeg clients come only with --test (scripts/test.sh, CI)."""
+    demo = _run(["bash", "scripts/install-system-deps.sh", "--list"])
+    full = _run(["bash", "scripts/install-system-deps.sh", "--test", "--list"])
+    assert demo.returncode == 0 and full.returncode == 0, demo.stderr + full.stderr
+    demo_set, full_set = set(demo.stdout.split()), set(full.stdout.split())
+    assert demo_set < full_set
+    assert {"gir1.2-gst-rtsp-server-1.0", "gstreamer1.0-plugins-ugly", "python3-venv"} <= demo_set
+    assert not demo_set & {"chromium", "chromium-driver", "firefox-esr", "prometheus", "ffmpeg"}
+    assert {"chromium", "firefox-esr", "prometheus", "ffmpeg"} <= full_set
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    assert "install-system-deps.sh --test" in setup and "fetch-plaza-video.sh" in setup
+    assert "setup.sh --test" in (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
