@@ -6,10 +6,10 @@
 #   scripts/fetch-plaza-video.sh           fetch it when missing
 #   scripts/fetch-plaza-video.sh --check   only report; exit 1 when missing
 #
-# Not the whole opencv-doc package (313 MB installed, HTML docs, for one video): apt-get downloads its
-# .deb (104 MB; apt checks it against the signed archive index), only the video is unpacked from it, its
-# SHA-256 is checked (the walkers' head tracks in plaza.py were measured on this exact file) and the
-# .deb is deleted. No root needed, except for `apt-get update` when this machine has no package lists.
+# Not the whole opencv-doc package (313 MB installed with its dependencies, HTML docs, for one video):
+# apt-get downloads its .deb (96 MB; apt checks it against the signed archive index), only the video is
+# unpacked from it, its SHA-256 is checked (the walkers' head tracks in plaza.py were measured on this
+# exact file) and the .deb is deleted. No root needed, except for `apt-get update` when this machine has no package lists.
 # A failure is a warning, not an error: the demo then shows its synthetic scene, and says so.
 set -euo pipefail
 
