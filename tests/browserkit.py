@@ -57,6 +57,15 @@ class CdpError(RuntimeError):
     pass
 
 
+def _png_bgr(url: str | None) -> np.ndarray | None:
+    """A PNG data URL (a canvas's toDataURL) as a BGR image."""
+    if not url:
+        return None
+    png = base64.b64decode(url.split(",", 1)[1])
+    img: np.ndarray | None = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    return img
+
+
 class BrowserDriver:
     """What the Chromium (CDP) and Firefox (BiDi) drivers share: polling, frame grabs, shutdown.
 
@@ -133,12 +142,12 @@ class BrowserDriver:
 
     async def grab_frame_bgr(self) -> np.ndarray | None:
         """The picture the page's video element shows, through a canvas (PNG), as BGR."""
-        url = await self.evaluate("window.streamproxy.grabFrame()")
-        if not url:
-            return None
-        png = base64.b64decode(url.split(",", 1)[1])
-        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-        return img
+        return _png_bgr(await self.evaluate("window.streamproxy.grabFrame()"))
+
+    async def grab_tile_bgr(self, camera: str) -> np.ndarray | None:
+        """The picture a grid tile shows (its image's own pixels, through a canvas), as BGR; None
+        while the tile shows none."""
+        return _png_bgr(await self.evaluate(f"window.streamproxy.grabTile({json.dumps(camera)})"))
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:
@@ -255,6 +264,13 @@ class Chromium(BrowserDriver):
                     return
             await asyncio.sleep(0.1)
         raise CdpError(f"page {url} did not become ready")
+
+    async def viewport(self, width: int, height: int, mobile: bool = False) -> None:
+        """Show the page at this size in CSS pixels (a phone: 390 x 844, mobile), scale 1."""
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
 
     async def _close_browser(self) -> None:
         await self.send("Browser.close", timeout=3)

@@ -159,7 +159,7 @@ def privacy_state(
     if p.detector.error:
         return "failed", f"detector failed: every frame {what}"
     if p.state != "live":
-        return "down", "camera down: nothing of it is sent, the offline picture is shown"
+        return "down", "camera down: nothing of it is sent"
     d = p.detector
     every = "every frame" if d.detect_every == 1 else f"every {d.detect_every} frames"
     at_floor = d.detect_every >= d.max_detect_every and d.input_width <= d.min_input_width

@@ -1,8 +1,14 @@
-// streamproxy live view: camera grid from /api/cameras, playback over WHEP (standard WebRTC APIs only).
+// streamproxy live view: a grid of every camera's newest anonymized picture with its state, privacy
+// state and plots of its last 10 minutes; click a tile to play it over WHEP (standard WebRTC APIs only).
 "use strict";
 
 (function () {
-  const POLL_MS = 1500;
+  const POLL_MS = 1500; // /api/cameras: state, numbers, privacy words
+  const HISTORY_MS = 2000; // /api/history: the service samples every 2 s
+  const WINDOW_S = 600; // the plots' span
+  const PICTURE_MS = 500; // a tile in view: its newest picture at most twice a second
+  const MAX_PICTURE_FETCHES = 6; // at once (a browser's connections to one host)
+  const PICTURE_STALE_MS = 5000; // a picture that could not be refreshed this long is taken down
   const ICE_GATHER_TIMEOUT_MS = 3000;
   const $ = (id) => document.getElementById(id);
 
@@ -13,8 +19,16 @@
   };
   window.streamproxyStats = stats;
 
+  // Read by tests and benchmarks: per tile, when its first picture came (ms since the page opened),
+  // pictures shown, 304s, failures, whether one is shown now; history polls done.
+  const grid = { tiles: {}, historyPolls: 0 };
+  window.streamproxyGrid = grid;
+
   let session = null; // {camera, pc, location, statsTimer}
   let cameras = [];
+  const tiles = new Map(); // camera -> its tile's elements and picture state
+  const history = new Map(); // camera -> {t: [...], cols: {field: [...]}} (the last WINDOW_S)
+  let historySeq = 0;
 
   // Why a camera is not live (the API's `reason`, streamproxy/status.py REASONS): a word and what it means.
   const REASONS = {
@@ -50,20 +64,15 @@
     el.classList.toggle("error", !!isError);
   }
 
-  function cardFor(cam) {
-    // Values that describe the live picture are shown only while it is live: a camera that is down
-    // shows "–" and why, never its last session's rate, faces or latency as if they were current.
+  // --- the grid: one tile per camera, its newest anonymized picture and its last minutes ---
+
+  // The tile's head: the camera's name, its state and, when frames are shed, "overloaded".
+  function headFor(cam) {
     const live = cam.state === "live";
-    const lat = (live && cam.latency_ms) || {};
-    const viewers = cam.viewers || {};
     const st = uiState(cam.state);
-    const card = document.createElement("button");
-    card.type = "button";
-    card.className = "card" + (session && session.camera === cam.name ? " playing" : "");
-    card.dataset.camera = cam.name;
-    card.title = "Play " + cam.name;
     const h = document.createElement("h3");
     const name = document.createElement("span");
+    name.className = "name";
     name.textContent = cam.name;
     const badge = document.createElement("span");
     badge.className = "badge " + st;
@@ -77,7 +86,24 @@
       over.title = "Not enough CPU to anonymize every frame at the privacy floor: frames are shed (dropped, counted).";
       h.append(over);
     }
-    const parts = [h];
+    return h;
+  }
+
+  // The tile's words and numbers: the privacy state, why it is down, the current readings.
+  function infoFor(cam) {
+    // Values that describe the live picture are shown only while it is live: a camera that is down
+    // shows "–" and why, never its last session's rate, faces or latency as if they were current.
+    const live = cam.state === "live";
+    const lat = (live && cam.latency_ms) || {};
+    const viewers = cam.viewers || {};
+    const parts = [];
+    if (cam.privacy) {
+      const p = document.createElement("p");
+      p.className = "privacy";
+      p.dataset.level = cam.privacy.level;
+      p.textContent = cam.privacy.text;
+      parts.push(p);
+    }
     if (!live) {
       const code = cam.reason || (cam.state === "stopped" ? "stopped" : "connecting");
       const [word, meaning] = REASONS[code] || [String(code), ""];
@@ -109,14 +135,263 @@
       dl.append(dt, dd);
     }
     parts.push(dl);
-    card.append(...parts);
-    card.addEventListener("click", () => play(cam.name));
-    return card;
+    return parts;
+  }
+
+  // The plots: plain SVG paths (no charting library to vendor: four small line plots per tile need
+  // a scale and a path, and the page stays a few kilobytes that work offline).
+  const PLOT_W = 300;
+  const PLOT_H = 40;
+  const PLOTS = [
+    { key: "fps", title: "fps in/out", series: ["fps_in", "fps_out"], digits: 1 },
+    { key: "latency", title: "latency ms p50/p99", series: ["p50", "p99"], digits: 0 },
+    { key: "faces", title: "faces", series: ["faces"], digits: 0 },
+    {
+      key: "drops", title: "/s dropped·failed·widened", series: ["dropped", "failed_closed", "widened"], digits: 1,
+      help: "Frames per second dropped for time (shed under overload, late for the budget), failed closed " +
+        "(detection failed or late: obfuscated whole or dropped) and widened (masks grown past the face for " +
+        "safety: the over-masking the engine chooses). Over-masking against the true faces is not measured live.",
+    },
+  ];
+
+  function plotFor(spec) {
+    const fig = document.createElement("figure");
+    fig.className = "plot";
+    fig.dataset.plot = spec.key;
+    if (spec.help) fig.title = spec.help;
+    // Parsed as HTML, the <svg> gets the SVG namespace (no namespace URI to write out here).
+    const paths = spec.series.map((_, i) => '<path class="s' + i + '" vector-effect="non-scaling-stroke" data-points="0"></path>');
+    fig.innerHTML = '<figcaption></figcaption><svg viewBox="0 0 ' + PLOT_W + " " + PLOT_H +
+      '" preserveAspectRatio="none" role="img">' + paths.join("") + "</svg>";
+    fig.querySelector("svg").setAttribute("aria-label", spec.title + ", last 10 minutes");
+    return { spec, fig, cap: fig.querySelector("figcaption"), paths: [...fig.querySelectorAll("path")] };
+  }
+
+  // A path through the points of one series; a null (the camera down, no reading) breaks it.
+  function pathOf(ts, values, t0, ymax) {
+    let d = "";
+    let pen = false;
+    let n = 0;
+    for (let i = 0; i < ts.length; i++) {
+      const v = values[i];
+      if (v === null || v === undefined || ts[i] < t0) { pen = false; continue; }
+      const x = ((ts[i] - t0) / WINDOW_S) * PLOT_W;
+      const y = PLOT_H - 1 - (Math.min(v, ymax) / ymax) * (PLOT_H - 2);
+      d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+      pen = true;
+      n++;
+    }
+    return [d, n];
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  function drawPlots(tile) {
+    const h = history.get(tile.name);
+    const ts = h ? h.t : [];
+    const tEnd = ts.length ? ts[ts.length - 1] : 0;
+    const t0 = tEnd - WINDOW_S;
+    for (const plot of tile.plots) {
+      const cols = plot.spec.series.map((f) => (h && h.cols[f]) || []);
+      let max = 0;
+      for (const col of cols) for (let i = 0; i < col.length; i++) if (col[i] > max && ts[i] >= t0) max = col[i];
+      const ymax = niceMax(max);
+      cols.forEach((col, i) => {
+        const [d, n] = pathOf(ts, col, t0, ymax);
+        plot.paths[i].setAttribute("d", d);
+        plot.paths[i].dataset.points = String(n);
+      });
+      const last = cols.map((col) => fmt(col.length ? col[col.length - 1] : null, plot.spec.digits));
+      plot.cap.textContent = plot.spec.title + " " + last.join(" / ") + " · max " + ymax;
+      plot.cap.title = plot.cap.textContent;
+    }
+  }
+
+  const observer = "IntersectionObserver" in window
+    ? new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        const t = tiles.get(e.target.dataset.camera);
+        if (t) t.inView = e.isIntersecting;
+      }
+    }, { rootMargin: "200px" })
+    : null;
+
+  function tileFor(name) {
+    let t = tiles.get(name);
+    if (t) return t;
+    const el = document.createElement("article");
+    el.className = "card";
+    el.dataset.camera = name;
+    el.tabIndex = 0;
+    el.setAttribute("role", "button");
+    el.title = "Play " + name;
+    const head = document.createElement("div");
+    head.className = "head";
+    const pic = document.createElement("div");
+    pic.className = "pic";
+    const img = document.createElement("img");
+    img.alt = "newest anonymized picture of " + name;
+    img.hidden = true;
+    const nopic = document.createElement("span");
+    nopic.className = "nopic";
+    nopic.textContent = "waiting for a picture";
+    pic.append(img, nopic);
+    const info = document.createElement("div");
+    info.className = "info";
+    const plotBox = document.createElement("div");
+    plotBox.className = "plots";
+    const plots = PLOTS.map(plotFor);
+    plotBox.append(...plots.map((p) => p.fig));
+    el.append(head, pic, info, plotBox);
+    el.addEventListener("click", () => play(name));
+    el.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); play(name); }
+    });
+    t = {
+      name, el, head, pic, img, nopic, info, plots, inView: !observer, busy: false, lastTry: -Infinity,
+      lastOk: null, etag: null, etagWidth: 0, src: null, observed: false,
+    };
+    grid.tiles[name] = { firstPictureMs: null, pictures: 0, notModified: 0, failures: 0, shown: false };
+    tiles.set(name, t); // observed once it is in the page (render)
+    drawPlots(t);
+    return t;
+  }
+
+  function blank(t, why) {
+    t.img.hidden = true;
+    t.img.removeAttribute("src");
+    if (t.src) URL.revokeObjectURL(t.src);
+    t.src = null;
+    t.etag = null;
+    t.lastOk = null;
+    t.nopic.textContent = why;
+    t.nopic.hidden = false;
+    grid.tiles[t.name].shown = false;
+  }
+
+  // The tile's newest picture: a JPEG the size of the tile, fetched only when it changed (the
+  // service answers 304 to the ETag it gave for the same frame). Never a stale one: a picture the
+  // service no longer has (503: the camera's pipeline is stuck) or cannot be reached for blanks it.
+  async function refreshPicture(t) {
+    t.busy = true;
+    t.lastTry = performance.now();
+    const g = grid.tiles[t.name];
+    const w = Math.max(160, Math.min(640, Math.ceil((t.pic.clientWidth || 320) * (window.devicePixelRatio || 1))));
+    try {
+      const headers = t.etag && t.etagWidth === w ? { "If-None-Match": t.etag } : {};
+      const r = await fetch("/api/cameras/" + encodeURIComponent(t.name) + "/snapshot.jpg?w=" + w, { cache: "no-store", headers });
+      if (r.status === 304) {
+        t.lastOk = performance.now();
+        g.notModified++;
+        return;
+      }
+      if (!r.ok) {
+        g.failures++;
+        blank(t, r.status === 503 ? "no anonymized picture now" : "no picture (HTTP " + r.status + ")");
+        return;
+      }
+      const src = URL.createObjectURL(await r.blob());
+      const old = t.src;
+      t.img.src = src;
+      await t.img.decode().catch(() => { /* shown when it loads */ });
+      if (old) URL.revokeObjectURL(old);
+      if (!tiles.has(t.name)) { URL.revokeObjectURL(src); return; }
+      t.src = src;
+      t.etag = r.headers.get("ETag");
+      t.etagWidth = w;
+      t.lastOk = performance.now();
+      t.img.hidden = false;
+      t.nopic.hidden = true;
+      g.pictures++;
+      g.shown = true;
+      if (g.firstPictureMs === null) g.firstPictureMs = performance.now(); // since the page opened
+    } catch (e) {
+      g.failures++;
+      blank(t, "cannot reach the proxy");
+    } finally {
+      t.busy = false;
+    }
+  }
+
+  // Pictures refresh only for tiles in view, only while the page is shown, at most PICTURE_MS
+  // apart and MAX_PICTURE_FETCHES at once (the ones waited longest first).
+  function pictureTick() {
+    const now = performance.now();
+    for (const t of tiles.values()) {
+      if (t.lastOk !== null && now - t.lastOk > PICTURE_STALE_MS) blank(t, "no recent picture");
+    }
+    if (document.visibilityState !== "visible") return;
+    let busy = 0;
+    const due = [];
+    for (const t of tiles.values()) {
+      if (t.busy) busy++;
+      else if (t.inView && now - t.lastTry >= PICTURE_MS) due.push(t);
+    }
+    due.sort((a, b) => a.lastTry - b.lastTry);
+    for (const t of due.slice(0, Math.max(0, MAX_PICTURE_FETCHES - busy))) refreshPicture(t);
+  }
+
+  function mergeHistory(h) {
+    for (const [name, cols] of Object.entries(h.cameras)) {
+      let e = history.get(name);
+      if (!e) { e = { t: [], cols: {} }; history.set(name, e); }
+      e.t.push(...h.t);
+      for (const [f, values] of Object.entries(cols)) (e.cols[f] = e.cols[f] || []).push(...values);
+      const tEnd = e.t.length ? e.t[e.t.length - 1] : 0;
+      let drop = 0;
+      while (drop < e.t.length && e.t[drop] < tEnd - WINDOW_S) drop++;
+      if (drop) {
+        e.t.splice(0, drop);
+        for (const f of Object.keys(e.cols)) e.cols[f].splice(0, drop);
+      }
+    }
+  }
+
+  async function pollHistory() {
+    try {
+      if (document.visibilityState === "visible") {
+        const r = await fetch("/api/history?since=" + historySeq, { cache: "no-store" });
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        const h = await r.json();
+        if (h.seq < historySeq) history.clear(); // the service restarted: it sent its whole ring
+        mergeHistory(h);
+        historySeq = h.seq;
+        grid.historyPolls++;
+        for (const t of tiles.values()) drawPlots(t);
+      }
+    } catch (e) {
+      /* shown by the camera poll's status line */
+    } finally {
+      setTimeout(pollHistory, HISTORY_MS);
+    }
   }
 
   function render() {
-    const grid = $("grid");
-    grid.replaceChildren(...cameras.map(cardFor));
+    const names = new Set(cameras.map((c) => c.name));
+    for (const [name, t] of tiles) {
+      if (names.has(name)) continue;
+      if (observer) observer.unobserve(t.el);
+      blank(t, "");
+      tiles.delete(name);
+      delete grid.tiles[name];
+    }
+    const els = cameras.map((cam) => {
+      const t = tileFor(cam.name);
+      t.el.classList.toggle("playing", !!(session && session.camera === cam.name));
+      t.head.replaceChildren(headFor(cam));
+      t.info.replaceChildren(...infoFor(cam));
+      return t.el;
+    });
+    const box = $("grid");
+    if (box.children.length !== els.length || els.some((el, i) => box.children[i] !== el)) box.replaceChildren(...els);
+    for (const t of tiles.values()) {
+      if (observer && !t.observed) { observer.observe(t.el); t.observed = true; }
+    }
     $("empty").hidden = cameras.length > 0;
   }
 
@@ -211,6 +486,7 @@
     });
     $("player").hidden = false;
     $("player-title").textContent = camera;
+    $("player").scrollIntoView({ block: "nearest" });
     showMessage("");
     setPlayerState("connecting");
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -314,9 +590,30 @@
     });
   }
 
-  window.streamproxy = { play, stop, grabFrame, grabRegion, grabRegionOnFrame };
+  // A tile's picture as shown (PNG data URL of the image element's pixels), null when it has none.
+  function grabTile(camera) {
+    const t = tiles.get(camera);
+    if (!t || t.img.hidden || !t.img.naturalWidth) return null;
+    const c = document.createElement("canvas");
+    c.width = t.img.naturalWidth;
+    c.height = t.img.naturalHeight;
+    c.getContext("2d").drawImage(t.img, 0, 0);
+    return c.toDataURL("image/png");
+  }
+
+  // Points drawn in each of a tile's plots, by plot and series.
+  function plotPoints(camera) {
+    const t = tiles.get(camera);
+    if (!t) return null;
+    return Object.fromEntries(t.plots.map((p) => [p.spec.key, p.paths.map((el) => Number(el.dataset.points))]));
+  }
+
+  window.streamproxy = { play, stop, grabFrame, grabRegion, grabRegionOnFrame, grabTile, plotPoints };
   $("stop").addEventListener("click", stop);
   // Leaving the page ends the session at once instead of waiting for the ICE consent timeout.
   window.addEventListener("pagehide", () => { stop(); });
+  document.addEventListener("visibilitychange", pictureTick);
+  setInterval(pictureTick, 100);
   poll();
+  pollHistory();
 })();
