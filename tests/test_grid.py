@@ -212,3 +212,45 @@ async def test_history_and_tiles_are_behind_the_users() -> None:
             auth = {"Authorization": aiohttp.encode_basic_auth("op", "pw-123456")}
             async with http.get(base + path, headers=auth) as r:
                 assert r.status == 200, path
+
+
+async def _parts(r: aiohttp.ClientResponse) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data answer: name -> (filename, body)."""
+    out: dict[str, tuple[str | None, bytes]] = {}
+    reader = aiohttp.MultipartReader.from_response(r)
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, aiohttp.BodyPartReader) and part.name is not None
+        out[part.name] = (part.filename, bytes(await part.read()))
+    return out
+
+
+@pytest.mark.timeout(30)
+async def test_the_grids_tiles_come_in_one_answer() -> None:
+    async with (
+        serving(make_cfg(cameras=("cam1", "cam2", "cam3")), feed=False) as (app, server, base),
+        aiohttp.ClientSession() as http,
+    ):
+        app.cameras["cam3"].latest = None  # no recent frame: fail closed
+        async with http.get(f"{base}/api/tiles?w=160") as r:
+            assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+            parts = await _parts(r)
+        assert list(parts) == ["cam1", "cam2", "cam3"] and parts["cam3"] == (None, b"none")
+        tokens = {}
+        for name in ("cam1", "cam2"):
+            filename, body = parts[name]
+            assert filename is not None and filename.endswith(".jpg") and _jpeg_size(body) == (160, 120)
+            tokens[name] = filename.removesuffix(".jpg")
+        assert server.encodes == 2
+        # The tokens it has: "same", nothing encoded; a new frame for cam2: its new picture only.
+        app.cameras["cam2"].latest = synthetic_frame(3)
+        query = {"w": "160", "cameras": "cam2,cam1", "have": f"{tokens['cam2']},{tokens['cam1']}"}
+        async with http.get(f"{base}/api/tiles", params=query) as r:
+            parts = await _parts(r)
+        assert list(parts) == ["cam2", "cam1"] and parts["cam1"] == (None, b"same")
+        assert parts["cam2"][0] not in (None, f"{tokens['cam2']}.jpg") and server.encodes == 3
+        # The snapshot endpoint shares the pictures: its ETag is the same token.
+        async with http.get(f"{base}/api/cameras/cam1/snapshot.jpg?w=160") as r:
+            assert r.headers["ETag"] == f'"{tokens["cam1"]}"' and server.encodes == 3
+        for bad in ("w=0", "", "w=160&cameras=cam1,nope", 'w=160&cameras=x"y'):
+            async with http.get(f"{base}/api/tiles?{bad}") as r:
+                assert r.status in (400, 404), bad

@@ -1,9 +1,9 @@
 """The camera grid in a real browser (Debian's headless Chromium over CDP, tests/browserkit.py).
 
 * test_grid_page_over_test_doubles: the page against the real HTTP server around tests/webkit.py's
-  doubles: every tile shows its camera's picture, unchanged pictures come back as 304s, a camera
-  taken down shows why, "–" for its numbers and no picture, the plots fill from /api/history, and
-  nothing overflows at phone width.
+  doubles: every tile shows its camera's picture, unchanged ones are answered "same" (nothing
+  encoded or sent again), a camera taken down shows why, "–" for its numbers and no picture, the
+  plots fill from /api/history, and nothing overflows at phone width.
 * test_grid_real_cameras_no_face_in_any_tile: the whole service with 4 simulated cameras with
   faces: YuNet finds no face in any tile's pixels while it finds one in the camera's own picture at
   the tile's size; a camera taken down (its stream frozen) shows its reason, no numbers and the
@@ -87,7 +87,7 @@ async def test_grid_page_over_test_doubles() -> None:
             assert img is not None, name
             diff = np.abs(cv2.resize(want, (img.shape[1], img.shape[0])).astype(np.int16) - img).mean()
             assert diff < 12, (name, diff)
-        # The frames do not change: the page keeps asking, the service answers 304 and encodes nothing.
+        # The frames do not change: the page keeps asking, the service answers "same" and encodes nothing.
         encodes = server.encodes
         assert await browser.wait_js("window.streamproxyGrid.tiles.cam1.notModified >= 3", 15)
         assert server.encodes == encodes

@@ -7,7 +7,6 @@
   const HISTORY_MS = 2000; // /api/history: the service samples every 2 s
   const WINDOW_S = 600; // the plots' span
   const PICTURE_MS = 500; // a tile in view: its newest picture at most twice a second
-  const MAX_PICTURE_FETCHES = 6; // at once (a browser's connections to one host)
   const PICTURE_STALE_MS = 5000; // a picture that could not be refreshed this long is taken down
   const ICE_GATHER_TIMEOUT_MS = 3000;
   const $ = (id) => document.getElementById(id);
@@ -20,8 +19,9 @@
   window.streamproxyStats = stats;
 
   // Read by tests and benchmarks: per tile, when its first picture came (ms since the page opened),
-  // pictures shown, 304s, failures, whether one is shown now; history polls done.
-  const grid = { tiles: {}, historyPolls: 0 };
+  // pictures shown, unchanged ("same"), failures, whether one is shown now; picture requests and
+  // history polls done.
+  const grid = { tiles: {}, historyPolls: 0, requests: 0 };
   window.streamproxyGrid = grid;
 
   let session = null; // {camera, pc, location, statsTimer}
@@ -29,6 +29,8 @@
   const tiles = new Map(); // camera -> its tile's elements and picture state
   const history = new Map(); // camera -> {t: [...], cols: {field: [...]}} (the last WINDOW_S)
   let historySeq = 0;
+  let picturesBusy = false;
+  let lastPictures = -Infinity;
 
   // Why a camera is not live (the API's `reason`, streamproxy/status.py REASONS): a word and what it means.
   const REASONS = {
@@ -253,8 +255,8 @@
       if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); play(name); }
     });
     t = {
-      name, el, head, pic, img, nopic, info, plots, inView: !observer, busy: false, lastTry: -Infinity,
-      lastOk: null, etag: null, etagWidth: 0, src: null, observed: false,
+      name, el, head, pic, img, nopic, info, plots, inView: !observer, observed: false,
+      lastOk: null, token: null, width: 0, src: null,
     };
     grid.tiles[name] = { firstPictureMs: null, pictures: 0, notModified: 0, failures: 0, shown: false };
     tiles.set(name, t); // observed once it is in the page (render)
@@ -267,73 +269,82 @@
     t.img.removeAttribute("src");
     if (t.src) URL.revokeObjectURL(t.src);
     t.src = null;
-    t.etag = null;
+    t.token = null;
     t.lastOk = null;
     t.nopic.textContent = why;
     t.nopic.hidden = false;
     grid.tiles[t.name].shown = false;
   }
 
-  // The tile's newest picture: a JPEG the size of the tile, fetched only when it changed (the
-  // service answers 304 to the ETag it gave for the same frame). Never a stale one: a picture the
-  // service no longer has (503: the camera's pipeline is stuck) or cannot be reached for blanks it.
-  async function refreshPicture(t) {
-    t.busy = true;
-    t.lastTry = performance.now();
-    const g = grid.tiles[t.name];
-    const w = Math.max(160, Math.min(640, Math.ceil((t.pic.clientWidth || 320) * (window.devicePixelRatio || 1))));
+  // The tiles' newest pictures, every tile in view in one request (/api/tiles): a JPEG the size of
+  // a tile for each camera whose newest frame this page does not have yet (the token it sends back
+  // says which it has), "same" for the others. Never a stale picture: a camera with no recent frame
+  // ("none": its pipeline is stuck) or a service that cannot be reached blanks the tile.
+  async function refreshPictures(due) {
+    picturesBusy = true;
+    lastPictures = performance.now();
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.max(160, Math.min(640, Math.ceil(Math.max(...due.map((t) => t.pic.clientWidth || 320)) * dpr)));
+    const have = due.map((t) => (t.width === w && t.token) || "");
+    const url = "/api/tiles?w=" + w + "&cameras=" + due.map((t) => encodeURIComponent(t.name)).join(",") +
+      "&have=" + have.map(encodeURIComponent).join(",");
     try {
-      const headers = t.etag && t.etagWidth === w ? { "If-None-Match": t.etag } : {};
-      const r = await fetch("/api/cameras/" + encodeURIComponent(t.name) + "/snapshot.jpg?w=" + w, { cache: "no-store", headers });
-      if (r.status === 304) {
-        t.lastOk = performance.now();
-        g.notModified++;
-        return;
-      }
-      if (!r.ok) {
-        g.failures++;
-        blank(t, r.status === 503 ? "no anonymized picture now" : "no picture (HTTP " + r.status + ")");
-        return;
-      }
-      const src = URL.createObjectURL(await r.blob());
-      const old = t.src;
-      t.img.src = src;
-      await t.img.decode().catch(() => { /* shown when it loads */ });
-      if (old) URL.revokeObjectURL(old);
-      if (!tiles.has(t.name)) { URL.revokeObjectURL(src); return; }
-      t.src = src;
-      t.etag = r.headers.get("ETag");
-      t.etagWidth = w;
-      t.lastOk = performance.now();
-      t.img.hidden = false;
-      t.nopic.hidden = true;
-      g.pictures++;
-      g.shown = true;
-      if (g.firstPictureMs === null) g.firstPictureMs = performance.now(); // since the page opened
+      const r = await fetch(url, { cache: "no-store" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      const parts = await r.formData();
+      await Promise.all(due.map((t) => showPicture(t, parts.get(t.name), w)));
     } catch (e) {
-      g.failures++;
-      blank(t, "cannot reach the proxy");
+      for (const t of due) {
+        if (!grid.tiles[t.name]) continue;
+        grid.tiles[t.name].failures++;
+        blank(t, "cannot reach the proxy");
+      }
     } finally {
-      t.busy = false;
+      picturesBusy = false;
+      grid.requests++;
     }
   }
 
-  // Pictures refresh only for tiles in view, only while the page is shown, at most PICTURE_MS
-  // apart and MAX_PICTURE_FETCHES at once (the ones waited longest first).
+  async function showPicture(t, part, w) {
+    const g = grid.tiles[t.name];
+    if (!g) return; // the camera left meanwhile
+    if (part === "same") {
+      t.lastOk = performance.now();
+      g.notModified++;
+      return;
+    }
+    if (!(part instanceof Blob)) {
+      g.failures++;
+      blank(t, part === "none" ? "no anonymized picture now" : "no picture");
+      return;
+    }
+    const src = URL.createObjectURL(part);
+    const old = t.src;
+    t.img.src = src;
+    await t.img.decode().catch(() => { /* shown when it loads */ });
+    if (old) URL.revokeObjectURL(old);
+    if (!tiles.has(t.name)) { URL.revokeObjectURL(src); return; }
+    t.src = src;
+    t.token = (part.name || "").replace(/\.jpg$/, "");
+    t.width = w;
+    t.lastOk = performance.now();
+    t.img.hidden = false;
+    t.nopic.hidden = true;
+    g.pictures++;
+    g.shown = true;
+    if (g.firstPictureMs === null) g.firstPictureMs = performance.now(); // since the page opened
+  }
+
+  // Pictures refresh only for tiles in view, only while the page is shown, at most every PICTURE_MS,
+  // one request at a time.
   function pictureTick() {
     const now = performance.now();
     for (const t of tiles.values()) {
       if (t.lastOk !== null && now - t.lastOk > PICTURE_STALE_MS) blank(t, "no recent picture");
     }
-    if (document.visibilityState !== "visible") return;
-    let busy = 0;
-    const due = [];
-    for (const t of tiles.values()) {
-      if (t.busy) busy++;
-      else if (t.inView && now - t.lastTry >= PICTURE_MS) due.push(t);
-    }
-    due.sort((a, b) => a.lastTry - b.lastTry);
-    for (const t of due.slice(0, Math.max(0, MAX_PICTURE_FETCHES - busy))) refreshPicture(t);
+    if (document.visibilityState !== "visible" || picturesBusy || now - lastPictures < PICTURE_MS) return;
+    const due = [...tiles.values()].filter((t) => t.inView);
+    if (due.length) refreshPictures(due);
   }
 
   function mergeHistory(h) {
