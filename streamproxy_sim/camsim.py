@@ -330,7 +330,8 @@ def build_clip(
         raise ValueError("width and height must be even (I420)")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # Process and thread in the name: two cameras of one process may build the same clip at once.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     n_frames = max(1, round(fps * seconds))
     written = 0
     try:
@@ -471,7 +472,7 @@ def encode_frames(
     }
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # see build_clip
     written = 0
     keyframes = 0
 
