@@ -48,7 +48,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -58,33 +58,22 @@ import cv2
 from aiohttp import web
 
 from streamproxy import metrics
-from streamproxy.config import AppConfig
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.serve.http.history import SAMPLE_S, History, privacy_state
 from streamproxy.serve.http.limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents
 from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
-from streamproxy.serve.onvif.service import OnvifService
+from streamproxy.serve.onvif.service import OnvifHost, OnvifService
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
 from streamproxy.status import CameraStatus, PipelineStatus
 from streamproxy.view import CameraView
 
 
-class Service(Protocol):
-    """What the HTTP side reads of the running service (`app.App` is one; so is the ONVIF side's
-    `OnvifHost`, a part of it). A protocol, not the App class: the HTTP room may not import the room
-    that composes it (ARCHITECTURE.md). Read-only: plain attributes satisfy it as well as properties."""
-
-    @property
-    def cfg(self) -> AppConfig: ...
-
-    @property
-    def cameras(self) -> Mapping[str, CameraView]:
-        """The running cameras, in config order."""
-
-    @property
-    def rtsp_port(self) -> int | None:
-        """The RTSP server's bound port; None until it listens."""
+class Service(OnvifHost, Protocol):
+    """What the HTTP side reads of the running service (`app.App` is one): what the ONVIF side reads
+    (`OnvifHost`: cfg, cameras, rtsp_port), and whether it is ready. A protocol, not the App class: the
+    HTTP room may not import the room that composes it (ARCHITECTURE.md). Read-only: plain attributes
+    satisfy it as well as properties."""
 
     @property
     def ready(self) -> bool:

@@ -109,8 +109,8 @@ _EPR_NAMESPACE = uuid.UUID("6b1e8c2e-1f52-5d0a-9d7e-0a5c1c0d15c0")
 
 
 class OnvifHost(Protocol):
-    """What the ONVIF service reads of the running service (`app.App` is one, and serve/http/server.py's
-    `Service`, which asks for more). Read-only: plain attributes satisfy it as well as properties."""
+    """What the ONVIF service reads of the running service (`app.App` is one; serve/http/server.py's
+    `Service` extends it). Read-only: plain attributes satisfy it as well as properties."""
 
     @property
     def cfg(self) -> AppConfig: ...
