@@ -53,6 +53,7 @@ class Camera:
             else None
         )
         self._pipeline: CameraPipeline | None = None
+        self._viewers_seen: dict[str, int] = {}  # per hub, at its last change
 
     @classmethod
     async def create(
@@ -84,9 +85,15 @@ class Camera:
         """Its hubs: the main stream's, then the sub stream's if it has one."""
         return (self.hub,) if self.sub_hub is None else (self.hub, self.sub_hub)
 
-    def _viewers_changed(self, _hub: StreamHub) -> None:
+    def _viewers_changed(self, hub: StreamHub) -> None:
         sub_rtsp = self.sub_hub.viewers("rtsp") if self.sub_hub is not None else 0
         self.metrics.set_viewers(self.hub.viewers("rtsp") + sub_rtsp, self.hub.viewers("webrtc"))
+        # A viewer came (not left): while the camera is down, the slate comes fast for a moment so
+        # that a probing client starts at once (CameraPipeline.viewer_joined).
+        now = hub.viewers()
+        if now > self._viewers_seen.get(hub.name, 0) and self._pipeline is not None:
+            self._pipeline.viewer_joined()
+        self._viewers_seen[hub.name] = now
 
     def _slow_viewer_drop(self, _protocol: OutProtocol, n: int) -> None:
         self.metrics.drop("slow_viewer", n)

@@ -33,7 +33,7 @@ from pipekit import (
 )
 
 from streamproxy.live.encode import H264Encoder
-from streamproxy.live.pipeline import CameraPipeline
+from streamproxy.live.pipeline import SLATE_BURST_S, CameraPipeline
 from streamproxy.live.slate import make_slate
 from streamproxy.live.source import OnFrame, OnState
 from streamproxy.status import DropCounts
@@ -144,6 +144,28 @@ async def test_the_slate_is_published_while_no_frames_arrive_and_no_detector_is_
     assert pipe._engine is None and rig.detector.calls == 0
     assert snap.fail_closed_frames == 0 and snap.detector.model == "yunet" and snap.detector.error is None
     assert pipe._engine is None  # reading the status did not make one
+
+
+async def test_a_viewer_joining_while_the_camera_is_down_gets_the_slate_fast_for_a_moment() -> None:
+    """FFmpeg with default settings reads ~30 frames before it plays: at the slate's 2 fps that is
+    ~15 s of black for a viewer of a down camera. A viewer's arrival brings SLATE_BURST_FPS for
+    SLATE_BURST_S, then the slate's own rate again (counted in equal windows: a rate, not a time)."""
+
+    async def slates_in(hub: RecordingHub, seconds: float) -> int:
+        n0 = len(hub.packets)
+        await asyncio.sleep(seconds)
+        return len(hub.packets) - n0
+
+    cfg = make_cfg(slate={"fps": 2, "width": 64, "height": 64})  # the default rate
+    async with Rig(cfg, "slate-cam", StubDetector(), keep=True) as rig:
+        pipe, hub = rig.pipe, rig.hub
+        await until(lambda: len(hub.packets) >= 1)
+        calm = await slates_in(hub, SLATE_BURST_S)
+        pipe.viewer_joined()
+        burst = await slates_in(hub, SLATE_BURST_S)
+        after = await slates_in(hub, SLATE_BURST_S)
+    # 2 fps: ~4 slates a window; the burst ~50 (fewer on a busy box, never near 4).
+    assert calm <= 6 and burst >= 3 * max(calm, 2) and after * 3 <= burst, (calm, burst, after)
 
 
 async def test_the_engine_is_made_on_the_first_frame() -> None:

@@ -206,6 +206,27 @@ async def test_a_cameras_viewers_and_slow_viewer_drops_are_those_of_both_its_str
     assert prom("streamproxy_viewers", {"camera": "both-cam", "protocol": "rtsp"}) == 0
 
 
+async def test_a_viewer_arriving_not_leaving_asks_the_pipeline_for_the_fast_slate() -> None:
+    """camera.Camera tells its pipeline when a viewer comes to either stream (the slate then comes
+    fast for a moment while the camera is down: test_pipeline), not when one leaves."""
+    cfg = make_cfg(cameras=("join-cam",))
+    camera = await Camera.create(cfg.cameras[0], cfg, cameras=1, position=0, detector=None)
+    assert camera.sub_hub is not None
+    try:
+        assert camera.pipeline._slate_burst_until == 0.0
+        sub = camera.sub_hub.subscribe("rtsp")
+        asked = camera.pipeline._slate_burst_until
+        assert asked > 0.0
+        camera.pipeline._slate_burst_until = 0.0
+        sub.close()
+        assert camera.pipeline._slate_burst_until == 0.0  # a viewer left: nothing asked
+        main = camera.hub.subscribe("webrtc")
+        assert camera.pipeline._slate_burst_until > 0.0
+        main.close()
+    finally:
+        camera.close()
+
+
 @pytest.mark.timeout(30)
 async def test_metrics_sample_the_event_loops_tasks() -> None:
     async with serving(make_cfg(), feed=False) as (_app, _server, base), aiohttp.ClientSession() as http:
