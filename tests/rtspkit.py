@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import av
 import numpy as np
@@ -126,6 +126,51 @@ async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
         await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+class ScriptedServer:
+    """A loopback TCP listener that serves one connection at a time on its own thread: the shape of the
+    tests' scripted RTSP peers (a camera, a recording server). A subclass writes `_connection`;
+    `with server:` starts it and stops it (a bounded join). `rcvbuf`: the listener's receive buffer,
+    which its connections inherit (a small one makes a peer's writes block soon)."""
+
+    def __init__(self, conn_timeout_s: float = 0.2, rcvbuf: int | None = None) -> None:
+        self.conn_timeout_s = conn_timeout_s
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(self.conn_timeout_s)
+            try:
+                self._connection(conn)
+            except OSError:
+                pass  # the client went away: the next one is served
+            finally:
+                conn.close()
+
+    def _connection(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
 
 def with_creds(url: str, user: str, password: str) -> str:

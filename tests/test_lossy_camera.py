@@ -19,7 +19,6 @@ import logging
 import random
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -29,6 +28,7 @@ import av
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from rtspkit import ScriptedServer
 
 from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
@@ -56,7 +56,7 @@ def one_keyframe(width: int = 320, height: int = 240) -> bytes:
     return data + b"".join(bytes(p) for p in enc.encode(None))
 
 
-class LossyCamera:
+class LossyCamera(ScriptedServer):
     """RTSP camera whose RTP path loses packets.
 
     lossy_udp: over UDP one packet of every frame is lost; over TCP every frame arrives whole.
@@ -74,42 +74,20 @@ class LossyCamera:
         assert len(self.payloads) > 3
         self.transports: list[str] = []  # "udp" / "tcp", per SETUP, in order
         self.frames_sent = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(conn_timeout_s=0.02)
 
     @property
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
-    def __enter__(self) -> LossyCamera:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
+        super().__exit__(*exc)
         self.udp.close()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(0.02)
-                try:
-                    self._session(conn)
-                except OSError:
-                    pass
+    def _connection(self, conn: socket.socket) -> None:
+        self._session(conn)
 
     def _session(self, conn: socket.socket) -> None:
         buf = b""

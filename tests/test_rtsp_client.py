@@ -29,6 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from rtspkit import ScriptedServer
 
 from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
@@ -57,7 +58,7 @@ def _md5(s: str) -> str:
     return hashlib.md5(s.encode()).hexdigest()
 
 
-class ScriptedCamera:
+class ScriptedCamera(ScriptedServer):
     """RTSP over TCP interleaved; PLAY sends one H.264 keyframe (FU-A, marker on its last packet)."""
 
     def __init__(self, user: str | None = None, password: str = "", session_timeout: int = 60) -> None:
@@ -69,40 +70,15 @@ class ScriptedCamera:
         self.methods: list[tuple[float, str]] = []
         self.interleaved: list[tuple[int, bytes]] = []  # (channel, data) the client sent
         self.auth_failures = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__()
 
     @property
     def url(self) -> str:
         auth = f"{self.user}:{self.password}@" if self.user else ""
         return f"rtsp://{auth}127.0.0.1:{self.port}/cam"
 
-    def __enter__(self) -> ScriptedCamera:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(0.2)
-                try:
-                    self._session(conn)
-                except OSError:
-                    pass
+    def _connection(self, conn: socket.socket) -> None:
+        self._session(conn)
 
     def _authorized(self, req_method: str, uri: str, header: str | None) -> bool:
         if self.user is None:
@@ -290,7 +266,7 @@ def test_receiver_reports_over_the_rtcp_channel() -> None:
 # --- the other way: RecordClient, the publisher's transport --------------------------------------------
 
 
-class ScriptedRecorder:
+class ScriptedRecorder(ScriptedServer):
     """A server that takes ANNOUNCE/SETUP/RECORD (TCP interleaved) and keeps what it got: the
     requests, the announced SDP, RTP (channel 0) and RTCP (channel 1). Digest with qop when `user`;
     `stop_reading`: after RECORD it reads nothing more (a small receive buffer: writes soon block)."""
@@ -307,15 +283,7 @@ class ScriptedRecorder:
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.reading_stopped = threading.Event()
-        self.sock = socket.socket()
-        if stop_reading:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the connection
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(rcvbuf=4096 if stop_reading else None)
 
     def url(self, user: str | None = None, password: str = "", scheme: str = "rtsp") -> str:
         auth = f"{user}:{password}@" if user else ""
@@ -324,29 +292,11 @@ class ScriptedRecorder:
     def methods(self) -> list[str]:
         return [m for m, _ in self.requests]
 
-    def __enter__(self) -> ScriptedRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(0.2)
-            try:
-                if self.tls is not None:
-                    conn = self.tls.wrap_socket(conn, server_side=True)
-                with conn:
-                    self._session(conn)
-            except OSError:
-                conn.close()
+    def _connection(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+        with conn:
+            self._session(conn)
 
     def _authorized(self, method: str, header: str | None) -> bool:
         if self.user is None:
