@@ -9,6 +9,7 @@ StreamHub at ~25 fps) on port 0, raw RTSP over a socket, and real clients (ffpro
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 import shutil
@@ -126,6 +127,17 @@ async def run(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
         await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def camera_sdp(sps: bytes, pps: bytes) -> bytes:
+    """A scripted camera's DESCRIBE answer: one H.264 track (payload type 96, control track1) with
+    its parameter sets."""
+    sprop = ",".join(base64.b64encode(n).decode() for n in (sps, pps))
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+        "a=rtpmap:96 H264/90000\r\n"
+        f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\na=control:track1\r\n"
+    ).encode()
 
 
 class ScriptedServer:

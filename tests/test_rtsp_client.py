@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from rtspkit import ScriptedServer
+from rtspkit import ScriptedServer, camera_sdp
 
 from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
@@ -124,12 +124,7 @@ class ScriptedCamera(ScriptedServer):
                 elif req.method == "OPTIONS":
                     extra.append("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER")
                 elif req.method == "DESCRIBE":
-                    sprop = ",".join(base64.b64encode(n).decode() for n in (self.sps, self.pps))
-                    body = (
-                        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
-                        "a=rtpmap:96 H264/90000\r\n"
-                        f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\na=control:track1\r\n"
-                    ).encode()
+                    body = camera_sdp(self.sps, self.pps)
                     extra += [
                         f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/",
                         "Content-Type: application/sdp",
