@@ -6,6 +6,7 @@ around the test doubles of tests/webkit.py (no camera, no browser: tests/test_gr
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import cv2
@@ -122,7 +123,9 @@ def _jpeg_size(body: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.timeout(30)
-async def test_tiles_are_encoded_once_per_frame_and_size_and_answer_304() -> None:
+async def test_tiles_are_encoded_once_per_frame_and_size_and_answer_304(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with (
         serving(make_cfg(cameras=("cam1", "cam2")), feed=False) as (app, server, base),
         aiohttp.ClientSession() as http,
@@ -156,11 +159,17 @@ async def test_tiles_are_encoded_once_per_frame_and_size_and_answer_304() -> Non
         app.cameras["cam2"].latest = None
         async with http.get(f"{base}/api/cameras/cam2/snapshot.jpg?w=320") as r:
             assert r.status == 503 and "ETag" not in r.headers and r.headers["Cache-Control"] == "no-store"
-        for bad in ("0", "-5", "abc", "123456"):
-            async with http.get(f"{url}?w={bad}") as r:
-                assert r.status == 400, bad
-        async with http.get(f"{base}/api/cameras/nope/snapshot.jpg?w=320") as r:
-            assert r.status == 404
+        with caplog.at_level(logging.INFO, "streamproxy.serve.http.server"):
+            for bad in ("0", "-5", "abc", "123456"):
+                async with http.get(f"{url}?w={bad}") as r:
+                    assert r.status == 400, bad
+            async with http.get(f"{base}/api/cameras/nope/snapshot.jpg?w=320") as r:
+                assert r.status == 404
+        # Refused, and said so: every refusal counted, the first at once in the log (the rest of the
+        # burst in one line a second later: a scan is not a log flood).
+        assert server.refused.count == 5
+        refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("http: 400 for GET")]
+        assert refused and "snapshot.jpg?w=0" in refused[0], refused
         # Pictures nobody asks for are let go at the next tick.
         for pictures in server._pictures.values():
             pictures.used -= 60

@@ -59,9 +59,10 @@ from aiohttp import web
 
 from streamproxy import metrics
 from streamproxy.rtsp.auth import Authenticator, AuthResult
+from streamproxy.rtsp.protocol import log_text
 from streamproxy.serve.http.history import SAMPLE_S, History, privacy_state
 from streamproxy.serve.http.limits import HttpGuard
-from streamproxy.serve.limits import LimitEvents
+from streamproxy.serve.limits import LimitEvents, Throttled
 from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
 from streamproxy.serve.onvif.service import OnvifHost, OnvifService
 from streamproxy.serve.webrtc import WebRtcGateway, WhepError
@@ -183,7 +184,7 @@ def _load_static() -> dict[str, bytes]:
 
 
 def _width(asked: str) -> int:
-    """A `w=` query value: a width in pixels (400 otherwise)."""
+    """A `w=` query value: a width in pixels (otherwise 400 Bad Request)."""
     width = int(asked) if asked.isdecimal() and len(asked) <= 5 else 0
     if width < 1:
         raise web.HTTPBadRequest(text="w must be a width in pixels\n")
@@ -213,6 +214,7 @@ class WebServer:
         self.cfg = app.cfg.server
         self.webrtc = WebRtcGateway(self.cfg)
         self.guard = HttpGuard(self.cfg.limits)
+        self.refused = Throttled(log)  # requests refused for what they asked (4xx): logged, throttled
         self.guard.body_events = self._body_events
         self.port: int = 0
         self._runner: web.AppRunner | None = None
@@ -246,9 +248,24 @@ class WebServer:
         port is one too: serve/onvif/device.py)."""
         # The guard's middleware first: it ends the request timer and reads the body within the limits.
         return web.Application(
-            middlewares=[self.guard.middleware, self._auth_middleware],
+            middlewares=[self.guard.middleware, self._auth_middleware, self._refused_middleware],
             client_max_size=self.cfg.limits.max_body_bytes,
         )
+
+    @web.middleware
+    async def _refused_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A request refused for what it asked (a bad parameter, no such camera or path: 4xx) is
+        logged, at most one line a second with how many it stands for (a scan is not a log flood)."""
+        try:
+            return await handler(request)
+        except web.HTTPException as err:
+            if 400 <= err.status < 500 and err.status != 401:
+                self.refused.hit(
+                    f"http: {err.status} for {request.method} {log_text(request.path_qs)} "
+                    f"from {request.remote or '?'}: {log_text(err.text or err.reason)}",
+                    logging.INFO,
+                )
+            raise
 
     def _build(self) -> web.Application:
         wa = self.application()
