@@ -825,6 +825,59 @@ class OnvifConfig(_Strict):
     )
 
 
+def default_data_dir() -> Path:
+    """Where the service keeps its state (the Files page's jobs database, uploads, the live audit log):
+    systemd's StateDirectory when it sets one, else the XDG state folder."""
+    env = os.environ.get("STATE_DIRECTORY") or os.environ.get("STREAMPROXY_DATA_DIR")
+    if env:
+        return Path(env.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "streamproxy"
+
+
+class FilesConfig(_Strict):
+    """The Files page: anonymize photos and videos from the browser (`streamproxy files`, or a tab of
+    `streamproxy run`). Folders on this machine are offered only under `roots`; uploads go to the data
+    directory and leave with their job."""
+
+    enabled: bool = Field(True, description="Serve the Files page and its API (behind server.users).")
+    roots: dict[str, str] = Field(
+        default_factory=dict,
+        description="Folders the page may list, read and write, by the name the page shows "
+        "(e.g. {exports: /srv/cctv-exports, anonymized: /srv/anonymized}). Nothing outside them is listed, "
+        "read or written; without roots the page takes uploads only and keeps the results in the job.",
+    )
+    concurrent_jobs: int = Field(1, ge=1, le=8, description="Jobs run at the same time (others wait).")
+    max_upload_bytes: int = Field(
+        4 * 1024**3, ge=1024, le=1024**4, description="Largest uploaded file (413 beyond it)."
+    )
+    max_upload_files: int = Field(1000, ge=1, le=100_000, description="Files in one upload.")
+    max_upload_total_bytes: int = Field(
+        20 * 1024**3,
+        ge=1024,
+        le=16 * 1024**4,
+        description="All files of one upload together (413 beyond it).",
+    )
+    retention_days: float = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="A finished job's uploads and its own results folder are removed this long after it "
+        "ended (0: kept until the job is deleted). Outputs written under a root are never removed.",
+    )
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", name):
+                raise ValueError(f"{name!r}: a root's name is letters, digits, space, '.', '_' or '-'")
+            if not Path(path).is_absolute():
+                raise ValueError(f"{name}: {path!r} is not an absolute path")
+        return v
+
+
 class AppConfig(_Strict):
     cameras: list[CameraConfig] = Field(..., min_length=1, description="Cameras to proxy.")
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
@@ -848,6 +901,15 @@ class AppConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
     onvif: OnvifConfig = Field(
         default_factory=lambda: OnvifConfig(), description="ONVIF device (off by default)."
+    )
+    files: FilesConfig = Field(
+        default_factory=lambda: FilesConfig(),
+        description="The Files page (anonymize files from the browser).",
+    )
+    data_dir: str = Field(
+        "",
+        description="The service's state: the Files page's jobs and uploads, the live audit log "
+        "(empty: $STATE_DIRECTORY under systemd, else ~/.local/state/streamproxy).",
     )
 
     @model_validator(mode="after")

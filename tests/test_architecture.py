@@ -35,8 +35,9 @@ ROOMS: list[tuple[str, set[str]]] = [
     ("engine", {"engine"}),
     ("rtsp", {"rtsp"}),
     ("live", {"live"}),
+    ("files", {"anonymize", "files"}),
     ("serve", {"serve"}),
-    ("top", {"camera", "app", "cli", "anonymize", "__main__"}),
+    ("top", {"camera", "app", "cli", "__main__"}),
 ]
 RANK = {name: i for i, (name, _) in enumerate(ROOMS)}
 # What the test and demo tools may not be: imported by the product (the demo imports them lazily,
