@@ -8,21 +8,24 @@ own ONVIF devices and WS-Discovery. A second Ctrl+C forces the exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from streamproxy import metrics
 from streamproxy.camera import Camera
 from streamproxy.config import AppConfig, CameraConfig
 from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool_shape
+from streamproxy.files.manager import FileJobs
 from streamproxy.host import usable_cores
 from streamproxy.hub import StreamHub
+from streamproxy.live.audit import LiveAudit
 from streamproxy.live.pipeline import CameraPipeline, live_engine_config
 from streamproxy.serve.http.server import WebServer
 from streamproxy.serve.onvif.device import CameraDevices
@@ -39,6 +42,8 @@ FD_MARGIN_PER_CAMERA = 16
 # Errors of accept() that mean "out of descriptors or memory": asyncio pauses that listener for a
 # second and reports each one to the loop's exception handler, with a traceback.
 _OUT_OF_RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# CPU priority of the Files page's jobs below the cameras' (Linux nice steps, per job thread).
+FILES_NICE = 10
 # Idle RTSP connections closed when the process runs out of descriptors, so a viewer can get in.
 SHED_ON_EMFILE = 8
 
@@ -161,6 +166,8 @@ class App:
         self.web: WebServer | None = None
         self.devices: CameraDevices | None = None  # cameras that are ONVIF devices of their own
         self.discovery: DiscoveryResponder | None = None  # when ONVIF discovery is on
+        self.files: FileJobs | None = None  # the Files page's jobs, when files.enabled
+        self.audit: LiveAudit | None = None  # the cameras' daily line in <data_dir>/audit/live.jsonl
         self.ready = False
         self.ready_event = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -226,7 +233,13 @@ class App:
             )
         self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
         await _listen("RTSP", host, self.cfg.server.rtsp_port, self.rtsp.start())
-        self.web = WebServer(self)
+        if self.cfg.files.enabled:
+            # Bulk jobs run below the cameras' priority: a long video must not make a camera shed frames.
+            self.files = FileJobs(
+                self.cfg.files, self.cfg.data_path(), self.cfg.engine.detector.model_dir, nice=FILES_NICE
+            )
+            await self.files.start()
+        self.web = WebServer(self, files=self.files)
         await _listen("HTTP", host, self.cfg.server.http_port, self.web.start())
         self.devices = CameraDevices(self)
         for name, (port, _service) in self.devices.services.items():
@@ -241,6 +254,8 @@ class App:
             await self.discovery.start()
         for camera in self.cameras.values():
             camera.start()
+        self.audit = LiveAudit.of_cameras(self.cfg, self.cameras)
+        await self.audit.start()
         self.ready = True
         self.ready_event.set()
         log.info("serving %d camera(s): rtsp://%s:%d/<camera>, http://%s:%d/",
@@ -257,10 +272,14 @@ class App:
             await self.devices.stop()  # before the HTTP server: they share its guard, which it ends
         if self.web is not None:
             await self.web.stop()
+        if self.files is not None:
+            await self.files.stop()  # a running file goes back to the queue
         if self.rtsp is not None:
             await self.rtsp.stop()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(None, c.stop_pipeline) for c in self.cameras.values()))
+        if self.audit is not None:
+            await self.audit.stop()  # the day so far, with the pipelines' final counts
         for pool in self.detector_pools.values():
             await loop.run_in_executor(None, pool.close)
         for camera in self.cameras.values():
@@ -330,6 +349,54 @@ def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
     raise_fd_limit(cfg, len(app.assigned))
     try:
         asyncio.run(app.serve())
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+    return 0
+
+
+class FilesService:
+    """`streamproxy files`: the Files page alone, for someone with no cameras (what serve/http reads of
+    a service: `cfg`, `cameras` (none), `rtsp_port` (none), `ready`)."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self.cameras: dict[str, Camera] = {}
+        self.rtsp_port: int | None = None
+        self.ready = False
+        self.files = FileJobs(cfg.files, cfg.data_path(), cfg.engine.detector.model_dir)
+        self.web = WebServer(self, files=self.files)
+        self._stopping = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self.files.start()
+            host = self.cfg.server.host
+            await _listen("HTTP", host, self.cfg.server.http_port, self.web.start())
+            self.ready = True
+            shown = f"[{host}]" if ":" in host else host
+            if on_ready is not None:
+                on_ready(f"http://{shown}:{self.web.port}/files")
+            await self._stopping.wait()
+        finally:
+            self.ready = False
+            await self.web.stop()
+            await self.files.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+
+def run_files(cfg: AppConfig, on_ready: Callable[[str], None] | None = None) -> int:
+    try:
+        asyncio.run(FilesService(cfg).serve(on_ready))
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1

@@ -1,4 +1,4 @@
-"""Command line: `streamproxy run | demo | anonymize | check-config | models`."""
+"""Command line: `streamproxy run | demo | anonymize | files | check-config | models`."""
 
 from __future__ import annotations
 
@@ -311,6 +311,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _files_config(args: argparse.Namespace) -> AppConfig:
+    """`streamproxy files`: the config file's users, files section and data_dir when given; the
+    command line's roots, address and port on top. ValueError names the option or the key."""
+    from streamproxy.config import FilesConfig, ServerConfig
+
+    roots: dict[str, str] = {}
+    for item in args.root or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).resolve().name or "root", item
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"--root {item}: not a folder")
+        roots[name] = str(folder)
+    if args.config is not None:
+        base = load_config(args.config)  # ConfigError names the key
+        files = base.files.model_copy(update={"roots": {**base.files.roots, **roots}})
+        users = [u.model_dump() for u in base.server.users]
+        data_dir, model_dir = base.data_dir, base.engine.detector.model_dir
+    else:
+        files, users, data_dir, model_dir = None, [], "", None
+    try:
+        files = FilesConfig.model_validate(
+            {**(files.model_dump() if files else {}), "roots": files.roots if files else roots}
+        )
+        server = ServerConfig.model_validate(
+            {"host": args.host, "http_port": args.port, "rtsp_port": 0, "users": users}
+        )
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ValueError(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+        ) from None
+    engine = EngineConfig(detector=DetectorConfig(model_dir=model_dir)) if model_dir else EngineConfig()
+    return AppConfig.model_construct(
+        cameras=[], server=server, files=files, data_dir=args.data_dir or data_dir, engine=engine
+    )
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    from streamproxy.app import run_files
+
+    try:
+        cfg = _files_config(args)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    except ValueError as err:
+        print(f"streamproxy files: {err}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level or "INFO")
+
+    def ready(url: str) -> None:
+        roots = (
+            ", ".join(f"{n} ({p})" for n, p in cfg.files.roots.items()) or "none: uploads only (--root DIR)"
+        )
+        print(
+            f"Files page: {url}\n  folders offered: {roots}\n  data: {cfg.data_path()}\n  Ctrl+C stops it",
+            flush=True,
+        )
+
+    return run_files(cfg, ready)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamproxy", description=__doc__)
     p.add_argument("--version", action="version", version=f"streamproxy {__version__}")
@@ -405,6 +469,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-dir", type=Path, default=None, help=f"default {default_model_dir()}")
     m.add_argument("--force", action="store_true", help="download again even if present and valid")
     m.set_defaults(func=cmd_models)
+
+    f = sub.add_parser(
+        "files",
+        help="serve the Files page only (anonymize photos and videos from the browser), on 127.0.0.1:8090",
+    )
+    f.add_argument(
+        "--root",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="a folder the page may list, read and write (repeat for more); default: none, uploads only",
+    )
+    f.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    f.add_argument("--port", type=int, default=8090, help="HTTP port (default 8090; 0: any free port)")
+    f.add_argument(
+        "--data-dir", default="", help="jobs database and uploads (default: ~/.local/state/streamproxy)"
+    )
+    f.add_argument(
+        "--config", type=Path, default=None, help="take users, files.* and data_dir from this config"
+    )
+    f.add_argument("--log-level", default=None)
+    f.set_defaults(func=cmd_files)
 
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("config", type=Path)

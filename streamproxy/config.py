@@ -933,6 +933,10 @@ class AppConfig(_Strict):
             ports[cam.onvif_port] = f"cameras[{i}].onvif_port"
         return self
 
+    def data_path(self) -> Path:
+        """The data directory in force (`data_dir`, else default_data_dir())."""
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
     def engine_for(self, cam: CameraConfig) -> EngineConfig:
         """The engine settings of one camera: the global ones with the keys the camera overrides."""
         eng = self.engine

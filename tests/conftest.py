@@ -15,11 +15,26 @@ test module that another test module imports.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The service's state (Files jobs, the live audit log) in a temporary folder, for this process and
+    the services tests start as subprocesses: never the user's ~/.local/state/streamproxy."""
+    path = tmp_path_factory.mktemp("state")
+    saved = {k: os.environ.pop(k, None) for k in ("STATE_DIRECTORY", "STREAMPROXY_DATA_DIR")}
+    os.environ["STREAMPROXY_DATA_DIR"] = str(path)
+    yield path
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

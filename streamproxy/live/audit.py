@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamproxy import __version__
-from streamproxy.config import AppConfig, CameraConfig, default_data_dir
+from streamproxy.config import AppConfig, CameraConfig
 from streamproxy.engine.models import MODELS
 from streamproxy.status import PipelineStatus
 
@@ -112,7 +112,7 @@ def _reader(camera: _Camera) -> Callable[[], Tally]:
 
 
 def data_dir(cfg: AppConfig) -> Path:
-    return Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    return cfg.data_path()
 
 
 def audit_path(cfg: AppConfig) -> Path:

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""The Files page vs the CLI on the same inputs, in the same run (issue #22's targets).
+
+Inputs, made once per run in a temp dir:
+* a folder of N photos (default 1000): the evaluation photos (../shared/eval: WIDER FACE sample, dlib
+  faces, photos_from_pypi) copied round-robin under numbered names; without the evaluation data,
+  generated 1024x768 pictures (noise, no faces), and the run says so;
+* a 720p video of S seconds (default 600 = 10 min): ../shared/eval/videos/MOT17-13 (street, small
+  faces) scaled to 1280x720 and looped, libx264 veryfast crf 20; synthetic without the data.
+
+For each input, in this order: `streamproxy anonymize` (the CLI, a process of its own, wall clock from
+start to exit) and the Files page (`streamproxy files` serving the same folders as roots: START by
+POST /api/files/jobs, wall clock from the POST to the job's `done`, the service already running). While
+the page's job runs, a second client asks GET /api/files/jobs/<id> every 0.2 s and the answer times are
+reported (median, p99, max; target: within 100 ms), and the service's resident memory (VmRSS) is sampled
+every second: the photos job reports it after the first 10 % and at the end of the files (target: it does
+not grow with the number of files).
+
+Run:  .venv/bin/python bench/files_speed.py [--photos 1000] [--video-s 600] [--skip-video] [--skip-photos]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL = ROOT.parent / "shared" / "eval"
+PY = str(ROOT / ".venv" / "bin" / "python")
+FPS = 25
+WIDTH, HEIGHT = 1280, 720
+
+
+def make_photos(dst: Path, n: int) -> str:
+    dst.mkdir(parents=True)
+    sources = sorted(
+        [*EVAL.glob("widerface/full_res/images/**/*.jpg"), *EVAL.glob("dlib_faces/*.jpg"),
+         *EVAL.glob("photos_from_pypi/*.jpg")]
+    )  # fmt: skip
+    if sources:
+        for i in range(n):
+            src = sources[i % len(sources)]
+            shutil.copyfile(src, dst / f"{i:05d}{src.suffix}")
+        return f"{n} photos: {len(sources)} evaluation photos copied round-robin"
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(dst / f"{i:05d}.jpg"), rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8))
+    return f"{n} SYNTHETIC photos (no eval data at {EVAL}; no faces)"
+
+
+def make_video(dst: Path, seconds: float) -> str:
+    frames = int(seconds * FPS)
+    src = EVAL / "videos" / "MOT17-13-SDP-raw.h265"
+    with av.open(str(dst), "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        vs.options = {"preset": "veryfast", "crf": "20", "g": str(2 * FPS)}
+        n = 0
+
+        def put(frame: av.VideoFrame) -> None:
+            frame.pts, frame.time_base = n, Fraction(1, FPS)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+
+        if src.exists():
+            while n < frames:
+                with av.open(str(src), format="hevc") as inp:
+                    for f in inp.decode(inp.streams.video[0]):
+                        if n >= frames:
+                            break
+                        put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p"))
+                        n += 1
+            what = f"{seconds:.0f} s 720p: MOT17-13 scaled and looped ({n} frames)"
+        else:
+            rng = np.random.default_rng(0)
+            base = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+            for i in range(frames):
+                put(av.VideoFrame.from_ndarray(np.roll(base, 8 * i, axis=1), format="bgr24"))
+                n += 1
+            what = f"{seconds:.0f} s 720p SYNTHETIC ({n} frames, no faces)"
+        for pkt in vs.encode(None):
+            out.mux(pkt)
+    return what
+
+
+def cli_run(inp: Path, out: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [PY, "-m", "streamproxy", "anonymize", str(inp), "-o", str(out), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=7200, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
+    print(f"  cli: rc {proc.returncode}, {wall:.1f} s; {tail[0] if tail else ''}", flush=True)
+    return wall
+
+
+class Service:
+    def __init__(self, work: Path) -> None:
+        self.proc = subprocess.Popen(
+            [PY, "-m", "streamproxy", "files", "--root", f"work={work}", "--port", "0",
+             "--data-dir", str(work / "data"), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if "http://" not in line:
+            raise RuntimeError(f"streamproxy files did not start: {line!r}")
+        self.base = line.split()[-1].removesuffix("/files")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.base + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(
+            self.base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    job = svc.post(
+        "/api/files/jobs",
+        {"inputs": [{"root": "work", "path": rel}], "output": {"root": "work", "path": out_rel}},
+    )
+    job_id = job["id"]
+    answers: list[float] = []
+    rss: list[tuple[int, float]] = []  # (files finished, MB)
+    stop = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop.wait(1.0):
+            rss.append((last_done[0], svc.rss_mb()))
+
+    last_done = [0]
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    state = ""
+    deadline = time.monotonic() + 7200
+    while time.monotonic() < deadline:
+        a = time.perf_counter()
+        j = svc.get(f"/api/files/jobs/{job_id}")
+        answers.append((time.perf_counter() - a) * 1000)
+        state = j["state"]
+        last_done[0] = j["files_by_state"].get("done", 0) + j["files_by_state"].get("failed", 0)
+        if state in ("done", "cancelled"):
+            break
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    print(f"  page: {state}, {wall:.1f} s; {j['summary']}", flush=True)
+    return {"wall": wall, "answers_ms": answers, "rss": rss, "files": files}
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=1000)
+    ap.add_argument("--video-s", type=float, default=600)
+    ap.add_argument("--skip-photos", action="store_true")
+    ap.add_argument("--skip-video", action="store_true")
+    args = ap.parse_args()
+    print(f"files_speed: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    rows: list[tuple[str, float, float, list[float], float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="files-speed-") as tmp:
+        work = Path(tmp)
+        cases = []
+        if not args.skip_photos:
+            cases.append(("photos", make_photos(work / "photos", args.photos), args.photos))
+        if not args.skip_video:
+            (work / "video").mkdir()
+            cases.append(("video", make_video(work / "video" / "long.mp4", args.video_s), 1))
+        svc = Service(work)
+        try:
+            for name, what, files in cases:
+                print(f"{name}: {what}", flush=True)
+                cli = cli_run(work / name, work / f"out-cli-{name}")
+                page = page_run(svc, name, f"out-page-{name}", files)
+                rss = page["rss"]
+                at10 = [mb for done, mb in rss if done >= max(1, files // 10)][:1]
+                rows.append(
+                    (name, cli, page["wall"], page["answers_ms"], at10[0] if at10 else float("nan"),
+                     rss[-1][1] if rss else float("nan"))
+                )  # fmt: skip
+        finally:
+            svc.close()
+    print()
+    print(
+        "| input | CLI s | page s | page / CLI | status answer median / p99 / max ms | RSS at 10 % / end MB |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, cli, page_s, answers, early, end in rows:
+        print(
+            f"| {name} | {cli:.1f} | {page_s:.1f} | {page_s / cli:.3f} | {statistics.median(answers):.1f} / "
+            f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks) | {early:.0f} / {end:.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
