@@ -14,7 +14,8 @@ how long a request may take to trickle in. Here:
   closes a keep-alive connection that stays silent. `GuardedSite` listens with it.
 * `HttpGuard.middleware` (the first middleware) sees the head complete: it stops the request
   timer, reads the body within `request_timeout_s` and `max_body_bytes` (408 / 413), and marks the
-  connection idle again when the handler is done.
+  connection idle again when the handler is done. A request `streamed_body` names (the Files page's
+  uploads) is left to its handler, which reads it in chunks within limits of its own.
 * aiohttp logs every malformed request (a port scanner, a fuzzer) as an ERROR with a traceback;
   `log_exception` turns those into one WARNING line a second with a count. The client still gets
   aiohttp's 400. A client that disconnects mid-request is DEBUG. A bug in a handler keeps its
@@ -70,6 +71,9 @@ class HttpGuard:
         self._flush_timer: asyncio.TimerHandle | None = None
         # Which listener's tally an oversized or slow body counts in (WHEP offers: "webrtc").
         self.body_events: Callable[[web.Request], LimitEvents] = lambda _request: self.events
+        # Requests whose handler reads the body itself, as a stream, within limits of its own (the
+        # Files page's uploads: gigabytes, never whole in memory): the guard does not read them.
+        self.streamed_body: Callable[[web.Request], bool] = lambda _request: False
 
     # --- what aiohttp is given ---
     def handler_kwargs(self) -> dict[str, Any]:
@@ -175,13 +179,14 @@ class HttpGuard:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """The first middleware: the head is complete here. The body is read within the limits
-        before any handler runs (a handler then gets it from aiohttp's cache)."""
+        before any handler runs (a handler then gets it from aiohttp's cache), unless the request is
+        one whose handler streams its body (`streamed_body`)."""
         proto = request.protocol
         conn = proto if isinstance(proto, GuardedRequestHandler) else None
         if conn is not None:
             conn.request_started()
         try:
-            if request.body_exists:
+            if request.body_exists and not self.streamed_body(request):
                 refused = await self._read_body(request)
                 if refused is not None:
                     return refused

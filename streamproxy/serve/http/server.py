@@ -20,6 +20,7 @@ Routes
   POST /onvif/device_service           ONVIF device service, when `onvif.enabled` (serve/onvif/service.py)
   POST /onvif/media_service            ONVIF media service (ver10); ONVIF authenticates on its own
   POST /onvif/media2_service           ONVIF media2 service (ver20, serve/onvif/media2.py)
+  GET  /files, /api/files/...          the Files page and its API, when given a FileJobs (serve/http/files.py)
 A camera with `cameras[].onvif_port` is also a device on a port of its own (serve/onvif/device.py),
 which this server lends its limits, users and snapshot handler (`application`, `listen`, `snapshot`).
 
@@ -58,8 +59,10 @@ import cv2
 from aiohttp import web
 
 from streamproxy import metrics
+from streamproxy.files.manager import FileJobs
 from streamproxy.rtsp.auth import Authenticator, AuthResult
 from streamproxy.rtsp.protocol import log_text
+from streamproxy.serve.http.files import USER, FilesRoutes, is_upload
 from streamproxy.serve.http.history import SAMPLE_S, History, privacy_state
 from streamproxy.serve.http.limits import HttpGuard
 from streamproxy.serve.limits import LimitEvents, Throttled
@@ -209,11 +212,14 @@ def _pipeline_status(name: str, camera: CameraView) -> PipelineStatus | None:
 class WebServer:
     """aiohttp server of the live proxy; `start`/`stop` are idempotent."""
 
-    def __init__(self, app: Service) -> None:
+    def __init__(self, app: Service, files: FileJobs | None = None) -> None:
         self.app = app
         self.cfg = app.cfg.server
+        self.files = files  # the Files page's jobs (serve/http/files.py), when it is on
         self.webrtc = WebRtcGateway(self.cfg)
         self.guard = HttpGuard(self.cfg.limits)
+        if files is not None:
+            self.guard.streamed_body = is_upload  # uploads are streamed to disk by their handler
         self.refused = Throttled(log)  # requests refused for what they asked (4xx): logged, throttled
         self.guard.body_events = self._body_events
         self.port: int = 0
@@ -285,6 +291,8 @@ class WebServer:
         if self.onvif is not None:
             for path in ONVIF_PATHS:
                 wa.router.add_post(path, self.onvif.handle)
+        if self.files is not None:
+            FilesRoutes(self.files, self._asset, self.cfg.limits.request_timeout_s).add(wa.router)
         return wa
 
     async def listen(self, app: web.Application, port: int) -> tuple[web.AppRunner, int]:
@@ -352,6 +360,7 @@ class WebServer:
             return await handler(request)
         res = await self._authorized(request)
         if res.user is not None:
+            request[USER] = res.user  # who asked, for what the handler records (the Files page's jobs)
             return await handler(request)
         resp = web.Response(status=401, text="authentication required\n", headers=CORS_HEADERS)
         if _is_snapshot(request.path):
@@ -364,6 +373,8 @@ class WebServer:
 
     # --- page and API ---
     async def _index(self, request: web.Request) -> web.StreamResponse:
+        if self.files is not None and not self.app.cameras:
+            raise web.HTTPFound("/files")  # `streamproxy files`: the Files page is the whole service
         return self._asset("index.html")
 
     async def _static_file(self, request: web.Request) -> web.StreamResponse:
