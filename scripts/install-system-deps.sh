@@ -26,6 +26,8 @@
 #   chromium, chromium-driver       the WebRTC viewer in browser tests
 #   firefox-esr                     the second WebRTC viewer in browser tests (tests/test_firefox.py)
 #   prometheus                      promtool: checks the /metrics exposition
+#   libonvif-dev, libxml2-dev,      a real ONVIF C client (tests/onvif_c/addcam.c), built by
+#   gcc, libc6-dev, pkg-config      tests/test_onvif_libonvif.py against Debian's libonvif
 # The demo camera's scene (OpenCV's sample video) is not a package here: scripts/fetch-plaza-video.sh.
 set -euo pipefail
 
@@ -49,6 +51,11 @@ TEST_PACKAGES=(
   chromium-driver
   firefox-esr
   prometheus
+  libonvif-dev
+  libxml2-dev
+  gcc
+  libc6-dev
+  pkg-config
 )
 
 check_only=0

@@ -15,8 +15,9 @@
 * The encoder configuration (Media and Media2) reports the stream's H.264 profile, read from its SPS,
   and the configured bitrate; the read-only Device calls a VMS asks answer valid, truthful XML.
 
-No real libonvif binary runs here (libonvif-dev is installable on Debian 12 but not installed in this
-environment); the emulation follows the 1.4.4 source line by line where it matters (see above).
+The emulation follows the 1.4.4 source line by line where it matters (see above); it can also make
+the harder cases libonvif makes only by chance (one token for a whole sequence). The real library runs
+in tests/test_onvif_libonvif.py (a C client built against Debian's libonvif-dev).
 """
 
 from __future__ import annotations
