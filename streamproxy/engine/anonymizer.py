@@ -448,6 +448,11 @@ class Anonymizer:
             self.detector.input_width = input_width
 
     @property
+    def tracks_started(self) -> int:
+        """Faces the tracker has followed on this stream (Tracker.started): bulk mode's count of faces."""
+        return self._tracker.started
+
+    @property
     def held(self) -> int:
         """Frames waiting for the next detector run."""
         return len(self._held)

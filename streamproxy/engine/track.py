@@ -127,6 +127,12 @@ class Tracker:
         """All live tracks, including tentative ones (below min_hits) that are not masked yet."""
         return len(self._tracks)
 
+    @property
+    def started(self) -> int:
+        """Tracks started since this tracker was made (ids handed out): the faces followed, a face
+        lost for longer than its coast counted again when it comes back (bulk mode's audit)."""
+        return self._next_id - 1
+
     def update(self, detections: list[Detection] | None, t: float, frame_w: int, frame_h: int) -> list[Track]:
         """Advance to frame time `t` (seconds) and return the tracks to mask on this frame.
 
