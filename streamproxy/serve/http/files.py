@@ -40,7 +40,7 @@ import mimetypes
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
@@ -63,6 +63,14 @@ USER = web.RequestKey("user", str)  # who asked (set by the server's auth middle
 def is_upload(request: web.Request) -> bool:
     """The request whose body the guard leaves to the handler (`HttpGuard.streamed_body`)."""
     return request.method == "POST" and request.path == UPLOAD_PATH
+
+
+def part_name(filename: str) -> str:
+    """A part's filename as the browser meant it. Browsers send a folder upload's path as it is
+    ("trip/a.jpg", only `"` and line breaks escaped as %22 %0D %0A); some clients (aiohttp)
+    percent-encode it all ("trip%2Fa.jpg"): decoded here. What it decodes to is checked after (no
+    `..`, no absolute path, no NUL: Upload.open)."""
+    return unquote(filename) if "%" in filename else filename
 
 
 def _bad(text: str) -> web.HTTPBadRequest:
@@ -222,7 +230,8 @@ class FilesRoutes:
                     return names
                 if not isinstance(part, BodyPartReader) or not part.filename:
                     raise _bad("every part must be a file (with a filename)")
-                dst = await asyncio.to_thread(upload.open, part.filename)
+                name = part_name(part.filename)
+                dst = await asyncio.to_thread(upload.open, name)
                 try:
                     while True:
                         async with asyncio.timeout(self.request_timeout_s):
@@ -234,7 +243,7 @@ class FilesRoutes:
                 except BaseException:
                     await asyncio.to_thread(dst.abort)
                     raise
-                names.append(part.filename)
+                names.append(name)
         except BaseException:
             await asyncio.to_thread(upload.discard)
             raise

@@ -358,15 +358,17 @@
   function progressText(f) {
     const parts = [];
     const total = f.total || 0, done = f.done || 0;
-    if (f.kind === "video" || total > 1) parts.push(done + " / " + (total || "?") + " frames");
+    if (f.kind === "video" || total > 1) parts.push(done + " / " + (total >= done ? total : "?") + " frames");
     if (f.state === "running") {
       if (f.fps) parts.push(f.fps.toFixed(1) + " frame/s");
       parts.push("ETA " + duration(f.eta_s));
     }
     if (f.state === "done" && f.result) {
       const r = f.result;
-      const found = r.tracks !== undefined ? r.tracks : r.faces;
-      if (found !== undefined) parts.push(found + (f.kind === "image" ? " face(s)" : " face track(s)"));
+      // A photo: the faces masked; a video: the distinct faces (tracks) it showed.
+      const found = f.kind === "image" ? r.faces : r.tracks;
+      if (typeof found === "number") parts.push(found + (f.kind === "image" ? " face(s) masked" : " face(s) tracked"));
+      if (r.text_regions) parts.push(r.text_regions + " text region(s) masked");
       if (r.audio) parts.push("sound " + r.audio);
     }
     return parts.join(" · ");
