@@ -3,6 +3,12 @@
 Owns one `Camera` per camera (camera.py: its hubs, metrics, pipeline and publisher), the shared
 detector pools, the RTSP server, the HTTP server (web page, API, WHEP, metrics, ONVIF), the cameras'
 own ONVIF devices and WS-Discovery. A second Ctrl+C forces the exit.
+
+SIGHUP reloads the configuration file (`App.reload`, as MediaMTX and most daemons do; systemd's
+ExecReload): cameras added, removed or changed start, stop or restart alone, the others and their
+viewers are untouched; what is read once at start (ports, users, limits, ONVIF, the Files page, the
+data dir) is named in a warning and kept until a restart; a file that is not valid is refused, with
+check-config's words, and everything goes on as it was.
 """
 
 from __future__ import annotations
@@ -16,17 +22,22 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from streamproxy import metrics
 from streamproxy.camera import Camera
-from streamproxy.config import AppConfig, CameraConfig
+from streamproxy.config import AppConfig, CameraConfig, ConfigError, config_secrets, load_config
 from streamproxy.engine.pool import DetectorPool, PooledDetector, pool_key, pool_shape
 from streamproxy.files.manager import FileJobs
 from streamproxy.host import usable_cores
 from streamproxy.hub import StreamHub
 from streamproxy.live.audit import LiveAudit
 from streamproxy.live.pipeline import CameraPipeline, live_engine_config
+from streamproxy.redact import SecretFilter
 from streamproxy.serve.http.server import WebServer
 from streamproxy.serve.onvif.device import CameraDevices
 from streamproxy.serve.onvif.discovery import DiscoveryResponder
@@ -152,16 +163,120 @@ def cameras_for_shard(cfg: AppConfig, index: int, count: int) -> list[CameraConf
     return [c for c in cfg.cameras if c.enabled and shard_of(c.name, count) == index]
 
 
+# --- reload ----------------------------------------------------------------------------------------
+
+# What a reload applies, camera by camera: the cameras and the sections their parts are built from.
+LIVE_SECTIONS = (
+    "cameras",
+    "ingest",
+    "engine",
+    "privacy",
+    "encoder",
+    "slate",
+    "sub_stream",
+    "latency_budget_ms",
+)
+# Read once at start (the listeners, users, limits, ONVIF, the Files page, the data dir, the log
+# level): a reload names the keys that changed and keeps the running values until a restart.
+RESTART_SECTIONS = ("server", "onvif", "files", "data_dir", "logging")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did, cameras by name; `error` when it was refused (then nothing changed)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    not_applied: tuple[str, ...] = ()  # keys that changed but apply at a restart only
+    error: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.error is None
+
+
+def live_config_problems(cfg: AppConfig) -> list[str]:
+    """What `run` refuses in a config that loads (check-config says the same): plates on live cameras."""
+    if "plates" not in cfg.engine.objects:
+        return []
+    from streamproxy.engine.text import live_refusal
+
+    return [live_refusal(c.name, cfg.engine_for(c), cfg.budget_for(c)) for c in cfg.cameras if c.enabled]
+
+
+def read_config(path: str | Path) -> AppConfig:
+    """The configuration `run` would start with; ConfigError (one problem a line) otherwise. Blocking:
+    it reads the file (and, with plates, measures the text detector)."""
+    cfg = load_config(path)
+    problems = live_config_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+def camera_settings(cfg: AppConfig, cam: CameraConfig) -> dict[str, Any]:
+    """Everything a camera's parts are built from: its own keys and the effective settings of the
+    global sections. Equal before and after a reload: the running camera stays as it is. (Its
+    onvif_port is not among them: a device's port changes at a restart only.)"""
+    sub = cfg.sub_stream_for(cam)
+    return {
+        "camera": cam.model_dump(mode="json", exclude={"onvif_port"}),
+        "engine": cfg.engine_for(cam).model_dump(mode="json"),
+        "privacy": cfg.privacy_for(cam).model_dump(mode="json"),
+        "latency_budget_ms": cfg.budget_for(cam),
+        "transport": cfg.transport_for(cam),
+        "sub_stream": sub.model_dump(mode="json") if sub is not None else None,
+        "encoder": cfg.encoder.model_dump(mode="json"),
+        "slate": cfg.slate.model_dump(mode="json"),
+        "ingest": cfg.ingest.model_dump(mode="json"),
+    }
+
+
+def changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
+    """The dotted names of the keys that differ, never their values (a value can be a password)."""
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        out: list[str] = []
+        for key in type(old).model_fields:
+            out += changed_keys(getattr(old, key), getattr(new, key), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [prefix]
+
+
+def _guard_secrets(cfg: AppConfig) -> None:
+    """The new configuration's credentials join those every log line is scrubbed of (cli.py puts the
+    filters on the handlers at start), before anything of it can be logged. The old ones stay: a
+    line about a camera that is stopping may still come."""
+    secrets = config_secrets(cfg)
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, SecretFilter):
+                f.secrets = sorted(set(f.secrets).union(secrets), key=len, reverse=True)
+
+
 class App:
     """The service: what serve/ reads of it is its `cfg`, `cameras`, `rtsp_port` and `ready`
     (serve/http/server.py's `Service`, serve/onvif/service.py's `OnvifHost`)."""
 
-    def __init__(self, cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: AppConfig,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        config_path: str | Path | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.shard = (shard_index, shard_count)
         self.assigned = cameras_for_shard(cfg, shard_index, shard_count)  # what this replica runs
         self.cameras: dict[str, Camera] = {}  # the running ones, in config order, as `start` makes them
         # One detector for all cameras (engine/pool.py): pools by detector settings, sessions by cores.
         self.detector_pools: dict[str, DetectorPool] = {}
+        self._pool_of: dict[str, DetectorPool] = {}  # camera -> the pool its detector runs on
+        self.config_path = Path(config_path) if config_path is not None else None  # what SIGHUP reads
+        self.last_reload: ReloadResult | None = None
+        self._reload_lock = asyncio.Lock()  # one reload at a time
+        self._reload_wanted = asyncio.Event()
         self.rtsp: RtspServer | None = None
         self.web: WebServer | None = None
         self.devices: CameraDevices | None = None  # cameras that are ONVIF devices of their own
@@ -195,20 +310,25 @@ class App:
         """The RTSP server's bound port; None until it listens."""
         return self.rtsp.port if self.rtsp is not None and self.rtsp.port else None
 
-    def _pooled_detector(self, cam: CameraConfig) -> PooledDetector | None:
+    def _pooled_detector(
+        self, cam: CameraConfig, cfg: AppConfig | None = None, assigned: list[CameraConfig] | None = None
+    ) -> PooledDetector | None:
         """The camera's detector on the shared pool; None (a session of its own, made by its engine)
         when its config sets detector.threads, or when its engine settings are refused (the pipeline
-        says why)."""
-        if self.cfg.engine_for(cam).detector.threads != 0:
+        says why). `cfg`/`assigned`: a reload's (else the running ones); a camera whose pool does not
+        exist gets one, shaped for the cameras of `assigned` that share it."""
+        cfg = cfg or self.cfg
+        assigned = assigned if assigned is not None else self.assigned
+        if cfg.engine_for(cam).detector.threads != 0:
             return None
         try:
-            det_cfg = live_engine_config(cam, self.cfg, len(self.assigned)).detector
+            det_cfg = live_engine_config(cam, cfg, len(assigned)).detector
         except ValueError:
             return None
         key = pool_key(det_cfg)
         pool = self.detector_pools.get(key)
         if pool is None:
-            pooled = sum(1 for c in self.assigned if self.cfg.engine_for(c).detector.threads == 0)
+            pooled = sum(1 for c in assigned if cfg.engine_for(c).detector.threads == 0)
             sessions, threads = pool_shape(usable_cores(), pooled)
             pool = self.detector_pools[key] = DetectorPool(
                 det_cfg, sessions, threads, name=f"detector-{len(self.detector_pools)}"
@@ -224,13 +344,12 @@ class App:
         self.alarm.install(loop)
         host = self.cfg.server.host
         for position, cam in enumerate(self.assigned):
+            detector = self._pooled_detector(cam)
             self.cameras[cam.name] = await Camera.create(
-                cam,
-                self.cfg,
-                cameras=len(self.assigned),
-                position=position,
-                detector=self._pooled_detector(cam),
+                cam, self.cfg, cameras=len(self.assigned), position=position, detector=detector
             )
+            if detector is not None:
+                self._pool_of[cam.name] = detector.pool
         self.rtsp = RtspServer(self.stream_hub, self.cfg.server)
         await _listen("RTSP", host, self.cfg.server.rtsp_port, self.rtsp.start())
         if self.cfg.files.enabled:
@@ -294,6 +413,153 @@ class App:
             return None
         return camera.sub_hub if variant == "sub" else camera.hub
 
+    # --- reload ---
+    async def reload_file(self) -> ReloadResult:
+        """Read the configuration file again (off the loop) and apply it (`reload`); a file that is
+        not valid is refused with check-config's words, and the service goes on as it was."""
+        path = self.config_path
+        if path is None:
+            log.warning("-: reload: the service was started without a configuration file: nothing to read")
+            return self._reloaded(ReloadResult(error="no configuration file"))
+        try:
+            new = await asyncio.to_thread(read_config, path)
+        except ConfigError as err:
+            for line in str(err).splitlines():
+                log.error("invalid config: %s", line)
+            log.error("-: reload refused: %s is not valid; the service goes on with the configuration it "
+                      "had (check the file with `streamproxy check-config`, then reload again)", path)  # fmt: skip
+            return self._reloaded(ReloadResult(error=str(err)))
+        return await self.reload(new)
+
+    async def reload(self, new: AppConfig) -> ReloadResult:
+        """Apply a new configuration to the running service, camera by camera (the module docstring)."""
+        async with self._reload_lock:
+            if not self.ready:
+                log.warning("-: reload: the service is not running: nothing reloaded")
+                return self._reloaded(ReloadResult(error="the service is not running"))
+            return self._reloaded(await self._reload(new))
+
+    def _reloaded(self, result: ReloadResult) -> ReloadResult:
+        self.last_reload = result
+        return result
+
+    async def _reload(self, new: AppConfig) -> ReloadResult:
+        old = self.cfg
+        _guard_secrets(new)
+        kept: dict[str, Any] = {}
+        not_applied: list[str] = []
+        for section in RESTART_SECTIONS:
+            keys = changed_keys(getattr(old, section), getattr(new, section), section)
+            if keys:
+                kept[section] = getattr(old, section)
+                not_applied += keys
+        cfg = new.model_copy(update=kept) if kept else new  # what runs from now on
+        if old.onvif.enabled:  # a camera's own device listens from start to stop
+            before = {c.name: c.onvif_port for c in old.cameras}
+            not_applied += [f"cameras[{i}].onvif_port" for i, c in enumerate(cfg.cameras)
+                            if c.onvif_port != before.get(c.name)]  # fmt: skip
+        assigned = cameras_for_shard(cfg, *self.shard)
+        was = {c.name: c for c in self.assigned}
+        now = {c.name: c for c in assigned}
+        removed = [n for n in was if n not in now]
+        added = [n for n in now if n not in was]
+        restarted = [
+            n for n in now if n in was and camera_settings(old, was[n]) != camera_settings(cfg, now[n])
+        ]
+        unchanged = [n for n in now if n in was and n not in restarted]
+        for key in not_applied:
+            log.warning("-: reload: %s changed: restart the service to apply (the running value stays)", key)
+
+        # The new cameras are built first (off the loop): one refused leaves everything as it was.
+        fresh: dict[str, Camera] = {}
+        fresh_pools: dict[str, DetectorPool] = {}
+        pools_before = set(self.detector_pools)
+        name = ""
+        try:
+            for name in (n for n in now if n in added or n in restarted):
+                cam = now[name]
+                detector = self._pooled_detector(cam, cfg, assigned)
+                fresh[name] = await Camera.create(
+                    cam, cfg, cameras=len(assigned), position=assigned.index(cam), detector=detector
+                )
+                if detector is not None:
+                    fresh_pools[name] = detector.pool
+        except Exception as err:
+            for camera in fresh.values():
+                camera.close()  # never started: nothing runs in it
+            await self._close_pools([k for k in self.detector_pools if k not in pools_before])
+            log.error("-: reload refused: camera %s: %s; the service goes on with the configuration it had",
+                      name, err)  # fmt: skip
+            return ReloadResult(error=f"{name}: {err}")
+
+        stale = {n: self.cameras[n] for n in (*removed, *restarted)}
+        self.cfg, self.assigned = cfg, assigned
+        # Requests look cameras up at each turn: from here on they find the new ones (config order).
+        self.cameras = {n: fresh.get(n) or self.cameras[n] for n in now}
+        for gone in (*removed, *restarted):
+            self._pool_of.pop(gone, None)
+        self._pool_of.update(fresh_pools)
+        self._serve_config(cfg)
+        await self._detach_cameras(stale, removed)
+        for camera in fresh.values():
+            camera.start()  # before the old pipelines are joined: the viewers that come back get a stream
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, c.stop_pipeline) for c in stale.values()))
+        if stale or fresh:
+            # A configuration change is on the audit record: the day so far of every camera (the
+            # stopped ones' final counts), then start lines with each camera's configuration hash
+            # (config_changed: true for a restarted one).
+            if self.audit is not None:
+                await self.audit.stop()
+            self.audit = LiveAudit.of_cameras(cfg, self.cameras)
+            await self.audit.start()
+        for camera in stale.values():
+            camera.close()
+        in_use = {id(p) for n, p in self._pool_of.items() if n in self.cameras}
+        await self._close_pools([k for k, p in self.detector_pools.items() if id(p) not in in_use])
+        result = ReloadResult(
+            tuple(added), tuple(removed), tuple(restarted), tuple(unchanged), tuple(not_applied)
+        )
+        log.info(
+            "-: configuration reloaded: %s",
+            "; ".join(f"{what} {', '.join(names)}" for what, names in (
+                ("added", added), ("removed", removed), ("restarted", restarted), ("unchanged", unchanged)
+            ) if names) or "no camera",
+        )  # fmt: skip
+        return result
+
+    def _serve_config(self, cfg: AppConfig) -> None:
+        """What the serving side read of the configuration at start and keeps (its server-level
+        sections are the running ones: a reload keeps them), brought to the new one."""
+        if self.web is not None:
+            if self.web.onvif is not None:
+                self.web.onvif.cfg = cfg  # profiles: the encoder, the slate, each camera's sub stream
+            # The page's privacy line reads each camera's fail-closed action from this table.
+            self.web._fail_closed_action = {c.name: cfg.engine_for(c).fail_closed.action for c in cfg.cameras}
+        if self.devices is not None:
+            for _port, service in self.devices.services.values():
+                service.cfg = cfg
+
+    async def _detach_cameras(self, cameras: dict[str, Camera], removed: list[str]) -> None:
+        """The first half of stopping cameras that are no longer served as they were, in `stop`'s
+        order: their pushes first (their servers get a TEARDOWN; a restarted camera's new push then
+        finds the path free), then their RTSP viewers (an RTCP BYE, the connection closed: they come
+        back, to the new camera). Their pipelines stop next, their hubs close last (`close`)."""
+        if not cameras:
+            return
+        await asyncio.gather(*(c.stop_publishing(timeout=5.0) for c in cameras.values()))
+        if self.rtsp is not None:
+            for name, camera in cameras.items():
+                why = "camera removed by a reload" if name in removed else "camera restarted by a reload"
+                await self.rtsp.end_sessions(camera.hubs(), why)
+
+    async def _close_pools(self, keys: list[str]) -> None:
+        """Close detector pools no camera uses any more (their sessions' threads end)."""
+        loop = asyncio.get_running_loop()
+        for key in keys:
+            pool = self.detector_pools.pop(key)
+            await loop.run_in_executor(None, pool.close)
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -310,21 +576,46 @@ class App:
             log.info("shutting down (Ctrl+C again to force)")
             self._stopping.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal)
-            except (NotImplementedError, RuntimeError):
-                pass
+        def on_hangup() -> None:
+            if self._stopping.is_set():
+                return
+            log.info("-: SIGHUP: reloading %s", self.config_path or "the configuration")
+            self._reload_wanted.set()  # several before the reload starts are one reload
+
+        handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
+            (signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hangup)
+        ]  # fmt: skip
+        for sig, handler in handlers:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
+        reloader = asyncio.create_task(self._reload_loop(), name="config-reload")
         try:
             await self.start()  # inside: a start that fails half-way stops what it started
             await self._stopping.wait()
         finally:
+            self._stopping.set()
+            self._reload_wanted.set()
+            if not self._reload_lock.locked():
+                reloader.cancel()  # a reload under way ends first: its cameras are then the ones stopped
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
             await self.stop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
+            for sig, _ in handlers:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
+
+    async def _reload_loop(self) -> None:
+        """One reload per SIGHUP (those that come during one make one more), once the service runs."""
+        await self.ready_event.wait()
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                await self.reload_file()
+            except Exception:  # a reload must never end the service
+                log.exception("-: reload failed")
 
 
 class ListenError(OSError):
@@ -342,8 +633,11 @@ async def _listen(what: str, host: str, port: int, start: Coroutine[Any, Any, No
         raise ListenError(err.errno, f"{what} server cannot listen on {host}:{port}: {reason}") from err
 
 
-def run_app(cfg: AppConfig, shard_index: int = 0, shard_count: int = 1) -> int:
-    app = App(cfg, shard_index, shard_count)
+def run_app(
+    cfg: AppConfig, shard_index: int = 0, shard_count: int = 1, config_path: str | Path | None = None
+) -> int:
+    """`streamproxy run`: the service until SIGINT/SIGTERM; SIGHUP reloads `config_path`."""
+    app = App(cfg, shard_index, shard_count, config_path=config_path)
     if not app.assigned:
         log.warning("no camera is assigned to shard %d of %d", shard_index, shard_count)
     raise_fd_limit(cfg, len(app.assigned))

@@ -289,7 +289,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", line)
     if problems:
         return 1
-    return run_app(cfg, shard_index=args.shard_index, shard_count=args.shard_count)
+    # The path, not only what it held: SIGHUP reads it again (App.reload_file).
+    return run_app(cfg, shard_index=args.shard_index, shard_count=args.shard_count, config_path=args.config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -554,6 +554,7 @@ def test_systemd_unit_is_hardened_and_runs_the_venv() -> None:
     assert cred[1] == "/etc/streamproxy/streamproxy.yaml"
     assert svc["ExecStart"].endswith(f"${{CREDENTIALS_DIRECTORY}}/{cred[0]}")
     assert svc["Restart"] == "on-failure"
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"  # SIGHUP reloads the config (app.py)
     assert svc["ProtectSystem"] == "strict"
     assert svc["DynamicUser"] == "yes" and svc["NoNewPrivileges"] == "yes"
     assert svc["CapabilityBoundingSet"] == ""

@@ -275,6 +275,20 @@ class RtspServer:
     def viewers(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state == "playing")
 
+    async def end_sessions(self, hubs: tuple[StreamHub, ...], reason: str) -> int:
+        """End the sessions of these hubs (a camera that a reload removed or restarts): each viewer gets
+        an RTCP BYE, and a connection left without sessions is closed, as at stop(), so that its
+        client notices now and comes back (to the new hub) instead of waiting on a silent stream.
+        The other cameras' sessions are untouched. How many ended."""
+        ended = [s for s in self.sessions.values() if s.hub in hubs]
+        owners = {s.owner for s in ended if isinstance(s.owner, _Connection)}
+        for sess in ended:
+            await self._end_session(sess, reason, bye=True)
+        for conn in owners:
+            if not conn.sessions and not conn.dropped:
+                await self._drop(conn)
+        return len(ended)
+
     async def _reap_loop(self) -> None:
         while True:
             lim = self.cfg.limits
