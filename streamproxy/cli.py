@@ -125,56 +125,182 @@ def _engine_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    import signal
+    import time
+    from types import FrameType
 
-    from streamproxy.anonymize import BulkSummary, collect_jobs, count_frames, iter_results
+    from streamproxy.anonymize import Batch, BulkSummary, FileResult, Progress, collect_jobs, count_frames
     from streamproxy.engine.models import ModelError
 
+    # Ctrl+C: the file in progress stops at its next frame (its temporary output removed) and the
+    # batch ends with one line, no traceback. A second Ctrl+C stops at once, cleaning up the same way.
+    cancel = threading.Event()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     try:
-        cfg = _engine_from_args(args)
-    except Exception as err:
-        print(f"streamproxy anonymize: invalid option: {err}", file=sys.stderr)
-        return 2
-    output: Path = args.output
-    jobs, errors = collect_jobs([Path(p) for p in args.paths], output)
-    summary = BulkSummary(results=list(errors))
-    for e in errors:
-        print(f"error: {e.src}: {e.error}", file=sys.stderr)
-    if not jobs:
-        if not errors:
-            print("streamproxy anonymize: no images or videos found in the given paths", file=sys.stderr)
-        return 1
+        try:
+            cfg = _engine_from_args(args)
+        except Exception as err:
+            print(f"streamproxy anonymize: invalid option: {err}", file=sys.stderr)
+            return 2
+        output: Path = args.output
+        jobs, errors = collect_jobs([Path(p) for p in args.paths], output)
+        summary = BulkSummary(results=list(errors))
+        for e in errors:
+            print(f"error: {e.src}: {e.error}", file=sys.stderr)
+        if not jobs:
+            if not errors:
+                print("streamproxy anonymize: no images or videos found in the given paths", file=sys.stderr)
+            return 1
+        started, t0 = time.time(), time.perf_counter()
+        line = _ProgressLine(enabled=not args.quiet and sys.stderr.isatty())
+        in_progress: FileResult | None = None
+        batch: Batch | None = None
+        try:
+            try:
+                batch = Batch(cfg, keep_audio=args.keep_audio, input_width=args.input_width,
+                              upscale=args.upscale, audit=args.audit, user=_login())  # fmt: skip
+            except ModelError as err:
+                print(f"streamproxy anonymize: {err}", file=sys.stderr)
+                return 2
+            # Probing (frame counts) and model loading are done before the first frame: the rate
+            # and the time left are measured from there (Progress).
+            totals = [1 if j.kind == "image" else max(1, count_frames(j.src)) for j in jobs]
+            progress = Progress(sum(totals))
+            for i, job in enumerate(jobs):
+                if cancel.is_set():
+                    break
+                base = progress.done
+
+                def on_frame(n: int, base: int = base, i: int = i, name: str = job.src.name) -> None:
+                    progress.advance(base + n - progress.done)
+                    line.show(i + 1, len(jobs), progress, name)
+
+                line.show(i + 1, len(jobs), progress, job.src.name)
+                res = batch.run(job, cancel=cancel, on_frame=on_frame)
+                # This file's real frame count replaces the estimate (a failed file's frames never come).
+                progress.total += (progress.done - base) - totals[i]
+                if res.cancelled:
+                    in_progress = res
+                    break
+                summary.results.append(res)
+                if not res.ok or res.error:
+                    line.clear()
+                    print(f"error: {res.src}: {res.error}", file=sys.stderr)
+        except KeyboardInterrupt:
+            cancel.set()
+        finally:
+            line.clear()
+        summary.seconds = time.perf_counter() - t0
+        where = _write_job_record(args, output, started, batch, summary, in_progress)
+        if cancel.is_set():
+            done = sum(r.ok for r in summary.results)
+            tail = "; the file in progress was not written" if in_progress is not None else ""
+            print(f"interrupted: {done} of {len(jobs)} file(s) done{tail}", file=sys.stderr)
+            if where:
+                print(f"audit record of what was done: {where}", file=sys.stderr)
+            return 130
+        text = summary.line()
+        if any(r.audio == "removed" for r in summary.results if r.ok):
+            text += "; --keep-audio keeps it"
+        print(text, file=sys.stderr)
+        if where:
+            print(
+                f"audit record: {where} (one per file beside each output: <output>.audit.json)",
+                file=sys.stderr,
+            )
+        return 1 if summary.failed else 0
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+
+
+def _login() -> str:
+    """Who ran the command, for the audit record (the operating system's login name)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers: the record says nobody rather than failing
+        return ""
+
+
+def _write_job_record(
+    args: argparse.Namespace,
+    output: Path,
+    started: float,
+    batch: Any,
+    summary: Any,
+    in_progress: Any,
+) -> str:
+    """The job's record (`anonymize-<UTC time>.audit.json` and `.html`) in the output folder; where, or ""."""
     import time
+    from datetime import UTC, datetime
 
-    t0 = time.perf_counter()
-    total = sum(1 if j.kind == "image" else max(1, count_frames(j.src)) for j in jobs)
-    bar = tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True, smoothing=0.1)
+    from streamproxy.files.audit import file_record, job_record, write_job_files
 
-    def tick() -> None:
-        bar.update(1)
-
-    try:
-        results = iter_results(
-            jobs,
-            cfg,
-            keep_audio=not args.no_audio,
-            input_width=args.input_width,
-            upscale=args.upscale,
-            on_frame=tick,
-            on_file=lambda j: bar.set_description_str(j.src.name[-30:]),
+    if not args.audit or batch is None:
+        return ""
+    files = []
+    for r in [*summary.results, *([in_progress] if in_progress is not None else [])]:
+        files.append(
+            r.audit
+            or file_record(
+                src=r.src, dst=None, kind=r.kind or "", state="failed", error=r.error, user=batch.user
+            )
         )
-        for res in results:
-            summary.results.append(res)
-            if not res.ok:
-                bar.write(f"error: {res.src}: {res.error}", file=sys.stderr)
-    except ModelError as err:
-        bar.close()
-        print(f"streamproxy anonymize: {err}", file=sys.stderr)
-        return 2
-    bar.close()
-    summary.seconds = time.perf_counter() - t0
-    print(summary.line(), file=sys.stderr)
-    return 1 if summary.failed else 0
+    stem = "anonymize-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    n = 1
+    while (output / f"{stem}.audit.json").exists():
+        n += 1
+        stem = stem.split("~")[0] + f"~{n}"
+    record = job_record(None, batch.user, started, time.time(), batch.settings(), files)
+    try:
+        js, page = write_job_files(output, stem, record)
+    except OSError as err:
+        print(f"warning: the audit record could not be written in {output}: {err}", file=sys.stderr)
+        return ""
+    return f"{js} and {page}"
+
+
+class _ProgressLine:
+    """One progress line on stderr, rewritten in place (\\r), at most UPDATES_PER_S times a second;
+    only on a terminal (a log file gets the summary only)."""
+
+    UPDATES_PER_S = 4.0
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+        self._shown = False
+
+    def show(self, file_no: int, files: int, progress: Any, name: str) -> None:
+        import shutil
+        import time
+
+        from streamproxy.anonymize import progress_text
+
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 1 / self.UPDATES_PER_S:
+            return
+        self._last = now
+        width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+        sys.stderr.write("\r" + progress_text(file_no, files, progress, name)[:width] + "\x1b[K")
+        sys.stderr.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._shown = False
+            self._last = 0.0
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -459,9 +585,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos with plates: run the text detector every k-th frame (default 5; frames between "
         "are masked with the runs on both sides)",
     )
-    a.add_argument("--no-audio", action="store_true", help="drop audio from videos (kept by default)")
+    a.add_argument(
+        "--keep-audio",
+        action="store_true",
+        help="keep the videos' audio (removed by default: speech is personal data, as voices and names are)",
+    )
+    a.add_argument("--no-audio", action="store_true", help=argparse.SUPPRESS)  # the default now; old scripts
+    a.add_argument(
+        "--audit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write an audit record: <output>.audit.json beside each output, and the job's "
+        "anonymize-<UTC time>.audit.json and .html in the output folder (default: on)",
+    )
     a.add_argument("--model-dir", type=Path, default=None)
-    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     a.set_defaults(func=cmd_anonymize)
 
     m = sub.add_parser("models", help="fetch or list the detection models (faces; text for --objects plates)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,9 +18,25 @@ import numpy as np
 import pytest
 from facekit import background, changed_fraction, make_video, paste_face
 
-from streamproxy.anonymize import HELPER_NICE, Job, _encoder_threads, _Stages, collect_jobs, iter_results
+from streamproxy.anonymize import (
+    HELPER_NICE,
+    PICTURE_EVERY_S,
+    Batch,
+    FileResult,
+    Job,
+    Progress,
+    _encoder_threads,
+    _Stages,
+    clock_text,
+    collect_jobs,
+    describe_error,
+    distinct_faces,
+    iter_results,
+    progress_text,
+)
 from streamproxy.config import DetectorConfig, EngineConfig
 from streamproxy.engine.detect import create_detector
+from streamproxy.types import Box
 
 CLI = [sys.executable, "-m", "streamproxy.cli"]
 
@@ -64,12 +83,14 @@ def test_images_keep_format_size_and_layout_and_lose_faces(
     assert {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()} == before
 
 
-def test_video_keeps_resolution_rate_frames_and_audio(tmp_path: Path, detector: object) -> None:
+def test_video_keeps_resolution_rate_frames_and_audio_when_asked(tmp_path: Path, detector: object) -> None:
     src = tmp_path / "clip.mp4"
     boxes = make_video(src, frames=30)
     out = tmp_path / "out"
-    r = run_cli("anonymize", src, "-o", out, "--style", "pixelate", "-q")
+    r = run_cli("anonymize", src, "-o", out, "--style", "pixelate", "--keep-audio", "-q")
     assert r.returncode == 0, r.stderr
+    assert "audio kept in 1 video(s)" in r.stderr and "--keep-audio keeps it" not in r.stderr
+    assert json.loads((out / "clip.mp4.audit.json").read_text())["audio"] == "kept"
     dst = out / "clip.mp4"
     with av.open(str(src)) as a, av.open(str(dst)) as b:
         va, vb = a.streams.video[0], b.streams.video[0]
@@ -85,13 +106,19 @@ def test_video_keeps_resolution_rate_frames_and_audio(tmp_path: Path, detector: 
         assert detector.detect_bgr(y) == [], f"face detectable in output frame {i}"  # type: ignore[attr-defined]
 
 
-def test_no_audio_flag(tmp_path: Path) -> None:
+def test_audio_is_removed_by_default_and_no_audio_is_still_accepted(tmp_path: Path) -> None:
+    """Speech is personal data: audio goes unless --keep-audio; old scripts' --no-audio still runs."""
     src = tmp_path / "clip.mkv"
     make_video(src, frames=10)
-    r = run_cli("anonymize", src, "-o", tmp_path / "out", "--no-audio", "-q")
-    assert r.returncode == 0, r.stderr
-    with av.open(str(tmp_path / "out" / "clip.mkv")) as b:
-        assert not b.streams.audio and len(b.streams.video) == 1
+    for flags in ([], ["--no-audio"]):
+        out = tmp_path / f"out{len(flags)}"
+        r = run_cli("anonymize", src, "-o", out, *flags, "-q")
+        assert r.returncode == 0, r.stderr
+        assert "audio removed from 1 video(s); --keep-audio keeps it" in r.stderr
+        with av.open(str(out / "clip.mkv")) as b:
+            assert not b.streams.audio and len(b.streams.video) == 1
+        record = json.loads((out / "clip.mkv.audit.json").read_text())
+        assert record["audio"] == "removed" and record["settings"]["audio"] == "removed"
 
 
 def test_bad_file_is_reported_and_the_batch_goes_on(inputs: Path, tmp_path: Path) -> None:
@@ -216,3 +243,198 @@ def test_decode_and_encode_threads_run_below_the_engine() -> None:
     assert (
         os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == engine
     )  # the engine's own is untouched
+
+
+# --- Batch: the engine the CLI and the Files page share ---------------------------------------------
+
+
+def small_cfg(model_dir: Path, **extra: object) -> EngineConfig:
+    return EngineConfig.model_validate(
+        {"detector": {"model_dir": str(model_dir), "input_width": 640}, **extra}
+    )
+
+
+def test_batch_cancel_stops_the_file_and_leaves_nothing_then_runs_the_next(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    src = tmp_path / "clip.mp4"
+    make_video(src, frames=60)
+    batch = Batch(small_cfg(model_dir), audit=True)
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_frame(n: int) -> None:
+        seen.append(n)
+        if n == 10:
+            cancel.set()
+
+    dst = tmp_path / "out" / "clip.mp4"
+    res = batch.run(Job(src, dst, "video"), cancel=cancel, on_frame=on_frame)
+    assert (res.ok, res.cancelled, res.error, res.dst) == (False, True, "cancelled", None)
+    assert seen == list(range(1, 11)), "stopped at the frame after the cancel"
+    assert not dst.exists() and not list((tmp_path / "out").iterdir()), "no output, no temporary file"
+    assert res.audit is not None and res.audit["state"] == "cancelled" and res.audit["output"] is None
+    # The same batch goes on with the next file, its detector as it was.
+    res = batch.run(Job(src, dst, "video"), on_frame=seen.append)
+    assert res.ok and res.frames == 60 and seen[-1] == 60
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["clip.mp4", "clip.mp4.audit.json"]
+    # A cancel set before the run: nothing is read.
+    cancel.set()
+    res = batch.run(Job(src, tmp_path / "o2" / "clip.mp4", "video"), cancel=cancel)
+    assert res.cancelled and not (tmp_path / "o2").exists()
+
+
+def test_any_exception_inside_a_video_removes_its_temporary_output(tmp_path: Path, model_dir: Path) -> None:
+    """Ctrl+C's KeyboardInterrupt (and anything else) in the middle of a video: no `.part` left."""
+    src = tmp_path / "clip.mp4"
+    make_video(src, frames=80, audio=False)
+    batch = Batch(small_cfg(model_dir), audit=False)
+    out = tmp_path / "out"
+    at: list[int] = []
+
+    def interrupt(n: int) -> None:
+        # Once the temporary output is on disk (the muxer writes it at the encoder's first packet).
+        if list(out.glob(".*part*")):
+            at.append(n)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(Job(src, out / "clip.mp4", "video"), on_frame=interrupt)
+    assert at and at[0] < 80, "interrupted in the middle of the video"
+    assert not list(out.iterdir())
+    assert threading.active_count() < 20, "the decode/encode/detection threads were joined"
+
+
+def test_pictures_are_anonymized_frames_first_then_at_most_one_a_second(
+    tmp_path: Path, model_dir: Path, detector: object
+) -> None:
+    src = tmp_path / "clip.mp4"
+    make_video(src, frames=40, audio=False)
+    batch = Batch(small_cfg(model_dir), audit=False)
+    pictures: list[tuple[float, np.ndarray]] = []
+    t0 = time.monotonic()
+    res = batch.run(Job(src, tmp_path / "o" / "clip.mp4", "video"),
+                    on_picture=lambda bgr: pictures.append((time.monotonic(), bgr.copy())))  # fmt: skip
+    took = time.monotonic() - t0
+    assert res.ok and pictures
+    assert len(pictures) <= 1 + took / PICTURE_EVERY_S + 1
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(pictures)]
+    assert all(g >= PICTURE_EVERY_S * 0.99 for g in gaps), gaps
+    for _, bgr in pictures:
+        assert bgr.shape == (360, 640, 3) and bgr.dtype == np.uint8
+        assert detector.detect_bgr(bgr) == [], "a picture shows a face"  # type: ignore[attr-defined]
+    # A photo: one picture, the output as written.
+    img = background(480, 360)
+    paste_face(img, 150, 60, 140)
+    cv2.imwrite(str(tmp_path / "p.png"), img)
+    shots: list[np.ndarray] = []
+    res = batch.run(Job(tmp_path / "p.png", tmp_path / "o" / "p.png", "image"), on_picture=shots.append)
+    assert res.ok and len(shots) == 1
+    written = cv2.imread(str(tmp_path / "o" / "p.png"))
+    assert written is not None and np.array_equal(shots[0], written)
+
+
+def test_two_batches_in_two_threads_share_no_detector_state(tmp_path: Path, model_dir: Path) -> None:
+    """The Files page runs a batch in its worker thread while the CLI may run another: same outputs
+    as one batch alone."""
+    src = tmp_path / "clip.mp4"
+    make_video(src, frames=20, audio=False)
+    img = background(480, 360)
+    paste_face(img, 150, 60, 140)
+    cv2.imwrite(str(tmp_path / "p.png"), img)
+
+    def decoded(path: Path) -> list[np.ndarray]:
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+
+    solo = Batch(small_cfg(model_dir), audit=False)
+    assert solo.run(Job(src, tmp_path / "solo" / "clip.mp4", "video")).ok
+    results: dict[str, list[FileResult]] = {}
+
+    def work(name: str, first: str) -> None:
+        batch = Batch(small_cfg(model_dir), audit=False)
+        jobs = [
+            Job(src, tmp_path / name / "clip.mp4", "video"),
+            Job(tmp_path / "p.png", tmp_path / name / "p.png", "image"),
+        ]
+        results[name] = [batch.run(j) for j in (jobs if first == "video" else jobs[::-1])]
+
+    threads = [threading.Thread(target=work, args=(n, f)) for n, f in (("a", "video"), ("b", "image"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert all(r.ok for rs in results.values() for r in rs), results
+    want = decoded(tmp_path / "solo" / "clip.mp4")
+    for name in ("a", "b"):
+        got = decoded(tmp_path / name / "clip.mp4")
+        assert len(got) == len(want) and all(np.array_equal(x, y) for x, y in zip(got, want, strict=True))
+    assert (tmp_path / "a" / "p.png").read_bytes() == (tmp_path / "b" / "p.png").read_bytes()
+
+
+def test_one_face_in_a_photo_counts_one_whatever_the_passes_found(tmp_path: Path, model_dir: Path) -> None:
+    """A large face: the magnified passes also find its eyes and mouth as faces (all masked, inside the
+    face's mask); the photo has one face, and that is what is counted."""
+    img = background(800, 600)
+    paste_face(img, 20, 20, 600)
+    src = tmp_path / "big.png"
+    cv2.imwrite(str(src), img)
+    batch = Batch(small_cfg(model_dir), audit=True)
+    res = batch.run(Job(src, tmp_path / "o" / "big.png", "image"))
+    assert res.ok and (res.faces, res.tracks) == (1, 1)
+    assert res.audit is not None and res.audit["found"]["faces"] == 1
+    boxes = [Box(10, 10, 110, 110), Box(30, 30, 60, 60), Box(70, 40, 100, 70), Box(300, 10, 400, 110)]
+    assert distinct_faces(boxes) == 2 and distinct_faces([]) == 0
+
+
+def test_errors_in_words(tmp_path: Path, model_dir: Path) -> None:
+    batch = Batch(small_cfg(model_dir), audit=False)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(20000))
+    sound = tmp_path / "voice.m4a"
+    with av.open(str(sound), "w") as c:
+        s = c.add_stream("aac", rate=48000)
+        for i in range(10):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 48000, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    out = tmp_path / "out"
+    errors = {p.name: batch.run(Job(p, out / p.name, k)).error for p, k in
+              ((corrupt, "video"), (sound, "video"), (text, "image"))}  # fmt: skip
+    assert errors == {
+        "corrupt.mp4": "not a video file that can be read (damaged, incomplete, or another kind of file)",
+        "voice.m4a": "no video in this file",
+        "notes.jpg": "not a picture that can be read (damaged, incomplete, or another kind of file)",
+    }
+    assert not out.exists() or not list(out.rglob("*"))
+    job = Job(corrupt, out / "corrupt.mp4", "video")
+    assert describe_error(PermissionError(13, "Permission denied", str(corrupt)), job) == (
+        "cannot read the file (permission denied)"
+    )
+    assert "cannot write the output" in describe_error(PermissionError(13, "denied", str(out / "x")), job)
+    if os.geteuid() != 0:  # root reads anything: the real check only as a user
+        corrupt.chmod(0)
+        assert batch.run(job).error == "cannot read the file (permission denied)"
+
+
+def test_progress_rate_and_time_left_from_the_first_frame() -> None:
+    now = [100.0]
+    p = Progress(1000, clock=lambda: now[0])
+    assert (p.fps, p.eta_s, p.done) == (0.0, None, 0)
+    now[0] += 30.0  # model loading and probing: not frames
+    p.advance()
+    now[0] += 1.0
+    p.advance(20)
+    assert p.fps == pytest.approx(20.0) and p.eta_s is None, "ETA -- until 2 s of measurement"
+    now[0] += 1.0
+    p.advance(20)
+    assert p.fps == pytest.approx(20.0) and p.eta_s == pytest.approx((1000 - 41) / 20)
+    p.total = 500  # a file's real frame count replaced the estimate
+    assert p.eta_s == pytest.approx((500 - 41) / 20)
+    assert progress_text(3, 10, p, "clip.mp4") == "file 3/10  41/500 frames  20.0 frame/s  ETA 0:23  clip.mp4"
+    assert [clock_text(s) for s in (0, 161, 3723)] == ["0:00", "2:41", "1:02:03"]
