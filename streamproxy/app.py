@@ -534,8 +534,6 @@ class App:
         if self.web is not None:
             if self.web.onvif is not None:
                 self.web.onvif.cfg = cfg  # profiles: the encoder, the slate, each camera's sub stream
-            # The page's privacy line reads each camera's fail-closed action from this table.
-            self.web._fail_closed_action = {c.name: cfg.engine_for(c).fail_closed.action for c in cfg.cameras}
         if self.devices is not None:
             for _port, service in self.devices.services.values():
                 service.cfg = cfg
@@ -666,8 +664,9 @@ class FilesService:
         self._stopping.set()
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
+        # SIGHUP (the terminal closed) stops it as Ctrl+C does: the running file goes back to the queue.
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
         try:
@@ -683,7 +682,7 @@ class FilesService:
             self.ready = False
             await self.web.stop()
             await self.files.stop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 

@@ -245,7 +245,6 @@ class WebServer:
         self._picture_seq = 0
         self._boot = os.urandom(4).hex()  # ETags of an earlier run never match this one's
         self.encodes = 0  # JPEGs encoded (read by tests: one per frame and size, however many viewers)
-        self._fail_closed_action = {c.name: app.cfg.engine_for(c).fail_closed.action for c in app.cfg.cameras}
         self.web_app = self._build()
 
     # --- lifecycle ---
@@ -392,6 +391,13 @@ class WebServer:
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
+    def _fail_closed_action(self, name: str) -> str:
+        """The camera's fail-closed action, read from the service's config in force (a reload changes it)."""
+        for cam in self.app.cfg.cameras:
+            if cam.name == name:
+                return self.app.cfg.engine_for(cam).fail_closed.action
+        return "obfuscate"
+
     async def _cameras(self, request: web.Request) -> web.StreamResponse:
         out = []
         for name, camera in self.app.cameras.items():
@@ -399,7 +405,7 @@ class WebServer:
             entry = camera_json(status)
             level, text = privacy_state(
                 status.pipeline,
-                self._fail_closed_action.get(name, "obfuscate"),
+                self._fail_closed_action(name),
                 self.history.recent_failed_closed(name),
             )
             entry["privacy"] = {"level": level, "text": text}
