@@ -129,15 +129,25 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     import time
     from types import FrameType
 
-    from streamproxy.anonymize import Batch, BulkSummary, FileResult, Progress, collect_jobs, count_frames
+    from streamproxy.anonymize import (
+        Batch,
+        BulkSummary,
+        FileResult,
+        Job,
+        Progress,
+        collect_jobs,
+        count_frames,
+    )
     from streamproxy.engine.models import ModelError
 
     # Ctrl+C: the file in progress stops at its next frame (its temporary output removed) and the
-    # batch ends with one line, no traceback. A second Ctrl+C stops at once, cleaning up the same way.
+    # batch ends with one line, no traceback. A second Ctrl+C while a file runs stops it at once,
+    # cleaning up the same way; outside a file (the record being written) it changes nothing.
     cancel = threading.Event()
+    running: Job | None = None
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if cancel.is_set():
+        if cancel.is_set() and running is not None:
             raise KeyboardInterrupt
         cancel.set()
 
@@ -183,7 +193,9 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
                     line.show(i + 1, len(jobs), progress, name)
 
                 line.show(i + 1, len(jobs), progress, job.src.name)
+                running = job
                 res = batch.run(job, cancel=cancel, on_frame=on_frame)
+                running = None
                 # This file's real frame count replaces the estimate (a failed file's frames never come).
                 progress.total += (progress.done - base) - totals[i]
                 if res.cancelled:
@@ -193,8 +205,14 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
                 if not res.ok or res.error:
                     line.clear()
                     print(f"error: {res.src}: {res.error}", file=sys.stderr)
-        except KeyboardInterrupt:
+        except (
+            KeyboardInterrupt
+        ):  # the second Ctrl+C: the run was left at once (its temporary output removed)
             cancel.set()
+            if running is not None:
+                in_progress = FileResult(
+                    running.src, None, False, error="cancelled", cancelled=True, kind=running.kind
+                )
         finally:
             line.clear()
         summary.seconds = time.perf_counter() - t0
