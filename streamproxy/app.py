@@ -355,7 +355,11 @@ class App:
         if self.cfg.files.enabled:
             # Bulk jobs run below the cameras' priority: a long video must not make a camera shed frames.
             self.files = FileJobs(
-                self.cfg.files, self.cfg.data_path(), self.cfg.engine.detector.model_dir, nice=FILES_NICE
+                self.cfg.files,
+                self.cfg.data_path(),
+                self.cfg.engine.detector.model_dir,
+                nice=FILES_NICE,
+                users=self.cfg.server.users,
             )
             await self.files.start()
         self.web = WebServer(self, files=self.files)
@@ -656,7 +660,9 @@ class FilesService:
         self.cameras: dict[str, Camera] = {}
         self.rtsp_port: int | None = None
         self.ready = False
-        self.files = FileJobs(cfg.files, cfg.data_path(), cfg.engine.detector.model_dir)
+        self.files = FileJobs(
+            cfg.files, cfg.data_path(), cfg.engine.detector.model_dir, users=cfg.server.users
+        )
         self.web = WebServer(self, files=self.files)
         self._stopping = asyncio.Event()
 

@@ -531,6 +531,11 @@ class CameraConfig(_Strict):
 class User(_Strict):
     username: str = Field(..., min_length=1)
     password: str = Field(..., min_length=1)
+    originals: bool = Field(
+        False,
+        description="May open the ORIGINAL (not anonymized) files and frames on the Files page and its review; "
+        "each access is on the job's audit record. Without server.users the local user may.",
+    )
 
 
 class LimitsConfig(_Strict):

@@ -103,6 +103,9 @@ class ScriptedBatch:
         self.started: list[str] = []
         self.running = threading.Event()
 
+    def rerender(self, job: Job, review_dir: Path, edits: Any, **kw: Any) -> FileResult:
+        raise AssertionError("not re-rendered in this test")
+
     def settings(self) -> dict[str, Any]:
         return {"quality": "balanced", "style": "blur"}
 
@@ -113,6 +116,7 @@ class ScriptedBatch:
         cancel: threading.Event | None = None,
         on_frame: Callable[[int], None] | None = None,
         on_picture: Callable[[np.ndarray], None] | None = None,
+        review_dir: Path | None = None,
     ) -> FileResult:
         self.started.append(job.src.name)
         if job.src.name.startswith("bad"):

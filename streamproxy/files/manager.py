@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from streamproxy.anonymize import BulkSummary, FileResult, Job, collect_jobs, count_frames
-from streamproxy.config import EngineConfig, FilesConfig
+from streamproxy.config import EngineConfig, FilesConfig, User
 from streamproxy.files.roots import PathRefused, Roots, clean_relative
 from streamproxy.files.store import FINAL_FILE, FileRow, JobRow, Store
 
@@ -69,6 +69,18 @@ class BatchRunner(Protocol):
         cancel: threading.Event | None = None,
         on_frame: Callable[[int], None] | None = None,
         on_picture: Callable[[np.ndarray], None] | None = None,
+        review_dir: Path | None = None,
+    ) -> FileResult: ...
+
+    def rerender(
+        self,
+        job: Job,
+        review_dir: Path,
+        edits: Any,
+        *,
+        cancel: threading.Event | None = None,
+        on_frame: Callable[[int], None] | None = None,
+        user: str = "",
     ) -> FileResult: ...
 
     def settings(self) -> dict[str, Any]: ...
@@ -339,8 +351,13 @@ class FileJobs:
         *,
         batch_factory: BatchFactory = default_batch,
         nice: int = 0,
+        users: list[User] | None = None,
     ) -> None:
         self.cfg = cfg
+        # Who may see originals (server.users[].originals); without users, the one local user may.
+        self._any_user = not users
+        self._originals = {u.username for u in users or [] if u.originals}
+        self._reviews: OrderedDict[tuple[int, int], tuple[float, Any, Any]] = OrderedDict()
         self.roots = Roots(cfg.roots)
         self.dir = data_dir / "files"
         self.uploads_dir = self.dir / "uploads"
@@ -358,6 +375,8 @@ class FileJobs:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._renders: set[asyncio.Future[None]] = set()
         self.jobs_run = 0  # read by tests
 
     # --- lifecycle ---
@@ -374,6 +393,7 @@ class FileJobs:
                 "files: job %d: %s: %s", row.job_id, row.name, "interrupted by a restart: marked failed"
             )
         self._stopping.clear()
+        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._wake.set()  # jobs queued before the restart run now
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -400,6 +420,8 @@ class FileJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        if self._renders:  # stopped between two frames: the earlier output stays, the file says so
+            await asyncio.gather(*self._renders, return_exceptions=True)
         if self._pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
             self._pool = None
@@ -582,10 +604,23 @@ class FileJobs:
         return path
 
     def audit(self, job_id: int) -> dict[str, Any] | None:
-        row = self._db().job(job_id)
+        db = self._db()
+        row = db.job(job_id)
         if row is None:
             return None
-        return row.record if row.record is not None else self._record(row)
+        record = dict(row.record) if row.record is not None else self._record(row)
+        # Who opened an original, and when: read at each request (an access after the job ended counts too).
+        names = {f.n: f.name for f in db.files(job_id)}
+        record["original_views"] = [
+            {
+                "file": names.get(a["n"], str(a["n"])),
+                "user": a["user"] or "-",
+                "at": _iso(a["at"]),
+                "what": a["what"],
+            }
+            for a in db.accesses(job_id)
+        ]
+        return record
 
     def report_html(self, job_id: int) -> str | None:
         from streamproxy.files.audit import report_html
@@ -638,6 +673,216 @@ class FileJobs:
         if live is not None:
             out.update(done=live.done, total=live.total, fps=round(live.fps, 1), eta_s=live.eta_s)
         return out
+
+    # --- review (issue #23): tracks, edits, re-render, originals ---
+    def review_dir(self, job_id: int, n: int) -> Path:
+        return self.jobs_dir / str(job_id) / "review" / str(n)
+
+    def can_see_originals(self, user: str) -> bool:
+        return self._any_user or user in self._originals
+
+    def _log_and_tracks(self, job_id: int, n: int) -> tuple[Any, Any] | None:
+        """The file's review log and its linked tracks, cached while the log is unchanged."""
+        from streamproxy.files.edits import link_tracks, read_log
+
+        folder = self.review_dir(job_id, n)
+        path = folder / "log.jsonl.gz"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        with self._lock:
+            hit = self._reviews.get((job_id, n))
+            if hit is not None and hit[0] == mtime:
+                self._reviews.move_to_end((job_id, n))
+                return hit[1], hit[2]
+        log_ = read_log(folder)
+        tracks = link_tracks(log_)
+        with self._lock:
+            self._reviews[(job_id, n)] = (mtime, log_, tracks)
+            while len(self._reviews) > 4:  # a long video's log is large: a few kept
+                self._reviews.popitem(last=False)
+        return log_, tracks
+
+    def review(self, job_id: int, n: int) -> dict[str, Any] | None:
+        row = self._db().file(job_id, n)
+        if row is None:
+            return None
+        got = self._log_and_tracks(job_id, n) if row.state in ("done", "rendering") else None
+        out: dict[str, Any] = {
+            "name": row.name,
+            "kind": row.kind,
+            "state": row.state,
+            "rendering": row.state == "rendering",
+            "error": row.error,
+            "edits": row.edits,
+            "reviewable": got is not None,
+            "proxy": self.proxy_path(job_id, n) is not None,
+        }
+        if got is None:
+            return out
+        log_, tracks = got
+        head = log_.header
+        out.update(
+            width=head["width"],
+            height=head["height"],
+            fps=head["fps"],
+            frames=head["frames"],
+            tracks=[
+                {
+                    "id": t.id,
+                    "first": t.first,
+                    "last": t.last,
+                    "boxes": {str(i): [*_box_list(b), round(float(sc), 3)] for i, (b, sc) in t.boxes.items()},
+                }
+                for t in tracks
+            ],
+            failed_frames=[fr.i for fr in log_.frames if fr.fail],
+        )
+        return out
+
+    def proxy_path(self, job_id: int, n: int) -> Path | None:
+        """What the review shows: the anonymized proxy of a video, the output of a photo."""
+        row = self._db().file(job_id, n)
+        if row is None or row.state not in ("done", "rendering"):
+            return None
+        if row.kind == "image":
+            return self.output_path(job_id, n) if row.state == "done" else None
+        proxy = self.review_dir(job_id, n) / "proxy.mp4"
+        return proxy if proxy.is_file() else None
+
+    def save_edits(self, job_id: int, n: int, user: str, data: Any) -> dict[str, Any]:
+        """The whole edits document, checked (ValueError names the key), saved in the database and beside
+        the output as `<output>.edits.json` (what the CLI's --edits takes)."""
+        from streamproxy.files.edits import edits_json, parse_edits
+
+        db = self._db()
+        row = db.file(job_id, n)
+        got = self._log_and_tracks(job_id, n)
+        if row is None or got is None or not row.dst:
+            raise ValueError(
+                "file: this file has no review (not finished, or made before the review existed)"
+            )
+        log_, _tracks = got
+        edits = parse_edits(data, log_.header["frames"], log_=log_)
+        doc = edits_json(edits)
+        doc["by"] = user or "-"
+        doc["saved"] = _iso(time.time())
+        db.set_file(job_id, n, edits=doc)
+        dst = Path(row.dst)
+        try:
+            tmp = dst.with_name(f".{dst.name}.edits.json.part")
+            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            tmp.replace(dst.with_name(f"{dst.name}.edits.json"))
+        except OSError as err:
+            log.warning(
+                "files: job %d: %s: the edits could not be written beside the output: %s",
+                job_id,
+                row.name,
+                err,
+            )
+        return doc
+
+    def follow(
+        self, job_id: int, n: int, frame: int, box: list[float], start: int, end: int,
+        keyframes: dict[int, list[float]] | None = None,
+    ) -> dict[int, list[float]]:  # fmt: skip
+        """Boxes of an added mask, followed on the original from the user's keyframes (slow: a thread)."""
+        from streamproxy.files.edits import follow
+        from streamproxy.types import Box
+
+        row = self._db().file(job_id, n)
+        if row is None or row.kind != "video":
+            raise ValueError("file: only a video's masks are followed")
+        src = self.input_path(job_id, n)
+        if src is None:
+            raise ValueError("file: the original is no longer kept: the mask cannot follow its object")
+        keys = {int(k): Box(*map(float, v)) for k, v in (keyframes or {}).items()}
+        boxes = follow(src, frame, Box(*map(float, box)), start, end, keys)
+        return {i: _box_list(b) for i, b in boxes.items()}
+
+    def rerender(self, job_id: int, n: int, user: str) -> None:
+        """Queue the file's re-render with its saved edits (the earlier output stays until it is done)."""
+        db = self._db()
+        row = db.file(job_id, n)
+        if row is None or row.state != "done":
+            raise ValueError("file: only a finished file can be re-rendered")
+        if self._log_and_tracks(job_id, n) is None:
+            raise ValueError(
+                "file: this file has no review data (made before the review existed): run it again"
+            )
+        if self.input_path(job_id, n) is None:
+            raise ValueError("file: the original is no longer kept: nothing to re-render from")
+        assert self._loop is not None
+        db.set_file(job_id, n, state="rendering", error="")
+        fut = self._loop.run_in_executor(self._pool, self._rerender, job_id, n, user)
+        self._renders.add(fut)
+        fut.add_done_callback(self._renders.discard)
+
+    def _rerender(self, job_id: int, n: int, user: str) -> None:
+        from streamproxy.files.edits import parse_edits
+
+        _lower_priority(self.nice)
+        db = self._db()
+        row, job = db.file(job_id, n), db.job(job_id)
+        if row is None or job is None or not row.dst:
+            return
+        got = self._log_and_tracks(job_id, n)
+        live = _Live(total=got[0].header["frames"] if got else 1)
+        with self._lock:
+            self._live[(job_id, n)] = live
+        try:
+            assert got is not None
+            req = JobRequest.from_json(job.request)
+            batch = self.batch_factory(req.engine(self.model_dir), req.keep_audio, user)
+            edits = parse_edits(
+                row.edits or {"format": "streamproxy-edits/1", "edits": []}, live.total, log_=got[0]
+            )
+            res = batch.rerender(
+                Job(Path(row.src), Path(row.dst), row.kind), self.review_dir(job_id, n), edits,
+                cancel=live.cancel, on_frame=live.frame, user=user,
+            )  # fmt: skip
+        except Exception as err:
+            log.exception("files: job %d: %s: re-render failed", job_id, row.name)
+            res = FileResult(Path(row.src), None, False, error=f"{type(err).__name__}: {err}")
+        finally:
+            with self._lock:
+                self._live.pop((job_id, n), None)
+        if res.ok:
+            db.set_file(job_id, n, state="done", error="", audit=res.audit)
+            log.info("files: job %d: %s re-rendered by %s with %d edit(s)", job_id, row.name, user or "-",
+                     len((row.edits or {}).get("edits", [])))  # fmt: skip
+        else:
+            why = "stopped" if res.cancelled else res.error
+            db.set_file(job_id, n, state="done", error=f"re-render failed ({why}): the earlier output stands")
+        job = db.job(job_id)
+        if job is not None and job.finished is not None:
+            record = self._record(job)
+            db.set_job(job_id, record=record)
+            self._write_record(job, record)
+
+    def record_original(self, job_id: int, n: int, user: str, what: str) -> None:
+        """An original (not anonymized) file or frame was shown: on the job's audit record."""
+        self._db().add_access(job_id, n, user, what)
+
+    def original_frame(self, job_id: int, n: int, frame: int, user: str) -> bytes | None:
+        """JPEG of the ORIGINAL picture at frame `frame` (the caller checked can_see_originals); recorded."""
+        src = self.input_path(job_id, n)
+        got = self._log_and_tracks(job_id, n)
+        row = self._db().file(job_id, n)
+        if src is None or got is None or row is None:
+            return None
+        log_ = got[0]
+        if not 0 <= frame < len(log_.frames):
+            return None
+        bgr = _decode_at(src, row.kind, log_.frames[frame].pts, log_.header)
+        if bgr is None:
+            return None
+        ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            return None
+        self.record_original(job_id, n, user, f"original frame {frame}")
+        return enc.tobytes()
 
     # --- running ---
     async def _worker(self) -> None:
@@ -715,7 +960,11 @@ class FileJobs:
 
         try:
             res = batch.run(
-                Job(src, dst, f.kind), cancel=live.cancel, on_frame=live.frame, on_picture=on_picture
+                Job(src, dst, f.kind),
+                cancel=live.cancel,
+                on_frame=live.frame,
+                on_picture=on_picture,
+                review_dir=self.review_dir(job.id, f.n),
             )
         except Exception as err:  # Batch.run reports bad files itself; this is the net under it
             log.exception("files: job %d: %s: failed", job.id, f.name)
@@ -863,3 +1112,34 @@ def _shown_output(job: JobRow, roots: Roots) -> str:
     if isinstance(out, dict) and out.get("root"):
         return f"{out['root']}/{out.get('path') or ''}".rstrip("/")
     return "kept in the job (download below)"
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _box_list(b: Any) -> list[float]:
+    return [round(float(v), 1) for v in (b.x1, b.y1, b.x2, b.y2)]
+
+
+def _decode_at(src: Path, kind: str, pts: int | None, header: dict[str, Any]) -> np.ndarray | None:
+    """The original picture of one frame (a photo: the image, EXIF orientation applied)."""
+    import av
+
+    from streamproxy.anonymize import RAW_FORMATS, exif_orientation, upright
+
+    if kind == "image":
+        data = np.fromfile(src, dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return upright(img, exif_orientation(data)) if img is not None else None
+    try:
+        with av.open(str(src), format=RAW_FORMATS.get(src.suffix.lower())) as c:
+            vs = c.streams.video[0]
+            if pts is not None:
+                c.seek(pts, stream=vs, backward=True, any_frame=False)
+            for f in c.decode(vs):
+                if pts is None or f.pts is None or f.pts >= pts:
+                    return f.to_ndarray(format="bgr24")
+    except (av.FFmpegError, OSError, IndexError):
+        return None
+    return None

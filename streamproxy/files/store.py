@@ -61,11 +61,20 @@ CREATE TABLE IF NOT EXISTS files (
     audit TEXT,                   -- the file's audit record (JSON)
     started REAL,
     finished REAL,
+    edits TEXT,                   -- the review's edits (JSON, files/edits.py's format), saved as made
     PRIMARY KEY (job_id, n)
+);
+CREATE TABLE IF NOT EXISTS access (
+    job_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    at REAL NOT NULL,
+    what TEXT NOT NULL            -- "original file" or "original frame <i>"
 );
 """
 
 INTERRUPTED = "interrupted by a restart of the service: nothing was written; run the file again"
+RENDER_INTERRUPTED = "re-rendering was interrupted by a restart: the earlier output stands; re-render again"
 FINAL_FILE = ("done", "failed", "cancelled")
 
 
@@ -85,6 +94,7 @@ class FileRow:
     audit: dict[str, Any] | None = None
     started: float | None = None
     finished: float | None = None
+    edits: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +128,9 @@ class Store:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers (the page) never wait for a writer
             self._db.executescript(SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
+            if "edits" not in cols:  # a database from before the review
+                self._db.execute("ALTER TABLE files ADD COLUMN edits TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -146,6 +159,10 @@ class Store:
                 (INTERRUPTED, now),
             )
             db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+            # A re-render writes under a temporary name: the earlier output is still whole.
+            db.execute(
+                "UPDATE files SET state = 'done', error = ? WHERE state = 'rendering'", (RENDER_INTERRUPTED,)
+            )
         return rows
 
     # --- jobs ---
@@ -236,7 +253,7 @@ class Store:
         return self._file(r) if r is not None else None
 
     def set_file(self, job_id: int, n: int, **values: Any) -> None:
-        for key in ("result", "audit"):
+        for key in ("result", "audit", "edits"):
             if key in values and values[key] is not None:
                 values[key] = json.dumps(values[key])
         cols = ", ".join(f"{k} = ?" for k in values)  # column names from our own keywords, never the client
@@ -252,6 +269,21 @@ class Store:
             args += (n,)
         with self._tx() as db:
             return db.execute(q, args).rowcount
+
+    # --- who opened an original ---
+    def add_access(self, job_id: int, n: int, user: str, what: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO access (job_id, n, user, at, what) VALUES (?, ?, ?, ?, ?)",
+                (job_id, n, user, time.time(), what),
+            )
+
+    def accesses(self, job_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT n, user, at, what FROM access WHERE job_id = ? ORDER BY at", (job_id,)
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     @staticmethod
     def _job(r: sqlite3.Row) -> JobRow:
@@ -288,4 +320,5 @@ class Store:
             audit=_loads(r["audit"]),
             started=r["started"],
             finished=r["finished"],
+            edits=_loads(r["edits"]),
         )

@@ -275,7 +275,11 @@ class FilesRoutes:
         return self._json(self.files.jobs())
 
     async def _job(self, request: web.Request) -> web.StreamResponse:
-        return self._json(self._known_job(_int(request, "id")))
+        job = self._known_job(_int(request, "id"))
+        if not self.files.can_see_originals(self.user(request)):
+            for f in job.get("files", []):
+                f["input"] = False  # the page offers no "original…" to this user
+        return self._json(job)
 
     async def _cancel_job(self, request: web.Request) -> web.StreamResponse:
         self._same_origin(request)
@@ -312,6 +316,11 @@ class FilesRoutes:
     async def _input(self, request: web.Request) -> web.StreamResponse:
         """The original, NOT anonymized: only when the person confirmed they want to see it."""
         job_id, n = self._known_file(request)
+        user = self.user(request)
+        if not self.files.can_see_originals(user):
+            raise web.HTTPForbidden(
+                text="this user may not open originals (not anonymized): server.users[].originals\n"
+            )
         if request.query.get("confirm") != "1":
             raise web.HTTPForbidden(
                 text="this is the ORIGINAL file, not anonymized: ask again with confirm=1 to see it\n"
@@ -321,6 +330,7 @@ class FilesRoutes:
             raise web.HTTPNotFound(text="the original of this file is no longer kept\n")
         log.warning("files: %s opened the ORIGINAL (not anonymized) of job %d file %d: %s from %s",
                     self.user(request) or "-", job_id, n, log_text(path.name), request.remote or "?")  # fmt: skip
+        self.files.record_original(job_id, n, user, "original file")  # on the job's audit record
         return self._send(path, inline=request.query.get("inline") == "1")
 
     @staticmethod
