@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import os
 import queue
@@ -23,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from PIL import Image
 
 from streamproxy.config import BULK_VIDEO_SECOND_LOOK, DetectorConfig, EngineConfig, quality_detector
 from streamproxy.engine.ahead import DetectAhead, ahead_sessions
-from streamproxy.engine.anonymizer import Anonymizer
+from streamproxy.engine.anonymizer import Anonymizer, PendingFrame
 from streamproxy.engine.detect import (
     CenterFaceDetector,
     FaceDetector,
@@ -44,10 +45,13 @@ from streamproxy.engine.detect import (
     create_detector,
 )
 from streamproxy.engine.models import MODELS, dynamic_model_bytes, model_path
+from streamproxy.engine.obfuscate import frame_from_planes, planes_from_bgr, planes_from_yuv420
 from streamproxy.engine.temporal import WEAK_THRESHOLD
 from streamproxy.engine.text import TextDetector, TextMasker, create_text_detector, mask_text_image
 from streamproxy.files import audit as audit_mod
-from streamproxy.types import AnonymizedFrame, Box, Detection
+from streamproxy.files import edits as edits_mod
+from streamproxy.files.edits import ReviewFrame
+from streamproxy.types import Box, Detection, Plane, Planes
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +456,7 @@ class _Seen:
         self.model = str(getattr(det, "model", ""))
         self.last_ms = 0.0
         self.boxes: list[Box] = []
+        self.dets: list[Detection] = []
 
     @property
     def upscale(self) -> float:
@@ -470,12 +475,12 @@ class _Seen:
         self.det.input_width = value
 
     def detect_bgr(self, img: np.ndarray) -> list[Detection]:
-        self.boxes = []
+        self.boxes, self.dets = [], []
         try:
             dets = self.det.detect_bgr(img)
         finally:
             self.last_ms = float(getattr(self.det, "last_ms", 0.0))
-        self.boxes = [d.box for d in dets]
+        self.boxes, self.dets = [d.box for d in dets], list(dets)
         return dets
 
     def detect_frame(self, frame: av.VideoFrame) -> list[Detection]:
@@ -493,6 +498,59 @@ def _check(cancel: threading.Event | None) -> None:
         raise Cancelled()
 
 
+def _read_picture(job: Job) -> tuple[np.ndarray, np.dtype[Any] | None] | None:
+    """A still as the engine works on it: upright, 8 bit (and the source depth to write back); None
+    when it is not a picture."""
+    data = np.fromfile(job.src, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    # The picture as people see it: EXIF orientation applied. A photo stored sideways would
+    # otherwise be searched sideways, where the detector misses faces. The output is written
+    # upright and without EXIF (cv2 does not copy it), which also drops GPS position and camera
+    # serial numbers: metadata that identifies people too.
+    img = upright(img, exif_orientation(data))
+    if img.dtype != np.uint8:
+        # 16-bit PNG/TIFF: work at 8 bit, write back at the source depth.
+        depth = img.dtype
+        return np.asarray(img / (257 if depth == np.uint16 else 1)).astype(np.uint8), depth
+    return img, None
+
+
+def _write_picture(
+    job: Job, out: np.ndarray, depth: np.dtype[Any] | None, cancel: threading.Event | None
+) -> str:
+    """Encode a still like its input and put it in place atomically; "" or what went wrong, in words."""
+    if depth is not None:
+        out = out.astype(np.float64) * (257 if depth == np.uint16 else 1)
+        out = out.astype(depth)
+    ext = job.src.suffix.lower()
+    params: list[int] = []
+    if ext in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 95]
+    ok, enc = cv2.imencode(ext, out, params)
+    if not ok:
+        return f"cannot write a {ext} picture"
+    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(job.dst)
+    try:
+        enc.tofile(tmp)
+        _check(cancel)
+        tmp.replace(job.dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ""
+
+
+def _still_planes(img: np.ndarray) -> Planes:
+    """Planes over a still as `Anonymizer.process_image` makes them (alpha left as it is)."""
+    h, w = img.shape[:2]
+    return Planes(w, h, (Plane(img, 1.0, 0),)) if img.ndim == 2 else planes_from_bgr(img[:, :, :3])
+
+
 def anonymize_image(
     job: Job,
     anonymizer: Anonymizer,
@@ -502,39 +560,31 @@ def anonymize_image(
     cancel: threading.Event | None = None,
     on_picture: Callable[[np.ndarray], None] | None = None,
     tally: _Tally | None = None,
+    review: _Review | None = None,
 ) -> FileResult:
     t0 = time.perf_counter()
     tally = tally if tally is not None else _Tally()
-    data = np.fromfile(job.src, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    got = _read_picture(job)
+    if got is None:
         return FileResult(job.src, None, False, error=NOT_A_PICTURE)
-    # The picture as people see it: EXIF orientation applied. A photo stored sideways would
-    # otherwise be searched sideways, where the detector misses faces. The output is written
-    # upright and without EXIF (cv2 does not copy it), which also drops GPS position and camera
-    # serial numbers: metadata that identifies people too.
-    img = upright(img, exif_orientation(data))
-    work: np.ndarray
-    if img.dtype != np.uint8:
-        # 16-bit PNG/TIFF: work at 8 bit, write back at the source depth.
-        depth = img.dtype
-        work = np.asarray(img / (257 if depth == np.uint16 else 1)).astype(np.uint8)
-    else:
-        depth = None
-        work = img
+    work, depth = got
     if anonymizer.detector is not None:
         anonymizer.detector.input_width = image_detector_width(
             anonymizer.cfg, max(work.shape[:2]), input_width
         )
     _check(cancel)
     out, faces, failed = anonymizer.process_image(work)
+    face_fail = ("model_missing" if anonymizer.detector is None else "detector_error") if failed else ""
     if failed:
-        tally.fail("model_missing" if anonymizer.detector is None else "detector_error")
+        tally.fail(face_fail)
     regions = 0
+    text_fail = False
+    applied: list[Box] = []
     if out is not None and text is not None and not failed:
         # objects: plates: text regions masked too; a failing text detector obfuscates the whole picture.
-        regions, failed = mask_text_image(out, text, anonymizer.cfg)
+        regions, failed = mask_text_image(out, text, anonymizer.cfg, applied)
         if failed:
+            text_fail = True
             tally.fail("text_detector_error")
             if anonymizer.cfg.fail_closed.action == "drop":
                 out = None
@@ -548,27 +598,15 @@ def anonymize_image(
                           error="dropped: detection failed (fail-closed action is drop)")  # fmt: skip
     _check(cancel)
     _Pictures(on_picture).offer_image(out)  # the anonymized picture, never the input
-    if depth is not None:
-        out = out.astype(np.float64) * (257 if depth == np.uint16 else 1)
-        out = out.astype(depth)
-    ext = job.src.suffix.lower()
-    params: list[int] = []
-    if ext in (".jpg", ".jpeg"):
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 95]
-    ok, enc = cv2.imencode(ext, out, params)
-    if not ok:
-        return FileResult(job.src, None, False, error=f"cannot write a {ext} picture")
-    job.dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(job.dst)
-    try:
-        enc.tofile(tmp)
-        _check(cancel)
-        tmp.replace(job.dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if review is not None:
+        h, w = work.shape[:2]
+        dets = tuple((d.box, d.score) for d in seen.dets) if isinstance(seen, _Seen) and not face_fail else ()
+        review.image(w, h, ReviewFrame(0, 0, anonymizer.last_masks if not face_fail else (), dets,
+                                       tuple(applied), face_fail or ("text_detector_error" if text_fail else ""),
+                                       False, text_fail))  # fmt: skip
+    error = _write_picture(job, out, depth, cancel)
+    if error:
+        return FileResult(job.src, None, False, error=error)
     return FileResult(job.src, job.dst, True, faces=faces, frames=1, fail_closed_frames=int(failed),
                       seconds=time.perf_counter() - t0, text_regions=regions, tracks=faces,
                       face_frames=int(faces > 0), kind="image")  # fmt: skip
@@ -624,6 +662,7 @@ def anonymize_video(
     cancel: threading.Event | None = None,
     on_picture: Callable[[np.ndarray], None] | None = None,
     tally: _Tally | None = None,
+    review: _Review | None = None,
 ) -> FileResult:
     """One video: frames masked by the forward tracker and the temporal fill (see
     `Anonymizer.push_offline`); `strong` is the score a face needs to count (`weak_candidates`).
@@ -631,12 +670,13 @@ def anonymize_video(
     `on_frame(n)`: n input frames done so far. Cancel is checked at every frame: the run stops
     (`Cancelled`), its threads are joined. Whatever ends the run early (cancel, an error, Ctrl+C's
     KeyboardInterrupt) removes the temporary output: only a complete output is ever renamed into place.
+    With `review`, each frame's masks go to the review log and the frame to the review proxy.
     """
     tmp = _tmp_path(job.dst)
     state: dict[str, Any] = {"frames": 0}
     try:
         return _anonymize_video(job, anonymizer, keep_audio, on_frame, text, strong, cancel, on_picture,
-                                tally if tally is not None else _Tally(), tmp, state)  # fmt: skip
+                                tally if tally is not None else _Tally(), tmp, state, review)  # fmt: skip
     except _NoVideo:
         tmp.unlink(missing_ok=True)
         return FileResult(job.src, None, False, error=NO_VIDEO)
@@ -652,6 +692,100 @@ def anonymize_video(
         raise
 
 
+def _input_timing(vin: av.VideoStream) -> tuple[Fraction, Fraction]:
+    """A video stream's frame rate and time base (what the output keeps)."""
+    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+    return Fraction(rate), Fraction(vin.time_base or Fraction(1, 90000))
+
+
+def _video_stream(
+    out: av.container.OutputContainer,
+    encoder: str,
+    width: int,
+    height: int,
+    rate: Fraction,
+    time_base: Fraction,
+) -> av.VideoStream:
+    """The output's video stream: one place for the encoder settings, so that a re-render (issue #23)
+    encodes exactly as the run did."""
+    vout: av.VideoStream = out.add_stream(encoder, rate=rate)  # type: ignore[assignment]
+    vout.width = width
+    vout.height = height
+    if encoder == "mjpeg":
+        vout.pix_fmt = "yuvj420p"
+    elif encoder == "rawvideo":
+        vout.pix_fmt = "yuv420p"
+    else:
+        vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
+    # Keep the input's timestamps: same frame count and timing, VFR included.
+    vout.time_base = time_base
+    vout.codec_context.time_base = time_base
+    if encoder == "libx264":
+        # superfast: about twice veryfast's speed here at the same quality (crf), larger files.
+        vout.options = {"preset": "superfast", "crf": "21"}
+    elif encoder == "libx265":
+        vout.options = {"preset": "ultrafast", "crf": "22", "x265-params": "log-level=error"}
+    elif encoder == "libvpx-vp9":
+        vout.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+    vout.codec_context.thread_count = _encoder_threads(encoder, vout.width, vout.height)
+    return vout
+
+
+def _audio_stream(
+    job: Job, inp: av.container.InputContainer, out: av.container.OutputContainer, keep_audio: bool
+) -> tuple[str, Any, Any]:
+    """(audio: "removed" | "kept" | "none", input audio stream, output audio stream) for a video:
+    the audio is copied only when asked (speech is personal data)."""
+    audio = "removed" if inp.streams.audio else "none"
+    ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
+    aout = None
+    if ain is not None:
+        try:
+            aout = out.add_stream_from_template(ain)
+            audio = "kept"
+        except (ValueError, av.FFmpegError) as err:
+            log.warning("%s: audio not copied, the output has none (%s)", job.src, err)
+    return audio, ain, aout
+
+
+def _demuxer(
+    inp: av.container.InputContainer, streams: list[Any], stages: _Stages, ahead: DetectAhead | None = None
+) -> Callable[[], None]:
+    def demux() -> None:
+        # Thread 1: demux + decode (audio packets ride along, in order); each frame's detection
+        # starts here, ahead of the engine (engine/ahead.py).
+        for packet in inp.demux(streams):
+            if packet.stream.type == "audio":
+                if packet.dts is not None and not stages.put(stages.decoded, ("a", packet)):
+                    return
+                continue
+            for frame in packet.decode():
+                if ahead is not None and isinstance(frame, av.VideoFrame):
+                    ahead.submit(frame)
+                if not stages.put(stages.decoded, ("v", frame)):
+                    return
+
+    return demux
+
+
+def _muxer(out: av.container.OutputContainer, vout: Any, aout: Any, stages: _Stages) -> Callable[[], None]:
+    def mux() -> None:
+        # Thread 3: encode + mux. Only this thread touches the output container.
+        while (item := stages.get(stages.anonymized)) is not None:
+            kind, obj = item
+            if kind == "a":
+                obj.stream = aout
+                out.mux(obj)
+            else:
+                for p in vout.encode(obj):
+                    out.mux(p)
+        if not stages.stop.is_set():
+            for p in vout.encode(None):
+                out.mux(p)
+
+    return mux
+
+
 def _anonymize_video(
     job: Job,
     anonymizer: Anonymizer,
@@ -664,11 +798,11 @@ def _anonymize_video(
     tally: _Tally,
     tmp: Path,
     state: dict[str, Any],
+    review: _Review | None = None,
 ) -> FileResult:
     t0 = time.perf_counter()
     encoder, fmt = _out_codec(job.dst)
     frames = faces = failed_frames = widened = face_frames = 0
-    audio = "none"
     pictures = _Pictures(on_picture)
     # objects: plates: the face-anonymized frames pass through the text masker, which holds up to
     # text.detect_every - 1 of them until its next run (frames keep their order and timestamps).
@@ -680,84 +814,36 @@ def _anonymize_video(
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         vin = inp.streams.video[0]
         vin.thread_type = "AUTO"  # bulk mode is about throughput; frame threading's delay is irrelevant
-        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-        if inp.streams.audio:
-            audio = "removed"  # speech is personal data: kept only when asked (--keep-audio)
-        ain = inp.streams.audio[0] if (keep_audio and inp.streams.audio) else None
+        rate, time_base = _input_timing(vin)
         with av.open(str(tmp), "w", format=fmt) as out:
-            vout: av.VideoStream = out.add_stream(encoder, rate=rate)  # type: ignore[assignment]
-            vout.width = vin.codec_context.width
-            vout.height = vin.codec_context.height
-            if encoder == "mjpeg":
-                vout.pix_fmt = "yuvj420p"
-            elif encoder == "rawvideo":
-                vout.pix_fmt = "yuv420p"
-            else:
-                vout.pix_fmt = "yuv420p" if (vout.width % 2 == 0 and vout.height % 2 == 0) else "yuv444p"
-            # Keep the input's timestamps: same frame count and timing, VFR included.
-            time_base = vin.time_base or Fraction(1, 90000)
-            vout.time_base = time_base
-            vout.codec_context.time_base = time_base
-            if encoder == "libx264":
-                # superfast: about twice veryfast's speed here at the same quality (crf), larger files.
-                vout.options = {"preset": "superfast", "crf": "21"}
-            elif encoder == "libx265":
-                vout.options = {"preset": "ultrafast", "crf": "22", "x265-params": "log-level=error"}
-            elif encoder == "libvpx-vp9":
-                vout.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
-            vout.codec_context.thread_count = _encoder_threads(encoder, vout.width, vout.height)
-            aout = None
-            if ain is not None:
-                try:
-                    aout = out.add_stream_from_template(ain)
-                    audio = "kept"
-                except (ValueError, av.FFmpegError) as err:
-                    log.warning("%s: audio not copied, the output has none (%s)", job.src, err)
+            width, height = vin.codec_context.width, vin.codec_context.height
+            vout = _video_stream(out, encoder, width, height, rate, time_base)
+            audio, ain, aout = _audio_stream(job, inp, out, keep_audio)
+            if review is not None:
+                review.video(job.src.name, width, height, rate, time_base)
             step = max(1, round(1 / (float(rate) * float(time_base)))) if rate else 1
             streams = [vin] if aout is None or ain is None else [vin, ain]
             stages = _Stages()
             ahead = anonymizer.detector if isinstance(anonymizer.detector, DetectAhead) else None
-
-            def demux() -> None:
-                # Thread 1: demux + decode (audio packets ride along, in order); each frame's
-                # detection starts here, ahead of the engine (engine/ahead.py).
-                for packet in inp.demux(streams):
-                    if packet.stream.type == "audio":
-                        if packet.dts is not None and not stages.put(stages.decoded, ("a", packet)):
-                            return
-                        continue
-                    for frame in packet.decode():
-                        if ahead is not None and isinstance(frame, av.VideoFrame):
-                            ahead.submit(frame)
-                        if not stages.put(stages.decoded, ("v", frame)):
-                            return
-
-            def mux() -> None:
-                # Thread 3: encode + mux. Only this thread touches the output container.
-                while (item := stages.get(stages.anonymized)) is not None:
-                    kind, obj = item
-                    if kind == "a":
-                        obj.stream = aout
-                        out.mux(obj)
-                    else:
-                        for p in vout.encode(obj):
-                            out.mux(p)
-                if not stages.stop.is_set():
-                    for p in vout.encode(None):
-                        out.mux(p)
+            demux = _demuxer(inp, streams, stages, ahead)
+            mux = _muxer(out, vout, aout, stages)
 
             held_pts: deque[int] = deque()
-            # Time of each frame waiting in the text masker, and whether it had pixels (not dropped).
-            text_t: deque[tuple[float, bool]] = deque()
+            # Each frame waiting in the text masker: its time, whether it had pixels (not dropped),
+            # and its review log line so far.
+            text_t: deque[tuple[float, bool, ReviewFrame | None]] = deque()
 
-            def emit(frame: av.VideoFrame | None) -> None:
+            def emit(frame: av.VideoFrame | None, row: ReviewFrame | None) -> None:
                 # The anonymized frame, final: offered as the picture before the encoder thread has it.
                 if frame is not None:
                     pictures.offer_frame(frame)
+                if review is not None and row is not None:
+                    review.add(row, frame)
                 _emit(stages, frame, vout.pix_fmt)
 
-            def deliver(res: AnonymizedFrame, pts: int) -> None:
+            def deliver(pending: PendingFrame, pts: int) -> None:
                 nonlocal faces, failed_frames, widened, face_frames
+                res = pending.render()
                 t = float(pts * time_base)
                 faces += res.tracks
                 face_frames += int(res.tracks > 0)
@@ -767,19 +853,31 @@ def _anonymize_video(
                 if res.frame is not None:
                     res.frame.pts = pts
                     res.frame.time_base = time_base
+                row = None
+                if review is not None:
+                    fail = res.fail_reason if res.fail_closed else ""
+                    row = ReviewFrame(0, pts, () if fail else pending.masks,
+                                      tuple((d.box, d.score) for d in pending.detections), (), fail,
+                                      res.frame is None)  # fmt: skip
                 if masker is None:
-                    emit(res.frame)
+                    emit(res.frame, row)
                 else:
-                    text_t.append((t, res.frame is not None))
+                    text_t.append((t, res.frame is not None, row))
                     for tout in masker.push(res.frame, t):
-                        text_out(tout.frame, tout.regions, tout.fail_closed)
+                        text_out(tout.frame, tout.regions, tout.fail_closed, tout.masks)
 
-            def text_out(frame: av.VideoFrame | None, regions: int, fail: bool) -> None:
-                t, had = text_t.popleft() if text_t else (0.0, False)
+            def text_out(
+                frame: av.VideoFrame | None, regions: int, fail: bool, masks: tuple[Box, ...]
+            ) -> None:
+                t, had, row = text_t.popleft() if text_t else (0.0, False, None)
                 tally.band(t).plates += regions
                 if fail and had:
                     tally.fail("text_detector_error")
-                emit(frame)
+                if row is not None:
+                    failed = fail and had
+                    row = replace(row, text=() if failed else masks, text_fail=failed, drop=frame is None,
+                                  fail=row.fail or (edits_mod.TEXT_FAIL if failed else ""))  # fmt: skip
+                emit(frame, row)
 
             # Thread 2 (this one): the engine. Decode and encode overlap with detection;
             # PyAV and onnxruntime release the GIL while they work. The detection workers
@@ -799,19 +897,19 @@ def _anonymize_video(
                     last_pts = pts
                     # Frames leave the engine up to a second later (push_offline), in order.
                     held_pts.append(pts)
-                    for res in anonymizer.push_offline(frame, float(pts * time_base), strong):
-                        deliver(res, held_pts.popleft())
+                    for pending in anonymizer.push_offline_pending(frame, float(pts * time_base), strong):
+                        deliver(pending, held_pts.popleft())
                     frames += 1
                     state["frames"] = frames
                     if on_frame:
                         on_frame(frames)
                 _check(cancel)
                 if not stages.stop.is_set():
-                    for res in anonymizer.flush_offline():
-                        deliver(res, held_pts.popleft())
+                    for pending in anonymizer.flush_offline_pending():
+                        deliver(pending, held_pts.popleft())
                 if masker is not None and not stages.stop.is_set():
                     for tout in masker.flush():
-                        text_out(tout.frame, tout.regions, tout.fail_closed)
+                        text_out(tout.frame, tout.regions, tout.fail_closed, tout.masks)
             if inp.duration:
                 tally.duration_s = inp.duration / 1_000_000
             elif last_pts is not None and tally.t0 is not None:
@@ -820,6 +918,8 @@ def _anonymize_video(
         tmp.unlink(missing_ok=True)
         return FileResult(job.src, None, False, error=NO_FRAMES)
     _check(cancel)
+    if review is not None:
+        review.close()  # the proxy's last frames encoded (before the output is in place)
     tmp.replace(job.dst)
     if masker is not None:
         failed_frames += masker.stats.fail_closed_frames
@@ -863,6 +963,180 @@ def _emit(stages: _Stages, frame: av.VideoFrame | None, pix_fmt: str | None) -> 
 def audit_path(dst: Path) -> Path:
     """Where a file's audit record is written: beside its output, `<output>.audit.json`."""
     return dst.with_name(dst.name + ".audit.json")
+
+
+def edits_path(dst: Path) -> Path:
+    """Where a file's review edits are written: beside its output, `<output>.edits.json`."""
+    return dst.with_name(dst.name + ".edits.json")
+
+
+# The review proxy (issue #23): the anonymized frames at most this wide, a keyframe every PROXY_GOP
+# frames (the review page seeks to any frame by decoding at most that many), libx264 ultrafast at a
+# quality good enough to see where the masks are.
+PROXY_MAX_WIDTH = 640
+PROXY_GOP = 25
+PROXY_CRF = "28"
+_END = object()
+
+
+class _Proxy:
+    """The review proxy, encoded in a thread of its own (at the helpers' priority) from the final
+    anonymized frames, never the original: frame i at pts i (constant rate), a dropped frame black.
+
+    Written under `path` (a temporary name); a failure here never fails the file: the proxy is
+    marked broken, `close` says so, and the file simply has no review."""
+
+    def __init__(self, path: Path, width: int, height: int, rate: Fraction) -> None:
+        pw = max(2, min(PROXY_MAX_WIDTH, width) // 2 * 2)
+        ph = max(2, round(height * pw / max(1, width)) // 2 * 2)
+        self.path, self.size, self.rate = path, (pw, ph), rate
+        self.error: BaseException | None = None
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="review-proxy", daemon=True)
+        self._thread.start()
+
+    def put(self, frame: av.VideoFrame | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(frame, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """The last frames encoded and the file closed; raises what went wrong, if anything."""
+        self.put(_END)  # type: ignore[arg-type]
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        try:
+            _lower_priority()
+            pw, ph = self.size
+            tb = 1 / self.rate
+            # The track's timescale is the rate's numerator: at a whole frame rate frame i has pts i.
+            opts = {"movflags": "+faststart", "video_track_timescale": str(self.rate.numerator)}
+            with av.open(str(self.path), "w", format="mp4", options=opts) as out:
+                vs: av.VideoStream = out.add_stream("libx264", rate=self.rate)
+                vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
+                vs.time_base = tb
+                vs.codec_context.time_base = tb
+                gop = str(PROXY_GOP)
+                vs.options = {"preset": "ultrafast", "crf": PROXY_CRF, "g": gop, "keyint_min": gop,
+                              "sc_threshold": "0"}  # fmt: skip
+                vs.codec_context.thread_count = 1
+                i = 0
+                while True:
+                    try:
+                        item = self._q.get(timeout=0.2)
+                    except queue.Empty:
+                        if self._stop.is_set():
+                            return
+                        continue
+                    if item is _END:
+                        break
+                    f = self._small(item)
+                    f.pts, f.time_base = i, tb
+                    for pkt in vs.encode(f):
+                        out.mux(pkt)
+                    i += 1
+                for pkt in vs.encode(None):
+                    out.mux(pkt)
+        except BaseException as err:
+            log.warning("review proxy %s: %s", self.path, err, exc_info=True)
+            self.error = err
+            self._stop.set()
+
+    def _small(self, frame: av.VideoFrame | None) -> av.VideoFrame:
+        pw, ph = self.size
+        if frame is None:  # dropped (failed closed): black
+            black = np.full((ph * 3 // 2, pw), 128, np.uint8)
+            black[:ph] = 16
+            return av.VideoFrame.from_ndarray(black, format="yuv420p")
+        small = frame.reformat(width=pw, height=ph, format="yuv420p")
+        if small is frame:  # the encoder thread has this frame too: never touch its timing
+            small = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+        return small
+
+
+class _Review:
+    """What `Batch.run(review_dir=...)` leaves for the review (files/edits.py): the review log, and
+    for a video the proxy; both under temporary names until `finish` (nothing half-written stays)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = folder
+        self.log: edits_mod.LogWriter | None = None
+        self.proxy: _Proxy | None = None
+        self.frames = 0
+        self.closed = False
+
+    def video(self, name: str, width: int, height: int, rate: Fraction, time_base: Fraction) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        header = {"kind": "video", "input_name": name, "width": width, "height": height, "fps": float(rate),
+                  "rate": f"{rate.numerator}/{rate.denominator}",
+                  "time_base": f"{time_base.numerator}/{time_base.denominator}"}  # fmt: skip
+        self.log = edits_mod.LogWriter(self.dir, header)
+        self.proxy = _Proxy(self.dir / f".{edits_mod.PROXY_NAME}.part", width, height, rate)
+
+    def image(self, width: int, height: int, row: ReviewFrame) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        header = {"kind": "image", "input_name": "", "width": width, "height": height, "fps": 0,
+                  "time_base": "1/1"}  # fmt: skip
+        self.log = edits_mod.LogWriter(self.dir, header)
+        self.log.add(row)
+
+    def add(self, row: ReviewFrame, frame: av.VideoFrame | None) -> None:
+        assert self.log is not None and self.proxy is not None
+        self.log.add(replace(row, i=self.frames))
+        self.frames += 1
+        self.proxy.put(frame)
+
+    def close(self) -> None:
+        """The proxy finished (a failure is logged: the file then has no review, nothing else)."""
+        if self.proxy is not None and not self.closed:
+            self.closed = True
+            try:
+                self.proxy.close()
+            except BaseException as err:
+                log.warning("%s: the review proxy could not be made: %s", self.dir, err)
+
+    def finish(self, input_name: str, input_sha256: str) -> bool:
+        """Put the log and the proxy in place (the log last: it says the review is there)."""
+        if self.log is None:
+            return False
+        self.close()
+        if self.proxy is not None and self.proxy.error is not None:
+            self.abort()
+            return False
+        try:
+            (self.dir / edits_mod.LOG_NAME).unlink(missing_ok=True)
+            proxy = self.dir / edits_mod.PROXY_NAME
+            if self.proxy is not None:
+                self.proxy.path.replace(proxy)
+            else:
+                proxy.unlink(missing_ok=True)
+            self.log.header["input_name"] = input_name
+            self.log.finish(input_sha256)
+            self.log = None
+            return True
+        except OSError as err:
+            log.warning("%s: the review could not be written: %s", self.dir, err)
+            self.abort()
+            return False
+
+    def abort(self) -> None:
+        if self.proxy is not None:
+            self.proxy.abort()
+        if self.log is not None:
+            self.log.abort()
+            self.log = None
 
 
 # The face models' classes, for the hash of what each loads (the edited copy with an open input size).
@@ -1021,6 +1295,7 @@ class Batch:
         cancel: threading.Event | None = None,
         on_frame: Callable[[int], None] | None = None,
         on_picture: Callable[[np.ndarray], None] | None = None,
+        review_dir: Path | None = None,
     ) -> FileResult:
         """Anonymize one file. Never raises for a bad file (FileResult.error says what, in words).
 
@@ -1029,24 +1304,37 @@ class Batch:
         at every frame: FileResult(ok=False, cancelled=True), no output, no temporary file. With
         audit, `<output>.audit.json` is written beside the output and set in FileResult.audit (a
         failed or cancelled file gets a record there too, not written: it has no output).
+
+        `review_dir` (issue #23): the review log (`log.jsonl.gz`, files/edits.py) and, for a video,
+        the review proxy (`proxy.mp4`) are written there, in place once the output is; a failed or
+        cancelled file leaves nothing there, a failure of the review alone only logs a warning.
         """
         with self._lock:
             started = time.time()
             tally = _Tally()
+            review = _Review(review_dir) if review_dir is not None else None
             try:
-                _check(cancel)
-                if job.kind == "image":
-                    res = self._run_image(job, tally, cancel, on_frame, on_picture)
-                else:
-                    res = self._run_video(job, tally, cancel, on_frame, on_picture)
-            except Cancelled:
-                res = FileResult(job.src, None, False, error=CANCELLED, cancelled=True)
-            except Exception as err:  # a bad file must never end the batch
-                log.debug("%s: failed", job.src, exc_info=True)
-                res = FileResult(job.src, None, False, error=describe_error(err, job))
-            res.kind = job.kind
-            if self.audit:
-                self._audit(job, res, tally, started)
+                try:
+                    _check(cancel)
+                    if job.kind == "image":
+                        res = self._run_image(job, tally, cancel, on_frame, on_picture, review)
+                    else:
+                        res = self._run_video(job, tally, cancel, on_frame, on_picture, review)
+                except Cancelled:
+                    res = FileResult(job.src, None, False, error=CANCELLED, cancelled=True)
+                except Exception as err:  # a bad file must never end the batch
+                    log.debug("%s: failed", job.src, exc_info=True)
+                    res = FileResult(job.src, None, False, error=describe_error(err, job))
+                res.kind = job.kind
+                if self.audit:
+                    self._audit(job, res, tally, started)
+                if review is not None and res.ok:
+                    inp = (res.audit or {}).get("input") or {}
+                    sha = inp.get("sha256") or audit_mod.sha256_file(job.src)
+                    review.finish(job.src.name, str(sha))
+            finally:
+                if review is not None:
+                    review.abort()  # whatever was not put in place
             return res
 
     def _image_det(self) -> FaceDetector:
@@ -1061,6 +1349,7 @@ class Batch:
         cancel: threading.Event | None,
         on_frame: Callable[[int], None] | None,
         on_picture: Callable[[np.ndarray], None] | None,
+        review: _Review | None = None,
     ) -> FileResult:
         det = self._image_det()
         if self.upscale is not None:
@@ -1069,7 +1358,7 @@ class Batch:
             det.upscale = IMAGE_UPSCALE if self._given else self.image_cfg.upscale
         anonymizer = Anonymizer(self.cfg, name=job.src.name, detector=_Seen(det))
         res = anonymize_image(job, anonymizer, self.input_width, self._text, cancel=cancel,
-                              on_picture=on_picture, tally=tally)  # fmt: skip
+                              on_picture=on_picture, tally=tally, review=review)  # fmt: skip
         if on_frame:
             on_frame(1)
         return res
@@ -1081,6 +1370,7 @@ class Batch:
         cancel: threading.Event | None,
         on_frame: Callable[[int], None] | None,
         on_picture: Callable[[np.ndarray], None] | None,
+        review: _Review | None = None,
     ) -> FileResult:
         det = self._detector
         det.input_width = self._video_width
@@ -1088,7 +1378,7 @@ class Batch:
         anonymizer = Anonymizer(self.cfg, name=job.src.name, detector=det)
         with weak_candidates(det) as strong:
             return anonymize_video(job, anonymizer, self.keep_audio, on_frame, self._text, strong=strong,
-                                   cancel=cancel, on_picture=on_picture, tally=tally)  # fmt: skip
+                                   cancel=cancel, on_picture=on_picture, tally=tally, review=review)  # fmt: skip
 
     def _audit(self, job: Job, res: FileResult, tally: _Tally, started: float) -> None:
         state = "done" if res.ok else ("cancelled" if res.cancelled else "failed")
@@ -1107,6 +1397,226 @@ class Batch:
             # The output is complete and anonymized; its record is what is missing: said, not hidden.
             log.warning("%s: the audit record could not be written: %s", res.dst or job.src, err)
             res.error = f"anonymized, but its audit record could not be written ({err.strerror or err})"
+
+    # --- review before export (issue #23) ---
+
+    def rerender(
+        self,
+        job: Job,
+        review_dir: Path,
+        edits: edits_mod.Edits,
+        *,
+        cancel: threading.Event | None = None,
+        on_frame: Callable[[int], None] | None = None,
+        user: str = "",
+        audit: dict[str, Any] | None = None,
+    ) -> FileResult:
+        """Render `job.src` again with the masks of its review log changed by `edits`; no detector runs.
+
+        Each frame gets `edits.masks_for` through `edits.render`: the engine's obfuscation in the
+        engine's order, so that no edits give the run's own frames; the output is encoded as `run`
+        encodes it (same encoder settings, the input's timestamps, audio only with keep_audio) and
+        replaces `job.dst` atomically. Then `<dst>.audit.json` gets an "edits" section (who, when,
+        what, how many of each) and the new output's size and SHA-256 (`audit`: the record to start
+        from, else the one beside the output), and `<dst>.edits.json` is written. Never raises for a
+        bad file; on any error or cancel the earlier output and its record stay as they were.
+        """
+        with self._lock:
+            started = time.time()
+            tmp = _tmp_path(job.dst)
+            try:
+                _check(cancel)
+                log_ = edits_mod.read_log(review_dir)
+                problem = _review_mismatch(job, log_, edits)
+                if problem:
+                    return FileResult(job.src, None, False, error=problem, kind=job.kind)
+                tracks = edits_mod.link_tracks(log_)
+                if job.kind == "image":
+                    res = self._rerender_image(job, log_, tracks, edits, cancel)
+                else:
+                    res = self._rerender_video(job, log_, tracks, edits, tmp, cancel, on_frame)
+            except Cancelled:
+                tmp.unlink(missing_ok=True)
+                res = FileResult(job.src, None, False, error=CANCELLED, cancelled=True)
+            except Exception as err:  # the earlier output stays
+                tmp.unlink(missing_ok=True)
+                log.debug("%s: re-render failed", job.src, exc_info=True)
+                res = FileResult(job.src, None, False, error=describe_error(err, job))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            res.kind = job.kind
+            if res.ok:
+                self._record_edits(job, res, edits, user or self.user, started, audit)
+            return res
+
+    def _rerender_image(
+        self,
+        job: Job,
+        log_: edits_mod.ReviewLog,
+        tracks: list[edits_mod.ReviewTrack],
+        edits: edits_mod.Edits,
+        cancel: threading.Event | None,
+    ) -> FileResult:
+        t0 = time.perf_counter()
+        got = _read_picture(job)
+        if got is None:
+            return FileResult(job.src, None, False, error=NOT_A_PICTURE)
+        work, depth = got
+        if (work.shape[1], work.shape[0]) != (log_.width, log_.height) or len(log_.frames) != 1:
+            return FileResult(job.src, None, False, error=CHANGED)
+        fm = edits_mod.masks_for(0, log_, tracks, edits)
+        if fm.drop:
+            return FileResult(
+                job.src, None, False, error="the picture failed closed and was dropped: no output"
+            )
+        out = work.copy()
+        edits_mod.render(_still_planes(out), fm, self.cfg, clip=False)
+        _check(cancel)
+        error = _write_picture(job, out, depth, cancel)
+        if error:
+            return FileResult(job.src, None, False, error=error)
+        fr = log_.frames[0]
+        return FileResult(job.src, job.dst, True, frames=1, fail_closed_frames=int(bool(fr.fail)),
+                          seconds=time.perf_counter() - t0, tracks=len(tracks), kind="image")  # fmt: skip
+
+    def _rerender_video(
+        self,
+        job: Job,
+        log_: edits_mod.ReviewLog,
+        tracks: list[edits_mod.ReviewTrack],
+        edits: edits_mod.Edits,
+        tmp: Path,
+        cancel: threading.Event | None,
+        on_frame: Callable[[int], None] | None,
+    ) -> FileResult:
+        t0 = time.perf_counter()
+        encoder, fmt = _out_codec(job.dst)
+        rows = log_.frames
+        done = 0
+        with av.open(str(job.src), format=RAW_FORMATS.get(job.src.suffix.lower())) as inp:
+            if not inp.streams.video:
+                raise _NoVideo()
+            vin = inp.streams.video[0]
+            vin.thread_type = "AUTO"
+            rate, time_base = _input_timing(vin)
+            width, height = vin.codec_context.width, vin.codec_context.height
+            if (width, height) != (log_.width, log_.height):
+                return FileResult(job.src, None, False, error=CHANGED)
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            with av.open(str(tmp), "w", format=fmt) as out:
+                vout = _video_stream(out, encoder, width, height, rate, time_base)
+                audio, ain, aout = _audio_stream(job, inp, out, self.keep_audio)
+                streams = [vin] if aout is None or ain is None else [vin, ain]
+                stages = _Stages()
+                # The same three threads as a run: decode, this one (masks), encode.
+                with stages.running(_demuxer(inp, streams, stages), _muxer(out, vout, aout, stages)):
+                    while (item := stages.get(stages.decoded)) is not None:
+                        _check(cancel)
+                        kind, frame = item
+                        if kind == "a":
+                            stages.put(stages.anonymized, item)
+                            continue
+                        if done >= len(rows):
+                            raise _Changed()
+                        fm = edits_mod.masks_for(done, log_, tracks, edits)
+                        pts = rows[done].pts
+                        done += 1
+                        if not fm.drop:
+                            planes, buf = planes_from_yuv420(frame)
+                            edits_mod.render(planes, fm, self.cfg, clip=True)
+                            of = frame_from_planes(buf, frame)
+                            of.pts, of.time_base = pts, time_base
+                            _emit(stages, of, vout.pix_fmt)
+                        if on_frame:
+                            on_frame(done)
+                    _check(cancel)
+                if done != len(rows):
+                    raise _Changed()
+        _check(cancel)
+        tmp.replace(job.dst)
+        return FileResult(job.src, job.dst, True, frames=done,
+                          fail_closed_frames=sum(bool(r.fail) for r in rows), seconds=time.perf_counter() - t0,
+                          tracks=len(tracks), audio=audio, kind="video",
+                          face_frames=sum(bool(r.masks) for r in rows))  # fmt: skip
+
+    def _record_edits(
+        self,
+        job: Job,
+        res: FileResult,
+        edits: edits_mod.Edits,
+        user: str,
+        started: float,
+        base: dict[str, Any] | None,
+    ) -> None:
+        """`<dst>.edits.json`, and the audit record with its "edits" section and the new output."""
+        doc = edits_mod.edits_json(edits)
+        doc["by"] = user or doc.get("by", "")
+        doc["saved"] = doc.get("saved") or audit_mod.utc_iso(started)
+        try:
+            audit_mod.write_json(edits_path(job.dst), doc)
+        except OSError as err:
+            log.warning("%s: the edits could not be written beside the output: %s", job.dst, err)
+            res.error = f"re-rendered, but its edits file could not be written ({err.strerror or err})"
+        if not self.audit:
+            return
+        record = base
+        where = audit_path(job.dst)
+        if record is None:
+            try:
+                record = json.loads(where.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                log.warning(
+                    "%s: no audit record to add the edits to (%s): a new one is written", job.dst, err
+                )
+                record = None
+        if not isinstance(record, dict):
+            record = audit_mod.file_record(src=job.src, dst=None, kind=job.kind, state="done",
+                                           frames=res.frames, models=self._models, settings=self.settings(),
+                                           audio=res.audio, user=self.user, started=started)  # fmt: skip
+        record = dict(record)
+        try:
+            previous = record.get("output")
+            record["output"] = audit_mod.file_info(job.dst)
+            record["state"] = "done"
+            record["error"] = ""
+            record["edits"] = {
+                "by": user,
+                "at": audit_mod.utc_iso(time.time()),
+                "saved": doc.get("saved", ""),
+                "count": edits.counts(),
+                "edits": doc["edits"],
+                "file": edits_path(job.dst).name,
+                "previous_output": previous,
+            }
+            res.audit = record
+            audit_mod.write_json(where, record)
+        except OSError as err:
+            log.warning("%s: the audit record could not be updated with the edits: %s", job.dst, err)
+            res.error = f"re-rendered, but its audit record could not be updated ({err.strerror or err})"
+
+
+CHANGED = "the original no longer matches its review (a different file, or changed since it was anonymized)"
+
+
+class _Changed(ValueError):
+    """The original's frames are not those of its review log."""
+
+    def __init__(self) -> None:
+        super().__init__(CHANGED)
+
+
+def _review_mismatch(job: Job, log_: edits_mod.ReviewLog, edits: edits_mod.Edits) -> str:
+    """Why `edits` cannot be applied to `job.src` with this log, in words ("" when they can)."""
+    head = log_.header
+    if head.get("kind", job.kind) != job.kind:
+        return f"the review is of a {head.get('kind')}, this file is a {job.kind}"
+    want = str(head.get("input_sha256") or "")
+    if edits.input_sha256 and want and edits.input_sha256 != want:
+        return "the edits were made for another file (its SHA-256 differs from this one's)"
+    if want and audit_mod.sha256_file(job.src) != want:
+        return CHANGED
+    return ""
 
 
 def iter_results(

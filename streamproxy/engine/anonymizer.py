@@ -106,6 +106,7 @@ class _OfflineHeld:
     ms: float
     fail_reason: str = ""
     drop: bool = False
+    detections: tuple[Detection, ...] = ()  # at or above the counted threshold, where the detector ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,8 @@ class PendingFrame:
     fail_reason: str = ""  # set: failed closed (whole frame obfuscated, or dropped)
     _drop: bool = False
     widened: bool = False  # a mask was grown past WIDE_MARGIN_FACES for safety (counted)
+    # Bulk video: the detections that counted on this frame (the review log of issue #23 shows them).
+    detections: tuple[Detection, ...] = ()
 
     @property
     def fail_closed(self) -> bool:
@@ -294,6 +297,8 @@ class Anonymizer:
         # Bulk video (push_offline): frames waiting for later frames, and their tracklets.
         self._offline: list[_OfflineHeld] = []
         self._fill: TemporalFill | None = None
+        # Stills: the masks `process_image` applied to the last picture (its review log, issue #23).
+        self.last_masks: tuple[Box, ...] = ()
         if self.detector is None:
             try:
                 self.detector = create_detector(cfg.detector)
@@ -407,8 +412,9 @@ class Anonymizer:
             margin = max((tr.margin for tr in tracks), default=0.0)
             faces = len(sure) if sure is not None else 0
             self._offline.append(
-                _OfflineHeld(frame, index, t, decoded_at, masks, margin, faces, dets is not None, ms)
-            )
+                _OfflineHeld(frame, index, t, decoded_at, masks, margin, faces, dets is not None, ms,
+                             detections=tuple(sure or ()))
+            )  # fmt: skip
         cap = max(1, WINDOW_MAX_BYTES // max(1, frame.width * frame.height * 3 // 2))
         while self._offline and (t - self._offline[0].t >= WINDOW_S or len(self._offline) > cap):
             out.append(self._release_offline())
@@ -435,7 +441,7 @@ class Anonymizer:
             self._fill.forget(nxt.index, nxt.t, self._offline[-1].t if self._offline else h.t)
         return PendingFrame(
             h.frame, h.decoded_at, masks, h.faces, h.ran, h.ms, self.cfg, fail_reason=h.fail_reason, _drop=h.drop,
-            widened=self._widened(margin, h.fail_reason),
+            widened=self._widened(margin, h.fail_reason), detections=h.detections,
         )  # fmt: skip
 
     # --- live: look-ahead -------------------------------------------------------------------
@@ -624,6 +630,7 @@ class Anonymizer:
         else:
             color = np.ascontiguousarray(out[:, :, :3])
         self.stats.frames += 1
+        self.last_masks = ()
         dets, _ms, reason = self._detect(True, None, color)
         self._tracker.reset()
         h, w = out.shape[:2]
@@ -636,5 +643,6 @@ class Anonymizer:
             drop = self._fail_closed(planes, reason)
             return (None if drop else out), 0, True
         tracks = self._masks(dets or [], 0.0, w, h)
-        obfuscate(planes, [tr.mask for tr in tracks], self.cfg.obfuscation)
+        self.last_masks = tuple(tr.mask for tr in tracks)
+        obfuscate(planes, list(self.last_masks), self.cfg.obfuscation)
         return out, len(dets or []), False

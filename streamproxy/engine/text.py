@@ -187,8 +187,11 @@ def create_text_detector(cfg: EngineConfig) -> TextDetector:
     return TextDetector(cfg.text, cfg.detector.model_dir, cfg.detector.threads, cfg.detector.spinning)
 
 
-def mask_text_image(img: np.ndarray, detector: TextDetector, cfg: EngineConfig) -> tuple[int, bool]:
-    """Mask the text regions of a still in place. Returns (regions, failed closed).
+def mask_text_image(
+    img: np.ndarray, detector: TextDetector, cfg: EngineConfig, applied: list[Box] | None = None
+) -> tuple[int, bool]:
+    """Mask the text regions of a still in place. Returns (regions, failed closed); the masks
+    applied are appended to `applied` when given (the review log of issue #23).
 
     A detector failure obfuscates the whole picture (fail closed), as the face engine does.
     """
@@ -203,6 +206,8 @@ def mask_text_image(img: np.ndarray, detector: TextDetector, cfg: EngineConfig) 
         return 0, True
     # Grown like the video masks: DB's boxes hug the ink and can cut the edge of the first letter.
     boxes = [grow_region(d.box, cfg.text.margin).clipped(w, h) for d in dets]
+    if applied is not None:
+        applied.extend(boxes)
     obfuscate(planes, boxes, text_obfuscation(cfg.obfuscation))
     return len(dets), False
 
@@ -233,6 +238,7 @@ class TextOut:
     frame: av.VideoFrame | None
     regions: int
     fail_closed: bool
+    masks: tuple[Box, ...] = ()  # the text masks applied (before clipping; the review log, issue #23)
 
 
 @dataclass
@@ -365,8 +371,9 @@ class TextMasker:
         if not masks:
             return TextOut(frame, 0, False)
         return TextOut(
-            obfuscated_frame(frame, masks, text_obfuscation(self.cfg.obfuscation)), len(masks), False
-        )
+            obfuscated_frame(frame, masks, text_obfuscation(self.cfg.obfuscation)), len(masks), False,
+            tuple(masks),
+        )  # fmt: skip
 
     def _fail(self, frame: av.VideoFrame | None) -> TextOut:
         if frame is None:
