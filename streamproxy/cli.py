@@ -160,6 +160,13 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
             print(f"streamproxy anonymize: invalid option: {err}", file=sys.stderr)
             return 2
         output: Path = args.output
+        edits_doc: dict[str, Any] | None = None
+        if args.edits is not None:
+            try:
+                edits_doc = _read_edits(args.edits)
+            except ValueError as err:
+                print(f"streamproxy anonymize: --edits {args.edits}: {err}", file=sys.stderr)
+                return 2
         jobs, errors = collect_jobs([Path(p) for p in args.paths], output)
         summary = BulkSummary(results=list(errors))
         for e in errors:
@@ -168,6 +175,13 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
             if not errors:
                 print("streamproxy anonymize: no images or videos found in the given paths", file=sys.stderr)
             return 1
+        edited: Job | None = None
+        if edits_doc is not None:
+            try:
+                edited = _edited_job(jobs, edits_doc)
+            except ValueError as err:
+                print(f"streamproxy anonymize: --edits {args.edits}: {err}", file=sys.stderr)
+                return 2
         started, t0 = time.time(), time.perf_counter()
         line = _ProgressLine(enabled=not args.quiet and sys.stderr.isatty())
         in_progress: FileResult | None = None
@@ -182,6 +196,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
             # Probing (frame counts) and model loading are done before the first frame: the rate
             # and the time left are measured from there (Progress).
             totals = [1 if j.kind == "image" else max(1, count_frames(j.src)) for j in jobs]
+            # The file with edits runs twice: detection, then the render with the edits.
+            totals = [2 * t if j is edited else t for j, t in zip(jobs, totals, strict=True)]
             progress = Progress(sum(totals))
             for i, job in enumerate(jobs):
                 if cancel.is_set():
@@ -194,7 +210,10 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
                 line.show(i + 1, len(jobs), progress, job.src.name)
                 running = job
-                res = batch.run(job, cancel=cancel, on_frame=on_frame)
+                if job is edited and edits_doc is not None:
+                    res = _run_edited(batch, job, edits_doc, cancel, on_frame)
+                else:
+                    res = batch.run(job, cancel=cancel, on_frame=on_frame)
                 running = None
                 # This file's real frame count replaces the estimate (a failed file's frames never come).
                 progress.total += (progress.done - base) - totals[i]
@@ -237,6 +256,79 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+
+
+def _read_edits(path: Path) -> dict[str, Any]:
+    """An edits file (docs/edits-format.md) as JSON; ValueError in words."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"cannot read it ({err.strerror or err})") from None
+    except ValueError as err:
+        raise ValueError(f"not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not an edits file (a JSON object is expected: see docs/edits-format.md)")
+    return data
+
+
+def _edited_job(jobs: list[Any], doc: dict[str, Any]) -> Any:
+    """The input the edits are for: the one named by the edits file's input.name (the only input
+    when the file names none); ValueError in words otherwise."""
+    inp = doc.get("input") if isinstance(doc.get("input"), dict) else {}
+    name = str((inp or {}).get("name") or "")
+    if not name:
+        if len(jobs) == 1:
+            return jobs[0]
+        raise ValueError(
+            "the edits file does not say which input it is for (input.name): give only that input"
+        )
+    found = [j for j in jobs if j.src.name == name]
+    if not found:
+        given = ", ".join(sorted({j.src.name for j in jobs})[:5])
+        raise ValueError(f"the edits are for {name!r}, which is not among the inputs ({given})")
+    if len(found) > 1:
+        raise ValueError(f"several inputs are named {name!r}: give only the one the edits are for")
+    return found[0]
+
+
+def _run_edited(batch: Any, job: Any, doc: dict[str, Any], cancel: threading.Event, on_frame: Any) -> Any:
+    """One input with an edits file: detected as usual into a temporary output and review log (beside
+    the output, removed after), then rendered again from the original with the edits (the track ids
+    are those of the review log's tracks: the same as the Files page's review) into the output."""
+    import tempfile
+
+    from streamproxy.anonymize import FileResult, Job
+    from streamproxy.files.edits import parse_edits, read_log
+
+    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".streamproxy-edits-", dir=job.dst.parent) as tmp:
+        work = Path(tmp)
+        review = work / "review"
+        first = batch.run(Job(job.src, work / ("detected" + job.dst.suffix), job.kind), cancel=cancel,
+                          on_frame=on_frame, review_dir=review)  # fmt: skip
+        if not first.ok:
+            return first
+        try:
+            log_ = read_log(review)
+            edits = parse_edits(doc, len(log_.frames), log_=log_)
+        except OSError as err:
+            return FileResult(
+                job.src, None, False, error=f"the review log could not be read ({err})", kind=job.kind
+            )
+        except ValueError as err:
+            return FileResult(job.src, None, False, error=f"--edits: {err}", kind=job.kind)
+        n = len(log_.frames)
+        audit = dict(first.audit, output=None) if first.audit else None  # the temporary output was no output
+        res = batch.rerender(job, review, edits, cancel=cancel, on_frame=lambda k: on_frame(n + k),
+                             user=batch.user, audit=audit)  # fmt: skip
+        if not res.ok:
+            return res
+        # What was found is the detection's; what was written, the render's.
+        first.dst, first.audit, first.error = res.dst, res.audit, res.error
+        first.seconds += res.seconds
+        return first
 
 
 def _login() -> str:
@@ -615,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="write an audit record: <output>.audit.json beside each output, and the job's "
         "anonymize-<UTC time>.audit.json and .html in the output folder (default: on)",
+    )
+    a.add_argument(
+        "--edits",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="apply a review's edits (the Files page's <output>.edits.json; docs/edits-format.md) to the "
+        "input its input.name names: detected as usual, then rendered with the edits",
     )
     a.add_argument("--model-dir", type=Path, default=None)
     a.add_argument("-q", "--quiet", action="store_true", help="no progress line")

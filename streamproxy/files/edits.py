@@ -454,11 +454,18 @@ def parse_edits(
             if start > end:
                 raise ValueError(f"{key}.from: {start} is after to ({end})")
             out.append(Edit(op, start, end, id=ident, keyframes=keys, boxes=_filled(boxes, start, end)))
+    name, sha = str(inp.get("name", "")), str(inp.get("sha256", ""))
+    if log_ is not None:
+        # The file the edits are for: the log's, unless the document says another (refused).
+        want = str(log_.header.get("input_sha256") or "")
+        if sha and want and sha != want:
+            raise ValueError("input.sha256: these edits were made for another file (its SHA-256 differs)")
+        name, sha = name or str(log_.header.get("input_name") or ""), sha or want
     by, saved = data.get("by", ""), data.get("saved", "")
     return Edits(
         tuple(out),
-        input_name=str(inp.get("name", "")),
-        input_sha256=str(inp.get("sha256", "")),
+        input_name=name,
+        input_sha256=sha,
         by=by if isinstance(by, str) else "",
         saved=saved if isinstance(saved, str) else "",
     )
