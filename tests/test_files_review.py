@@ -1,0 +1,208 @@
+"""The Files queue's review side (issue #23), with the real engine on a short video with a face:
+
+* a finished video has a review: its size, frame rate, tracks (the face's, present on most frames),
+  and a proxy made of anonymized frames;
+* edits are checked (the key named) and saved as made, in the database and beside the output;
+* re-render with "remove" on the face's track: the output changes where the face is, nothing
+  detects again, the audit record carries the edits (who, what); a restart in the middle of a
+  re-render leaves the earlier output, saying so;
+* originals: a user without server.users[].originals may not; one with it gets the original frame
+  (the input's pixels), and that access is on the job's audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+from facekit import make_video
+
+from streamproxy.config import FilesConfig, User
+from streamproxy.files.manager import FileJobs, JobRequest
+from streamproxy.files.store import RENDER_INTERRUPTED, Store
+
+FRAMES = 40
+
+
+async def _until(cond: Any, what: str, timeout: float = 120.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not seen within {timeout} s: {what}")
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    make_video(tmp_path / "in" / "clip.mp4", frames=FRAMES, audio=False)
+    return tmp_path, {"in": str(tmp_path / "in"), "out": str(tmp_path / "out")}
+
+
+def _jobs(
+    tmp_path: Path, roots: dict[str, str], model_dir: Path, users: list[User] | None = None
+) -> FileJobs:
+    return FileJobs(FilesConfig(roots=roots), tmp_path / "data", model_dir, users=users)
+
+
+def _submit(jobs: FileJobs) -> int:
+    return jobs.submit(
+        "dpo",
+        JobRequest.from_json(
+            {"inputs": [{"root": "in", "path": "clip.mp4"}], "output": {"root": "out", "path": ""}}
+        ),
+    )
+
+
+def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir: Path) -> None:
+    tmp_path, roots = setup
+    out = tmp_path / "out" / "clip.mp4"
+
+    async def main() -> tuple[dict[str, Any], list[np.ndarray], dict[str, Any]]:
+        jobs = _jobs(tmp_path, roots, model_dir)
+        await jobs.start()
+        try:
+            job_id = _submit(jobs)
+            await _until(lambda: (jobs.job(job_id) or {}).get("state") == "done", "job done")
+            review = jobs.review(job_id, 0)
+            assert review is not None and review["reviewable"], review
+            proxy = jobs.proxy_path(job_id, 0)
+            assert proxy is not None and len(_frames(proxy)) == FRAMES
+            before = _frames(out)
+            with pytest.raises(ValueError, match=r"^edits\[0\]\.op"):
+                jobs.save_edits(
+                    job_id, 0, "dpo", {"format": "streamproxy-edits/1", "edits": [{"op": "swirl"}]}
+                )
+            with pytest.raises(ValueError, match=r"^edits\[0\]\.track"):
+                jobs.save_edits(
+                    job_id,
+                    0,
+                    "dpo",
+                    {"format": "streamproxy-edits/1", "edits": [{"op": "remove", "track": 999}]},
+                )
+            face = max(review["tracks"], key=lambda t: len(t["boxes"]))
+            doc = jobs.save_edits(
+                job_id,
+                0,
+                "dpo",
+                {"format": "streamproxy-edits/1", "edits": [{"op": "remove", "track": face["id"]}]},
+            )
+            assert doc["by"] == "dpo"
+            assert json.loads(out.with_name("clip.mp4.edits.json").read_text())["edits"][0]["op"] == "remove"
+            jobs.rerender(job_id, 0, "dpo")
+            assert (jobs.job(job_id) or {})["files"][0]["state"] == "rendering"
+            await _until(lambda: (jobs.job(job_id) or {})["files"][0]["state"] == "done", "re-rendered")
+            f = (jobs.job(job_id) or {})["files"][0]
+            assert f["error"] == "", f
+            audit = jobs.audit(job_id)
+            assert audit is not None
+            return review, before, audit
+        finally:
+            await jobs.stop()
+
+    review, before, audit = asyncio.run(main())
+    assert review["frames"] == FRAMES and review["width"] == 640 and review["height"] == 360
+    face = max(review["tracks"], key=lambda t: len(t["boxes"]))
+    assert len(face["boxes"]) >= FRAMES * 0.8, "the face's track is present on most frames"
+    after = _frames(out)
+    assert len(after) == len(before) == FRAMES
+    # The face's mask removed: its box changes between the output before and after on most frames.
+    changed = 0
+    for i, (a, b) in enumerate(zip(before, after, strict=True)):
+        box = face["boxes"].get(str(i))
+        if box is None:
+            continue
+        x1, y1, x2, y2 = (int(v) for v in box[:4])
+        diff = np.abs(a[y1:y2, x1:x2].astype(int) - b[y1:y2, x1:x2].astype(int)).mean()
+        changed += diff > 10
+    assert changed >= len(face["boxes"]) * 0.8, (changed, len(face["boxes"]))
+    files = audit["files"]
+    assert files[0]["edits"]["by"] == "dpo" and files[0]["edits"]["count"].get("remove") == 1, files[0][
+        "edits"
+    ]
+
+
+def test_a_restart_mid_rerender_keeps_the_earlier_output(
+    setup: tuple[Path, dict[str, str]], model_dir: Path
+) -> None:
+    tmp_path, roots = setup
+
+    async def run_job() -> int:
+        jobs = _jobs(tmp_path, roots, model_dir)
+        await jobs.start()
+        try:
+            job_id = _submit(jobs)
+            await _until(lambda: (jobs.job(job_id) or {}).get("state") == "done", "job done")
+            return job_id
+        finally:
+            await jobs.stop()
+
+    job_id = asyncio.run(run_job())
+    # What a crash during a re-render leaves: the row `rendering`.
+    store = Store(tmp_path / "data" / "files" / "jobs.sqlite3")
+    store.set_file(job_id, 0, state="rendering")
+    store.close()
+    out = tmp_path / "out" / "clip.mp4"
+    before = out.read_bytes()
+
+    async def restart() -> dict[str, Any]:
+        jobs = _jobs(tmp_path, roots, model_dir)
+        await jobs.start()
+        try:
+            return (jobs.job(job_id) or {})["files"][0]
+        finally:
+            await jobs.stop()
+
+    f = asyncio.run(restart())
+    assert (f["state"], f["error"]) == ("done", RENDER_INTERRUPTED)
+    assert out.read_bytes() == before
+
+
+def test_originals_only_with_the_role_and_on_the_record(
+    setup: tuple[Path, dict[str, str]], model_dir: Path
+) -> None:
+    tmp_path, roots = setup
+    users = [User(username="clerk", password="x"), User(username="dpo", password="y", originals=True)]
+
+    async def main() -> tuple[bytes | None, dict[str, Any]]:
+        jobs = _jobs(tmp_path, roots, model_dir, users)
+        await jobs.start()
+        try:
+            job_id = _submit(jobs)
+            await _until(lambda: (jobs.job(job_id) or {}).get("state") == "done", "job done")
+            assert not jobs.can_see_originals("clerk") and jobs.can_see_originals("dpo")
+            jpeg = jobs.original_frame(job_id, 0, 10, "dpo")
+            audit = jobs.audit(job_id)
+            assert audit is not None
+            return jpeg, audit
+        finally:
+            await jobs.stop()
+
+    jpeg, audit = asyncio.run(main())
+    assert jpeg is not None
+    shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    originals = _frames(tmp_path / "in" / "clip.mp4")
+    assert shown.shape == originals[10].shape
+    # The original's frame 10 (a JPEG of it): nearer to it than to its neighbours or to the output.
+    anonymized = _frames(tmp_path / "out" / "clip.mp4")[10]
+    dist = {
+        k: float(np.abs(shown.astype(int) - img.astype(int)).mean())
+        for k, img in {"9": originals[9], "10": originals[10], "11": originals[11], "out": anonymized}.items()
+    }
+    assert min(dist, key=dist.__getitem__) == "10" and dist["10"] < 8, dist
+    views = audit["original_views"]
+    assert [(v["user"], v["what"], v["file"]) for v in views] == [("dpo", "original frame 10", "clip.mp4")]
+    # Without users, the one local user may.
+    assert FileJobs(FilesConfig(), tmp_path / "d2").can_see_originals("")
