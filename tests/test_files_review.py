@@ -193,6 +193,7 @@ def test_originals_only_with_the_role_and_on_the_record(
     jpeg, audit = asyncio.run(main())
     assert jpeg is not None
     shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert shown is not None
     originals = _frames(tmp_path / "in" / "clip.mp4")
     assert shown.shape == originals[10].shape
     # The original's frame 10 (a JPEG of it): nearer to it than to its neighbours or to the output.

@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +173,7 @@ class Store:
         output_dir: Path,
         own_output: bool,
         uploads: list[str],
-        files: list[tuple[str, str | None, str, str, str, str]],
+        files: Sequence[tuple[str, str | None, str, str, str, str]],
     ) -> int:
         """A job and its files: (src, dst, name, kind, state, error) each, in order."""
         with self._tx() as db:
