@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -361,7 +362,13 @@ class App:
                 nice=FILES_NICE,
                 users=self.cfg.server.users,
             )
-            await self.files.start()
+            try:
+                await self.files.start()
+            except (OSError, sqlite3.Error) as err:
+                # The cameras matter more than the Files page: they run, the page says it is off.
+                log.error("-: the Files page is off: its data directory %s cannot be used (%s); set data_dir "
+                          "to a writable folder", self.cfg.data_path(), err)  # fmt: skip
+                self.files = None
         self.web = WebServer(self, files=self.files)
         await _listen("HTTP", host, self.cfg.server.http_port, self.web.start())
         self.devices = CameraDevices(self)
