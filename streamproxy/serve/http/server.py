@@ -65,6 +65,7 @@ from streamproxy.rtsp.protocol import log_text
 from streamproxy.serve.http.files import USER, FilesRoutes, is_upload
 from streamproxy.serve.http.history import SAMPLE_S, History, privacy_state
 from streamproxy.serve.http.limits import HttpGuard
+from streamproxy.serve.http.review import ReviewRoutes
 from streamproxy.serve.limits import LimitEvents, Throttled
 from streamproxy.serve.onvif.service import PATHS as ONVIF_PATHS
 from streamproxy.serve.onvif.service import OnvifHost, OnvifService
@@ -291,7 +292,9 @@ class WebServer:
             for path in ONVIF_PATHS:
                 wa.router.add_post(path, self.onvif.handle)
         if self.files is not None:
-            FilesRoutes(self.files, self._asset, self.cfg.limits.request_timeout_s).add(wa.router)
+            routes = FilesRoutes(self.files, self._asset, self.cfg.limits.request_timeout_s)
+            routes.add(wa.router)
+            ReviewRoutes(routes).add(wa.router)  # a finished file's review (serve/http/review.py)
         return wa
 
     async def listen(self, app: web.Application, port: int) -> tuple[web.AppRunner, int]:

@@ -343,6 +343,10 @@
       acts.push(el("a", { href: base + "/output", textContent: "download", class: "dl", download: "" }));
       acts.push(el("a", { href: base + "/output?inline=1", textContent: "open", target: "_blank", rel: "noopener" }));
     }
+    if (f.state === "done" || f.state === "rendering") {
+      // The review: every track, the edits, re-render (review.html).
+      acts.push(el("a", { href: "/files/jobs/" + id + "/files/" + f.n + "/review", textContent: "review", class: "review" }));
+    }
     if (f.input !== false) {
       const orig = el("button", { type: "button", class: "link dim", textContent: "original…" });
       orig.addEventListener("click", () => {
