@@ -367,3 +367,32 @@ def test_cli_edits_errors_in_words(ran: Ran, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 1 and "--edits: edits[0].track: no such track (7)" in p.stderr
     assert not (tmp_path / "o" / "clip.mp4").exists(), "no output without its edits"
+
+
+def test_rerender_without_edits_is_exact_with_text_masks(tmp_path: Path, model_dir: Path) -> None:
+    """objects: plates: text masks come after the faces' (their own style): the log keeps both, in
+    the run's order, so a re-render without edits still gives the run's frames."""
+    src = tmp_path / "plate.mp4"
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 640, 360, "yuv420p"
+        for i in range(20):
+            img = background(640, 360)
+            paste_face(img, 40 + 5 * i, 60, 120)
+            cv2.putText(img, "AB 123 CD", (300 + i, 300), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (255, 255, 255), 3)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    cfg = cli_cfg(src).model_copy(update={"objects": ["faces", "plates"]})
+    batch = Batch(cfg, audit=False)
+    dst = tmp_path / "out.mp4"
+    res = batch.run(Job(src, dst, "video"), review_dir=tmp_path / "review")
+    assert res.ok and res.text_regions > 0, res.error
+    log_ = E.read_log(tmp_path / "review")
+    assert all(f.text for f in log_.frames), "the text is masked on every frame"
+    before = frames_of(dst, "yuv420p")
+    res = batch.rerender(Job(src, dst, "video"), tmp_path / "review", E.parse_edits({}, 20, log_=log_))
+    assert res.ok, res.error
+    for i, (a, b) in enumerate(zip(before, frames_of(dst, "yuv420p"), strict=True)):
+        assert np.array_equal(a, b), f"frame {i} differs"
