@@ -374,3 +374,9 @@ def test_follow_refuses_bad_ranges_and_too_long_ones(tmp_path: Path, monkeypatch
 
 def test_frame_masks_default_is_nothing() -> None:
     assert not FrameMasks().whole and Edits().counts() == {}
+
+
+def test_the_follower_opens_raw_streams_as_the_run_does() -> None:
+    from streamproxy.anonymize import RAW_FORMATS
+
+    assert E.RAW_FORMATS == RAW_FORMATS

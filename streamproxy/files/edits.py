@@ -64,6 +64,9 @@ FOLLOW_LOST_SCORE = 0.5  # a match below this (normalised correlation) is not th
 FOLLOW_GROW = 0.02  # a lost target: its box grows this much of its size per side and frame...
 FOLLOW_MAX_GROW = 2.0  # ... up to this many times its size
 FOLLOW_MIN_PX = 4.0  # a followed box is never smaller than this (frame pixels)
+# Raw streams need their demuxer named, as the run names it (anonymize.RAW_FORMATS, which imports this
+# module: a copy, that tests/test_edits.py checks is the same).
+RAW_FORMATS = {".h264": "h264", ".264": "h264", ".h265": "hevc", ".265": "hevc", ".hevc": "hevc"}
 
 
 # --- the review log ----------------------------------------------------------------------------
@@ -642,8 +645,6 @@ def render(planes: Planes, fm: FrameMasks, cfg: EngineConfig, *, clip: bool) -> 
 
 def _frames_luma(video: Path, start: int, end: int) -> tuple[list[np.ndarray], float, tuple[int, int]]:
     """Grey pictures of frames start..end of `video` (decode order), scaled by the returned factor."""
-    from streamproxy.anonymize import RAW_FORMATS  # the same demuxer choice as the run's
-
     out: list[np.ndarray] = []
     scale = 1.0
     size = (0, 0)
