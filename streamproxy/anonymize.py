@@ -1434,7 +1434,7 @@ class Batch:
                 if job.kind == "image":
                     res = self._rerender_image(job, log_, tracks, edits, cancel)
                 else:
-                    res = self._rerender_video(job, log_, tracks, edits, tmp, cancel, on_frame)
+                    res = self._rerender_video(job, log_, tracks, edits, tmp, cancel, on_frame, review_dir)
             except Cancelled:
                 tmp.unlink(missing_ok=True)
                 res = FileResult(job.src, None, False, error=CANCELLED, cancelled=True)
@@ -1489,6 +1489,29 @@ class Batch:
         tmp: Path,
         cancel: threading.Event | None,
         on_frame: Callable[[int], None] | None,
+        review_dir: Path,
+    ) -> FileResult:
+        made: list[_Proxy] = []
+        try:
+            return self._rerender_video_frames(
+                job, log_, tracks, edits, tmp, cancel, on_frame, review_dir, made
+            )
+        except BaseException:
+            for proxy in made:  # nothing of a new proxy stays after an error or a cancel
+                proxy.abort()
+            raise
+
+    def _rerender_video_frames(
+        self,
+        job: Job,
+        log_: edits_mod.ReviewLog,
+        tracks: list[edits_mod.ReviewTrack],
+        edits: edits_mod.Edits,
+        tmp: Path,
+        cancel: threading.Event | None,
+        on_frame: Callable[[int], None] | None,
+        review_dir: Path,
+        made: list[_Proxy],
     ) -> FileResult:
         t0 = time.perf_counter()
         encoder, fmt = _out_codec(job.dst)
@@ -1504,6 +1527,10 @@ class Batch:
             if (width, height) != (log_.width, log_.height):
                 return FileResult(job.src, None, False, error=CHANGED)
             job.dst.parent.mkdir(parents=True, exist_ok=True)
+            # The review shows what the edits made: its proxy is made again from these frames (the log
+            # stays: it is the run's masks, which the edits change).
+            proxy = _Proxy(review_dir / f".{edits_mod.PROXY_NAME}.part", width, height, rate)
+            made.append(proxy)
             with av.open(str(tmp), "w", format=fmt) as out:
                 vout = _video_stream(out, encoder, width, height, rate, time_base)
                 audio, ain, aout = _audio_stream(job, inp, out, self.keep_audio)
@@ -1522,11 +1549,14 @@ class Batch:
                         fm = edits_mod.masks_for(done, log_, tracks, edits)
                         pts = rows[done].pts
                         done += 1
-                        if not fm.drop:
+                        if fm.drop:
+                            proxy.put(None)
+                        else:
                             planes, buf = planes_from_yuv420(frame)
                             edits_mod.render(planes, fm, self.cfg, clip=True)
                             of = frame_from_planes(buf, frame)
                             of.pts, of.time_base = pts, time_base
+                            proxy.put(of)
                             _emit(stages, of, vout.pix_fmt)
                         if on_frame:
                             on_frame(done)
@@ -1535,6 +1565,12 @@ class Batch:
                     raise _Changed()
         _check(cancel)
         tmp.replace(job.dst)
+        try:
+            proxy.close()
+            proxy.path.replace(review_dir / edits_mod.PROXY_NAME)
+        except BaseException as err:  # the output is right; only the review's picture is not new
+            proxy.abort()
+            log.warning("%s: the review proxy could not be made again: %s", review_dir, err)
         return FileResult(job.src, job.dst, True, frames=done,
                           fail_closed_frames=sum(bool(r.fail) for r in rows), seconds=time.perf_counter() - t0,
                           tracks=len(tracks), audio=audio, kind="video",

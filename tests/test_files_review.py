@@ -81,6 +81,7 @@ def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir:
             proxy = jobs.proxy_path(job_id, 0)
             assert proxy is not None and len(_frames(proxy)) == FRAMES
             before = _frames(out)
+            proxy_before = _frames(proxy)
             with pytest.raises(ValueError, match=r"^edits\[0\]\.op"):
                 jobs.save_edits(
                     job_id, 0, "dpo", {"format": "streamproxy-edits/1", "edits": [{"op": "swirl"}]}
@@ -106,6 +107,13 @@ def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir:
             await _until(lambda: (jobs.job(job_id) or {})["files"][0]["state"] == "done", "re-rendered")
             f = (jobs.job(job_id) or {})["files"][0]
             assert f["error"] == "", f
+            # The review shows what the edits made: its proxy was made again (the face's region changed).
+            proxy_after = _frames(proxy)
+            assert len(proxy_after) == FRAMES
+            assert any(
+                np.abs(a.astype(int) - b.astype(int)).mean() > 1
+                for a, b in zip(proxy_before, proxy_after, strict=True)
+            )
             audit = jobs.audit(job_id)
             assert audit is not None
             return review, before, audit
