@@ -16,6 +16,11 @@ reported (median, p99, max; target: within 100 ms), and the service's resident m
 every second: the photos job reports it after the first 10 % and at the end of the files (target: it does
 not grow with the number of files).
 
+The video's review (issue #23), after its page job: GET .../review (the tracks the page loads: answer
+time and size), and in headless Chromium (tests/browserkit.py) the review page's first picture
+(navigation to `streamproxyReview.ready`) and seeks to random frames (click to the frame shown),
+each timed; skipped without Chromium.
+
 Run:  .venv/bin/python bench/files_speed.py [--photos 1000] [--video-s 600] [--skip-video] [--skip-photos]
 """
 
@@ -184,7 +189,57 @@ def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]
     stop.set()
     sampler.join()
     print(f"  page: {state}, {wall:.1f} s; {j['summary']}", flush=True)
-    return {"wall": wall, "answers_ms": answers, "rss": rss, "files": files}
+    return {"wall": wall, "answers_ms": answers, "rss": rss, "files": files, "id": job_id}
+
+
+def review_numbers(svc: Service, job_id: int, seeks: int = 10) -> None:
+    """The review of the page job's video: the review JSON, then the page in Chromium."""
+    import asyncio
+
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(f"{svc.base}/api/files/jobs/{job_id}/files/0/review", timeout=60) as r:
+        body = r.read()
+    rv = json.loads(body)
+    print(f"  review JSON: {(time.perf_counter() - t0) * 1000:.0f} ms, {len(body) / 1e6:.2f} MB, "
+          f"{len(rv.get('tracks', []))} tracks over {rv.get('frames')} frames", flush=True)  # fmt: skip
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from browserkit import CHROMIUM, Chromium
+    except ImportError as err:
+        print(f"  review page: skipped ({err})")
+        return
+    if not Path(CHROMIUM).exists():
+        print(f"  review page: skipped (no {CHROMIUM})")
+        return
+
+    async def run() -> None:
+        async with Chromium() as browser:
+            url = f"{svc.base}/files/jobs/{job_id}/files/0/review"
+            firsts = []
+            for _ in range(3):
+                t = time.perf_counter()
+                await browser.goto(url, "window.streamproxyReview && window.streamproxyReview.ready", 60)
+                firsts.append(time.perf_counter() - t)
+            rng = np.random.default_rng(1)
+            frames = int(rv.get("frames") or 1)
+            times = []
+            for target in rng.integers(0, frames, seeks):
+                t = time.perf_counter()
+                await browser.evaluate(
+                    "(() => { const v = document.getElementById('video'); "
+                    f"v.currentTime = ({int(target)} + 0.5) / window.streamproxyReview.fps; return true; }})()"
+                )
+                await browser.wait_js(
+                    "(() => { const v = document.getElementById('video'); return !v.seeking && v.readyState >= 2; })()",
+                    30,
+                    interval=0.01,
+                )
+                times.append(time.perf_counter() - t)
+            print(f"  review page first picture: {', '.join(f'{x:.2f}' for x in firsts)} s (3 loads); "
+                  f"seek to a random frame: median {statistics.median(times) * 1000:.0f} ms, "
+                  f"max {max(times) * 1000:.0f} ms ({len(times)} seeks)", flush=True)  # fmt: skip
+
+    asyncio.run(run())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -215,6 +270,8 @@ def main() -> int:
                 print(f"{name}: {what}", flush=True)
                 cli = cli_run(work / name, work / f"out-cli-{name}")
                 page = page_run(svc, name, f"out-page-{name}", files)
+                if name == "video":
+                    review_numbers(svc, int(page["id"]))
                 rss = page["rss"]
                 at10 = [mb for done, mb in rss if done >= max(1, files // 10)][:1]
                 rows.append(
