@@ -51,6 +51,16 @@ over TCP from then on, until restart (`tcp_forced`), whatever its configured tra
 access units are not handed to the decoder. Packets that make no picture for the stall timeout
 (FIRST_PICTURE_S at least before a session's first picture: a long GOP) are a stall. The loss is
 counted (`rtp_packets_lost`, `damaged_frames`, `loss_percent`; /metrics and the API's `loss`).
+
+Loss through FFmpeg's demuxer (pyav) lands in the same counters. FFmpeg exposes no loss counters and
+marks no packet corrupt (measured: FFmpeg 8.1, PyAV 18); its decoder conceals a damaged frame rather
+than fail, flagging few of them corrupt. What it does say is a log line per sequence gap,
+"RTP: missed N packets" (WARNING, from the thread that reads, exact: it matched every packet a test
+camera dropped). So FFmpeg's log is routed while a pyav session runs (`_FfmpegLog`): each ingest
+thread captures its own lines (per-thread capture: cameras are kept apart) and adds up N; a frame
+is damaged when packets went missing since the frame before it, or its packet is flagged corrupt
+(MPEG-TS over UDP), or its decoding failed or gave a picture flagged corrupt. FFmpeg does not count
+the RTP packets that arrived, so `loss_percent` is then the share of frames damaged over the window.
 """
 
 from __future__ import annotations
@@ -60,13 +70,15 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import av
 import av.container.core as _av_core
+import av.logging
 from prometheus_client import Counter
 
 from streamproxy.config import IngestConfig, Transport
@@ -174,6 +186,97 @@ def _install_abort_hook() -> bool:
 _ABORT_HOOK = _install_abort_hook()
 
 
+# --- FFmpeg's log, where a pyav session learns of lost RTP packets ----------------------------------
+LogLines = list[tuple[int, str, str]]  # (FFmpeg level, context name, message), as av.logging captures them
+_MISSED = re.compile(r"RTP: missed (-?\d+) packets")  # rtpdec.c, one line per sequence gap
+
+
+class _FfmpegLog:
+    """Routes FFmpeg's log while at least one pyav session runs, and back when the last one ends.
+
+    PyAV drops FFmpeg's log by default. While routed (level WARNING): each pyav ingest thread
+    captures the lines FFmpeg writes from that thread (its demuxer's); lines from any other thread
+    (slice-decoding workers, the file anonymizer) go to one shared capture that the ingest threads
+    empty, so they stay out of the service log as before (a lossy camera's decoder writes several
+    lines per damaged frame). Identical lines in a row are all kept (PyAV would fold them, across
+    threads, and a gap's count would be lost). Someone who set av.logging's level themselves keeps
+    their routing: the per-thread capture still works at WARNING or more verbose.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._routed = False  # we turned FFmpeg's log on (and turn it off again)
+        self._others: av.logging.Capture | None = None
+        self.other_lines: LogLines | None = None  # the shared capture, while routed
+        self._skip_repeated = True
+
+    @contextmanager
+    def session(self) -> Iterator[LogLines]:
+        """FFmpeg's lines written from this thread while the block runs (the caller empties it)."""
+        self._acquire()
+        try:
+            with av.logging.Capture(local=True) as lines:
+                yield lines
+        finally:
+            self._release()
+
+    def drain_others(self) -> None:
+        lines = self.other_lines
+        if lines:
+            lines.clear()
+
+    def _acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            level = av.logging.get_level()
+            if level is not None:
+                if level < av.logging.WARNING:
+                    log.info("FFmpeg's log level is below WARNING: loss through FFmpeg is not counted")
+                return
+            self._others = av.logging.Capture(local=False)
+            self.other_lines = self._others.__enter__()
+            self._skip_repeated = av.logging.get_skip_repeated()
+            av.logging.set_skip_repeated(False)
+            av.logging.set_level(av.logging.WARNING)
+            self._routed = True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or not self._routed:
+                return
+            if av.logging.get_level() == av.logging.WARNING:  # not changed by anyone since
+                av.logging.set_level(None)
+            av.logging.set_skip_repeated(self._skip_repeated)
+            if self._others is not None:
+                self._others.__exit__(None, None, None)
+            self._others = self.other_lines = None
+            self._routed = False
+
+
+_FFMPEG_LOG = _FfmpegLog()
+
+
+def _missed_packets(lines: LogLines) -> int:
+    """RTP packets FFmpeg's demuxer said it missed in these lines (and empties them)."""
+    missed = 0
+    for _level, _name, message in lines:
+        m = _MISSED.match(message)
+        if m:
+            missed += int(m.group(1)) % 65536  # FFmpeg prints a gap across the 16-bit wrap negative
+    lines.clear()
+    return missed
+
+
+def _ffmpeg_message(err: BaseException) -> str:
+    """The error's text without the "last error log" PyAV appends while FFmpeg's log is routed: that
+    is the last error line from any thread (another camera's, a file's), not necessarily this one's."""
+    return str(err).split("; last error log:", 1)[0]
+
+
 class _Stopped(Exception):
     pass
 
@@ -216,9 +319,10 @@ class CameraSource:
         self.frames_in = 0
         self.reconnects = 0  # connection attempts after the first one
         self.decode_errors = 0
-        # Loss, as the built-in client sees it (the pyav demuxer does not say): RTP packets lost (sequence
-        # gaps), access units dropped before the decoder because a packet of theirs was lost, and the share
-        # of packets lost over the session's last LOSS_WINDOW_S (None before the first window / with pyav).
+        # Loss: RTP packets lost (sequence gaps; pyav: as FFmpeg's log says), frames damaged (built-in:
+        # access units dropped before the decoder because a packet of theirs was lost; pyav: see the module
+        # docstring), and the share of packets (pyav: of frames) lost over the session's last LOSS_WINDOW_S
+        # (None before the first window).
         self.rtp_packets_lost = 0
         self.rtp_packets_received = 0
         self.damaged_frames = 0
@@ -396,7 +500,7 @@ class CameraSource:
         elif isinstance(err, ClientError):
             msg = str(err)
         else:
-            msg = f"{type(err).__name__}: {err}"
+            msg = f"{type(err).__name__}: {_ffmpeg_message(err)}"
         return scrub(msg, self._secrets)
 
     def _session(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
@@ -514,6 +618,12 @@ class CameraSource:
         )
 
     def _session_pyav(self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt) -> None:
+        with _FFMPEG_LOG.session() as lines:  # this thread's FFmpeg log: the demuxer's lost packets
+            self._session_pyav_logged(transport, watch, attempt, lines)
+
+    def _session_pyav_logged(
+        self, transport: Literal["tcp", "udp"], watch: _Watch, attempt: Attempt, lines: LogLines
+    ) -> None:
         stop = watch.abort
         self.frames_in_session = 0
         self.opened = False
@@ -543,18 +653,48 @@ class CameraSource:
             self.connected_transport = transport
             self.opened = True
             self._session_started(lambda: stream.average_rate or stream.guessed_rate)
+            self.loss_percent = None
+            lines.clear()  # what the open said: not a frame's loss
+            window = [time.monotonic(), 0, 0]  # loss_percent's window: start, frames, damaged frames
             attempt.progress()  # FFmpeg's interrupt callback gives up at attempt.deadline
             for packet in container.demux(stream):
                 if stop.is_set():
                     raise _Stopped
                 stalled = watch.tripped  # this packet is what FFmpeg had left when interrupted
                 attempt.progress()
-                self._decode(stream.codec_context.decode, packet, transport)
+                # Flag checks only, per packet: the log is parsed when FFmpeg wrote something.
+                damaged = packet.is_corrupt
+                if lines:
+                    damaged = self._take_missed(lines) or damaged
+                _FFMPEG_LOG.drain_others()
+                damaged = self._decode(stream.codec_context.decode, packet, transport) or damaged
+                if packet.size:
+                    self._count_frame(damaged, window)
                 if stalled:
                     attempt.stalled = True
                     raise Stalled(f"no packet for {self.ingest.read_timeout_s:g} s")
                 if packet.size == 0:
                     break  # the flush packet: the stream ended
+
+    def _take_missed(self, lines: LogLines) -> bool:
+        """Add the RTP packets FFmpeg's log says were missed; True when there were any."""
+        missed = _missed_packets(lines)
+        if missed:
+            self.rtp_packets_lost += missed
+            _inc(RTP_PACKETS_LOST, self.name, missed)
+        return missed > 0
+
+    def _count_frame(self, damaged: bool, window: list[float]) -> None:
+        """One frame through FFmpeg's demuxer: count it if damaged, and the share damaged per window."""
+        window[1] += 1
+        if damaged:
+            window[2] += 1
+            self.damaged_frames += 1
+            _inc(DAMAGED_FRAMES, self.name, 1)
+        now = time.monotonic()
+        if now - window[0] >= LOSS_WINDOW_S:
+            self.loss_percent = round(100.0 * window[2] / window[1], 2)
+            window[:] = [now, 0, 0]
 
     def _session_started(self, rate: Callable[[], Fraction | None]) -> None:
         self._errors_in_row = 0
@@ -572,7 +712,9 @@ class CameraSource:
 
     def _decode(
         self, decode: Callable[[av.Packet], list[av.VideoFrame]], packet: av.Packet, transport: str
-    ) -> None:
+    ) -> bool:
+        """Decode and deliver; True when the packet was damaged (did not decode, or a picture from it
+        is flagged corrupt)."""
         try:
             frames = decode(packet)
         except (av.error.FFmpegError, ValueError) as err:
@@ -586,12 +728,15 @@ class CameraSource:
                 and time.monotonic() - self._picture_at > self.ingest.read_timeout_s
             ):
                 raise self._undecodable() from None
-            return
+            return True
+        damaged = False
         if frames:
             self._errors_in_row = 0
             self._picture_at = time.monotonic()
         for frame in frames:
+            damaged = damaged or frame.is_corrupt
             self._deliver(frame, transport)
+        return damaged
 
     def _deliver(self, frame: av.VideoFrame, transport: str) -> None:
         now = time.monotonic()
