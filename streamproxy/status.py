@@ -143,13 +143,16 @@ class SubStreamStatus:
 
 @dataclass(frozen=True, slots=True)
 class LossStatus:
-    """Packet loss between the camera and the proxy, as the built-in RTSP client counts it (since start)."""
+    """Loss between the camera and the proxy (since start): counted by the built-in RTSP client, or for a
+    camera read through FFmpeg (ingest pyav) from FFmpeg's "missed N packets" lines and damaged frames."""
 
     rtp_packets_lost: int  # gaps in RTP sequence numbers: streamproxy_rtp_packets_lost_total
-    damaged_frames: (
-        int  # access units dropped before the decoder for a lost packet: streamproxy_damaged_frames_total
-    )
-    percent: float | None  # RTP packets lost over the last seconds of the session; None while not measured
+    # built-in: access units dropped before the decoder for a lost packet; pyav: frames FFmpeg decoded
+    # with packets missing (concealed): streamproxy_damaged_frames_total
+    damaged_frames: int
+    # Over the last seconds of the session; None while not measured. built-in: RTP packets lost;
+    # pyav: frames damaged (FFmpeg does not count the packets that arrive)
+    percent: float | None
     tcp_fallback: bool  # UDP lost too much: the camera is read over TCP until restart
 
 
