@@ -50,6 +50,7 @@ EVAL = ROOT.parent / "shared" / "eval"
 PY = str(ROOT / ".venv" / "bin" / "python")
 FPS = 25
 WIDTH, HEIGHT = 1280, 720
+POLL_S = 1.0  # the status asks, as often as the page asks (files.js polls a running job once a second)
 
 
 def make_photos(dst: Path, n: int) -> str:
@@ -184,7 +185,7 @@ def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]
         last_done[0] = j["files_by_state"].get("done", 0) + j["files_by_state"].get("failed", 0)
         if state in ("done", "cancelled"):
             break
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()

@@ -630,7 +630,7 @@ class FileJobs:
 
     def _job_json(self, row: JobRow, files: bool) -> dict[str, Any]:
         db = self._db()
-        rows = db.files(row.id)
+        rows = db.files(row.id, records=False)
         counts: dict[str, int] = {}
         for f in rows:
             counts[f.state] = counts.get(f.state, 0) + 1
@@ -991,6 +991,13 @@ class FileJobs:
         )
         if not res.ok:
             log.info("files: job %d: %s: %s", job.id, f.name, res.error)
+        elif f.kind == "video" and not self._stopping.is_set():
+            # The review's tracks are linked here, in the job's thread, not when the review is first opened
+            # (a 10-minute crowd video: ~20 s of linking the page would wait for).
+            try:
+                self._log_and_tracks(job.id, f.n)
+            except (OSError, ValueError) as err:
+                log.warning("files: job %d: %s: its review could not be prepared: %s", job.id, f.name, err)
 
     def _summary(self, job_id: int) -> str:
         rows = self._db().files(job_id)
