@@ -77,15 +77,21 @@ def make_input(eval_dir: Path, dst: Path, frames: int) -> str:
                 out.mux(pkt)
 
         if src.exists():
-            with av.open(str(src), format="hevc") as inp:
-                vin = inp.streams.video[0]
-                vin.thread_type = "AUTO"
-                for f in inp.decode(vin):
-                    if n >= frames:
-                        break
-                    put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p"))
-                    n += 1
-            what = f"{SOURCE} first {n} frames scaled to {WIDTH}x{HEIGHT}"
+            # Looped when more frames are asked than the clip has (bench/files_speed.py's 10 minutes).
+            passes = 0
+            while n < frames:
+                with av.open(str(src), format="hevc") as inp:
+                    vin = inp.streams.video[0]
+                    vin.thread_type = "AUTO"
+                    for f in inp.decode(vin):
+                        if n >= frames:
+                            break
+                        put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p"))
+                        n += 1
+                passes += 1
+            what = f"{SOURCE} first {n} frames scaled to {WIDTH}x{HEIGHT}" + (
+                f" ({passes} loops)" if passes > 1 else ""
+            )
         else:
             rng = np.random.default_rng(0)
             base = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)

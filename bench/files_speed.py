@@ -38,18 +38,16 @@ import tempfile
 import threading
 import time
 import urllib.request
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 EVAL = ROOT.parent / "shared" / "eval"
 PY = str(ROOT / ".venv" / "bin" / "python")
 FPS = 25
-WIDTH, HEIGHT = 1280, 720
 POLL_S = 1.0  # the status asks, as often as the page asks (files.js polls a running job once a second)
 
 
@@ -73,38 +71,10 @@ def make_photos(dst: Path, n: int) -> str:
 
 
 def make_video(dst: Path, seconds: float) -> str:
-    frames = int(seconds * FPS)
-    src = EVAL / "videos" / "MOT17-13-SDP-raw.h265"
-    with av.open(str(dst), "w") as out:
-        vs = out.add_stream("libx264", rate=FPS)
-        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "20", "g": str(2 * FPS)}
-        n = 0
+    """bulk_speed's 720p clip (MOT17-13 scaled, looped to length; synthetic without the data)."""
+    from bulk_speed import make_input
 
-        def put(frame: av.VideoFrame) -> None:
-            frame.pts, frame.time_base = n, Fraction(1, FPS)
-            for pkt in vs.encode(frame):
-                out.mux(pkt)
-
-        if src.exists():
-            while n < frames:
-                with av.open(str(src), format="hevc") as inp:
-                    for f in inp.decode(inp.streams.video[0]):
-                        if n >= frames:
-                            break
-                        put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p"))
-                        n += 1
-            what = f"{seconds:.0f} s 720p: MOT17-13 scaled and looped ({n} frames)"
-        else:
-            rng = np.random.default_rng(0)
-            base = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-            for i in range(frames):
-                put(av.VideoFrame.from_ndarray(np.roll(base, 8 * i, axis=1), format="bgr24"))
-                n += 1
-            what = f"{seconds:.0f} s 720p SYNTHETIC ({n} frames, no faces)"
-        for pkt in vs.encode(None):
-            out.mux(pkt)
-    return what
+    return f"{seconds:.0f} s 720p: " + make_input(EVAL, dst, int(seconds * FPS))
 
 
 def cli_run(inp: Path, out: Path) -> float:
