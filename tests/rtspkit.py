@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import random
+import re
 import shutil
 import socket
 import threading
@@ -26,6 +27,7 @@ import pytest
 from streamproxy.config import EncoderConfig, LimitsConfig, ServerConfig, User
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
+from streamproxy.rtsp.protocol import parse_request_head
 from streamproxy.serve.rtsp.server import RtspServer
 
 W, H, FPS = 320, 240, 25.0
@@ -183,6 +185,98 @@ class ScriptedServer:
 
     def _connection(self, conn: socket.socket) -> None:
         raise NotImplementedError
+
+
+class RtpCamera(ScriptedServer):
+    """A scripted H.264 RTSP camera over UDP or interleaved TCP, 25 fps, one session per connection
+    (bounded to 60 s): the RTSP side of the lossy cameras' tests. A subclass sets `sps`, `pps` and
+    writes `_send_frame` (which packets of a frame go out, with `_rtp`); `transports` records each
+    SETUP's transport ("udp" / "tcp") in order."""
+
+    sps: bytes
+    pps: bytes
+
+    def __init__(self) -> None:
+        self.transports: list[str] = []
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        super().__init__(conn_timeout_s=0.02)
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.udp.close()
+
+    def _send_frame(self, conn: socket.socket, udp_to: tuple[str, int] | None, seq: int, ts: int) -> int:
+        """Send one frame's packets from sequence number `seq`; the next sequence number."""
+        raise NotImplementedError
+
+    def _rtp(self, conn: socket.socket, udp_to: tuple[str, int] | None, seq: int, ts: int, marker: bool,
+             payload: bytes) -> None:  # fmt: skip
+        rtp = bytes([0x80, (0x80 if marker else 0) | 96]) + (seq & 0xFFFF).to_bytes(2, "big")
+        rtp += (ts & 0xFFFFFFFF).to_bytes(4, "big") + (0xCAFE).to_bytes(4, "big") + payload
+        if udp_to is not None:
+            self.udp.sendto(rtp, udp_to)
+        else:
+            conn.sendall(b"$\x00" + len(rtp).to_bytes(2, "big") + rtp)
+
+    def _connection(self, conn: socket.socket) -> None:
+        buf = b""
+        udp_to: tuple[str, int] | None = None
+        playing = False
+        seq, ts, next_frame = 0, 0, 0.0
+        deadline = time.monotonic() + 60  # bounded: no test needs a longer session
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if playing and time.monotonic() >= next_frame:
+                seq = self._send_frame(conn, udp_to, seq, ts)
+                ts += 3600
+                next_frame = time.monotonic() + 0.04
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            buf += data
+            while True:
+                if buf[:1] == b"$":
+                    if len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[2:4], "big"):
+                        break
+                    buf = buf[4 + int.from_bytes(buf[2:4], "big") :]  # RTCP from the client
+                    continue
+                if b"\r\n\r\n" not in buf:
+                    break
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                req = parse_request_head(head + b"\r\n\r\n")
+                extra: list[str] = []
+                body = b""
+                if req.method == "OPTIONS":
+                    extra.append("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER")
+                elif req.method == "DESCRIBE":
+                    body = camera_sdp(self.sps, self.pps)
+                    extra += [f"Content-Base: {self.url}/", "Content-Type: application/sdp"]
+                elif req.method == "SETUP":
+                    m = re.search(r"client_port=(\d+)-(\d+)", req.header("transport") or "")
+                    if m:
+                        udp_to = ("127.0.0.1", int(m.group(1)))
+                        port = self.udp.getsockname()[1]
+                        self.transports.append("udp")
+                        extra.append(f"Transport: RTP/AVP;unicast;client_port={m.group(1)}-{m.group(2)};"
+                                     f"server_port={port}-{port + 1}")  # fmt: skip
+                    else:
+                        self.transports.append("tcp")
+                        extra.append("Transport: RTP/AVP/TCP;unicast;interleaved=0-1")
+                    extra.append("Session: 1234;timeout=60")
+                elif req.method == "PLAY":
+                    extra.append("Session: 1234")
+                    playing = True
+                lines = ["RTSP/1.0 200 OK", f"CSeq: {req.header('cseq')}", *extra]
+                if body:
+                    lines.append(f"Content-Length: {len(body)}")
+                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 
 def with_creds(url: str, user: str, password: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import av
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from rtspkit import ScriptedServer, camera_sdp
+from rtspkit import RtpCamera
 
 from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
@@ -35,7 +34,6 @@ from streamproxy.live.source import CameraSource, _percent
 from streamproxy.metrics import CameraMetrics, render_latest
 from streamproxy.rtsp.client import RtspClient
 from streamproxy.rtsp.depay import Depacketizer, RtpPacket
-from streamproxy.rtsp.protocol import parse_request_head
 from streamproxy.rtsp.rtp import packetize_h264
 from streamproxy.status import LossStatus, loss_status, not_live_reason
 from streamproxy.types import DecodedFrame
@@ -55,7 +53,7 @@ def one_keyframe(width: int = 320, height: int = 240) -> bytes:
     return data + b"".join(bytes(p) for p in enc.encode(None))
 
 
-class LossyCamera(ScriptedServer):
+class LossyCamera(RtpCamera):
     """RTSP camera whose RTP path loses packets.
 
     lossy_udp: over UDP one packet of every frame is lost; over TCP every frame arrives whole.
@@ -71,81 +69,8 @@ class LossyCamera(ScriptedServer):
         self.pps = next(n for n in nals if n[0] & 0x1F == 8)
         self.payloads = packetize_h264(self.frame, max_payload=200)
         assert len(self.payloads) > 3
-        self.transports: list[str] = []  # "udp" / "tcp", per SETUP, in order
         self.frames_sent = 0
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        super().__init__(conn_timeout_s=0.02)
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self.udp.close()
-
-    def _connection(self, conn: socket.socket) -> None:
-        self._session(conn)
-
-    def _session(self, conn: socket.socket) -> None:
-        buf = b""
-        udp_to: tuple[str, int] | None = None
-        playing = False
-        seq, ts, next_frame = 0, 0, 0.0
-        deadline = time.monotonic() + 60  # bounded: no test needs a longer session
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if playing and time.monotonic() >= next_frame:
-                seq = self._send_frame(conn, udp_to, seq, ts)
-                ts += 3600
-                next_frame = time.monotonic() + 0.04
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                return
-            buf += data
-            while True:
-                if buf[:1] == b"$":
-                    if len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[2:4], "big"):
-                        break
-                    buf = buf[4 + int.from_bytes(buf[2:4], "big") :]  # RTCP from the client
-                    continue
-                if b"\r\n\r\n" not in buf:
-                    break
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                req = parse_request_head(head + b"\r\n\r\n")
-                extra: list[str] = []
-                body = b""
-                if req.method == "OPTIONS":
-                    extra.append("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER")
-                elif req.method == "DESCRIBE":
-                    body = camera_sdp(self.sps, self.pps)
-                    extra += [
-                        f"Content-Base: rtsp://127.0.0.1:{self.port}/cam/",
-                        "Content-Type: application/sdp",
-                    ]
-                elif req.method == "SETUP":
-                    transport = req.header("transport") or ""
-                    m = re.search(r"client_port=(\d+)-(\d+)", transport)
-                    if m:
-                        udp_to = ("127.0.0.1", int(m.group(1)))
-                        port = self.udp.getsockname()[1]
-                        self.transports.append("udp")
-                        extra.append(f"Transport: RTP/AVP;unicast;client_port={m.group(1)}-{m.group(2)};"
-                                     f"server_port={port}-{port + 1}")  # fmt: skip
-                    else:
-                        self.transports.append("tcp")
-                        extra.append("Transport: RTP/AVP/TCP;unicast;interleaved=0-1")
-                    extra.append("Session: 1234;timeout=60")
-                elif req.method == "PLAY":
-                    extra.append("Session: 1234")
-                    playing = True
-                lines = ["RTSP/1.0 200 OK", f"CSeq: {req.header('cseq')}", *extra]
-                if body:
-                    lines.append(f"Content-Length: {len(body)}")
-                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        super().__init__()
 
     def _send_frame(self, conn: socket.socket, udp_to: tuple[str, int] | None, seq: int, ts: int) -> int:
         if self.mode == "no_keyframe":
@@ -155,12 +80,7 @@ class LossyCamera(ScriptedServer):
         lose = self.mode == "damaged" or (self.mode == "lossy_udp" and udp_to is not None)
         for i, (payload, marker) in enumerate(payloads):
             if not (lose and i == 1):
-                rtp = bytes([0x80, (0x80 if marker else 0) | 96]) + (seq & 0xFFFF).to_bytes(2, "big")
-                rtp += (ts & 0xFFFFFFFF).to_bytes(4, "big") + (0xCAFE).to_bytes(4, "big") + payload
-                if udp_to is not None:
-                    self.udp.sendto(rtp, udp_to)
-                else:
-                    conn.sendall(b"$\x00" + len(rtp).to_bytes(2, "big") + rtp)
+                self._rtp(conn, udp_to, seq, ts, marker, payload)
             seq += 1
         self.frames_sent += 1
         return seq

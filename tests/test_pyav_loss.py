@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import random
-import re
 import socket
 import threading
 import time
@@ -27,13 +26,12 @@ import av.logging
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from rtspkit import ScriptedServer, camera_sdp
+from rtspkit import RtpCamera
 
 from streamproxy.config import IngestConfig
 from streamproxy.h264 import split_annexb
 from streamproxy.live.source import _FFMPEG_LOG, CameraSource, _ffmpeg_message, _missed_packets
 from streamproxy.metrics import CameraMetrics
-from streamproxy.rtsp.protocol import parse_request_head
 from streamproxy.rtsp.rtp import packetize_h264
 from streamproxy.status import loss_status
 from streamproxy.types import DecodedFrame
@@ -52,7 +50,7 @@ def _keyframe(width: int = 320, height: int = 240) -> bytes:
     return b"".join(bytes(p) for p in [*enc.encode(frame), *enc.encode(None)])
 
 
-class RandomLossCamera(ScriptedServer):
+class RandomLossCamera(RtpCamera):
     """RTSP camera sending the same keyframe 25 times a second (~7 RTP packets each); over UDP each
     packet is left unsent with probability `loss` (seeded), and `dropped` counts them."""
 
@@ -65,82 +63,14 @@ class RandomLossCamera(ScriptedServer):
         self.loss = loss
         self.rng = random.Random(seed)
         self.dropped = 0
-        self.transports: list[str] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        super().__init__(conn_timeout_s=0.02)
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self.udp.close()
-
-    def _connection(self, conn: socket.socket) -> None:
-        buf = b""
-        udp_to: tuple[str, int] | None = None
-        playing = False
-        seq, ts, next_frame = 0, 0, 0.0
-        deadline = time.monotonic() + 60  # bounded: no test needs a longer session
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if playing and time.monotonic() >= next_frame:
-                seq = self._send_frame(conn, udp_to, seq, ts)
-                ts += 3600
-                next_frame = time.monotonic() + 0.04
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                if buf[:1] == b"$":  # interleaved RTCP from the client: skip it
-                    size = 4 + int.from_bytes(buf[2:4], "big")
-                    if len(buf) < size:
-                        break
-                    buf = buf[size:]
-                    continue
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                req = parse_request_head(head + b"\r\n\r\n")
-                extra: list[str] = []
-                body = b""
-                if req.method == "DESCRIBE":
-                    body = camera_sdp(self.sps, self.pps)
-                    extra += [f"Content-Base: {self.url}/", "Content-Type: application/sdp"]
-                elif req.method == "SETUP":
-                    m = re.search(r"client_port=(\d+)-(\d+)", req.header("transport") or "")
-                    if m:
-                        udp_to = ("127.0.0.1", int(m.group(1)))
-                        port = self.udp.getsockname()[1]
-                        self.transports.append("udp")
-                        extra.append(f"Transport: RTP/AVP;unicast;client_port={m.group(1)}-{m.group(2)};"
-                                     f"server_port={port}-{port + 1}")  # fmt: skip
-                    else:
-                        self.transports.append("tcp")
-                        extra.append("Transport: RTP/AVP/TCP;unicast;interleaved=0-1")
-                    extra.append("Session: 1234;timeout=60")
-                elif req.method == "PLAY":
-                    extra.append("Session: 1234")
-                    playing = True
-                lines = ["RTSP/1.0 200 OK", f"CSeq: {req.header('cseq')}", *extra]
-                if body:
-                    lines.append(f"Content-Length: {len(body)}")
-                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        super().__init__()
 
     def _send_frame(self, conn: socket.socket, udp_to: tuple[str, int] | None, seq: int, ts: int) -> int:
         for payload, marker in self.payloads:
             if udp_to is not None and self.rng.random() < self.loss:
                 self.dropped += 1
             else:
-                rtp = bytes([0x80, (0x80 if marker else 0) | 96]) + (seq & 0xFFFF).to_bytes(2, "big")
-                rtp += (ts & 0xFFFFFFFF).to_bytes(4, "big") + (0xCAFE).to_bytes(4, "big") + payload
-                if udp_to is not None:
-                    self.udp.sendto(rtp, udp_to)
-                else:
-                    conn.sendall(b"$\x00" + len(rtp).to_bytes(2, "big") + rtp)
+                self._rtp(conn, udp_to, seq, ts, marker, payload)
             seq += 1
         return seq
 
