@@ -9,9 +9,11 @@ up to the requests sent (the throttle's second is made an hour, so nothing depen
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
+from types import SimpleNamespace
 
 import pytest
 from rtspkit import PASSWORD, USER, RawRtsp, serve
@@ -158,3 +160,30 @@ async def test_a_flood_of_unknown_and_malformed_requests_is_summarised(
     assert server.unknown_paths.count == n_unknown and server.bad_requests.count == n_malformed
     assert len(lines) < 20, lines
     assert sum(len(ln) for ln in lines) < 5000
+
+
+async def test_a_throttled_line_due_as_its_timer_fires_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hit that comes due just before the summary timer fires logs itself and takes the timer
+    with it (under a flood, the timer then logged the next hit a moment later: two lines a second)."""
+    from streamproxy.serve import limits
+
+    clock = [0.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock
+    log = logging.getLogger("streamproxy.test.throttle")
+    caplog.set_level(logging.INFO, log.name)
+    throttle = limits.Throttled(log)
+    throttle.hit("first", logging.INFO)  # logged at once
+    clock[0] = 0.5
+    throttle.hit("second", logging.INFO)  # waits: the timer is set for the second's end (0.5 s on)
+    clock[0] = 1.0
+    throttle.hit("third", logging.INFO)  # due: logged, with the count it stands for
+    clock[0] = 1.01
+    throttle.hit("fourth", logging.INFO)  # waits for the next second (0.99 s on)
+    await asyncio.sleep(0.7)  # past the first timer's moment, before the second's
+    messages = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert messages == ["first", "third (x2 since the last such line)"]
+    throttle.flush()
+    messages = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert messages[2:] == ["fourth"] and throttle.count == 4

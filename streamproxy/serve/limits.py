@@ -85,6 +85,9 @@ class Throttled:
             self._emit(time.monotonic())
 
     def _emit(self, now: float) -> None:
+        # A hit that comes due just before the timer logs itself: the timer goes with it, else it
+        # would log the next hit a moment later (two lines in the same second: seen under a flood).
+        self.close()
         more = f" (x{self._pending} since the last such line)" if self._pending > 1 else ""
         self.log.log(self._level, "%s%s", self._detail, more)
         self._pending = 0
