@@ -16,12 +16,16 @@ reported (median, p99, max; target: within 100 ms), and the service's resident m
 every second: the photos job reports it after the first 10 % and at the end of the files (target: it does
 not grow with the number of files).
 
-The video's review (issue #23), after its page job: GET .../review (the tracks the page loads: answer
-time and size), and in headless Chromium (tests/browserkit.py) the review page's first picture
-(navigation to `streamproxyReview.ready`) and seeks to random frames (click to the frame shown),
-each timed; skipped without Chromium.
+The video's review (issue #23), after its page job: in headless Chromium (tests/browserkit.py) the
+review page loaded 3 times: its first picture (navigation to `streamproxyReview.ready`, polled every
+0.1 s as before; and the page's own performance.now() at that moment) and its tracks drawn (the page
+asks for them beside the picture), then seeks to random frames (click to the frame shown), each timed;
+skipped without Chromium. Then the answers the page and other clients get: GET .../review?tracks=0 (what
+the page asks first), .../review/tracks (gzip and not: time, size) and the whole .../review.
 
 Run:  .venv/bin/python bench/files_speed.py [--photos 1000] [--video-s 600] [--skip-video] [--skip-photos]
+      [--page-only]   (no CLI runs: the page's jobs and the review only; --photos 0 skips the photos)
+e.g. the review of the 10-minute video alone: --page-only --photos 0 --video-s 600 (~15 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -163,36 +167,82 @@ def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]
     return {"wall": wall, "answers_ms": answers, "rss": rss, "files": files, "id": job_id}
 
 
+def timed_get(url: str, headers: dict[str, str] | None = None) -> tuple[float, bytes, str]:
+    """(ms, the body as sent, its Content-Encoding)."""
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as r:
+        body = r.read()
+        encoding = r.headers.get("Content-Encoding", "")
+    return (time.perf_counter() - t0) * 1000, body, encoding
+
+
+def review_answers(svc: Service, job_id: int) -> dict[str, Any]:
+    """The review's answers as another client gets them: time and size of each (the metadata alone,
+    the tracks gzipped and not, the whole review)."""
+    import gzip
+
+    api = f"{svc.base}/api/files/jobs/{job_id}/files/0"
+    ms, body, _ = timed_get(f"{api}/review?tracks=0")
+    rv = json.loads(body)
+    print(
+        f"  review without tracks (?tracks=0, the page's first ask): {ms:.0f} ms, {len(body)} bytes",
+        flush=True,
+    )
+    ms, packed, enc = timed_get(f"{api}/review/tracks", {"Accept-Encoding": "gzip"})
+    raw = gzip.decompress(packed) if enc == "gzip" else packed
+    ms2, plain, _ = timed_get(f"{api}/review/tracks")
+    assert plain == raw
+    tracks = json.loads(raw)["tracks"]
+    print(f"  review/tracks: gzip {ms:.0f} ms, {len(packed) / 1e6:.2f} MB ({enc or 'not gzipped'}); "
+          f"plain {ms2:.0f} ms, {len(plain) / 1e6:.2f} MB; {len(tracks)} tracks over {rv.get('frames')} "
+          "frames", flush=True)  # fmt: skip
+    ms, body, _ = timed_get(f"{api}/review")
+    print(f"  whole review (tracks inline, other clients): {ms:.0f} ms, {len(body) / 1e6:.2f} MB", flush=True)
+    return rv
+
+
 def review_numbers(svc: Service, job_id: int, seeks: int = 10) -> None:
-    """The review of the page job's video: the review JSON, then the page in Chromium."""
+    """The review of the page job's video: the page in Chromium (as a person opens it after the job),
+    then the answers the page and other clients get."""
     import asyncio
 
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(f"{svc.base}/api/files/jobs/{job_id}/files/0/review", timeout=60) as r:
-        body = r.read()
-    rv = json.loads(body)
-    print(f"  review JSON: {(time.perf_counter() - t0) * 1000:.0f} ms, {len(body) / 1e6:.2f} MB, "
-          f"{len(rv.get('tracks', []))} tracks over {rv.get('frames')} frames", flush=True)  # fmt: skip
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         from browserkit import CHROMIUM, Chromium
     except ImportError as err:
         print(f"  review page: skipped ({err})")
+        review_answers(svc, job_id)
         return
     if not Path(CHROMIUM).exists():
         print(f"  review page: skipped (no {CHROMIUM})")
+        review_answers(svc, job_id)
         return
+    state = "window.streamproxyReview"
 
     async def run() -> None:
         async with Chromium() as browser:
             url = f"{svc.base}/files/jobs/{job_id}/files/0/review"
-            firsts = []
+            firsts, drawn, inpage = [], [], []
             for _ in range(3):
                 t = time.perf_counter()
-                await browser.goto(url, "window.streamproxyReview && window.streamproxyReview.ready", 60)
+                await browser.goto(url, f"{state} && {state}.ready", 60)
                 firsts.append(time.perf_counter() - t)
+                got = await browser.wait_js(
+                    f"{state}.tracksReady || {state}.tracksError ? [{state}.pictureMs, {state}.tracksMs, "
+                    f"{state}.tracksError, {state}.review.tracks ? {state}.review.tracks.length : 0] : null",
+                    120,
+                    interval=0.01,
+                )
+                drawn.append(time.perf_counter() - t)
+                inpage.append(got)
+            print(f"  review page first picture: {', '.join(f'{x:.2f}' for x in firsts)} s (3 loads, navigation "
+                  f"to ready polled every 0.1 s); tracks drawn at {', '.join(f'{x:.2f}' for x in drawn)} s",
+                  flush=True)  # fmt: skip
+            print("  in the page (performance.now() from navigation start): "
+                  + "; ".join(f"picture {g[0]} ms, tracks {g[1]} ms ({g[3]} tracks{', ' + g[2] if g[2] else ''})"
+                              for g in inpage if g), flush=True)  # fmt: skip
+            frames = int(await browser.evaluate(f"{state}.frames") or 1)
             rng = np.random.default_rng(1)
-            frames = int(rv.get("frames") or 1)
             times = []
             for target in rng.integers(0, frames, seeks):
                 t = time.perf_counter()
@@ -206,11 +256,11 @@ def review_numbers(svc: Service, job_id: int, seeks: int = 10) -> None:
                     interval=0.01,
                 )
                 times.append(time.perf_counter() - t)
-            print(f"  review page first picture: {', '.join(f'{x:.2f}' for x in firsts)} s (3 loads); "
-                  f"seek to a random frame: median {statistics.median(times) * 1000:.0f} ms, "
+            print(f"  seek to a random frame: median {statistics.median(times) * 1000:.0f} ms, "
                   f"max {max(times) * 1000:.0f} ms ({len(times)} seeks)", flush=True)  # fmt: skip
 
     asyncio.run(run())
+    review_answers(svc, job_id)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -224,13 +274,14 @@ def main() -> int:
     ap.add_argument("--video-s", type=float, default=600)
     ap.add_argument("--skip-photos", action="store_true")
     ap.add_argument("--skip-video", action="store_true")
+    ap.add_argument("--page-only", action="store_true", help="no CLI runs: the page's jobs and the review")
     args = ap.parse_args()
     print(f"files_speed: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    rows: list[tuple[str, float, float, list[float], float, float]] = []
+    rows: list[tuple[str, float | None, float, list[float], float, float]] = []
     with tempfile.TemporaryDirectory(prefix="files-speed-") as tmp:
         work = Path(tmp)
         cases = []
-        if not args.skip_photos:
+        if not args.skip_photos and args.photos > 0:
             cases.append(("photos", make_photos(work / "photos", args.photos), args.photos))
         if not args.skip_video:
             (work / "video").mkdir()
@@ -239,7 +290,7 @@ def main() -> int:
         try:
             for name, what, files in cases:
                 print(f"{name}: {what}", flush=True)
-                cli = cli_run(work / name, work / f"out-cli-{name}")
+                cli = None if args.page_only else cli_run(work / name, work / f"out-cli-{name}")
                 page = page_run(svc, name, f"out-page-{name}", files)
                 if name == "video":
                     review_numbers(svc, int(page["id"]))
@@ -258,7 +309,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for name, cli, page_s, answers, early, end in rows:
         print(
-            f"| {name} | {cli:.1f} | {page_s:.1f} | {page_s / cli:.3f} | {statistics.median(answers):.1f} / "
+            f"| {name} | {f'{cli:.1f}' if cli else '–'} | {page_s:.1f} | "
+            f"{f'{page_s / cli:.3f}' if cli else '–'} | {statistics.median(answers):.1f} / "
             f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks) | {early:.0f} / {end:.0f} |"
         )
     return 0

@@ -78,6 +78,13 @@ def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir:
             await _until(lambda: (jobs.job(job_id) or {}).get("state") == "done", "job done")
             review = jobs.review(job_id, 0)
             assert review is not None and review["reviewable"], review
+            # The page's first ask: all but the tracks; the tracks' JSON made once (when the job finished).
+            short = jobs.review(job_id, 0, tracks=False)
+            assert short is not None and "tracks" not in short
+            assert short == {k: v for k, v in review.items() if k != "tracks"}
+            body = jobs.review_tracks_json(job_id, 0)
+            assert body is not None and json.loads(body) == {"tracks": review["tracks"]}
+            assert jobs.review_tracks_json(job_id, 0) is body
             proxy = jobs.proxy_path(job_id, 0)
             assert proxy is not None and len(_frames(proxy)) == FRAMES
             before = _frames(out)

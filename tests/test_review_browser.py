@@ -10,7 +10,9 @@ second keyframe drawn further on, "end here"), RE-RENDER. Then the output, frame
 exact boxes: A shows its own pixels (most frames), the poster unmasked, the added box masks its
 object in every frame of its range, B masked in every frame. The CLI with the saved
 `<output>.edits.json` gives the same frames (`streamproxy anonymize IN --edits ... -o OUT2`). The
-original shows only when the user (who has the role) asks for it, and the page fits a phone. With
+original shows only when the user (who has the role) asks for it, and the page fits a phone. The
+picture comes first: with the tracks' answer held on the server, the page shows its picture, says the
+tracks are loading (track edits off), then draws them when they come (the order of events, no clock). With
 $STREAMPROXY_SCREENSHOT_REVIEW set, JPEGs of the page (desktop, and phone-<name>) are written there.
 """
 
@@ -23,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,7 +247,9 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @needs_chromium
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_review_edits_rerender_and_the_cli(tmp_path: Path, model_dir: Path) -> None:
+async def test_review_edits_rerender_and_the_cli(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "in" / "scene.mp4"
     src.parent.mkdir()
     truth = await asyncio.to_thread(make_scene, src)
@@ -284,7 +289,39 @@ async def test_review_edits_rerender_and_the_cli(tmp_path: Path, model_dir: Path
         await browser.goto(f"{base}/files", "window.streamproxyFiles && window.streamproxyFiles.polls > 0")
         href = f"/files/jobs/{job_id}/files/{clip}/review"
         assert await browser.wait_js(f"!!document.querySelector('a.review[href=\"{href}\"]')", 15)
-        await browser.goto(base + href, f"{STATE} && {STATE}.ready")
+        # The picture does not wait for the tracks: their answer is held on the server until the page
+        # has shown its picture (a crowd's tracks are megabytes).
+        gate, asked = threading.Event(), threading.Event()
+        tracks_json = jobs.review_tracks_json
+
+        def held_tracks(job: int, n: int) -> bytes | None:
+            asked.set()
+            gate.wait(120)
+            return tracks_json(job, n)
+
+        monkeypatch.setattr(jobs, "review_tracks_json", held_tracks)
+        try:
+            await browser.goto(base + href, f"{STATE} && {STATE}.ready")
+            assert await asyncio.to_thread(asked.wait, 20), "the page did not ask for the tracks"
+            before = await browser.evaluate(
+                f"(() => {{ const s = {STATE}, $ = (i) => document.getElementById(i); return {{"
+                " events: s.events, tracksReady: s.tracksReady, tracks: 'tracks' in s.review,"
+                " note: $('lanes-note').hidden ? '' : $('lanes-note').textContent, sel: $('sel').textContent,"
+                " off: ['remove', 'keep', 'only', 'next-start'].map((i) => $(i).disabled) }; })()"
+            )
+            assert str(before.pop("sel")).startswith("Loading the tracks"), before
+            assert before == {
+                "events": ["picture"],
+                "tracksReady": False,
+                "tracks": False,
+                "note": "loading tracks…",
+                "off": [True] * 4,
+            }, before
+        finally:
+            gate.set()
+        await wait_state(browser, "s.tracksReady", 30, "the tracks")
+        assert await browser.evaluate(f"{STATE}.events") == ["picture", "tracks"]
+        assert await browser.evaluate("document.getElementById('lanes-note').hidden") is True
         review = await browser.evaluate(f"{STATE}.review")
         assert (review["width"], review["height"], review["frames"]) == (W, H, FRAMES)
         assert await browser.evaluate(f"{STATE}.originals") is True
@@ -381,7 +418,10 @@ async def test_review_edits_rerender_and_the_cli(tmp_path: Path, model_dir: Path
             await asyncio.to_thread(Path(os.environ[SCREENSHOT_ENV]).write_bytes, await screenshot(browser))
 
         # A photo's review: its anonymized output with its face's box; a zone drawn on it is saved.
-        await browser.goto(f"{base}/files/jobs/{job_id}/files/{photo}/review", f"{STATE} && {STATE}.ready")
+        await browser.goto(
+            f"{base}/files/jobs/{job_id}/files/{photo}/review",
+            f"{STATE} && {STATE}.ready && {STATE}.tracksReady",
+        )
         assert await browser.evaluate(f"{STATE}.kind") == "image"
         assert await browser.evaluate("document.getElementById('still').naturalWidth") == 640
         assert await browser.evaluate("document.getElementById('play').hidden") is True

@@ -47,6 +47,8 @@ LEAK_MAD = 10.0  # mean |difference| inside the face box under which a picture I
 ROUTES = [  # the review's routes, for job {j} file {n}
     ("GET", "/files/jobs/{j}/files/{n}/review"),
     ("GET", "/api/files/jobs/{j}/files/{n}/review"),
+    ("GET", "/api/files/jobs/{j}/files/{n}/review?tracks=0"),
+    ("GET", "/api/files/jobs/{j}/files/{n}/review/tracks"),
     ("GET", "/api/files/jobs/{j}/files/{n}/proxy.mp4"),
     ("PUT", "/api/files/jobs/{j}/files/{n}/edits"),
     ("POST", "/api/files/jobs/{j}/files/{n}/follow"),
@@ -225,6 +227,20 @@ async def test_review_routes(tmp_path: Path, model_dir: Path, caplog: pytest.Log
             assert 0 <= score <= 1
         async with aiohttp.ClientSession(headers=AUTH[VIEWER]) as viewer:
             assert (await review_of(viewer, base, job_id, clip))["originals"] is False
+        # What the page asks first: the same without the tracks; then the tracks alone (gzip when taken).
+        async with http.get(f"{api}/review", params={"tracks": "0"}) as r:
+            assert r.status == 200, await r.text()
+            short = await r.json()
+        assert "tracks" not in short and short == {k: v for k, v in review.items() if k != "tracks"}
+        async with http.get(f"{api}/review", params={"tracks": "yes"}) as r:
+            assert r.status == 400 and "tracks" in await r.text()
+        async with http.get(f"{api}/review/tracks") as r:  # aiohttp asks for gzip and unpacks it
+            assert r.status == 200 and r.content_type == "application/json"
+            assert r.headers.get("Content-Encoding") == "gzip"
+            assert (await r.json())["tracks"] == tracks
+        async with http.get(f"{api}/review/tracks", headers={"Accept-Encoding": "identity"}) as r:
+            assert r.status == 200 and "Content-Encoding" not in r.headers
+            assert json.loads(await r.read())["tracks"] == tracks
 
         # The proxy: an MP4 of the clip's frames, answering Range requests (the player seeks).
         async with http.get(f"{api}/proxy.mp4") as r:
@@ -328,7 +344,10 @@ async def test_review_routes(tmp_path: Path, model_dir: Path, caplog: pytest.Log
 
         await wait_for(state, lambda s: s == "done", 120, "the re-render")
         assert hashlib.sha256(out.read_bytes()).hexdigest() != before
-        assert (await review_of(http, base, job_id, clip))["error"] in ("", None)
+        after = await review_of(http, base, job_id, clip)
+        assert after["error"] in ("", None)
+        async with http.get(f"{api}/review/tracks") as r:  # the kept answer is still the review's
+            assert r.status == 200 and (await r.json())["tracks"] == after["tracks"]
         assert any("asked to re-render" in m and DPO in m for m in caplog.messages)
 
         # A photo: its anonymized output is its review picture; nothing to follow.
@@ -374,9 +393,13 @@ async def test_no_original_pixels_without_the_role(
         assert (await call("GET", f"{base}/files/jobs/{job_id}/files/{clip}/review"))[0] == 200
         for asset in ("review.js", "style.css", "files.js"):
             assert (await call("GET", f"{base}/static/{asset}"))[0] == 200
-        status, body = await call("GET", f"{api}/review")
+        status, body = await call("GET", f"{api}/review?tracks=0")
         review = json.loads(body)
         assert status == 200 and review["originals"] is False
+        status, body = await call("GET", f"{api}/review/tracks")
+        assert status == 200 and json.loads(body)["tracks"]
+        status, body = await call("GET", f"{api}/review")
+        assert status == 200 and json.loads(body)["originals"] is False
         status, proxy = await call("GET", f"{api}/proxy.mp4")
         assert status == 200 and len(decoded(proxy)) == FRAMES
         pieces = []

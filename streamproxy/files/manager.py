@@ -358,6 +358,9 @@ class FileJobs:
         self._any_user = not users
         self._originals = {u.username for u in users or [] if u.originals}
         self._reviews: OrderedDict[tuple[int, int], tuple[float, Any, Any]] = OrderedDict()
+        # The review's tracks as the page's JSON, serialized once per linked log (keyed by the linked
+        # tracks' identity): a 10-minute crowd video's is ~8 MB, ~1 s of json.dumps each time otherwise.
+        self._tracks_json: OrderedDict[tuple[int, int], tuple[Any, bytes]] = OrderedDict()
         self.roots = Roots(cfg.roots)
         self.dir = data_dir / "files"
         self.uploads_dir = self.dir / "uploads"
@@ -704,7 +707,9 @@ class FileJobs:
                 self._reviews.popitem(last=False)
         return log_, tracks
 
-    def review(self, job_id: int, n: int) -> dict[str, Any] | None:
+    def review(self, job_id: int, n: int, *, tracks: bool = True) -> dict[str, Any] | None:
+        """The review's data; without `tracks` (the page's first ask) no "tracks" key: those come from
+        review_tracks_json."""
         row = self._db().file(job_id, n)
         if row is None:
             return None
@@ -721,25 +726,41 @@ class FileJobs:
         }
         if got is None:
             return out
-        log_, tracks = got
+        log_, linked = got
         head = log_.header
         out.update(
             width=head["width"],
             height=head["height"],
             fps=head["fps"],
             frames=head["frames"],
-            tracks=[
-                {
-                    "id": t.id,
-                    "first": t.first,
-                    "last": t.last,
-                    "boxes": {str(i): [*_box_list(b), round(float(sc), 3)] for i, (b, sc) in t.boxes.items()},
-                }
-                for t in tracks
-            ],
             failed_frames=[fr.i for fr in log_.frames if fr.fail],
         )
+        if tracks:
+            out["tracks"] = _tracks_json(linked)
         return out
+
+    def review_tracks_json(self, job_id: int, n: int) -> bytes | None:
+        """{"tracks": [...]} (review()'s tracks) as JSON bytes, made once per linked log; None: no review."""
+        row = self._db().file(job_id, n)
+        got = (
+            self._log_and_tracks(job_id, n)
+            if row is not None and row.state in ("done", "rendering")
+            else None
+        )
+        if got is None:
+            return None
+        linked = got[1]
+        with self._lock:
+            hit = self._tracks_json.get((job_id, n))
+            if hit is not None and hit[0] is linked:
+                self._tracks_json.move_to_end((job_id, n))
+                return hit[1]
+        body = json.dumps({"tracks": _tracks_json(linked)}, separators=(",", ":")).encode()
+        with self._lock:
+            self._tracks_json[(job_id, n)] = (linked, body)
+            while len(self._tracks_json) > 4:
+                self._tracks_json.popitem(last=False)
+        return body
 
     def proxy_path(self, job_id: int, n: int) -> Path | None:
         """What the review shows: the anonymized proxy of a video, the output of a photo."""
@@ -992,10 +1013,10 @@ class FileJobs:
         if not res.ok:
             log.info("files: job %d: %s: %s", job.id, f.name, res.error)
         elif f.kind == "video" and not self._stopping.is_set():
-            # The review's tracks are linked here, in the job's thread, not when the review is first opened
-            # (a 10-minute crowd video: ~20 s of linking the page would wait for).
+            # The review's tracks are linked (and their JSON made) here, in the job's thread, not when the
+            # review is first opened (a 10-minute crowd video: ~20 s of linking the page would wait for).
             try:
-                self._log_and_tracks(job.id, f.n)
+                self.review_tracks_json(job.id, f.n)
             except (OSError, ValueError) as err:
                 log.warning("files: job %d: %s: its review could not be prepared: %s", job.id, f.name, err)
 
@@ -1127,6 +1148,19 @@ def _iso(t: float) -> str:
 
 def _box_list(b: Any) -> list[float]:
     return [round(float(v), 1) for v in (b.x1, b.y1, b.x2, b.y2)]
+
+
+def _tracks_json(tracks: Any) -> list[dict[str, Any]]:
+    """The review's tracks as the page reads them: a box [x1, y1, x2, y2, score] per frame number."""
+    return [
+        {
+            "id": t.id,
+            "first": t.first,
+            "last": t.last,
+            "boxes": {str(i): [*_box_list(b), round(float(sc), 3)] for i, (b, sc) in t.boxes.items()},
+        }
+        for t in tracks
+    ]
 
 
 def _decode_at(src: Path, kind: str, pts: int | None, header: dict[str, Any]) -> np.ndarray | None:

@@ -4,7 +4,11 @@ Routes (behind `server.users`, like the Files page; the data is the manager's, f
   GET  /files/jobs/{id}/files/{n}/review              the page (web/review.html + review.js)
   GET  /api/files/jobs/{id}/files/{n}/review          size, fps, frames, tracks (boxes per frame), the
                                                       edits, the file's state; "originals": whether this
-                                                      user may see the original frames
+                                                      user may see the original frames. ?tracks=0: all
+                                                      but "tracks" (what the page asks first: a crowd's
+                                                      tracks are megabytes; the picture must not wait)
+  GET  /api/files/jobs/{id}/files/{n}/review/tracks   {"tracks": [...]} as in the full answer, made once
+                                                      per file and kept (gzip when the client takes it)
   GET  /api/files/jobs/{id}/files/{n}/proxy.mp4       the review proxy: ANONYMIZED frames only (a photo:
                                                       its anonymized output); Range requests answered (206)
   PUT  /api/files/jobs/{id}/files/{n}/edits           the whole edits document (docs/edits-format.md),
@@ -24,6 +28,7 @@ be JSON (a plain form cannot send it), as in files.py.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import math
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 BASE = "/api/files/jobs/{id}/files/{n}"
 MAX_KEYFRAMES = 1000  # user keyframes in one follow (each one drawn by hand: far more than anyone draws)
 FOLLOWS_AT_ONCE = 1  # the follower decodes the original: one at a time per server, the rest wait
+GZIP_KEPT = 2  # gzipped tracks answers kept (a 10-minute crowd video's: a few MB each)
+GZIP_LEVEL = 1  # ~4x faster than zlib's default on the tracks' JSON, ~25 % bigger
 
 
 def _frame_index(value: Any, key: str, frames: int) -> int:
@@ -74,10 +81,13 @@ class ReviewRoutes:
         self.routes = files_routes
         self.files: FileJobs = files_routes.files
         self._follows = asyncio.Semaphore(FOLLOWS_AT_ONCE)
+        # (job, n) -> (the manager's tracks JSON, its gzip): compressed once per answer the manager made.
+        self._gzipped: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 
     def add(self, router: web.UrlDispatcher) -> None:
         router.add_get("/files/jobs/{id}/files/{n}/review", self._page)
         router.add_get(BASE + "/review", self._review)
+        router.add_get(BASE + "/review/tracks", self._tracks)
         router.add_get(BASE + "/proxy.mp4", self._proxy)
         router.add_put(BASE + "/edits", self._edits)
         router.add_post(BASE + "/follow", self._follow)
@@ -85,8 +95,10 @@ class ReviewRoutes:
         router.add_get(BASE + r"/original/{frame:\d{1,9}}.jpg", self._original)
 
     # --- helpers ---
-    def _review_of(self, job_id: int, n: int, *, reviewable: bool = False) -> dict[str, Any]:
-        review = self.files.review(job_id, n)
+    def _review_of(
+        self, job_id: int, n: int, *, reviewable: bool = False, tracks: bool = True
+    ) -> dict[str, Any]:
+        review = self.files.review(job_id, n, tracks=tracks)
         if review is None:
             raise web.HTTPNotFound(text=f"job {job_id} has no file {n}\n")
         if reviewable and not review.get("reviewable"):
@@ -111,14 +123,41 @@ class ReviewRoutes:
 
     async def _review(self, request: web.Request) -> web.StreamResponse:
         job_id, n = self.routes._known_file(request)
-        review = dict(await asyncio.to_thread(self._review_of, job_id, n))
+        tracks = request.query.get("tracks", "1")
+        if tracks not in ("0", "1"):
+            raise _bad("tracks: 0 (the review without its tracks) or 1 (with them) is expected")
+        review = dict(await asyncio.to_thread(self._review_of, job_id, n, tracks=tracks == "1"))
         job = self.files.job(job_id) or {}
         row = next((f for f in job.get("files", []) if isinstance(f, dict) and f.get("n") == n), {})
         review.setdefault("name", row.get("name", ""))
         review.setdefault("output", row.get("output"))
         review["job"], review["n"] = job_id, n
         review["originals"] = self.files.can_see_originals(self.routes.user(request))
-        return self.routes._json(review)
+        # With its tracks, megabytes of JSON: made in a thread, not in the loop that serves the picture.
+        body = await asyncio.to_thread(lambda: json.dumps(review, default=str).encode())
+        return web.Response(body=body, content_type="application/json", headers=NO_STORE)
+
+    async def _tracks(self, request: web.Request) -> web.StreamResponse:
+        """The tracks alone, asked by the page once the picture is on its way (kept serialized)."""
+        job_id, n = self.routes._known_file(request)
+        body = await asyncio.to_thread(self.files.review_tracks_json, job_id, n)
+        if body is None:
+            raise web.HTTPNotFound(
+                text="nothing to review for this file (not finished, failed, or made before reviews existed)\n"
+            )
+        headers = {**NO_STORE, "Vary": "Accept-Encoding"}
+        if "gzip" not in request.headers.get("Accept-Encoding", "").lower():
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        hit = self._gzipped.get((job_id, n))
+        if hit is None or hit[0] is not body:
+            packed = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
+            self._gzipped.pop((job_id, n), None)
+            self._gzipped[(job_id, n)] = hit = (body, packed)
+            while len(self._gzipped) > GZIP_KEPT:
+                self._gzipped.pop(next(iter(self._gzipped)))
+        return web.Response(
+            body=hit[1], content_type="application/json", headers={**headers, "Content-Encoding": "gzip"}
+        )
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         """The anonymized frames to review (never the original: checked here too, belt and braces)."""

@@ -20,8 +20,13 @@
   const API = "/api/files/jobs/" + jobId + "/files/" + fileN;
 
   const state = {
-    ready: false, // the review loaded and the first picture shown
-    review: null, // GET .../review as it came
+    ready: false, // the review loaded and the first picture shown (the tracks may still be on their way)
+    review: null, // GET .../review?tracks=0 as it came; .tracks set when GET .../review/tracks answers
+    tracksReady: false, // the tracks came and their boxes and lanes are drawn
+    tracksError: null, // why the tracks could not be loaded
+    events: [], // "picture", "tracks": in the order they happened (for tests)
+    pictureMs: null, // ms from the navigation's start to the first picture shown (for benchmarks)
+    tracksMs: null, // ... to the tracks drawn
     kind: "",
     frame: 0,
     frames: 1,
@@ -216,6 +221,8 @@
     const only = onlyAt(f);
     if (only) label(ctx, "everything masked except " + only.tracks.map((x) => "#" + x).join(", "), 4, 20, COLORS.kept);
     if (failed.has(f)) label(ctx, "failed closed: the whole frame stays masked", 4, 40, COLORS.zone);
+    // Until the tracks come no box is drawn: say so (the picture itself is the anonymized output).
+    if (!state.tracksReady) label(ctx, state.tracksError ? "tracks not loaded: no boxes shown" : "loading tracks…", 4, stage.clientHeight - 4, "#fff");
     if (drawing) {
       ctx.setLineDash([4, 3]);
       ctx.strokeStyle = "#fff";
@@ -341,6 +348,7 @@
   }
 
   function nextTrackStart() {
+    if (!state.tracksReady) return;
     const starts = tracks.map((t) => t.first).filter((f) => f > state.frame);
     if (!starts.length) return;
     pause();
@@ -685,7 +693,7 @@
     for (;;) {
       await new Promise((res) => setTimeout(res, POLL_MS));
       try {
-        const r = await fetch(API + "/review", { cache: "no-store" });
+        const r = await fetch(API + "/review?tracks=0", { cache: "no-store" });
         if (!r.ok) throw new Error(await why(r));
         const rv = await r.json();
         if (rv.state === "rendering" || rv.rendering) { renderState("rendering"); continue; }
@@ -756,8 +764,11 @@
   function renderTools() {
     const n = state.selected.length;
     $("sel").textContent = n ? "Selected: " + state.selected.map((x) => "#" + x).join(", ") + (n === 1 ? " (Ctrl or Shift: select more)" : "")
+      : state.tracksError ? "The tracks could not be loaded: " + state.tracksError + " (reload the page). Zones and added masks still work."
+      : !state.tracksReady ? "Loading the tracks… (a track's edits once they are here)"
       : tracks.length ? "Click a box or a lane to select a track (Ctrl or Shift: several)." : "No face was found in this file.";
-    for (const id of ["remove", "keep", "only"]) $(id).disabled = !n;
+    for (const id of ["remove", "keep", "only"]) $(id).disabled = !n || !state.tracksReady;
+    if (state.kind === "video") $("next-start").disabled = !state.tracksReady;
   }
 
   // --- loading ---
@@ -766,24 +777,66 @@
     if (state.kind === "image") {
       still.hidden = false;
       video.hidden = true;
-      still.onload = () => { state.proxyLoads++; state.ready = true; showFrame(); };
-      still.onerror = () => msg("The anonymized photo could not be shown.");
+      still.onload = () => { state.proxyLoads++; shown(); showFrame(); };
+      still.onerror = () => { pictureSettled(); msg("The anonymized photo could not be shown."); };
       still.src = API + "/proxy.mp4" + bust;
       return;
     }
     video.hidden = false;
     still.hidden = true;
     const keep = state.frame;
-    video.onloadeddata = () => { state.proxyLoads++; state.ready = true; seek(keep); };
-    video.onerror = () => msg("The review video could not be played (HTTP or format error).");
+    video.onloadeddata = () => { state.proxyLoads++; shown(); seek(keep); };
+    video.onerror = () => { pictureSettled(); msg("The review video could not be played (HTTP or format error)."); };
     video.src = API + "/proxy.mp4" + bust;
     video.load();
+  }
+
+  // The first picture shown (or failed): the tracks' parsing and drawing wait for it, not their download.
+  let pictureSettled = () => {};
+  const pictureFirst = new Promise((res) => { pictureSettled = res; });
+
+  function shown() {
+    if (!state.ready) { state.events.push("picture"); state.pictureMs = Math.round(performance.now()); }
+    state.ready = true;
+    pictureSettled();
+  }
+
+  // The tracks (a crowd's are megabytes) come on their own, while the picture loads; drawn when here.
+  async function loadTracks() {
+    const note = $("lanes-note");
+    note.hidden = false;
+    note.textContent = "loading tracks…";
+    try {
+      const r = await fetch(API + "/review/tracks", { cache: "no-store" });
+      if (!r.ok) throw new Error(await why(r));
+      const text = await r.text();
+      // A crowd's tracks take the page's thread a while to parse and draw: after the picture, not before.
+      await pictureFirst;
+      const got = JSON.parse(text);
+      tracks = Array.isArray(got.tracks) ? got.tracks : [];
+    } catch (e) {
+      state.tracksError = e.message;
+      note.textContent = "The tracks could not be loaded: " + e.message + " (reload the page).";
+      renderTools();
+      drawOverlay();
+      return;
+    }
+    byId = new Map(tracks.map((t) => [t.id, t]));
+    state.review.tracks = tracks;
+    state.tracksReady = true;
+    state.events.push("tracks");
+    note.hidden = true;
+    renderTools();
+    drawLanes();
+    drawOverlay();
+    state.tracksMs = Math.round(performance.now());
   }
 
   async function load() {
     if (!m) { msg("This address is not a file's review."); return; }
     $("rv-name").textContent = "Job " + jobId + " · file " + fileN;
-    const r = await fetch(API + "/review", { cache: "no-store" });
+    // Everything but the tracks first: the picture starts at once, the tracks follow (loadTracks).
+    const r = await fetch(API + "/review?tracks=0", { cache: "no-store" });
     if (!r.ok) { msg(await why(r)); return; }
     const rv = await r.json();
     state.review = rv;
@@ -799,8 +852,6 @@
     }
     state.frames = Math.max(1, rv.frames || 1);
     state.fps = rv.fps > 0 ? rv.fps : 25;
-    tracks = Array.isArray(rv.tracks) ? rv.tracks : [];
-    byId = new Map(tracks.map((t) => [t.id, t]));
     failed = new Set(rv.failed_frames || []);
     if (rv.edits && Array.isArray(rv.edits.edits)) {
       state.doc = { format: FORMAT, edits: rv.edits.edits };
@@ -816,6 +867,7 @@
     renderTools();
     drawLanes();
     loadPicture(false);
+    loadTracks();
   }
 
   // --- wiring ---
