@@ -86,7 +86,7 @@ def make_input(eval_dir: Path, dst: Path, frames: int) -> str:
                     for f in inp.decode(vin):
                         if n >= frames:
                             break
-                        put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p"))
+                        put(f.reformat(width=WIDTH, height=HEIGHT, format="yuv420p", threads=1))
                         n += 1
                 passes += 1
             what = f"{SOURCE} first {n} frames scaled to {WIDTH}x{HEIGHT}" + (
@@ -97,7 +97,7 @@ def make_input(eval_dir: Path, dst: Path, frames: int) -> str:
             base = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
             for i in range(frames):
                 img = np.roll(base, 8 * i, axis=1)
-                put(av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p"))
+                put(av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1))
                 n += 1
             what = f"SYNTHETIC {n} frames {WIDTH}x{HEIGHT} (no eval data at {src}; no faces)"
         for pkt in vs.encode(None):

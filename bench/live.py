@@ -151,7 +151,7 @@ def stamped_latencies(url: str, seconds: float, open_timeout: float = 10) -> tup
             t_end = time.monotonic() + seconds
             for f in c.decode(video=0):
                 now_ms = time.time() * 1000
-                stamp = read_stamp(f.to_ndarray(format="gray"))
+                stamp = read_stamp(f.to_ndarray(format="gray", threads=1))
                 if stamp is not None and abs(now_ms - stamp) < 60_000:  # the slate reads as 0
                     out.append(now_ms - stamp)
                 if time.monotonic() > t_end:
@@ -183,7 +183,7 @@ def camera_back_s(host: AppThread, sim: SimCamera, name: str) -> float | None:
                 host.rtsp_url(name), options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)
             ) as c:
                 for f in c.decode(video=0):
-                    stamp = read_stamp(f.to_ndarray(format="gray"))
+                    stamp = read_stamp(f.to_ndarray(format="gray", threads=1))
                     is_live = stamp is not None and abs(time.time() * 1000 - stamp) < 60_000
                     seen.append((time.monotonic(), is_live))
                     if halt.is_set():

@@ -231,7 +231,9 @@ def scaled_video(src: Path, name: str, width: int, height: int, gt: dict[str, An
             st.codec_context.time_base = tb
             st.codec_context.thread_count = 2
             for f in inp.decode(video=0):
-                g = f.reformat(width=width, height=height, format="yuv420p", interpolation="LANCZOS")
+                g = f.reformat(
+                    width=width, height=height, format="yuv420p", interpolation="LANCZOS", threads=1
+                )
                 if first is None:
                     first = g.to_ndarray()
                 g.pts, g.time_base = n, tb
@@ -243,7 +245,7 @@ def scaled_video(src: Path, name: str, width: int, height: int, gt: dict[str, An
         if n != int(gt["frames"]):
             raise SystemExit(f"live_leak: {src} decodes to {n} frames, gt says {gt['frames']}")
         with av.open(str(tmp)) as c:
-            back = next(c.decode(video=0)).to_ndarray(format="yuv420p")
+            back = next(c.decode(video=0)).to_ndarray(format="yuv420p", threads=1)
         if first is None or not np.array_equal(back, first):
             raise SystemExit(f"live_leak: {name}: the scaled video does not decode to the frames written")
         os.replace(tmp, path)
@@ -293,7 +295,7 @@ def stamped_raw(clip: Clip, stamp: StampInfo, cache_dir: Path) -> Path:
                     raise SystemExit(
                         f"live_leak: {clip.mp4} frame {n} is {f.width}x{f.height}, gt says {w}x{h}"
                     )
-                a = np.ascontiguousarray(f.to_ndarray(format="yuv420p"))
+                a = np.ascontiguousarray(f.to_ndarray(format="yuv420p", threads=1))
                 y = a[:h]
                 u = a[h : h + h // 4].reshape(h // 2, w // 2)
                 v = a[h + h // 4 :].reshape(h // 2, w // 2)
@@ -429,7 +431,7 @@ class Viewer:
             if self.debug_dir is not None and st.unstamped <= 5:
                 self.debug_dir.mkdir(parents=True, exist_ok=True)
                 name = f"{self.label}-unstamped-{st.unstamped}-after-{st.decoded}.png"
-                cv2.imwrite(str(self.debug_dir / name), f.to_ndarray(format="gray"))
+                cv2.imwrite(str(self.debug_dir / name), f.to_ndarray(format="gray", threads=1))
             return
         st.stamped += 1
         if idx in self.frames:
@@ -438,7 +440,7 @@ class Viewer:
         if (f.width, f.height) != (self.clip.width, self.clip.height):
             st.wrong_size += 1
             return
-        self.frames[idx] = f.to_ndarray(format="yuv420p")
+        self.frames[idx] = f.to_ndarray(format="yuv420p", threads=1)
 
 
 class ApiPoller:
@@ -549,7 +551,7 @@ def write_received(clip: Clip, received: dict[int, np.ndarray], out: Path) -> No
         for i, f in enumerate(src.decode(video=0)):
             arr = received.get(i)
             frame = av.VideoFrame.from_ndarray(
-                arr if arr is not None else f.to_ndarray(format="yuv420p"), format="yuv420p"
+                arr if arr is not None else f.to_ndarray(format="yuv420p", threads=1), format="yuv420p"
             )
             frame.pts = i
             frame.time_base = Fraction(1, clip.fps)
@@ -613,7 +615,7 @@ def overmask_received(
             ref = reference.get(i) if reference is not None else None
             if arr is None or (reference is not None and ref is None):
                 continue
-            y = f.to_ndarray(format="gray") if ref is None else ref[: clip.height]
+            y = f.to_ndarray(format="gray", threads=1) if ref is None else ref[: clip.height]
             keep = overmask_keep(y.shape, faces.get(i, []), [(0, 0, stamp.width, stamp.height)])
             shares.append(overmask_share(y, arr[: clip.height], keep))
     return Overmask.of(shares)

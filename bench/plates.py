@@ -60,7 +60,7 @@ def _ocr_worker(spec_path: str) -> None:
                 break
             if i not in want:
                 continue
-            img = f.to_ndarray(format="bgr24")
+            img = f.to_ndarray(format="bgr24", threads=1)
             rec: dict[str, Any] = {}
             if spec["mode"] == "scan":
                 big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
@@ -140,7 +140,7 @@ def masked_fractions(
                 if i > max(frames):
                     break
                 if i in frames:
-                    out[i] = f.to_ndarray(format="bgr24").astype(np.int16)
+                    out[i] = f.to_ndarray(format="bgr24", threads=1).astype(np.int16)
         return out
 
     a, b = read(faces_clip), read(plates_clip)

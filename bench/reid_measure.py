@@ -64,7 +64,7 @@ def main() -> int:
         for i, fr in enumerate(src.decode(video=0)):
             if i not in rows:
                 continue
-            x0 = fr.to_ndarray(format="rgb24")
+            x0 = fr.to_ndarray(format="rgb24", threads=1)
             for fid, x, y, w, h in rows[i]:
                 r = dlib.rectangle(int(x), int(y), int(x + w), int(y + h))
                 shape = sp(x0, r)
@@ -99,7 +99,7 @@ def main() -> int:
             for i, fr in enumerate(out.decode(video=0)):
                 if i not in rows:
                     continue
-                y0 = fr.to_ndarray(format="rgb24")
+                y0 = fr.to_ndarray(format="rgb24", threads=1)
                 for fid, *_ in rows[i]:
                     d1 = np.array(rec.compute_face_descriptor(y0, shapes[(i, fid)], 1))
                     dist = float(np.linalg.norm(d0[(i, fid)] - d1))

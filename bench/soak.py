@@ -284,7 +284,9 @@ class Tracker:
                 v.next_judge = now + self.judge_every_s
         if judge:
             try:
-                self.judge_q.put_nowait((v.name, round(self.run_s(now), 1), f.to_ndarray(format="bgr24")))
+                self.judge_q.put_nowait(
+                    (v.name, round(self.run_s(now), 1), f.to_ndarray(format="bgr24", threads=1))
+                )
             except queue.Full:
                 self.judge_dropped += 1
 
@@ -330,7 +332,7 @@ def frame_stamp(f: av.VideoFrame) -> int | None:
             plane = f.planes[0]
             rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
             return read_stamp(np.ascontiguousarray(rows[:64, : f.width]))
-        return read_stamp(f.to_ndarray(format="gray")[:64])
+        return read_stamp(f.to_ndarray(format="gray", threads=1)[:64])
     except (ValueError, TypeError):
         return None
 
@@ -665,7 +667,7 @@ def calibrate(judge: Any, url: str, res: JudgeResult, frames: int = 10) -> None:
     with av.open(url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(10, 5)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i % 5 == 0:  # frames spread over ~2 s of the moving clip
-                scores = [d.score for d in judge.detect_bgr(f.to_ndarray(format="bgr24"))]
+                scores = [d.score for d in judge.detect_bgr(f.to_ndarray(format="bgr24", threads=1))]
                 res.calibration_frames += 1
                 res.calibration_best = max([res.calibration_best, *scores])
                 res.calibration_with_face += any(s >= VISIBLE for s in scores)

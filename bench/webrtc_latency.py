@@ -173,7 +173,7 @@ def camera_direct(url: str, seconds: float) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     with av.open(url, options=opts, timeout=(10, 10)) as c:
         for frame in c.decode(video=0):
-            ms = read_stamp(frame.to_ndarray(format="gray"))
+            ms = read_stamp(frame.to_ndarray(format="gray", threads=1))
             if ms is not None:
                 lat.append(time.time() * 1000 - ms)
             if time.monotonic() > deadline:
@@ -260,7 +260,7 @@ async def viewers_child(base: str, count: int, seconds: float) -> None:
                 frames += 1
                 if measure:
                     now_ms = time.time() * 1000
-                    y = f.to_ndarray(format="gray")
+                    y = f.to_ndarray(format="gray", threads=1)
                     ms = read_stamp(y)
                     if ms is not None:
                         lat.append(now_ms - ms)

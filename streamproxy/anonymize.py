@@ -428,7 +428,7 @@ class _Pictures:
 
     def offer_frame(self, frame: av.VideoFrame) -> None:
         if self.due():
-            self._give(frame.to_ndarray(format="bgr24"))
+            self._give(frame.to_ndarray(format="bgr24", threads=1))
 
     def offer_image(self, img: np.ndarray) -> None:
         if not self.due():
@@ -955,7 +955,7 @@ def _emit(stages: _Stages, frame: av.VideoFrame | None, pix_fmt: str | None) -> 
     of = frame
     if of.format.name != pix_fmt:
         pts, tb = frame.pts, frame.time_base
-        of = of.reformat(format=pix_fmt)
+        of = of.reformat(format=pix_fmt, threads=1)
         of.pts, of.time_base = pts, tb
     stages.put(stages.anonymized, ("v", of))
 
@@ -1060,7 +1060,7 @@ class _Proxy:
             black = np.full((ph * 3 // 2, pw), 128, np.uint8)
             black[:ph] = 16
             return av.VideoFrame.from_ndarray(black, format="yuv420p")
-        small = frame.reformat(width=pw, height=ph, format="yuv420p")
+        small = frame.reformat(width=pw, height=ph, format="yuv420p", threads=1)
         if small is frame:  # the encoder thread has this frame too: never touch its timing
             small = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
         return small

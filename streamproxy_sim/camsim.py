@@ -359,7 +359,7 @@ def _decode_source(source: Path, f: object, width: int, height: int, n_frames: i
     with av.open(str(source)) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
-            bgr: np.ndarray = frame.to_ndarray(format="bgr24")
+            bgr: np.ndarray = frame.to_ndarray(format="bgr24", threads=1)
             if bgr.shape[1] != width or bgr.shape[0] != height:
                 bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
             bw, bh = stamp_area(width)

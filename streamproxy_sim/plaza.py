@@ -287,7 +287,7 @@ def _source_frames(video: Path) -> Iterator[tuple[int, np.ndarray]]:
             if n > _LAST_SOURCE:
                 return
             if n >= _FIRST_SOURCE:
-                bgr: np.ndarray = frame.to_ndarray(format="bgr24")
+                bgr: np.ndarray = frame.to_ndarray(format="bgr24", threads=1)
                 if (bgr.shape[1], bgr.shape[0]) != _SOURCE_SIZE:
                     raise ValueError(f"{video}: {bgr.shape[1]}x{bgr.shape[0]}, expected 768x576")
                 yield n, bgr[_CROP_Y:]

@@ -324,7 +324,7 @@ def source_frame_bgr(url: str) -> np.ndarray:
             with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(20, 20)) as c:
                 for i, frame in enumerate(c.decode(video=0)):
                     if i >= 5:  # past the first keyframe's possible artefacts
-                        return frame.to_ndarray(format="bgr24")
+                        return frame.to_ndarray(format="bgr24", threads=1)
         except av.error.FFmpegError as err:
             last = err
     raise AssertionError(f"camera gave no frame: {last}")

@@ -140,8 +140,8 @@ class Viewer(threading.Thread):
             with av.open(self.url, options=opts, timeout=(5, 5)) as c:
                 self.opened_at = time.monotonic()
                 for f in c.decode(video=0):
-                    y = f.to_ndarray(format="gray")
-                    bgr = f.to_ndarray(format="bgr24") if self.keep_images else None
+                    y = f.to_ndarray(format="gray", threads=1)
+                    bgr = f.to_ndarray(format="bgr24", threads=1) if self.keep_images else None
                     now_ms = time.time() * 1000
                     stamp = read_stamp(y)
                     # A plain dark picture (the slate) reads as stamp 0 (all blocks black, CRC 0):

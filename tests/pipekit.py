@@ -43,7 +43,7 @@ def picture(i: int) -> av.VideoFrame:
     img = np.full((H, W, 3), 200, np.uint8)
     img[::2, ::2] = 255
     img[:8, : (i % W) + 1] = 90  # a frame number you can see
-    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
 
 
 class StubDetector:
@@ -117,7 +117,7 @@ class KeepingEncoder:
     ) -> list[EncodedPacket]:
         if self.fail:
             raise RuntimeError("encoder exploded")
-        self.frames.append((decoded_at, frame.to_ndarray(format="yuv420p")[: frame.height].copy()))
+        self.frames.append((decoded_at, frame.to_ndarray(format="yuv420p", threads=1)[: frame.height].copy()))
         n = len(self.frames)
         return [EncodedPacket(b"\x00\x00\x00\x01\x65", n * 3600, True, decoded_at, time.monotonic())]
 

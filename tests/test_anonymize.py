@@ -97,9 +97,9 @@ def test_video_keeps_resolution_rate_frames_and_audio_when_asked(tmp_path: Path,
         assert (vb.width, vb.height) == (va.width, va.height)
         assert vb.average_rate == va.average_rate == Fraction(25)
         assert len(b.streams.audio) == 1
-        fa = [f.to_ndarray(format="bgr24") for f in a.decode(video=0)]
+        fa = [f.to_ndarray(format="bgr24", threads=1) for f in a.decode(video=0)]
     with av.open(str(dst)) as b:
-        fb = [f.to_ndarray(format="bgr24") for f in b.decode(video=0)]
+        fb = [f.to_ndarray(format="bgr24", threads=1) for f in b.decode(video=0)]
     assert len(fb) == len(fa) == 30
     for i, (x, y) in enumerate(zip(fa, fb, strict=True)):
         assert changed_fraction(x, y, boxes[i]) > 0.8, f"frame {i}"
@@ -176,7 +176,7 @@ def test_fail_closed_with_a_detector_that_raises(inputs: Path, tmp_path: Path, d
     assert out_img is not None, "the written image reads back"
     assert changed_fraction(src_img, out_img, paste_face(background(480, 360), 150, 60, 140)) > 0.9
     with av.open(str(tmp_path / "out" / "v.mp4")) as b:
-        frames = [f.to_ndarray(format="bgr24") for f in b.decode(video=0)]
+        frames = [f.to_ndarray(format="bgr24", threads=1) for f in b.decode(video=0)]
     assert len(frames) == 8
     for f in frames:
         assert detector.detect_bgr(f) == []  # type: ignore[attr-defined]
@@ -345,7 +345,7 @@ def test_two_batches_in_two_threads_share_no_detector_state(tmp_path: Path, mode
 
     def decoded(path: Path) -> list[np.ndarray]:
         with av.open(str(path)) as c:
-            return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+            return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(video=0)]
 
     solo = Batch(small_cfg(model_dir), audit=False)
     assert solo.run(Job(src, tmp_path / "solo" / "clip.mp4", "video")).ok

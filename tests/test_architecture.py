@@ -231,3 +231,42 @@ def test_the_wheel_carries_the_product_not_the_tools() -> None:
     } <= shipped
     assert "serve/http/web/*" in project["tool"]["setuptools"]["package-data"]["streamproxy"]
     assert (PKG / "serve" / "http" / "web" / "index.html").is_file()
+
+
+# PyAV >= 17 converts and scales frames with a pool of swscale threads unless told otherwise
+# (`threads=0`, "auto"), and that pool can hang for good when a thread's cached SwsContext is set up
+# again for another size: seen on this project's CI, the service's event loop stuck in
+# `pthread_cond_destroy` under `avpriv_slicethread_free` while encoding a grid tile (a whole test run
+# hung; a live service would have stopped answering). One thread each is what PyAV < 17 did, and on
+# a 2-core box the pool bought nothing (PyAV issue 2200).
+SWS_CALLS = ("reformat", "to_ndarray")
+
+
+def _sws_calls_without_threads(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in SWS_CALLS or not (node.keywords or node.args):
+            continue  # to_ndarray() with no arguments converts nothing
+        if not any(k.arg == "threads" for k in node.keywords):
+            name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+            found.append(f"{name}:{node.lineno}: .{node.func.attr}(...) without threads=1")
+    return found
+
+
+def test_every_frame_conversion_runs_in_one_thread() -> None:
+    """Every PyAV conversion or scaling, in the product, the simulator, the benchmarks and the tests,
+    says `threads=1` (the reason above SWS_CALLS)."""
+    found: list[str] = []
+    for folder in ("streamproxy", "streamproxy_sim", "bench", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if ".venv" not in path.parts:
+                found += _sws_calls_without_threads(path)
+    assert not found, "\n".join(found)
+
+
+def test_the_thread_rule_catches_a_conversion_without_it(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('def f(frame):\n    return frame.to_ndarray(format="bgr24")\n')
+    assert _sws_calls_without_threads(probe) == ["probe.py:2: .to_ndarray(...) without threads=1"]

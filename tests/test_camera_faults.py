@@ -104,12 +104,12 @@ class Viewer(threading.Thread):
             with av.open(self.url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(5, 5)) as c:
                 for i, f in enumerate(c.decode(video=0)):
                     now = time.monotonic()
-                    stamp = read_stamp(f.to_ndarray(format="gray"))
+                    stamp = read_stamp(f.to_ndarray(format="gray", threads=1))
                     if stamp is not None and abs(time.time() * 1000 - stamp) > 60_000:
                         stamp = None  # the dark slate reads as stamp 0
                     self.frames.append(Seen(now, stamp, (f.width, f.height)))
                     if (i % 2 == 0 or stamp is None) and len(self.images) < 160:
-                        self.images.append((now, f.to_ndarray(format="bgr24")))
+                        self.images.append((now, f.to_ndarray(format="bgr24", threads=1)))
                     if self.halt.is_set() or now - t0 > self.max_s:
                         break
         except Exception as err:  # the test judges: a viewer must not see an error during a fault
@@ -214,7 +214,9 @@ def rig(model_dir: Path, judge: OnnxFaceDetector) -> Iterator[Rig]:
         # Wide timeouts: a fresh camera's first packet takes 2-4 s on a loaded 2-core box.
         try:
             with av.open(r.camera_url, options={"rtsp_transport": "tcp", **LOW_DELAY}, timeout=(15, 15)) as c:
-                raw = [f.to_ndarray(format="bgr24") for f in itertools.islice(c.decode(video=0), 6)]
+                raw = [
+                    f.to_ndarray(format="bgr24", threads=1) for f in itertools.islice(c.decode(video=0), 6)
+                ]
         except av.error.FFmpegError as err:
             pytest.fail(f"the camera sent no video ({err}); it said:\n{r.sim.log_tail() if r.sim else '?'}")
         faces = visible_faces(judge, raw)

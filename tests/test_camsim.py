@@ -207,7 +207,7 @@ def test_stamp_survives_h264_and_measures_latency(sim_camera_factory: Callable[.
     cam = sim_camera_factory(width=1280, height=720)
     frames = _read_frames(cam.url, "tcp", 50)
     now_ms = time.time() * 1000
-    stamps = [camsim.read_stamp(f.to_ndarray(format="yuv420p")[: f.height]) for f in frames]
+    stamps = [camsim.read_stamp(f.to_ndarray(format="yuv420p", threads=1)[: f.height]) for f in frames]
     assert all(s is not None for s in stamps), stamps
     valid = [s for s in stamps if s is not None]
     assert all(abs(now_ms - s) < 5000 for s in valid)
@@ -319,8 +319,8 @@ def test_encode_clip_gives_one_access_unit_per_frame_and_loops_from_a_keyframe(t
     frames += ctx.decode(None)
     assert len(frames) == 2 * fps * seconds
     # Same picture both times round, and close to the raw clip (faces are there, not mush).
-    y0 = frames[3].to_ndarray(format="gray").astype(np.float32)
-    y1 = frames[23].to_ndarray(format="gray").astype(np.float32)
+    y0 = frames[3].to_ndarray(format="gray", threads=1).astype(np.float32)
+    y1 = frames[23].to_ndarray(format="gray", threads=1).astype(np.float32)
     raw3 = _i420_y(raw, 3, width, height).astype(np.float32)
     assert np.array_equal(y0, y1)
     assert 10 * np.log10(255**2 / float(np.mean((y0 - raw3) ** 2))) > 28
@@ -369,7 +369,7 @@ def test_replay_camera_serves_the_clip_at_the_frame_rate(
     media_s, wall_s = media[-1] - media[0], t_last - t_first
     assert wall_s >= 0.8 * media_s - 0.2, f"3 s of clip came in {wall_s:.2f} s: not paced"
     for f in frames[::15]:
-        y = f.to_ndarray(format="gray").astype(np.float32)
+        y = f.to_ndarray(format="gray", threads=1).astype(np.float32)
         assert camsim.read_stamp(y.astype(np.uint8)) is None  # replay frames carry no barcode
         # Which clip frame is this? The closest raw one; it must be close, and show its faces.
         errs = [float(np.mean((y - r) ** 2)) for r in raw]
@@ -386,7 +386,10 @@ def test_h265(sim_camera_factory: Callable[..., SimCamera]) -> None:
     cam = sim_camera_factory(codec="h265")
     assert _ffprobe(cam.url, "tcp", cam)["codec_name"] == "hevc"
     frames = _read_frames(cam.url, "tcp", 5)
-    assert len(frames) == 5 and camsim.read_stamp(frames[-1].to_ndarray(format="yuv420p")[:360]) is not None
+    assert (
+        len(frames) == 5
+        and camsim.read_stamp(frames[-1].to_ndarray(format="yuv420p", threads=1)[:360]) is not None
+    )
 
 
 @pytest.mark.slow
@@ -610,7 +613,7 @@ def _replay_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
     for data, _ in camsim.read_access_units(path):
         for frame in codec.decode(av.Packet(data)):
             if n in indices:
-                out[n] = frame.to_ndarray(format="bgr24")
+                out[n] = frame.to_ndarray(format="bgr24", threads=1)
             n += 1
         if len(out) == len(indices):
             break

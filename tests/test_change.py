@@ -224,7 +224,7 @@ class RegionDetector:
 
 
 def to_frame(img: np.ndarray, i: int) -> av.VideoFrame:
-    f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
     f.pts = i
     return f
 
@@ -246,7 +246,7 @@ def run_live(eng: Anonymizer, frames: list[np.ndarray]) -> dict[int, AnonymizedF
 
 def masked(before: np.ndarray, res: AnonymizedFrame, box: Box) -> float:
     assert res.frame is not None
-    return changed_fraction(before, res.frame.to_ndarray(format="bgr24"), box, tol=6)
+    return changed_fraction(before, res.frame.to_ndarray(format="bgr24", threads=1), box, tol=6)
 
 
 def test_a_face_fading_in_where_it_stands_is_looked_at_before_its_first_frame_leaves() -> None:

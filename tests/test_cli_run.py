@@ -136,7 +136,7 @@ def _read_bgr(url: str, n: int, timeout: float = 20.0) -> list[np.ndarray]:
     deadline = time.monotonic() + timeout
     with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as c:
         for frame in c.decode(video=0):
-            frames.append(frame.to_ndarray(format="bgr24"))
+            frames.append(frame.to_ndarray(format="bgr24", threads=1))
             if len(frames) >= n or time.monotonic() > deadline:
                 break
     return frames
@@ -147,7 +147,7 @@ def _replay_bgr(path: Path, n: int) -> list[np.ndarray]:
     codec = av.CodecContext.create("h264", "r")
     frames: list[np.ndarray] = []
     for data, _ in read_access_units(path):
-        frames += [f.to_ndarray(format="bgr24") for f in codec.decode(av.Packet(data))]
+        frames += [f.to_ndarray(format="bgr24", threads=1) for f in codec.decode(av.Packet(data))]
         if len(frames) >= n:
             break
     return frames[:n]

@@ -318,7 +318,7 @@ def test_no_faces_on_flat_or_noise(model_dir: Path, model: str, tiles: int) -> N
 @pytest.mark.parametrize("tiles", [1, 2])
 def test_detect_frame_yuv420p(model_dir: Path, model: str, astronaut: np.ndarray, tiles: int) -> None:
     img, faces = place(astronaut, (1280, 720), 28, [(60, 60), (700, 80), (900, 500)])
-    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
     assert frame.format.name == "yuv420p"
     det = make(model_dir, model, input_width=1280 if tiles == 1 else 640, tiles=tiles)
     dets = det.detect_frame(frame)
@@ -333,7 +333,7 @@ def test_detect_frame_yuv420p(model_dir: Path, model: str, astronaut: np.ndarray
 @pytest.mark.parametrize("model", MODELS)
 def test_detect_frame_odd_size_downscaled(model_dir: Path, model: str, astronaut: np.ndarray) -> None:
     img, faces = place(astronaut, (1282, 722), 90, [(500, 100)])
-    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
     dets = make(model_dir, model, input_width=480).detect_frame(frame)
     assert_found(dets, faces, min_iou=0.6)
 

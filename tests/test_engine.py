@@ -54,11 +54,11 @@ def detector(model_dir: Path) -> object:
 
 
 def _frame(img: np.ndarray) -> av.VideoFrame:
-    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
 
 
 def _bgr(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="bgr24")
+    return frame.to_ndarray(format="bgr24", threads=1)
 
 
 def _live(eng: Anonymizer, frame: av.VideoFrame, t: float) -> AnonymizedFrame:

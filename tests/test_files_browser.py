@@ -110,7 +110,9 @@ def faces(judge: Any, img: np.ndarray) -> int:
 def video_frames(data: bytes, path: Path, every: int = 4) -> list[np.ndarray]:
     path.write_bytes(data)
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for i, f in enumerate(c.decode(video=0)) if i % every == 0]
+        return [
+            f.to_ndarray(format="bgr24", threads=1) for i, f in enumerate(c.decode(video=0)) if i % every == 0
+        ]
 
 
 def photo(path: Path, seed: int) -> Path:

@@ -40,7 +40,7 @@ async def _until(cond: Any, what: str, timeout: float = 120.0) -> None:
 
 def _frames(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
+        return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(c.streams.video[0])]
 
 
 @pytest.fixture

@@ -167,12 +167,12 @@ def test_starved_cpu_sheds_frames_and_never_shows_the_face(
                 except av.error.InvalidDataError:
                     continue  # a packet from before the first keyframe: nothing to judge
                 for frame in frames:
-                    img = frame.to_ndarray(format="yuv420p")
+                    img = frame.to_ndarray(format="yuv420p", threads=1)
                     idx = read_stamp(img[:H])
                     if idx is not None and 1 <= idx <= N_FRAMES:
                         i = idx - 1
                         if i in boxes and i not in received:
-                            received[i] = frame.to_ndarray(format="bgr24")
+                            received[i] = frame.to_ndarray(format="bgr24", threads=1)
                         if i < last_index - N_FRAMES // 2:
                             loops_with_face += 1  # the clip wrapped around
                         last_index = i

@@ -233,7 +233,7 @@ def test_face_appearing_on_a_gated_camera_is_never_shown(
                 except av.error.InvalidDataError:
                     continue  # a packet from before the first keyframe: nothing to judge
                 for frame in frames:
-                    yuv = frame.to_ndarray(format="yuv420p")
+                    yuv = frame.to_ndarray(format="yuv420p", threads=1)
                     stamp = read_stamp(yuv[: frame.height])
                     i = stamp - 1 if stamp is not None and stamp <= N_FRAMES else None
                     if i is None:

@@ -86,7 +86,7 @@ async def test_grid_page_over_test_doubles() -> None:
         tiles = await browser.wait_js(TILES_SHOWN % len(names), 20)
         assert tiles, await browser.evaluate("window.streamproxyGrid")
         # Each tile shows its camera's picture (the double's synthetic frame, at the tile's size).
-        want = synthetic_frame(0).to_ndarray(format="bgr24")
+        want = synthetic_frame(0).to_ndarray(format="bgr24", threads=1)
         for name in names:
             img = await browser.grab_tile_bgr(name)
             assert img is not None, name
@@ -340,7 +340,7 @@ def _clip_gray(path: Path, n: int, size: tuple[int, int]) -> list[np.ndarray]:
     frames: list[np.ndarray] = []
     with av.open(str(path)) as c:
         for frame in c.decode(video=0):
-            bgr = frame.to_ndarray(format="bgr24")
+            bgr = frame.to_ndarray(format="bgr24", threads=1)
             frames.append(
                 cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), size, interpolation=cv2.INTER_AREA)
             )

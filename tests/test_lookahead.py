@@ -52,7 +52,7 @@ def clip(face_x: dict[int, int], n: int) -> tuple[list[np.ndarray], dict[int, Bo
 
 
 def to_frame(img: np.ndarray, i: int) -> av.VideoFrame:
-    f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    f = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
     f.pts = i
     return f
 
@@ -81,7 +81,7 @@ def run_live(eng: Anonymizer, imgs: list[np.ndarray]) -> list[tuple[int, Anonymi
 
 def masked(before: np.ndarray, res: AnonymizedFrame, box: Box) -> float:
     assert res.frame is not None
-    return changed_fraction(before, res.frame.to_ndarray(format="bgr24"), box, tol=6)
+    return changed_fraction(before, res.frame.to_ndarray(format="bgr24", threads=1), box, tol=6)
 
 
 def engine(det: ScriptDetector, every: int, unmasked: int = 0) -> Anonymizer:
@@ -128,7 +128,8 @@ def test_no_face_no_mask_and_the_frames_wait_for_the_run() -> None:
     for i, res in zip((4, 5), rest, strict=True):
         assert res.frame is not None
         assert np.array_equal(
-            res.frame.to_ndarray(format="bgr24"), to_frame(imgs[i], i).to_ndarray(format="bgr24")
+            res.frame.to_ndarray(format="bgr24", threads=1),
+            to_frame(imgs[i], i).to_ndarray(format="bgr24", threads=1),
         )
 
 
@@ -172,7 +173,7 @@ def test_a_new_frame_size_releases_the_frames_of_the_old_one_first() -> None:
     push(eng, to_frame(imgs[0], 0), 0.0, 0.0)
     assert push(eng, to_frame(imgs[1], 1), 0.04, 1.0) == []
     small = av.VideoFrame.from_ndarray(np.zeros((180, 320, 3), np.uint8), format="bgr24").reformat(
-        format="yuv420p"
+        format="yuv420p", threads=1
     )
     small.pts = 2
     out = push(eng, small, 0.08, 2.0)

@@ -85,7 +85,7 @@ def _play(url: str, frames: int, max_s: float = 40) -> list[np.ndarray]:
     t0 = time.monotonic()
     with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as c:
         for f in c.decode(video=0):
-            out.append(f.to_ndarray(format="bgr24"))
+            out.append(f.to_ndarray(format="bgr24", threads=1))
             if len(out) >= frames or time.monotonic() - t0 > max_s:
                 break
     return out

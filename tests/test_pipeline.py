@@ -135,7 +135,7 @@ async def test_the_slate_is_published_while_no_frames_arrive_and_no_detector_is_
         snap = pipe.snapshot()
     assert all(p.keyframe for p in hub.packets)  # a viewer joining during the outage sees it at once
     assert hub.codec is not None and (hub.codec.width, hub.codec.height) == (64, 64)
-    slate = make_slate(64, 64, "slate-cam").to_ndarray(format="yuv420p")[:64]
+    slate = make_slate(64, 64, "slate-cam").to_ndarray(format="yuv420p", threads=1)[:64]
     assert all(np.array_equal(y, slate) for _, y in rig.encoders[0].frames)
     assert pipe.latest_frame(max_age_s=60) is not None
     # Our own picture: not a camera frame, so not counted out or measured.

@@ -129,7 +129,7 @@ def test_a_camera_on_a_broken_pool_fails_its_frames_closed() -> None:
     pool = DetectorPool(DetectorConfig(), sessions=1, factory=factory)  # type: ignore[arg-type]
     eng = Anonymizer(EngineConfig(detect_every=1), detector=PooledDetector(pool, DetectorConfig()))
     frame = av.VideoFrame.from_ndarray(np.full((360, 640, 3), 90, np.uint8), format="bgr24").reformat(
-        format="yuv420p"
+        format="yuv420p", threads=1
     )
     out = [p.render() for p in eng.push_pending(frame, 0.0, 0.0)]
     pool.close()

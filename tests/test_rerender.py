@@ -36,7 +36,7 @@ def sha(path: Path) -> str:
 
 def frames_of(path: Path, fmt: str = "bgr24") -> list[np.ndarray]:
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format=fmt) for f in c.decode(video=0)]
+        return [f.to_ndarray(format=fmt, threads=1) for f in c.decode(video=0)]
 
 
 def cli_cfg(src: Path) -> EngineConfig:
@@ -101,7 +101,7 @@ def test_run_writes_the_review_log_and_an_anonymized_proxy(ran: Ran) -> None:
         vs = c.streams.video[0]
         assert (vs.width, vs.height) == (640, 358)
         assert vs.average_rate == 25
-        got = [(f.pts, f.key_frame, f.to_ndarray(format="bgr24")) for f in c.decode(vs)]
+        got = [(f.pts, f.key_frame, f.to_ndarray(format="bgr24", threads=1)) for f in c.decode(vs)]
     assert [p for p, _, _ in got] == list(range(FRAMES)), "frame i at pts i"
     assert [p for p, k, _ in got if k] == [0, 25, 50], "a keyframe every 25 frames"
     out, orig = frames_of(ran.dst), frames_of(ran.src)

@@ -103,7 +103,7 @@ def make_scene(path: Path) -> dict[str, list[Box]]:
 
 def frames_of(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+        return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(video=0)]
 
 
 def inner(b: Box, k: float = 0.15) -> Box:

@@ -146,14 +146,14 @@ def decoded(data: bytes) -> list[np.ndarray]:
         with av.open(io.BytesIO(data), "r") as c:
             if not c.streams.video:
                 return []
-            return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+            return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(video=0)]
     except (av.error.FFmpegError, ValueError):
         return []
 
 
 def frames_of(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+        return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(video=0)]
 
 
 def mad(a: np.ndarray, b: np.ndarray, box: Box) -> float:

@@ -212,7 +212,7 @@ def test_frames_flow(
     assert frames[-1].pts_seconds is not None
     # Frames arrive live: the stamp drawn when the camera captured them is recent.
     now_ms = time.time() * 1000
-    stamp = camsim.read_stamp(frames[-1].frame.to_ndarray(format="yuv420p")[:360])
+    stamp = camsim.read_stamp(frames[-1].frame.to_ndarray(format="yuv420p", threads=1)[:360])
     assert stamp is not None and 0 <= now_ms - stamp < 3000
     src.stop()
     assert rec.state_names()[-1] == "stopped"
@@ -243,7 +243,7 @@ def test_every_codec_through_both_demuxers(
     assert src.resolution == (640, 360) and src.decode_errors == 0
     with rec.lock:
         last = rec.frames[-1]
-    stamp = camsim.read_stamp(last.frame.to_ndarray(format="yuv420p")[:360])
+    stamp = camsim.read_stamp(last.frame.to_ndarray(format="yuv420p", threads=1)[:360])
     assert stamp is not None and 0 <= time.time() * 1000 - stamp < 3000
 
 
@@ -381,7 +381,7 @@ def test_resolution_change_mid_stream(
     wait_for(lambda: src.frames_in >= n + 10, 10)
     with rec.lock:
         assert {f.frame.width for f in rec.frames[-10:]} == {320}
-        stamp = camsim.read_stamp(rec.frames[-1].frame.to_ndarray(format="yuv420p")[:240])
+        stamp = camsim.read_stamp(rec.frames[-1].frame.to_ndarray(format="yuv420p", threads=1)[:240])
     assert stamp is not None
     assert src.state == "live" and src.reconnects == 0  # handled inside the session, no reconnect
 

@@ -64,14 +64,14 @@ def test_sub_stream_encodes_the_frame_it_is_given_scaled() -> None:
     sub = SubStreamEncoder(SubStreamConfig(width=320, fps=5), EncoderConfig(bitrate_kbps=300), "cam")
     img = np.zeros((360, 640, 3), np.uint8)
     img[:, 320:] = 255  # right half white: the scaled picture must keep it
-    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
     packets = [p for i in range(5) for p in sub.encode(frame, 10.0 + i / 5, force_keyframe=i == 0)]
     assert packets and packets[0].keyframe
     assert sub.size == (320, 180) and sub.frames_out == 5 and sub.cpu_s > 0
     codec = av.CodecContext.create("h264", "r")
     decoded = [f for p in packets for f in codec.decode(av.Packet(p.data))]
     assert decoded and (decoded[0].width, decoded[0].height) == (320, 180)
-    out = decoded[-1].to_ndarray(format="gray")
+    out = decoded[-1].to_ndarray(format="gray", threads=1)
     assert out[:, :150].mean() < 30 and out[:, 170:].mean() > 220
     sub.close()
 
@@ -168,7 +168,7 @@ def sub_host(model_dir: Path) -> Any:
 def test_sub_stream_plays_scaled_thinned_and_masked(sub_host: Any, judge: OnnxFaceDetector) -> None:
     sim, host = sub_host
     raw = _play(sim.url, 10)
-    small_raw = [cv2.resize(f.to_ndarray(format="bgr24"), (SUB_W, SUB_W * H // W), interpolation=cv2.INTER_AREA)
+    small_raw = [cv2.resize(f.to_ndarray(format="bgr24", threads=1), (SUB_W, SUB_W * H // W), interpolation=cv2.INTER_AREA)
                  for f in raw]  # fmt: skip
     assert sum(1 for img in small_raw if _faces(judge, img) >= 2) >= 8, "the camera's faces at the sub size"
 
@@ -184,7 +184,7 @@ def test_sub_stream_plays_scaled_thinned_and_masked(sub_host: Any, judge: OnnxFa
     # Overload shedding thins the sub stream with the main one (a busy 2-core box may shed half or
     # more), so the lower bound only says frames flow.
     assert SUB_FPS * 0.2 <= rate <= SUB_FPS * 1.2, times
-    found = [_faces(judge, f.to_ndarray(format="bgr24")) for f in frames]
+    found = [_faces(judge, f.to_ndarray(format="bgr24", threads=1)) for f in frames]
     assert sum(found) == 0, f"faces visible in the sub stream: {found}"
     status = host.snapshot()
     assert status.sub_stream is not None
@@ -209,7 +209,7 @@ def test_sub_stream_has_its_own_keyframe_on_join(sub_host: Any) -> None:
 @pytest.mark.timeout(150)
 def test_snapshot_is_the_anonymized_frame(sub_host: Any, judge: OnnxFaceDetector) -> None:
     sim, host = sub_host
-    assert sum(_faces(judge, f.to_ndarray(format="bgr24")) for f in _play(sim.url, 3)) >= 4
+    assert sum(_faces(judge, f.to_ndarray(format="bgr24", threads=1)) for f in _play(sim.url, 3)) >= 4
     status, body = _get(f"http://127.0.0.1:{host.app.web.port}/api/cameras/cam/snapshot.jpg")
     assert status == 200
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -237,7 +237,7 @@ def test_broken_detector_sub_stream_and_snapshot_fail_closed(
     time.sleep(1.0)  # frames anonymized before the swap have left by now (budget 200 ms)
     frames = _play(host.url("cam/sub"), 8)
     assert len(frames) == 8
-    found = [_faces(judge, f.to_ndarray(format="bgr24")) for f in frames]
+    found = [_faces(judge, f.to_ndarray(format="bgr24", threads=1)) for f in frames]
     assert sum(found) == 0, f"faces in the sub stream with a broken detector: {found}"
     status, body = _get(f"http://127.0.0.1:{host.app.web.port}/api/cameras/cam/snapshot.jpg")
     if status == 200:  # the whole frame obfuscated (fail_closed.action obfuscate) ...

@@ -159,7 +159,7 @@ def plate_video(path: Path, frames: int, step: int) -> list[Box]:
 
 def decode(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+        return [f.to_ndarray(format="bgr24", threads=1) for f in c.decode(video=0)]
 
 
 def test_video_masks_text_in_every_frame_between_runs(tmp_path: Path, model_dir: Path) -> None:
@@ -200,7 +200,7 @@ def _frames(n: int) -> list[av.VideoFrame]:
     rng = np.random.default_rng(3)
     for i in range(n):
         noise = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)  # every pixel changes when blurred
-        f = av.VideoFrame.from_ndarray(noise, format="bgr24").reformat(format="yuv420p")
+        f = av.VideoFrame.from_ndarray(noise, format="bgr24").reformat(format="yuv420p", threads=1)
         f.pts = i
         out.append(f)
     return out
@@ -220,7 +220,7 @@ def test_masker_interpolates_between_runs_and_keeps_order() -> None:
     assert [o.frame.pts for o in outs if o.frame is not None] == list(range(14))
     for i, (f, o) in enumerate(zip(frames, outs, strict=True)):
         assert o.frame is not None and not o.fail_closed
-        a, b = f.to_ndarray(format="bgr24"), o.frame.to_ndarray(format="bgr24")
+        a, b = f.to_ndarray(format="bgr24", threads=1), o.frame.to_ndarray(format="bgr24", threads=1)
         assert changed_fraction(a, b, det.box(i), tol=6) > 0.9, f"frame {i}: the moving text is not masked"
 
 
@@ -241,7 +241,13 @@ def test_broken_text_detector_fails_closed() -> None:
     for f, o in zip(frames[1:5], outs[1:5], strict=True):
         assert o.frame is not None
         assert (
-            changed_fraction(f.to_ndarray(format="bgr24"), o.frame.to_ndarray(format="bgr24"), whole, 6) > 0.8
+            changed_fraction(
+                f.to_ndarray(format="bgr24", threads=1),
+                o.frame.to_ndarray(format="bgr24", threads=1),
+                whole,
+                6,
+            )
+            > 0.8
         )
 
 

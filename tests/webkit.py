@@ -142,7 +142,7 @@ def synthetic_frame(i: int) -> av.VideoFrame:
     img = np.repeat((y + x).astype(np.uint8)[:, :, None], 3, axis=2)
     col = (i * 8) % (WIDTH - 40)
     img[100:140, col : col + 40] = (0, 0, 255)  # a moving red block: every frame differs
-    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)
 
 
 async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS, scale: int = 1) -> None:
@@ -150,7 +150,7 @@ async def feed_hub(hub: StreamHub, stop: asyncio.Event, fps: float = FPS, scale:
     sub stream at half the size)."""
     w, h = WIDTH // scale, HEIGHT // scale
     enc = H264Encoder(EncoderConfig(bitrate_kbps=500), w, h, fps, name=hub.name)
-    frames = [synthetic_frame(i).reformat(width=w, height=h) for i in range(50)]
+    frames = [synthetic_frame(i).reformat(width=w, height=h, threads=1) for i in range(50)]
     i = 0
     t0 = time.monotonic()
     try:

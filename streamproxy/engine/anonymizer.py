@@ -168,7 +168,7 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
         plane = frame.planes[0]
         rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
         return rows[:, : plane.width]
-    gray: np.ndarray = frame.to_ndarray(format="gray")
+    gray: np.ndarray = frame.to_ndarray(format="gray", threads=1)
     return gray
 
 

@@ -274,7 +274,7 @@ class OnnxFaceDetector:
                 raise ValueError(f"detect_frame got an empty frame {w}x{h}")
 
             def scaled(tw: int, th: int) -> np.ndarray:
-                out: np.ndarray = frame.reformat(width=tw, height=th, format="bgr24").to_ndarray()
+                out: np.ndarray = frame.reformat(width=tw, height=th, format="bgr24", threads=1).to_ndarray()
                 return out
 
             return self._detect(w, h, scaled, lambda: scaled(w, h))
@@ -299,7 +299,7 @@ class OnnxFaceDetector:
                 raise ValueError(f"detect_regions got an empty frame {w}x{h}")
             sw, sh = fit_size(w, h, self._input_width)
             kx, ky = sw / w, sh / h
-            base: np.ndarray = frame.reformat(width=sw, height=sh, format="bgr24").to_ndarray()
+            base: np.ndarray = frame.reformat(width=sw, height=sh, format="bgr24", threads=1).to_ndarray()
             parts = []
             for x1, y1, x2, y2 in regions:
                 # On the detector's own grid (multiples of ALIGN in the scaled picture): a face meets

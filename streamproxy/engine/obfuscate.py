@@ -78,7 +78,7 @@ def planes_from_yuv420(frame: av.VideoFrame) -> tuple[Planes, np.ndarray]:
     (chroma planes are ceil(w/2) x ceil(h/2) then). Other pixel formats are converted first.
     """
     if frame.format.name not in ("yuv420p", "yuvj420p"):
-        frame = frame.reformat(format="yuv420p")
+        frame = frame.reformat(format="yuv420p", threads=1)
     w, h = frame.width, frame.height
     sizes = _plane_sizes(w, h)
     buf: np.ndarray = np.empty(sum(pw * ph for pw, ph in sizes), np.uint8)

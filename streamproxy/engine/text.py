@@ -137,7 +137,7 @@ class TextDetector:
         try:
             w, h = int(frame.width), int(frame.height)
             tw, th = self.work_size(w, h)
-            rgb: np.ndarray = frame.reformat(width=tw, height=th, format="rgb24").to_ndarray()
+            rgb: np.ndarray = frame.reformat(width=tw, height=th, format="rgb24", threads=1).to_ndarray()
             return self._detect(rgb, w, h)
         finally:
             self.last_ms = (time.perf_counter() - t0) * 1000

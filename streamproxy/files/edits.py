@@ -673,7 +673,7 @@ def _frames_luma(video: Path, start: int, end: int) -> tuple[list[np.ndarray], f
                             "split it into shorter ranges"
                         )
                     sw, sh = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
-                g = frame.reformat(width=sw, height=sh, format="gray").to_ndarray()
+                g = frame.reformat(width=sw, height=sh, format="gray", threads=1).to_ndarray()
                 out.append(np.ascontiguousarray(g))
             i += 1
     if len(out) != end - start + 1:

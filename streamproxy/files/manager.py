@@ -1180,7 +1180,7 @@ def _decode_at(src: Path, kind: str, pts: int | None, header: dict[str, Any]) ->
                 c.seek(pts, stream=vs, backward=True, any_frame=False)
             for f in c.decode(vs):
                 if pts is None or f.pts is None or f.pts >= pts:
-                    return f.to_ndarray(format="bgr24")
+                    return f.to_ndarray(format="bgr24", threads=1)
     except (av.FFmpegError, OSError, IndexError):
         return None
     return None

@@ -239,7 +239,7 @@ class H264Encoder:
 
     def _prepare(self, frame: av.VideoFrame) -> av.VideoFrame:
         if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
+            frame = frame.reformat(format="yuv420p", threads=1)
         if frame.width == self.width and frame.height == self.height:
             return frame
         if frame.width == self.width + (self.src_width % 2) and frame.height == self.height + (
@@ -247,7 +247,7 @@ class H264Encoder:
         ):
             return _even_crop(frame, self.width, self.height)
         # The camera changed resolution without the pipeline making a new encoder: scale, never fail.
-        return frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        return frame.reformat(width=self.width, height=self.height, format="yuv420p", threads=1)
 
     def encode(
         self, frame: av.VideoFrame, decoded_at: float, force_keyframe: bool = False
@@ -409,7 +409,7 @@ class SubStreamEncoder:
                 enc = self._encoder = self._make(self._enc_cfg, w, h, self.cfg.fps, f"{self.name}/sub")
                 self._src_size = (frame.width, frame.height)
             # AREA: a downscale that averages (no aliasing shimmer in a grid view).
-            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA", threads=1)
             packets = enc.encode(small, decoded_at, force_keyframe=force_keyframe)
             self.frames_out += 1
             return packets

@@ -24,4 +24,4 @@ def make_slate(width: int, height: int, name: str) -> av.VideoFrame:
         size, _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, s * scale, 2)
         org = ((width - size[0]) // 2, height // 2 + int((i * 60 - 10) * scale))
         cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, s * scale, (230, 230, 230), 2, cv2.LINE_AA)
-    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p", threads=1)

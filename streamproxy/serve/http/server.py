@@ -140,10 +140,12 @@ def _jpeg(frame: av.VideoFrame, width: int = 0) -> bytes:
     """The frame as a JPEG, full size (`width` 0) or scaled to `width` (aspect kept, even height)."""
     if width and width < frame.width:
         height = max(2, round(frame.height * width / frame.width / 2) * 2)
-        img = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
+        img = frame.reformat(
+            width=width, height=height, format="bgr24", interpolation="AREA", threads=1
+        ).to_ndarray()
         quality = TILE_QUALITY
     else:
-        img, quality = frame.to_ndarray(format="bgr24"), SNAPSHOT_QUALITY
+        img, quality = frame.to_ndarray(format="bgr24", threads=1), SNAPSHOT_QUALITY
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
