@@ -27,6 +27,7 @@
     events: [], // "picture", "tracks": in the order they happened (for tests)
     pictureMs: null, // ms from the navigation's start to the first picture shown (for benchmarks)
     tracksMs: null, // ... to the tracks drawn
+    lanes: null, // the timeline: {rows, first, drawn, height, view}: lanes in all, the first in view, drawn
     kind: "",
     frame: 0,
     frames: 1,
@@ -67,7 +68,12 @@
   const undoStack = [];
   const redoStack = [];
   let drawing = null; // {x0, y0, x1, y1} in file pixels while the pointer is down
-  let lanesImg = null; // the timeline's lanes, drawn once per change (the playhead over it per frame)
+  // The timeline draws only the lanes in view: a crowd's 15,687 lanes would be a canvas ~251,000 px tall,
+  // which Chromium leaves blank. A spacer as tall as all the lanes gives the box its scrollbar; the canvas,
+  // the box's visible size, sticks to its top (CSS) and is drawn again on scroll.
+  let lanes = null; // {rows, w, h, px}: every lane (h: their height in CSS px), laid out once per change
+  let lanesView = null; // {img, top, vh}: the lanes in view (top: their offset in the spacer), on img
+  const lanesSpace = $("lanes-space");
 
   // --- helpers ---
   function setStatus(text, isError) {
@@ -242,20 +248,36 @@
 
   function drawLanes() {
     const rows = laneRows();
-    const w = $("lanes").clientWidth || 300;
+    // 16 px a lane: 15,687 lanes are 251 k px of spacer, far under Chromium's ~33 M px for a box (that
+    // is about 2 million lanes); only the canvas must stay small.
     const h = Math.max(1, rows.length) * LANE;
+    lanesSpace.style.height = h + "px"; // first: the scrollbar it brings narrows the box
+    const w = $("lanes").clientWidth || 300;
+    lanes = { rows, w, h, px: (w - LABEL) / Math.max(1, state.frames) };
+    paintLanes();
+  }
+
+  // The lanes in view onto an offscreen canvas of the visible size (the playhead is drawn over it per frame).
+  function paintLanes() {
+    if (!lanes) return;
+    const { rows, w, h, px } = lanes;
+    const vh = Math.max(1, Math.min(h, $("lanes").clientHeight || h));
+    sizeCanvas(timeline, w, vh);
+    timeline.style.width = w + "px";
+    // Where the (sticky) canvas is in the spacer: the first lane it shows.
+    const top = clamp(timeline.getBoundingClientRect().top - lanesSpace.getBoundingClientRect().top, 0, h - vh);
     const dpr = window.devicePixelRatio || 1;
-    const img = document.createElement("canvas");
+    const img = lanesView && lanesView.img || document.createElement("canvas");
     img.width = Math.round(w * dpr);
-    img.height = Math.round(h * dpr);
+    img.height = Math.round(vh * dpr);
     const ctx = img.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    const span = Math.max(1, state.frames);
-    const px = (w - LABEL) / span;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, -top * dpr);
     const x = (f) => LABEL + f * px;
     const sel = new Set(state.selected);
     ctx.font = "11px system-ui, sans-serif";
-    rows.forEach((row, i) => {
+    const i0 = Math.floor(top / LANE), i1 = Math.min(rows.length, Math.ceil((top + vh) / LANE));
+    for (let i = i0; i < i1; i++) {
+      const row = rows[i];
       const y = i * LANE;
       ctx.fillStyle = i % 2 ? "#1b1e21" : "#202327";
       ctx.fillRect(0, y, w, LANE);
@@ -284,24 +306,25 @@
         ctx.fillStyle = COLORS.add;
         ctx.fillText(e.id, 4, y + 12);
       }
-    });
-    for (const f of failed) { ctx.fillStyle = COLORS.zone; ctx.fillRect(x(f), 0, Math.max(1, px), 2); }
-    lanesImg = { img, w, h, rows, px };
+    }
+    // Failed-closed frames: marked along the top of the view, whichever lanes are scrolled to.
+    for (const f of failed) { ctx.fillStyle = COLORS.zone; ctx.fillRect(x(f), top, Math.max(1, px), 2); }
+    lanesView = { img, top, vh };
+    state.lanes = { rows: rows.length, first: i0, drawn: i1 - i0, height: h, view: vh };
     drawTimeline();
   }
 
   function drawTimeline() {
-    if (!lanesImg) return;
-    const { img, w, h, px } = lanesImg;
-    const dpr = sizeCanvas(timeline, w, h);
-    timeline.style.width = w + "px";
+    if (!lanes || !lanesView) return;
+    const { img, vh } = lanesView;
+    const dpr = sizeCanvas(timeline, lanes.w, vh);
     const ctx = timeline.getContext("2d");
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, timeline.width, timeline.height);
     ctx.drawImage(img, 0, 0);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = "#fff";
-    ctx.fillRect(LABEL + state.frame * px, 0, Math.max(1, Math.min(2, px)), h);
+    ctx.fillRect(LABEL + state.frame * lanes.px, 0, Math.max(1, Math.min(2, lanes.px)), vh);
   }
 
   // --- frames: seek, step, play ---
@@ -622,11 +645,11 @@
 
   // --- timeline clicks: select the lane's track and go to that frame ---
   function onTimeline(ev) {
-    if (!lanesImg) return;
-    const rect = timeline.getBoundingClientRect();
-    const row = lanesImg.rows[Math.floor((ev.clientY - rect.top) / LANE)];
-    const xx = ev.clientX - rect.left;
-    if (xx >= LABEL) { pause(); seek((xx - LABEL) / lanesImg.px); }
+    if (!lanes) return;
+    // Lanes are counted from the spacer's top (the canvas shows only those scrolled into view).
+    const row = lanes.rows[Math.floor((ev.clientY - lanesSpace.getBoundingClientRect().top) / LANE)];
+    const xx = ev.clientX - timeline.getBoundingClientRect().left;
+    if (xx >= LABEL) { pause(); seek((xx - LABEL) / lanes.px); }
     if (row && row.kind === "track") select([row.id], ev.ctrlKey || ev.metaKey || ev.shiftKey);
     else if (row && row.kind === "add") {
       if (row.e.from !== null && row.e.from !== undefined && xx < LABEL) seek(row.e.from);
@@ -898,6 +921,7 @@
   overlay.addEventListener("pointerup", onUp);
   overlay.addEventListener("pointercancel", () => { drawing = null; drawOverlay(); });
   timeline.addEventListener("click", onTimeline);
+  $("lanes").addEventListener("scroll", paintLanes, { passive: true });
   video.addEventListener("play", () => { state.playing = true; $("play").textContent = "❚❚ pause"; loadOriginal(); });
   video.addEventListener("pause", () => {
     state.playing = false;
