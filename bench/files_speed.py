@@ -25,6 +25,7 @@ the page asks first), .../review/tracks (gzip and not: time, size) and the whole
 
 Run:  .venv/bin/python bench/files_speed.py [--photos 1000] [--video-s 600] [--skip-video] [--skip-photos]
       [--page-only]   (no CLI runs: the page's jobs and the review only; --photos 0 skips the photos)
+      [--repeat K]    (K rounds per input: the CLI first in rounds 1, 3, ..., the page first in 2, 4, ...)
 e.g. the review of the 10-minute video alone: --page-only --photos 0 --video-s 600 (~15 min on 2 cores)
 """
 
@@ -275,6 +276,10 @@ def main() -> int:
     ap.add_argument("--skip-photos", action="store_true")
     ap.add_argument("--skip-video", action="store_true")
     ap.add_argument("--page-only", action="store_true", help="no CLI runs: the page's jobs and the review")
+    ap.add_argument(
+        "--repeat", type=int, default=1,
+        help="CLI and page runs per input, alternating which goes first (one run each varies ~10 %% here)",
+    )  # fmt: skip
     args = ap.parse_args()
     print(f"files_speed: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     rows: list[tuple[str, float | None, float, list[float], float, float]] = []
@@ -290,16 +295,22 @@ def main() -> int:
         try:
             for name, what, files in cases:
                 print(f"{name}: {what}", flush=True)
-                cli = None if args.page_only else cli_run(work / name, work / f"out-cli-{name}")
-                page = page_run(svc, name, f"out-page-{name}", files)
-                if name == "video":
-                    review_numbers(svc, int(page["id"]))
-                rss = page["rss"]
-                at10 = [mb for done, mb in rss if done >= max(1, files // 10)][:1]
-                rows.append(
-                    (name, cli, page["wall"], page["answers_ms"], at10[0] if at10 else float("nan"),
-                     rss[-1][1] if rss else float("nan"))
-                )  # fmt: skip
+                for r in range(max(1, args.repeat)):
+                    # Alternating who goes first: a drift in the machine's load then falls on both sides.
+                    cli = None
+                    if not args.page_only and r % 2 == 0:
+                        cli = cli_run(work / name, work / f"out-cli-{name}-{r}")
+                    page = page_run(svc, name, f"out-page-{name}-{r}", files)
+                    if not args.page_only and r % 2 == 1:
+                        cli = cli_run(work / name, work / f"out-cli-{name}-{r}")
+                    if name == "video" and r == 0:
+                        review_numbers(svc, int(page["id"]))
+                    rss = page["rss"]
+                    at10 = [mb for done, mb in rss if done >= max(1, files // 10)][:1]
+                    rows.append(
+                        (f"{name} #{r + 1}" if args.repeat > 1 else name, cli, page["wall"], page["answers_ms"],
+                         at10[0] if at10 else float("nan"), rss[-1][1] if rss else float("nan"))
+                    )  # fmt: skip
         finally:
             svc.close()
     print()
@@ -313,6 +324,13 @@ def main() -> int:
             f"{f'{page_s / cli:.3f}' if cli else '–'} | {statistics.median(answers):.1f} / "
             f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks) | {early:.0f} / {end:.0f} |"
         )
+    for kind in dict.fromkeys(row[0].split(" #")[0] for row in rows):
+        mine = [row for row in rows if row[0].split(" #")[0] == kind and row[1]]
+        if len(mine) > 1:
+            cli_sum, page_sum = sum(row[1] or 0.0 for row in mine), sum(row[2] for row in mine)
+            ratios = sorted(row[2] / (row[1] or 1.0) for row in mine)
+            print(f"{kind}: {len(mine)} rounds, page / CLI over all {page_sum / cli_sum:.3f}, "
+                  f"per round {', '.join(f'{x:.3f}' for x in ratios)}")  # fmt: skip
     return 0
 
 
