@@ -321,8 +321,9 @@ def _run_edited(batch: Any, job: Any, doc: dict[str, Any], cancel: threading.Eve
             return FileResult(job.src, None, False, error=f"--edits: {err}", kind=job.kind)
         n = len(log_.frames)
         audit = dict(first.audit, output=None) if first.audit else None  # the temporary output was no output
+        # proxy=False: this review folder is thrown away below; a proxy of the edits would be wasted.
         res = batch.rerender(job, review, edits, cancel=cancel, on_frame=lambda k: on_frame(n + k),
-                             user=batch.user, audit=audit)  # fmt: skip
+                             user=batch.user, audit=audit, proxy=False)  # fmt: skip
         if not res.ok:
             return res
         # What was found is the detection's; what was written, the render's.

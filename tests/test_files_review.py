@@ -6,6 +6,8 @@
 * re-render with "remove" on the face's track: the output changes where the face is, nothing
   detects again, the audit record carries the edits (who, what); a restart in the middle of a
   re-render leaves the earlier output, saying so;
+* the review video is made again AFTER the output (the file is done first; "proxy_updating" says so
+  until the new one is in place); a stop meanwhile leaves the earlier review video;
 * originals: a user without server.users[].originals may not; one with it gets the original frame
   (the input's pixels), and that access is on the job's audit record.
 """
@@ -13,7 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,9 @@ import numpy as np
 import pytest
 from facekit import make_video
 
-from streamproxy.config import FilesConfig, User
-from streamproxy.files.manager import FileJobs, JobRequest
+from streamproxy.anonymize import Batch, Job
+from streamproxy.config import EngineConfig, FilesConfig, User
+from streamproxy.files.manager import BatchRunner, FileJobs, JobRequest
 from streamproxy.files.store import RENDER_INTERRUPTED, Store
 
 FRAMES = 40
@@ -114,6 +120,7 @@ def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir:
             await _until(lambda: (jobs.job(job_id) or {})["files"][0]["state"] == "done", "re-rendered")
             f = (jobs.job(job_id) or {})["files"][0]
             assert f["error"] == "", f
+            await _until(lambda: not jobs.proxy_updating(job_id, 0), "the review video made again")
             # The review shows what the edits made: its proxy was made again (the face's region changed).
             proxy_after = _frames(proxy)
             assert len(proxy_after) == FRAMES
@@ -147,6 +154,91 @@ def test_review_edit_and_rerender(setup: tuple[Path, dict[str, str]], model_dir:
     assert files[0]["edits"]["by"] == "dpo" and files[0]["edits"]["count"].get("remove") == 1, files[0][
         "edits"
     ]
+
+
+class GatedBatch(Batch):
+    """The real engine; its review-video remake waits for `gate` (or a stop) so that the test sees
+    the file in between."""
+
+    def __init__(self, gate: threading.Event, entered: threading.Event, cfg: EngineConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.gate, self.entered = gate, entered
+
+    def remake_proxy(self, job: Job, review_dir: Path, cancel: threading.Event | None = None) -> bool:
+        self.entered.set()
+        for _ in range(1200):  # bounded: 60 s
+            if self.gate.is_set() or (cancel is not None and cancel.is_set()):
+                break
+            time.sleep(0.05)
+        return super().remake_proxy(job, review_dir, cancel=cancel)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["finishes", "stopped"])
+def test_the_review_video_is_made_after_the_output(
+    setup: tuple[Path, dict[str, str]], model_dir: Path, stop: bool
+) -> None:
+    """The user's re-render is done when its output is: the file says done (the output and its record
+    new) while the review video is still the earlier one, and says so (proxy_updating); then the new
+    one is put in place. A stop meanwhile leaves the earlier review video (no half-made one)."""
+    tmp_path, roots = setup
+    out = tmp_path / "out" / "clip.mp4"
+    gate, entered = threading.Event(), threading.Event()
+
+    def factory(cfg: EngineConfig, keep_audio: bool, user: str) -> BatchRunner:
+        return GatedBatch(gate, entered, cfg, keep_audio=keep_audio, audit=True, user=user)
+
+    async def main() -> None:
+        jobs = FileJobs(FilesConfig(roots=roots), tmp_path / "data", model_dir, batch_factory=factory)
+        await jobs.start()
+        stopped = False
+        try:
+            job_id = _submit(jobs)
+            await _until(lambda: (jobs.job(job_id) or {}).get("state") == "done", "job done")
+            assert entered.is_set() is False, "a run makes its proxy itself"
+            review = jobs.review(job_id, 0, tracks=True)
+            assert review is not None and review["proxy_updating"] is False
+            proxy = jobs.proxy_path(job_id, 0)
+            assert proxy is not None
+            proxy_before, out_before = _sha(proxy), _sha(out)
+            face = max(review["tracks"], key=lambda t: len(t["boxes"]))
+            jobs.save_edits(job_id, 0, "dpo", {"format": "streamproxy-edits/1",
+                                               "edits": [{"op": "remove", "track": face["id"]}]})  # fmt: skip
+            jobs.rerender(job_id, 0, "dpo")
+            assert await asyncio.to_thread(entered.wait, 120), "the review video's remake started"
+            # The output is done (and recorded); the review video is the earlier one, and says so.
+            f = (jobs.job(job_id) or {})["files"][0]
+            assert (f["state"], f["error"]) == ("done", ""), f
+            assert _sha(out) != out_before
+            audit = jobs.audit(job_id)
+            assert audit is not None and audit["files"][0]["output"]["sha256"] == _sha(out)
+            short = jobs.review(job_id, 0, tracks=False)
+            assert short is not None and short["proxy_updating"] is True and short["state"] == "done"
+            assert _sha(proxy) == proxy_before
+            with pytest.raises(ValueError, match="review video is still being updated"):
+                jobs.rerender(job_id, 0, "dpo")
+            if stop:
+                stopped = True
+                await jobs.stop()  # stops the remake (not the gate): the earlier review video stays
+                assert _sha(proxy) == proxy_before
+                assert sorted(x.name for x in proxy.parent.iterdir()) == ["log.jsonl.gz", "proxy.mp4"]
+                return
+            gate.set()
+            await _until(lambda: not jobs.proxy_updating(job_id, 0), "the review video made again")
+            assert _sha(proxy) != proxy_before
+            assert len(_frames(proxy)) == FRAMES
+            assert sorted(x.name for x in proxy.parent.iterdir()) == ["log.jsonl.gz", "proxy.mp4"]
+            again = jobs.review(job_id, 0, tracks=False)
+            assert again is not None and again["proxy_updating"] is False and again["proxy"] is True
+        finally:
+            gate.set()
+            if not stopped:
+                await jobs.stop()
+
+    asyncio.run(main())
 
 
 def test_a_restart_mid_rerender_keeps_the_earlier_output(

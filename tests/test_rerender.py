@@ -281,6 +281,155 @@ def test_an_error_or_cancel_keeps_the_earlier_output_and_record(ran: Ran, tmp_pa
     unchanged()
 
 
+# --- re-render without the proxy, and the proxy made again from the output -----------------------
+
+
+def proxy_frames(path: Path, size: tuple[int, int] | None = (640, 358)) -> list[tuple[int | None, bool, Any]]:
+    """(pts, keyframe, BGR picture) of each proxy frame."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        assert size is None or (vs.width, vs.height) == size
+        return [(f.pts, f.key_frame, f.to_ndarray(format="bgr24", threads=1)) for f in c.decode(vs)]
+
+
+def test_rerender_without_proxy_leaves_the_review_and_gives_the_same_output(ran: Ran, tmp_path: Path) -> None:
+    """proxy=False (the Files page, the CLI): the same output bytes, record and edits file as with
+    the proxy; the review folder untouched (the earlier proxy stays until remake_proxy)."""
+    e = {"op": "remove", "track": 1, "from": 10, "to": 19}
+    with_proxy = copy_run(ran, tmp_path / "with")
+    res = ran.batch.rerender(Job(with_proxy.src, with_proxy.dst, "video"), with_proxy.review,
+                             edits(with_proxy, e), user="dpo")  # fmt: skip
+    assert res.ok, res.error
+    assert sha(with_proxy.review / "proxy.mp4") != sha(ran.review / "proxy.mp4"), "the proxy was made again"
+    without = copy_run(ran, tmp_path / "without")
+    before = {p.name: sha(p) for p in without.review.iterdir()}
+    res = ran.batch.rerender(Job(without.src, without.dst, "video"), without.review, edits(without, e),
+                             user="dpo", proxy=False)  # fmt: skip
+    assert res.ok and res.frames == FRAMES, res.error
+    assert {p.name: sha(p) for p in without.review.iterdir()} == before, "the review folder untouched"
+    assert sha(without.dst) == sha(with_proxy.dst), "the output byte for byte"
+    assert sha(without.dst) != sha(ran.dst), "and the edits are in it"
+    assert edits_path(without.dst).read_text() != ""
+    record = json.loads(audit_path(without.dst).read_text())
+    assert record["output"]["sha256"] == sha(without.dst) and record["edits"]["count"] == {"remove": 1}
+
+
+def test_remake_proxy_shows_the_new_output(ran: Ran, tmp_path: Path) -> None:
+    r = copy_run(ran, tmp_path)
+    e = edits(r, {"op": "remove", "track": 1, "from": 10, "to": 19})
+    res = ran.batch.rerender(Job(r.src, r.dst, "video"), r.review, e, proxy=False)
+    assert res.ok, res.error
+    old = proxy_frames(r.review / "proxy.mp4")
+    assert r.batch.remake_proxy(Job(r.src, r.dst, "video"), r.review)
+    assert sorted(p.name for p in r.review.iterdir()) == ["log.jsonl.gz", "proxy.mp4"], "nothing else left"
+    got = proxy_frames(r.review / "proxy.mp4")
+    assert [p for p, _, _ in got] == list(range(FRAMES)), "frame i at pts i"
+    assert [p for p, k, _ in got if k] == [0, 25, 50], "a keyframe every 25 frames, as the run's"
+    out, orig = frames_of(r.dst), frames_of(r.src)
+    smalls = [cv2.resize(o, (640, 358), interpolation=cv2.INTER_AREA) for o in out]
+
+    def dist(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+    for i in range(FRAMES):
+        small_out = smalls[i]
+        small_orig = cv2.resize(orig[i], (640, 358), interpolation=cv2.INTER_AREA)
+        # The output's own frame i (a CRF 28 proxy of it: a few levels off), not a neighbour.
+        near = {j: dist(smalls[j], got[i][2]) for j in range(max(0, i - 2), min(FRAMES, i + 3))}
+        assert min(near, key=near.__getitem__) == i and near[i] < 6, (i, near)
+        face = ran.boxes[i].mapped(640 / SIZE[0], 358 / SIZE[1])
+        proxy = got[i][2]
+        assert changed_fraction(small_out, proxy, face, tol=12) < 0.1, f"frame {i}: the output's face region"
+        # The mask removed on 10..19: the new proxy shows the face (encoded twice: a little off), the old did not.
+        if 10 <= i <= 19:
+            assert changed_fraction(small_orig, proxy, face, tol=12) < 0.25, f"frame {i}: the face shown"
+            assert changed_fraction(small_orig, old[i][2], face, tol=12) > 0.5, f"frame {i}: was masked"
+        else:
+            assert changed_fraction(small_orig, proxy, face, tol=12) > 0.5, f"frame {i}: still masked"
+
+
+def test_remake_proxy_failures_keep_the_earlier_proxy(ran: Ran, tmp_path: Path) -> None:
+    r = copy_run(ran, tmp_path)
+    job = Job(r.src, r.dst, "video")
+    before = sha(r.review / "proxy.mp4")
+
+    def kept() -> None:
+        assert sha(r.review / "proxy.mp4") == before
+        assert sorted(p.name for p in r.review.iterdir()) == ["log.jsonl.gz", "proxy.mp4"], "no part left"
+
+    # Stopped (the service stops): the earlier proxy stays.
+    cancel = threading.Event()
+    cancel.set()
+    assert not r.batch.remake_proxy(job, r.review, cancel=cancel)
+    kept()
+    # An output that is not this review's (fewer frames than the log), then one that is no video.
+    make_video(r.dst, frames=FRAMES - 5, size=SIZE)
+    assert not r.batch.remake_proxy(job, r.review)
+    kept()
+    make_video(r.dst, frames=FRAMES + 5, size=SIZE)
+    assert not r.batch.remake_proxy(job, r.review)
+    kept()
+    r.dst.write_bytes(b"not a video" * 100)
+    assert not r.batch.remake_proxy(job, r.review)
+    kept()
+    r.dst.unlink()
+    assert not r.batch.remake_proxy(job, r.review)
+    kept()
+
+
+def test_remake_proxy_with_dropped_frames(tmp_path: Path, model_dir: Path) -> None:
+    """fail_closed: drop: the output lacks frames 10..12; the remade proxy has them, black, and every
+    other frame at its own index (as the run's proxy)."""
+    src = tmp_path / "clip.mp4"
+    truth = make_video(src, frames=30, audio=False)
+
+    class Failing:
+        model = "scripted"
+        input_width = 640
+        upscale = 1.0
+        last_ms = 0.0
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def detect_bgr(self, img: np.ndarray) -> list[Detection]:
+            raise AssertionError("video only")
+
+        def detect_frame(self, frame: object) -> list[Detection]:
+            i = self.calls
+            self.calls += 1
+            if 10 <= i <= 12:
+                raise RuntimeError("failing on purpose")
+            return [Detection(truth[i], 0.95)]
+
+    cfg = EngineConfig.model_validate({**cli_cfg(src).model_dump(), "fail_closed": {"action": "drop"}})
+    batch = Batch(cfg, detector=Failing(), audit=False)
+    dst, review = tmp_path / "out" / "clip.mp4", tmp_path / "review"
+    res = batch.run(Job(src, dst, "video"), review_dir=review)
+    assert res.ok and res.fail_closed_frames == 3, res.error
+    log_ = E.read_log(review)
+    assert [f.i for f in log_.frames if f.drop] == [10, 11, 12]
+    run_proxy = proxy_frames(review / "proxy.mp4", None)
+    res = batch.rerender(Job(src, dst, "video"), review, E.parse_edits({}, 30, log_=log_), proxy=False)
+    assert res.ok, res.error
+    out = frames_of(dst)
+    assert len(out) == 27, "the dropped frames are not in the output"
+    (review / "proxy.mp4").unlink()  # made again from nothing but the output and the log
+    assert batch.remake_proxy(Job(src, dst, "video"), review)
+    got = proxy_frames(review / "proxy.mp4", None)
+    assert [p for p, _, _ in got] == list(range(30))
+    kept = [i for i in range(30) if not 10 <= i <= 12]
+    h, w = got[0][2].shape[:2]
+    for i in range(30):
+        pic = got[i][2]
+        if 10 <= i <= 12:
+            assert pic.max() < 30, f"frame {i}: dropped: black"
+        else:
+            small = cv2.resize(out[kept.index(i)], (w, h), interpolation=cv2.INTER_AREA)
+            assert np.abs(small.astype(int) - pic.astype(int)).mean() < 6, f"frame {i}: its own output frame"
+        assert np.abs(run_proxy[i][2].astype(int) - pic.astype(int)).mean() < 6, f"frame {i}: as the run's"
+
+
 # --- photos -----------------------------------------------------------------------------------
 
 

@@ -396,12 +396,34 @@ async def test_review_edits_rerender_and_the_cli(
         await browser.evaluate("(document.getElementById('orig-toggle').click(), true)")
         await wait_state(browser, "s.originalShown === null", 5, "the original hidden")
 
-        # RE-RENDER: from the original, with the edits; the page shows the new picture.
+        # RE-RENDER: from the original, with the edits; the page shows the new picture. The review video
+        # is made after the output (held here until the page has shown that it waits for it).
         before = out.read_bytes()
+        remake_gate = threading.Event()
+        remake = jobs._remake_proxy
+
+        def held_remake(batch: Any, job: int, n: int, dst: Path, stop: threading.Event) -> None:
+            for _ in range(2400):  # bounded: 120 s
+                if remake_gate.is_set() or stop.is_set():
+                    break
+                time.sleep(0.05)
+            remake(batch, job, n, dst, stop)
+
+        monkeypatch.setattr(jobs, "_remake_proxy", held_remake)
+        loads = await browser.evaluate(f"{STATE}.proxyLoads")
         await click(browser, "#rerender")
+        await wait_state(browser, "s.renders === 1 && s.proxyUpdating && s.review.state === 'done'", 180,
+                         "the output re-rendered, the review video not yet")  # fmt: skip
+        assert out.read_bytes() != before
+        assert "updating the review video" in await browser.evaluate(
+            "document.getElementById('render-state').textContent"
+        )
+        assert await browser.evaluate("document.getElementById('rerender').disabled") is True
+        assert await browser.evaluate(f"{STATE}.proxyLoads") == loads, "the earlier video not reloaded as new"
+        remake_gate.set()
         await wait_state(
             browser,
-            "s.renders === 1 && !s.rendering && s.review.state === 'done' && s.proxyLoads >= 2",
+            f"s.renders === 1 && !s.rendering && !s.proxyUpdating && s.review.state === 'done' && s.proxyLoads > {loads}",
             180,
             "the re-render",
         )

@@ -215,7 +215,7 @@ async def test_review_routes(tmp_path: Path, model_dir: Path, caplog: pytest.Log
             FRAMES,
         )
         assert abs(review["fps"] - 25) < 0.01 and review["state"] == "done" and review["originals"] is True
-        assert review["reviewable"] is True and review["proxy"] is True
+        assert review["reviewable"] is True and review["proxy"] is True and review["proxy_updating"] is False
         tracks = review["tracks"]
         assert tracks and all(t["boxes"] for t in tracks), tracks
         face_track = max(tracks, key=lambda t: len(t["boxes"]))
@@ -344,6 +344,18 @@ async def test_review_routes(tmp_path: Path, model_dir: Path, caplog: pytest.Log
 
         await wait_for(state, lambda s: s == "done", 120, "the re-render")
         assert hashlib.sha256(out.read_bytes()).hexdigest() != before
+
+        # Then the review video, made again from the new output (the page waits for proxy_updating).
+        async def first_answer() -> dict[str, Any]:
+            async with http.get(f"{api}/review?tracks=0") as r:
+                assert r.status == 200
+                return dict(await r.json())
+
+        await wait_for(first_answer, lambda rv: rv["proxy_updating"] is False, 120, "the review video")
+        async with http.get(f"{api}/proxy.mp4") as r:
+            assert r.status == 200
+            new_proxy = await r.read()
+        assert new_proxy != proxy and len(decoded(new_proxy)) == FRAMES, "the review video of the edits"
         after = await review_of(http, base, job_id, clip)
         assert after["error"] in ("", None)
         async with http.get(f"{api}/review/tracks") as r:  # the kept answer is still the review's

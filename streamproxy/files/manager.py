@@ -81,6 +81,7 @@ class BatchRunner(Protocol):
         cancel: threading.Event | None = None,
         on_frame: Callable[[int], None] | None = None,
         user: str = "",
+        proxy: bool = True,
     ) -> FileResult: ...
 
     def settings(self) -> dict[str, Any]: ...
@@ -370,6 +371,8 @@ class FileJobs:
         self.nice = nice
         self.store: Store | None = None
         self._live: dict[tuple[int, int], _Live] = {}
+        # Files whose review proxy is being made again after a re-render, and what stops that.
+        self._proxy_updating: dict[tuple[int, int], threading.Event] = {}
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._job_cancel: dict[int, threading.Event] = {}
         self._running: set[int] = set()
@@ -417,6 +420,8 @@ class FileJobs:
         with self._lock:
             for live in self._live.values():
                 live.cancel.set()
+            for stop_proxy in self._proxy_updating.values():  # the earlier proxy stays
+                stop_proxy.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -723,6 +728,9 @@ class FileJobs:
             "edits": row.edits,
             "reviewable": got is not None,
             "proxy": self.proxy_path(job_id, n) is not None,
+            # The output is re-rendered and done; the review's video is still the one before the
+            # edits until this is false (the page waits for it, then loads the new one).
+            "proxy_updating": self.proxy_updating(job_id, n),
         }
         if got is None:
             return out
@@ -761,6 +769,11 @@ class FileJobs:
             while len(self._tracks_json) > 4:
                 self._tracks_json.popitem(last=False)
         return body
+
+    def proxy_updating(self, job_id: int, n: int) -> bool:
+        """The file's review proxy is being made again from its re-rendered output."""
+        with self._lock:
+            return (job_id, n) in self._proxy_updating
 
     def proxy_path(self, job_id: int, n: int) -> Path | None:
         """What the review shows: the anonymized proxy of a video, the output of a photo."""
@@ -828,6 +841,9 @@ class FileJobs:
         row = db.file(job_id, n)
         if row is None or row.state != "done":
             raise ValueError("file: only a finished file can be re-rendered")
+        if self.proxy_updating(job_id, n):
+            # Two remakes of one proxy would write the same temporary file: the second waits its turn.
+            raise ValueError("file: its review video is still being updated: re-render in a moment")
         if self._log_and_tracks(job_id, n) is None:
             raise ValueError(
                 "file: this file has no review data (made before the review existed): run it again"
@@ -859,9 +875,10 @@ class FileJobs:
             edits = parse_edits(
                 row.edits or {"format": "streamproxy-edits/1", "edits": []}, live.total, log_=got[0]
             )
+            # The user waits for the output: the review proxy is made after it, from it (below).
             res = batch.rerender(
                 Job(Path(row.src), Path(row.dst), row.kind), self.review_dir(job_id, n), edits,
-                cancel=live.cancel, on_frame=live.frame, user=user,
+                cancel=live.cancel, on_frame=live.frame, user=user, proxy=False,
             )  # fmt: skip
         except Exception as err:
             log.exception("files: job %d: %s: re-render failed", job_id, row.name)
@@ -869,6 +886,11 @@ class FileJobs:
         finally:
             with self._lock:
                 self._live.pop((job_id, n), None)
+        remake = res.ok and row.kind == "video" and not self._stopping.is_set()
+        stop_proxy = threading.Event()
+        if remake:
+            with self._lock:  # set before the file says done: the page never sees done without it
+                self._proxy_updating[(job_id, n)] = stop_proxy
         if res.ok:
             db.set_file(job_id, n, state="done", error="", audit=res.audit)
             log.info("files: job %d: %s re-rendered by %s with %d edit(s)", job_id, row.name, user or "-",
@@ -876,11 +898,36 @@ class FileJobs:
         else:
             why = "stopped" if res.cancelled else res.error
             db.set_file(job_id, n, state="done", error=f"re-render failed ({why}): the earlier output stands")
-        job = db.job(job_id)
-        if job is not None and job.finished is not None:
-            record = self._record(job)
-            db.set_job(job_id, record=record)
-            self._write_record(job, record)
+        try:
+            job = db.job(job_id)
+            if job is not None and job.finished is not None:
+                record = self._record(job)
+                db.set_job(job_id, record=record)
+                self._write_record(job, record)
+            if remake:
+                self._remake_proxy(batch, job_id, n, Path(row.dst), stop_proxy)
+        finally:
+            with self._lock:
+                self._proxy_updating.pop((job_id, n), None)
+
+    def _remake_proxy(
+        self, batch: BatchRunner, job_id: int, n: int, dst: Path, stop: threading.Event
+    ) -> None:
+        """The review proxy made again from the re-rendered output (Batch.remake_proxy): the earlier
+        one stays on any failure or a stop (said in the log); never raises."""
+        remake: Callable[..., bool] | None = getattr(batch, "remake_proxy", None)
+        if remake is None:  # a stand-in batch without it (tests): the earlier proxy stays
+            return
+        if self._stopping.is_set():
+            stop.set()
+        try:
+            t0 = time.monotonic()
+            ok = remake(Job(dst, dst, "video"), self.review_dir(job_id, n), cancel=stop)
+            log.info("files: job %d: %s: review video %s in %.1f s", job_id, dst.name,
+                     "made again" if ok else "NOT made again (the earlier one stays)",
+                     time.monotonic() - t0)  # fmt: skip
+        except Exception:
+            log.exception("files: job %d: %s: the review video could not be made again", job_id, dst.name)
 
     def record_original(self, job_id: int, n: int, user: str, what: str) -> None:
         """An original (not anonymized) file or frame was shown: on the job's audit record."""

@@ -6,7 +6,10 @@ Routes (behind `server.users`, like the Files page; the data is the manager's, f
                                                       edits, the file's state; "originals": whether this
                                                       user may see the original frames. ?tracks=0: all
                                                       but "tracks" (what the page asks first: a crowd's
-                                                      tracks are megabytes; the picture must not wait)
+                                                      tracks are megabytes; the picture must not wait).
+                                                      "proxy_updating": the output is re-rendered (state
+                                                      done) and the review video is being made again
+                                                      from it: the page waits, then loads the new one
   GET  /api/files/jobs/{id}/files/{n}/review/tracks   {"tracks": [...]} as in the full answer, made once
                                                       per file and kept (gzip when the client takes it)
   GET  /api/files/jobs/{id}/files/{n}/proxy.mp4       the review proxy: ANONYMIZED frames only (a photo:
@@ -14,7 +17,8 @@ Routes (behind `server.users`, like the Files page; the data is the manager's, f
   PUT  /api/files/jobs/{id}/files/{n}/edits           the whole edits document (docs/edits-format.md),
                                                       saved as made -> the stored document
   POST /api/files/jobs/{id}/files/{n}/follow          {frame, box, start, end, keyframes} -> {boxes}
-  POST /api/files/jobs/{id}/files/{n}/rerender        202: the file goes "rendering", then "done"
+  POST /api/files/jobs/{id}/files/{n}/rerender        202: the file goes "rendering", then "done" (then
+                                                      "proxy_updating" until the review video is new)
   GET  /api/files/jobs/{id}/files/{n}/original/{frame}.jpg
                                                       the ORIGINAL frame: only for a user with the
                                                       `originals` role (else 403, logged); each access is

@@ -50,6 +50,7 @@
     originalFetches: 0,
     renders: 0, // re-renders this page asked for
     rendering: false,
+    proxyUpdating: false, // re-rendered; the review video is being made again (the old one on screen)
     proxyLoads: 0,
     draws: 0,
     error: null,
@@ -720,6 +721,9 @@
         if (!r.ok) throw new Error(await why(r));
         const rv = await r.json();
         if (rv.state === "rendering" || rv.rendering) { renderState("rendering"); continue; }
+        // The output is done, the review video not yet: the picture on screen is from before the edits.
+        state.proxyUpdating = rv.proxy_updating === true;
+        if (state.proxyUpdating) { renderState(rv.state, rv.error); continue; }
         state.rendering = false;
         state.review = Object.assign(state.review, { state: rv.state, error: rv.error, proxy: rv.proxy });
         renderState(rv.state, rv.error);
@@ -736,9 +740,10 @@
     badge.textContent = st || "";
     badge.className = "badge " + (st === "rendering" ? "running" : st || "");
     $("render-state").textContent = st === "rendering" ? "re-rendering from the original…"
+      : state.proxyUpdating ? "re-rendered: updating the review video… (the picture is from before the edits)"
       : error ? error : state.renders ? "re-rendered with the edits" : "";
-    $("render-state").classList.toggle("ferr", !!error);
-    $("rerender").disabled = st !== "done" || !state.review || !state.review.reviewable;
+    $("render-state").classList.toggle("ferr", !!error && !state.proxyUpdating);
+    $("rerender").disabled = st !== "done" || state.proxyUpdating || !state.review || !state.review.reviewable;
   }
 
   // --- the lists and buttons ---
@@ -867,6 +872,7 @@
     state.originals = rv.originals === true;
     $("orig-label").hidden = !state.originals;
     if (rv.name) { $("rv-name").textContent = rv.name; document.title = "streamproxy — review " + rv.name; }
+    state.proxyUpdating = rv.proxy_updating === true;
     renderState(rv.state, rv.error);
     if (!rv.reviewable) {
       msg("Nothing to review for this file" + (rv.error ? ": " + rv.error : " (it has not finished, or was made before the review existed).") );
@@ -891,6 +897,8 @@
     drawLanes();
     loadPicture(false);
     loadTracks();
+    // Opened during a re-render or its review video's update: the new picture replaces this one when ready.
+    if (rv.state === "rendering" || state.proxyUpdating) { state.rendering = true; pollRender(); }
   }
 
   // --- wiring ---
