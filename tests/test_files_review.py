@@ -220,11 +220,29 @@ def test_the_review_video_is_made_after_the_output(
             assert _sha(proxy) == proxy_before
             with pytest.raises(ValueError, match="review video is still being updated"):
                 jobs.rerender(job_id, 0, "dpo")
+            assert short["proxy_stale"] is False, "updating, not stale"
             if stop:
                 stopped = True
                 await jobs.stop()  # stops the remake (not the gate): the earlier review video stays
                 assert _sha(proxy) == proxy_before
-                assert sorted(x.name for x in proxy.parent.iterdir()) == ["log.jsonl.gz", "proxy.mp4"]
+                names = sorted(x.name for x in proxy.parent.iterdir())
+                assert names == [".proxy-stale", "log.jsonl.gz", "proxy.mp4"], names
+                # After a restart (the mark is on disk) the review says that its video is from before
+                # the edits, instead of showing it as the new output.
+                restarted = FileJobs(
+                    FilesConfig(roots=roots), tmp_path / "data", model_dir, batch_factory=factory
+                )
+                await restarted.start()
+                try:
+                    after = restarted.review(job_id, 0, tracks=False)
+                    assert after is not None
+                    assert (after["state"], after["proxy_updating"], after["proxy_stale"]) == (
+                        "done",
+                        False,
+                        True,
+                    )
+                finally:
+                    await restarted.stop()
                 return
             gate.set()
             await _until(lambda: not jobs.proxy_updating(job_id, 0), "the review video made again")
@@ -233,6 +251,7 @@ def test_the_review_video_is_made_after_the_output(
             assert sorted(x.name for x in proxy.parent.iterdir()) == ["log.jsonl.gz", "proxy.mp4"]
             again = jobs.review(job_id, 0, tracks=False)
             assert again is not None and again["proxy_updating"] is False and again["proxy"] is True
+            assert again["proxy_stale"] is False
         finally:
             gate.set()
             if not stopped:

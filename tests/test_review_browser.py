@@ -402,12 +402,12 @@ async def test_review_edits_rerender_and_the_cli(
         remake_gate = threading.Event()
         remake = jobs._remake_proxy
 
-        def held_remake(batch: Any, job: int, n: int, dst: Path, stop: threading.Event) -> None:
+        def held_remake(batch: Any, job: int, n: int, dst: Path, stop: threading.Event) -> bool:
             for _ in range(2400):  # bounded: 120 s
                 if remake_gate.is_set() or stop.is_set():
                     break
                 time.sleep(0.05)
-            remake(batch, job, n, dst, stop)
+            return remake(batch, job, n, dst, stop)
 
         monkeypatch.setattr(jobs, "_remake_proxy", held_remake)
         loads = await browser.evaluate(f"{STATE}.proxyLoads")

@@ -50,6 +50,8 @@ from streamproxy.files.store import FINAL_FILE, FileRow, JobRow, Store
 log = logging.getLogger(__name__)
 
 THUMB_WIDTH = 320
+# In a file's review folder while its review video is older than its re-rendered output.
+PROXY_STALE = ".proxy-stale"
 THUMBS_KEPT = 64  # thumbnails of finished files kept in memory (the running ones always are)
 ORPHAN_UPLOAD_S = 24 * 3600  # an upload no job took is removed after this
 SWEEP_EVERY_S = 600.0
@@ -731,6 +733,10 @@ class FileJobs:
             # The output is re-rendered and done; the review's video is still the one before the
             # edits until this is false (the page waits for it, then loads the new one).
             "proxy_updating": self.proxy_updating(job_id, n),
+            # The output was re-rendered, and the review video could not be made again from it (a
+            # stop, a crash, an error): it shows the output before those edits until the next re-render.
+            "proxy_stale": not self.proxy_updating(job_id, n)
+            and (self.review_dir(job_id, n) / PROXY_STALE).exists(),
         }
         if got is None:
             return out
@@ -886,9 +892,16 @@ class FileJobs:
         finally:
             with self._lock:
                 self._live.pop((job_id, n), None)
-        remake = res.ok and row.kind == "video" and not self._stopping.is_set()
+        remake = res.ok and row.kind == "video"
         stop_proxy = threading.Event()
+        stale = self.review_dir(job_id, n) / PROXY_STALE
         if remake:
+            # Until the remake has put the new review video in place, the one there shows the output
+            # before the edits: marked on disk, so that a stop, a crash or a failed remake still says so.
+            try:
+                stale.touch()
+            except OSError as err:
+                log.warning("files: job %d: %s: %s", job_id, row.name, err)
             with self._lock:  # set before the file says done: the page never sees done without it
                 self._proxy_updating[(job_id, n)] = stop_proxy
         if res.ok:
@@ -904,30 +917,33 @@ class FileJobs:
                 record = self._record(job)
                 db.set_job(job_id, record=record)
                 self._write_record(job, record)
-            if remake:
-                self._remake_proxy(batch, job_id, n, Path(row.dst), stop_proxy)
+            if remake and not self._stopping.is_set():
+                if self._remake_proxy(batch, job_id, n, Path(row.dst), stop_proxy):
+                    stale.unlink(missing_ok=True)
         finally:
             with self._lock:
                 self._proxy_updating.pop((job_id, n), None)
 
     def _remake_proxy(
         self, batch: BatchRunner, job_id: int, n: int, dst: Path, stop: threading.Event
-    ) -> None:
+    ) -> bool:
         """The review proxy made again from the re-rendered output (Batch.remake_proxy): the earlier
-        one stays on any failure or a stop (said in the log); never raises."""
+        one stays on any failure or a stop (said in the log; False); never raises."""
         remake: Callable[..., bool] | None = getattr(batch, "remake_proxy", None)
         if remake is None:  # a stand-in batch without it (tests): the earlier proxy stays
-            return
+            return False
         if self._stopping.is_set():
             stop.set()
         try:
             t0 = time.monotonic()
-            ok = remake(Job(dst, dst, "video"), self.review_dir(job_id, n), cancel=stop)
+            ok = bool(remake(Job(dst, dst, "video"), self.review_dir(job_id, n), cancel=stop))
             log.info("files: job %d: %s: review video %s in %.1f s", job_id, dst.name,
                      "made again" if ok else "NOT made again (the earlier one stays)",
                      time.monotonic() - t0)  # fmt: skip
+            return ok
         except Exception:
             log.exception("files: job %d: %s: the review video could not be made again", job_id, dst.name)
+            return False
 
     def record_original(self, job_id: int, n: int, user: str, what: str) -> None:
         """An original (not anonymized) file or frame was shown: on the job's audit record."""
@@ -1026,6 +1042,8 @@ class FileJobs:
             if jpeg is not None:
                 live.thumb, live.thumb_at = jpeg, time.monotonic()
 
+        # A run makes the review video anew: a mark left by an earlier re-render no longer holds.
+        (self.review_dir(job.id, f.n) / PROXY_STALE).unlink(missing_ok=True)
         try:
             res = batch.run(
                 Job(src, dst, f.kind),

@@ -725,7 +725,7 @@
         state.proxyUpdating = rv.proxy_updating === true;
         if (state.proxyUpdating) { renderState(rv.state, rv.error); continue; }
         state.rendering = false;
-        state.review = Object.assign(state.review, { state: rv.state, error: rv.error, proxy: rv.proxy });
+        state.review = Object.assign(state.review, { state: rv.state, error: rv.error, proxy: rv.proxy, proxy_stale: rv.proxy_stale });
         renderState(rv.state, rv.error);
         loadPicture(true);
         return;
@@ -741,8 +741,10 @@
     badge.className = "badge " + (st === "rendering" ? "running" : st || "");
     $("render-state").textContent = st === "rendering" ? "re-rendering from the original…"
       : state.proxyUpdating ? "re-rendered: updating the review video… (the picture is from before the edits)"
-      : error ? error : state.renders ? "re-rendered with the edits" : "";
-    $("render-state").classList.toggle("ferr", !!error && !state.proxyUpdating);
+      : error ? error
+      : state.review && state.review.proxy_stale ? "the review video is from before the last re-render (it could not be made again): re-render to make it anew"
+      : state.renders ? "re-rendered with the edits" : "";
+    $("render-state").classList.toggle("ferr", (!!error || !!(state.review && state.review.proxy_stale)) && !state.proxyUpdating);
     $("rerender").disabled = st !== "done" || state.proxyUpdating || !state.review || !state.review.reviewable;
   }
 
