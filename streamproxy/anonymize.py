@@ -45,7 +45,7 @@ from streamproxy.engine.detect import (
     create_detector,
 )
 from streamproxy.engine.models import MODELS, dynamic_model_bytes, model_path
-from streamproxy.engine.obfuscate import frame_from_planes, planes_from_bgr, planes_from_yuv420
+from streamproxy.engine.obfuscate import planes_from_bgr, writable_copy
 from streamproxy.engine.temporal import WEAK_THRESHOLD
 from streamproxy.engine.text import TextDetector, TextMasker, create_text_detector, mask_text_image
 from streamproxy.files import audit as audit_mod
@@ -1563,9 +1563,8 @@ class Batch:
                             if proxy is not None:
                                 proxy.put(None)
                         else:
-                            planes, buf = planes_from_yuv420(frame)
+                            planes, of = writable_copy(frame)
                             edits_mod.render(planes, fm, self.cfg, clip=True)
-                            of = frame_from_planes(buf, frame)
                             of.pts, of.time_base = pts, time_base
                             if proxy is not None:
                                 proxy.put(of)

@@ -113,6 +113,33 @@ def frame_from_planes(buf: np.ndarray, frame: av.VideoFrame) -> av.VideoFrame:
     return out
 
 
+def writable_copy(frame: av.VideoFrame) -> tuple[Planes, av.VideoFrame]:
+    """A new yuv420p frame with `frame`'s pixels and timing, and planes over ITS buffers: what is
+    obfuscated there is what the encoder gets. One copy of the picture instead of the two of
+    planes_from_yuv420 + frame_from_planes (for a re-render, which keeps no buffer of its own);
+    the same pixels come out."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        src = frame.reformat(format="yuv420p", threads=1)
+    else:
+        src = frame
+    w, h = frame.width, frame.height
+    out = av.VideoFrame(w, h, "yuv420p")
+    planes: list[Plane] = []
+    for p_in, p_out, (pw, ph), scale, fill in zip(
+        src.planes, out.planes, _plane_sizes(w, h), (1.0, 0.5, 0.5), (Y_BLACK, UV_NEUTRAL, UV_NEUTRAL),
+        strict=True,
+    ):  # fmt: skip
+        view = _plane_view(p_out, pw, ph)
+        view[:] = _plane_view(p_in, pw, ph)
+        planes.append(Plane(view, scale, fill))
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    out.color_range = 2 if frame.format.name == "yuvj420p" else frame.color_range
+    out.colorspace = frame.colorspace
+    return Planes(w, h, tuple(planes)), out
+
+
 def planes_from_bgr(img: np.ndarray) -> Planes:
     """Planes over a BGR (H, W, 3) or grayscale (H, W) uint8 image: views, so edits land in `img`."""
     if img.dtype != np.uint8 or img.ndim not in (2, 3):
