@@ -426,3 +426,26 @@ def test_detector_finds_no_face_after_obfuscation(
     for test_img in (img, unsharp(img)):
         left = [d for d in det.detect_bgr(test_img) if d.box.intersection(face) > 0.3 * face.area]  # type: ignore[attr-defined]
         assert left == [], left
+
+
+@pytest.mark.parametrize("size", [(64, 48), (63, 47)], ids=["even", "odd"])
+def test_writable_copy_is_the_frame_and_edits_land_in_the_copy(size: tuple[int, int]) -> None:
+    """The re-render's one copy: the same pixels as the decoder's frame, planes over the NEW frame's
+    buffers (what is obfuscated there is what is encoded), the decoder's frame untouched."""
+    from streamproxy.engine.obfuscate import planes_from_yuv420, writable_copy
+
+    w, h = size
+    rng = np.random.default_rng(3)
+    src = av.VideoFrame(w, h, "yuv420p")
+    for plane in src.planes:
+        plane.update(rng.integers(0, 255, plane.buffer_size, dtype=np.uint8).tobytes())
+    src.pts = 7
+    before = [bytes(p) for p in src.planes]
+    planes, out = writable_copy(src)
+    ref, _ = planes_from_yuv420(src)
+    assert out.pts == 7 and (out.width, out.height) == (w, h)
+    for mine, theirs in zip(planes.planes, ref.planes, strict=True):
+        assert np.array_equal(mine.data, theirs.data)
+    planes.planes[0].data[:4, :4] = 0
+    assert np.all(out.to_ndarray(format="gray", threads=1)[:4, :4] == 0), "the edit is in the new frame"
+    assert [bytes(p) for p in src.planes] == before, "the decoder's frame is never written to"
