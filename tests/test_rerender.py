@@ -200,33 +200,35 @@ def test_rerender_with_edits_changes_what_they_say_and_records_them(ran: Ran, tm
     assert res.audit == record
 
 
+class FailsOnFrames10To12:
+    """A scripted detector: the true face box on every video frame; fails on frames 10..12."""
+
+    model = "scripted"
+    input_width = 640
+    upscale = 1.0
+    last_ms = 0.0
+
+    def __init__(self, truth: list[Box]) -> None:
+        self.truth = truth
+        self.calls = 0
+
+    def detect_bgr(self, img: np.ndarray) -> list[Detection]:
+        raise AssertionError("video only")
+
+    def detect_frame(self, frame: object) -> list[Detection]:
+        i = self.calls
+        self.calls += 1
+        if 10 <= i <= 12:
+            raise RuntimeError("failing on purpose")
+        return [Detection(self.truth[i], 0.95)]
+
+
 def test_rerender_keeps_failed_frames_whole(tmp_path: Path, model_dir: Path) -> None:
     """Frames that failed closed in the run stay whole-frame obfuscated whatever the edits."""
     src = tmp_path / "clip.mp4"
     truth = make_video(src, frames=30, audio=False)
 
-    class Scripted:
-        """The true face box on every frame; fails on frames 10..12."""
-
-        model = "scripted"
-        input_width = 640
-        upscale = 1.0
-        last_ms = 0.0
-
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def detect_bgr(self, img: np.ndarray) -> list[Detection]:
-            raise AssertionError("video only")
-
-        def detect_frame(self, frame: object) -> list[Detection]:
-            i = self.calls
-            self.calls += 1
-            if 10 <= i <= 12:
-                raise RuntimeError("failing on purpose")
-            return [Detection(truth[i], 0.95)]
-
-    batch = Batch(cli_cfg(src), detector=Scripted(), audit=True)
+    batch = Batch(cli_cfg(src), detector=FailsOnFrames10To12(truth), audit=True)
     dst = tmp_path / "out" / "clip.mp4"
     res = batch.run(Job(src, dst, "video"), review_dir=tmp_path / "review")
     assert res.ok and res.fail_closed_frames == 3
@@ -383,27 +385,8 @@ def test_remake_proxy_with_dropped_frames(tmp_path: Path, model_dir: Path) -> No
     src = tmp_path / "clip.mp4"
     truth = make_video(src, frames=30, audio=False)
 
-    class Failing:
-        model = "scripted"
-        input_width = 640
-        upscale = 1.0
-        last_ms = 0.0
-
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def detect_bgr(self, img: np.ndarray) -> list[Detection]:
-            raise AssertionError("video only")
-
-        def detect_frame(self, frame: object) -> list[Detection]:
-            i = self.calls
-            self.calls += 1
-            if 10 <= i <= 12:
-                raise RuntimeError("failing on purpose")
-            return [Detection(truth[i], 0.95)]
-
     cfg = EngineConfig.model_validate({**cli_cfg(src).model_dump(), "fail_closed": {"action": "drop"}})
-    batch = Batch(cfg, detector=Failing(), audit=False)
+    batch = Batch(cfg, detector=FailsOnFrames10To12(truth), audit=False)
     dst, review = tmp_path / "out" / "clip.mp4", tmp_path / "review"
     res = batch.run(Job(src, dst, "video"), review_dir=review)
     assert res.ok and res.fail_closed_frames == 3, res.error
