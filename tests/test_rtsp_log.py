@@ -173,15 +173,17 @@ async def test_a_throttled_line_due_as_its_timer_fires_is_logged_once(
     monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock
     log = logging.getLogger("streamproxy.test.throttle")
     caplog.set_level(logging.INFO, log.name)
-    throttle = limits.Throttled(log)
+    # Seconds of 5 (not the default 1): the timers' real delays (2.5 s, 4.99 s) lie far either side
+    # of the 3 s this test waits, however busy the machine.
+    throttle = limits.Throttled(log, interval_s=5.0)
     throttle.hit("first", logging.INFO)  # logged at once
-    clock[0] = 0.5
-    throttle.hit("second", logging.INFO)  # waits: the timer is set for the second's end (0.5 s on)
-    clock[0] = 1.0
+    clock[0] = 2.5
+    throttle.hit("second", logging.INFO)  # waits: the timer is set for the interval's end (2.5 s on)
+    clock[0] = 5.0
     throttle.hit("third", logging.INFO)  # due: logged, with the count it stands for
-    clock[0] = 1.01
-    throttle.hit("fourth", logging.INFO)  # waits for the next second (0.99 s on)
-    await asyncio.sleep(0.7)  # past the first timer's moment, before the second's
+    clock[0] = 5.01
+    throttle.hit("fourth", logging.INFO)  # waits for the next interval (4.99 s on)
+    await asyncio.sleep(3.0)  # past the first timer's moment, before the second's
     messages = [r.getMessage() for r in caplog.records if r.name == log.name]
     assert messages == ["first", "third (x2 since the last such line)"]
     throttle.flush()
