@@ -155,6 +155,8 @@ async def test_files_page_anonymizes_uploads(tmp_path: Path, model_dir: Path, ju
                           links: [...c.querySelectorAll('.job-links a')].map(a => a.getAttribute('href')) }}; }})()"""
         )
         assert shown["states"] == ["done"] * 3, shown
+        # It got there from answers that held only what changed (`?since=`), merged into the whole job.
+        assert await browser.evaluate("window.streamproxyFiles.changesPolls") > 0
         assert len(shown["downloads"]) == 3, shown
         assert shown["links"] == [
             f"/api/files/jobs/{job['id']}/audit.json",

@@ -236,6 +236,9 @@ async def test_refusals(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
                 assert r.status == 400 and "JSON" in await r.text()  # a plain form is not a job
             async with http.get(f"{base}/api/files/list", params={"path": ""}) as r:
                 assert r.status == 400 and "root" in await r.text()
+            for since in ("abc", "-1", "1.5", ""):
+                async with http.get(f"{base}/api/files/jobs/1", params={"since": since}) as r:
+                    assert r.status == 400 and "since" in await r.text(), (since, r.status)
 
             # Another site's page posting with the browser's credentials: refused.
             async with http.post(
@@ -373,6 +376,11 @@ async def test_a_job_from_upload_to_download(tree: Path, caplog: pytest.LogCaptu
         )
         slow = next(f for f in job["files"] if f["name"].endswith("slow.mp4"))
         assert slow["total"] >= 1 and slow["fps"] is not None
+        # What the page polls: the files changed since its last answer, and the running one.
+        async with http.get(f"{base}/api/files/jobs/{job_id}", params={"since": str(job["seq"])}) as r:
+            changed = await r.json()
+        assert changed["since"] == job["seq"] and changed["files_total"] == 2
+        assert [f["name"] for f in changed["files"]] == [slow["name"]], changed
         async with http.get(f"{base}/api/files/jobs/{job_id}/files/{slow['n']}/thumb.jpg") as r:
             assert r.status == 200 and r.content_type == "image/jpeg"
             assert (await r.read())[:2] == b"\xff\xd8"

@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from facekit import background, make_video, paste_face
 
 from streamproxy.anonymize import FileResult, Job
 from streamproxy.config import EngineConfig, FilesConfig
+from streamproxy.files import store as store_mod
 from streamproxy.files.manager import FileJobs, JobRequest, TooLarge
 from streamproxy.files.roots import PathRefused, Roots
 from streamproxy.files.store import INTERRUPTED, Store
@@ -234,6 +237,69 @@ def test_cancel_a_file_and_a_job(tmp_path: Path) -> None:
         "a temporary output was left"
     )
     assert not (tmp_path / "out" / "run1" / "in" / "slow.mp4").exists()
+
+
+def test_a_status_poll_with_since_gets_the_changed_and_running_files_only(tmp_path: Path) -> None:
+    roots = _inputs(tmp_path, ["a.jpg", "slow.mp4", "x.jpg", "z.jpg"])
+    batch = ScriptedBatch()
+
+    async def main() -> list[dict[str, Any]]:
+        jobs = _jobs(tmp_path / "data", roots, batch)
+        await jobs.start()
+        try:
+            job_id = jobs.submit("dpo", _request())
+            await _until(batch.running.is_set, "slow.mp4 running")
+            answers = [jobs.job(job_id)]  # the page's first ask: the whole job
+            assert jobs.cancel_file(job_id, 2)  # x.jpg, still queued: cancelled without running
+            answers.append(jobs.job(job_id, since=answers[-1]["seq"]))  # type: ignore[index]
+            batch.gate.set()
+            await _until(lambda: (jobs.job(job_id) or {})["state"] == "done", "job done")
+            answers.append(jobs.job(job_id, since=answers[-1]["seq"]))  # type: ignore[index]
+            answers.append(jobs.job(job_id, since=answers[-1]["seq"]))  # type: ignore[index]
+            return [a for a in answers if a is not None]
+        finally:
+            await jobs.stop()
+
+    whole, during, after, nothing = asyncio.run(main())
+    names = lambda job: [f["name"] for f in job["files"]]  # noqa: E731
+    assert "since" not in whole and names(whole) == ["in/a.jpg", "in/slow.mp4", "in/x.jpg", "in/z.jpg"]
+    # a.jpg finished before the first answer: not again; the running video always (its progress is live).
+    assert names(during) == ["in/slow.mp4", "in/x.jpg"] and during["since"] == whole["seq"]
+    assert during["files"][1]["state"] == "cancelled"
+    assert names(after) == ["in/slow.mp4", "in/z.jpg"]
+    assert [f["state"] for f in after["files"]] == ["done", "done"]
+    assert names(nothing) == [] and nothing["seq"] == after["seq"]
+    # The counts are always the whole job's.
+    assert nothing["files_total"] == 4 and nothing["files_by_state"] == {"done": 3, "cancelled": 1}
+    assert whole["seq"] < during["seq"] < after["seq"]
+
+
+def test_a_database_from_before_seq_is_migrated_and_its_rows_are_shown(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old_schema = "\n".join(
+        line for line in store_mod.SCHEMA.splitlines() if not line.strip().startswith("seq ")
+    )
+    assert old_schema != store_mod.SCHEMA
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO jobs (created, user, state, request, output_dir, own_output, uploads) "
+            "VALUES (1, 'u', 'done', '{}', '/o', 0, '[]')"
+        )
+        db.execute(
+            "INSERT INTO files (job_id, n, src, dst, name, kind, state) VALUES (1, 0, 's', 'd', 'a', 'image', 'done')"
+        )
+        db.commit()
+    store = Store(path)
+    try:
+        first = store.changes(1)
+        assert [f.name for f in first.files] == ["a"] and first.seq == 0
+        assert store.changes(1, first.seq).files == []
+        store.set_file(1, 0, error="noted")
+        later = store.changes(1, first.seq)
+        assert [f.error for f in later.files] == ["noted"] and later.seq > first.seq
+    finally:
+        store.close()
 
 
 def test_a_graceful_stop_puts_the_running_file_back_and_it_runs_after_the_restart(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS files (
     started REAL,
     finished REAL,
     edits TEXT,                   -- the review's edits (JSON, files/edits.py's format), saved as made
+    seq INTEGER NOT NULL DEFAULT 0, -- the change counter when the row last changed (Store.changes)
     PRIMARY KEY (job_id, n)
 );
 CREATE TABLE IF NOT EXISTS access (
@@ -76,6 +77,9 @@ CREATE TABLE IF NOT EXISTS access (
 INTERRUPTED = "interrupted by a restart of the service: nothing was written; run the file again"
 RENDER_INTERRUPTED = "re-rendering was interrupted by a restart: the earlier output stands; re-render again"
 FINAL_FILE = ("done", "failed", "cancelled")
+# Every change to a file row stamps it with the next value of one counter (evaluated once per statement,
+# inside the write's transaction): a status poll that says `since` gets only the rows stamped after it.
+NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM files)"
 
 
 @dataclass(slots=True)
@@ -114,6 +118,22 @@ class JobRow:
     expired: bool
 
 
+@dataclass(slots=True)
+class FileChanges:
+    """Store.changes: a job's files changed after a poll's `since`, its state counts, the counter now."""
+
+    seq: int
+    counts: dict[str, int]
+    files: list[FileRow]
+
+
+# The columns a status poll reads: the audit record and the edits are left out (NULL).
+_STATUS_COLS = (
+    "job_id, n, src, dst, name, kind, state, total, done, error, result, NULL AS audit, started, finished, "
+    "NULL AS edits"
+)
+
+
 def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
@@ -135,6 +155,9 @@ class Store:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
             if "edits" not in cols:  # a database from before the review
                 self._db.execute("ALTER TABLE files ADD COLUMN edits TEXT")
+            if "seq" not in cols:  # a database from before the status polls asked for changes only
+                self._db.execute("ALTER TABLE files ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS files_seq ON files (seq)")
 
     def close(self) -> None:
         with self._lock:
@@ -159,13 +182,15 @@ class Store:
         with self._tx() as db:
             rows = [self._file(r) for r in db.execute("SELECT * FROM files WHERE state = 'running'")]
             db.execute(
-                "UPDATE files SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
+                f"UPDATE files SET state = 'failed', error = ?, finished = ?, seq = {NEXT_SEQ} "
+                "WHERE state = 'running'",
                 (INTERRUPTED, now),
             )
             db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
             # A re-render writes under a temporary name: the earlier output is still whole.
             db.execute(
-                "UPDATE files SET state = 'done', error = ? WHERE state = 'rendering'", (RENDER_INTERRUPTED,)
+                f"UPDATE files SET state = 'done', error = ?, seq = {NEXT_SEQ} WHERE state = 'rendering'",
+                (RENDER_INTERRUPTED,),
             )
         return rows
 
@@ -195,8 +220,8 @@ class Store:
             )
             job_id = int(cur.lastrowid or 0)
             db.executemany(
-                "INSERT INTO files (job_id, n, src, dst, name, kind, state, error, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (job_id, n, src, dst, name, kind, state, error, finished, seq) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {NEXT_SEQ})",
                 [
                     (
                         job_id,
@@ -249,14 +274,37 @@ class Store:
     def files(self, job_id: int, records: bool = True) -> list[FileRow]:
         """A job's files; `records=False` leaves out each file's audit record and edits (what the page's
         status polls do not show: a 1000-file job's records are megabytes to parse every second)."""
-        cols = "*" if records else "job_id, n, src, dst, name, kind, state, total, done, error, result, " \
-            "NULL AS audit, started, finished, NULL AS edits"  # fmt: skip
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {cols} FROM files WHERE job_id = ? ORDER BY n",
+                f"SELECT {'*' if records else _STATUS_COLS} FROM files WHERE job_id = ? ORDER BY n",
                 (job_id,),  # our own column list
             ).fetchall()
         return [self._file(r) for r in rows]
+
+    def changes(self, job_id: int, since: int = -1, rows: bool = True) -> FileChanges:
+        """What a status poll that saw the store at `since` needs (records left out, as `files(records=False)`):
+        the rows stamped after it and the running or re-rendering ones (their progress lives in memory),
+        every file's state counted, and the counter now (the next poll's `since`). `since=-1`: every row;
+        `rows=False`: the counts alone (the job list). One read, under the lock: a row changed after it is
+        stamped past `seq` and comes with the next poll."""
+        with self._lock:
+            seq = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0])
+            counts = {
+                r[0]: int(r[1])
+                for r in self._db.execute(
+                    "SELECT state, count(*) FROM files WHERE job_id = ? GROUP BY state", (job_id,)
+                )
+            }
+            found = (
+                self._db.execute(
+                    f"SELECT {_STATUS_COLS} FROM files WHERE job_id = ? "
+                    "AND (seq > ? OR state IN ('running', 'rendering')) ORDER BY n",
+                    (job_id, since),
+                ).fetchall()
+                if rows
+                else []
+            )
+        return FileChanges(seq=seq, counts=counts, files=[self._file(r) for r in found])
 
     def file(self, job_id: int, n: int) -> FileRow | None:
         with self._lock:
@@ -269,11 +317,17 @@ class Store:
                 values[key] = json.dumps(values[key])
         cols = ", ".join(f"{k} = ?" for k in values)  # column names from our own keywords, never the client
         with self._tx() as db:
-            db.execute(f"UPDATE files SET {cols} WHERE job_id = ? AND n = ?", (*values.values(), job_id, n))
+            db.execute(
+                f"UPDATE files SET {cols}, seq = {NEXT_SEQ} WHERE job_id = ? AND n = ?",
+                (*values.values(), job_id, n),
+            )
 
     def cancel_queued(self, job_id: int, n: int | None = None) -> int:
         """Queued files of a job (or one of them) marked cancelled; how many."""
-        q = "UPDATE files SET state = 'cancelled', error = 'cancelled', finished = ? WHERE job_id = ? AND state = 'queued'"
+        q = (
+            f"UPDATE files SET state = 'cancelled', error = 'cancelled', finished = ?, seq = {NEXT_SEQ} "
+            "WHERE job_id = ? AND state = 'queued'"
+        )
         args: tuple[Any, ...] = (time.time(), job_id)
         if n is not None:
             q += " AND n = ?"

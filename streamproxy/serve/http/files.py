@@ -9,7 +9,9 @@ Routes (all behind `server.users`, like the camera page)
   POST /api/files/jobs                         {inputs, output, quality, style, shape, objects, keep_audio}
                                                -> 201 {id}
   GET  /api/files/jobs                         the jobs, newest first
-  GET  /api/files/jobs/{id}                    a job and its files with progress (done, total, fps, eta_s)
+  GET  /api/files/jobs/{id}                    a job and its files with progress (done, total, fps, eta_s), and
+                                               `seq`; `?since=<seq>`: only the files changed after that answer
+                                               and the running ones (what the page polls)
   POST /api/files/jobs/{id}/cancel             cancel a job (its running file and the queued ones)
   POST /api/files/jobs/{id}/files/{n}/cancel   cancel one file
   GET  /api/files/jobs/{id}/files/{n}/thumb.jpg  the newest ANONYMIZED frame of a running file (404: none)
@@ -131,17 +133,17 @@ class FilesRoutes:
         if urlsplit(origin).netloc.lower() != request.host.lower():
             raise web.HTTPForbidden(text="cross-site request refused: use the Files page of this server\n")
 
-    def _known_job(self, job_id: int) -> dict[str, Any]:
-        job = self.files.job(job_id)
+    def _known_job(self, job_id: int, since: int | None = None) -> dict[str, Any]:
+        job = self.files.job(job_id, since=since)
         if job is None:
             raise web.HTTPNotFound(text=f"no job {job_id}\n")
         return job
 
     def _known_file(self, request: web.Request) -> tuple[int, int]:
         job_id, n = _int(request, "id"), _int(request, "n")
-        job = self._known_job(job_id)
-        files = job.get("files")
-        if isinstance(files, list) and not any(isinstance(f, dict) and f.get("n") == n for f in files):
+        if self.files.file_status(job_id, n) is None:
+            if not self.files.job_exists(job_id):
+                raise web.HTTPNotFound(text=f"no job {job_id}\n")
             raise web.HTTPNotFound(text=f"job {job_id} has no file {n}\n")
         return job_id, n
 
@@ -275,7 +277,10 @@ class FilesRoutes:
         return self._json(self.files.jobs())
 
     async def _job(self, request: web.Request) -> web.StreamResponse:
-        job = self._known_job(_int(request, "id"))
+        since = request.query.get("since")
+        if since is not None and (not since.isdecimal() or len(since) > 15):
+            raise _bad("since: the seq of an earlier answer (a whole number) is expected")
+        job = self._known_job(_int(request, "id"), int(since) if since is not None else None)
         if not self.files.can_see_originals(self.user(request)):
             for f in job.get("files", []):
                 f["input"] = False  # the page offers no "original…" to this user

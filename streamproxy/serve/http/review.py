@@ -131,8 +131,7 @@ class ReviewRoutes:
         if tracks not in ("0", "1"):
             raise _bad("tracks: 0 (the review without its tracks) or 1 (with them) is expected")
         review = dict(await asyncio.to_thread(self._review_of, job_id, n, tracks=tracks == "1"))
-        job = self.files.job(job_id) or {}
-        row = next((f for f in job.get("files", []) if isinstance(f, dict) and f.get("n") == n), {})
+        row = self.files.file_status(job_id, n) or {}
         review.setdefault("name", row.get("name", ""))
         review.setdefault("output", row.get("output"))
         review["job"], review["n"] = job_id, n

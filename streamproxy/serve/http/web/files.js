@@ -19,6 +19,7 @@
     jobs: {}, // id -> the job as GET /api/files/jobs/{id} gave it
     submitted: [], // ids this page started
     polls: 0,
+    changesPolls: 0, // answers that held a job's changes only (`?since=`), merged into what the page had
     thumbs: {}, // "id/n" -> thumbnails shown
     uploading: false,
     uploadedBytes: 0,
@@ -420,7 +421,9 @@
     }
   }
 
-  function renderJob(job) {
+  // `changed`: the files the last poll brought (null: all of them). A 1000-photo job is rendered whole
+  // once; after that only its changed and running rows are touched.
+  function renderJob(job, changed) {
     const id = job.id;
     const c = jobCard(id);
     c.el.dataset.state = job.state;
@@ -441,8 +444,11 @@
     }
     c.head.replaceChildren(...headParts);
     c.summary.textContent = job.summary || counts(files);
-    const items = files.map((f) => renderFile(c, id, f));
-    if (c.list.children.length !== items.length || items.some((li, i) => c.list.children[i] !== li)) c.list.replaceChildren(...items);
+    for (const f of changed || files) renderFile(c, id, f);
+    if (!changed || c.list.children.length !== files.length) {
+      const items = files.map((f) => fileRow(c, id, f).li);
+      if (c.list.children.length !== items.length || items.some((li, i) => c.list.children[i] !== li)) c.list.replaceChildren(...items);
+    }
     if (!isActive(job) && !c.linked) {
       c.linked = true;
       c.links.replaceChildren(
@@ -467,7 +473,11 @@
   }
 
   async function refreshJob(id) {
-    const r = await fetch("/api/files/jobs/" + id, { cache: "no-store" });
+    // A job the page holds whole is asked for its changes since the last answer (`seq`): the running
+    // file and the few that finished, not every file each second.
+    const known = state.jobs[id];
+    const partial = known && Array.isArray(known.files) && typeof known.seq === "number";
+    const r = await fetch("/api/files/jobs/" + id + (partial ? "?since=" + known.seq : ""), { cache: "no-store" });
     if (r.status === 404) {
       delete state.jobs[id];
       const c = cards.get(id);
@@ -477,8 +487,21 @@
     }
     if (!r.ok) throw new Error(await why(r));
     const job = await r.json();
+    let changed = null;
+    if (partial && typeof job.since === "number") {
+      const byN = new Map(known.files.map((f) => [f.n, f]));
+      changed = filesOf(job);
+      for (const f of changed) byN.set(f.n, f);
+      job.files = [...byN.values()].sort((a, b) => a.n - b.n);
+      delete job.since;
+      state.changesPolls++;
+      if (job.files.length !== job.files_total) {
+        delete state.jobs[id]; // files the page never saw (cannot happen; if it does, ask for the whole job)
+        return refreshJob(id);
+      }
+    }
     state.jobs[id] = job;
-    renderJob(job);
+    renderJob(job, changed);
     renderJobs();
   }
 
