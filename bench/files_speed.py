@@ -294,7 +294,7 @@ def main() -> int:
     )  # fmt: skip
     args = ap.parse_args()
     print(f"files_speed: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    rows: list[tuple[str, float | None, float, list[float], float, float]] = []
+    rows: list[tuple[str, float | None, float, list[float], float, float, list[float]]] = []
     with tempfile.TemporaryDirectory(prefix="files-speed-") as tmp:
         work = Path(tmp)
         cases = []
