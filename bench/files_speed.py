@@ -335,7 +335,8 @@ def main() -> int:
         print(
             f"| {name} | {f'{cli:.1f}' if cli else '–'} | {page_s:.1f} | "
             f"{f'{page_s / cli:.3f}' if cli else '–'} | {statistics.median(answers):.1f} / "
-            f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks) | "
+            f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks, "
+            f"{sum(a > 100 for a in answers)} over 100 ms) | "
             + (f"{statistics.median(whole):.1f} / {max(whole):.1f} ({len(whole)} asks)" if whole else "–")
             + f" | {early:.0f} / {end:.0f} |"
         )
