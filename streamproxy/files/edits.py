@@ -250,6 +250,29 @@ def _score(mask: Box, dets: tuple[tuple[Box, float], ...]) -> float:
     return best
 
 
+def _pairs(masks: tuple[Box, ...], active: dict[int, tuple[Any, ...]]) -> list[tuple[float, int, int]]:
+    """(-IoU, track id, mask index) of every mask and active track overlapping by LINK_IOU, sorted.
+
+    Box.iou's arithmetic on arrays: the same IEEE operations in the same order give the same values,
+    so the same pairs and ties as a loop over Box.iou, ~20x faster (a crowd: ~6 masks x ~70 active
+    tracks a frame, 15000 frames in a 10-minute video)."""
+    if not active or not masks:
+        return []
+    tids = list(active)
+    a = np.array([(b.x1, b.y1, b.x2, b.y2) for b in (active[t][1] for t in tids)], dtype=np.float64)
+    m = np.array([(b.x1, b.y1, b.x2, b.y2) for b in masks], dtype=np.float64)
+    w = np.minimum(m[:, None, 2], a[None, :, 2]) - np.maximum(m[:, None, 0], a[None, :, 0])
+    h = np.minimum(m[:, None, 3], a[None, :, 3]) - np.maximum(m[:, None, 1], a[None, :, 1])
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    area_m = np.maximum(0.0, m[:, 2] - m[:, 0]) * np.maximum(0.0, m[:, 3] - m[:, 1])
+    area_a = np.maximum(0.0, a[:, 2] - a[:, 0]) * np.maximum(0.0, a[:, 3] - a[:, 1])
+    union = area_m[:, None] + area_a[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    mis, tis = np.nonzero(iou >= LINK_IOU)
+    return sorted((-float(iou[mi, ti]), tids[ti], int(mi)) for mi, ti in zip(mis, tis, strict=True))
+
+
 def link_tracks(log_: ReviewLog) -> list[ReviewTrack]:
     """The log's masks linked across frames into tracks, ids from 1 in order of first appearance.
 
@@ -268,13 +291,7 @@ def link_tracks(log_: ReviewLog) -> list[ReviewTrack]:
             done.append((tid, a[2], a[3]))
         if not fr.masks:
             continue
-        pairs = []
-        for mi, m in enumerate(fr.masks):
-            for tid, a in active.items():
-                iou = m.iou(a[1])
-                if iou >= LINK_IOU:
-                    pairs.append((-iou, tid, mi))
-        pairs.sort()
+        pairs = _pairs(fr.masks, active)
         taken_m: set[int] = set()
         taken_t: set[int] = set()
         owner: dict[int, int] = {}
