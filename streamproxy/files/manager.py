@@ -591,9 +591,11 @@ class FileJobs:
     def job_exists(self, job_id: int) -> bool:
         return self._db().job(job_id) is not None
 
+    def file_exists(self, job_id: int, n: int) -> bool:
+        return self._db().has_file(job_id, n)
+
     def file_status(self, job_id: int, n: int) -> dict[str, Any] | None:
-        """One file as the job's answer shows it (None: no such file); asked by every thumbnail, output and
-        review request, so it reads one row, not the job's every file."""
+        """One file as the job's answer shows it (None: no such file): one row, not the job's every file."""
         row = self._db().file(job_id, n)
         return self._file_json(row) if row is not None else None
 

@@ -311,6 +311,13 @@ class Store:
             r = self._db.execute("SELECT * FROM files WHERE job_id = ? AND n = ?", (job_id, n)).fetchone()
         return self._file(r) if r is not None else None
 
+    def has_file(self, job_id: int, n: int) -> bool:
+        """Whether the job has file n: what every thumbnail, output and review request asks first,
+        without reading (and parsing) the row's audit record."""
+        with self._lock:
+            r = self._db.execute("SELECT 1 FROM files WHERE job_id = ? AND n = ?", (job_id, n)).fetchone()
+        return r is not None
+
     def set_file(self, job_id: int, n: int, **values: Any) -> None:
         for key in ("result", "audit", "edits"):
             if key in values and values[key] is not None:

@@ -141,7 +141,7 @@ class FilesRoutes:
 
     def _known_file(self, request: web.Request) -> tuple[int, int]:
         job_id, n = _int(request, "id"), _int(request, "n")
-        if self.files.file_status(job_id, n) is None:
+        if not self.files.file_exists(job_id, n):
             if not self.files.job_exists(job_id):
                 raise web.HTTPNotFound(text=f"no job {job_id}\n")
             raise web.HTTPNotFound(text=f"job {job_id} has no file {n}\n")
