@@ -254,8 +254,8 @@ def _pairs(masks: tuple[Box, ...], active: dict[int, tuple[Any, ...]]) -> list[t
     """(-IoU, track id, mask index) of every mask and active track overlapping by LINK_IOU, sorted.
 
     Box.iou's arithmetic on arrays: the same IEEE operations in the same order give the same values,
-    so the same pairs and ties as a loop over Box.iou, ~20x faster (a crowd: ~6 masks x ~70 active
-    tracks a frame, 15000 frames in a 10-minute video)."""
+    so the same pairs and ties as a loop over Box.iou, ~8x faster in a crowd (~6 masks x ~70 active
+    tracks a frame: one minute of MOT17-13 linked in 0.29 s instead of 2.45 s)."""
     if not active or not masks:
         return []
     tids = list(active)
