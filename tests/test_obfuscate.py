@@ -449,3 +449,51 @@ def test_writable_copy_is_the_frame_and_edits_land_in_the_copy(size: tuple[int, 
     planes.planes[0].data[:4, :4] = 0
     assert np.all(out.to_ndarray(format="gray", threads=1)[:4, :4] == 0), "the edit is in the new frame"
     assert [bytes(p) for p in src.planes] == before, "the decoder's frame is never written to"
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((1280, 720), (640, 360)), ((1281, 721), (640, 360)), ((640, 480), (426, 320))],
+    ids=["half", "odd-source", "two-thirds"],
+)  # fmt: skip
+def test_shrink_is_an_average_of_each_plane_like_swscale_area(
+    src: tuple[int, int], dst: tuple[int, int]
+) -> None:
+    """The review proxy's and the sub stream's downscale: every plane averaged (a 2x2 cell of a
+    halving is its mean, to the rounding), the picture swscale's AREA gives to a few levels, the
+    timing and range kept, the source untouched."""
+    from streamproxy.engine.obfuscate import _plane_sizes, shrink_yuv420
+
+    w, h = src
+    rng = np.random.default_rng(5)
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, (pw, ph) in zip(frame.planes, _plane_sizes(w, h), strict=True):
+        # Smooth ramps plus noise: a picture, not only noise (where both would average to grey).
+        yy, xx = np.mgrid[0:ph, 0:pw]
+        pic = (xx * 255 // max(1, pw - 1) + yy * 97 // max(1, ph - 1)) % 256
+        pic = np.clip(pic + rng.integers(-20, 21, pic.shape), 0, 255).astype(np.uint8)
+        obfuscate_module._plane_view(plane, pw, ph)[:] = pic
+    frame.pts, frame.time_base, frame.color_range = 9, Fraction(1, 25), 2
+    before = [bytes(p) for p in frame.planes]
+
+    small = shrink_yuv420(frame, *dst)
+    assert (small.width, small.height, small.format.name) == (*dst, "yuv420p")
+    assert (small.pts, small.time_base, small.color_range) == (9, Fraction(1, 25), 2)
+    assert [bytes(p) for p in frame.planes] == before
+    mine = small.to_ndarray().astype(int)
+    theirs = frame.reformat(width=dst[0], height=dst[1], format="yuv420p", interpolation="AREA").to_ndarray()
+    diff = np.abs(mine - theirs.astype(int))
+    assert diff.max() <= 8 and diff.mean() < 0.5, (diff.max(), diff.mean())
+    if src == (1280, 720):
+        y = obfuscate_module._plane_view(frame.planes[0], w, h).astype(float)
+        cells = (y[0::2, 0::2] + y[1::2, 0::2] + y[0::2, 1::2] + y[1::2, 1::2]) / 4
+        assert np.abs(mine[:360] - cells).max() <= 0.5 + 1e-9
+
+
+def test_shrink_of_other_formats_goes_through_swscale() -> None:
+    """A frame that is not yuv420p (here full-range yuvj420p and rgb24) still comes out yuv420p at the size asked."""
+    from streamproxy.engine.obfuscate import shrink_yuv420
+
+    for fmt in ("yuvj420p", "rgb24"):
+        frame = noise_frame(320, 240).reformat(format=fmt)
+        small = shrink_yuv420(frame, 160, 120)
+        assert (small.width, small.height, small.format.name) == (160, 120, "yuv420p")

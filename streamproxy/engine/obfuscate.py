@@ -140,6 +140,31 @@ def writable_copy(frame: av.VideoFrame) -> tuple[Planes, av.VideoFrame]:
     return Planes(w, h, tuple(planes)), out
 
 
+def shrink_yuv420(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """A new, smaller yuv420p frame: each plane averaged down with OpenCV's INTER_AREA.
+
+    For the pictures that only show what already left (the review proxy, the live sub stream).
+    Measured on dev_street at 720p -> 640x360 (100 frames, 8 interleaved runs): 0.47 ms of CPU a
+    frame, swscale's AREA 0.70 and BILINEAR 0.67 (median); the pictures differ by at most 4 levels,
+    0.04 on average. Other pixel formats, or a larger size, go through swscale."""
+    if frame.format.name != "yuv420p" or width > frame.width or height > frame.height:
+        return frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA", threads=1)
+    out = av.VideoFrame(width, height, "yuv420p")
+    src_sizes = _plane_sizes(frame.width, frame.height)
+    for p_in, p_out, (sw, sh), (dw, dh) in zip(
+        frame.planes, out.planes, src_sizes, _plane_sizes(width, height), strict=True
+    ):
+        cv2.resize(
+            _plane_view(p_in, sw, sh), (dw, dh), dst=_plane_view(p_out, dw, dh), interpolation=cv2.INTER_AREA
+        )
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    out.color_range = frame.color_range
+    out.colorspace = frame.colorspace
+    return out
+
+
 def planes_from_bgr(img: np.ndarray) -> Planes:
     """Planes over a BGR (H, W, 3) or grayscale (H, W) uint8 image: views, so edits land in `img`."""
     if img.dtype != np.uint8 or img.ndim not in (2, 3):

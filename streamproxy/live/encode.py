@@ -24,6 +24,7 @@ import av.video.frame
 import numpy as np
 
 from streamproxy.config import EncoderConfig, SubStreamConfig, sub_stream_size
+from streamproxy.engine.obfuscate import shrink_yuv420
 from streamproxy.h264 import CLOCK_RATE, parameter_sets
 from streamproxy.hub import CodecInfo, StreamHub
 from streamproxy.types import EncodedPacket
@@ -408,8 +409,8 @@ class SubStreamEncoder:
                     enc.close()
                 enc = self._encoder = self._make(self._enc_cfg, w, h, self.cfg.fps, f"{self.name}/sub")
                 self._src_size = (frame.width, frame.height)
-            # AREA: a downscale that averages (no aliasing shimmer in a grid view).
-            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA", threads=1)
+            # A downscale that averages (no aliasing shimmer in a grid view).
+            small = shrink_yuv420(frame, w, h)
             packets = enc.encode(small, decoded_at, force_keyframe=force_keyframe)
             self.frames_out += 1
             return packets
