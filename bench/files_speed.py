@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -45,6 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +86,24 @@ def make_video(dst: Path, seconds: float) -> str:
     return f"{seconds:.0f} s 720p: " + make_input(EVAL, dst, int(seconds * FPS))
 
 
-def cli_run(inp: Path, out: Path) -> float:
-    t0 = time.perf_counter()
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cli_run(inp: Path, out: Path) -> tuple[float, float]:
+    """The CLI's wall clock and CPU seconds (user + system, all its threads, from its exit status)."""
+    t0, c0 = time.perf_counter(), children_cpu_s()
     proc = subprocess.run(
         [PY, "-m", "streamproxy", "anonymize", str(inp), "-o", str(out), "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=7200, check=False,
     )  # fmt: skip
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - c0
     tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
-    print(f"  cli: rc {proc.returncode}, {wall:.1f} s; {tail[0] if tail else ''}", flush=True)
-    return wall
+    print(
+        f"  cli: rc {proc.returncode}, {wall:.1f} s, CPU {cpu:.1f} s; {tail[0] if tail else ''}", flush=True
+    )
+    return wall, cpu
 
 
 class Service:
@@ -126,6 +136,11 @@ class Service:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """The service's CPU seconds so far (user + system, every thread): /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         try:
@@ -135,7 +150,7 @@ class Service:
 
 
 def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), svc.cpu_s()
     job = svc.post(
         "/api/files/jobs",
         {"inputs": [{"root": "work", "path": rel}], "output": {"root": "work", "path": out_rel}},
@@ -173,11 +188,19 @@ def page_run(svc: Service, rel: str, out_rel: str, files: int) -> dict[str, Any]
         if state in ("done", "cancelled"):
             break
         time.sleep(POLL_S)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, svc.cpu_s() - c0
     stop.set()
     sampler.join()
-    print(f"  page: {state}, {wall:.1f} s; {j['summary']}", flush=True)
-    return {"wall": wall, "answers_ms": answers, "whole_ms": whole, "rss": rss, "files": files, "id": job_id}
+    print(f"  page: {state}, {wall:.1f} s, CPU {cpu:.1f} s; {j['summary']}", flush=True)
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "answers_ms": answers,
+        "whole_ms": whole,
+        "rss": rss,
+        "files": files,
+        "id": job_id,
+    }
 
 
 def timed_get(url: str, headers: dict[str, str] | None = None) -> tuple[float, bytes, str]:
@@ -276,6 +299,21 @@ def review_numbers(svc: Service, job_id: int, seeks: int = 10) -> None:
     review_answers(svc, job_id)
 
 
+@dataclass
+class Row:
+    """One round of one input: the CLI's (wall, CPU) seconds, and the page's job."""
+
+    kind: str
+    round: int
+    cli: tuple[float, float] | None
+    page_s: float
+    page_cpu_s: float
+    answers_ms: list[float]
+    whole_ms: list[float]
+    rss_early_mb: float
+    rss_end_mb: float
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -294,7 +332,7 @@ def main() -> int:
     )  # fmt: skip
     args = ap.parse_args()
     print(f"files_speed: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    rows: list[tuple[str, float | None, float, list[float], float, float, list[float]]] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="files-speed-") as tmp:
         work = Path(tmp)
         cases = []
@@ -320,33 +358,41 @@ def main() -> int:
                     rss = page["rss"]
                     at10 = [mb for done, mb in rss if done >= max(1, files // 10)][:1]
                     rows.append(
-                        (f"{name} #{r + 1}" if args.repeat > 1 else name, cli, page["wall"], page["answers_ms"],
-                         at10[0] if at10 else float("nan"), rss[-1][1] if rss else float("nan"), page["whole_ms"])
+                        Row(name, r + 1, cli, page["wall"], page["cpu"], page["answers_ms"], page["whole_ms"],
+                            at10[0] if at10 else float("nan"), rss[-1][1] if rss else float("nan"))
                     )  # fmt: skip
         finally:
             svc.close()
     print()
     print(
-        "| input | CLI s | page s | page / CLI | status answer median / p99 / max ms (the page's ask) "
+        "| input | CLI s | page s | page / CLI | CPU s, CLI / page (ratio) "
+        "| status answer median / p99 / max ms (the page's ask) "
         "| the whole job, median / max ms | RSS at 10 % / end MB |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for name, cli, page_s, answers, early, end, whole in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        a, w = row.answers_ms, row.whole_ms
+        cli_wall, cli_cpu = row.cli if row.cli else (None, None)
         print(
-            f"| {name} | {f'{cli:.1f}' if cli else '–'} | {page_s:.1f} | "
-            f"{f'{page_s / cli:.3f}' if cli else '–'} | {statistics.median(answers):.1f} / "
-            f"{pct(answers, 0.99):.1f} / {max(answers):.1f} ({len(answers)} asks, "
-            f"{sum(a > 100 for a in answers)} over 100 ms) | "
-            + (f"{statistics.median(whole):.1f} / {max(whole):.1f} ({len(whole)} asks)" if whole else "–")
-            + f" | {early:.0f} / {end:.0f} |"
+            f"| {row.kind}{f' #{row.round}' if args.repeat > 1 else ''} "
+            f"| {f'{cli_wall:.1f}' if cli_wall else '–'} | {row.page_s:.1f} "
+            f"| {f'{row.page_s / cli_wall:.3f}' if cli_wall else '–'} "
+            f"| {f'{cli_cpu:.0f} / {row.page_cpu_s:.0f} ({row.page_cpu_s / cli_cpu:.3f})' if cli_cpu else '–'} "
+            f"| {statistics.median(a):.1f} / {pct(a, 0.99):.1f} / {max(a):.1f} ({len(a)} asks, "
+            f"{sum(x > 100 for x in a)} over 100 ms) | "
+            + (f"{statistics.median(w):.1f} / {max(w):.1f} ({len(w)} asks)" if w else "–")
+            + f" | {row.rss_early_mb:.0f} / {row.rss_end_mb:.0f} |"
         )
-    for kind in dict.fromkeys(row[0].split(" #")[0] for row in rows):
-        mine = [row for row in rows if row[0].split(" #")[0] == kind and row[1]]
+    for kind in dict.fromkeys(row.kind for row in rows):
+        mine = [(row.cli, row) for row in rows if row.kind == kind and row.cli]
         if len(mine) > 1:
-            cli_sum, page_sum = sum(row[1] or 0.0 for row in mine), sum(row[2] for row in mine)
-            ratios = sorted(row[2] / (row[1] or 1.0) for row in mine)
-            print(f"{kind}: {len(mine)} rounds, page / CLI over all {page_sum / cli_sum:.3f}, "
-                  f"per round {', '.join(f'{x:.3f}' for x in ratios)}")  # fmt: skip
+            cli_s = sum(c[0] for c, _ in mine)
+            cli_cpu = sum(c[1] for c, _ in mine)
+            page_s = sum(row.page_s for _, row in mine)
+            page_cpu = sum(row.page_cpu_s for _, row in mine)
+            ratios = sorted(row.page_s / c[0] for c, row in mine)
+            print(f"{kind}: {len(mine)} rounds, page / CLI over all: wall {page_s / cli_s:.3f} "
+                  f"(per round {', '.join(f'{x:.3f}' for x in ratios)}), CPU {page_cpu / cli_cpu:.3f}")  # fmt: skip
     return 0
 
 
