@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +36,12 @@ import numpy as np
 import pytest
 from browserkit import Chromium, needs_chromium
 from facekit import FACE_IN_CROP, background, face_crop, paste_face
-from webkit import FakeApp
+from webkit import files_serving
 
-from streamproxy.config import parse_config
-from streamproxy.files.manager import FileJobs
-from streamproxy.serve.http.server import WebServer
 from streamproxy.types import Box
 
 USER, PASSWORD = "dpo", "review-page-pass"
+USER_ENTRY = {"username": USER, "password": PASSWORD, "originals": True}
 CREDS = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
 W, H, FPS, FRAMES = 960, 540, 25, 75
 FACE_W = 120
@@ -133,31 +129,6 @@ def whose(track: dict[str, Any], truth: dict[str, list[Box]]) -> str | None:
             score[name] += iou(b, boxes[int(k)])
     best = max(score, key=lambda n: score[n])
     return best if score[best] / max(1, len(track["boxes"])) > 0.2 else None
-
-
-@contextlib.asynccontextmanager
-async def review_service(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[FileJobs, str]]:
-    cfg = parse_config(
-        {
-            "cameras": [{"name": "cam1", "url": "rtsp://127.0.0.1:1/cam1"}],
-            "server": {
-                "host": "127.0.0.1",
-                "ice_hosts": ["127.0.0.1"],
-                "users": [{"username": USER, "password": PASSWORD, "originals": True}],
-            },
-            "files": {"roots": {"cctv": str(tmp_path / "in")}},
-        }
-    )
-    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
-    jobs = FileJobs(cfg.files, tmp_path / "data", model_dir, users=cfg.server.users)
-    await jobs.start()
-    server = WebServer(FakeApp(cfg), files=jobs)
-    await server.start()
-    try:
-        yield jobs, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.stop()
-        await jobs.stop()
 
 
 async def wait_state(browser: Chromium, cond: str, timeout: float, what: str) -> Any:
@@ -259,7 +230,10 @@ async def test_review_edits_rerender_and_the_cli(
     originals = await asyncio.to_thread(frames_of, src)
     assert len(originals) == FRAMES
 
-    async with review_service(tmp_path, model_dir) as (jobs, base), Chromium() as browser:
+    async with (
+        files_serving(tmp_path, model_dir, [USER_ENTRY]) as (_server, jobs, base),
+        Chromium() as browser,
+    ):
         async with aiohttp.ClientSession(headers=CREDS) as http:
             async with http.post(
                 f"{base}/api/files/jobs",

@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,8 @@ import cv2
 import numpy as np
 import pytest
 from facekit import background, make_video, paste_face
-from webkit import FakeApp
+from webkit import files_serving
 
-from streamproxy.config import parse_config
 from streamproxy.files.manager import FileJobs
 from streamproxy.serve.http.server import WebServer
 from streamproxy.types import Box
@@ -57,33 +56,15 @@ ROUTES = [  # the review's routes, for job {j} file {n}
 ]
 
 
-@contextlib.asynccontextmanager
-async def review_server(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[WebServer, FileJobs, str]]:
+def review_server(
+    tmp_path: Path, model_dir: Path
+) -> contextlib.AbstractAsyncContextManager[tuple[WebServer, FileJobs, str]]:
     """The HTTP server with users dpo (originals role) and viewer (none), root "cctv" = tmp/in."""
-    cfg = parse_config(
-        {
-            "cameras": [{"name": "cam1", "url": "rtsp://127.0.0.1:1/cam1"}],
-            "server": {
-                "host": "127.0.0.1",
-                "ice_hosts": ["127.0.0.1"],
-                "users": [
-                    {"username": DPO, "password": PASSWORD, "originals": True},
-                    {"username": VIEWER, "password": PASSWORD},
-                ],
-            },
-            "files": {"roots": {"cctv": str(tmp_path / "in")}},
-        }
-    )
-    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
-    jobs = FileJobs(cfg.files, tmp_path / "data", model_dir, users=cfg.server.users)
-    await jobs.start()
-    server = WebServer(FakeApp(cfg), files=jobs)
-    await server.start()
-    try:
-        yield server, jobs, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.stop()
-        await jobs.stop()
+    users: list[dict[str, Any]] = [
+        {"username": DPO, "password": PASSWORD, "originals": True},
+        {"username": VIEWER, "password": PASSWORD},
+    ]
+    return files_serving(tmp_path, model_dir, users)
 
 
 def make_inputs(folder: Path) -> list[Box]:

@@ -13,24 +13,20 @@ the track and goes to the clicked frame.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from browserkit import Chromium, needs_chromium
 from facekit import make_video
-from webkit import FakeApp
+from webkit import files_serving
 
-from streamproxy.config import parse_config
 from streamproxy.files import edits as E
-from streamproxy.files.manager import FileJobs
-from streamproxy.serve.http.server import WebServer
 from streamproxy.types import Box
 
 USER, PASSWORD = "dpo", "review-lanes-pass"
+USER_ENTRY = {"username": USER, "password": PASSWORD, "originals": True}
 CREDS = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
 STATE = "window.streamproxyReview"
 W, H = 960, 540
@@ -79,31 +75,6 @@ def crowd_log(review_dir: Path) -> list[E.ReviewTrack]:
     return E.link_tracks(E.read_log(review_dir))
 
 
-@contextlib.asynccontextmanager
-async def service(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[FileJobs, str]]:
-    cfg = parse_config(
-        {
-            "cameras": [{"name": "cam1", "url": "rtsp://127.0.0.1:1/cam1"}],
-            "server": {
-                "host": "127.0.0.1",
-                "ice_hosts": ["127.0.0.1"],
-                "users": [{"username": USER, "password": PASSWORD, "originals": True}],
-            },
-            "files": {"roots": {"cctv": str(tmp_path / "in")}},
-        }
-    )
-    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
-    jobs = FileJobs(cfg.files, tmp_path / "data", model_dir, users=cfg.server.users)
-    await jobs.start()
-    server = WebServer(FakeApp(cfg), files=jobs)
-    await server.start()
-    try:
-        yield jobs, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.stop()
-        await jobs.stop()
-
-
 async def lane_pixels(browser: Chromium, i: int) -> int:
     n = await browser.evaluate(f"{LANE_PIXELS}({i})")
     assert isinstance(n, int), n
@@ -118,7 +89,10 @@ async def test_review_lanes_with_5000_tracks(tmp_path: Path, model_dir: Path) ->
     src.parent.mkdir()
     await asyncio.to_thread(make_video, src, 10, 25, False, (320, 180))
 
-    async with service(tmp_path, model_dir) as (jobs, base), Chromium() as browser:
+    async with (
+        files_serving(tmp_path, model_dir, [USER_ENTRY]) as (_server, jobs, base),
+        Chromium() as browser,
+    ):
         async with aiohttp.ClientSession(headers=CREDS) as http:
             async with http.post(
                 f"{base}/api/files/jobs", json={"inputs": [{"root": "cctv", "path": "crowd.mp4"}]}

@@ -1,9 +1,11 @@
 """The web side under test without a camera: a hub fed by the project's H.264 encoder with synthetic
 frames, the real HTTP server around stand-ins for the app and its cameras, and an aiortc WHEP client.
 
-* `make_cfg(users=None, cameras=("cam1",))`: a loopback config (ICE on 127.0.0.1 only).
+* `make_cfg(users=None, cameras=("cam1",), files=None)`: a loopback config (ICE on 127.0.0.1 only).
 * `serving(cfg)`: async context manager -> (FakeApp, WebServer, base URL), hubs fed at FPS; the
   cameras that are ONVIF devices of their own listen too (`app.devices.ports`), as App starts them.
+* `files_serving(tmp_path, model_dir, users)`: async context manager -> (WebServer, FileJobs, base URL):
+  the real HTTP server with the real Files jobs (root "cctv" = tmp_path/in, data in tmp_path/data).
 * `WhepClient`: a real aiortc viewer; `wait_for(cond, timeout)`: poll a condition.
 """
 
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +25,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from streamproxy.config import AppConfig, EncoderConfig, parse_config
+from streamproxy.files.manager import FileJobs
 from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.http.server import WebServer
@@ -41,17 +45,22 @@ from streamproxy.status import (
 WIDTH, HEIGHT, FPS = 320, 240, 25
 
 
-def make_cfg(users: list[dict[str, str]] | None = None, cameras: tuple[str, ...] = ("cam1",)) -> AppConfig:
-    return parse_config(
-        {
-            "cameras": [{"name": n, "url": f"rtsp://127.0.0.1:1/{n}"} for n in cameras],
-            "server": {
-                "host": "127.0.0.1",
-                "ice_hosts": ["127.0.0.1"],
-                "users": users or [],
-            },
-        }
-    )
+def make_cfg(
+    users: list[dict[str, Any]] | None = None,
+    cameras: tuple[str, ...] = ("cam1",),
+    files: dict[str, Any] | None = None,
+) -> AppConfig:
+    raw: dict[str, Any] = {
+        "cameras": [{"name": n, "url": f"rtsp://127.0.0.1:1/{n}"} for n in cameras],
+        "server": {
+            "host": "127.0.0.1",
+            "ice_hosts": ["127.0.0.1"],
+            "users": users or [],
+        },
+    }
+    if files is not None:
+        raw["files"] = files
+    return parse_config(raw)
 
 
 class FakeCamera:
@@ -191,6 +200,25 @@ async def serving(cfg: AppConfig, feed: bool = True) -> AsyncIterator[tuple[Fake
         await server.stop()
         stop.set()
         await asyncio.gather(*tasks)
+
+
+@contextlib.asynccontextmanager
+async def files_serving(
+    tmp_path: Path, model_dir: Path, users: list[dict[str, Any]]
+) -> AsyncIterator[tuple[WebServer, FileJobs, str]]:
+    """The HTTP server with the Files jobs behind it: `users` (the config's entries, e.g. with
+    `"originals": True`), the root "cctv" = tmp_path/in, the jobs' data in tmp_path/data."""
+    cfg = make_cfg(users, files={"roots": {"cctv": str(tmp_path / "in")}})
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"http_port": 0})})
+    jobs = FileJobs(cfg.files, tmp_path / "data", model_dir, users=cfg.server.users)
+    await jobs.start()
+    server = WebServer(FakeApp(cfg), files=jobs)
+    await server.start()
+    try:
+        yield server, jobs, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        await jobs.stop()
 
 
 class WhepClient:
