@@ -55,6 +55,7 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.serve.rtsp.server import RtspServer
 from streamproxy_sim.camsim import SimCamera, system_gst_available
+from streamproxy_sim.fakecam import uneven_schedule
 
 log = logging.getLogger("bench.zoneminder_record")
 
@@ -77,25 +78,6 @@ FIRST_AT_ZERO = (
     "  starts after a non-zero dts). The same happens with gst-rtsp-server as the source (--source gst)."
 )
 DTS_LINES = ("non increasing dts", "Error writing packet", "non monotonically increasing dts")
-
-
-def uneven_schedule(n: int, seed: int = 20) -> list[float]:
-    """Capture times (seconds from 0) around 25 fps: on time, early, late, bursts and one gap in 50
-    (the schedule of tests/test_rtp_timestamps.py, which a benchmark may not import)."""
-    rng = random.Random(seed)
-    t, out = 0.0, []
-    for i in range(n):
-        out.append(t)
-        r = rng.random()
-        if i % 50 == 49:
-            t += 0.6  # a short outage
-        elif r < 0.2:
-            t += rng.uniform(0.002, 0.015)  # a burst: much earlier than predicted
-        elif r < 0.4:
-            t += rng.uniform(0.065, 0.12)  # late: a busy host, a shed frame upstream
-        else:
-            t += rng.uniform(0.035, 0.045)
-    return out
 
 
 def gradient_frame(i: int, w: int, h: int) -> av.VideoFrame:

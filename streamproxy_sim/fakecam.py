@@ -17,6 +17,9 @@ joins the threads (bounded). Binding uses SO_REUSEADDR, so a fake can take over 
 `SimCamera` that was just killed (and give it back). What happened is recorded for tests:
 `connections` (time.monotonic() of each accepted connection) and `requests` (method names).
 Deterministic: the junk comes from a seeded generator.
+
+`uneven_schedule` is the same kind of camera for the RTP clock: capture times that come early, late,
+in bursts and with gaps.
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ BEHAVIOURS: tuple[Behaviour, ...] = ("garbage", "http", "unauthorized", "close_a
 TICK_S = 0.1  # how often a blocked accept/recv looks at the stop flag
 MAX_CONNECTION_S = 60.0  # no connection is served longer than this, whatever the client does
 JUNK_PACKETS_PER_S = 200
+
+
+def uneven_schedule(n: int, seed: int = 20) -> list[float]:
+    """Capture times (seconds from 0) of a camera whose clock misbehaves, around 25 fps: on time,
+    early, late, bursts, and a 0.6 s gap every 50 frames. Deterministic for a seed; used where RTP
+    timestamps must follow capture times (tests/test_rtp_timestamps.py, bench/zoneminder_record.py)."""
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for i in range(n):
+        out.append(t)
+        r = rng.random()
+        if i % 50 == 49:
+            t += 0.6  # a short outage
+        elif r < 0.2:
+            t += rng.uniform(0.002, 0.015)  # a burst: much earlier than predicted
+        elif r < 0.4:
+            t += rng.uniform(0.065, 0.12)  # late: a busy host, a shed frame upstream
+        else:
+            t += rng.uniform(0.035, 0.045)
+    return out
+
 
 SDP = (
     "v=0\r\n"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 import struct
 import time
 from pathlib import Path
@@ -27,28 +26,11 @@ from streamproxy.hub import StreamHub
 from streamproxy.live.encode import H264Encoder
 from streamproxy.rtsp.rtp import PayloadCache, RtpStream
 from streamproxy.types import EncodedPacket
+from streamproxy_sim.fakecam import uneven_schedule
 
 pytestmark = pytest.mark.timeout(120)
 
 _HDR = struct.Struct("!BBHII")
-
-
-def uneven_schedule(n: int, seed: int = 20) -> list[float]:
-    """Capture times (seconds from 0) around 25 fps: on time, early, late, bursts and one gap."""
-    rng = random.Random(seed)
-    t, out = 0.0, []
-    for i in range(n):
-        out.append(t)
-        r = rng.random()
-        if i % 50 == 49:
-            t += 0.6  # a short outage
-        elif r < 0.2:
-            t += rng.uniform(0.002, 0.015)  # a burst: much earlier than predicted
-        elif r < 0.4:
-            t += rng.uniform(0.065, 0.12)  # late: a busy host, a shed frame upstream
-        else:
-            t += rng.uniform(0.035, 0.045)
-    return out
 
 
 def _signed(d: int) -> int:
