@@ -333,3 +333,102 @@ def test_originals_only_with_the_role_and_on_the_record(
     assert [(v["user"], v["what"], v["file"]) for v in views] == [("dpo", "original frame 10", "clip.mp4")]
     # Without users, the one local user may.
     assert FileJobs(FilesConfig(), tmp_path / "d2").can_see_originals("")
+
+
+def _crowd_log(folder: Path, frames: int, faces: int) -> None:
+    """A review log of `faces` faces walking for `frames` frames, one failed closed every 100th frame."""
+    from streamproxy.files import edits as E
+    from streamproxy.types import Box
+
+    rows = []
+    for i in range(frames):
+        masks = tuple(Box(k * 60 + i % 50, 40 + k, k * 60 + 40 + i % 50, 90 + k) for k in range(faces))
+        rows.append(
+            E.ReviewFrame(i=i, pts=i * 512, masks=masks, dets=tuple((m, 0.9) for m in masks[::2]),
+                          fail="detector" if i % 100 == 99 else "")
+        )  # fmt: skip
+    head = {
+        "kind": "video",
+        "width": 1280,
+        "height": 720,
+        "fps": 25.0,
+        "rate": "25/1",
+        "time_base": "1/12800",
+    }
+    E.write_log(folder, head, rows, "ab" * 32)
+
+
+def test_the_review_index_keeps_nothing_of_the_log_and_pauses_collection_while_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the review's answers need of a long log is made with cyclic collection paused (a full
+    collection of the whole process per quarter of growth, with the GIL held, stalled the status
+    answers 0.5-0.9 s as a 10-minute video finished) and keeps none of the log's objects."""
+    import gc
+
+    from streamproxy.files import edits as E
+    from streamproxy.files import manager as M
+
+    folder = tmp_path / "review"
+    _crowd_log(folder, 3000, 8)
+    seen: list[bool] = []
+    real_read, real_link = E.read_log, E.link_tracks
+
+    def read(f: Path) -> E.ReviewLog:
+        seen.append(gc.isenabled())
+        return real_read(f)
+
+    def link(lg: E.ReviewLog) -> list[E.ReviewTrack]:
+        seen.append(gc.isenabled())
+        return real_link(lg)
+
+    monkeypatch.setattr(E, "read_log", read)
+    monkeypatch.setattr(E, "link_tracks", link)
+    gc.collect()
+    before = len(gc.get_objects())
+    index = M._ReviewIndex.build(folder, 1.0)
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert seen == [False, False] and gc.isenabled(), "paused while reading and linking, on again after"
+    assert kept < 200, f"{kept} objects kept (the log and its tracks are ~70k)"
+
+    log_ = real_read(folder)
+    tracks = real_link(log_)
+    assert index.header["frames"] == 3000 and index.size == (1280, 720)
+    assert index.failed == tuple(range(99, 3000, 100))
+    assert index.pts.tolist() == [fr.pts for fr in log_.frames]
+    assert index.track_ids == {t.id for t in tracks} and len(tracks) >= 8
+    whole = {"tracks": [M._track_json(t) for t in tracks]}
+    assert index.tracks_json == json.dumps(whole, separators=(",", ":")).encode(), (
+        "the same bytes as one dump"
+    )
+
+
+def test_collection_stays_paused_until_the_last_index_is_made_and_off_if_it_was_off() -> None:
+    import gc
+
+    from streamproxy.files import manager as M
+
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with M._gc_paused():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert inside.wait(10)
+    with M._gc_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled(), "the other thread is still making its index"
+    release.set()
+    t.join(10)
+    assert gc.isenabled()
+    gc.disable()  # a program that runs without cyclic collection is left so
+    try:
+        with M._gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -313,6 +314,85 @@ def _thumb(bgr: np.ndarray) -> bytes | None:
     return enc.tobytes() if ok else None
 
 
+# --- what the review's answers need of a log ------------------------------------------------------
+
+REVIEWS_KEPT = 4  # files whose review index is kept (each: its tracks JSON, ~8 MB for a 10-minute crowd)
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """No cyclic garbage collection while a review log is read and linked.
+
+    A 10-minute crowd video's log and tracks are ~470k tracked objects made in a few seconds: they
+    survive young collections, and every time they grow the oldest generation by a quarter CPython
+    runs a full collection of the whole process with the GIL held. Measured on such a log, three in a
+    row with each kept as before: 6, 4 and 2 full collections while they were read and linked, the
+    longest 0.30, 0.88 and 1.23 s: the status answers that stalled 0.29, 0.92 and 1.14 s as the
+    benchmark's 1st, 2nd and 3rd video finished (every thread waits, live cameras too). They are
+    acyclic (a frame holds boxes; a track holds boxes), so reference counting frees them once the
+    index is made; nothing of them is kept (`_ReviewIndex`). Now: no full collection, the longest wait
+    of another thread 15-27 ms. Counted, so that two threads making indexes do not re-enable early."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()  # an embedding program may run without it: left so
+        _gc_pausers += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+@dataclass(frozen=True, slots=True)
+class _ReviewIndex:
+    """What the answers need of a file's review log, without the log: its header and size, each
+    frame's pts (for an original frame), the frames that failed closed, the track ids (what an edit may
+    name), and the tracks as the page's JSON. Holding the parsed log and tracks instead kept ~470k
+    objects a long video in the process for every full collection to walk."""
+
+    mtime: float
+    header: dict[str, Any]
+    size: tuple[int, int]
+    pts: np.ndarray
+    failed: tuple[int, ...]
+    track_ids: frozenset[int]
+    tracks_json: bytes
+
+    @classmethod
+    def build(cls, folder: Path, mtime: float) -> _ReviewIndex:
+        from streamproxy.files.edits import link_tracks, read_log
+
+        with _gc_paused():
+            log_ = read_log(folder)
+            tracks = link_tracks(log_)
+            # One json.dumps per track, not one of the whole list: the C encoder holds the GIL for all
+            # of a call (0.33 s for the 7.3 MB of a 10-minute crowd); between calls other threads run.
+            # The same bytes as json.dumps({"tracks": [...]}, separators=(",", ":")) of the whole.
+            parts = [json.dumps(_track_json(t), separators=(",", ":")) for t in tracks]
+            index = cls(
+                mtime=mtime,
+                header=dict(log_.header),
+                size=(log_.width, log_.height),
+                pts=np.fromiter((fr.pts for fr in log_.frames), np.int64, len(log_.frames)),
+                failed=tuple(fr.i for fr in log_.frames if fr.fail),
+                track_ids=frozenset(t.id for t in tracks),
+                tracks_json=('{"tracks":[' + ",".join(parts) + "]}").encode(),
+            )
+            # Freed here, before collection resumes (what the collector has not seen it never walks),
+            # and a slice at a time: freeing 470k objects at once is one C call, ~70 ms with the GIL.
+            for objs in (tracks, log_.frames):
+                while objs:
+                    del objs[-2000:]
+        return index
+
+
 def _result_json(res: FileResult) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(res):
@@ -360,10 +440,8 @@ class FileJobs:
         # Who may see originals (server.users[].originals); without users, the one local user may.
         self._any_user = not users
         self._originals = {u.username for u in users or [] if u.originals}
-        self._reviews: OrderedDict[tuple[int, int], tuple[float, Any, Any]] = OrderedDict()
-        # The review's tracks as the page's JSON, serialized once per linked log (keyed by the linked
-        # tracks' identity): a 10-minute crowd video's is ~8 MB, ~1 s of json.dumps each time otherwise.
-        self._tracks_json: OrderedDict[tuple[int, int], tuple[Any, bytes]] = OrderedDict()
+        # What the answers need of each file's review log (_ReviewIndex), kept while the log is unchanged.
+        self._reviews: OrderedDict[tuple[int, int], _ReviewIndex] = OrderedDict()
         self.roots = Roots(cfg.roots)
         self.dir = data_dir / "files"
         self.uploads_dir = self.dir / "uploads"
@@ -706,28 +784,24 @@ class FileJobs:
     def can_see_originals(self, user: str) -> bool:
         return self._any_user or user in self._originals
 
-    def _log_and_tracks(self, job_id: int, n: int) -> tuple[Any, Any] | None:
-        """The file's review log and its linked tracks, cached while the log is unchanged."""
-        from streamproxy.files.edits import link_tracks, read_log
-
+    def _review_index(self, job_id: int, n: int) -> _ReviewIndex | None:
+        """What the answers need of the file's review log, made once per log (None: no log)."""
         folder = self.review_dir(job_id, n)
-        path = folder / "log.jsonl.gz"
         try:
-            mtime = path.stat().st_mtime
+            mtime = (folder / "log.jsonl.gz").stat().st_mtime
         except OSError:
             return None
         with self._lock:
             hit = self._reviews.get((job_id, n))
-            if hit is not None and hit[0] == mtime:
+            if hit is not None and hit.mtime == mtime:
                 self._reviews.move_to_end((job_id, n))
-                return hit[1], hit[2]
-        log_ = read_log(folder)
-        tracks = link_tracks(log_)
+                return hit
+        index = _ReviewIndex.build(folder, mtime)
         with self._lock:
-            self._reviews[(job_id, n)] = (mtime, log_, tracks)
-            while len(self._reviews) > 4:  # a long video's log is large: a few kept
+            self._reviews[(job_id, n)] = index
+            while len(self._reviews) > REVIEWS_KEPT:
                 self._reviews.popitem(last=False)
-        return log_, tracks
+        return index
 
     def review(self, job_id: int, n: int, *, tracks: bool = True) -> dict[str, Any] | None:
         """The review's data; without `tracks` (the page's first ask) no "tracks" key: those come from
@@ -735,7 +809,7 @@ class FileJobs:
         row = self._db().file(job_id, n)
         if row is None:
             return None
-        got = self._log_and_tracks(job_id, n) if row.state in ("done", "rendering") else None
+        got = self._review_index(job_id, n) if row.state in ("done", "rendering") else None
         out: dict[str, Any] = {
             "name": row.name,
             "kind": row.kind,
@@ -755,41 +829,25 @@ class FileJobs:
         }
         if got is None:
             return out
-        log_, linked = got
-        head = log_.header
+        head = got.header
         out.update(
             width=head["width"],
             height=head["height"],
             fps=head["fps"],
             frames=head["frames"],
-            failed_frames=[fr.i for fr in log_.frames if fr.fail],
+            failed_frames=list(got.failed),
         )
         if tracks:
-            out["tracks"] = _tracks_json(linked)
+            out["tracks"] = json.loads(got.tracks_json)["tracks"]
         return out
 
     def review_tracks_json(self, job_id: int, n: int) -> bytes | None:
-        """{"tracks": [...]} (review()'s tracks) as JSON bytes, made once per linked log; None: no review."""
+        """{"tracks": [...]} (review()'s tracks) as JSON bytes, made once per log; None: no review."""
         row = self._db().file(job_id, n)
-        got = (
-            self._log_and_tracks(job_id, n)
-            if row is not None and row.state in ("done", "rendering")
-            else None
-        )
-        if got is None:
+        if row is None or row.state not in ("done", "rendering"):
             return None
-        linked = got[1]
-        with self._lock:
-            hit = self._tracks_json.get((job_id, n))
-            if hit is not None and hit[0] is linked:
-                self._tracks_json.move_to_end((job_id, n))
-                return hit[1]
-        body = json.dumps({"tracks": _tracks_json(linked)}, separators=(",", ":")).encode()
-        with self._lock:
-            self._tracks_json[(job_id, n)] = (linked, body)
-            while len(self._tracks_json) > 4:
-                self._tracks_json.popitem(last=False)
-        return body
+        got = self._review_index(job_id, n)
+        return got.tracks_json if got is not None else None
 
     def proxy_updating(self, job_id: int, n: int) -> bool:
         """The file's review proxy is being made again from its re-rendered output."""
@@ -813,13 +871,12 @@ class FileJobs:
 
         db = self._db()
         row = db.file(job_id, n)
-        got = self._log_and_tracks(job_id, n)
+        got = self._review_index(job_id, n)
         if row is None or got is None or not row.dst:
             raise ValueError(
                 "file: this file has no review (not finished, or made before the review existed)"
             )
-        log_, _tracks = got
-        edits = parse_edits(data, log_.header["frames"], log_=log_)
+        edits = parse_edits(data, got.header["frames"], tracks=got.track_ids, size=got.size)
         doc = edits_json(edits)
         doc["by"] = user or "-"
         doc["saved"] = _iso(time.time())
@@ -865,7 +922,7 @@ class FileJobs:
         if self.proxy_updating(job_id, n):
             # Two remakes of one proxy would write the same temporary file: the second waits its turn.
             raise ValueError("file: its review video is still being updated: re-render in a moment")
-        if self._log_and_tracks(job_id, n) is None:
+        if self._review_index(job_id, n) is None:
             raise ValueError(
                 "file: this file has no review data (made before the review existed): run it again"
             )
@@ -885,8 +942,8 @@ class FileJobs:
         row, job = db.file(job_id, n), db.job(job_id)
         if row is None or job is None or not row.dst:
             return
-        got = self._log_and_tracks(job_id, n)
-        live = _Live(total=got[0].header["frames"] if got else 1)
+        got = self._review_index(job_id, n)
+        live = _Live(total=got.header["frames"] if got else 1)
         with self._lock:
             self._live[(job_id, n)] = live
         try:
@@ -894,7 +951,10 @@ class FileJobs:
             req = JobRequest.from_json(job.request)
             batch = self.batch_factory(req.engine(self.model_dir), req.keep_audio, user)
             edits = parse_edits(
-                row.edits or {"format": "streamproxy-edits/1", "edits": []}, live.total, log_=got[0]
+                row.edits or {"format": "streamproxy-edits/1", "edits": []},
+                live.total,
+                tracks=got.track_ids,
+                size=got.size,
             )
             # The user waits for the output: the review proxy is made after it, from it (below).
             res = batch.rerender(
@@ -967,14 +1027,13 @@ class FileJobs:
     def original_frame(self, job_id: int, n: int, frame: int, user: str) -> bytes | None:
         """JPEG of the ORIGINAL picture at frame `frame` (the caller checked can_see_originals); recorded."""
         src = self.input_path(job_id, n)
-        got = self._log_and_tracks(job_id, n)
+        got = self._review_index(job_id, n)
         row = self._db().file(job_id, n)
         if src is None or got is None or row is None:
             return None
-        log_ = got[0]
-        if not 0 <= frame < len(log_.frames):
+        if not 0 <= frame < len(got.pts):
             return None
-        bgr = _decode_at(src, row.kind, log_.frames[frame].pts, log_.header)
+        bgr = _decode_at(src, row.kind, int(got.pts[frame]), got.header)
         if bgr is None:
             return None
         ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -1230,17 +1289,14 @@ def _box_list(b: Any) -> list[float]:
     return [round(float(v), 1) for v in (b.x1, b.y1, b.x2, b.y2)]
 
 
-def _tracks_json(tracks: Any) -> list[dict[str, Any]]:
-    """The review's tracks as the page reads them: a box [x1, y1, x2, y2, score] per frame number."""
-    return [
-        {
-            "id": t.id,
-            "first": t.first,
-            "last": t.last,
-            "boxes": {str(i): [*_box_list(b), round(float(sc), 3)] for i, (b, sc) in t.boxes.items()},
-        }
-        for t in tracks
-    ]
+def _track_json(t: Any) -> dict[str, Any]:
+    """A review track as the page reads it: a box [x1, y1, x2, y2, score] per frame number."""
+    return {
+        "id": t.id,
+        "first": t.first,
+        "last": t.last,
+        "boxes": {str(i): [*_box_list(b), round(float(sc), 3)] for i, (b, sc) in t.boxes.items()},
+    }
 
 
 def _decode_at(src: Path, kind: str, pts: int | None, header: dict[str, Any]) -> np.ndarray | None:
