@@ -390,7 +390,8 @@ def test_the_review_index_keeps_nothing_of_the_log_and_pauses_collection_while_m
     gc.collect()
     kept = len(gc.get_objects()) - before
     assert seen == [False, False] and gc.isenabled(), "paused while reading and linking, on again after"
-    assert kept < 200, f"{kept} objects kept (the log and its tracks are ~70k)"
+    # Far below the ~70k of the log and its tracks, with room for what other threads of the run make.
+    assert kept < 2000, f"{kept} objects kept (the log and its tracks are ~70k)"
 
     log_ = real_read(folder)
     tracks = real_link(log_)
